@@ -1,0 +1,16 @@
+//! The GPU lease arbiter: a pure state machine on a caller-supplied clock.
+//!
+//! Requests are granted per GPU up to its capacity, queued by priority with aging (FIFO among
+//! equals), answered by their busy policy when they cannot wait, timed out after `maxWaitMs`, and
+//! watched while held. Telemetry readings, when fed in, add per-GPU pressure and VRAM admission.
+//! The caller drives time: it calls [`Arbiter::tick`] at [`Arbiter::next_deadline`].
+
+mod snapshot;
+mod state;
+mod stats;
+pub mod types;
+
+pub use snapshot::{AdmissionView, GpuSnapshot, LeaseView, TaskStatsView, WaiterView};
+pub use state::Arbiter;
+pub use stats::Percentiles;
+pub use types::*;

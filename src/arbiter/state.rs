@@ -1,0 +1,699 @@
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use super::stats::{render_prometheus, StatsTable, TaskStats};
+use super::types::*;
+use crate::config::{ArbiterConfig, WatchdogAction};
+use crate::error::{ErrorCode, SidecarError, SidecarResult};
+
+/// Queue order: higher score first, then arrival order. With aging on, the score is
+/// `priority * agingMicros - enqueuedAt`, which ranks waiters exactly as "priority plus one point
+/// per agingMs waited" would at any instant, without re-sorting as time passes.
+type QueueKey = (Reverse<i128>, u64);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Deadline {
+    WaitTimeout(WaiterId),
+    Watchdog(LeaseId),
+    /// The GPU's last reading goes stale: admission falls back to logical leases.
+    ReadingStale(usize),
+}
+
+/// Why a request cannot be granted right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Block {
+    Capacity,
+    Pressure,
+    Vram,
+}
+
+impl Block {
+    fn reason_now(self) -> Reason {
+        match self {
+            Block::Capacity => Reason::GpuBusy,
+            Block::Pressure => Reason::GpuUsageHigh,
+            Block::Vram => Reason::VramLow,
+        }
+    }
+}
+
+pub(super) struct Gpu {
+    pub key: String,
+    pub active: usize,
+    pub queue: BTreeMap<QueueKey, WaiterId>,
+    pub reading: Option<GpuReading>,
+    pub state: AdmissionState,
+}
+
+pub(super) struct Lease {
+    pub gpu: usize,
+    pub task_type: String,
+    pub priority: u64,
+    pub trace: Trace,
+    pub acquired_at: Micros,
+    /// 0: no watchdog.
+    pub hold_max: Micros,
+    pub watchdog_fired: bool,
+    pub vram_mb: u64,
+}
+
+pub(super) struct Waiter {
+    pub gpu: usize,
+    pub key: QueueKey,
+    pub task_type: String,
+    pub priority: u64,
+    pub deadline: Option<Micros>,
+    pub enqueued_at: Micros,
+    pub hold_max: Micros,
+    pub vram_mb: u64,
+    pub trace: Trace,
+}
+
+/// A request with its policy applied.
+struct Resolved {
+    priority: u64,
+    max_wait: Micros,
+    busy: BusyPolicy,
+    queue_limit: usize,
+    hold_max: Micros,
+    vram_mb: u64,
+}
+
+pub struct Arbiter {
+    pub(super) config: ArbiterConfig,
+    pub(super) gpus: Vec<Gpu>,
+    pub(super) leases: HashMap<LeaseId, Lease>,
+    pub(super) waiters: HashMap<WaiterId, Waiter>,
+    deadlines: BTreeSet<(Micros, Deadline)>,
+    next_id: u64,
+    closed: bool,
+    record_events: bool,
+    events: Vec<ArbiterEvent>,
+    pub(super) stats: StatsTable,
+}
+
+impl Arbiter {
+    pub fn new(config: ArbiterConfig) -> Self {
+        let gpus = config.gpu_keys.iter().map(|k| Gpu::new(k.clone())).collect();
+        Self {
+            config,
+            gpus,
+            leases: HashMap::new(),
+            waiters: HashMap::new(),
+            deadlines: BTreeSet::new(),
+            next_id: 1,
+            closed: false,
+            record_events: false,
+            events: Vec::new(),
+            stats: StatsTable::new(),
+        }
+    }
+
+    pub fn config(&self) -> &ArbiterConfig {
+        &self.config
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Events are only kept while someone listens, so an arbiter nobody watches does no event work.
+    pub fn set_record_events(&mut self, on: bool) {
+        self.record_events = on;
+        if !on {
+            self.events.clear();
+        }
+    }
+
+    pub fn take_events(&mut self) -> Vec<ArbiterEvent> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// When the caller must next call [`Arbiter::tick`].
+    pub fn next_deadline(&self) -> Option<Micros> {
+        self.deadlines.first().map(|(t, _)| *t)
+    }
+
+    pub fn waiter_count(&self) -> usize {
+        self.waiters.len()
+    }
+
+    pub fn lease_count(&self) -> usize {
+        self.leases.len()
+    }
+
+    /// Asks for a lease. Settles at once (granted, skipped, fallback, queue full) or queues the
+    /// request; a queued request is settled later by `release`, `tick`, `cancel`, `observe_gpu`,
+    /// `set_config` or `close`, each of which returns the resolutions it made.
+    pub fn acquire(&mut self, req: AcquireRequest, now: Micros) -> SidecarResult<Admission> {
+        self.ensure_open()?;
+        if req.task_type.trim().is_empty() {
+            return Err(SidecarError::invalid_argument("request.taskType: expected a non-empty string"));
+        }
+        if let Some(p) = req.priority {
+            if p > 100 {
+                return Err(SidecarError::invalid_argument(format!(
+                    "request.priority: expected an integer 0-100, got {p}"
+                )));
+            }
+        }
+        let r = self.resolve(&req);
+        let g = match &req.gpu_key {
+            Some(key) => self.gpu_index(key)?,
+            None => self.pick_gpu(r.priority, r.vram_mb, now),
+        };
+        if !self.config.enabled {
+            // Pass-through: granted at once, not counted, nothing to release.
+            let lease_id = self.fresh_id();
+            return Ok(Admission::Settled(Outcome::Acquired(Grant {
+                lease_id,
+                gpu_key: self.gpus[g].key.clone(),
+                acquired_at: now,
+                queue_wait: 0,
+            })));
+        }
+        let blocked = match self.check(g, r.priority, r.vram_mb, now) {
+            Ok(()) => {
+                let grant = self.grant(g, req.task_type, r.priority, req.trace, r.hold_max, r.vram_mb, 0, now);
+                return Ok(Admission::Settled(Outcome::Acquired(grant)));
+            }
+            Err(block) => block,
+        };
+        let queue_full = self.gpus[g].queue.len() >= r.queue_limit;
+        let (status, reason) = match (r.busy, queue_full) {
+            (BusyPolicy::Skip, true) | (BusyPolicy::Wait, true) => (Status::Skipped, Reason::QueueFull),
+            (BusyPolicy::Skip, false) => (Status::Skipped, blocked.reason_now()),
+            (BusyPolicy::FallbackCpu, true) => (Status::FallbackCpu, Reason::QueueFull),
+            (BusyPolicy::FallbackCpu, false) => (Status::FallbackCpu, blocked.reason_now()),
+            (BusyPolicy::Wait, false) if r.max_wait == 0 => (Status::Timeout, timeout_reason(blocked)),
+            (BusyPolicy::Wait, false) => {
+                return Ok(Admission::Queued(self.enqueue(g, req, r, now)));
+            }
+        };
+        self.settle_unqueued(g, &req.task_type, status, reason, now);
+        Ok(Admission::Settled(Outcome::NotAcquired { status, reason }))
+    }
+
+    /// Gives a lease back. Unknown, already released or revoked ids return `false` and change nothing.
+    pub fn release(&mut self, lease_id: LeaseId, now: Micros, out: &mut Vec<Resolution>) -> bool {
+        let Some(lease) = self.leases.remove(&lease_id) else { return false };
+        if lease.hold_max > 0 && !lease.watchdog_fired {
+            self.deadlines.remove(&(lease.acquired_at + lease.hold_max, Deadline::Watchdog(lease_id)));
+        }
+        let g = lease.gpu;
+        self.gpus[g].active -= 1;
+        let held = now.saturating_sub(lease.acquired_at);
+        let key = self.gpus[g].key.clone();
+        self.task_stats(&key, &lease.task_type).hold.observe(held);
+        if self.record_events {
+            let mut ev = ArbiterEvent::new(EventKind::Released, now);
+            ev.gpu_key = Some(key);
+            ev.task_type = Some(lease.task_type);
+            ev.lease_id = Some(lease_id);
+            ev.held = Some(held);
+            ev.trace = Some(lease.trace);
+            self.events.push(ev);
+        }
+        self.pump(g, now, out);
+        true
+    }
+
+    /// Withdraws a queued request (its AbortSignal fired). `None` if it is no longer queued.
+    pub fn cancel(&mut self, waiter: WaiterId, now: Micros) -> Option<Resolution> {
+        let w = self.dequeue(waiter)?;
+        let key = self.gpus[w.gpu].key.clone();
+        self.task_stats(&key, &w.task_type).count(Status::Cancelled);
+        self.emit_settled(EventKind::Cancelled, w.gpu, &w.task_type, Status::Cancelled, Reason::Aborted, now);
+        Some(Resolution {
+            waiter,
+            outcome: Outcome::NotAcquired { status: Status::Cancelled, reason: Reason::Aborted },
+        })
+    }
+
+    /// Handles every deadline at or before `now`: wait timeouts, the hold watchdog, stale readings.
+    pub fn tick(&mut self, now: Micros, out: &mut Vec<Resolution>) {
+        while let Some(&(at, deadline)) = self.deadlines.first() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop_first();
+            match deadline {
+                Deadline::WaitTimeout(id) => self.time_out(id, now, out),
+                Deadline::Watchdog(id) => self.watchdog(id, now, out),
+                Deadline::ReadingStale(g) => {
+                    self.emit_admission_state(g, now);
+                    self.pump(g, now, out);
+                }
+            }
+        }
+    }
+
+    /// Feeds one GPU's telemetry. Pressure follows that GPU's own utilization with hysteresis
+    /// (HIGH at `highWater`, back to NORMAL under `lowWater`); waiters are re-checked.
+    pub fn observe_gpu(&mut self, gpu_key: &str, reading: GpuReading, now: Micros, out: &mut Vec<Resolution>) {
+        let Some(g) = self.gpus.iter().position(|gpu| gpu.key == gpu_key) else { return };
+        let usage = &self.config.gpu_usage;
+        let (high, low) = (usage.high_water.get() as f64, usage.low_water.get() as f64);
+        let gpu = &mut self.gpus[g];
+        if let Some(old) = gpu.reading {
+            self.deadlines.remove(&(old.at + usage.stale_after_ms.get() * MICROS_PER_MS, Deadline::ReadingStale(g)));
+        }
+        let before = gpu.state;
+        gpu.state = match (reading.utilization_gpu, gpu.state) {
+            (Some(u), _) if u >= high => AdmissionState::HighPressure,
+            (Some(u), _) if u < low => AdmissionState::Normal,
+            (Some(_), AdmissionState::Unknown) => AdmissionState::Normal,
+            (_, state) => state,
+        };
+        gpu.reading = Some(reading);
+        self.deadlines
+            .insert((reading.at + usage.stale_after_ms.get() * MICROS_PER_MS, Deadline::ReadingStale(g)));
+        if before != self.gpus[g].state {
+            self.emit_admission_state(g, now);
+        }
+        self.pump(g, now, out);
+    }
+
+    /// Replaces the config, keeping leases and queue. GPU keys may be added; a key can only be
+    /// removed while it holds no lease and no waiter.
+    pub fn set_config(&mut self, config: ArbiterConfig, now: Micros, out: &mut Vec<Resolution>) -> SidecarResult<()> {
+        self.ensure_open()?;
+        for gpu in &self.gpus {
+            let busy = gpu.active > 0 || !gpu.queue.is_empty();
+            if busy && !config.gpu_keys.contains(&gpu.key) {
+                return Err(SidecarError::invalid_config(format!(
+                    "gpuArbiter.gpuKeys: cannot remove \"{}\" while it holds leases or waiters",
+                    gpu.key
+                )));
+            }
+        }
+        let mut old: HashMap<String, (usize, Gpu)> =
+            std::mem::take(&mut self.gpus).into_iter().enumerate().map(|(i, g)| (g.key.clone(), (i, g))).collect();
+        let mut remap = HashMap::new();
+        for (new_index, key) in config.gpu_keys.iter().enumerate() {
+            let gpu = match old.remove(key) {
+                Some((old_index, gpu)) => {
+                    remap.insert(old_index, new_index);
+                    gpu
+                }
+                None => Gpu::new(key.clone()),
+            };
+            self.gpus.push(gpu);
+        }
+        for lease in self.leases.values_mut() {
+            lease.gpu = remap[&lease.gpu];
+        }
+        for waiter in self.waiters.values_mut() {
+            waiter.gpu = remap[&waiter.gpu];
+        }
+        self.deadlines = std::mem::take(&mut self.deadlines)
+            .into_iter()
+            .filter_map(|(t, d)| match d {
+                Deadline::ReadingStale(g) => remap.get(&g).map(|n| (t, Deadline::ReadingStale(*n))),
+                other => Some((t, other)),
+            })
+            .collect();
+        self.config = config;
+        self.requeue_all();
+        if self.record_events {
+            self.events.push(ArbiterEvent::new(EventKind::ConfigReloaded, now));
+        }
+        for g in 0..self.gpus.len() {
+            self.pump(g, now, out);
+        }
+        Ok(())
+    }
+
+    /// Records that a config edit was refused (the last good config stays).
+    pub fn note_config_rejected(&mut self, error: &SidecarError, now: Micros) {
+        if self.record_events {
+            let mut ev = ArbiterEvent::new(EventKind::ConfigRejected, now);
+            ev.detail = Some(error.message.clone());
+            self.events.push(ev);
+        }
+    }
+
+    /// Settles every waiter CANCELLED/SHUTDOWN, drops every lease and deadline. Later calls fail `CLOSED`.
+    pub fn close(&mut self, now: Micros, out: &mut Vec<Resolution>) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        let mut ids: Vec<(Micros, WaiterId)> = self.waiters.iter().map(|(id, w)| (w.enqueued_at, *id)).collect();
+        ids.sort_unstable();
+        for (_, id) in ids {
+            if let Some(w) = self.dequeue(id) {
+                let key = self.gpus[w.gpu].key.clone();
+                self.task_stats(&key, &w.task_type).count(Status::Cancelled);
+                self.emit_settled(EventKind::Cancelled, w.gpu, &w.task_type, Status::Cancelled, Reason::Shutdown, now);
+                out.push(Resolution {
+                    waiter: id,
+                    outcome: Outcome::NotAcquired { status: Status::Cancelled, reason: Reason::Shutdown },
+                });
+            }
+        }
+        self.leases.clear();
+        for gpu in &mut self.gpus {
+            gpu.active = 0;
+        }
+        self.deadlines.clear();
+    }
+
+    /// Prometheus text exposition of the arbiter's counters, histograms and gauges.
+    pub fn metrics(&self) -> String {
+        let lengths: Vec<(String, usize, usize)> =
+            self.gpus.iter().map(|g| (g.key.clone(), g.queue.len(), g.active)).collect();
+        render_prometheus(&self.stats, &lengths)
+    }
+
+    // ---- internals ----
+
+    fn ensure_open(&self) -> SidecarResult<()> {
+        if self.closed {
+            Err(SidecarError::new(ErrorCode::Closed, "the arbiter is closed"))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn fresh_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    fn gpu_index(&self, key: &str) -> SidecarResult<usize> {
+        self.gpus.iter().position(|g| g.key == key).ok_or_else(|| {
+            SidecarError::new(
+                ErrorCode::InvalidGpuKey,
+                format!("unknown GPU key \"{key}\"; configured keys: {}", self.config.gpu_keys.join(", ")),
+            )
+        })
+    }
+
+    fn resolve(&self, req: &AcquireRequest) -> Resolved {
+        let c = &self.config;
+        let p = c.policies.get(&req.task_type);
+        let pick = |f: fn(&crate::config::TaskPolicy) -> Option<u64>| p.and_then(f);
+        Resolved {
+            priority: req.priority.or(pick(|p| p.priority.map(|v| v.get()))).unwrap_or(c.default_priority.get()),
+            max_wait: req.max_wait_ms.or(pick(|p| p.max_wait_ms.map(|v| v.get()))).unwrap_or(c.default_max_wait_ms.get())
+                * MICROS_PER_MS,
+            busy: req.busy_policy.or(p.and_then(|p| p.busy_policy)).unwrap_or(c.default_busy_policy),
+            queue_limit: req.queue_limit.or(pick(|p| p.queue_limit.map(|v| v.get()))).unwrap_or(c.default_queue_limit.get())
+                as usize,
+            hold_max: req.hold_max_ms.or(pick(|p| p.hold_max_ms.map(|v| v.get()))).unwrap_or(c.default_hold_max_ms.get())
+                * MICROS_PER_MS,
+            vram_mb: req.vram_mb.or(pick(|p| p.vram_mb.map(|v| v.get()))).unwrap_or(0),
+        }
+    }
+
+    /// A reading that admission may use: telemetry on, and not stale.
+    fn usable_reading(&self, g: usize, now: Micros) -> Option<GpuReading> {
+        let usage = &self.config.gpu_usage;
+        let reading = self.gpus[g].reading?;
+        let fresh = now.saturating_sub(reading.at) <= usage.stale_after_ms.get() * MICROS_PER_MS;
+        (usage.enabled && fresh).then_some(reading)
+    }
+
+    fn check(&self, g: usize, priority: u64, vram_mb: u64, now: Micros) -> Result<(), Block> {
+        let gpu = &self.gpus[g];
+        if gpu.active >= self.config.max_concurrent_leases.get() as usize {
+            return Err(Block::Capacity);
+        }
+        let Some(reading) = self.usable_reading(g, now) else { return Ok(()) };
+        let usage = &self.config.gpu_usage;
+        if gpu.state == AdmissionState::HighPressure && priority < usage.priority_floor.get() {
+            return Err(Block::Pressure);
+        }
+        if let (true, Some(free)) = (vram_mb > 0, reading.free_mb) {
+            // Leases granted after the sample are not in its figures yet: count their estimates.
+            let unseen: u64 = self
+                .leases
+                .values()
+                .filter(|l| l.gpu == g && l.acquired_at > reading.at)
+                .map(|l| l.vram_mb)
+                .sum();
+            let available = free.saturating_sub(usage.vram_reserve_mb.get()).saturating_sub(unseen);
+            if available < vram_mb {
+                return Err(Block::Vram);
+            }
+        }
+        Ok(())
+    }
+
+    /// Least-loaded GPU that can take the request now; if none can, the one with the least work.
+    fn pick_gpu(&self, priority: u64, vram_mb: u64, now: Micros) -> usize {
+        (0..self.gpus.len())
+            .min_by_key(|&g| {
+                let gpu = &self.gpus[g];
+                let util = self.usable_reading(g, now).and_then(|r| r.utilization_gpu).unwrap_or(0.0);
+                (
+                    self.check(g, priority, vram_mb, now).is_err(),
+                    gpu.active + gpu.queue.len(),
+                    (util * 100.0) as u64,
+                    g,
+                )
+            })
+            .unwrap_or(0)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn grant(
+        &mut self,
+        g: usize,
+        task_type: String,
+        priority: u64,
+        trace: Trace,
+        hold_max: Micros,
+        vram_mb: u64,
+        waited: Micros,
+        now: Micros,
+    ) -> Grant {
+        let lease_id = self.fresh_id();
+        let key = self.gpus[g].key.clone();
+        self.gpus[g].active += 1;
+        if hold_max > 0 {
+            self.deadlines.insert((now + hold_max, Deadline::Watchdog(lease_id)));
+        }
+        let stats = self.task_stats(&key, &task_type);
+        stats.count(Status::Acquired);
+        stats.wait.observe(waited);
+        if self.record_events {
+            let mut ev = ArbiterEvent::new(EventKind::Acquired, now);
+            ev.gpu_key = Some(key.clone());
+            ev.task_type = Some(task_type.clone());
+            ev.lease_id = Some(lease_id);
+            ev.waited = Some(waited);
+            ev.trace = Some(trace.clone());
+            self.events.push(ev);
+        }
+        self.leases.insert(
+            lease_id,
+            Lease { gpu: g, task_type, priority, trace, acquired_at: now, hold_max, watchdog_fired: false, vram_mb },
+        );
+        Grant { lease_id, gpu_key: key, acquired_at: now, queue_wait: waited }
+    }
+
+    fn queue_key(&self, priority: u64, enqueued_at: Micros, seq: u64) -> QueueKey {
+        let aging = self.config.aging_ms_per_priority.get() as i128 * MICROS_PER_MS as i128;
+        let score = if aging > 0 { priority as i128 * aging - enqueued_at as i128 } else { priority as i128 };
+        (Reverse(score), seq)
+    }
+
+    fn enqueue(&mut self, g: usize, req: AcquireRequest, r: Resolved, now: Micros) -> WaiterId {
+        let id = self.fresh_id();
+        let key = self.queue_key(r.priority, now, id);
+        let deadline = now + r.max_wait;
+        self.deadlines.insert((deadline, Deadline::WaitTimeout(id)));
+        self.gpus[g].queue.insert(key, id);
+        if self.record_events {
+            let mut ev = ArbiterEvent::new(EventKind::Queued, now);
+            ev.gpu_key = Some(self.gpus[g].key.clone());
+            ev.task_type = Some(req.task_type.clone());
+            ev.trace = Some(req.trace.clone());
+            ev.detail = Some(format!("queue length {}", self.gpus[g].queue.len()));
+            self.events.push(ev);
+        }
+        self.waiters.insert(
+            id,
+            Waiter {
+                gpu: g,
+                key,
+                task_type: req.task_type,
+                priority: r.priority,
+                deadline: Some(deadline),
+                enqueued_at: now,
+                hold_max: r.hold_max,
+                vram_mb: r.vram_mb,
+                trace: req.trace,
+            },
+        );
+        id
+    }
+
+    fn requeue_all(&mut self) {
+        for gpu in &mut self.gpus {
+            gpu.queue.clear();
+        }
+        let mut keyed: Vec<(WaiterId, QueueKey)> = Vec::with_capacity(self.waiters.len());
+        for (id, w) in &self.waiters {
+            keyed.push((*id, self.queue_key(w.priority, w.enqueued_at, w.key.1)));
+        }
+        for (id, key) in keyed {
+            let w = self.waiters.get_mut(&id).expect("waiter exists");
+            w.key = key;
+            self.gpus[w.gpu].queue.insert(key, id);
+        }
+    }
+
+    fn dequeue(&mut self, id: WaiterId) -> Option<Waiter> {
+        let w = self.waiters.remove(&id)?;
+        self.gpus[w.gpu].queue.remove(&w.key);
+        if let Some(d) = w.deadline {
+            self.deadlines.remove(&(d, Deadline::WaitTimeout(id)));
+        }
+        Some(w)
+    }
+
+    /// Grants queued requests, in queue order, while the GPU has room. A waiter held back by
+    /// pressure or VRAM does not block smaller or higher-priority ones behind it.
+    fn pump(&mut self, g: usize, now: Micros, out: &mut Vec<Resolution>) {
+        loop {
+            if self.gpus[g].active >= self.config.max_concurrent_leases.get() as usize {
+                return;
+            }
+            let next = self.gpus[g].queue.values().copied().find(|id| {
+                let w = &self.waiters[id];
+                self.check(g, w.priority, w.vram_mb, now).is_ok()
+            });
+            let Some(id) = next else { return };
+            let w = self.dequeue(id).expect("queued waiter exists");
+            let waited = now.saturating_sub(w.enqueued_at);
+            let grant = self.grant(g, w.task_type, w.priority, w.trace, w.hold_max, w.vram_mb, waited, now);
+            out.push(Resolution { waiter: id, outcome: Outcome::Acquired(grant) });
+        }
+    }
+
+    fn time_out(&mut self, id: WaiterId, now: Micros, out: &mut Vec<Resolution>) {
+        let Some(w) = self.waiters.get(&id) else { return };
+        let (g, priority, vram) = (w.gpu, w.priority, w.vram_mb);
+        // It may have become grantable without a trigger (e.g. its GPU's reading went stale).
+        self.pump(g, now, out);
+        if !self.waiters.contains_key(&id) {
+            return;
+        }
+        let reason = match self.check(g, priority, vram, now) {
+            Err(block) => timeout_reason(block),
+            Ok(()) => Reason::Timeout,
+        };
+        let w = self.dequeue(id).expect("waiter exists");
+        let key = self.gpus[g].key.clone();
+        let stats = self.task_stats(&key, &w.task_type);
+        stats.count(Status::Timeout);
+        stats.timeouts += 1;
+        self.emit_settled(EventKind::Timeout, g, &w.task_type, Status::Timeout, reason, now);
+        out.push(Resolution { waiter: id, outcome: Outcome::NotAcquired { status: Status::Timeout, reason } });
+    }
+
+    fn watchdog(&mut self, id: LeaseId, now: Micros, out: &mut Vec<Resolution>) {
+        let revoke = self.config.watchdog_action == WatchdogAction::Revoke;
+        let Some(lease) = self.leases.get_mut(&id) else { return };
+        lease.watchdog_fired = true;
+        let (g, task_type, held) = (lease.gpu, lease.task_type.clone(), now.saturating_sub(lease.acquired_at));
+        let trace = lease.trace.clone();
+        let key = self.gpus[g].key.clone();
+        let stats = self.task_stats(&key, &task_type);
+        stats.watchdog_exceeded += 1;
+        if revoke {
+            stats.revoked += 1;
+            stats.hold.observe(held);
+        }
+        tracing::warn!(lease_id = id, gpu = %key, task_type = %task_type, held_ms = held / MICROS_PER_MS,
+            action = if revoke { "revoke" } else { "warn" }, "GPU lease held past holdMaxMs");
+        if self.record_events {
+            let mut ev = ArbiterEvent::new(EventKind::Watchdog, now);
+            ev.gpu_key = Some(key);
+            ev.task_type = Some(task_type);
+            ev.lease_id = Some(id);
+            ev.held = Some(held);
+            ev.trace = Some(trace);
+            ev.detail = Some(if revoke { "revoke" } else { "warn" }.to_string());
+            self.events.push(ev);
+        }
+        if revoke {
+            self.leases.remove(&id);
+            self.gpus[g].active -= 1;
+            self.pump(g, now, out);
+        }
+    }
+
+    fn settle_unqueued(&mut self, g: usize, task_type: &str, status: Status, reason: Reason, now: Micros) {
+        let key = self.gpus[g].key.clone();
+        let stats = self.task_stats(&key, task_type);
+        stats.count(status);
+        match status {
+            Status::Timeout => stats.timeouts += 1,
+            _ if reason == Reason::QueueFull => stats.queue_full += 1,
+            _ => {}
+        }
+        let kind = if status == Status::Timeout { EventKind::Timeout } else { EventKind::Skipped };
+        self.emit_settled(kind, g, task_type, status, reason, now);
+    }
+
+    fn emit_settled(&mut self, kind: EventKind, g: usize, task_type: &str, status: Status, reason: Reason, now: Micros) {
+        if self.record_events {
+            let mut ev = ArbiterEvent::new(kind, now);
+            ev.gpu_key = Some(self.gpus[g].key.clone());
+            ev.task_type = Some(task_type.to_string());
+            ev.status = Some(status);
+            ev.reason = Some(reason);
+            self.events.push(ev);
+        }
+    }
+
+    fn emit_admission_state(&mut self, g: usize, now: Micros) {
+        if self.record_events {
+            let state = match self.usable_reading(g, now) {
+                Some(_) => self.gpus[g].state,
+                None => AdmissionState::Unknown,
+            };
+            let mut ev = ArbiterEvent::new(EventKind::AdmissionState, now);
+            ev.gpu_key = Some(self.gpus[g].key.clone());
+            ev.detail = Some(state.as_str().to_string());
+            self.events.push(ev);
+        }
+    }
+
+    fn task_stats(&mut self, gpu: &str, task_type: &str) -> &mut TaskStats {
+        if !self.stats.contains_key(gpu) {
+            self.stats.insert(gpu.to_string(), BTreeMap::new());
+        }
+        let tasks = self.stats.get_mut(gpu).expect("inserted above");
+        if !tasks.contains_key(task_type) {
+            tasks.insert(task_type.to_string(), TaskStats::default());
+        }
+        tasks.get_mut(task_type).expect("inserted above")
+    }
+
+    pub(super) fn admission_state(&self, g: usize, now: Micros) -> AdmissionState {
+        match self.usable_reading(g, now) {
+            Some(_) => self.gpus[g].state,
+            None => AdmissionState::Unknown,
+        }
+    }
+}
+
+/// A waiter that runs out of time reports what held it back: pressure, VRAM, or plain waiting.
+fn timeout_reason(block: Block) -> Reason {
+    match block {
+        Block::Capacity => Reason::Timeout,
+        other => other.reason_now(),
+    }
+}
+
+impl Gpu {
+    fn new(key: String) -> Self {
+        Self { key, active: 0, queue: BTreeMap::new(), reading: None, state: AdmissionState::Unknown }
+    }
+}

@@ -1,0 +1,231 @@
+//! Values that go in and out of the arbiter.
+
+pub use crate::config::BusyPolicy;
+
+/// Microseconds on the arbiter's clock. The core never reads a clock itself: every call takes
+/// `now`, so tests drive time by hand and the binding feeds a monotonic clock.
+pub type Micros = u64;
+
+pub const MICROS_PER_MS: u64 = 1_000;
+
+pub type LeaseId = u64;
+pub type WaiterId = u64;
+
+/// Who asked, carried through to events and snapshots.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Trace {
+    pub job_id: Option<String>,
+    pub session_id: Option<String>,
+    pub utterance_index: Option<i64>,
+    pub stage: Option<String>,
+}
+
+/// A lease request. Only `task_type` is required; the rest comes from the task type's policy,
+/// then the arbiter's defaults.
+#[derive(Debug, Clone, Default)]
+pub struct AcquireRequest {
+    pub task_type: String,
+    pub gpu_key: Option<String>,
+    pub priority: Option<u64>,
+    pub max_wait_ms: Option<u64>,
+    pub hold_max_ms: Option<u64>,
+    pub queue_limit: Option<u64>,
+    pub busy_policy: Option<BusyPolicy>,
+    pub vram_mb: Option<u64>,
+    pub trace: Trace,
+}
+
+impl AcquireRequest {
+    pub fn new(task_type: impl Into<String>) -> Self {
+        Self { task_type: task_type.into(), ..Self::default() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Status {
+    Acquired,
+    Skipped,
+    FallbackCpu,
+    Timeout,
+    Cancelled,
+}
+
+impl Status {
+    pub const ALL: [Status; 5] =
+        [Status::Acquired, Status::Skipped, Status::FallbackCpu, Status::Timeout, Status::Cancelled];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Acquired => "ACQUIRED",
+            Status::Skipped => "SKIPPED",
+            Status::FallbackCpu => "FALLBACK_CPU",
+            Status::Timeout => "TIMEOUT",
+            Status::Cancelled => "CANCELLED",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// Every lease slot of the GPU is taken.
+    GpuBusy,
+    /// The GPU's wait queue is at its limit.
+    QueueFull,
+    /// Waited `maxWaitMs` for a lease slot.
+    Timeout,
+    /// The GPU is under HIGH_PRESSURE and the request is below the priority floor.
+    GpuUsageHigh,
+    /// The GPU's free memory does not cover the request's `vramMb`.
+    VramLow,
+    Aborted,
+    Shutdown,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::GpuBusy => "GPU_BUSY",
+            Reason::QueueFull => "QUEUE_FULL",
+            Reason::Timeout => "TIMEOUT",
+            Reason::GpuUsageHigh => "GPU_USAGE_HIGH",
+            Reason::VramLow => "VRAM_LOW",
+            Reason::Aborted => "ABORTED",
+            Reason::Shutdown => "SHUTDOWN",
+        }
+    }
+}
+
+/// A granted lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub lease_id: LeaseId,
+    pub gpu_key: String,
+    pub acquired_at: Micros,
+    pub queue_wait: Micros,
+}
+
+/// How one request ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Acquired(Grant),
+    NotAcquired { status: Status, reason: Reason },
+}
+
+impl Outcome {
+    pub fn status(&self) -> Status {
+        match self {
+            Outcome::Acquired(_) => Status::Acquired,
+            Outcome::NotAcquired { status, .. } => *status,
+        }
+    }
+}
+
+/// The answer to `acquire`: settled now, or queued until a later call resolves it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    Settled(Outcome),
+    Queued(WaiterId),
+}
+
+/// A queued request that a later call settled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolution {
+    pub waiter: WaiterId,
+    pub outcome: Outcome,
+}
+
+/// Telemetry for one GPU, as the arbiter uses it for admission.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GpuReading {
+    /// When it was sampled, on the arbiter's clock.
+    pub at: Micros,
+    pub utilization_gpu: Option<f64>,
+    pub free_mb: Option<u64>,
+    pub total_mb: Option<u64>,
+}
+
+/// A GPU's admission state, from its own utilization.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdmissionState {
+    /// No usable telemetry: logical leases only.
+    Unknown,
+    Normal,
+    HighPressure,
+}
+
+impl AdmissionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdmissionState::Unknown => "UNKNOWN",
+            AdmissionState::Normal => "NORMAL",
+            AdmissionState::HighPressure => "HIGH_PRESSURE",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Acquired,
+    Released,
+    Queued,
+    Timeout,
+    /// SKIPPED or FALLBACK_CPU at once (see the event's status).
+    Skipped,
+    Cancelled,
+    Watchdog,
+    AdmissionState,
+    ConfigReloaded,
+    ConfigRejected,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Acquired => "acquired",
+            EventKind::Released => "released",
+            EventKind::Queued => "queued",
+            EventKind::Timeout => "timeout",
+            EventKind::Skipped => "skipped",
+            EventKind::Cancelled => "cancelled",
+            EventKind::Watchdog => "watchdog",
+            EventKind::AdmissionState => "admission-state",
+            EventKind::ConfigReloaded => "config-reloaded",
+            EventKind::ConfigRejected => "config-rejected",
+        }
+    }
+}
+
+/// Something that happened in the arbiter. Fields that do not apply to a kind are `None`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ArbiterEvent {
+    pub kind: EventKind,
+    pub at: Micros,
+    pub gpu_key: Option<String>,
+    pub task_type: Option<String>,
+    pub lease_id: Option<LeaseId>,
+    pub status: Option<Status>,
+    pub reason: Option<Reason>,
+    pub waited: Option<Micros>,
+    pub held: Option<Micros>,
+    pub trace: Option<Trace>,
+    /// Free text: the watchdog action, the new admission state, a rejected config's error.
+    pub detail: Option<String>,
+}
+
+impl ArbiterEvent {
+    pub fn new(kind: EventKind, at: Micros) -> Self {
+        Self {
+            kind,
+            at,
+            gpu_key: None,
+            task_type: None,
+            lease_id: None,
+            status: None,
+            reason: None,
+            waited: None,
+            held: None,
+            trace: None,
+            detail: None,
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! Node config file loading and validation.
+//!
+//! Every section is checked with the same rules: a wrong type or value is an `INVALID_CONFIG` error
+//! that names the JSON path of the field (`gpuArbiter.policies.ASR.priority: expected an integer
+//! 0-100, got "high"`); unknown keys are collected as warnings, never fatal.
+
+mod arbiter;
+mod number;
+
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+pub use arbiter::{ArbiterConfig, BusyPolicy, GpuUsageConfig, TaskPolicy, WatchdogAction};
+pub use number::Int;
+
+use crate::error::{SidecarError, SidecarResult};
+
+/// The sections of a node config file that gpu-sidecar owns, validated, with defaults applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeConfig {
+    pub gpu_arbiter: ArbiterConfig,
+    /// Unknown keys inside our sections, as JSON paths.
+    pub warnings: Vec<String>,
+}
+
+/// Reads a whole node config file (other apps' sections are left alone) and validates our sections.
+pub fn load_node_config(path: &Path) -> SidecarResult<NodeConfig> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        SidecarError::invalid_config(format!("cannot read config file {}: {e}", path.display()))
+    })?;
+    parse_node_config(&text, &path.display().to_string())
+}
+
+/// Parses the text of a node config file; `source` names it in error messages.
+pub fn parse_node_config(text: &str, source: &str) -> SidecarResult<NodeConfig> {
+    let root: Value = serde_json::from_str(text)
+        .map_err(|e| SidecarError::invalid_config(format!("{source}: not valid JSON: {e}")))?;
+    if !root.is_object() {
+        return Err(SidecarError::invalid_config(format!(
+            "{source}: expected a JSON object at the top level"
+        )));
+    }
+    let mut warnings = Vec::new();
+    let gpu_arbiter = match root.get("gpuArbiter") {
+        Some(section) => ArbiterConfig::from_json(section, &mut warnings)?,
+        None => ArbiterConfig::default(),
+    };
+    Ok(NodeConfig { gpu_arbiter, warnings })
+}
+
+/// Deserializes one section, naming the JSON path (under `prefix`) of the first bad field and
+/// collecting unknown keys into `warnings`.
+pub(crate) fn parse_section<T: DeserializeOwned>(
+    value: &Value,
+    prefix: &str,
+    warnings: &mut Vec<String>,
+) -> SidecarResult<T> {
+    let mut unknown = Vec::new();
+    let mut on_unknown = |path: serde_ignored::Path| unknown.push(path.to_string());
+    let tracked = serde_ignored::Deserializer::new(value, &mut on_unknown);
+    let parsed: Result<T, _> = serde_path_to_error::deserialize(tracked);
+    match parsed {
+        Ok(v) => {
+            warnings.extend(
+                unknown
+                    .into_iter()
+                    .map(|p: String| format!("{}: unknown key, ignored", join_path(prefix, &p))),
+            );
+            Ok(v)
+        }
+        Err(e) => {
+            let path = join_path(prefix, &e.path().to_string());
+            Err(SidecarError::invalid_config(format!(
+                "{path}: {}",
+                readable_serde_message(&e.into_inner().to_string())
+            )))
+        }
+    }
+}
+
+pub(crate) fn join_path(prefix: &str, path: &str) -> String {
+    match path {
+        "" | "." | "?" => prefix.to_string(),
+        p => format!("{prefix}.{p}"),
+    }
+}
+
+/// Turns serde's "invalid type: string \"high\", expected an integer 0-100" into the form we
+/// document: "expected an integer 0-100, got \"high\"".
+fn readable_serde_message(message: &str) -> String {
+    let body = message
+        .strip_prefix("invalid type: ")
+        .or_else(|| message.strip_prefix("invalid value: "));
+    if let Some((got, expected)) = body.and_then(|b| b.split_once(", expected ")) {
+        return format!("expected {expected}, got {}", describe_unexpected(got));
+    }
+    if let Some(rest) = message.strip_prefix("unknown variant ") {
+        if let Some((got, expected)) = rest.split_once(", expected ") {
+            return format!("expected {}, got {}", expected.replace('`', "\""), got.replace('`', "\""));
+        }
+    }
+    message.replace('`', "\"")
+}
+
+fn describe_unexpected(got: &str) -> String {
+    for kind in ["string ", "integer ", "floating point ", "boolean "] {
+        if let Some(v) = got.strip_prefix(kind) {
+            return v.trim_matches('`').to_string();
+        }
+    }
+    got.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_the_json_path_and_the_bad_value() {
+        let err = parse_node_config(
+            r#"{"gpuArbiter":{"policies":{"ASR":{"priority":"high"}}}}"#,
+            "test.json",
+        )
+        .unwrap_err();
+        assert_eq!(err.code, crate::error::ErrorCode::InvalidConfig);
+        assert_eq!(
+            err.message,
+            r#"gpuArbiter.policies.ASR.priority: expected an integer 0-100, got "high""#
+        );
+    }
+
+    #[test]
+    fn out_of_range_and_bad_enum_values_name_the_field() {
+        let err = parse_node_config(r#"{"gpuArbiter":{"defaultQueueLimit":-1}}"#, "t").unwrap_err();
+        assert!(err.message.starts_with("gpuArbiter.defaultQueueLimit: expected an integer"), "{}", err.message);
+        let err = parse_node_config(
+            r#"{"gpuArbiter":{"policies":{"TTS":{"busyPolicy":"MAYBE"}}}}"#,
+            "t",
+        )
+        .unwrap_err();
+        assert!(err.message.starts_with("gpuArbiter.policies.TTS.busyPolicy: expected one of"), "{}", err.message);
+        assert!(err.message.contains("\"MAYBE\""), "{}", err.message);
+    }
+
+    #[test]
+    fn unknown_keys_are_warnings_and_other_sections_are_ignored() {
+        let cfg = parse_node_config(
+            r#"{"servicePreferences":{"x":1},"gpuArbiter":{"enabled":true,"colour":"red","policies":{"ASR":{"priorty":3}}}}"#,
+            "t",
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.warnings,
+            vec![
+                "gpuArbiter.colour: unknown key, ignored".to_string(),
+                "gpuArbiter.policies.ASR.priorty: unknown key, ignored".to_string()
+            ]
+        );
+    }
+
+    #[test]
+    fn invalid_json_is_an_invalid_config_error() {
+        let err = parse_node_config("{ not json", "node.json").unwrap_err();
+        assert_eq!(err.code, crate::error::ErrorCode::InvalidConfig);
+        assert!(err.message.starts_with("node.json: not valid JSON"), "{}", err.message);
+    }
+}

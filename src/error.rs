@@ -1,0 +1,57 @@
+//! Errors shared by the core modules. Each carries a stable code that the binding puts on the JS
+//! error's `code` property, so callers can branch on it without parsing messages.
+
+use std::fmt;
+
+/// Stable error codes. The strings are part of the public contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    InvalidConfig,
+    InvalidGpuKey,
+    InvalidArgument,
+    Closed,
+    Io,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidConfig => "INVALID_CONFIG",
+            ErrorCode::InvalidGpuKey => "INVALID_GPU_KEY",
+            ErrorCode::InvalidArgument => "INVALID_ARGUMENT",
+            ErrorCode::Closed => "CLOSED",
+            ErrorCode::Io => "IO_ERROR",
+            ErrorCode::Internal => "INTERNAL",
+        }
+    }
+}
+
+/// An error with a stable code and a message that says what was wrong and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SidecarError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl SidecarError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+    pub fn invalid_config(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidConfig, message)
+    }
+    pub fn invalid_argument(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidArgument, message)
+    }
+}
+
+impl fmt::Display for SidecarError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code.as_str(), self.message)
+    }
+}
+
+impl std::error::Error for SidecarError {}
+
+pub type SidecarResult<T> = Result<T, SidecarError>;

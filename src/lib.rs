@@ -1,0 +1,12 @@
+//! gpu-sidecar: a GPU lease arbiter, a service startup controller and GPU/host telemetry for Node.
+//!
+//! The core modules (`arbiter`, `config`) are plain Rust and know nothing of Node, so they are
+//! tested with `cargo test` on a hand-driven clock; `binding` is the thin napi layer that only
+//! converts values and errors.
+#![deny(clippy::all)]
+
+pub mod arbiter;
+pub mod config;
+pub mod error;
+
+mod binding;
