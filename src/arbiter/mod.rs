@@ -14,3 +14,6 @@ pub use snapshot::{AdmissionView, GpuSnapshot, LeaseView, TaskStatsView, WaiterV
 pub use state::Arbiter;
 pub use stats::Percentiles;
 pub use types::*;
+
+#[cfg(test)]
+mod tests;

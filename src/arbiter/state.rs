@@ -412,7 +412,7 @@ impl Arbiter {
     fn usable_reading(&self, g: usize, now: Micros) -> Option<GpuReading> {
         let usage = &self.config.gpu_usage;
         let reading = self.gpus[g].reading?;
-        let fresh = now.saturating_sub(reading.at) <= usage.stale_after_ms.get() * MICROS_PER_MS;
+        let fresh = now.saturating_sub(reading.at) < usage.stale_after_ms.get() * MICROS_PER_MS;
         (usage.enabled && fresh).then_some(reading)
     }
 

@@ -1,0 +1,470 @@
+//! The state machine on a hand-driven clock, and a property test of its invariants.
+
+use std::collections::HashMap;
+
+use proptest::prelude::*;
+use serde_json::json;
+
+use super::*;
+use crate::config::ArbiterConfig;
+use crate::error::ErrorCode;
+
+const MS: Micros = MICROS_PER_MS;
+
+fn arbiter(cfg: serde_json::Value) -> Arbiter {
+    let mut w = vec![];
+    let mut a = Arbiter::new(ArbiterConfig::from_json(&cfg, &mut w).unwrap());
+    a.set_record_events(true);
+    a
+}
+
+fn req(task: &str) -> AcquireRequest {
+    AcquireRequest::new(task)
+}
+
+fn granted(adm: Admission) -> Grant {
+    match adm {
+        Admission::Settled(Outcome::Acquired(g)) => g,
+        other => panic!("expected a grant, got {other:?}"),
+    }
+}
+
+fn queued(adm: Admission) -> WaiterId {
+    match adm {
+        Admission::Queued(id) => id,
+        other => panic!("expected queued, got {other:?}"),
+    }
+}
+
+fn not_acquired(adm: Admission) -> (Status, Reason) {
+    match adm {
+        Admission::Settled(Outcome::NotAcquired { status, reason }) => (status, reason),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn grants_up_to_capacity_then_queues_and_hands_over_on_release() {
+    let mut a = arbiter(json!({"maxConcurrentLeases": 2}));
+    let l1 = granted(a.acquire(req("ASR"), 0).unwrap());
+    let _l2 = granted(a.acquire(req("NMT"), 0).unwrap());
+    let w = queued(a.acquire(req("TTS"), 5 * MS).unwrap());
+    let mut out = vec![];
+    assert!(a.release(l1.lease_id, 30 * MS, &mut out));
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].waiter, w);
+    match &out[0].outcome {
+        Outcome::Acquired(g) => assert_eq!(g.queue_wait, 25 * MS),
+        o => panic!("{o:?}"),
+    }
+    // Release is idempotent.
+    assert!(!a.release(l1.lease_id, 31 * MS, &mut out));
+    assert_eq!(out.len(), 1);
+}
+
+#[test]
+fn busy_policies_answer_at_once() {
+    let mut a = arbiter(json!({}));
+    granted(a.acquire(req("ASR"), 0).unwrap());
+    assert_eq!(not_acquired(a.acquire(req("SEMANTIC_REPAIR"), 0).unwrap()), (Status::Skipped, Reason::GpuBusy));
+    let mut fb = req("X");
+    fb.busy_policy = Some(BusyPolicy::FallbackCpu);
+    assert_eq!(not_acquired(a.acquire(fb, 0).unwrap()), (Status::FallbackCpu, Reason::GpuBusy));
+    let mut no_wait = req("X");
+    no_wait.max_wait_ms = Some(0);
+    assert_eq!(not_acquired(a.acquire(no_wait, 0).unwrap()), (Status::Timeout, Reason::Timeout));
+    assert_eq!(a.waiter_count(), 0);
+}
+
+#[test]
+fn a_full_queue_is_answered_queue_full_and_never_grows() {
+    let mut a = arbiter(json!({"defaultQueueLimit": 2}));
+    granted(a.acquire(req("ASR"), 0).unwrap());
+    queued(a.acquire(req("ASR"), 0).unwrap());
+    queued(a.acquire(req("ASR"), 0).unwrap());
+    assert_eq!(not_acquired(a.acquire(req("ASR"), 0).unwrap()), (Status::Skipped, Reason::QueueFull));
+    let mut fb = req("ASR");
+    fb.busy_policy = Some(BusyPolicy::FallbackCpu);
+    assert_eq!(not_acquired(a.acquire(fb, 0).unwrap()), (Status::FallbackCpu, Reason::QueueFull));
+    assert_eq!(a.waiter_count(), 2);
+    assert!(a.metrics().contains("gpu_arbiter_queue_full_total{gpu=\"gpu:0\",task_type=\"ASR\"} 2"));
+}
+
+#[test]
+fn waiters_time_out_at_max_wait() {
+    let mut a = arbiter(json!({}));
+    granted(a.acquire(req("ASR"), 0).unwrap());
+    let w = queued(a.acquire(req("TTS"), 10 * MS).unwrap()); // TTS waits 2000 ms
+    assert_eq!(a.next_deadline(), Some(2010 * MS));
+    let mut out = vec![];
+    a.tick(2009 * MS, &mut out);
+    assert!(out.is_empty());
+    a.tick(2010 * MS, &mut out);
+    assert_eq!(
+        out,
+        vec![Resolution { waiter: w, outcome: Outcome::NotAcquired { status: Status::Timeout, reason: Reason::Timeout } }]
+    );
+    assert_eq!(a.waiter_count(), 0);
+    assert!(a.metrics().contains("gpu_arbiter_timeouts_total{gpu=\"gpu:0\",task_type=\"TTS\"} 1"));
+}
+
+#[test]
+fn priority_order_then_fifo() {
+    let mut a = arbiter(json!({"agingMsPerPriority": 0, "defaultQueueLimit": 10}));
+    let first = granted(a.acquire(req("ASR"), 0).unwrap());
+    let low1 = queued(a.acquire(req("TTS"), 1).unwrap());
+    let high = queued(a.acquire(req("ASR"), 2).unwrap());
+    let low2 = queued(a.acquire(req("TTS"), 3).unwrap());
+    let mid = queued(a.acquire(req("NMT"), 4).unwrap());
+    let mut order = vec![];
+    let mut lease = first.lease_id;
+    for t in 1..=4 {
+        let mut out = vec![];
+        a.release(lease, t * MS, &mut out);
+        let r = out.pop().unwrap();
+        order.push(r.waiter);
+        lease = match r.outcome {
+            Outcome::Acquired(g) => g.lease_id,
+            o => panic!("{o:?}"),
+        };
+    }
+    assert_eq!(order, vec![high, mid, low1, low2]);
+}
+
+#[test]
+fn aging_lets_a_low_priority_waiter_pass_newer_high_priority_ones() {
+    // 1 point per 10 ms: a priority-20 waiter that has waited 800 ms outranks a fresh 90.
+    let mut a = arbiter(json!({"agingMsPerPriority": 10, "defaultQueueLimit": 10,
+        "policies": {"SEMANTIC_REPAIR": {"busyPolicy": "WAIT", "maxWaitMs": 10000}}}));
+    let lease = granted(a.acquire(req("ASR"), 0).unwrap());
+    let old_low = queued(a.acquire(req("SEMANTIC_REPAIR"), 0).unwrap());
+    let _new_high = queued(a.acquire(req("ASR"), 800 * MS).unwrap());
+    let snap = a.snapshot("gpu:0", 800 * MS).unwrap();
+    assert_eq!(snap.queue[0].task_type, "SEMANTIC_REPAIR");
+    assert!((snap.queue[0].effective_priority - 100.0).abs() < 1e-9);
+    let mut out = vec![];
+    a.release(lease.lease_id, 801 * MS, &mut out);
+    assert_eq!(out[0].waiter, old_low);
+}
+
+#[test]
+fn unknown_gpu_key_and_bad_requests_are_errors() {
+    let mut a = arbiter(json!({"gpuKeys": ["gpu:0", "gpu:1"]}));
+    let mut r = req("ASR");
+    r.gpu_key = Some("gpu:7".into());
+    let e = a.acquire(r, 0).unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidGpuKey);
+    assert!(e.message.contains("gpu:7") && e.message.contains("gpu:0, gpu:1"), "{}", e.message);
+    assert_eq!(a.acquire(req(""), 0).unwrap_err().code, ErrorCode::InvalidArgument);
+    let mut r = req("ASR");
+    r.priority = Some(101);
+    assert_eq!(a.acquire(r, 0).unwrap_err().code, ErrorCode::InvalidArgument);
+}
+
+#[test]
+fn no_gpu_key_picks_the_least_loaded_gpu() {
+    let mut a = arbiter(json!({"gpuKeys": ["gpu:0", "gpu:1"]}));
+    let g1 = granted(a.acquire(req("ASR"), 0).unwrap());
+    let g2 = granted(a.acquire(req("ASR"), 0).unwrap());
+    assert_eq!((g1.gpu_key.as_str(), g2.gpu_key.as_str()), ("gpu:0", "gpu:1"));
+    let mut out = vec![];
+    a.release(g1.lease_id, MS, &mut out);
+    assert_eq!(granted(a.acquire(req("NMT"), 2 * MS).unwrap()).gpu_key, "gpu:0");
+}
+
+#[test]
+fn watchdog_warns_or_revokes() {
+    let mut a = arbiter(json!({"defaultHoldMaxMs": 100}));
+    let l = granted(a.acquire(req("ASR"), 0).unwrap());
+    let w = queued(a.acquire(req("NMT"), 0).unwrap());
+    let mut out = vec![];
+    a.tick(100 * MS, &mut out);
+    assert!(out.is_empty(), "warn keeps the lease");
+    assert!(a.take_events().iter().any(|e| e.kind == EventKind::Watchdog && e.detail.as_deref() == Some("warn")));
+    assert!(a.snapshot("gpu:0", 100 * MS).unwrap().leases[0].watchdog_fired);
+    a.release(l.lease_id, 150 * MS, &mut out);
+    assert_eq!(out[0].waiter, w);
+
+    let mut a = arbiter(json!({"defaultHoldMaxMs": 100, "watchdogAction": "revoke"}));
+    let l = granted(a.acquire(req("ASR"), 0).unwrap());
+    let w = queued(a.acquire(req("NMT"), 0).unwrap());
+    let mut out = vec![];
+    a.tick(100 * MS, &mut out);
+    assert_eq!(out[0].waiter, w, "the stuck lease is taken back and the waiter served");
+    assert!(!a.release(l.lease_id, 200 * MS, &mut out), "a revoked lease is unknown");
+    assert!(a.metrics().contains("gpu_arbiter_watchdog_exceeded_total{gpu=\"gpu:0\",task_type=\"ASR\"} 1"));
+}
+
+#[test]
+fn cancel_frees_the_place_at_once() {
+    let mut a = arbiter(json!({"defaultQueueLimit": 1}));
+    granted(a.acquire(req("ASR"), 0).unwrap());
+    let w = queued(a.acquire(req("ASR"), 0).unwrap());
+    let r = a.cancel(w, MS).unwrap();
+    assert_eq!(r.outcome, Outcome::NotAcquired { status: Status::Cancelled, reason: Reason::Aborted });
+    assert!(a.cancel(w, MS).is_none());
+    queued(a.acquire(req("ASR"), 2 * MS).unwrap());
+    assert_eq!(a.next_deadline(), Some(2 * MS + 3000 * MS));
+}
+
+#[test]
+fn close_cancels_everyone_and_refuses_later_calls() {
+    let mut a = arbiter(json!({"defaultQueueLimit": 5}));
+    granted(a.acquire(req("ASR"), 0).unwrap());
+    let w1 = queued(a.acquire(req("ASR"), 0).unwrap());
+    let w2 = queued(a.acquire(req("ASR"), MS).unwrap());
+    let mut out = vec![];
+    a.close(2 * MS, &mut out);
+    assert_eq!(out.iter().map(|r| r.waiter).collect::<Vec<_>>(), vec![w1, w2]);
+    assert!(out.iter().all(|r| r.outcome
+        == Outcome::NotAcquired { status: Status::Cancelled, reason: Reason::Shutdown }));
+    assert_eq!((a.waiter_count(), a.lease_count(), a.next_deadline()), (0, 0, None));
+    assert_eq!(a.acquire(req("ASR"), 3 * MS).unwrap_err().code, ErrorCode::Closed);
+}
+
+#[test]
+fn disabled_arbiter_grants_everything_without_counting() {
+    let mut a = arbiter(json!({"enabled": false}));
+    for _ in 0..5 {
+        granted(a.acquire(req("ASR"), 0).unwrap());
+    }
+    assert_eq!(a.lease_count(), 0);
+}
+
+#[test]
+fn set_config_keeps_leases_and_queue_and_applies_new_capacity() {
+    let mut a = arbiter(json!({}));
+    granted(a.acquire(req("ASR"), 0).unwrap());
+    let w = queued(a.acquire(req("NMT"), 0).unwrap());
+    let mut wn = vec![];
+    let cfg = a.config().patched(&json!({"maxConcurrentLeases": 2, "gpuKeys": ["gpu:0", "gpu:1"]}), &mut wn).unwrap();
+    let mut out = vec![];
+    a.set_config(cfg, MS, &mut out).unwrap();
+    assert_eq!(out[0].waiter, w);
+    assert_eq!(a.lease_count(), 2);
+    let shrink = a.config().patched(&json!({"gpuKeys": ["gpu:1"]}), &mut wn).unwrap();
+    let e = a.set_config(shrink, MS, &mut out).unwrap_err();
+    assert!(e.message.contains("cannot remove \"gpu:0\""), "{}", e.message);
+}
+
+fn reading(at: Micros, util: f64, free_mb: u64) -> GpuReading {
+    GpuReading { at, utilization_gpu: Some(util), free_mb: Some(free_mb), total_mb: Some(80_000) }
+}
+
+#[test]
+fn high_pressure_holds_back_low_priority_work_with_hysteresis() {
+    let mut a = arbiter(json!({"maxConcurrentLeases": 4,
+        "policies": {"SEMANTIC_REPAIR": {"busyPolicy": "WAIT", "maxWaitMs": 5000}}}));
+    let mut out = vec![];
+    a.observe_gpu("gpu:0", reading(0, 90.0, 40_000), 0, &mut out);
+    assert_eq!(a.snapshot("gpu:0", 0).unwrap().admission.state, AdmissionState::HighPressure);
+    let mut skip = req("SEMANTIC_REPAIR");
+    skip.busy_policy = Some(BusyPolicy::Skip);
+    assert_eq!(not_acquired(a.acquire(skip, 0).unwrap()), (Status::Skipped, Reason::GpuUsageHigh));
+    granted(a.acquire(req("ASR"), 0).unwrap()); // high priority still gets in
+    let w = queued(a.acquire(req("SEMANTIC_REPAIR"), 0).unwrap());
+    a.observe_gpu("gpu:0", reading(MS, 80.0, 40_000), MS, &mut out);
+    assert!(out.is_empty(), "80% is between the water marks: still HIGH_PRESSURE");
+    a.observe_gpu("gpu:0", reading(2 * MS, 70.0, 40_000), 2 * MS, &mut out);
+    assert_eq!(out[0].waiter, w);
+}
+
+#[test]
+fn pressure_timeout_reports_gpu_usage_high() {
+    let mut a = arbiter(json!({"maxConcurrentLeases": 4,
+        "policies": {"SEMANTIC_REPAIR": {"busyPolicy": "WAIT", "maxWaitMs": 400}}}));
+    let mut out = vec![];
+    a.observe_gpu("gpu:0", reading(0, 95.0, 40_000), 0, &mut out);
+    let w = queued(a.acquire(req("SEMANTIC_REPAIR"), 0).unwrap());
+    a.observe_gpu("gpu:0", reading(300 * MS, 95.0, 40_000), 300 * MS, &mut out);
+    a.tick(400 * MS, &mut out);
+    assert_eq!(
+        out,
+        vec![Resolution {
+            waiter: w,
+            outcome: Outcome::NotAcquired { status: Status::Timeout, reason: Reason::GpuUsageHigh }
+        }]
+    );
+}
+
+#[test]
+fn vram_admission_counts_reserve_and_unseen_grants() {
+    let mut a = arbiter(json!({"maxConcurrentLeases": 4, "gpuUsage": {"vramReserveMb": 1000}}));
+    let mut out = vec![];
+    a.observe_gpu("gpu:0", reading(0, 10.0, 11_000), 0, &mut out);
+    let mut big = req("ASR");
+    big.vram_mb = Some(6_000);
+    let first = granted(a.acquire(big.clone(), MS).unwrap()); // 11000 - 1000 reserve >= 6000
+    // The first grant is not in the sample yet: 10000 - 6000 = 4000 < 6000.
+    let w = queued(a.acquire(big.clone(), 2 * MS).unwrap());
+    let mut small = req("NMT");
+    small.vram_mb = Some(3_000);
+    granted(a.acquire(small, 3 * MS).unwrap()); // a smaller one is not held up behind it
+    // A new sample that sees the first two grants' memory: free 2000.
+    a.observe_gpu("gpu:0", reading(4 * MS, 10.0, 2_000), 4 * MS, &mut out);
+    assert!(out.is_empty());
+    a.release(first.lease_id, 5 * MS, &mut out);
+    assert!(out.is_empty(), "release alone does not make memory visible");
+    a.observe_gpu("gpu:0", reading(6 * MS, 10.0, 8_000), 6 * MS, &mut out);
+    assert_eq!(out[0].waiter, w);
+    let mut skip = req("X");
+    skip.vram_mb = Some(50_000);
+    skip.busy_policy = Some(BusyPolicy::Skip);
+    assert_eq!(not_acquired(a.acquire(skip, 7 * MS).unwrap()), (Status::Skipped, Reason::VramLow));
+}
+
+#[test]
+fn a_stale_reading_falls_back_to_logical_leases() {
+    let mut a = arbiter(json!({"maxConcurrentLeases": 4, "gpuUsage": {"staleAfterMs": 1000}}));
+    let mut out = vec![];
+    a.observe_gpu("gpu:0", reading(0, 99.0, 100), 0, &mut out);
+    let mut r = req("SEMANTIC_REPAIR");
+    r.busy_policy = Some(BusyPolicy::Wait);
+    r.max_wait_ms = Some(5000);
+    let w = queued(a.acquire(r, 0).unwrap());
+    a.tick(1000 * MS, &mut out);
+    assert_eq!(out[0].waiter, w, "the reading went stale, so pressure no longer holds it back");
+    assert_eq!(a.snapshot("gpu:0", 1000 * MS).unwrap().admission.state, AdmissionState::Unknown);
+}
+
+#[test]
+fn snapshot_lists_holders_queue_and_percentiles() {
+    let mut a = arbiter(json!({"defaultQueueLimit": 4}));
+    let mut r = req("ASR");
+    r.trace = Trace { job_id: Some("j1".into()), utterance_index: Some(3), ..Trace::default() };
+    let l = granted(a.acquire(r, 0).unwrap());
+    queued(a.acquire(req("TTS"), 10 * MS).unwrap());
+    queued(a.acquire(req("ASR"), 20 * MS).unwrap());
+    let s = a.snapshot("gpu:0", 50 * MS).unwrap();
+    assert_eq!(s.leases[0].trace.job_id.as_deref(), Some("j1"));
+    assert_eq!(s.leases[0].held, 50 * MS);
+    assert_eq!(s.queue.iter().map(|w| w.task_type.as_str()).collect::<Vec<_>>(), vec!["ASR", "TTS"]);
+    let mut out = vec![];
+    a.release(l.lease_id, 60 * MS, &mut out);
+    let s = a.snapshot("gpu:0", 60 * MS).unwrap();
+    let asr = s.tasks.iter().find(|t| t.task_type == "ASR").unwrap();
+    assert_eq!(asr.acquired, 2);
+    assert_eq!(asr.hold.unwrap().p99, 60.0);
+    assert_eq!(asr.wait.unwrap().p99, 40.0);
+    assert!(a.snapshot("gpu:9", 0).is_none());
+}
+
+// ---- property test ----
+
+#[derive(Debug, Clone)]
+enum Op {
+    Acquire { task: u8, gpu: Option<u8>, priority: Option<u8>, wait_ms: u16 },
+    Release(usize),
+    Cancel(usize),
+    Advance(u16),
+    Observe { gpu: u8, util: u8 },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0u8..4, proptest::option::of(0u8..2), proptest::option::of(0u8..=100), 0u16..3000)
+            .prop_map(|(task, gpu, priority, wait_ms)| Op::Acquire { task, gpu, priority, wait_ms }),
+        3 => (0usize..64).prop_map(Op::Release),
+        1 => (0usize..64).prop_map(Op::Cancel),
+        2 => (0u16..1500).prop_map(Op::Advance),
+        1 => (0u8..2, 0u8..=100).prop_map(|(gpu, util)| Op::Observe { gpu, util }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Capacity is never exceeded, every request resolves exactly once, grants from the queue come
+    /// in queue order, and nothing is left behind after close.
+    #[test]
+    fn invariants_hold_under_any_sequence(ops in proptest::collection::vec(op(), 1..120), cap in 1u64..3, revoke in any::<bool>()) {
+        let tasks = ["ASR", "NMT", "TTS", "SEMANTIC_REPAIR"];
+        let mut a = arbiter(json!({
+            "gpuKeys": ["gpu:0", "gpu:1"], "maxConcurrentLeases": cap, "defaultQueueLimit": 6,
+            "defaultHoldMaxMs": 2000, "agingMsPerPriority": 50,
+            "watchdogAction": if revoke { "revoke" } else { "warn" },
+        }));
+        let mut now: Micros = 0;
+        let mut leases: Vec<LeaseId> = vec![];
+        let mut pending: HashMap<WaiterId, ()> = HashMap::new();
+        let mut resolved: HashMap<WaiterId, usize> = HashMap::new();
+        let mut out = vec![];
+        for op in ops {
+            match op {
+                Op::Acquire { task, gpu, priority, wait_ms } => {
+                    let mut r = req(tasks[task as usize]);
+                    r.gpu_key = gpu.map(|g| format!("gpu:{g}"));
+                    r.priority = priority.map(u64::from);
+                    r.max_wait_ms = Some(wait_ms as u64);
+                    r.busy_policy = Some(BusyPolicy::Wait);
+                    match a.acquire(r, now).unwrap() {
+                        Admission::Settled(Outcome::Acquired(g)) => leases.push(g.lease_id),
+                        Admission::Settled(_) => {}
+                        Admission::Queued(id) => { pending.insert(id, ()); }
+                    }
+                }
+                Op::Release(i) => if !leases.is_empty() {
+                    let id = leases.remove(i % leases.len());
+                    a.release(id, now, &mut out);
+                },
+                Op::Cancel(i) => {
+                    let ids: Vec<_> = pending.keys().copied().collect();
+                    if !ids.is_empty() {
+                        if let Some(r) = a.cancel(ids[i % ids.len()], now) { out.push(r); }
+                    }
+                }
+                Op::Advance(ms) => { now += ms as u64 * MS; a.tick(now, &mut out); }
+                Op::Observe { gpu, util } => {
+                    a.observe_gpu(&format!("gpu:{gpu}"), GpuReading { at: now, utilization_gpu: Some(util as f64), free_mb: None, total_mb: None }, now, &mut out);
+                }
+            }
+            // Before settling this step's resolutions, check queue-order fairness: a waiter granted
+            // now must not have had an admissible waiter ahead of it (checked via the snapshot order).
+            for r in out.drain(..) {
+                prop_assert!(pending.remove(&r.waiter).is_some(), "resolved twice or never queued: {:?}", r);
+                *resolved.entry(r.waiter).or_default() += 1;
+                if let Outcome::Acquired(g) = r.outcome { leases.push(g.lease_id); }
+            }
+            for s in a.snapshot_all(now) {
+                prop_assert!(s.leases.len() as u64 <= cap, "capacity exceeded on {}", s.gpu_key);
+                prop_assert!(s.queue.len() <= 6, "queue grew past its limit");
+                // Dequeue order is by effective priority, FIFO among equals.
+                for pair in s.queue.windows(2) {
+                    prop_assert!(pair[0].effective_priority >= pair[1].effective_priority - 1e-6);
+                }
+                // Nothing waits on a GPU with a free slot unless pressure holds it back.
+                if (s.leases.len() as u64) < cap && s.admission.state != AdmissionState::HighPressure {
+                    prop_assert!(s.queue.is_empty(), "a waiter was left behind on a free GPU");
+                }
+            }
+            prop_assert_eq!(a.waiter_count(), pending.len());
+        }
+        a.close(now, &mut out);
+        for r in out.drain(..) {
+            prop_assert!(pending.remove(&r.waiter).is_some());
+        }
+        prop_assert!(pending.is_empty(), "unresolved after close: {:?}", pending);
+        prop_assert_eq!((a.waiter_count(), a.lease_count(), a.next_deadline()), (0, 0, None));
+        prop_assert!(resolved.values().all(|n| *n == 1));
+    }
+
+    /// Aging bound: with aging on, a waiter is served before any request that arrives
+    /// (100 - priority) * agingMs or later after it, whatever that request's priority.
+    #[test]
+    fn aging_bounds_starvation(low in 0u64..100, aging_ms in 1u64..50, extra in 1u64..1000) {
+        let mut a = arbiter(json!({"agingMsPerPriority": aging_ms, "defaultQueueLimit": 10}));
+        let lease = granted(a.acquire(req("ASR"), 0).unwrap());
+        let mut r = req("LOW");
+        r.priority = Some(low);
+        r.max_wait_ms = Some(86_400_000);
+        let old = queued(a.acquire(r, 0).unwrap());
+        let later = (100 - low) * aging_ms * MS + extra;
+        let mut hi = req("HIGH");
+        hi.priority = Some(100);
+        hi.max_wait_ms = Some(86_400_000);
+        queued(a.acquire(hi, later).unwrap());
+        let mut out = vec![];
+        a.release(lease.lease_id, later + 1, &mut out);
+        prop_assert_eq!(out[0].waiter, old);
+    }
+}
