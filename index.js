@@ -835,4 +835,6 @@ function __napiStampBindingTarget(exportsObject, target) {
 // linked import resolves to `undefined`.
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
-module.exports.nativeVersion = nativeBinding.nativeVersion
+module.exports.GpuArbiter = nativeBinding.GpuArbiter
+module.exports.loadConfig = nativeBinding.loadConfig
+module.exports.setLogger = nativeBinding.setLogger

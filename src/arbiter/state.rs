@@ -94,7 +94,11 @@ pub struct Arbiter {
 
 impl Arbiter {
     pub fn new(config: ArbiterConfig) -> Self {
-        let gpus = config.gpu_keys.iter().map(|k| Gpu::new(k.clone())).collect();
+        let gpus = config
+            .gpu_keys
+            .iter()
+            .map(|k| Gpu::new(k.clone()))
+            .collect();
         Self {
             config,
             gpus,
@@ -148,7 +152,9 @@ impl Arbiter {
     pub fn acquire(&mut self, req: AcquireRequest, now: Micros) -> SidecarResult<Admission> {
         self.ensure_open()?;
         if req.task_type.trim().is_empty() {
-            return Err(SidecarError::invalid_argument("request.taskType: expected a non-empty string"));
+            return Err(SidecarError::invalid_argument(
+                "request.taskType: expected a non-empty string",
+            ));
         }
         if let Some(p) = req.priority {
             if p > 100 {
@@ -174,18 +180,31 @@ impl Arbiter {
         }
         let blocked = match self.check(g, r.priority, r.vram_mb, now) {
             Ok(()) => {
-                let grant = self.grant(g, req.task_type, r.priority, req.trace, r.hold_max, r.vram_mb, 0, now);
+                let grant = self.grant(
+                    g,
+                    req.task_type,
+                    r.priority,
+                    req.trace,
+                    r.hold_max,
+                    r.vram_mb,
+                    0,
+                    now,
+                );
                 return Ok(Admission::Settled(Outcome::Acquired(grant)));
             }
             Err(block) => block,
         };
         let queue_full = self.gpus[g].queue.len() >= r.queue_limit;
         let (status, reason) = match (r.busy, queue_full) {
-            (BusyPolicy::Skip, true) | (BusyPolicy::Wait, true) => (Status::Skipped, Reason::QueueFull),
+            (BusyPolicy::Skip, true) | (BusyPolicy::Wait, true) => {
+                (Status::Skipped, Reason::QueueFull)
+            }
             (BusyPolicy::Skip, false) => (Status::Skipped, blocked.reason_now()),
             (BusyPolicy::FallbackCpu, true) => (Status::FallbackCpu, Reason::QueueFull),
             (BusyPolicy::FallbackCpu, false) => (Status::FallbackCpu, blocked.reason_now()),
-            (BusyPolicy::Wait, false) if r.max_wait == 0 => (Status::Timeout, timeout_reason(blocked)),
+            (BusyPolicy::Wait, false) if r.max_wait == 0 => {
+                (Status::Timeout, timeout_reason(blocked))
+            }
             (BusyPolicy::Wait, false) => {
                 return Ok(Admission::Queued(self.enqueue(g, req, r, now)));
             }
@@ -196,9 +215,14 @@ impl Arbiter {
 
     /// Gives a lease back. Unknown, already released or revoked ids return `false` and change nothing.
     pub fn release(&mut self, lease_id: LeaseId, now: Micros, out: &mut Vec<Resolution>) -> bool {
-        let Some(lease) = self.leases.remove(&lease_id) else { return false };
+        let Some(lease) = self.leases.remove(&lease_id) else {
+            return false;
+        };
         if lease.hold_max > 0 && !lease.watchdog_fired {
-            self.deadlines.remove(&(lease.acquired_at + lease.hold_max, Deadline::Watchdog(lease_id)));
+            self.deadlines.remove(&(
+                lease.acquired_at + lease.hold_max,
+                Deadline::Watchdog(lease_id),
+            ));
         }
         let g = lease.gpu;
         self.gpus[g].active -= 1;
@@ -223,10 +247,20 @@ impl Arbiter {
         let w = self.dequeue(waiter)?;
         let key = self.gpus[w.gpu].key.clone();
         self.task_stats(&key, &w.task_type).count(Status::Cancelled);
-        self.emit_settled(EventKind::Cancelled, w.gpu, &w.task_type, Status::Cancelled, Reason::Aborted, now);
+        self.emit_settled(
+            EventKind::Cancelled,
+            w.gpu,
+            &w.task_type,
+            Status::Cancelled,
+            Reason::Aborted,
+            now,
+        );
         Some(Resolution {
             waiter,
-            outcome: Outcome::NotAcquired { status: Status::Cancelled, reason: Reason::Aborted },
+            outcome: Outcome::NotAcquired {
+                status: Status::Cancelled,
+                reason: Reason::Aborted,
+            },
         })
     }
 
@@ -250,13 +284,24 @@ impl Arbiter {
 
     /// Feeds one GPU's telemetry. Pressure follows that GPU's own utilization with hysteresis
     /// (HIGH at `highWater`, back to NORMAL under `lowWater`); waiters are re-checked.
-    pub fn observe_gpu(&mut self, gpu_key: &str, reading: GpuReading, now: Micros, out: &mut Vec<Resolution>) {
-        let Some(g) = self.gpus.iter().position(|gpu| gpu.key == gpu_key) else { return };
+    pub fn observe_gpu(
+        &mut self,
+        gpu_key: &str,
+        reading: GpuReading,
+        now: Micros,
+        out: &mut Vec<Resolution>,
+    ) {
+        let Some(g) = self.gpus.iter().position(|gpu| gpu.key == gpu_key) else {
+            return;
+        };
         let usage = &self.config.gpu_usage;
         let (high, low) = (usage.high_water.get() as f64, usage.low_water.get() as f64);
         let gpu = &mut self.gpus[g];
         if let Some(old) = gpu.reading {
-            self.deadlines.remove(&(old.at + usage.stale_after_ms.get() * MICROS_PER_MS, Deadline::ReadingStale(g)));
+            self.deadlines.remove(&(
+                old.at + usage.stale_after_ms.get() * MICROS_PER_MS,
+                Deadline::ReadingStale(g),
+            ));
         }
         let before = gpu.state;
         gpu.state = match (reading.utilization_gpu, gpu.state) {
@@ -266,8 +311,10 @@ impl Arbiter {
             (_, state) => state,
         };
         gpu.reading = Some(reading);
-        self.deadlines
-            .insert((reading.at + usage.stale_after_ms.get() * MICROS_PER_MS, Deadline::ReadingStale(g)));
+        self.deadlines.insert((
+            reading.at + usage.stale_after_ms.get() * MICROS_PER_MS,
+            Deadline::ReadingStale(g),
+        ));
         if before != self.gpus[g].state {
             self.emit_admission_state(g, now);
         }
@@ -276,7 +323,12 @@ impl Arbiter {
 
     /// Replaces the config, keeping leases and queue. GPU keys may be added; a key can only be
     /// removed while it holds no lease and no waiter.
-    pub fn set_config(&mut self, config: ArbiterConfig, now: Micros, out: &mut Vec<Resolution>) -> SidecarResult<()> {
+    pub fn set_config(
+        &mut self,
+        config: ArbiterConfig,
+        now: Micros,
+        out: &mut Vec<Resolution>,
+    ) -> SidecarResult<()> {
         self.ensure_open()?;
         for gpu in &self.gpus {
             let busy = gpu.active > 0 || !gpu.queue.is_empty();
@@ -287,8 +339,11 @@ impl Arbiter {
                 )));
             }
         }
-        let mut old: HashMap<String, (usize, Gpu)> =
-            std::mem::take(&mut self.gpus).into_iter().enumerate().map(|(i, g)| (g.key.clone(), (i, g))).collect();
+        let mut old: HashMap<String, (usize, Gpu)> = std::mem::take(&mut self.gpus)
+            .into_iter()
+            .enumerate()
+            .map(|(i, g)| (g.key.clone(), (i, g)))
+            .collect();
         let mut remap = HashMap::new();
         for (new_index, key) in config.gpu_keys.iter().enumerate() {
             let gpu = match old.remove(key) {
@@ -316,7 +371,8 @@ impl Arbiter {
         self.config = config;
         self.requeue_all();
         if self.record_events {
-            self.events.push(ArbiterEvent::new(EventKind::ConfigReloaded, now));
+            self.events
+                .push(ArbiterEvent::new(EventKind::ConfigReloaded, now));
         }
         for g in 0..self.gpus.len() {
             self.pump(g, now, out);
@@ -339,16 +395,30 @@ impl Arbiter {
             return;
         }
         self.closed = true;
-        let mut ids: Vec<(Micros, WaiterId)> = self.waiters.iter().map(|(id, w)| (w.enqueued_at, *id)).collect();
+        let mut ids: Vec<(Micros, WaiterId)> = self
+            .waiters
+            .iter()
+            .map(|(id, w)| (w.enqueued_at, *id))
+            .collect();
         ids.sort_unstable();
         for (_, id) in ids {
             if let Some(w) = self.dequeue(id) {
                 let key = self.gpus[w.gpu].key.clone();
                 self.task_stats(&key, &w.task_type).count(Status::Cancelled);
-                self.emit_settled(EventKind::Cancelled, w.gpu, &w.task_type, Status::Cancelled, Reason::Shutdown, now);
+                self.emit_settled(
+                    EventKind::Cancelled,
+                    w.gpu,
+                    &w.task_type,
+                    Status::Cancelled,
+                    Reason::Shutdown,
+                    now,
+                );
                 out.push(Resolution {
                     waiter: id,
-                    outcome: Outcome::NotAcquired { status: Status::Cancelled, reason: Reason::Shutdown },
+                    outcome: Outcome::NotAcquired {
+                        status: Status::Cancelled,
+                        reason: Reason::Shutdown,
+                    },
                 });
             }
         }
@@ -361,8 +431,11 @@ impl Arbiter {
 
     /// Prometheus text exposition of the arbiter's counters, histograms and gauges.
     pub fn metrics(&self) -> String {
-        let lengths: Vec<(String, usize, usize)> =
-            self.gpus.iter().map(|g| (g.key.clone(), g.queue.len(), g.active)).collect();
+        let lengths: Vec<(String, usize, usize)> = self
+            .gpus
+            .iter()
+            .map(|g| (g.key.clone(), g.queue.len(), g.active))
+            .collect();
         render_prometheus(&self.stats, &lengths)
     }
 
@@ -370,7 +443,10 @@ impl Arbiter {
 
     fn ensure_open(&self) -> SidecarResult<()> {
         if self.closed {
-            Err(SidecarError::new(ErrorCode::Closed, "the arbiter is closed"))
+            Err(SidecarError::new(
+                ErrorCode::Closed,
+                "the arbiter is closed",
+            ))
         } else {
             Ok(())
         }
@@ -386,7 +462,10 @@ impl Arbiter {
         self.gpus.iter().position(|g| g.key == key).ok_or_else(|| {
             SidecarError::new(
                 ErrorCode::InvalidGpuKey,
-                format!("unknown GPU key \"{key}\"; configured keys: {}", self.config.gpu_keys.join(", ")),
+                format!(
+                    "unknown GPU key \"{key}\"; configured keys: {}",
+                    self.config.gpu_keys.join(", ")
+                ),
             )
         })
     }
@@ -396,15 +475,32 @@ impl Arbiter {
         let p = c.policies.get(&req.task_type);
         let pick = |f: fn(&crate::config::TaskPolicy) -> Option<u64>| p.and_then(f);
         Resolved {
-            priority: req.priority.or(pick(|p| p.priority.map(|v| v.get()))).unwrap_or(c.default_priority.get()),
-            max_wait: req.max_wait_ms.or(pick(|p| p.max_wait_ms.map(|v| v.get()))).unwrap_or(c.default_max_wait_ms.get())
+            priority: req
+                .priority
+                .or(pick(|p| p.priority.map(|v| v.get())))
+                .unwrap_or(c.default_priority.get()),
+            max_wait: req
+                .max_wait_ms
+                .or(pick(|p| p.max_wait_ms.map(|v| v.get())))
+                .unwrap_or(c.default_max_wait_ms.get())
                 * MICROS_PER_MS,
-            busy: req.busy_policy.or(p.and_then(|p| p.busy_policy)).unwrap_or(c.default_busy_policy),
-            queue_limit: req.queue_limit.or(pick(|p| p.queue_limit.map(|v| v.get()))).unwrap_or(c.default_queue_limit.get())
-                as usize,
-            hold_max: req.hold_max_ms.or(pick(|p| p.hold_max_ms.map(|v| v.get()))).unwrap_or(c.default_hold_max_ms.get())
+            busy: req
+                .busy_policy
+                .or(p.and_then(|p| p.busy_policy))
+                .unwrap_or(c.default_busy_policy),
+            queue_limit: req
+                .queue_limit
+                .or(pick(|p| p.queue_limit.map(|v| v.get())))
+                .unwrap_or(c.default_queue_limit.get()) as usize,
+            hold_max: req
+                .hold_max_ms
+                .or(pick(|p| p.hold_max_ms.map(|v| v.get())))
+                .unwrap_or(c.default_hold_max_ms.get())
                 * MICROS_PER_MS,
-            vram_mb: req.vram_mb.or(pick(|p| p.vram_mb.map(|v| v.get()))).unwrap_or(0),
+            vram_mb: req
+                .vram_mb
+                .or(pick(|p| p.vram_mb.map(|v| v.get())))
+                .unwrap_or(0),
         }
     }
 
@@ -421,7 +517,9 @@ impl Arbiter {
         if gpu.active >= self.config.max_concurrent_leases.get() as usize {
             return Err(Block::Capacity);
         }
-        let Some(reading) = self.usable_reading(g, now) else { return Ok(()) };
+        let Some(reading) = self.usable_reading(g, now) else {
+            return Ok(());
+        };
         let usage = &self.config.gpu_usage;
         if gpu.state == AdmissionState::HighPressure && priority < usage.priority_floor.get() {
             return Err(Block::Pressure);
@@ -434,7 +532,9 @@ impl Arbiter {
                 .filter(|l| l.gpu == g && l.acquired_at > reading.at)
                 .map(|l| l.vram_mb)
                 .sum();
-            let available = free.saturating_sub(usage.vram_reserve_mb.get()).saturating_sub(unseen);
+            let available = free
+                .saturating_sub(usage.vram_reserve_mb.get())
+                .saturating_sub(unseen);
             if available < vram_mb {
                 return Err(Block::Vram);
             }
@@ -447,7 +547,10 @@ impl Arbiter {
         (0..self.gpus.len())
             .min_by_key(|&g| {
                 let gpu = &self.gpus[g];
-                let util = self.usable_reading(g, now).and_then(|r| r.utilization_gpu).unwrap_or(0.0);
+                let util = self
+                    .usable_reading(g, now)
+                    .and_then(|r| r.utilization_gpu)
+                    .unwrap_or(0.0);
                 (
                     self.check(g, priority, vram_mb, now).is_err(),
                     gpu.active + gpu.queue.len(),
@@ -474,7 +577,8 @@ impl Arbiter {
         let key = self.gpus[g].key.clone();
         self.gpus[g].active += 1;
         if hold_max > 0 {
-            self.deadlines.insert((now + hold_max, Deadline::Watchdog(lease_id)));
+            self.deadlines
+                .insert((now + hold_max, Deadline::Watchdog(lease_id)));
         }
         let stats = self.task_stats(&key, &task_type);
         stats.count(Status::Acquired);
@@ -490,14 +594,32 @@ impl Arbiter {
         }
         self.leases.insert(
             lease_id,
-            Lease { gpu: g, task_type, priority, trace, acquired_at: now, hold_max, watchdog_fired: false, vram_mb },
+            Lease {
+                gpu: g,
+                task_type,
+                priority,
+                trace,
+                acquired_at: now,
+                hold_max,
+                watchdog_fired: false,
+                vram_mb,
+            },
         );
-        Grant { lease_id, gpu_key: key, acquired_at: now, queue_wait: waited }
+        Grant {
+            lease_id,
+            gpu_key: key,
+            acquired_at: now,
+            queue_wait: waited,
+        }
     }
 
     fn queue_key(&self, priority: u64, enqueued_at: Micros, seq: u64) -> QueueKey {
         let aging = self.config.aging_ms_per_priority.get() as i128 * MICROS_PER_MS as i128;
-        let score = if aging > 0 { priority as i128 * aging - enqueued_at as i128 } else { priority as i128 };
+        let score = if aging > 0 {
+            priority as i128 * aging - enqueued_at as i128
+        } else {
+            priority as i128
+        };
         (Reverse(score), seq)
     }
 
@@ -570,13 +692,27 @@ impl Arbiter {
             let Some(id) = next else { return };
             let w = self.dequeue(id).expect("queued waiter exists");
             let waited = now.saturating_sub(w.enqueued_at);
-            let grant = self.grant(g, w.task_type, w.priority, w.trace, w.hold_max, w.vram_mb, waited, now);
-            out.push(Resolution { waiter: id, outcome: Outcome::Acquired(grant) });
+            let grant = self.grant(
+                g,
+                w.task_type,
+                w.priority,
+                w.trace,
+                w.hold_max,
+                w.vram_mb,
+                waited,
+                now,
+            );
+            out.push(Resolution {
+                waiter: id,
+                outcome: Outcome::Acquired(grant),
+            });
         }
     }
 
     fn time_out(&mut self, id: WaiterId, now: Micros, out: &mut Vec<Resolution>) {
-        let Some(w) = self.waiters.get(&id) else { return };
+        let Some(w) = self.waiters.get(&id) else {
+            return;
+        };
         let (g, priority, vram) = (w.gpu, w.priority, w.vram_mb);
         // It may have become grantable without a trigger (e.g. its GPU's reading went stale).
         self.pump(g, now, out);
@@ -592,15 +728,34 @@ impl Arbiter {
         let stats = self.task_stats(&key, &w.task_type);
         stats.count(Status::Timeout);
         stats.timeouts += 1;
-        self.emit_settled(EventKind::Timeout, g, &w.task_type, Status::Timeout, reason, now);
-        out.push(Resolution { waiter: id, outcome: Outcome::NotAcquired { status: Status::Timeout, reason } });
+        self.emit_settled(
+            EventKind::Timeout,
+            g,
+            &w.task_type,
+            Status::Timeout,
+            reason,
+            now,
+        );
+        out.push(Resolution {
+            waiter: id,
+            outcome: Outcome::NotAcquired {
+                status: Status::Timeout,
+                reason,
+            },
+        });
     }
 
     fn watchdog(&mut self, id: LeaseId, now: Micros, out: &mut Vec<Resolution>) {
         let revoke = self.config.watchdog_action == WatchdogAction::Revoke;
-        let Some(lease) = self.leases.get_mut(&id) else { return };
+        let Some(lease) = self.leases.get_mut(&id) else {
+            return;
+        };
         lease.watchdog_fired = true;
-        let (g, task_type, held) = (lease.gpu, lease.task_type.clone(), now.saturating_sub(lease.acquired_at));
+        let (g, task_type, held) = (
+            lease.gpu,
+            lease.task_type.clone(),
+            now.saturating_sub(lease.acquired_at),
+        );
         let trace = lease.trace.clone();
         let key = self.gpus[g].key.clone();
         let stats = self.task_stats(&key, &task_type);
@@ -628,7 +783,14 @@ impl Arbiter {
         }
     }
 
-    fn settle_unqueued(&mut self, g: usize, task_type: &str, status: Status, reason: Reason, now: Micros) {
+    fn settle_unqueued(
+        &mut self,
+        g: usize,
+        task_type: &str,
+        status: Status,
+        reason: Reason,
+        now: Micros,
+    ) {
         let key = self.gpus[g].key.clone();
         let stats = self.task_stats(&key, task_type);
         stats.count(status);
@@ -637,11 +799,23 @@ impl Arbiter {
             _ if reason == Reason::QueueFull => stats.queue_full += 1,
             _ => {}
         }
-        let kind = if status == Status::Timeout { EventKind::Timeout } else { EventKind::Skipped };
+        let kind = if status == Status::Timeout {
+            EventKind::Timeout
+        } else {
+            EventKind::Skipped
+        };
         self.emit_settled(kind, g, task_type, status, reason, now);
     }
 
-    fn emit_settled(&mut self, kind: EventKind, g: usize, task_type: &str, status: Status, reason: Reason, now: Micros) {
+    fn emit_settled(
+        &mut self,
+        kind: EventKind,
+        g: usize,
+        task_type: &str,
+        status: Status,
+        reason: Reason,
+        now: Micros,
+    ) {
         if self.record_events {
             let mut ev = ArbiterEvent::new(kind, now);
             ev.gpu_key = Some(self.gpus[g].key.clone());
@@ -694,6 +868,12 @@ fn timeout_reason(block: Block) -> Reason {
 
 impl Gpu {
     fn new(key: String) -> Self {
-        Self { key, active: 0, queue: BTreeMap::new(), reading: None, state: AdmissionState::Unknown }
+        Self {
+            key,
+            active: 0,
+            queue: BTreeMap::new(),
+            reading: None,
+            state: AdmissionState::Unknown,
+        }
     }
 }

@@ -47,7 +47,10 @@ pub fn parse_node_config(text: &str, source: &str) -> SidecarResult<NodeConfig> 
         Some(section) => ArbiterConfig::from_json(section, &mut warnings)?,
         None => ArbiterConfig::default(),
     };
-    Ok(NodeConfig { gpu_arbiter, warnings })
+    Ok(NodeConfig {
+        gpu_arbiter,
+        warnings,
+    })
 }
 
 /// Deserializes one section, naming the JSON path (under `prefix`) of the first bad field and
@@ -98,7 +101,11 @@ fn readable_serde_message(message: &str) -> String {
     }
     if let Some(rest) = message.strip_prefix("unknown variant ") {
         if let Some((got, expected)) = rest.split_once(", expected ") {
-            return format!("expected {}, got {}", expected.replace('`', "\""), got.replace('`', "\""));
+            return format!(
+                "expected {}, got {}",
+                expected.replace('`', "\""),
+                got.replace('`', "\"")
+            );
         }
     }
     message.replace('`', "\"")
@@ -134,13 +141,23 @@ mod tests {
     #[test]
     fn out_of_range_and_bad_enum_values_name_the_field() {
         let err = parse_node_config(r#"{"gpuArbiter":{"defaultQueueLimit":-1}}"#, "t").unwrap_err();
-        assert!(err.message.starts_with("gpuArbiter.defaultQueueLimit: expected an integer"), "{}", err.message);
+        assert!(
+            err.message
+                .starts_with("gpuArbiter.defaultQueueLimit: expected an integer"),
+            "{}",
+            err.message
+        );
         let err = parse_node_config(
             r#"{"gpuArbiter":{"policies":{"TTS":{"busyPolicy":"MAYBE"}}}}"#,
             "t",
         )
         .unwrap_err();
-        assert!(err.message.starts_with("gpuArbiter.policies.TTS.busyPolicy: expected one of"), "{}", err.message);
+        assert!(
+            err.message
+                .starts_with("gpuArbiter.policies.TTS.busyPolicy: expected one of"),
+            "{}",
+            err.message
+        );
         assert!(err.message.contains("\"MAYBE\""), "{}", err.message);
     }
 
@@ -164,6 +181,10 @@ mod tests {
     fn invalid_json_is_an_invalid_config_error() {
         let err = parse_node_config("{ not json", "node.json").unwrap_err();
         assert_eq!(err.code, crate::error::ErrorCode::InvalidConfig);
-        assert!(err.message.starts_with("node.json: not valid JSON"), "{}", err.message);
+        assert!(
+            err.message.starts_with("node.json: not valid JSON"),
+            "{}",
+            err.message
+        );
     }
 }

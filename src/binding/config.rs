@@ -1,0 +1,30 @@
+//! `loadConfig(path)`.
+
+use napi_derive::napi;
+
+use super::Code;
+use crate::config;
+use crate::error::{ErrorCode, SidecarError};
+
+/// The sections of a node config file that gpu-sidecar owns, validated, with defaults applied.
+#[napi(object)]
+pub struct NodeConfig {
+    #[napi(ts_type = "Required<GpuArbiterConfig>")]
+    pub gpu_arbiter: serde_json::Value,
+    /// Unknown keys in our sections, as JSON paths (they are ignored).
+    pub warnings: Vec<String>,
+}
+
+/// Reads a whole node config file (like `electron-node-config.json`) and validates the sections
+/// gpu-sidecar owns. Throws `INVALID_CONFIG` with the JSON path of a bad field
+/// (`gpuArbiter.policies.ASR.priority: expected an integer 0-100, got "high"`).
+#[napi(catch_unwind)]
+pub fn load_config(path: String) -> napi::Result<NodeConfig, Code> {
+    let node = config::load_node_config(std::path::Path::new(&path))?;
+    let gpu_arbiter = serde_json::to_value(&node.gpu_arbiter)
+        .map_err(|e| SidecarError::new(ErrorCode::Internal, e.to_string()))?;
+    Ok(NodeConfig {
+        gpu_arbiter,
+        warnings: node.warnings,
+    })
+}

@@ -1,0 +1,170 @@
+//! Small safe wrappers over raw Node-API calls the arbiter needs on its hot path: promises
+//! resolved from Rust without a threadsafe function, persistent references, and calls into JS
+//! whose exceptions are caught and logged instead of left pending.
+
+use std::ffi::CString;
+use std::ptr;
+
+use napi::{check_status, sys, Env, Result};
+
+/// A promise we resolve later on the JS thread.
+pub struct Deferred(sys::napi_deferred);
+
+impl Deferred {
+    pub fn new(env: &Env) -> Result<(Deferred, sys::napi_value)> {
+        let mut deferred = ptr::null_mut();
+        let mut promise = ptr::null_mut();
+        check_status!(unsafe { sys::napi_create_promise(env.raw(), &mut deferred, &mut promise) })?;
+        Ok((Deferred(deferred), promise))
+    }
+
+    pub fn resolve(self, env: &Env, value: sys::napi_value) -> Result<()> {
+        check_status!(unsafe { sys::napi_resolve_deferred(env.raw(), self.0, value) })
+    }
+}
+
+/// A strong reference that keeps a JS value alive until dropped.
+pub struct JsRef {
+    env: sys::napi_env,
+    raw: sys::napi_ref,
+}
+
+impl JsRef {
+    pub fn new(env: &Env, value: sys::napi_value) -> Result<Self> {
+        let mut raw = ptr::null_mut();
+        check_status!(unsafe { sys::napi_create_reference(env.raw(), value, 1, &mut raw) })?;
+        Ok(Self {
+            env: env.raw(),
+            raw,
+        })
+    }
+
+    pub fn get(&self) -> Result<sys::napi_value> {
+        let mut value = ptr::null_mut();
+        check_status!(unsafe { sys::napi_get_reference_value(self.env, self.raw, &mut value) })?;
+        Ok(value)
+    }
+}
+
+impl Drop for JsRef {
+    fn drop(&mut self) {
+        // Only ever dropped on the JS thread of the env that made it (the owner is !Send).
+        unsafe { sys::napi_delete_reference(self.env, self.raw) };
+    }
+}
+
+pub fn named_property(env: &Env, object: sys::napi_value, name: &str) -> Result<sys::napi_value> {
+    let key = CString::new(name).expect("property names have no NUL");
+    let mut value = ptr::null_mut();
+    check_status!(unsafe {
+        sys::napi_get_named_property(env.raw(), object, key.as_ptr(), &mut value)
+    })?;
+    Ok(value)
+}
+
+pub fn global(env: &Env) -> Result<sys::napi_value> {
+    let mut value = ptr::null_mut();
+    check_status!(unsafe { sys::napi_get_global(env.raw(), &mut value) })?;
+    Ok(value)
+}
+
+pub fn string(env: &Env, s: &str) -> Result<sys::napi_value> {
+    let mut value = ptr::null_mut();
+    check_status!(unsafe {
+        sys::napi_create_string_utf8(env.raw(), s.as_ptr().cast(), s.len() as isize, &mut value)
+    })?;
+    Ok(value)
+}
+
+pub fn number(env: &Env, n: f64) -> Result<sys::napi_value> {
+    let mut value = ptr::null_mut();
+    check_status!(unsafe { sys::napi_create_double(env.raw(), n, &mut value) })?;
+    Ok(value)
+}
+
+pub fn is_truthy(env: &Env, value: sys::napi_value) -> Result<bool> {
+    let mut coerced = ptr::null_mut();
+    let mut out = false;
+    check_status!(unsafe { sys::napi_coerce_to_bool(env.raw(), value, &mut coerced) })?;
+    check_status!(unsafe { sys::napi_get_value_bool(env.raw(), coerced, &mut out) })?;
+    Ok(out)
+}
+
+/// Calls `recv.method(...args)`.
+pub fn call_method(
+    env: &Env,
+    recv: sys::napi_value,
+    method: &str,
+    args: &[sys::napi_value],
+) -> Result<sys::napi_value> {
+    let f = named_property(env, recv, method)?;
+    call(env, recv, f, args)
+}
+
+/// Calls a JS function. A JS exception is cleared and returned as an error, so the caller decides
+/// what to do with it (we log listener errors rather than let them break the arbiter).
+pub fn call(
+    env: &Env,
+    recv: sys::napi_value,
+    f: sys::napi_value,
+    args: &[sys::napi_value],
+) -> Result<sys::napi_value> {
+    let mut result = ptr::null_mut();
+    let status = unsafe {
+        sys::napi_call_function(env.raw(), recv, f, args.len(), args.as_ptr(), &mut result)
+    };
+    if status == sys::Status::napi_ok {
+        return Ok(result);
+    }
+    let mut pending = false;
+    unsafe { sys::napi_is_exception_pending(env.raw(), &mut pending) };
+    let mut message = String::from("JS function failed");
+    if pending {
+        let mut exception = ptr::null_mut();
+        unsafe { sys::napi_get_and_clear_last_exception(env.raw(), &mut exception) };
+        if let Ok(text) = display(env, exception) {
+            message = text;
+        }
+    }
+    Err(napi::Error::new(napi::Status::GenericFailure, message))
+}
+
+fn display(env: &Env, value: sys::napi_value) -> Result<String> {
+    let mut text = ptr::null_mut();
+    check_status!(unsafe { sys::napi_coerce_to_string(env.raw(), value, &mut text) })?;
+    let mut len = 0;
+    check_status!(unsafe {
+        sys::napi_get_value_string_utf8(env.raw(), text, ptr::null_mut(), 0, &mut len)
+    })?;
+    let mut buf = vec![0u8; len + 1];
+    check_status!(unsafe {
+        sys::napi_get_value_string_utf8(
+            env.raw(),
+            text,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut len,
+        )
+    })?;
+    buf.truncate(len);
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// Runs `f`, turning a Rust panic into an error instead of unwinding into Node.
+pub fn no_panic<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(payload) => {
+            let detail = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(%detail, "panic in {what}");
+            Err(napi::Error::new(
+                napi::Status::GenericFailure,
+                format!("internal error in {what}: {detail}"),
+            ))
+        }
+    }
+}
