@@ -112,6 +112,13 @@ export declare class GpuArbiter {
    */
   setConfig(patch: GpuArbiterConfigPatch): void
   /**
+   * Feeds one GPU's current utilization and memory from any source (a `Telemetry` attached to
+   * the arbiter does this on every sample). Sets the GPU's admission state (HIGH_PRESSURE at
+   * `gpuUsage.highWater`, NORMAL again under `lowWater`), enables VRAM admission for requests
+   * with `vramMb`, and re-checks waiters. Readings for keys the arbiter does not have are ignored.
+   */
+  observeGpu(gpuKey: string, reading: GpuReadingInput): void
+  /**
    * Subscribes to events; returns a function that unsubscribes. A listener that throws is
    * logged and does not disturb the arbiter.
    */
@@ -229,6 +236,13 @@ export interface GpuLeaseTrace {
   sessionId?: string
   utteranceIndex?: number
   stage?: string
+}
+
+/** One GPU's telemetry as admission uses it (see `observeGpu`). */
+export interface GpuReadingInput {
+  utilizationGpu?: number
+  freeMb?: number
+  totalMb?: number
 }
 
 export interface GpuTaskStats {

@@ -20,8 +20,8 @@ use notify::Watcher;
 use super::js::{self, Deferred, JsRef};
 use super::{Code, IntoJsResult, JsResult};
 use crate::arbiter::{
-    AcquireRequest, Admission, Arbiter, ArbiterEvent, BusyPolicy, GpuSnapshot, Micros, Outcome,
-    Percentiles, Resolution, Status, Trace, WaiterId, MICROS_PER_MS,
+    AcquireRequest, Admission, Arbiter, ArbiterEvent, BusyPolicy, GpuReading, GpuSnapshot, Micros,
+    Outcome, Percentiles, Resolution, Status, Trace, WaiterId, MICROS_PER_MS,
 };
 use crate::config::{self, ArbiterConfig};
 use crate::error::SidecarError;
@@ -182,6 +182,14 @@ pub struct GpuArbiterSnapshot {
     pub queue_length: u32,
     pub tasks: Vec<GpuTaskStats>,
     pub admission: GpuAdmission,
+}
+
+/// One GPU's telemetry as admission uses it (see `observeGpu`).
+#[napi(object)]
+pub struct GpuReadingInput {
+    pub utilization_gpu: Option<f64>,
+    pub free_mb: Option<f64>,
+    pub total_mb: Option<f64>,
 }
 
 #[napi(object)]
@@ -390,6 +398,45 @@ impl GpuArbiter {
     #[napi(catch_unwind, ts_args_type = "patch: GpuArbiterConfigPatch")]
     pub fn set_config(&self, env: &Env, patch: serde_json::Value) -> Result<(), Code> {
         apply_config(env, &self.state, ConfigChange::Patch(patch))
+    }
+
+    /// Feeds one GPU's current utilization and memory from any source (a `Telemetry` attached to
+    /// the arbiter does this on every sample). Sets the GPU's admission state (HIGH_PRESSURE at
+    /// `gpuUsage.highWater`, NORMAL again under `lowWater`), enables VRAM admission for requests
+    /// with `vramMb`, and re-checks waiters. Readings for keys the arbiter does not have are ignored.
+    #[napi(catch_unwind)]
+    pub fn observe_gpu(
+        &self,
+        env: &Env,
+        gpu_key: String,
+        reading: GpuReadingInput,
+    ) -> Result<(), Code> {
+        let mb = |name: &str, v: Option<f64>| -> JsResult<Option<u64>> {
+            match v {
+                Some(x) if !(x.is_finite() && x >= 0.0) => Err(SidecarError::invalid_argument(
+                    format!("reading.{name}: expected a number >= 0, got {x}"),
+                )
+                .into()),
+                other => Ok(other.map(|x| x as u64)),
+            }
+        };
+        let (free_mb, total_mb) = (
+            mb("freeMb", reading.free_mb)?,
+            mb("totalMb", reading.total_mb)?,
+        );
+        let mut out = Vec::new();
+        {
+            let mut s = self.state.borrow_mut();
+            let now = s.now();
+            let reading = GpuReading {
+                at: now,
+                utilization_gpu: reading.utilization_gpu,
+                free_mb,
+                total_mb,
+            };
+            s.core.observe_gpu(&gpu_key, reading, now, &mut out);
+        }
+        after_change(env, &self.state, out)
     }
 
     /// Subscribes to events; returns a function that unsubscribes. A listener that throws is
