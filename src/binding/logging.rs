@@ -21,8 +21,14 @@ struct LogRecord {
     fields: serde_json::Map<String, serde_json::Value>,
 }
 
-type LogFn =
-    ThreadsafeFunction<LogRecord, (), (String, String, serde_json::Value), Status, false, true>;
+type LogFn = ThreadsafeFunction<
+    LogRecord,
+    (),
+    FnArgs<(String, String, serde_json::Value)>,
+    Status,
+    false,
+    true,
+>;
 
 struct Sink {
     log: LogFn,
@@ -141,7 +147,7 @@ fn init_logging() {
     ts_args_type = "logger: ((level: 'error' | 'warn' | 'info' | 'debug' | 'trace', message: string, fields: Record<string, unknown>) => void) | null, minLevel?: 'error' | 'warn' | 'info' | 'debug' | 'trace'"
 )]
 pub fn set_logger(
-    logger: Option<Function<(String, String, serde_json::Value), ()>>,
+    logger: Option<Function<FnArgs<(String, String, serde_json::Value)>, ()>>,
     min_level: Option<String>,
 ) -> Result<(), Code> {
     let max_level = match min_level.as_deref().unwrap_or("info") {
@@ -164,11 +170,11 @@ pub fn set_logger(
                 .weak::<true>()
                 .callee_handled::<false>()
                 .build_callback(|ctx| {
-                    Ok((
+                    Ok(FnArgs::from((
                         ctx.value.level.to_string(),
                         ctx.value.message,
                         serde_json::Value::Object(ctx.value.fields),
-                    ))
+                    )))
                 })
                 .js()?,
             max_level,
