@@ -36,10 +36,7 @@ pub struct SidecarError {
 
 impl SidecarError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
+        Self { code, message: message.into() }
     }
     pub fn invalid_config(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::InvalidConfig, message)

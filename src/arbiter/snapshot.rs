@@ -70,9 +70,7 @@ impl Arbiter {
     }
 
     pub fn snapshot_all(&self, now: Micros) -> Vec<GpuSnapshot> {
-        (0..self.gpus.len())
-            .map(|g| self.snapshot_at(g, now))
-            .collect()
+        (0..self.gpus.len()).map(|g| self.snapshot_at(g, now)).collect()
     }
 
     fn snapshot_at(&self, g: usize, now: Micros) -> GpuSnapshot {
@@ -101,11 +99,7 @@ impl Arbiter {
             .map(|id| {
                 let w = &self.waiters[id];
                 let waited = now.saturating_sub(w.enqueued_at);
-                let aged = if aging_ms > 0 {
-                    waited as f64 / (aging_ms * MICROS_PER_MS) as f64
-                } else {
-                    0.0
-                };
+                let aged = if aging_ms > 0 { waited as f64 / (aging_ms * MICROS_PER_MS) as f64 } else { 0.0 };
                 WaiterView {
                     task_type: w.task_type.clone(),
                     priority: w.priority,

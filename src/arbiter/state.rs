@@ -94,11 +94,7 @@ pub struct Arbiter {
 
 impl Arbiter {
     pub fn new(config: ArbiterConfig) -> Self {
-        let gpus = config
-            .gpu_keys
-            .iter()
-            .map(|k| Gpu::new(k.clone()))
-            .collect();
+        let gpus = config.gpu_keys.iter().map(|k| Gpu::new(k.clone())).collect();
         Self {
             config,
             gpus,
@@ -152,9 +148,7 @@ impl Arbiter {
     pub fn acquire(&mut self, req: AcquireRequest, now: Micros) -> SidecarResult<Admission> {
         self.ensure_open()?;
         if req.task_type.trim().is_empty() {
-            return Err(SidecarError::invalid_argument(
-                "request.taskType: expected a non-empty string",
-            ));
+            return Err(SidecarError::invalid_argument("request.taskType: expected a non-empty string"));
         }
         if let Some(p) = req.priority {
             if p > 100 {
@@ -180,31 +174,18 @@ impl Arbiter {
         }
         let blocked = match self.check(g, r.priority, r.vram_mb, now) {
             Ok(()) => {
-                let grant = self.grant(
-                    g,
-                    req.task_type,
-                    r.priority,
-                    req.trace,
-                    r.hold_max,
-                    r.vram_mb,
-                    0,
-                    now,
-                );
+                let grant = self.grant(g, req.task_type, r.priority, req.trace, r.hold_max, r.vram_mb, 0, now);
                 return Ok(Admission::Settled(Outcome::Acquired(grant)));
             }
             Err(block) => block,
         };
         let queue_full = self.gpus[g].queue.len() >= r.queue_limit;
         let (status, reason) = match (r.busy, queue_full) {
-            (BusyPolicy::Skip, true) | (BusyPolicy::Wait, true) => {
-                (Status::Skipped, Reason::QueueFull)
-            }
+            (BusyPolicy::Skip, true) | (BusyPolicy::Wait, true) => (Status::Skipped, Reason::QueueFull),
             (BusyPolicy::Skip, false) => (Status::Skipped, blocked.reason_now()),
             (BusyPolicy::FallbackCpu, true) => (Status::FallbackCpu, Reason::QueueFull),
             (BusyPolicy::FallbackCpu, false) => (Status::FallbackCpu, blocked.reason_now()),
-            (BusyPolicy::Wait, false) if r.max_wait == 0 => {
-                (Status::Timeout, timeout_reason(blocked))
-            }
+            (BusyPolicy::Wait, false) if r.max_wait == 0 => (Status::Timeout, timeout_reason(blocked)),
             (BusyPolicy::Wait, false) => {
                 return Ok(Admission::Queued(self.enqueue(g, req, r, now)));
             }
@@ -219,10 +200,7 @@ impl Arbiter {
             return false;
         };
         if lease.hold_max > 0 && !lease.watchdog_fired {
-            self.deadlines.remove(&(
-                lease.acquired_at + lease.hold_max,
-                Deadline::Watchdog(lease_id),
-            ));
+            self.deadlines.remove(&(lease.acquired_at + lease.hold_max, Deadline::Watchdog(lease_id)));
         }
         let g = lease.gpu;
         self.gpus[g].active -= 1;
@@ -247,20 +225,10 @@ impl Arbiter {
         let w = self.dequeue(waiter)?;
         let key = self.gpus[w.gpu].key.clone();
         self.task_stats(&key, &w.task_type).count(Status::Cancelled);
-        self.emit_settled(
-            EventKind::Cancelled,
-            w.gpu,
-            &w.task_type,
-            Status::Cancelled,
-            Reason::Aborted,
-            now,
-        );
+        self.emit_settled(EventKind::Cancelled, w.gpu, &w.task_type, Status::Cancelled, Reason::Aborted, now);
         Some(Resolution {
             waiter,
-            outcome: Outcome::NotAcquired {
-                status: Status::Cancelled,
-                reason: Reason::Aborted,
-            },
+            outcome: Outcome::NotAcquired { status: Status::Cancelled, reason: Reason::Aborted },
         })
     }
 
@@ -284,13 +252,7 @@ impl Arbiter {
 
     /// Feeds one GPU's telemetry. Pressure follows that GPU's own utilization with hysteresis
     /// (HIGH at `highWater`, back to NORMAL under `lowWater`); waiters are re-checked.
-    pub fn observe_gpu(
-        &mut self,
-        gpu_key: &str,
-        reading: GpuReading,
-        now: Micros,
-        out: &mut Vec<Resolution>,
-    ) {
+    pub fn observe_gpu(&mut self, gpu_key: &str, reading: GpuReading, now: Micros, out: &mut Vec<Resolution>) {
         let Some(g) = self.gpus.iter().position(|gpu| gpu.key == gpu_key) else {
             return;
         };
@@ -298,10 +260,7 @@ impl Arbiter {
         let (high, low) = (usage.high_water.get() as f64, usage.low_water.get() as f64);
         let gpu = &mut self.gpus[g];
         if let Some(old) = gpu.reading {
-            self.deadlines.remove(&(
-                old.at + usage.stale_after_ms.get() * MICROS_PER_MS,
-                Deadline::ReadingStale(g),
-            ));
+            self.deadlines.remove(&(old.at + usage.stale_after_ms.get() * MICROS_PER_MS, Deadline::ReadingStale(g)));
         }
         let before = gpu.state;
         gpu.state = match (reading.utilization_gpu, gpu.state) {
@@ -311,10 +270,7 @@ impl Arbiter {
             (_, state) => state,
         };
         gpu.reading = Some(reading);
-        self.deadlines.insert((
-            reading.at + usage.stale_after_ms.get() * MICROS_PER_MS,
-            Deadline::ReadingStale(g),
-        ));
+        self.deadlines.insert((reading.at + usage.stale_after_ms.get() * MICROS_PER_MS, Deadline::ReadingStale(g)));
         if before != self.gpus[g].state {
             self.emit_admission_state(g, now);
         }
@@ -323,12 +279,7 @@ impl Arbiter {
 
     /// Replaces the config, keeping leases and queue. GPU keys may be added; a key can only be
     /// removed while it holds no lease and no waiter.
-    pub fn set_config(
-        &mut self,
-        config: ArbiterConfig,
-        now: Micros,
-        out: &mut Vec<Resolution>,
-    ) -> SidecarResult<()> {
+    pub fn set_config(&mut self, config: ArbiterConfig, now: Micros, out: &mut Vec<Resolution>) -> SidecarResult<()> {
         self.ensure_open()?;
         for gpu in &self.gpus {
             let busy = gpu.active > 0 || !gpu.queue.is_empty();
@@ -339,11 +290,8 @@ impl Arbiter {
                 )));
             }
         }
-        let mut old: HashMap<String, (usize, Gpu)> = std::mem::take(&mut self.gpus)
-            .into_iter()
-            .enumerate()
-            .map(|(i, g)| (g.key.clone(), (i, g)))
-            .collect();
+        let mut old: HashMap<String, (usize, Gpu)> =
+            std::mem::take(&mut self.gpus).into_iter().enumerate().map(|(i, g)| (g.key.clone(), (i, g))).collect();
         let mut remap = HashMap::new();
         for (new_index, key) in config.gpu_keys.iter().enumerate() {
             let gpu = match old.remove(key) {
@@ -371,8 +319,7 @@ impl Arbiter {
         self.config = config;
         self.requeue_all();
         if self.record_events {
-            self.events
-                .push(ArbiterEvent::new(EventKind::ConfigReloaded, now));
+            self.events.push(ArbiterEvent::new(EventKind::ConfigReloaded, now));
         }
         for g in 0..self.gpus.len() {
             self.pump(g, now, out);
@@ -395,30 +342,16 @@ impl Arbiter {
             return;
         }
         self.closed = true;
-        let mut ids: Vec<(Micros, WaiterId)> = self
-            .waiters
-            .iter()
-            .map(|(id, w)| (w.enqueued_at, *id))
-            .collect();
+        let mut ids: Vec<(Micros, WaiterId)> = self.waiters.iter().map(|(id, w)| (w.enqueued_at, *id)).collect();
         ids.sort_unstable();
         for (_, id) in ids {
             if let Some(w) = self.dequeue(id) {
                 let key = self.gpus[w.gpu].key.clone();
                 self.task_stats(&key, &w.task_type).count(Status::Cancelled);
-                self.emit_settled(
-                    EventKind::Cancelled,
-                    w.gpu,
-                    &w.task_type,
-                    Status::Cancelled,
-                    Reason::Shutdown,
-                    now,
-                );
+                self.emit_settled(EventKind::Cancelled, w.gpu, &w.task_type, Status::Cancelled, Reason::Shutdown, now);
                 out.push(Resolution {
                     waiter: id,
-                    outcome: Outcome::NotAcquired {
-                        status: Status::Cancelled,
-                        reason: Reason::Shutdown,
-                    },
+                    outcome: Outcome::NotAcquired { status: Status::Cancelled, reason: Reason::Shutdown },
                 });
             }
         }
@@ -431,11 +364,8 @@ impl Arbiter {
 
     /// Prometheus text exposition of the arbiter's counters, histograms and gauges.
     pub fn metrics(&self) -> String {
-        let lengths: Vec<(String, usize, usize)> = self
-            .gpus
-            .iter()
-            .map(|g| (g.key.clone(), g.queue.len(), g.active))
-            .collect();
+        let lengths: Vec<(String, usize, usize)> =
+            self.gpus.iter().map(|g| (g.key.clone(), g.queue.len(), g.active)).collect();
         render_prometheus(&self.stats, &lengths)
     }
 
@@ -443,10 +373,7 @@ impl Arbiter {
 
     fn ensure_open(&self) -> SidecarResult<()> {
         if self.closed {
-            Err(SidecarError::new(
-                ErrorCode::Closed,
-                "the arbiter is closed",
-            ))
+            Err(SidecarError::new(ErrorCode::Closed, "the arbiter is closed"))
         } else {
             Ok(())
         }
@@ -462,10 +389,7 @@ impl Arbiter {
         self.gpus.iter().position(|g| g.key == key).ok_or_else(|| {
             SidecarError::new(
                 ErrorCode::InvalidGpuKey,
-                format!(
-                    "unknown GPU key \"{key}\"; configured keys: {}",
-                    self.config.gpu_keys.join(", ")
-                ),
+                format!("unknown GPU key \"{key}\"; configured keys: {}", self.config.gpu_keys.join(", ")),
             )
         })
     }
@@ -475,19 +399,13 @@ impl Arbiter {
         let p = c.policies.get(&req.task_type);
         let pick = |f: fn(&crate::config::TaskPolicy) -> Option<u64>| p.and_then(f);
         Resolved {
-            priority: req
-                .priority
-                .or(pick(|p| p.priority.map(|v| v.get())))
-                .unwrap_or(c.default_priority.get()),
+            priority: req.priority.or(pick(|p| p.priority.map(|v| v.get()))).unwrap_or(c.default_priority.get()),
             max_wait: req
                 .max_wait_ms
                 .or(pick(|p| p.max_wait_ms.map(|v| v.get())))
                 .unwrap_or(c.default_max_wait_ms.get())
                 * MICROS_PER_MS,
-            busy: req
-                .busy_policy
-                .or(p.and_then(|p| p.busy_policy))
-                .unwrap_or(c.default_busy_policy),
+            busy: req.busy_policy.or(p.and_then(|p| p.busy_policy)).unwrap_or(c.default_busy_policy),
             queue_limit: req
                 .queue_limit
                 .or(pick(|p| p.queue_limit.map(|v| v.get())))
@@ -497,10 +415,7 @@ impl Arbiter {
                 .or(pick(|p| p.hold_max_ms.map(|v| v.get())))
                 .unwrap_or(c.default_hold_max_ms.get())
                 * MICROS_PER_MS,
-            vram_mb: req
-                .vram_mb
-                .or(pick(|p| p.vram_mb.map(|v| v.get())))
-                .unwrap_or(0),
+            vram_mb: req.vram_mb.or(pick(|p| p.vram_mb.map(|v| v.get()))).unwrap_or(0),
         }
     }
 
@@ -526,15 +441,9 @@ impl Arbiter {
         }
         if let (true, Some(free)) = (vram_mb > 0, reading.free_mb) {
             // Leases granted after the sample are not in its figures yet: count their estimates.
-            let unseen: u64 = self
-                .leases
-                .values()
-                .filter(|l| l.gpu == g && l.acquired_at > reading.at)
-                .map(|l| l.vram_mb)
-                .sum();
-            let available = free
-                .saturating_sub(usage.vram_reserve_mb.get())
-                .saturating_sub(unseen);
+            let unseen: u64 =
+                self.leases.values().filter(|l| l.gpu == g && l.acquired_at > reading.at).map(|l| l.vram_mb).sum();
+            let available = free.saturating_sub(usage.vram_reserve_mb.get()).saturating_sub(unseen);
             if available < vram_mb {
                 return Err(Block::Vram);
             }
@@ -547,16 +456,8 @@ impl Arbiter {
         (0..self.gpus.len())
             .min_by_key(|&g| {
                 let gpu = &self.gpus[g];
-                let util = self
-                    .usable_reading(g, now)
-                    .and_then(|r| r.utilization_gpu)
-                    .unwrap_or(0.0);
-                (
-                    self.check(g, priority, vram_mb, now).is_err(),
-                    gpu.active + gpu.queue.len(),
-                    (util * 100.0) as u64,
-                    g,
-                )
+                let util = self.usable_reading(g, now).and_then(|r| r.utilization_gpu).unwrap_or(0.0);
+                (self.check(g, priority, vram_mb, now).is_err(), gpu.active + gpu.queue.len(), (util * 100.0) as u64, g)
             })
             .unwrap_or(0)
     }
@@ -577,8 +478,7 @@ impl Arbiter {
         let key = self.gpus[g].key.clone();
         self.gpus[g].active += 1;
         if hold_max > 0 {
-            self.deadlines
-                .insert((now + hold_max, Deadline::Watchdog(lease_id)));
+            self.deadlines.insert((now + hold_max, Deadline::Watchdog(lease_id)));
         }
         let stats = self.task_stats(&key, &task_type);
         stats.count(Status::Acquired);
@@ -594,32 +494,14 @@ impl Arbiter {
         }
         self.leases.insert(
             lease_id,
-            Lease {
-                gpu: g,
-                task_type,
-                priority,
-                trace,
-                acquired_at: now,
-                hold_max,
-                watchdog_fired: false,
-                vram_mb,
-            },
+            Lease { gpu: g, task_type, priority, trace, acquired_at: now, hold_max, watchdog_fired: false, vram_mb },
         );
-        Grant {
-            lease_id,
-            gpu_key: key,
-            acquired_at: now,
-            queue_wait: waited,
-        }
+        Grant { lease_id, gpu_key: key, acquired_at: now, queue_wait: waited }
     }
 
     fn queue_key(&self, priority: u64, enqueued_at: Micros, seq: u64) -> QueueKey {
         let aging = self.config.aging_ms_per_priority.get() as i128 * MICROS_PER_MS as i128;
-        let score = if aging > 0 {
-            priority as i128 * aging - enqueued_at as i128
-        } else {
-            priority as i128
-        };
+        let score = if aging > 0 { priority as i128 * aging - enqueued_at as i128 } else { priority as i128 };
         (Reverse(score), seq)
     }
 
@@ -692,20 +574,8 @@ impl Arbiter {
             let Some(id) = next else { return };
             let w = self.dequeue(id).expect("queued waiter exists");
             let waited = now.saturating_sub(w.enqueued_at);
-            let grant = self.grant(
-                g,
-                w.task_type,
-                w.priority,
-                w.trace,
-                w.hold_max,
-                w.vram_mb,
-                waited,
-                now,
-            );
-            out.push(Resolution {
-                waiter: id,
-                outcome: Outcome::Acquired(grant),
-            });
+            let grant = self.grant(g, w.task_type, w.priority, w.trace, w.hold_max, w.vram_mb, waited, now);
+            out.push(Resolution { waiter: id, outcome: Outcome::Acquired(grant) });
         }
     }
 
@@ -728,21 +598,8 @@ impl Arbiter {
         let stats = self.task_stats(&key, &w.task_type);
         stats.count(Status::Timeout);
         stats.timeouts += 1;
-        self.emit_settled(
-            EventKind::Timeout,
-            g,
-            &w.task_type,
-            Status::Timeout,
-            reason,
-            now,
-        );
-        out.push(Resolution {
-            waiter: id,
-            outcome: Outcome::NotAcquired {
-                status: Status::Timeout,
-                reason,
-            },
-        });
+        self.emit_settled(EventKind::Timeout, g, &w.task_type, Status::Timeout, reason, now);
+        out.push(Resolution { waiter: id, outcome: Outcome::NotAcquired { status: Status::Timeout, reason } });
     }
 
     fn watchdog(&mut self, id: LeaseId, now: Micros, out: &mut Vec<Resolution>) {
@@ -751,11 +608,7 @@ impl Arbiter {
             return;
         };
         lease.watchdog_fired = true;
-        let (g, task_type, held) = (
-            lease.gpu,
-            lease.task_type.clone(),
-            now.saturating_sub(lease.acquired_at),
-        );
+        let (g, task_type, held) = (lease.gpu, lease.task_type.clone(), now.saturating_sub(lease.acquired_at));
         let trace = lease.trace.clone();
         let key = self.gpus[g].key.clone();
         let stats = self.task_stats(&key, &task_type);
@@ -783,14 +636,7 @@ impl Arbiter {
         }
     }
 
-    fn settle_unqueued(
-        &mut self,
-        g: usize,
-        task_type: &str,
-        status: Status,
-        reason: Reason,
-        now: Micros,
-    ) {
+    fn settle_unqueued(&mut self, g: usize, task_type: &str, status: Status, reason: Reason, now: Micros) {
         let key = self.gpus[g].key.clone();
         let stats = self.task_stats(&key, task_type);
         stats.count(status);
@@ -799,11 +645,7 @@ impl Arbiter {
             _ if reason == Reason::QueueFull => stats.queue_full += 1,
             _ => {}
         }
-        let kind = if status == Status::Timeout {
-            EventKind::Timeout
-        } else {
-            EventKind::Skipped
-        };
+        let kind = if status == Status::Timeout { EventKind::Timeout } else { EventKind::Skipped };
         self.emit_settled(kind, g, task_type, status, reason, now);
     }
 
@@ -868,12 +710,6 @@ fn timeout_reason(block: Block) -> Reason {
 
 impl Gpu {
     fn new(key: String) -> Self {
-        Self {
-            key,
-            active: 0,
-            queue: BTreeMap::new(),
-            reading: None,
-            state: AdmissionState::Unknown,
-        }
+        Self { key, active: 0, queue: BTreeMap::new(), reading: None, state: AdmissionState::Unknown }
     }
 }

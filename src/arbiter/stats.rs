@@ -6,10 +6,8 @@ use std::fmt::Write;
 use super::types::{Micros, Status, MICROS_PER_MS};
 
 /// Histogram bucket bounds in ms, for queue wait and hold time.
-const BUCKETS_MS: [f64; 14] = [
-    1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
-    60000.0,
-];
+const BUCKETS_MS: [f64; 14] =
+    [1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0];
 
 /// Percentiles come from the most recent observations, so they follow the current load.
 const RECENT_WINDOW: usize = 2048;
@@ -45,13 +43,8 @@ impl Histogram {
         }
         let mut sorted: Vec<f64> = self.recent.iter().copied().collect();
         sorted.sort_by(f64::total_cmp);
-        let rank =
-            |q: f64| sorted[((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1];
-        Some(Percentiles {
-            p50: rank(0.50),
-            p95: rank(0.95),
-            p99: rank(0.99),
-        })
+        let rank = |q: f64| sorted[((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1];
+        Some(Percentiles { p50: rank(0.50), p95: rank(0.95), p99: rank(0.99) })
     }
 
     fn render(&self, out: &mut String, name: &str, labels: &str) {
@@ -95,11 +88,7 @@ pub type StatsTable = BTreeMap<String, BTreeMap<String, TaskStats>>;
 /// Renders the arbiter's metrics in the Prometheus text exposition format (version 0.0.4).
 pub fn render_prometheus(stats: &StatsTable, queue_lengths: &[(String, usize, usize)]) -> String {
     let mut out = String::with_capacity(4096);
-    let esc = |s: &str| {
-        s.replace('\\', "\\\\")
-            .replace('"', "\\\"")
-            .replace('\n', "\\n")
-    };
+    let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
 
     out.push_str("# HELP gpu_arbiter_acquire_total Lease requests by outcome.\n");
     out.push_str("# TYPE gpu_arbiter_acquire_total counter\n");
@@ -117,11 +106,7 @@ pub fn render_prometheus(stats: &StatsTable, queue_lengths: &[(String, usize, us
         }
     }
     for (name, help, pick) in [
-        (
-            "gpu_arbiter_queue_wait_ms",
-            "Time from request to grant, ms.",
-            0,
-        ),
+        ("gpu_arbiter_queue_wait_ms", "Time from request to grant, ms.", 0),
         ("gpu_arbiter_hold_ms", "Time a lease was held, ms.", 1),
     ] {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
@@ -136,49 +121,23 @@ pub fn render_prometheus(stats: &StatsTable, queue_lengths: &[(String, usize, us
     out.push_str("# HELP gpu_arbiter_queue_length Requests waiting for a lease now.\n");
     out.push_str("# TYPE gpu_arbiter_queue_length gauge\n");
     for (gpu, queued, _) in queue_lengths {
-        let _ = writeln!(
-            out,
-            "gpu_arbiter_queue_length{{gpu=\"{}\"}} {queued}",
-            esc(gpu)
-        );
+        let _ = writeln!(out, "gpu_arbiter_queue_length{{gpu=\"{}\"}} {queued}", esc(gpu));
     }
     out.push_str("# HELP gpu_arbiter_active_leases Leases held now.\n");
     out.push_str("# TYPE gpu_arbiter_active_leases gauge\n");
     for (gpu, _, active) in queue_lengths {
-        let _ = writeln!(
-            out,
-            "gpu_arbiter_active_leases{{gpu=\"{}\"}} {active}",
-            esc(gpu)
-        );
+        let _ = writeln!(out, "gpu_arbiter_active_leases{{gpu=\"{}\"}} {active}", esc(gpu));
     }
     let counters: [(&str, &str, fn(&TaskStats) -> u64); 3] = [
-        (
-            "gpu_arbiter_timeouts_total",
-            "Requests that waited maxWaitMs without a lease.",
-            |s| s.timeouts,
-        ),
-        (
-            "gpu_arbiter_queue_full_total",
-            "Requests turned away by a full queue.",
-            |s| s.queue_full,
-        ),
-        (
-            "gpu_arbiter_watchdog_exceeded_total",
-            "Leases held past holdMaxMs.",
-            |s| s.watchdog_exceeded,
-        ),
+        ("gpu_arbiter_timeouts_total", "Requests that waited maxWaitMs without a lease.", |s| s.timeouts),
+        ("gpu_arbiter_queue_full_total", "Requests turned away by a full queue.", |s| s.queue_full),
+        ("gpu_arbiter_watchdog_exceeded_total", "Leases held past holdMaxMs.", |s| s.watchdog_exceeded),
     ];
     for (name, help, get) in counters {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
         for (gpu, tasks) in stats {
             for (task, s) in tasks {
-                let _ = writeln!(
-                    out,
-                    "{name}{{gpu=\"{}\",task_type=\"{}\"}} {}",
-                    esc(gpu),
-                    esc(task),
-                    get(s)
-                );
+                let _ = writeln!(out, "{name}{{gpu=\"{}\",task_type=\"{}\"}} {}", esc(gpu), esc(task), get(s));
             }
         }
     }

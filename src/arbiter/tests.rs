@@ -66,22 +66,13 @@ fn grants_up_to_capacity_then_queues_and_hands_over_on_release() {
 fn busy_policies_answer_at_once() {
     let mut a = arbiter(json!({}));
     granted(a.acquire(req("ASR"), 0).unwrap());
-    assert_eq!(
-        not_acquired(a.acquire(req("SEMANTIC_REPAIR"), 0).unwrap()),
-        (Status::Skipped, Reason::GpuBusy)
-    );
+    assert_eq!(not_acquired(a.acquire(req("SEMANTIC_REPAIR"), 0).unwrap()), (Status::Skipped, Reason::GpuBusy));
     let mut fb = req("X");
     fb.busy_policy = Some(BusyPolicy::FallbackCpu);
-    assert_eq!(
-        not_acquired(a.acquire(fb, 0).unwrap()),
-        (Status::FallbackCpu, Reason::GpuBusy)
-    );
+    assert_eq!(not_acquired(a.acquire(fb, 0).unwrap()), (Status::FallbackCpu, Reason::GpuBusy));
     let mut no_wait = req("X");
     no_wait.max_wait_ms = Some(0);
-    assert_eq!(
-        not_acquired(a.acquire(no_wait, 0).unwrap()),
-        (Status::Timeout, Reason::Timeout)
-    );
+    assert_eq!(not_acquired(a.acquire(no_wait, 0).unwrap()), (Status::Timeout, Reason::Timeout));
     assert_eq!(a.waiter_count(), 0);
 }
 
@@ -91,20 +82,12 @@ fn a_full_queue_is_answered_queue_full_and_never_grows() {
     granted(a.acquire(req("ASR"), 0).unwrap());
     queued(a.acquire(req("ASR"), 0).unwrap());
     queued(a.acquire(req("ASR"), 0).unwrap());
-    assert_eq!(
-        not_acquired(a.acquire(req("ASR"), 0).unwrap()),
-        (Status::Skipped, Reason::QueueFull)
-    );
+    assert_eq!(not_acquired(a.acquire(req("ASR"), 0).unwrap()), (Status::Skipped, Reason::QueueFull));
     let mut fb = req("ASR");
     fb.busy_policy = Some(BusyPolicy::FallbackCpu);
-    assert_eq!(
-        not_acquired(a.acquire(fb, 0).unwrap()),
-        (Status::FallbackCpu, Reason::QueueFull)
-    );
+    assert_eq!(not_acquired(a.acquire(fb, 0).unwrap()), (Status::FallbackCpu, Reason::QueueFull));
     assert_eq!(a.waiter_count(), 2);
-    assert!(a
-        .metrics()
-        .contains("gpu_arbiter_queue_full_total{gpu=\"gpu:0\",task_type=\"ASR\"} 2"));
+    assert!(a.metrics().contains("gpu_arbiter_queue_full_total{gpu=\"gpu:0\",task_type=\"ASR\"} 2"));
 }
 
 #[test]
@@ -121,16 +104,11 @@ fn waiters_time_out_at_max_wait() {
         out,
         vec![Resolution {
             waiter: w,
-            outcome: Outcome::NotAcquired {
-                status: Status::Timeout,
-                reason: Reason::Timeout
-            }
+            outcome: Outcome::NotAcquired { status: Status::Timeout, reason: Reason::Timeout }
         }]
     );
     assert_eq!(a.waiter_count(), 0);
-    assert!(a
-        .metrics()
-        .contains("gpu_arbiter_timeouts_total{gpu=\"gpu:0\",task_type=\"TTS\"} 1"));
+    assert!(a.metrics().contains("gpu_arbiter_timeouts_total{gpu=\"gpu:0\",task_type=\"TTS\"} 1"));
 }
 
 #[test]
@@ -179,21 +157,11 @@ fn unknown_gpu_key_and_bad_requests_are_errors() {
     r.gpu_key = Some("gpu:7".into());
     let e = a.acquire(r, 0).unwrap_err();
     assert_eq!(e.code, ErrorCode::InvalidGpuKey);
-    assert!(
-        e.message.contains("gpu:7") && e.message.contains("gpu:0, gpu:1"),
-        "{}",
-        e.message
-    );
-    assert_eq!(
-        a.acquire(req(""), 0).unwrap_err().code,
-        ErrorCode::InvalidArgument
-    );
+    assert!(e.message.contains("gpu:7") && e.message.contains("gpu:0, gpu:1"), "{}", e.message);
+    assert_eq!(a.acquire(req(""), 0).unwrap_err().code, ErrorCode::InvalidArgument);
     let mut r = req("ASR");
     r.priority = Some(101);
-    assert_eq!(
-        a.acquire(r, 0).unwrap_err().code,
-        ErrorCode::InvalidArgument
-    );
+    assert_eq!(a.acquire(r, 0).unwrap_err().code, ErrorCode::InvalidArgument);
 }
 
 #[test]
@@ -201,16 +169,10 @@ fn no_gpu_key_picks_the_least_loaded_gpu() {
     let mut a = arbiter(json!({"gpuKeys": ["gpu:0", "gpu:1"]}));
     let g1 = granted(a.acquire(req("ASR"), 0).unwrap());
     let g2 = granted(a.acquire(req("ASR"), 0).unwrap());
-    assert_eq!(
-        (g1.gpu_key.as_str(), g2.gpu_key.as_str()),
-        ("gpu:0", "gpu:1")
-    );
+    assert_eq!((g1.gpu_key.as_str(), g2.gpu_key.as_str()), ("gpu:0", "gpu:1"));
     let mut out = vec![];
     a.release(g1.lease_id, MS, &mut out);
-    assert_eq!(
-        granted(a.acquire(req("NMT"), 2 * MS).unwrap()).gpu_key,
-        "gpu:0"
-    );
+    assert_eq!(granted(a.acquire(req("NMT"), 2 * MS).unwrap()).gpu_key, "gpu:0");
 }
 
 #[test]
@@ -221,10 +183,7 @@ fn watchdog_warns_or_revokes() {
     let mut out = vec![];
     a.tick(100 * MS, &mut out);
     assert!(out.is_empty(), "warn keeps the lease");
-    assert!(a
-        .take_events()
-        .iter()
-        .any(|e| e.kind == EventKind::Watchdog && e.detail.as_deref() == Some("warn")));
+    assert!(a.take_events().iter().any(|e| e.kind == EventKind::Watchdog && e.detail.as_deref() == Some("warn")));
     assert!(a.snapshot("gpu:0", 100 * MS).unwrap().leases[0].watchdog_fired);
     a.release(l.lease_id, 150 * MS, &mut out);
     assert_eq!(out[0].waiter, w);
@@ -234,17 +193,9 @@ fn watchdog_warns_or_revokes() {
     let w = queued(a.acquire(req("NMT"), 0).unwrap());
     let mut out = vec![];
     a.tick(100 * MS, &mut out);
-    assert_eq!(
-        out[0].waiter, w,
-        "the stuck lease is taken back and the waiter served"
-    );
-    assert!(
-        !a.release(l.lease_id, 200 * MS, &mut out),
-        "a revoked lease is unknown"
-    );
-    assert!(a
-        .metrics()
-        .contains("gpu_arbiter_watchdog_exceeded_total{gpu=\"gpu:0\",task_type=\"ASR\"} 1"));
+    assert_eq!(out[0].waiter, w, "the stuck lease is taken back and the waiter served");
+    assert!(!a.release(l.lease_id, 200 * MS, &mut out), "a revoked lease is unknown");
+    assert!(a.metrics().contains("gpu_arbiter_watchdog_exceeded_total{gpu=\"gpu:0\",task_type=\"ASR\"} 1"));
 }
 
 #[test]
@@ -253,13 +204,7 @@ fn cancel_frees_the_place_at_once() {
     granted(a.acquire(req("ASR"), 0).unwrap());
     let w = queued(a.acquire(req("ASR"), 0).unwrap());
     let r = a.cancel(w, MS).unwrap();
-    assert_eq!(
-        r.outcome,
-        Outcome::NotAcquired {
-            status: Status::Cancelled,
-            reason: Reason::Aborted
-        }
-    );
+    assert_eq!(r.outcome, Outcome::NotAcquired { status: Status::Cancelled, reason: Reason::Aborted });
     assert!(a.cancel(w, MS).is_none());
     queued(a.acquire(req("ASR"), 2 * MS).unwrap());
     assert_eq!(a.next_deadline(), Some(2 * MS + 3000 * MS));
@@ -273,23 +218,12 @@ fn close_cancels_everyone_and_refuses_later_calls() {
     let w2 = queued(a.acquire(req("ASR"), MS).unwrap());
     let mut out = vec![];
     a.close(2 * MS, &mut out);
-    assert_eq!(
-        out.iter().map(|r| r.waiter).collect::<Vec<_>>(),
-        vec![w1, w2]
-    );
-    assert!(out.iter().all(|r| r.outcome
-        == Outcome::NotAcquired {
-            status: Status::Cancelled,
-            reason: Reason::Shutdown
-        }));
-    assert_eq!(
-        (a.waiter_count(), a.lease_count(), a.next_deadline()),
-        (0, 0, None)
-    );
-    assert_eq!(
-        a.acquire(req("ASR"), 3 * MS).unwrap_err().code,
-        ErrorCode::Closed
-    );
+    assert_eq!(out.iter().map(|r| r.waiter).collect::<Vec<_>>(), vec![w1, w2]);
+    assert!(out
+        .iter()
+        .all(|r| r.outcome == Outcome::NotAcquired { status: Status::Cancelled, reason: Reason::Shutdown }));
+    assert_eq!((a.waiter_count(), a.lease_count(), a.next_deadline()), (0, 0, None));
+    assert_eq!(a.acquire(req("ASR"), 3 * MS).unwrap_err().code, ErrorCode::Closed);
 }
 
 #[test]
@@ -307,36 +241,18 @@ fn set_config_keeps_leases_and_queue_and_applies_new_capacity() {
     granted(a.acquire(req("ASR"), 0).unwrap());
     let w = queued(a.acquire(req("NMT"), 0).unwrap());
     let mut wn = vec![];
-    let cfg = a
-        .config()
-        .patched(
-            &json!({"maxConcurrentLeases": 2, "gpuKeys": ["gpu:0", "gpu:1"]}),
-            &mut wn,
-        )
-        .unwrap();
+    let cfg = a.config().patched(&json!({"maxConcurrentLeases": 2, "gpuKeys": ["gpu:0", "gpu:1"]}), &mut wn).unwrap();
     let mut out = vec![];
     a.set_config(cfg, MS, &mut out).unwrap();
     assert_eq!(out[0].waiter, w);
     assert_eq!(a.lease_count(), 2);
-    let shrink = a
-        .config()
-        .patched(&json!({"gpuKeys": ["gpu:1"]}), &mut wn)
-        .unwrap();
+    let shrink = a.config().patched(&json!({"gpuKeys": ["gpu:1"]}), &mut wn).unwrap();
     let e = a.set_config(shrink, MS, &mut out).unwrap_err();
-    assert!(
-        e.message.contains("cannot remove \"gpu:0\""),
-        "{}",
-        e.message
-    );
+    assert!(e.message.contains("cannot remove \"gpu:0\""), "{}", e.message);
 }
 
 fn reading(at: Micros, util: f64, free_mb: u64) -> GpuReading {
-    GpuReading {
-        at,
-        utilization_gpu: Some(util),
-        free_mb: Some(free_mb),
-        total_mb: Some(80_000),
-    }
+    GpuReading { at, utilization_gpu: Some(util), free_mb: Some(free_mb), total_mb: Some(80_000) }
 }
 
 #[test]
@@ -345,23 +261,14 @@ fn high_pressure_holds_back_low_priority_work_with_hysteresis() {
         "policies": {"SEMANTIC_REPAIR": {"busyPolicy": "WAIT", "maxWaitMs": 5000}}}));
     let mut out = vec![];
     a.observe_gpu("gpu:0", reading(0, 90.0, 40_000), 0, &mut out);
-    assert_eq!(
-        a.snapshot("gpu:0", 0).unwrap().admission.state,
-        AdmissionState::HighPressure
-    );
+    assert_eq!(a.snapshot("gpu:0", 0).unwrap().admission.state, AdmissionState::HighPressure);
     let mut skip = req("SEMANTIC_REPAIR");
     skip.busy_policy = Some(BusyPolicy::Skip);
-    assert_eq!(
-        not_acquired(a.acquire(skip, 0).unwrap()),
-        (Status::Skipped, Reason::GpuUsageHigh)
-    );
+    assert_eq!(not_acquired(a.acquire(skip, 0).unwrap()), (Status::Skipped, Reason::GpuUsageHigh));
     granted(a.acquire(req("ASR"), 0).unwrap()); // high priority still gets in
     let w = queued(a.acquire(req("SEMANTIC_REPAIR"), 0).unwrap());
     a.observe_gpu("gpu:0", reading(MS, 80.0, 40_000), MS, &mut out);
-    assert!(
-        out.is_empty(),
-        "80% is between the water marks: still HIGH_PRESSURE"
-    );
+    assert!(out.is_empty(), "80% is between the water marks: still HIGH_PRESSURE");
     a.observe_gpu("gpu:0", reading(2 * MS, 70.0, 40_000), 2 * MS, &mut out);
     assert_eq!(out[0].waiter, w);
 }
@@ -379,10 +286,7 @@ fn pressure_timeout_reports_gpu_usage_high() {
         out,
         vec![Resolution {
             waiter: w,
-            outcome: Outcome::NotAcquired {
-                status: Status::Timeout,
-                reason: Reason::GpuUsageHigh
-            }
+            outcome: Outcome::NotAcquired { status: Status::Timeout, reason: Reason::GpuUsageHigh }
         }]
     );
 }
@@ -410,10 +314,7 @@ fn vram_admission_counts_reserve_and_unseen_grants() {
     let mut skip = req("X");
     skip.vram_mb = Some(50_000);
     skip.busy_policy = Some(BusyPolicy::Skip);
-    assert_eq!(
-        not_acquired(a.acquire(skip, 7 * MS).unwrap()),
-        (Status::Skipped, Reason::VramLow)
-    );
+    assert_eq!(not_acquired(a.acquire(skip, 7 * MS).unwrap()), (Status::Skipped, Reason::VramLow));
 }
 
 #[test]
@@ -426,38 +327,22 @@ fn a_stale_reading_falls_back_to_logical_leases() {
     r.max_wait_ms = Some(5000);
     let w = queued(a.acquire(r, 0).unwrap());
     a.tick(1000 * MS, &mut out);
-    assert_eq!(
-        out[0].waiter, w,
-        "the reading went stale, so pressure no longer holds it back"
-    );
-    assert_eq!(
-        a.snapshot("gpu:0", 1000 * MS).unwrap().admission.state,
-        AdmissionState::Unknown
-    );
+    assert_eq!(out[0].waiter, w, "the reading went stale, so pressure no longer holds it back");
+    assert_eq!(a.snapshot("gpu:0", 1000 * MS).unwrap().admission.state, AdmissionState::Unknown);
 }
 
 #[test]
 fn snapshot_lists_holders_queue_and_percentiles() {
     let mut a = arbiter(json!({"defaultQueueLimit": 4}));
     let mut r = req("ASR");
-    r.trace = Trace {
-        job_id: Some("j1".into()),
-        utterance_index: Some(3),
-        ..Trace::default()
-    };
+    r.trace = Trace { job_id: Some("j1".into()), utterance_index: Some(3), ..Trace::default() };
     let l = granted(a.acquire(r, 0).unwrap());
     queued(a.acquire(req("TTS"), 10 * MS).unwrap());
     queued(a.acquire(req("ASR"), 20 * MS).unwrap());
     let s = a.snapshot("gpu:0", 50 * MS).unwrap();
     assert_eq!(s.leases[0].trace.job_id.as_deref(), Some("j1"));
     assert_eq!(s.leases[0].held, 50 * MS);
-    assert_eq!(
-        s.queue
-            .iter()
-            .map(|w| w.task_type.as_str())
-            .collect::<Vec<_>>(),
-        vec!["ASR", "TTS"]
-    );
+    assert_eq!(s.queue.iter().map(|w| w.task_type.as_str()).collect::<Vec<_>>(), vec!["ASR", "TTS"]);
     let mut out = vec![];
     a.release(l.lease_id, 60 * MS, &mut out);
     let s = a.snapshot("gpu:0", 60 * MS).unwrap();
@@ -472,19 +357,11 @@ fn snapshot_lists_holders_queue_and_percentiles() {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Acquire {
-        task: u8,
-        gpu: Option<u8>,
-        priority: Option<u8>,
-        wait_ms: u16,
-    },
+    Acquire { task: u8, gpu: Option<u8>, priority: Option<u8>, wait_ms: u16 },
     Release(usize),
     Cancel(usize),
     Advance(u16),
-    Observe {
-        gpu: u8,
-        util: u8,
-    },
+    Observe { gpu: u8, util: u8 },
 }
 
 fn op() -> impl Strategy<Value = Op> {

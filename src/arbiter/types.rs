@@ -37,10 +37,7 @@ pub struct AcquireRequest {
 
 impl AcquireRequest {
     pub fn new(task_type: impl Into<String>) -> Self {
-        Self {
-            task_type: task_type.into(),
-            ..Self::default()
-        }
+        Self { task_type: task_type.into(), ..Self::default() }
     }
 }
 
@@ -54,13 +51,8 @@ pub enum Status {
 }
 
 impl Status {
-    pub const ALL: [Status; 5] = [
-        Status::Acquired,
-        Status::Skipped,
-        Status::FallbackCpu,
-        Status::Timeout,
-        Status::Cancelled,
-    ];
+    pub const ALL: [Status; 5] =
+        [Status::Acquired, Status::Skipped, Status::FallbackCpu, Status::Timeout, Status::Cancelled];
 
     pub fn as_str(self) -> &'static str {
         match self {

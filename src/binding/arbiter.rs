@@ -20,8 +20,8 @@ use notify::Watcher;
 use super::js::{self, Deferred, JsRef};
 use super::{Code, IntoJsResult, JsResult};
 use crate::arbiter::{
-    AcquireRequest, Admission, Arbiter, ArbiterEvent, BusyPolicy, GpuReading, GpuSnapshot, Micros,
-    Outcome, Percentiles, Resolution, Status, Trace, WaiterId, MICROS_PER_MS,
+    AcquireRequest, Admission, Arbiter, ArbiterEvent, BusyPolicy, GpuReading, GpuSnapshot, Micros, Outcome,
+    Percentiles, Resolution, Status, Trace, WaiterId, MICROS_PER_MS,
 };
 use crate::config::{self, ArbiterConfig};
 use crate::error::SidecarError;
@@ -79,9 +79,7 @@ pub struct GpuLeaseAcquired {
 pub struct GpuLeaseNotAcquired {
     #[napi(ts_type = "'SKIPPED' | 'FALLBACK_CPU' | 'TIMEOUT' | 'CANCELLED'")]
     pub status: String,
-    #[napi(
-        ts_type = "'GPU_BUSY' | 'QUEUE_FULL' | 'TIMEOUT' | 'GPU_USAGE_HIGH' | 'VRAM_LOW' | 'ABORTED' | 'SHUTDOWN'"
-    )]
+    #[napi(ts_type = "'GPU_BUSY' | 'QUEUE_FULL' | 'TIMEOUT' | 'GPU_USAGE_HIGH' | 'VRAM_LOW' | 'ABORTED' | 'SHUTDOWN'")]
     pub reason: String,
     pub gpu_key: Option<String>,
 }
@@ -245,10 +243,7 @@ impl GpuArbiter {
     #[napi(constructor, catch_unwind, ts_args_type = "config?: GpuArbiterConfig")]
     pub fn new(config: Option<serde_json::Value>) -> Result<Self, Code> {
         let mut warnings = vec![];
-        let config = ArbiterConfig::from_json(
-            &config.unwrap_or_else(|| serde_json::json!({})),
-            &mut warnings,
-        )?;
+        let config = ArbiterConfig::from_json(&config.unwrap_or_else(|| serde_json::json!({})), &mut warnings)?;
         for w in &warnings {
             tracing::warn!("{w}");
         }
@@ -259,11 +254,7 @@ impl GpuArbiter {
     /// file are applied while running; a bad edit keeps the last good config and emits
     /// `config-rejected`.
     #[napi(factory, catch_unwind)]
-    pub fn from_file(
-        env: &Env,
-        path: String,
-        options: Option<FromFileOptions>,
-    ) -> Result<Self, Code> {
+    pub fn from_file(env: &Env, path: String, options: Option<FromFileOptions>) -> Result<Self, Code> {
         let node = config::load_node_config(std::path::Path::new(&path))?;
         for w in &node.warnings {
             tracing::warn!("{w}");
@@ -277,28 +268,15 @@ impl GpuArbiter {
     }
 
     /// Asks for a lease.
-    #[napi(
-        catch_unwind,
-        ts_return_type = "Promise<GpuLeaseAcquired | GpuLeaseNotAcquired>"
-    )]
-    pub fn acquire<'env>(
-        &self,
-        env: &'env Env,
-        request: GpuLeaseRequest<'env>,
-    ) -> Result<PromiseRaw<'env, ()>, Code> {
+    #[napi(catch_unwind, ts_return_type = "Promise<GpuLeaseAcquired | GpuLeaseNotAcquired>")]
+    pub fn acquire<'env>(&self, env: &'env Env, request: GpuLeaseRequest<'env>) -> Result<PromiseRaw<'env, ()>, Code> {
         let req = to_core_request(&request)?;
         let (deferred, promise) = Deferred::new(env).js()?;
         if let Some(signal) = &request.signal {
             let aborted = js::named_property(env, signal.raw(), "aborted").js()?;
             if js::is_truthy(env, aborted).js()? {
-                let cancelled =
-                    not_acquired(Status::Cancelled, crate::arbiter::Reason::Aborted, None);
-                deferred
-                    .resolve(
-                        env,
-                        unsafe { ToNapiValue::to_napi_value(env.raw(), cancelled) }.js()?,
-                    )
-                    .js()?;
+                let cancelled = not_acquired(Status::Cancelled, crate::arbiter::Reason::Aborted, None);
+                deferred.resolve(env, unsafe { ToNapiValue::to_napi_value(env.raw(), cancelled) }.js()?).js()?;
                 return Ok(PromiseRaw::new(env.raw(), promise));
             }
         }
@@ -314,15 +292,10 @@ impl GpuArbiter {
             }
             Admission::Queued(waiter) => {
                 let abort = match &request.signal {
-                    Some(signal) => {
-                        Some(listen_for_abort(env, &self.state, signal.raw(), waiter).js()?)
-                    }
+                    Some(signal) => Some(listen_for_abort(env, &self.state, signal.raw(), waiter).js()?),
                     None => None,
                 };
-                self.state
-                    .borrow_mut()
-                    .pending
-                    .insert(waiter, Pending { deferred, abort });
+                self.state.borrow_mut().pending.insert(waiter, Pending { deferred, abort });
             }
         }
         after_change(env, &self.state, Vec::new())?;
@@ -333,14 +306,8 @@ impl GpuArbiter {
     /// released or revoked id is ignored (logged at debug level). Returns whether a lease was released.
     #[napi(catch_unwind)]
     pub fn release(&self, env: &Env, lease_id: String) -> Result<bool, Code> {
-        let Some(id) = lease_id
-            .strip_prefix(LEASE_PREFIX)
-            .and_then(|n| n.parse().ok())
-        else {
-            tracing::debug!(
-                lease_id,
-                "release of a lease id this arbiter never issued: ignored"
-            );
+        let Some(id) = lease_id.strip_prefix(LEASE_PREFIX).and_then(|n| n.parse().ok()) else {
+            tracing::debug!(lease_id, "release of a lease id this arbiter never issued: ignored");
             return Ok(false);
         };
         let mut out = Vec::new();
@@ -350,10 +317,7 @@ impl GpuArbiter {
             s.core.release(id, now, &mut out)
         };
         if !released {
-            tracing::debug!(
-                lease_id,
-                "release of an unknown, released or revoked lease: ignored"
-            );
+            tracing::debug!(lease_id, "release of an unknown, released or revoked lease: ignored");
         }
         after_change(env, &self.state, out)?;
         Ok(released)
@@ -364,20 +328,14 @@ impl GpuArbiter {
     #[napi(catch_unwind)]
     pub fn snapshot(&self, gpu_key: String) -> Option<GpuArbiterSnapshot> {
         let s = self.state.borrow();
-        s.core
-            .snapshot(&gpu_key, s.now())
-            .map(|snap| snapshot_value(&s, snap))
+        s.core.snapshot(&gpu_key, s.now()).map(|snap| snapshot_value(&s, snap))
     }
 
     /// Snapshots of every configured GPU.
     #[napi(catch_unwind)]
     pub fn snapshot_all(&self) -> Vec<GpuArbiterSnapshot> {
         let s = self.state.borrow();
-        s.core
-            .snapshot_all(s.now())
-            .into_iter()
-            .map(|snap| snapshot_value(&s, snap))
-            .collect()
+        s.core.snapshot_all(s.now()).into_iter().map(|snap| snapshot_value(&s, snap)).collect()
     }
 
     /// Prometheus text exposition (serve it next to prom-client's output).
@@ -405,35 +363,22 @@ impl GpuArbiter {
     /// `gpuUsage.highWater`, NORMAL again under `lowWater`), enables VRAM admission for requests
     /// with `vramMb`, and re-checks waiters. Readings for keys the arbiter does not have are ignored.
     #[napi(catch_unwind)]
-    pub fn observe_gpu(
-        &self,
-        env: &Env,
-        gpu_key: String,
-        reading: GpuReadingInput,
-    ) -> Result<(), Code> {
+    pub fn observe_gpu(&self, env: &Env, gpu_key: String, reading: GpuReadingInput) -> Result<(), Code> {
         let mb = |name: &str, v: Option<f64>| -> JsResult<Option<u64>> {
             match v {
-                Some(x) if !(x.is_finite() && x >= 0.0) => Err(SidecarError::invalid_argument(
-                    format!("reading.{name}: expected a number >= 0, got {x}"),
-                )
-                .into()),
+                Some(x) if !(x.is_finite() && x >= 0.0) => {
+                    Err(SidecarError::invalid_argument(format!("reading.{name}: expected a number >= 0, got {x}"))
+                        .into())
+                }
                 other => Ok(other.map(|x| x as u64)),
             }
         };
-        let (free_mb, total_mb) = (
-            mb("freeMb", reading.free_mb)?,
-            mb("totalMb", reading.total_mb)?,
-        );
+        let (free_mb, total_mb) = (mb("freeMb", reading.free_mb)?, mb("totalMb", reading.total_mb)?);
         let mut out = Vec::new();
         {
             let mut s = self.state.borrow_mut();
             let now = s.now();
-            let reading = GpuReading {
-                at: now,
-                utilization_gpu: reading.utilization_gpu,
-                free_mb,
-                total_mb,
-            };
+            let reading = GpuReading { at: now, utilization_gpu: reading.utilization_gpu, free_mb, total_mb };
             s.core.observe_gpu(&gpu_key, reading, now, &mut out);
         }
         after_change(env, &self.state, out)
@@ -441,11 +386,7 @@ impl GpuArbiter {
 
     /// Subscribes to events; returns a function that unsubscribes. A listener that throws is
     /// logged and does not disturb the arbiter.
-    #[napi(
-        catch_unwind,
-        ts_args_type = "listener: (event: GpuArbiterEvent) => void",
-        ts_return_type = "() => void"
-    )]
+    #[napi(catch_unwind, ts_args_type = "listener: (event: GpuArbiterEvent) => void", ts_return_type = "() => void")]
     pub fn on_event<'env>(
         &self,
         env: &'env Env,
@@ -454,8 +395,7 @@ impl GpuArbiter {
         let mut s = self.state.borrow_mut();
         let id = s.next_listener;
         s.next_listener += 1;
-        s.listeners
-            .push((id, JsRef::new(env, listener.raw()).js()?));
+        s.listeners.push((id, JsRef::new(env, listener.raw()).js()?));
         s.core.set_record_events(true);
         let weak = Rc::downgrade(&self.state);
         env.create_function_from_closure::<(), (), _>("unsubscribe", move |_ctx| {
@@ -498,11 +438,7 @@ impl GpuArbiter {
 
 impl GpuArbiter {
     fn with_config(config: ArbiterConfig) -> Self {
-        let origin_epoch_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs_f64()
-            * 1000.0;
+        let origin_epoch_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64() * 1000.0;
         let state = State {
             core: Arbiter::new(config),
             origin: Instant::now(),
@@ -513,9 +449,7 @@ impl GpuArbiter {
             next_listener: 0,
             watcher: None,
         };
-        Self {
-            state: Rc::new(RefCell::new(state)),
-        }
+        Self { state: Rc::new(RefCell::new(state)) }
     }
 
     fn outcome_value(&self, env: &Env, outcome: Outcome) -> JsResult<sys::napi_value> {
@@ -537,16 +471,8 @@ fn outcome_to_js(env: &Env, s: &State, outcome: Outcome) -> JsResult<sys::napi_v
     unsafe { ToNapiValue::to_napi_value(env.raw(), value) }.js()
 }
 
-fn not_acquired(
-    status: Status,
-    reason: crate::arbiter::Reason,
-    gpu_key: Option<String>,
-) -> GpuLeaseNotAcquired {
-    GpuLeaseNotAcquired {
-        status: status.as_str().to_string(),
-        reason: reason.as_str().to_string(),
-        gpu_key,
-    }
+fn not_acquired(status: Status, reason: crate::arbiter::Reason, gpu_key: Option<String>) -> GpuLeaseNotAcquired {
+    GpuLeaseNotAcquired { status: status.as_str().to_string(), reason: reason.as_str().to_string(), gpu_key }
 }
 
 fn ms(micros: Micros) -> f64 {
@@ -556,10 +482,9 @@ fn ms(micros: Micros) -> f64 {
 fn to_core_request(r: &GpuLeaseRequest) -> JsResult<AcquireRequest> {
     let millis = |name: &str, v: Option<f64>| -> JsResult<Option<u64>> {
         match v {
-            Some(x) if !(x.is_finite() && x >= 0.0) => Err(SidecarError::invalid_argument(
-                format!("request.{name}: expected a number >= 0, got {x}"),
-            )
-            .into()),
+            Some(x) if !(x.is_finite() && x >= 0.0) => {
+                Err(SidecarError::invalid_argument(format!("request.{name}: expected a number >= 0, got {x}")).into())
+            }
             Some(x) => Ok(Some(x.round() as u64)),
             None => Ok(None),
         }
@@ -605,11 +530,7 @@ fn trace_value(t: &Trace) -> GpuLeaseTrace {
 }
 
 fn percentiles_value(p: Option<Percentiles>) -> Option<LatencyPercentiles> {
-    p.map(|p| LatencyPercentiles {
-        p50: p.p50,
-        p95: p.p95,
-        p99: p.p99,
-    })
+    p.map(|p| LatencyPercentiles { p50: p.p50, p95: p.p95, p99: p.p99 })
 }
 
 fn snapshot_value(s: &State, snap: GpuSnapshot) -> GpuArbiterSnapshot {
@@ -694,11 +615,7 @@ fn event_value(s: &State, e: ArbiterEvent) -> GpuArbiterEvent {
 
 /// Settles queued promises, re-arms the timer if needed, and delivers events to listeners
 /// (after every borrow is released, so a listener may call back into the arbiter).
-fn after_change(
-    env: &Env,
-    state: &Rc<RefCell<State>>,
-    resolutions: Vec<Resolution>,
-) -> JsResult<()> {
+fn after_change(env: &Env, state: &Rc<RefCell<State>>, resolutions: Vec<Resolution>) -> JsResult<()> {
     settle(env, state, resolutions)?;
     sync_timer(env, state).js()?;
     dispatch_events(env, state);
@@ -757,11 +674,7 @@ fn listen_for_abort(
 fn sync_timer(env: &Env, state: &Rc<RefCell<State>>) -> Result<()> {
     let (next, keep_alive, armed) = {
         let s = state.borrow();
-        (
-            s.core.next_deadline(),
-            s.core.waiter_count() > 0,
-            s.timer.as_ref().map(|t| (t.at, t.keeps_alive)),
-        )
+        (s.core.next_deadline(), s.core.waiter_count() > 0, s.timer.as_ref().map(|t| (t.at, t.keeps_alive)))
     };
     match (next, armed) {
         (Some(at), None) => arm_timer(env, state, at, keep_alive),
@@ -773,12 +686,7 @@ fn sync_timer(env: &Env, state: &Rc<RefCell<State>>) -> Result<()> {
         (_, Some((_, armed_keep_alive))) if armed_keep_alive != keep_alive => {
             let handle = state.borrow().timer.as_ref().expect("armed").handle.get()?;
             js::call_method(env, handle, if keep_alive { "ref" } else { "unref" }, &[])?;
-            state
-                .borrow_mut()
-                .timer
-                .as_mut()
-                .expect("armed")
-                .keeps_alive = keep_alive;
+            state.borrow_mut().timer.as_mut().expect("armed").keeps_alive = keep_alive;
             Ok(())
         }
         // A later deadline than the armed one: the timer fires early, finds nothing due, re-arms.
@@ -803,25 +711,15 @@ fn arm_timer(env: &Env, state: &Rc<RefCell<State>>, at: Micros, keep_alive: bool
                 let now = s.now();
                 s.core.tick(now, &mut out);
             }
-            after_change(ctx.env, &owner, out)
-                .map_err(|e| napi::Error::new(napi::Status::GenericFailure, e.reason))
+            after_change(ctx.env, &owner, out).map_err(|e| napi::Error::new(napi::Status::GenericFailure, e.reason))
         })
     })?;
     let global = js::global(env)?;
-    let handle = js::call_method(
-        env,
-        global,
-        "setTimeout",
-        &[callback.raw(), js::number(env, delay_ms)?],
-    )?;
+    let handle = js::call_method(env, global, "setTimeout", &[callback.raw(), js::number(env, delay_ms)?])?;
     if !keep_alive {
         js::call_method(env, handle, "unref", &[])?;
     }
-    state.borrow_mut().timer = Some(Timer {
-        at,
-        keeps_alive: keep_alive,
-        handle: JsRef::new(env, handle)?,
-    });
+    state.borrow_mut().timer = Some(Timer { at, keeps_alive: keep_alive, handle: JsRef::new(env, handle)? });
     Ok(())
 }
 
@@ -836,11 +734,7 @@ fn dispatch_events(env: &Env, state: &Rc<RefCell<State>>) {
             return;
         }
         let values: Vec<GpuArbiterEvent> = events.into_iter().map(|e| event_value(&s, e)).collect();
-        let listeners: Vec<sys::napi_value> = s
-            .listeners
-            .iter()
-            .filter_map(|(_, l)| l.get().ok())
-            .collect();
+        let listeners: Vec<sys::napi_value> = s.listeners.iter().filter_map(|(_, l)| l.get().ok()).collect();
         (values, listeners)
     };
     let Ok(undefined) = (unsafe { <()>::to_napi_value(env.raw(), ()) }) else {
@@ -871,12 +765,10 @@ fn apply_config(env: &Env, state: &Rc<RefCell<State>>, change: ConfigChange) -> 
         let now = s.now();
         let parsed = match &change {
             ConfigChange::Patch(patch) => s.core.config().patched(patch, &mut warnings),
-            ConfigChange::FileText(text, source) => {
-                config::parse_node_config(text, source).map(|node| {
-                    warnings = node.warnings;
-                    node.gpu_arbiter
-                })
-            }
+            ConfigChange::FileText(text, source) => config::parse_node_config(text, source).map(|node| {
+                warnings = node.warnings;
+                node.gpu_arbiter
+            }),
         };
         let applied = parsed.and_then(|cfg| s.core.set_config(cfg, now, &mut out));
         if let Err(e) = &applied {
@@ -901,11 +793,7 @@ fn apply_config(env: &Env, state: &Rc<RefCell<State>>, change: ConfigChange) -> 
 /// Watches the config file's folder (editors often replace the file) on notify's thread and hands
 /// the new text to the JS thread through a weak threadsafe function, so watching never keeps
 /// Node alive. Bursts of events from one save are coalesced.
-fn watch_file(
-    env: &Env,
-    state: &Rc<RefCell<State>>,
-    path: PathBuf,
-) -> JsResult<notify::RecommendedWatcher> {
+fn watch_file(env: &Env, state: &Rc<RefCell<State>>, path: PathBuf) -> JsResult<notify::RecommendedWatcher> {
     let weak = Rc::downgrade(state);
     let source = path.display().to_string();
     let on_edit = env
@@ -915,56 +803,28 @@ fn watch_file(
                 let Some(state) = weak.upgrade() else {
                     return Ok(());
                 };
-                apply_config(
-                    ctx.env,
-                    &state,
-                    ConfigChange::FileText(text, source.clone()),
-                )
-                .map_err(|e| napi::Error::new(napi::Status::GenericFailure, e.reason))
+                apply_config(ctx.env, &state, ConfigChange::FileText(text, source.clone()))
+                    .map_err(|e| napi::Error::new(napi::Status::GenericFailure, e.reason))
             })
         })
         .js()?;
-    let tsfn: ThreadsafeFunction<String, (), String, napi::Status, false, true> = on_edit
-        .build_threadsafe_function()
-        .weak::<true>()
-        .callee_handled::<false>()
-        .build()
-        .js()?;
+    let tsfn: ThreadsafeFunction<String, (), String, napi::Status, false, true> =
+        on_edit.build_threadsafe_function().weak::<true>().callee_handled::<false>().build().js()?;
     let file_name = path.file_name().map(|n| n.to_os_string());
-    let folder = path.parent().map(|p| {
-        if p.as_os_str().is_empty() {
-            PathBuf::from(".")
-        } else {
-            p.to_path_buf()
-        }
-    });
+    let folder = path.parent().map(|p| if p.as_os_str().is_empty() { PathBuf::from(".") } else { p.to_path_buf() });
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event {
-            if event
-                .paths
-                .iter()
-                .any(|p| p.file_name().map(|n| n.to_os_string()) == file_name)
-            {
+            if event.paths.iter().any(|p| p.file_name().map(|n| n.to_os_string()) == file_name) {
                 let _ = tx.send(());
             }
         }
     })
-    .map_err(|e| {
-        SidecarError::new(
-            crate::error::ErrorCode::Io,
-            format!("cannot watch {}: {e}", path.display()),
-        )
-    })?;
+    .map_err(|e| SidecarError::new(crate::error::ErrorCode::Io, format!("cannot watch {}: {e}", path.display())))?;
     let folder = folder.unwrap_or_else(|| PathBuf::from("."));
-    watcher
-        .watch(&folder, notify::RecursiveMode::NonRecursive)
-        .map_err(|e| {
-            SidecarError::new(
-                crate::error::ErrorCode::Io,
-                format!("cannot watch {}: {e}", folder.display()),
-            )
-        })?;
+    watcher.watch(&folder, notify::RecursiveMode::NonRecursive).map_err(|e| {
+        SidecarError::new(crate::error::ErrorCode::Io, format!("cannot watch {}: {e}", folder.display()))
+    })?;
     std::thread::Builder::new()
         .name("gpu-sidecar-config-watch".into())
         .spawn(move || {

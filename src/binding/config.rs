@@ -21,10 +21,7 @@ pub struct NodeConfig {
 #[napi(catch_unwind)]
 pub fn load_config(path: String) -> napi::Result<NodeConfig, Code> {
     let node = config::load_node_config(std::path::Path::new(&path))?;
-    let gpu_arbiter = serde_json::to_value(&node.gpu_arbiter)
-        .map_err(|e| SidecarError::new(ErrorCode::Internal, e.to_string()))?;
-    Ok(NodeConfig {
-        gpu_arbiter,
-        warnings: node.warnings,
-    })
+    let gpu_arbiter =
+        serde_json::to_value(&node.gpu_arbiter).map_err(|e| SidecarError::new(ErrorCode::Internal, e.to_string()))?;
+    Ok(NodeConfig { gpu_arbiter, warnings: node.warnings })
 }

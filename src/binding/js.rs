@@ -33,10 +33,7 @@ impl JsRef {
     pub fn new(env: &Env, value: sys::napi_value) -> Result<Self> {
         let mut raw = ptr::null_mut();
         check_status!(unsafe { sys::napi_create_reference(env.raw(), value, 1, &mut raw) })?;
-        Ok(Self {
-            env: env.raw(),
-            raw,
-        })
+        Ok(Self { env: env.raw(), raw })
     }
 
     pub fn get(&self) -> Result<sys::napi_value> {
@@ -56,9 +53,7 @@ impl Drop for JsRef {
 pub fn named_property(env: &Env, object: sys::napi_value, name: &str) -> Result<sys::napi_value> {
     let key = CString::new(name).expect("property names have no NUL");
     let mut value = ptr::null_mut();
-    check_status!(unsafe {
-        sys::napi_get_named_property(env.raw(), object, key.as_ptr(), &mut value)
-    })?;
+    check_status!(unsafe { sys::napi_get_named_property(env.raw(), object, key.as_ptr(), &mut value) })?;
     Ok(value)
 }
 
@@ -70,9 +65,7 @@ pub fn global(env: &Env) -> Result<sys::napi_value> {
 
 pub fn string(env: &Env, s: &str) -> Result<sys::napi_value> {
     let mut value = ptr::null_mut();
-    check_status!(unsafe {
-        sys::napi_create_string_utf8(env.raw(), s.as_ptr().cast(), s.len() as isize, &mut value)
-    })?;
+    check_status!(unsafe { sys::napi_create_string_utf8(env.raw(), s.as_ptr().cast(), s.len() as isize, &mut value) })?;
     Ok(value)
 }
 
@@ -103,16 +96,9 @@ pub fn call_method(
 
 /// Calls a JS function. A JS exception is cleared and returned as an error, so the caller decides
 /// what to do with it (we log listener errors rather than let them break the arbiter).
-pub fn call(
-    env: &Env,
-    recv: sys::napi_value,
-    f: sys::napi_value,
-    args: &[sys::napi_value],
-) -> Result<sys::napi_value> {
+pub fn call(env: &Env, recv: sys::napi_value, f: sys::napi_value, args: &[sys::napi_value]) -> Result<sys::napi_value> {
     let mut result = ptr::null_mut();
-    let status = unsafe {
-        sys::napi_call_function(env.raw(), recv, f, args.len(), args.as_ptr(), &mut result)
-    };
+    let status = unsafe { sys::napi_call_function(env.raw(), recv, f, args.len(), args.as_ptr(), &mut result) };
     if status == sys::Status::napi_ok {
         return Ok(result);
     }
@@ -133,18 +119,10 @@ fn display(env: &Env, value: sys::napi_value) -> Result<String> {
     let mut text = ptr::null_mut();
     check_status!(unsafe { sys::napi_coerce_to_string(env.raw(), value, &mut text) })?;
     let mut len = 0;
-    check_status!(unsafe {
-        sys::napi_get_value_string_utf8(env.raw(), text, ptr::null_mut(), 0, &mut len)
-    })?;
+    check_status!(unsafe { sys::napi_get_value_string_utf8(env.raw(), text, ptr::null_mut(), 0, &mut len) })?;
     let mut buf = vec![0u8; len + 1];
     check_status!(unsafe {
-        sys::napi_get_value_string_utf8(
-            env.raw(),
-            text,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            &mut len,
-        )
+        sys::napi_get_value_string_utf8(env.raw(), text, buf.as_mut_ptr().cast(), buf.len(), &mut len)
     })?;
     buf.truncate(len);
     Ok(String::from_utf8_lossy(&buf).into_owned())
@@ -161,10 +139,7 @@ pub fn no_panic<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
                 .or_else(|| payload.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
             tracing::error!(%detail, "panic in {what}");
-            Err(napi::Error::new(
-                napi::Status::GenericFailure,
-                format!("internal error in {what}: {detail}"),
-            ))
+            Err(napi::Error::new(napi::Status::GenericFailure, format!("internal error in {what}: {detail}")))
         }
     }
 }

@@ -21,14 +21,7 @@ struct LogRecord {
     fields: serde_json::Map<String, serde_json::Value>,
 }
 
-type LogFn = ThreadsafeFunction<
-    LogRecord,
-    (),
-    FnArgs<(String, String, serde_json::Value)>,
-    Status,
-    false,
-    true,
->;
+type LogFn = ThreadsafeFunction<LogRecord, (), FnArgs<(String, String, serde_json::Value)>, Status, false, true>;
 
 struct Sink {
     log: LogFn,
@@ -50,8 +43,7 @@ impl Visit for FieldCollector {
         if field.name() == "message" {
             let _ = write!(self.message, "{value:?}");
         } else {
-            self.fields
-                .insert(field.name().to_string(), format!("{value:?}").into());
+            self.fields.insert(field.name().to_string(), format!("{value:?}").into());
         }
     }
     fn record_str(&mut self, field: &Field, value: &str) {
@@ -100,11 +92,7 @@ impl<S: tracing::Subscriber> Layer<S> for JsLogLayer {
         event.record(&mut fields);
         match &*sink {
             Some(s) => {
-                let record = LogRecord {
-                    level: level_name(&level),
-                    message: fields.message,
-                    fields: fields.fields,
-                };
+                let record = LogRecord { level: level_name(&level), message: fields.message, fields: fields.fields };
                 s.log.call(record, ThreadsafeFunctionCallMode::NonBlocking);
             }
             None => {
@@ -113,11 +101,7 @@ impl<S: tracing::Subscriber> Layer<S> for JsLogLayer {
                 } else {
                     format!(" {}", serde_json::Value::Object(fields.fields))
                 };
-                eprintln!(
-                    "[gpu-sidecar] {}: {}{extra}",
-                    level_name(&level),
-                    fields.message
-                );
+                eprintln!("[gpu-sidecar] {}: {}{extra}", level_name(&level), fields.message);
             }
         }
     }
@@ -128,9 +112,7 @@ impl<S: tracing::Subscriber> Layer<S> for JsLogLayer {
 pub fn install() {
     static INSTALLED: OnceLock<()> = OnceLock::new();
     INSTALLED.get_or_init(|| {
-        let _ = tracing::subscriber::set_global_default(
-            tracing_subscriber::registry().with(JsLogLayer),
-        );
+        let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry().with(JsLogLayer));
     });
 }
 

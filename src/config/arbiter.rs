@@ -170,9 +170,7 @@ impl ArbiterConfig {
 
     fn validate(&self) -> SidecarResult<()> {
         if self.gpu_keys.is_empty() {
-            return Err(SidecarError::invalid_config(
-                "gpuArbiter.gpuKeys: expected at least one GPU key",
-            ));
+            return Err(SidecarError::invalid_config("gpuArbiter.gpuKeys: expected at least one GPU key"));
         }
         for (i, key) in self.gpu_keys.iter().enumerate() {
             if key.trim().is_empty() {
@@ -195,9 +193,7 @@ impl ArbiterConfig {
         }
         for task in self.policies.keys() {
             if task.trim().is_empty() {
-                return Err(SidecarError::invalid_config(
-                    "gpuArbiter.policies: task type names must be non-empty",
-                ));
+                return Err(SidecarError::invalid_config("gpuArbiter.policies: task type names must be non-empty"));
             }
         }
         Ok(())
@@ -238,19 +234,14 @@ mod tests {
         let mut warnings = vec![];
         let cfg = ArbiterConfig::from_json(&seed, &mut warnings).unwrap();
         assert!(warnings.is_empty(), "{warnings:?}");
-        assert_eq!(
-            cfg.policies["SEMANTIC_REPAIR"].busy_policy,
-            Some(BusyPolicy::Skip)
-        );
+        assert_eq!(cfg.policies["SEMANTIC_REPAIR"].busy_policy, Some(BusyPolicy::Skip));
         assert_eq!(cfg.default_queue_limit.get(), 8);
     }
 
     #[test]
     fn builtin_policies_fill_missing_fields_only() {
         let mut w = vec![];
-        let cfg =
-            ArbiterConfig::from_json(&json!({"policies": {"ASR": {"maxWaitMs": 10}}}), &mut w)
-                .unwrap();
+        let cfg = ArbiterConfig::from_json(&json!({"policies": {"ASR": {"maxWaitMs": 10}}}), &mut w).unwrap();
         assert_eq!(cfg.policies["ASR"].max_wait_ms, Some(Int(10)));
         assert_eq!(cfg.policies["ASR"].priority, Some(Int(90)));
         assert_eq!(cfg.policies["NMT"].priority, Some(Int(80)));
@@ -259,38 +250,23 @@ mod tests {
     #[test]
     fn cross_field_rules_name_the_field() {
         let mut w = vec![];
-        let e =
-            ArbiterConfig::from_json(&json!({"gpuKeys": ["gpu:0", "gpu:0"]}), &mut w).unwrap_err();
-        assert_eq!(
-            e.message,
-            "gpuArbiter.gpuKeys[1]: duplicate GPU key \"gpu:0\""
-        );
-        let e =
-            ArbiterConfig::from_json(&json!({"gpuUsage": {"lowWater": 90}}), &mut w).unwrap_err();
-        assert!(
-            e.message.starts_with("gpuArbiter.gpuUsage.lowWater:"),
-            "{}",
-            e.message
-        );
+        let e = ArbiterConfig::from_json(&json!({"gpuKeys": ["gpu:0", "gpu:0"]}), &mut w).unwrap_err();
+        assert_eq!(e.message, "gpuArbiter.gpuKeys[1]: duplicate GPU key \"gpu:0\"");
+        let e = ArbiterConfig::from_json(&json!({"gpuUsage": {"lowWater": 90}}), &mut w).unwrap_err();
+        assert!(e.message.starts_with("gpuArbiter.gpuUsage.lowWater:"), "{}", e.message);
     }
 
     #[test]
     fn merge_patch_changes_one_field_and_keeps_the_rest() {
         let mut w = vec![];
         let cfg = ArbiterConfig::from_json(&json!({"defaultQueueLimit": 3}), &mut w).unwrap();
-        let patched = cfg
-            .patched(&json!({"policies": {"ASR": {"priority": 99}}}), &mut w)
-            .unwrap();
+        let patched = cfg.patched(&json!({"policies": {"ASR": {"priority": 99}}}), &mut w).unwrap();
         assert_eq!(patched.policies["ASR"].priority, Some(Int(99)));
         assert_eq!(patched.policies["ASR"].max_wait_ms, Some(Int(3000)));
         assert_eq!(patched.default_queue_limit.get(), 3);
-        let bad = cfg
-            .patched(&json!({"policies": {"ASR": {"priority": 101}}}), &mut w)
-            .unwrap_err();
+        let bad = cfg.patched(&json!({"policies": {"ASR": {"priority": 101}}}), &mut w).unwrap_err();
         assert!(
-            bad.message.starts_with(
-                "gpuArbiter.policies.ASR.priority: expected an integer 0-100, got 101"
-            ),
+            bad.message.starts_with("gpuArbiter.policies.ASR.priority: expected an integer 0-100, got 101"),
             "{}",
             bad.message
         );

@@ -27,9 +27,8 @@ pub struct NodeConfig {
 
 /// Reads a whole node config file (other apps' sections are left alone) and validates our sections.
 pub fn load_node_config(path: &Path) -> SidecarResult<NodeConfig> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        SidecarError::invalid_config(format!("cannot read config file {}: {e}", path.display()))
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| SidecarError::invalid_config(format!("cannot read config file {}: {e}", path.display())))?;
     parse_node_config(&text, &path.display().to_string())
 }
 
@@ -38,19 +37,14 @@ pub fn parse_node_config(text: &str, source: &str) -> SidecarResult<NodeConfig> 
     let root: Value = serde_json::from_str(text)
         .map_err(|e| SidecarError::invalid_config(format!("{source}: not valid JSON: {e}")))?;
     if !root.is_object() {
-        return Err(SidecarError::invalid_config(format!(
-            "{source}: expected a JSON object at the top level"
-        )));
+        return Err(SidecarError::invalid_config(format!("{source}: expected a JSON object at the top level")));
     }
     let mut warnings = Vec::new();
     let gpu_arbiter = match root.get("gpuArbiter") {
         Some(section) => ArbiterConfig::from_json(section, &mut warnings)?,
         None => ArbiterConfig::default(),
     };
-    Ok(NodeConfig {
-        gpu_arbiter,
-        warnings,
-    })
+    Ok(NodeConfig { gpu_arbiter, warnings })
 }
 
 /// Deserializes one section, naming the JSON path (under `prefix`) of the first bad field and
@@ -67,9 +61,7 @@ pub(crate) fn parse_section<T: DeserializeOwned>(
     match parsed {
         Ok(v) => {
             warnings.extend(
-                unknown
-                    .into_iter()
-                    .map(|p: String| format!("{}: unknown key, ignored", join_path(prefix, &p))),
+                unknown.into_iter().map(|p: String| format!("{}: unknown key, ignored", join_path(prefix, &p))),
             );
             Ok(v)
         }
@@ -93,19 +85,13 @@ pub(crate) fn join_path(prefix: &str, path: &str) -> String {
 /// Turns serde's "invalid type: string \"high\", expected an integer 0-100" into the form we
 /// document: "expected an integer 0-100, got \"high\"".
 fn readable_serde_message(message: &str) -> String {
-    let body = message
-        .strip_prefix("invalid type: ")
-        .or_else(|| message.strip_prefix("invalid value: "));
+    let body = message.strip_prefix("invalid type: ").or_else(|| message.strip_prefix("invalid value: "));
     if let Some((got, expected)) = body.and_then(|b| b.split_once(", expected ")) {
         return format!("expected {expected}, got {}", describe_unexpected(got));
     }
     if let Some(rest) = message.strip_prefix("unknown variant ") {
         if let Some((got, expected)) = rest.split_once(", expected ") {
-            return format!(
-                "expected {}, got {}",
-                expected.replace('`', "\""),
-                got.replace('`', "\"")
-            );
+            return format!("expected {}, got {}", expected.replace('`', "\""), got.replace('`', "\""));
         }
     }
     message.replace('`', "\"")
@@ -126,38 +112,18 @@ mod tests {
 
     #[test]
     fn reports_the_json_path_and_the_bad_value() {
-        let err = parse_node_config(
-            r#"{"gpuArbiter":{"policies":{"ASR":{"priority":"high"}}}}"#,
-            "test.json",
-        )
-        .unwrap_err();
+        let err =
+            parse_node_config(r#"{"gpuArbiter":{"policies":{"ASR":{"priority":"high"}}}}"#, "test.json").unwrap_err();
         assert_eq!(err.code, crate::error::ErrorCode::InvalidConfig);
-        assert_eq!(
-            err.message,
-            r#"gpuArbiter.policies.ASR.priority: expected an integer 0-100, got "high""#
-        );
+        assert_eq!(err.message, r#"gpuArbiter.policies.ASR.priority: expected an integer 0-100, got "high""#);
     }
 
     #[test]
     fn out_of_range_and_bad_enum_values_name_the_field() {
         let err = parse_node_config(r#"{"gpuArbiter":{"defaultQueueLimit":-1}}"#, "t").unwrap_err();
-        assert!(
-            err.message
-                .starts_with("gpuArbiter.defaultQueueLimit: expected an integer"),
-            "{}",
-            err.message
-        );
-        let err = parse_node_config(
-            r#"{"gpuArbiter":{"policies":{"TTS":{"busyPolicy":"MAYBE"}}}}"#,
-            "t",
-        )
-        .unwrap_err();
-        assert!(
-            err.message
-                .starts_with("gpuArbiter.policies.TTS.busyPolicy: expected one of"),
-            "{}",
-            err.message
-        );
+        assert!(err.message.starts_with("gpuArbiter.defaultQueueLimit: expected an integer"), "{}", err.message);
+        let err = parse_node_config(r#"{"gpuArbiter":{"policies":{"TTS":{"busyPolicy":"MAYBE"}}}}"#, "t").unwrap_err();
+        assert!(err.message.starts_with("gpuArbiter.policies.TTS.busyPolicy: expected one of"), "{}", err.message);
         assert!(err.message.contains("\"MAYBE\""), "{}", err.message);
     }
 
@@ -181,10 +147,6 @@ mod tests {
     fn invalid_json_is_an_invalid_config_error() {
         let err = parse_node_config("{ not json", "node.json").unwrap_err();
         assert_eq!(err.code, crate::error::ErrorCode::InvalidConfig);
-        assert!(
-            err.message.starts_with("node.json: not valid JSON"),
-            "{}",
-            err.message
-        );
+        assert!(err.message.starts_with("node.json: not valid JSON"), "{}", err.message);
     }
 }
