@@ -118,11 +118,33 @@ impl HostReader {
 /// Pids of children of `parent` that have exited and were never reaped (state `Z`).
 #[cfg(target_os = "linux")]
 pub fn zombie_children(parent: u32) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return vec![] };
-    entries
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+    let candidates = child_pids(parent).unwrap_or_else(all_pids);
+    candidates
+        .into_iter()
         .filter(|&pid| proc_stat(pid).is_some_and(|(state, ppid)| state == 'Z' && ppid == parent))
         .collect()
+}
+
+/// Children of `parent` from `/proc/<pid>/task/<tid>/children`, which lists each thread's
+/// children: a few small reads instead of a scan of every process. `None` where the kernel lacks
+/// that file (CONFIG_PROC_CHILDREN off).
+#[cfg(target_os = "linux")]
+fn child_pids(parent: u32) -> Option<Vec<u32>> {
+    let mut children = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{parent}/task")).ok()?.flatten() {
+        match std::fs::read_to_string(task.path().join("children")) {
+            Ok(list) => children.extend(list.split_whitespace().filter_map(|pid| pid.parse::<u32>().ok())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !task.path().exists() => {} // thread exited
+            Err(_) => return None,
+        }
+    }
+    Some(children)
+}
+
+#[cfg(target_os = "linux")]
+fn all_pids() -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return vec![] };
+    entries.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok()).collect()
 }
 
 /// Zombie detection reads `/proc`; other platforms report none.
@@ -206,6 +228,9 @@ mod tests {
         }
         let mut reader = HostReader::new(ProcessRegistry::new()).unwrap();
         assert!(reader.read().zombie_children >= 1);
+        // The full /proc scan, used where the kernel has no `children` files, agrees.
+        assert!(all_pids().contains(&pid));
+        assert!(child_pids(me).is_none_or(|children| children.contains(&pid)));
         child.wait().unwrap();
         assert!(!zombie_children(me).contains(&pid));
     }

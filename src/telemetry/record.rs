@@ -9,8 +9,8 @@ use super::options::ReplaySpeed;
 use super::sample::Sample;
 use crate::error::{ErrorCode, SidecarError, SidecarResult};
 
-/// Appends samples to a JSONL file, one line each, written through at once so a crash loses at
-/// most the sample being written.
+/// Appends samples to a JSONL file, one line each. The file is unbuffered, so each line reaches
+/// the OS as soon as it is appended and a crash loses at most the sample being written.
 pub struct Recorder {
     path: PathBuf,
     file: File,
@@ -35,7 +35,6 @@ impl Recorder {
         // One write call per line keeps lines whole when another process appends too.
         self.file
             .write_all(&line)
-            .and_then(|()| self.file.flush())
             .map_err(|e| io_error(format!("cannot write record file {}: {e}", self.path.display())))
     }
 }

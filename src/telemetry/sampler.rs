@@ -269,6 +269,10 @@ impl Worker {
             let alerts = self.engine.observe(&sample, &backlog);
             let sample = Arc::new(sample);
             *lock(&self.shared.latest) = Some(sample.clone());
+            // Once stop() is asked for, nothing new reaches the sink.
+            if *lock(&self.shared.stopped) {
+                return;
+            }
             self.emit(SamplerEvent::Sample(SamplerOutput { sample, alerts }));
         }
     }
