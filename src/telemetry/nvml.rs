@@ -80,8 +80,8 @@ impl GpuReader {
             Some(wanted) => wanted.iter().copied().filter(|&i| i < count).collect(),
             None => (0..count).collect(),
         };
+        let xid_errors = self.xid.drain(nvml, &indices);
         let gpus = indices.into_iter().map(|index| read_gpu(nvml, index, registry)).collect();
-        let xid_errors = self.xid.drain(nvml, count);
         GpuRead { status: NvmlStatus { available: true, reason: None }, gpus, xid_errors }
     }
 }
@@ -145,97 +145,71 @@ fn merge_processes(infos: impl Iterator<Item = ProcessInfo>, registry: &ProcessR
     by_pid.into_iter().map(|(pid, used_mb)| GpuProcess { pid, used_mb, service: registry.service_of(pid) }).collect()
 }
 
-/// Critical XID events, where the platform and GPUs support them. Best effort: any failure to
-/// set up leaves XID reporting off and is logged once.
+/// Critical XID events, where the platform and GPUs support them. Best effort: a GPU whose events
+/// cannot be watched is logged once and skipped. One event set per GPU, because registering a
+/// device consumes the set and drops it on failure, which would lose the GPUs registered before.
 enum XidWatch {
     NotStarted,
     #[cfg(target_os = "linux")]
-    Watching(nvml_wrapper::EventSet<'static>),
+    Watching(Vec<nvml_wrapper::EventSet<'static>>),
+    #[cfg(not(target_os = "linux"))]
     Off,
 }
 
-/// Events taken per sample at most, so a storm cannot stall the sampler.
+/// Events taken per GPU and sample at most, so a storm cannot stall the sampler.
 #[cfg(target_os = "linux")]
 const MAX_XID_PER_SAMPLE: usize = 64;
 
 impl XidWatch {
-    fn drain(&mut self, nvml: &'static Nvml, count: u32) -> Vec<XidEvent> {
+    /// The XID errors queued since the last call, for the GPUs at `indices` (watched from the first
+    /// call on).
+    #[cfg(target_os = "linux")]
+    fn drain(&mut self, nvml: &'static Nvml, indices: &[u32]) -> Vec<XidEvent> {
+        use nvml_wrapper::bitmasks::event::EventTypes;
+        use nvml_wrapper::enums::event::XidError;
         if matches!(self, XidWatch::NotStarted) {
-            *self = Self::start(nvml, count);
+            *self = XidWatch::Watching(indices.iter().filter_map(|&index| watch(nvml, index)).collect());
         }
-        match self {
-            #[cfg(target_os = "linux")]
-            XidWatch::Watching(set) => {
-                let mut events = Vec::new();
-                // `wait(0)` returns at once; Timeout means the queue is empty.
-                while events.len() < MAX_XID_PER_SAMPLE {
-                    let Ok(data) = set.wait(0) else { break };
-                    if !data.event_type.contains(nvml_wrapper::bitmasks::event::EventTypes::CRITICAL_XID_ERROR) {
-                        continue;
-                    }
+        let XidWatch::Watching(sets) = self else { return Vec::new() };
+        let mut events = Vec::new();
+        for set in sets.iter() {
+            // `wait(0)` returns at once; Timeout means the queue is empty.
+            for _ in 0..MAX_XID_PER_SAMPLE {
+                let Ok(data) = set.wait(0) else { break };
+                if data.event_type.contains(EventTypes::CRITICAL_XID_ERROR) {
+                    let gpu_key = data.device.index().map_or_else(|_| "gpu:?".to_string(), GpuSample::key_for);
                     let xid = match data.event_data {
-                        Some(nvml_wrapper::enums::event::XidError::Value(v)) => Some(v),
+                        Some(XidError::Value(v)) => Some(v),
                         _ => None,
                     };
-                    let gpu_key = data.device.index().map(GpuSample::key_for).unwrap_or_else(|_| "gpu:?".into());
                     events.push(XidEvent { gpu_key, xid });
                 }
-                events
             }
-            _ => Vec::new(),
         }
-    }
-
-    #[cfg(target_os = "linux")]
-    fn start(nvml: &'static Nvml, count: u32) -> XidWatch {
-        use nvml_wrapper::bitmasks::event::EventTypes;
-        let mut set = match nvml.create_event_set() {
-            Ok(set) => set,
-            Err(e) => {
-                tracing::info!(error = %e, "XID events unavailable");
-                return XidWatch::Off;
-            }
-        };
-        let mut registered = 0;
-        for index in 0..count {
-            let Ok(device) = nvml.device_by_index(index) else { continue };
-            let supported: Result<EventTypes, NvmlError> = device.supported_event_types();
-            if !supported.is_ok_and(|types| types.contains(EventTypes::CRITICAL_XID_ERROR)) {
-                continue;
-            }
-            // Registering consumes the set and drops it on failure; start a fresh one then.
-            set = match register(&device, set) {
-                Ok(set) => {
-                    registered += 1;
-                    set
-                }
-                Err(e) => {
-                    tracing::info!(index, error = %e, "cannot watch XID events on this GPU");
-                    match nvml.create_event_set() {
-                        Ok(fresh) => fresh,
-                        Err(_) => return XidWatch::Off,
-                    }
-                }
-            };
-        }
-        if registered == 0 {
-            return XidWatch::Off;
-        }
-        XidWatch::Watching(set)
+        events
     }
 
     #[cfg(not(target_os = "linux"))]
-    fn start(_nvml: &'static Nvml, _count: u32) -> XidWatch {
-        XidWatch::Off
+    fn drain(&mut self, _nvml: &'static Nvml, _indices: &[u32]) -> Vec<XidEvent> {
+        *self = XidWatch::Off;
+        Vec::new()
     }
 }
 
+/// An event set watching one GPU for critical XID errors, if the GPU supports it.
 #[cfg(target_os = "linux")]
-fn register(
-    device: &nvml_wrapper::Device<'static>,
-    set: nvml_wrapper::EventSet<'static>,
-) -> Result<nvml_wrapper::EventSet<'static>, nvml_wrapper::error::NvmlErrorWithSource> {
-    device.register_events(nvml_wrapper::bitmasks::event::EventTypes::CRITICAL_XID_ERROR, set)
+fn watch(nvml: &'static Nvml, index: u32) -> Option<nvml_wrapper::EventSet<'static>> {
+    use nvml_wrapper::bitmasks::event::EventTypes;
+    let device = nvml.device_by_index(index).ok()?;
+    if !device.supported_event_types().is_ok_and(|types| types.contains(EventTypes::CRITICAL_XID_ERROR)) {
+        tracing::info!(index, "this GPU does not report XID events");
+        return None;
+    }
+    let set = nvml.create_event_set().map_err(|e| tracing::info!(index, error = %e, "XID events unavailable")).ok()?;
+    device
+        .register_events(EventTypes::CRITICAL_XID_ERROR, set)
+        .map_err(|e| tracing::info!(index, error = %e, "cannot watch XID events on this GPU"))
+        .ok()
 }
 
 #[cfg(test)]
