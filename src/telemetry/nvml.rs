@@ -244,6 +244,17 @@ mod tests {
     }
 
     #[test]
+    fn a_figure_that_fails_with_gpu_lost_marks_the_gpu_lost() {
+        let mut lost = false;
+        assert_eq!(take(Ok(3), &mut lost), Some(3));
+        assert_eq!(take::<u32>(Err(NvmlError::NotSupported), &mut lost), None);
+        assert!(!lost);
+        assert_eq!(take::<u32>(Err(NvmlError::GpuLost), &mut lost), None);
+        assert_eq!(take(Ok(4), &mut lost), Some(4));
+        assert!(lost);
+    }
+
+    #[test]
     fn merges_a_pid_listed_as_compute_and_graphics() {
         let info =
             |pid, used| ProcessInfo { pid, used_gpu_memory: used, gpu_instance_id: None, compute_instance_id: None };

@@ -21,7 +21,27 @@ pub type Megabytes = Int<0, { u64::MAX }>;
 /// An NVML device index.
 pub type GpuIndex = Int<0, 1_023>;
 
-/// Options of one telemetry source.
+/// Options of one telemetry source. Every field is optional; the defaults are shown:
+///
+/// ```json
+/// {
+///   "intervalMs": 1000,
+///   "gpus": [0, 1],
+///   "record": "telemetry.jsonl",
+///   "replay": "recorded.jsonl",
+///   "replaySpeed": 1,
+///   "thresholds": {
+///     "minDurationMs": 3000, "clearDurationMs": 5000,
+///     "gpuUsage": { "highWater": 85, "lowWater": 78 },
+///     "vram": { "lowFreeMb": 512, "clearFreeMb": 1024, "lowFreePercent": 5, "clearFreePercent": 10 },
+///     "gpuIdle": { "maxUtilization": 5, "clearUtilization": 15, "idleForMs": 30000 },
+///     "hostMemory": { "lowAvailableMb": 1024, "clearAvailableMb": 2048 },
+///     "swap": { "highUsedMb": 512, "clearUsedMb": 256 }
+///   }
+/// }
+/// ```
+///
+/// (`gpus`, `record` and `replay` have no default: all GPUs, no recording, live sampling.)
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct TelemetryOptions {

@@ -450,6 +450,55 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
     }
 
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_failing_record_file_stops_recording_but_not_sampling() {
+        let path = temp_path("sampler-full.jsonl");
+        write_recording(&path, &[sample(0.0), sample(1.0), sample(2.0)]);
+        let mut options = replay_options(&path, ReplaySpeed::AsFastAsPossible);
+        // Every write to /dev/full fails with ENOSPC.
+        options.record = Some("/dev/full".into());
+        let (sink, events) = channel_sink();
+        let _handle = Sampler::new(options).start(sink).unwrap();
+        let mut seen = vec![];
+        loop {
+            match events.recv_timeout(Duration::from_secs(10)).unwrap() {
+                SamplerEvent::Sample(output) => seen.push(format!("sample {}", output.sample.at)),
+                SamplerEvent::RecordingStopped(e) => seen.push(format!("stopped {:?}", e.code)),
+                SamplerEvent::Ended(e) => {
+                    assert!(e.is_none());
+                    break;
+                }
+            }
+        }
+        assert_eq!(seen, ["stopped Io", "sample 0", "sample 1", "sample 2"]);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn the_sink_may_stop_its_own_sampler() {
+        let path = temp_path("sampler-self-stop.jsonl");
+        write_recording(&path, &[sample(0.0), sample(1.0), sample(2.0)]);
+        let handle: Arc<Mutex<Option<SamplerHandle>>> = Arc::default();
+        let (tx, rx) = mpsc::channel();
+        let in_sink = handle.clone();
+        let sink: Sink = Box::new(move |event| {
+            if let Some(h) = lock(&in_sink).as_mut() {
+                h.stop();
+            }
+            let _ = tx.send(event);
+        });
+        // Hold the lock while starting so the sink sees the handle on the first sample.
+        let mut slot = lock(&handle);
+        *slot = Some(Sampler::new(replay_options(&path, ReplaySpeed::AsFastAsPossible)).start(sink).unwrap());
+        drop(slot);
+        assert!(matches!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), SamplerEvent::Sample(_)));
+        // The thread ends after the first sample instead of playing the rest.
+        assert!(rx.recv_timeout(Duration::from_secs(10)).is_err());
+        drop(lock(&handle).take());
+        std::fs::remove_file(&path).unwrap();
+    }
+
     #[test]
     fn bad_record_and_replay_paths_fail_at_start() {
         let (sink, _events) = channel_sink();
