@@ -123,6 +123,7 @@ pub struct AlertEngine {
 }
 
 impl AlertEngine {
+    /// An engine with no alert active.
     pub fn new(thresholds: AlertThresholds) -> Self {
         Self { thresholds, trackers: BTreeMap::new() }
     }

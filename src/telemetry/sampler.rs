@@ -30,6 +30,7 @@ pub type Sink = Box<dyn FnMut(SamplerEvent) + Send>;
 /// One tick's result.
 #[derive(Debug, Clone)]
 pub struct SamplerOutput {
+    /// Also what [`SamplerHandle::latest`] returns until the next tick.
     pub sample: Arc<Sample>,
     /// Alerts this sample raised or cleared.
     pub alerts: Vec<Alert>,
