@@ -1,0 +1,123 @@
+//! Capacity advice: how many workers of a given size fit in the memory that is free now. Seed
+//! 004: 100 workers of ~250 MB each drove a machine into swap for 40 hours; the count should have
+//! come from the available memory, with a reserve left over.
+
+use serde::{Deserialize, Serialize};
+
+use super::sample::Sample;
+use crate::error::{SidecarError, SidecarResult};
+
+/// How many workers fit, and the figures behind the answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Recommendation {
+    /// `floor((availableMb - reserveMb) / perWorkerMb)`, never negative.
+    pub workers: u64,
+    /// Host available memory, or the GPU's free memory.
+    pub available_mb: u64,
+    /// `reserveFraction` of the total, kept free.
+    pub reserve_mb: u64,
+    pub per_worker_mb: f64,
+    /// `host` or a GPU key.
+    pub on: String,
+    /// The calculation in words, for logs.
+    pub basis: String,
+}
+
+/// Recommends a worker count for `on` (`"host"` or a GPU key such as `"gpu:0"`) from a sample:
+/// available memory minus `reserve_fraction` of the total, divided by `per_worker_mb`.
+pub fn recommend_concurrency(
+    sample: &Sample,
+    per_worker_mb: f64,
+    reserve_fraction: f64,
+    on: &str,
+) -> SidecarResult<Recommendation> {
+    if !(per_worker_mb.is_finite() && per_worker_mb > 0.0) {
+        return Err(SidecarError::invalid_argument(format!("perWorkerMb: expected a number > 0, got {per_worker_mb}")));
+    }
+    if !(0.0..1.0).contains(&reserve_fraction) {
+        return Err(SidecarError::invalid_argument(format!(
+            "reserveFraction: expected a number from 0 up to (not including) 1, got {reserve_fraction}"
+        )));
+    }
+    let (available_mb, total_mb, what) = if on == "host" {
+        (sample.host.available_mb, sample.host.total_mb, "host available memory")
+    } else {
+        let gpu = sample.gpu(on).ok_or_else(|| {
+            let known: Vec<&str> = sample.gpus.iter().map(|g| g.key.as_str()).collect();
+            let known = if known.is_empty() { "none".to_string() } else { known.join(", ") };
+            SidecarError::invalid_argument(format!(
+                "on: expected \"host\" or a sampled GPU key ({known}), got \"{on}\""
+            ))
+        })?;
+        match (gpu.free_mb, gpu.total_mb) {
+            (Some(free), Some(total)) => (free, total, "free VRAM"),
+            _ => {
+                return Err(SidecarError::invalid_argument(format!(
+                    "on: {on} has no memory reading{}",
+                    if gpu.lost { " (the GPU is lost)" } else { "" }
+                )))
+            }
+        }
+    };
+    let reserve_mb = (total_mb as f64 * reserve_fraction).ceil() as u64;
+    let usable_mb = available_mb.saturating_sub(reserve_mb);
+    let workers = (usable_mb as f64 / per_worker_mb).floor() as u64;
+    Ok(Recommendation {
+        workers,
+        available_mb,
+        reserve_mb,
+        per_worker_mb,
+        on: on.to_string(),
+        basis: format!(
+            "floor(({what} {available_mb} MB - reserve {reserve_mb} MB) / {per_worker_mb} MB per worker) = {workers}"
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorCode;
+    use crate::telemetry::sample::fixtures::sample;
+    use crate::telemetry::sample::GpuSample;
+
+    #[test]
+    fn seed_004_host_with_16_gb_available_fits_64_workers_of_250_mb() {
+        let mut s = sample(0.0);
+        s.host.available_mb = 16_000;
+        let r = recommend_concurrency(&s, 250.0, 0.0, "host").unwrap();
+        assert_eq!((r.workers, r.available_mb, r.reserve_mb), (64, 16_000, 0));
+        assert_eq!(r.basis, "floor((host available memory 16000 MB - reserve 0 MB) / 250 MB per worker) = 64");
+        // Keeping a fifth of the 32 000 MB total back leaves (16 000 - 6 400) / 250 = 38.4.
+        let r = recommend_concurrency(&s, 250.0, 0.2, "host").unwrap();
+        assert_eq!((r.workers, r.reserve_mb), (38, 6_400));
+    }
+
+    #[test]
+    fn a_gpu_uses_its_free_memory_and_never_goes_negative() {
+        let s = sample(0.0); // gpu:0 has 8 000 MB free of 16 000
+        let r = recommend_concurrency(&s, 1_500.0, 0.1, "gpu:0").unwrap();
+        assert_eq!((r.workers, r.available_mb, r.reserve_mb, r.on.as_str()), (4, 8_000, 1_600, "gpu:0"));
+        let r = recommend_concurrency(&s, 100.0, 0.6, "gpu:0").unwrap();
+        assert_eq!(r.workers, 0);
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["perWorkerMb"], 100.0);
+        assert_eq!(v["availableMb"], 8_000);
+    }
+
+    #[test]
+    fn bad_input_is_an_invalid_argument() {
+        let mut s = sample(0.0);
+        let code = |r: SidecarResult<Recommendation>| r.unwrap_err().code;
+        assert_eq!(code(recommend_concurrency(&s, 0.0, 0.1, "host")), ErrorCode::InvalidArgument);
+        assert_eq!(code(recommend_concurrency(&s, f64::NAN, 0.1, "host")), ErrorCode::InvalidArgument);
+        assert_eq!(code(recommend_concurrency(&s, 10.0, 1.0, "host")), ErrorCode::InvalidArgument);
+        assert_eq!(code(recommend_concurrency(&s, 10.0, -0.1, "host")), ErrorCode::InvalidArgument);
+        let e = recommend_concurrency(&s, 10.0, 0.1, "gpu:3").unwrap_err();
+        assert_eq!(e.message, "on: expected \"host\" or a sampled GPU key (gpu:0), got \"gpu:3\"");
+        s.gpus = vec![GpuSample { index: 0, key: "gpu:0".into(), lost: true, ..GpuSample::default() }];
+        let e = recommend_concurrency(&s, 10.0, 0.1, "gpu:0").unwrap_err();
+        assert_eq!(e.message, "on: gpu:0 has no memory reading (the GPU is lost)");
+    }
+}

@@ -1,0 +1,237 @@
+//! Host figures: memory, swap, CPU, the resident memory of registered processes, and zombie
+//! children of this process.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
+
+use super::sample::{mb, HostProcess, HostSample};
+use crate::error::{ErrorCode, SidecarError, SidecarResult};
+
+/// How far up the parent chain a GPU process is traced to a registered service.
+const MAX_ANCESTRY: usize = 32;
+
+/// Processes whose memory telemetry reports, labelled by the service they run. Shared between the
+/// caller (the startup controller registers the services it spawns) and the sampler thread.
+#[derive(Debug, Default)]
+pub struct ProcessRegistry {
+    labels: RwLock<BTreeMap<u32, String>>,
+}
+
+impl ProcessRegistry {
+    /// An empty registry, ready to share.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Reports `pid` under `label` from the next sample on; registering again relabels it.
+    pub fn register(&self, pid: u32, label: impl Into<String>) {
+        self.write().insert(pid, label.into());
+    }
+
+    /// Stops reporting `pid`; `false` if it was not registered.
+    pub fn unregister(&self, pid: u32) -> bool {
+        self.write().remove(&pid).is_some()
+    }
+
+    /// The registered processes, by pid.
+    pub fn entries(&self) -> Vec<(u32, String)> {
+        self.read().iter().map(|(pid, label)| (*pid, label.clone())).collect()
+    }
+
+    /// The label of `pid`, or of its nearest registered ancestor (services fork workers that
+    /// hold the GPU memory).
+    pub fn service_of(&self, pid: u32) -> Option<String> {
+        let labels = self.read();
+        let mut current = pid;
+        for _ in 0..MAX_ANCESTRY {
+            if let Some(label) = labels.get(&current) {
+                return Some(label.clone());
+            }
+            current = parent_pid(current).filter(|&parent| parent > 1)?;
+        }
+        None
+    }
+
+    // A panicking writer cannot leave the map half-updated, so a poisoned lock is still usable.
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<u32, String>> {
+        self.labels.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<u32, String>> {
+        self.labels.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Reads host figures. Keeps one `System` between samples because CPU use is the difference
+/// between two refreshes.
+pub struct HostReader {
+    system: System,
+    registry: Arc<ProcessRegistry>,
+    own_pid: u32,
+}
+
+impl HostReader {
+    /// Takes the first CPU reading now so that the first sample's CPU figure covers one interval.
+    pub fn new(registry: Arc<ProcessRegistry>) -> SidecarResult<Self> {
+        let mut system = System::new().map_err(|e| {
+            SidecarError::new(ErrorCode::Internal, format!("cannot read host figures on this platform: {e}"))
+        })?;
+        system.refresh_cpu_usage();
+        Ok(Self { system, registry, own_pid: std::process::id() })
+    }
+
+    /// Refreshes and returns the host figures.
+    pub fn read(&mut self) -> HostSample {
+        self.system.refresh_memory();
+        self.system.refresh_cpu_usage();
+        let registered = self.registry.entries();
+        let pids: Vec<Pid> = registered.iter().map(|(pid, _)| Pid::from_u32(*pid)).collect();
+        if !pids.is_empty() {
+            self.system.refresh_processes_specifics(
+                ProcessesToUpdate::Some(&pids),
+                true,
+                ProcessRefreshKind::nothing().with_memory(),
+            );
+        }
+        let processes = registered
+            .into_iter()
+            .map(|(pid, label)| HostProcess {
+                pid,
+                label,
+                rss_mb: self.system.process(Pid::from_u32(pid)).map(|p| mb(p.memory())),
+            })
+            .collect();
+        HostSample {
+            total_mb: mb(self.system.total_memory()),
+            available_mb: mb(self.system.available_memory()),
+            swap_total_mb: mb(self.system.total_swap()),
+            swap_used_mb: mb(self.system.used_swap()),
+            cpu_percent: f64::from(self.system.global_cpu_usage()),
+            processes,
+            zombie_children: zombie_children(self.own_pid).len() as u32,
+        }
+    }
+}
+
+/// Pids of children of `parent` that have exited and were never reaped (state `Z`).
+#[cfg(target_os = "linux")]
+pub fn zombie_children(parent: u32) -> Vec<u32> {
+    let candidates = child_pids(parent).unwrap_or_else(all_pids);
+    candidates
+        .into_iter()
+        .filter(|&pid| proc_stat(pid).is_some_and(|(state, ppid)| state == 'Z' && ppid == parent))
+        .collect()
+}
+
+/// Children of `parent` from `/proc/<pid>/task/<tid>/children`, which lists each thread's
+/// children: a few small reads instead of a scan of every process. `None` where the kernel lacks
+/// that file (CONFIG_PROC_CHILDREN off).
+#[cfg(target_os = "linux")]
+fn child_pids(parent: u32) -> Option<Vec<u32>> {
+    let mut children = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{parent}/task")).ok()?.flatten() {
+        match std::fs::read_to_string(task.path().join("children")) {
+            Ok(list) => children.extend(list.split_whitespace().filter_map(|pid| pid.parse::<u32>().ok())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !task.path().exists() => {} // thread exited
+            Err(_) => return None,
+        }
+    }
+    Some(children)
+}
+
+#[cfg(target_os = "linux")]
+fn all_pids() -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return vec![] };
+    entries.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok()).collect()
+}
+
+/// Zombie detection reads `/proc`; other platforms report none.
+#[cfg(not(target_os = "linux"))]
+pub fn zombie_children(_parent: u32) -> Vec<u32> {
+    Vec::new()
+}
+
+#[cfg(target_os = "linux")]
+fn parent_pid(pid: u32) -> Option<u32> {
+    proc_stat(pid).map(|(_, ppid)| ppid)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn parent_pid(_pid: u32) -> Option<u32> {
+    None
+}
+
+/// State and parent pid from `/proc/<pid>/stat`. The command name sits in parentheses and may
+/// itself hold spaces or parentheses, so fields are counted from the last `)`.
+#[cfg(target_os = "linux")]
+fn proc_stat(pid: u32) -> Option<(char, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some((state, ppid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn reads_sane_host_figures_and_registered_processes() {
+        let registry = ProcessRegistry::new();
+        let me = std::process::id();
+        registry.register(me, "tests");
+        registry.register(u32::MAX - 1, "gone");
+        let mut reader = HostReader::new(registry.clone()).unwrap();
+        let host = reader.read();
+        assert!(host.total_mb > 0, "{host:?}");
+        assert!(host.available_mb > 0 && host.available_mb <= host.total_mb, "{host:?}");
+        assert!(host.swap_used_mb <= host.swap_total_mb, "{host:?}");
+        assert!((0.0..=100.0).contains(&host.cpu_percent), "{host:?}");
+        let mine = host.processes.iter().find(|p| p.pid == me).unwrap();
+        assert_eq!(mine.label, "tests");
+        assert!(mine.rss_mb.is_some_and(|rss| rss > 0), "{mine:?}");
+        let gone = host.processes.iter().find(|p| p.label == "gone").unwrap();
+        assert_eq!(gone.rss_mb, None);
+        assert!(registry.unregister(me));
+        assert!(!registry.unregister(me));
+        assert_eq!(reader.read().processes.len(), 1);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn labels_a_descendant_with_its_registered_ancestor() {
+        let registry = ProcessRegistry::new();
+        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        assert_eq!(registry.service_of(child.id()), None);
+        registry.register(std::process::id(), "node");
+        assert_eq!(registry.service_of(child.id()).as_deref(), Some("node"));
+        registry.register(child.id(), "worker");
+        assert_eq!(registry.service_of(child.id()).as_deref(), Some("worker"));
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn counts_an_unreaped_child_as_a_zombie_until_it_is_reaped() {
+        let mut child = std::process::Command::new("sleep").arg("0").spawn().unwrap();
+        let pid = child.id();
+        let me = std::process::id();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !zombie_children(me).contains(&pid) {
+            assert!(Instant::now() < deadline, "child {pid} never showed up as a zombie");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let mut reader = HostReader::new(ProcessRegistry::new()).unwrap();
+        assert!(reader.read().zombie_children >= 1);
+        // The full /proc scan, used where the kernel has no `children` files, agrees.
+        assert!(all_pids().contains(&pid));
+        assert!(child_pids(me).is_none_or(|children| children.contains(&pid)));
+        child.wait().unwrap();
+        assert!(!zombie_children(me).contains(&pid));
+    }
+}

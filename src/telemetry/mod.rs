@@ -1,0 +1,25 @@
+//! GPU and host telemetry: samples on a dedicated thread, alerts with hysteresis, Prometheus
+//! metrics, capacity advice, and JSONL record/replay.
+//!
+//! Plain Rust, no napi types: the binding wraps [`Sampler`] / [`SamplerHandle`] and forwards
+//! [`SamplerEvent`]s to JS. NVML is initialised once per process ([`nvml::nvml`]); without an
+//! NVIDIA library or driver, samples say why (`nvml.available: false`) and host figures still flow.
+
+pub mod advice;
+pub mod alerts;
+pub mod host;
+pub mod metrics;
+pub mod nvml;
+pub mod options;
+pub mod record;
+pub mod sample;
+pub mod sampler;
+
+pub use advice::{recommend_concurrency, Recommendation};
+pub use alerts::{Alert, AlertCode, AlertEngine, AlertLevel, Backlog};
+pub use host::{zombie_children, HostReader, ProcessRegistry};
+pub use nvml::{GpuRead, GpuReader};
+pub use options::{AlertThresholds, ReplaySpeed, TelemetryOptions};
+pub use record::{Recorder, Replay};
+pub use sample::{GpuProcess, GpuSample, HostProcess, HostSample, NvmlStatus, NvmlUnavailable, Sample, XidEvent};
+pub use sampler::{BacklogFn, Sampler, SamplerEvent, SamplerHandle, SamplerOutput, Sink};

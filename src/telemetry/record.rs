@@ -1,0 +1,188 @@
+//! Recording samples to JSONL (one `Sample` per line) and playing them back.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Lines, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::options::ReplaySpeed;
+use super::sample::Sample;
+use crate::error::{ErrorCode, SidecarError, SidecarResult};
+
+/// Appends samples to a JSONL file, one line each. The file is unbuffered, so each line reaches
+/// the OS as soon as it is appended and a crash loses at most the sample being written.
+pub struct Recorder {
+    path: PathBuf,
+    file: File,
+}
+
+impl Recorder {
+    /// Opens `path` for appending, creating it if needed.
+    pub fn open(path: &Path) -> SidecarResult<Self> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| io_error(format!("cannot open record file {}: {e}", path.display())))?;
+        Ok(Self { path: path.to_path_buf(), file })
+    }
+
+    /// Appends one sample as one line.
+    pub fn append(&mut self, sample: &Sample) -> SidecarResult<()> {
+        let mut line = serde_json::to_vec(sample)
+            .map_err(|e| SidecarError::new(ErrorCode::Internal, format!("cannot serialize a sample: {e}")))?;
+        line.push(b'\n');
+        // One write call per line keeps lines whole when another process appends too.
+        self.file
+            .write_all(&line)
+            .map_err(|e| io_error(format!("cannot write record file {}: {e}", self.path.display())))
+    }
+}
+
+/// Samples from a JSONL recording, in file order. Blank lines are skipped.
+pub struct Replay {
+    path: PathBuf,
+    lines: Lines<BufReader<File>>,
+    line_number: usize,
+}
+
+impl Replay {
+    /// Opens a recording and checks every line first, so a bad file fails here, with its line
+    /// number, rather than midway through playback.
+    pub fn open(path: &Path) -> SidecarResult<Self> {
+        let mut count = 0;
+        for sample in Self::open_unchecked(path)? {
+            sample?;
+            count += 1;
+        }
+        if count == 0 {
+            return Err(SidecarError::invalid_argument(format!("{}: the replay file is empty", path.display())));
+        }
+        Self::open_unchecked(path)
+    }
+
+    fn open_unchecked(path: &Path) -> SidecarResult<Self> {
+        let file =
+            File::open(path).map_err(|e| io_error(format!("cannot open replay file {}: {e}", path.display())))?;
+        Ok(Self { path: path.to_path_buf(), lines: BufReader::new(file).lines(), line_number: 0 })
+    }
+}
+
+impl Iterator for Replay {
+    type Item = SidecarResult<Sample>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let line = self.lines.next()?;
+            self.line_number += 1;
+            let where_ = format!("{}:{}", self.path.display(), self.line_number);
+            let line = match line {
+                Ok(line) => line,
+                Err(e) => return Some(Err(io_error(format!("{where_}: cannot read: {e}")))),
+            };
+            if line.trim().is_empty() {
+                continue;
+            }
+            return Some(
+                serde_json::from_str(&line)
+                    .map_err(|e| SidecarError::invalid_argument(format!("{where_}: not a telemetry sample: {e}"))),
+            );
+        }
+    }
+}
+
+/// How long to wait between two recorded samples: their gap divided by the speed, never negative.
+pub fn replay_delay(previous_at: f64, next_at: f64, speed: ReplaySpeed) -> Duration {
+    match speed {
+        ReplaySpeed::AsFastAsPossible => Duration::ZERO,
+        ReplaySpeed::Factor(factor) => {
+            let ms = (next_at - previous_at) / factor;
+            if ms.is_finite() && ms > 0.0 {
+                Duration::from_secs_f64(ms / 1_000.0)
+            } else {
+                Duration::ZERO
+            }
+        }
+    }
+}
+
+fn io_error(message: String) -> SidecarError {
+    SidecarError::new(ErrorCode::Io, message)
+}
+
+/// A fresh path under the system temp dir, unique per test and per process.
+#[cfg(test)]
+pub(crate) fn temp_path(name: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir().join(format!("gpu-sidecar-{}-{n}-{name}", std::process::id()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::sample::fixtures::sample;
+
+    #[test]
+    fn record_then_replay_round_trips() {
+        let path = temp_path("round-trip.jsonl");
+        let samples: Vec<Sample> = (0..3).map(|i| sample(1_000.0 + i as f64 * 250.0)).collect();
+        {
+            let mut recorder = Recorder::open(&path).unwrap();
+            recorder.append(&samples[0]).unwrap();
+        }
+        // Reopening appends rather than truncating.
+        let mut recorder = Recorder::open(&path).unwrap();
+        for s in &samples[1..] {
+            recorder.append(s).unwrap();
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 3);
+        assert!(text.lines().all(|l| l.starts_with("{\"at\":")));
+        let replayed: Vec<Sample> = Replay::open(&path).unwrap().map(Result::unwrap).collect();
+        assert_eq!(replayed, samples);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn replays_a_hand_written_file_with_blank_lines_and_defaults() {
+        let path = temp_path("hand.jsonl");
+        let line = r#"{"at":5,"nvml":{"available":false,"reason":"DRIVER_NOT_LOADED"},"host":{"totalMb":8,"availableMb":4,"swapTotalMb":0,"swapUsedMb":0,"cpuPercent":1.5}}"#;
+        std::fs::write(&path, format!("{line}\n\n{line}\n")).unwrap();
+        let replayed: Vec<Sample> = Replay::open(&path).unwrap().map(Result::unwrap).collect();
+        assert_eq!(replayed.len(), 2);
+        assert!(replayed[0].gpus.is_empty());
+        assert_eq!(replayed[0].host.zombie_children, 0);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_bad_line_is_named_by_file_and_line() {
+        let path = temp_path("bad.jsonl");
+        let good = serde_json::to_string(&sample(1.0)).unwrap();
+        std::fs::write(&path, format!("{good}\n{good}\n{{\"at\":\"soon\"}}\n")).unwrap();
+        let e = Replay::open(&path).err().unwrap();
+        assert_eq!(e.code, ErrorCode::InvalidArgument);
+        assert!(e.message.starts_with(&format!("{}:3: not a telemetry sample:", path.display())), "{}", e.message);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn missing_and_empty_files_are_errors() {
+        let path = temp_path("missing.jsonl");
+        assert_eq!(Replay::open(&path).err().unwrap().code, ErrorCode::Io);
+        std::fs::write(&path, "\n").unwrap();
+        let e = Replay::open(&path).err().unwrap();
+        assert_eq!(e.message, format!("{}: the replay file is empty", path.display()));
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn delays_follow_the_recorded_gaps_scaled_by_speed() {
+        assert_eq!(replay_delay(1_000.0, 1_500.0, ReplaySpeed::Factor(1.0)), Duration::from_millis(500));
+        assert_eq!(replay_delay(1_000.0, 1_500.0, ReplaySpeed::Factor(2.0)), Duration::from_millis(250));
+        assert_eq!(replay_delay(1_500.0, 1_000.0, ReplaySpeed::Factor(1.0)), Duration::ZERO);
+        assert_eq!(replay_delay(0.0, 9e9, ReplaySpeed::AsFastAsPossible), Duration::ZERO);
+    }
+}

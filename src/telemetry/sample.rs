@@ -1,0 +1,249 @@
+//! One telemetry sample: what the sampler hands to JS and what a recording holds, one per line.
+
+use serde::{Deserialize, Serialize};
+
+use crate::arbiter::{GpuReading, Micros};
+
+/// Bytes in one MB as telemetry reports it (MiB, as `nvidia-smi` does).
+pub const BYTES_PER_MB: u64 = 1024 * 1024;
+
+/// GPU and host figures at one instant. Serialized in camelCase; this is also the JSONL record
+/// format, so fields added later must default when absent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Sample {
+    /// Wall-clock time of the sample, ms since the Unix epoch.
+    pub at: f64,
+    pub nvml: NvmlStatus,
+    /// One entry per GPU read (all GPUs, or the configured subset); empty without NVML.
+    #[serde(default)]
+    pub gpus: Vec<GpuSample>,
+    pub host: HostSample,
+    /// Critical XID errors NVML reported since the previous sample.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub xid_errors: Vec<XidEvent>,
+}
+
+/// Whether GPU figures could be read at all.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NvmlStatus {
+    pub available: bool,
+    /// Why NVML is unavailable; absent when it is available.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<NvmlUnavailable>,
+}
+
+/// Why NVML gave no GPU figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum NvmlUnavailable {
+    /// The NVML shared library (libnvidia-ml.so / nvml.dll) is not installed or lacks a symbol.
+    LibraryNotFound,
+    /// The library is there but the NVIDIA kernel driver is not running.
+    DriverNotLoaded,
+    /// This process may not talk to the driver.
+    NoPermission,
+    /// A GPU fell off the bus while NVML was starting or counting devices.
+    GpuLost,
+    /// Any other NVML failure at start-up (logged with its detail).
+    InitFailed,
+}
+
+impl NvmlUnavailable {
+    /// The reason as it appears in samples and metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NvmlUnavailable::LibraryNotFound => "LIBRARY_NOT_FOUND",
+            NvmlUnavailable::DriverNotLoaded => "DRIVER_NOT_LOADED",
+            NvmlUnavailable::NoPermission => "NO_PERMISSION",
+            NvmlUnavailable::GpuLost => "GPU_LOST",
+            NvmlUnavailable::InitFailed => "INIT_FAILED",
+        }
+    }
+}
+
+/// One GPU's figures. A reading the GPU does not support (or that failed) is `null`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GpuSample {
+    /// NVML device index.
+    pub index: u32,
+    /// `gpu:<index>`, the arbiter's GPU key.
+    pub key: String,
+    pub uuid: Option<String>,
+    pub name: Option<String>,
+    pub total_mb: Option<u64>,
+    pub used_mb: Option<u64>,
+    pub free_mb: Option<u64>,
+    /// Percent of time a kernel was running over NVML's last sample period.
+    pub utilization_gpu: Option<f64>,
+    /// Percent of time device memory was read or written over NVML's last sample period.
+    pub utilization_memory: Option<f64>,
+    pub temperature_c: Option<f64>,
+    pub power_w: Option<f64>,
+    /// Processes holding memory on this GPU (compute and graphics contexts, one entry per pid).
+    #[serde(default)]
+    pub processes: Vec<GpuProcess>,
+    /// The GPU fell off the bus or became inaccessible; its figures are `null`.
+    #[serde(default)]
+    pub lost: bool,
+}
+
+impl GpuSample {
+    /// The arbiter's GPU key for an NVML index.
+    pub fn key_for(index: u32) -> String {
+        format!("gpu:{index}")
+    }
+
+    /// This GPU's figures as the arbiter takes them; `at` is on the arbiter's clock.
+    pub fn reading(&self, at: Micros) -> GpuReading {
+        GpuReading { at, utilization_gpu: self.utilization_gpu, free_mb: self.free_mb, total_mb: self.total_mb }
+    }
+}
+
+/// A process with memory on a GPU.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GpuProcess {
+    pub pid: u32,
+    /// `null` where the driver does not report per-process memory (Windows WDDM).
+    pub used_mb: Option<u64>,
+    /// The label of the registered process this pid is, or descends from.
+    pub service: Option<String>,
+}
+
+/// A critical XID error reported by the driver.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct XidEvent {
+    pub gpu_key: String,
+    /// The XID number; `null` when the driver did not say.
+    pub xid: Option<u64>,
+}
+
+/// Host memory, CPU and process figures.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HostSample {
+    pub total_mb: u64,
+    pub available_mb: u64,
+    pub swap_total_mb: u64,
+    pub swap_used_mb: u64,
+    /// Whole-machine CPU use over the last sampling interval, 0-100.
+    pub cpu_percent: f64,
+    /// Registered processes (services this node runs) and their resident memory.
+    #[serde(default)]
+    pub processes: Vec<HostProcess>,
+    /// Children of this process that exited and were never reaped.
+    #[serde(default)]
+    pub zombie_children: u32,
+}
+
+/// A registered process's resident memory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HostProcess {
+    pub pid: u32,
+    pub label: String,
+    /// `null` once the process is gone.
+    pub rss_mb: Option<u64>,
+}
+
+impl Sample {
+    /// Each GPU's reading for the arbiter, keyed by GPU key; `to_arbiter_clock` maps the sample's
+    /// epoch ms onto the arbiter's micros clock.
+    pub fn gpu_readings(&self, to_arbiter_clock: impl Fn(f64) -> Micros) -> Vec<(String, GpuReading)> {
+        let at = to_arbiter_clock(self.at);
+        self.gpus.iter().map(|gpu| (gpu.key.clone(), gpu.reading(at))).collect()
+    }
+
+    /// The GPU with this key, if the sample has it.
+    pub fn gpu(&self, key: &str) -> Option<&GpuSample> {
+        self.gpus.iter().find(|gpu| gpu.key == key)
+    }
+}
+
+/// Bytes to whole MB, rounding down.
+pub(crate) fn mb(bytes: u64) -> u64 {
+    bytes / BYTES_PER_MB
+}
+
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::*;
+
+    /// A sample with one healthy GPU and a roomy host, for tests to adjust.
+    pub fn sample(at: f64) -> Sample {
+        Sample {
+            at,
+            nvml: NvmlStatus { available: true, reason: None },
+            gpus: vec![gpu(0, 50.0, 8_000)],
+            host: HostSample {
+                total_mb: 32_000,
+                available_mb: 16_000,
+                swap_total_mb: 4_000,
+                swap_used_mb: 0,
+                cpu_percent: 10.0,
+                processes: vec![],
+                zombie_children: 0,
+            },
+            xid_errors: vec![],
+        }
+    }
+
+    /// A 16 000 MB GPU at `utilization` percent with `free_mb` free.
+    pub fn gpu(index: u32, utilization: f64, free_mb: u64) -> GpuSample {
+        GpuSample {
+            index,
+            key: GpuSample::key_for(index),
+            uuid: Some(format!("GPU-{index}")),
+            name: Some("Test GPU".into()),
+            total_mb: Some(16_000),
+            used_mb: Some(16_000 - free_mb),
+            free_mb: Some(free_mb),
+            utilization_gpu: Some(utilization),
+            utilization_memory: Some(utilization / 2.0),
+            temperature_c: Some(60.0),
+            power_w: Some(120.5),
+            processes: vec![GpuProcess { pid: 42, used_mb: Some(1_000), service: Some("ASR".into()) }],
+            lost: false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn serializes_in_camel_case_with_reason_codes() {
+        let mut s = fixtures::sample(1.5);
+        s.nvml = NvmlStatus { available: false, reason: Some(NvmlUnavailable::LibraryNotFound) };
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["nvml"], json!({"available": false, "reason": "LIBRARY_NOT_FOUND"}));
+        assert_eq!(v["gpus"][0]["key"], "gpu:0");
+        assert_eq!(v["gpus"][0]["freeMb"], 8_000);
+        assert_eq!(v["gpus"][0]["utilizationGpu"], 50.0);
+        assert_eq!(v["gpus"][0]["processes"][0], json!({"pid": 42, "usedMb": 1000, "service": "ASR"}));
+        assert_eq!(v["host"]["swapUsedMb"], 0);
+        assert_eq!(v["host"]["zombieChildren"], 0);
+        assert!(v.get("xidErrors").is_none());
+        let back: Sample = serde_json::from_value(v).unwrap();
+        assert_eq!(back, s);
+    }
+
+    #[test]
+    fn converts_a_gpu_into_an_arbiter_reading() {
+        let s = fixtures::sample(2_000.0);
+        let readings = s.gpu_readings(|ms| (ms * 1_000.0) as Micros + 7);
+        assert_eq!(
+            readings,
+            vec![(
+                "gpu:0".to_string(),
+                GpuReading { at: 2_000_007, utilization_gpu: Some(50.0), free_mb: Some(8_000), total_mb: Some(16_000) }
+            )]
+        );
+    }
+}

@@ -1,0 +1,512 @@
+//! The sampling thread: every tick it builds a sample (from NVML and the host, or from a replay),
+//! records it, runs the alert engine and hands the result to a sink.
+
+use std::collections::BTreeMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::alerts::{Alert, AlertEngine, Backlog};
+use super::host::{HostReader, ProcessRegistry};
+use super::metrics;
+use super::nvml::GpuReader;
+use super::options::{ReplaySpeed, TelemetryOptions};
+use super::record::{replay_delay, Recorder, Replay};
+use super::sample::Sample;
+use crate::error::{ErrorCode, SidecarError, SidecarResult};
+
+/// The sampler thread's name, as it shows in debuggers and `top -H`.
+pub const THREAD_NAME: &str = "gpu-sidecar-telemetry";
+
+/// Supplies the arbiter's leases and waiters per GPU key, called once per sample on the sampler
+/// thread; it must return quickly.
+pub type BacklogFn = Box<dyn FnMut() -> BTreeMap<String, Backlog> + Send>;
+
+/// Receives the sampler's events on the sampler thread. It must not block: sampling waits for it
+/// (the binding queues events to JS without waiting).
+pub type Sink = Box<dyn FnMut(SamplerEvent) + Send>;
+
+/// One tick's result.
+#[derive(Debug, Clone)]
+pub struct SamplerOutput {
+    /// Also what [`SamplerHandle::latest`] returns until the next tick.
+    pub sample: Arc<Sample>,
+    /// Alerts this sample raised or cleared.
+    pub alerts: Vec<Alert>,
+}
+
+/// What the sampler tells its sink.
+#[derive(Debug, Clone)]
+pub enum SamplerEvent {
+    Sample(SamplerOutput),
+    /// Writing the record file failed; recording stopped, sampling goes on.
+    RecordingStopped(SidecarError),
+    /// The replay ran out (`None`) or hit a bad line (`Some`); no events follow. Not sent after
+    /// [`SamplerHandle::stop`].
+    Ended(Option<SidecarError>),
+}
+
+/// Configures and starts a sampler.
+pub struct Sampler {
+    options: TelemetryOptions,
+    registry: Arc<ProcessRegistry>,
+    backlog: Option<BacklogFn>,
+}
+
+impl Sampler {
+    /// A sampler with an empty process registry and no arbiter backlog.
+    pub fn new(options: TelemetryOptions) -> Self {
+        Self { options, registry: ProcessRegistry::new(), backlog: None }
+    }
+
+    /// Shares a registry of processes whose memory to report and whose GPU use to label.
+    pub fn registry(mut self, registry: Arc<ProcessRegistry>) -> Self {
+        self.registry = registry;
+        self
+    }
+
+    /// Supplies the arbiter's backlog for GPU_IDLE_WITH_BACKLOG; without it that alert never fires.
+    pub fn backlog(mut self, backlog: BacklogFn) -> Self {
+        self.backlog = Some(backlog);
+        self
+    }
+
+    /// Opens the record and replay files (errors here are synchronous) and starts the thread.
+    /// NVML is touched only on that thread.
+    pub fn start(self, sink: Sink) -> SidecarResult<SamplerHandle> {
+        let options = &self.options;
+        let recorder = options.record.as_deref().map(Recorder::open).transpose()?;
+        let source = match &options.replay {
+            Some(path) => Source::Replay { replay: Replay::open(path)?, speed: options.replay_speed, start: None },
+            None => Source::Live {
+                host: Box::new(HostReader::new(self.registry.clone())?),
+                gpus: GpuReader::new(options.gpu_indices()),
+                interval: Duration::from_millis(options.interval_ms.get()),
+                next_tick: Instant::now()
+                    + Duration::from_millis(options.interval_ms.get()).min(sysinfo::MINIMUM_CPU_UPDATE_INTERVAL),
+            },
+        };
+        let shared = Arc::new(Shared::default());
+        let worker = Worker {
+            shared: shared.clone(),
+            source,
+            recorder,
+            engine: AlertEngine::new(options.thresholds.clone()),
+            registry: self.registry,
+            backlog: self.backlog,
+            sink,
+        };
+        let thread = std::thread::Builder::new()
+            .name(THREAD_NAME.to_string())
+            .spawn(move || worker.run())
+            .map_err(|e| SidecarError::new(ErrorCode::Internal, format!("cannot start the telemetry thread: {e}")))?;
+        Ok(SamplerHandle { shared, thread: Some(thread) })
+    }
+}
+
+/// A running sampler. Dropping it stops it.
+pub struct SamplerHandle {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl SamplerHandle {
+    /// The last sample, without touching NVML: a clone of a pointer under a short lock.
+    pub fn latest(&self) -> Option<Arc<Sample>> {
+        lock(&self.shared.latest).clone()
+    }
+
+    /// Prometheus text for the last sample; empty before the first.
+    pub fn metrics(&self) -> String {
+        self.latest().map(|s| metrics::render(&s)).unwrap_or_default()
+    }
+
+    /// Whether the thread has ended (a replay ran out, or after [`stop`](Self::stop)).
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+
+    /// Stops the thread and waits for it; it wakes at once from its wait between samples. Safe to
+    /// call twice, and from the sink (it then does not wait for itself).
+    pub fn stop(&mut self) {
+        *lock(&self.shared.stopped) = true;
+        self.shared.wake.notify_all();
+        if let Some(thread) = self.thread.take() {
+            if thread.thread().id() == std::thread::current().id() {
+                return;
+            }
+            if thread.join().is_err() {
+                tracing::error!("the telemetry thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for SamplerHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    latest: Mutex<Option<Arc<Sample>>>,
+    stopped: Mutex<bool>,
+    wake: Condvar,
+}
+
+impl Shared {
+    /// Sleeps until `deadline` unless stopped first; returns whether it was stopped.
+    fn wait_until(&self, deadline: Instant) -> bool {
+        let mut stopped = lock(&self.stopped);
+        loop {
+            if *stopped {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            stopped = self.wake.wait_timeout(stopped, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+}
+
+/// The locked values stay consistent even if a holder panicked, so poisoning is ignored.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+enum Source {
+    Live {
+        host: Box<HostReader>,
+        gpus: GpuReader,
+        interval: Duration,
+        next_tick: Instant,
+    },
+    /// `start`: when the first sample was played, and its recorded `at`.
+    Replay {
+        replay: Replay,
+        speed: ReplaySpeed,
+        start: Option<(Instant, f64)>,
+    },
+}
+
+/// What waiting for the next sample gave.
+enum Next {
+    Sample(Sample),
+    Stopped,
+    Ended(Option<SidecarError>),
+}
+
+impl Source {
+    fn next(&mut self, shared: &Shared, registry: &ProcessRegistry) -> Next {
+        match self {
+            Source::Live { host, gpus, interval, next_tick } => {
+                if shared.wait_until(*next_tick) {
+                    return Next::Stopped;
+                }
+                // A slow tick does not cause a burst of catch-up samples.
+                *next_tick = (*next_tick + *interval).max(Instant::now());
+                let gpu = gpus.read(registry);
+                Next::Sample(Sample {
+                    at: epoch_ms(),
+                    nvml: gpu.status,
+                    gpus: gpu.gpus,
+                    host: host.read(),
+                    xid_errors: gpu.xid_errors,
+                })
+            }
+            Source::Replay { replay, speed, start } => {
+                let sample = match replay.next() {
+                    None => return Next::Ended(None),
+                    Some(Err(e)) => return Next::Ended(Some(e)),
+                    Some(Ok(sample)) => sample,
+                };
+                // Timing is measured from the first sample so delays do not accumulate drift.
+                let (started, first_at) = *start.get_or_insert((Instant::now(), sample.at));
+                if shared.wait_until(started + replay_delay(first_at, sample.at, *speed)) {
+                    return Next::Stopped;
+                }
+                Next::Sample(sample)
+            }
+        }
+    }
+}
+
+struct Worker {
+    shared: Arc<Shared>,
+    source: Source,
+    recorder: Option<Recorder>,
+    engine: AlertEngine,
+    registry: Arc<ProcessRegistry>,
+    backlog: Option<BacklogFn>,
+    sink: Sink,
+}
+
+impl Worker {
+    fn run(mut self) {
+        loop {
+            let sample = match self.source.next(&self.shared, &self.registry) {
+                Next::Sample(sample) => sample,
+                Next::Stopped => return,
+                Next::Ended(error) => {
+                    self.emit(SamplerEvent::Ended(error));
+                    return;
+                }
+            };
+            if let Some(recorder) = &mut self.recorder {
+                if let Err(e) = recorder.append(&sample) {
+                    tracing::warn!(error = %e, "telemetry recording stopped");
+                    self.recorder = None;
+                    self.emit(SamplerEvent::RecordingStopped(e));
+                }
+            }
+            let backlog = match &mut self.backlog {
+                Some(backlog) => guarded("backlog", backlog).unwrap_or_default(),
+                None => BTreeMap::new(),
+            };
+            let alerts = self.engine.observe(&sample, &backlog);
+            let sample = Arc::new(sample);
+            *lock(&self.shared.latest) = Some(sample.clone());
+            // Once stop() is asked for, nothing new reaches the sink.
+            if *lock(&self.shared.stopped) {
+                return;
+            }
+            self.emit(SamplerEvent::Sample(SamplerOutput { sample, alerts }));
+        }
+    }
+
+    fn emit(&mut self, event: SamplerEvent) {
+        let sink = &mut self.sink;
+        guarded("sink", || sink(event));
+    }
+}
+
+/// Runs caller-supplied code so that its panic is logged instead of ending sampling.
+fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Option<T> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|_| tracing::error!("telemetry {what} callback panicked")).ok()
+}
+
+fn epoch_ms() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64() * 1_000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Int;
+    use crate::telemetry::alerts::AlertCode;
+    use crate::telemetry::record::temp_path;
+    use crate::telemetry::sample::fixtures::sample;
+    use crate::telemetry::sample::NvmlUnavailable;
+    use std::path::Path;
+    use std::sync::mpsc;
+
+    fn write_recording(path: &Path, samples: &[Sample]) {
+        let lines: Vec<String> = samples.iter().map(|s| serde_json::to_string(s).unwrap()).collect();
+        std::fs::write(path, lines.join("\n") + "\n").unwrap();
+    }
+
+    fn channel_sink() -> (Sink, mpsc::Receiver<SamplerEvent>) {
+        let (tx, rx) = mpsc::channel();
+        (Box::new(move |event| drop(tx.send(event))), rx)
+    }
+
+    fn replay_options(path: &Path, speed: ReplaySpeed) -> TelemetryOptions {
+        let mut options =
+            TelemetryOptions { replay: Some(path.to_path_buf()), replay_speed: speed, ..Default::default() };
+        options.thresholds.min_duration_ms = Int(0);
+        options
+    }
+
+    #[test]
+    fn replays_samples_with_alerts_and_backlog_to_the_sink_then_ends() {
+        let path = temp_path("sampler-replay.jsonl");
+        let mut samples: Vec<Sample> = (0..5).map(|i| sample(i as f64 * 60_000.0)).collect();
+        samples[2].host.swap_used_mb = 2_000;
+        samples[3].gpus[0].utilization_gpu = Some(0.0);
+        write_recording(&path, &samples);
+        let mut options = replay_options(&path, ReplaySpeed::AsFastAsPossible);
+        options.thresholds.gpu_idle.idle_for_ms = Int(0);
+        let (sink, events) = channel_sink();
+        let backlog: BacklogFn = Box::new(|| [("gpu:0".to_string(), Backlog { leases: 1, waiters: 0 })].into());
+        let handle = Sampler::new(options).backlog(backlog).start(sink).unwrap();
+        let mut got = vec![];
+        let ended = loop {
+            match events.recv_timeout(Duration::from_secs(10)).expect("replay stalled") {
+                SamplerEvent::Sample(output) => got.push(output),
+                SamplerEvent::Ended(error) => break error,
+                SamplerEvent::RecordingStopped(e) => panic!("{e}"),
+            }
+        };
+        assert!(ended.is_none(), "{ended:?}");
+        let played: Vec<Sample> = got.iter().map(|o| (*o.sample).clone()).collect();
+        assert_eq!(played, samples);
+        let codes: Vec<(usize, AlertCode, bool)> =
+            got.iter().enumerate().flat_map(|(i, o)| o.alerts.iter().map(move |a| (i, a.code, a.active))).collect();
+        assert_eq!(
+            codes,
+            // Samples are 60 s apart, so the 5 s clear duration has passed by the next one.
+            vec![
+                (2, AlertCode::SwapActive, true),
+                (3, AlertCode::GpuIdleWithBacklog, true),
+                (4, AlertCode::SwapActive, false),
+            ]
+        );
+        assert_eq!(handle.latest().as_deref(), Some(&samples[4]));
+        assert!(handle.metrics().contains("gpu_sidecar_host_cpu_percent 10\n"));
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn replays_in_real_time_scaled_by_speed_and_records_what_it_plays() {
+        let path = temp_path("sampler-timed.jsonl");
+        let record = temp_path("sampler-recorded.jsonl");
+        let samples: Vec<Sample> = (0..4).map(|i| sample(i as f64 * 100.0)).collect();
+        write_recording(&path, &samples);
+        let mut options = replay_options(&path, ReplaySpeed::Factor(2.0));
+        options.record = Some(record.clone());
+        let (sink, events) = channel_sink();
+        let started = Instant::now();
+        let mut handle = Sampler::new(options).start(sink).unwrap();
+        let mut arrivals = vec![];
+        while let SamplerEvent::Sample(_) = events.recv_timeout(Duration::from_secs(10)).unwrap() {
+            arrivals.push(started.elapsed());
+        }
+        assert_eq!(arrivals.len(), 4);
+        // 300 ms recorded at speed 2 takes 150 ms.
+        assert!(arrivals[3] >= Duration::from_millis(150), "{arrivals:?}");
+        assert!(arrivals[3] < Duration::from_secs(2), "{arrivals:?}");
+        handle.stop();
+        assert!(handle.is_finished());
+        let recorded: Vec<Sample> = Replay::open(&record).unwrap().map(Result::unwrap).collect();
+        assert_eq!(recorded, samples);
+        std::fs::remove_file(&path).unwrap();
+        std::fs::remove_file(&record).unwrap();
+    }
+
+    #[test]
+    fn stops_promptly_in_the_middle_of_a_long_gap() {
+        let path = temp_path("sampler-gap.jsonl");
+        write_recording(&path, &[sample(0.0), sample(3_600_000.0)]);
+        let (sink, events) = channel_sink();
+        let mut handle = Sampler::new(replay_options(&path, ReplaySpeed::Factor(1.0))).start(sink).unwrap();
+        assert!(matches!(events.recv_timeout(Duration::from_secs(10)).unwrap(), SamplerEvent::Sample(_)));
+        let asked = Instant::now();
+        handle.stop();
+        assert!(asked.elapsed() < Duration::from_millis(500), "{:?}", asked.elapsed());
+        assert!(handle.is_finished());
+        assert!(events.try_recv().is_err(), "no event after stop");
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn live_sampling_without_nvml_still_reports_the_host() {
+        let options = TelemetryOptions { interval_ms: Int(50), ..Default::default() };
+        let (sink, events) = channel_sink();
+        let mut handle = Sampler::new(options).start(sink).unwrap();
+        let mut samples = vec![];
+        while samples.len() < 3 {
+            match events.recv_timeout(Duration::from_secs(10)).unwrap() {
+                SamplerEvent::Sample(output) => samples.push(output.sample),
+                other => panic!("{other:?}"),
+            }
+        }
+        handle.stop();
+        for s in &samples {
+            if std::env::var_os("GPU_SIDECAR_EXPECT_NVML").is_none() {
+                assert!(!s.nvml.available);
+                assert_eq!(s.nvml.reason, Some(NvmlUnavailable::LibraryNotFound));
+                assert!(s.gpus.is_empty());
+            }
+            assert!(s.host.total_mb > 0 && s.host.available_mb <= s.host.total_mb, "{:?}", s.host);
+            assert!((0.0..=100.0).contains(&s.host.cpu_percent));
+        }
+        assert!(samples.windows(2).all(|w| w[1].at > w[0].at));
+        assert!(handle.latest().is_some());
+        assert!(handle.metrics().contains("gpu_sidecar_host_memory_total_bytes"));
+    }
+
+    #[test]
+    fn a_panicking_sink_does_not_end_sampling() {
+        let path = temp_path("sampler-panic.jsonl");
+        write_recording(&path, &[sample(0.0), sample(1.0), sample(2.0)]);
+        let (tx, rx) = mpsc::channel();
+        let sink: Sink = Box::new(move |event| {
+            if let SamplerEvent::Sample(output) = &event {
+                if output.sample.at == 0.0 {
+                    panic!("sink failure on purpose");
+                }
+            }
+            let _ = tx.send(event);
+        });
+        let _handle = Sampler::new(replay_options(&path, ReplaySpeed::AsFastAsPossible)).start(sink).unwrap();
+        let mut ats = vec![];
+        while let SamplerEvent::Sample(output) = rx.recv_timeout(Duration::from_secs(10)).unwrap() {
+            ats.push(output.sample.at);
+        }
+        assert_eq!(ats, vec![1.0, 2.0]);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_failing_record_file_stops_recording_but_not_sampling() {
+        let path = temp_path("sampler-full.jsonl");
+        write_recording(&path, &[sample(0.0), sample(1.0), sample(2.0)]);
+        let mut options = replay_options(&path, ReplaySpeed::AsFastAsPossible);
+        // Every write to /dev/full fails with ENOSPC.
+        options.record = Some("/dev/full".into());
+        let (sink, events) = channel_sink();
+        let _handle = Sampler::new(options).start(sink).unwrap();
+        let mut seen = vec![];
+        loop {
+            match events.recv_timeout(Duration::from_secs(10)).unwrap() {
+                SamplerEvent::Sample(output) => seen.push(format!("sample {}", output.sample.at)),
+                SamplerEvent::RecordingStopped(e) => seen.push(format!("stopped {:?}", e.code)),
+                SamplerEvent::Ended(e) => {
+                    assert!(e.is_none());
+                    break;
+                }
+            }
+        }
+        assert_eq!(seen, ["stopped Io", "sample 0", "sample 1", "sample 2"]);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn the_sink_may_stop_its_own_sampler() {
+        let path = temp_path("sampler-self-stop.jsonl");
+        write_recording(&path, &[sample(0.0), sample(1.0), sample(2.0)]);
+        let handle: Arc<Mutex<Option<SamplerHandle>>> = Arc::default();
+        let (tx, rx) = mpsc::channel();
+        let in_sink = handle.clone();
+        let sink: Sink = Box::new(move |event| {
+            if let Some(h) = lock(&in_sink).as_mut() {
+                h.stop();
+            }
+            let _ = tx.send(event);
+        });
+        // Hold the lock while starting so the sink sees the handle on the first sample.
+        let mut slot = lock(&handle);
+        *slot = Some(Sampler::new(replay_options(&path, ReplaySpeed::AsFastAsPossible)).start(sink).unwrap());
+        drop(slot);
+        assert!(matches!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), SamplerEvent::Sample(_)));
+        // The thread ends after the first sample instead of playing the rest.
+        assert!(rx.recv_timeout(Duration::from_secs(10)).is_err());
+        drop(lock(&handle).take());
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn bad_record_and_replay_paths_fail_at_start() {
+        let (sink, _events) = channel_sink();
+        let options = TelemetryOptions { replay: Some(temp_path("absent.jsonl")), ..Default::default() };
+        assert_eq!(Sampler::new(options).start(sink).err().unwrap().code, ErrorCode::Io);
+        let (sink, _events) = channel_sink();
+        let options = TelemetryOptions { record: Some(temp_path("no-such-dir").join("r.jsonl")), ..Default::default() };
+        assert_eq!(Sampler::new(options).start(sink).err().unwrap().code, ErrorCode::Io);
+    }
+}
