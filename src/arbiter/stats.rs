@@ -128,7 +128,8 @@ pub fn render_prometheus(stats: &StatsTable, queue_lengths: &[(String, usize, us
     for (gpu, _, active) in queue_lengths {
         let _ = writeln!(out, "gpu_arbiter_active_leases{{gpu=\"{}\"}} {active}", esc(gpu));
     }
-    let counters: [(&str, &str, fn(&TaskStats) -> u64); 3] = [
+    type Counter = (&'static str, &'static str, fn(&TaskStats) -> u64);
+    let counters: [Counter; 3] = [
         ("gpu_arbiter_timeouts_total", "Requests that waited maxWaitMs without a lease.", |s| s.timeouts),
         ("gpu_arbiter_queue_full_total", "Requests turned away by a full queue.", |s| s.queue_full),
         ("gpu_arbiter_watchdog_exceeded_total", "Leases held past holdMaxMs.", |s| s.watchdog_exceeded),

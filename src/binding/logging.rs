@@ -128,6 +128,7 @@ fn init_logging() {
     catch_unwind,
     ts_args_type = "logger: ((level: 'error' | 'warn' | 'info' | 'debug' | 'trace', message: string, fields: Record<string, unknown>) => void) | null, minLevel?: 'error' | 'warn' | 'info' | 'debug' | 'trace'"
 )]
+#[allow(clippy::type_complexity)] // the napi macro needs the signature spelled out
 pub fn set_logger(
     logger: Option<Function<FnArgs<(String, String, serde_json::Value)>, ()>>,
     min_level: Option<String>,
