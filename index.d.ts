@@ -64,6 +64,105 @@ export type GpuArbiterConfigPatch = {
   [K in keyof GpuArbiterConfig]?: GpuArbiterConfig[K] | null
 }
 
+/** Alert thresholds; every field is optional (defaults shown). */
+export interface TelemetryThresholds {
+  /** A condition must hold this long before an alert is raised. Default 3000. */
+  minDurationMs?: number
+  /** The clear condition must hold this long before an alert is cleared. Default 5000. */
+  clearDurationMs?: number
+  /** Per GPU. Default 85 / 78. */
+  gpuUsage?: { highWater?: number; lowWater?: number }
+  /** Free VRAM under `lowFreeMb` or `lowFreePercent` raises; above both clear values clears. */
+  vram?: { lowFreeMb?: number; clearFreeMb?: number; lowFreePercent?: number; clearFreePercent?: number }
+  /** A GPU at or under `maxUtilization` % for `idleForMs` while the arbiter has work on it. */
+  gpuIdle?: { maxUtilization?: number; clearUtilization?: number; idleForMs?: number }
+  hostMemory?: { lowAvailableMb?: number; clearAvailableMb?: number }
+  swap?: { highUsedMb?: number; clearUsedMb?: number }
+}
+
+/** Options of `new Telemetry(options)`. */
+export interface TelemetryOptions {
+  /** Time between samples, ms (default 1000, at least 50). */
+  intervalMs?: number
+  /** NVML indices of the GPUs to read; all when absent. */
+  gpus?: number[]
+  thresholds?: TelemetryThresholds
+  /** Append every sample to this JSONL file. */
+  record?: string
+  /** Play samples from this JSONL file instead of reading NVML and the host. */
+  replay?: string
+  /** A factor of real time (1 = as recorded) or `'asFastAsPossible'`. Default 1. */
+  replaySpeed?: number | 'asFastAsPossible'
+}
+
+export interface TelemetryGpuProcess {
+  pid: number
+  usedMb: number | null
+  /** The service (registered process) this pid belongs to, if any. */
+  service: string | null
+}
+
+export interface TelemetryGpu {
+  index: number
+  /** `gpu:N`, the arbiter's key. */
+  key: string
+  uuid: string | null
+  name: string | null
+  totalMb: number | null
+  usedMb: number | null
+  freeMb: number | null
+  utilizationGpu: number | null
+  utilizationMemory: number | null
+  temperatureC: number | null
+  powerW: number | null
+  processes: TelemetryGpuProcess[]
+  /** The GPU fell off the bus: reported, not fatal. */
+  lost: boolean
+}
+
+export interface TelemetrySample {
+  /** Epoch ms. */
+  at: number
+  nvml: { available: boolean; reason?: 'LIBRARY_NOT_FOUND' | 'DRIVER_NOT_LOADED' | 'NO_PERMISSION' | 'GPU_LOST' | 'INIT_FAILED' }
+  gpus: TelemetryGpu[]
+  host: {
+    totalMb: number
+    availableMb: number
+    swapTotalMb: number
+    swapUsedMb: number
+    cpuPercent: number
+    /** RSS of registered processes. */
+    processes: Array<{ pid: number; label: string; rssMb: number | null }>
+    /** Defunct children of this process. */
+    zombieChildren: number
+  }
+  xidErrors?: Array<{ gpuKey: string; xid: number | null }>
+}
+
+export interface TelemetryAlert {
+  /** The `at` of the sample that raised or cleared it. */
+  at: number
+  level: 'info' | 'warning' | 'critical'
+  code: 'GPU_USAGE_HIGH' | 'VRAM_PRESSURE' | 'GPU_IDLE_WITH_BACKLOG' | 'HOST_MEMORY_PRESSURE' | 'SWAP_ACTIVE' | 'ZOMBIE_PROCESSES' | 'XID_ERROR'
+  /** Raised (`true`) or cleared (`false`). */
+  active: boolean
+  gpuKey: string | null
+  message: string
+  /** The figures behind it and the thresholds they were compared with. */
+  figures: Record<string, unknown>
+}
+
+export interface ConcurrencyRecommendation {
+  /** `floor((availableMb - reserveMb) / perWorkerMb)`, never negative. */
+  workers: number
+  availableMb: number
+  reserveMb: number
+  perWorkerMb: number
+  on: string
+  /** The calculation in words. */
+  basis: string
+}
+
 /**
  * Which binding artifact the generated loader actually loaded: `'native'` for
  * a native addon, otherwise the `platformArchABI` of the WASI flavor. Every
@@ -130,6 +229,50 @@ export declare class GpuArbiter {
   close(): void
   /** Whether `close()` was called. */
   get closed(): boolean
+}
+
+/**
+ * GPU (NVML) and host telemetry sampled on a background thread and pushed to JS as events.
+ * Without an NVIDIA driver or library, samples say why (`nvml.available: false`) and host
+ * figures still flow. Callbacks never keep Node alive.
+ */
+export declare class Telemetry {
+  /**
+   * Starts sampling. Throws `INVALID_CONFIG` (JSON path under `telemetry`) for bad options,
+   * and `INVALID_ARGUMENT` / `IO_ERROR` for a bad replay or record file.
+   */
+  constructor(options?: TelemetryOptions)
+  /** Calls `listener(sample)` for every sample; returns a function that unsubscribes. */
+  onSample(listener: (sample: TelemetrySample) => void): () => void
+  /** Calls `listener(alert)` when an alert is raised (`active: true`) or cleared (`active: false`). */
+  onAlert(listener: (alert: TelemetryAlert) => void): () => void
+  /**
+   * Calls `listener(error | null)` when a replay has played its last sample (`null`) or hit a
+   * bad line, and when recording fails (sampling goes on).
+   */
+  onEnd(listener: (error: Error | null) => void): () => void
+  /** The last sample (`null` before the first), read from memory: no NVML call on this thread. */
+  latest(): TelemetrySample | null
+  /**
+   * Prometheus text for the last sample: per-GPU memory, utilization, temperature, power,
+   * per-process memory, host memory and swap.
+   */
+  metrics(): string
+  /**
+   * Feeds every sample to `arbiter` (per-GPU admission state and VRAM admission) and reports
+   * its leases and waiters to the GPU_IDLE_WITH_BACKLOG alert. Returns a function that detaches.
+   */
+  attachArbiter(arbiter: GpuArbiter): () => void
+  /**
+   * Labels `pid` as one of ours: its RSS appears in `host.processes`, and GPU memory of it and
+   * its children appears under `service: label`.
+   */
+  registerProcess(pid: number, label: string): void
+  unregisterProcess(pid: number): boolean
+  /** How many workers of `perWorkerMb` fit now on the host or a GPU, from the last sample. */
+  recommendConcurrency(options: RecommendConcurrencyOptions): ConcurrencyRecommendation
+  /** Stops sampling and waits for the thread; no callback fires afterwards. Idempotent. */
+  close(): void
 }
 
 export interface FromFileOptions {
@@ -290,6 +433,21 @@ export interface NodeConfig {
   gpuArbiter: Required<GpuArbiterConfig>
   /** Unknown keys in our sections, as JSON paths (they are ignored). */
   warnings: Array<string>
+}
+
+/**
+ * How many workers of `perWorkerMb` fit now, from a one-off sample taken on this thread (for a
+ * test harness sizing `--max-workers`; use `Telemetry#recommendConcurrency` inside an app).
+ */
+export declare function recommendConcurrency(options: RecommendConcurrencyOptions): ConcurrencyRecommendation
+
+export interface RecommendConcurrencyOptions {
+  /** Memory one worker takes, MB. */
+  perWorkerMb: number
+  /** Fraction of the total kept free (default 0.1). */
+  reserveFraction?: number
+  /** `'host'` (default) or a GPU key such as `'gpu:0'`. */
+  on?: string
 }
 
 /**

@@ -364,9 +364,12 @@ impl Arbiter {
 
     /// Prometheus text exposition of the arbiter's counters, histograms and gauges.
     pub fn metrics(&self) -> String {
-        let lengths: Vec<(String, usize, usize)> =
-            self.gpus.iter().map(|g| (g.key.clone(), g.queue.len(), g.active)).collect();
-        render_prometheus(&self.stats, &lengths)
+        render_prometheus(&self.stats, &self.gpu_loads())
+    }
+
+    /// `(gpu key, waiters, active leases)` for every GPU.
+    pub fn gpu_loads(&self) -> Vec<(String, usize, usize)> {
+        self.gpus.iter().map(|g| (g.key.clone(), g.queue.len(), g.active)).collect()
     }
 
     // ---- internals ----

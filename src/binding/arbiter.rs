@@ -25,6 +25,7 @@ use crate::arbiter::{
 };
 use crate::config::{self, ArbiterConfig};
 use crate::error::SidecarError;
+use crate::telemetry::Sample;
 
 const LEASE_PREFIX: &str = "lease-";
 
@@ -208,7 +209,7 @@ struct Timer {
     handle: JsRef,
 }
 
-struct State {
+pub(super) struct State {
     core: Arbiter,
     origin: Instant,
     origin_epoch_ms: f64,
@@ -437,6 +438,11 @@ impl GpuArbiter {
 }
 
 impl GpuArbiter {
+    /// For a `Telemetry` that feeds this arbiter without keeping it alive.
+    pub(super) fn shared(&self) -> Weak<RefCell<State>> {
+        Rc::downgrade(&self.state)
+    }
+
     fn with_config(config: ArbiterConfig) -> Self {
         let origin_epoch_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64() * 1000.0;
         let state = State {
@@ -455,6 +461,24 @@ impl GpuArbiter {
     fn outcome_value(&self, env: &Env, outcome: Outcome) -> JsResult<sys::napi_value> {
         outcome_to_js(env, &self.state.borrow(), outcome)
     }
+}
+
+/// Feeds a telemetry sample's GPUs (those still on the bus) to the arbiter, as of now.
+pub(super) fn observe_sample(env: &Env, state: &Rc<RefCell<State>>, sample: &Sample) -> JsResult<()> {
+    let mut out = Vec::new();
+    {
+        let mut s = state.borrow_mut();
+        let now = s.now();
+        for gpu in sample.gpus.iter().filter(|g| !g.lost) {
+            s.core.observe_gpu(&gpu.key, gpu.reading(now), now, &mut out);
+        }
+    }
+    after_change(env, state, out)
+}
+
+/// `(gpu key, waiters, active leases)` per GPU, for telemetry's GPU_IDLE_WITH_BACKLOG alert.
+pub(super) fn gpu_loads(state: &Rc<RefCell<State>>) -> Vec<(String, usize, usize)> {
+    state.borrow().core.gpu_loads()
 }
 
 fn outcome_to_js(env: &Env, s: &State, outcome: Outcome) -> JsResult<sys::napi_value> {

@@ -63,3 +63,102 @@ export interface GpuArbiterConfig {
 export type GpuArbiterConfigPatch = {
   [K in keyof GpuArbiterConfig]?: GpuArbiterConfig[K] | null
 }
+
+/** Alert thresholds; every field is optional (defaults shown). */
+export interface TelemetryThresholds {
+  /** A condition must hold this long before an alert is raised. Default 3000. */
+  minDurationMs?: number
+  /** The clear condition must hold this long before an alert is cleared. Default 5000. */
+  clearDurationMs?: number
+  /** Per GPU. Default 85 / 78. */
+  gpuUsage?: { highWater?: number; lowWater?: number }
+  /** Free VRAM under `lowFreeMb` or `lowFreePercent` raises; above both clear values clears. */
+  vram?: { lowFreeMb?: number; clearFreeMb?: number; lowFreePercent?: number; clearFreePercent?: number }
+  /** A GPU at or under `maxUtilization` % for `idleForMs` while the arbiter has work on it. */
+  gpuIdle?: { maxUtilization?: number; clearUtilization?: number; idleForMs?: number }
+  hostMemory?: { lowAvailableMb?: number; clearAvailableMb?: number }
+  swap?: { highUsedMb?: number; clearUsedMb?: number }
+}
+
+/** Options of `new Telemetry(options)`. */
+export interface TelemetryOptions {
+  /** Time between samples, ms (default 1000, at least 50). */
+  intervalMs?: number
+  /** NVML indices of the GPUs to read; all when absent. */
+  gpus?: number[]
+  thresholds?: TelemetryThresholds
+  /** Append every sample to this JSONL file. */
+  record?: string
+  /** Play samples from this JSONL file instead of reading NVML and the host. */
+  replay?: string
+  /** A factor of real time (1 = as recorded) or `'asFastAsPossible'`. Default 1. */
+  replaySpeed?: number | 'asFastAsPossible'
+}
+
+export interface TelemetryGpuProcess {
+  pid: number
+  usedMb: number | null
+  /** The service (registered process) this pid belongs to, if any. */
+  service: string | null
+}
+
+export interface TelemetryGpu {
+  index: number
+  /** `gpu:N`, the arbiter's key. */
+  key: string
+  uuid: string | null
+  name: string | null
+  totalMb: number | null
+  usedMb: number | null
+  freeMb: number | null
+  utilizationGpu: number | null
+  utilizationMemory: number | null
+  temperatureC: number | null
+  powerW: number | null
+  processes: TelemetryGpuProcess[]
+  /** The GPU fell off the bus: reported, not fatal. */
+  lost: boolean
+}
+
+export interface TelemetrySample {
+  /** Epoch ms. */
+  at: number
+  nvml: { available: boolean; reason?: 'LIBRARY_NOT_FOUND' | 'DRIVER_NOT_LOADED' | 'NO_PERMISSION' | 'GPU_LOST' | 'INIT_FAILED' }
+  gpus: TelemetryGpu[]
+  host: {
+    totalMb: number
+    availableMb: number
+    swapTotalMb: number
+    swapUsedMb: number
+    cpuPercent: number
+    /** RSS of registered processes. */
+    processes: Array<{ pid: number; label: string; rssMb: number | null }>
+    /** Defunct children of this process. */
+    zombieChildren: number
+  }
+  xidErrors?: Array<{ gpuKey: string; xid: number | null }>
+}
+
+export interface TelemetryAlert {
+  /** The `at` of the sample that raised or cleared it. */
+  at: number
+  level: 'info' | 'warning' | 'critical'
+  code: 'GPU_USAGE_HIGH' | 'VRAM_PRESSURE' | 'GPU_IDLE_WITH_BACKLOG' | 'HOST_MEMORY_PRESSURE' | 'SWAP_ACTIVE' | 'ZOMBIE_PROCESSES' | 'XID_ERROR'
+  /** Raised (`true`) or cleared (`false`). */
+  active: boolean
+  gpuKey: string | null
+  message: string
+  /** The figures behind it and the thresholds they were compared with. */
+  figures: Record<string, unknown>
+}
+
+export interface ConcurrencyRecommendation {
+  /** `floor((availableMb - reserveMb) / perWorkerMb)`, never negative. */
+  workers: number
+  availableMb: number
+  reserveMb: number
+  perWorkerMb: number
+  on: string
+  /** The calculation in words. */
+  basis: string
+}

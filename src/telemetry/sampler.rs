@@ -47,6 +47,18 @@ pub enum SamplerEvent {
     Ended(Option<SidecarError>),
 }
 
+/// Takes one live sample now, on the calling thread (for one-off questions such as capacity
+/// advice; a running [`Sampler`] is the way to watch).
+pub fn sample_once(registry: Arc<ProcessRegistry>) -> SidecarResult<Sample> {
+    let mut host = HostReader::new(registry.clone())?;
+    Ok(read_live(&mut host, &mut GpuReader::new(None), &registry))
+}
+
+fn read_live(host: &mut HostReader, gpus: &mut GpuReader, registry: &ProcessRegistry) -> Sample {
+    let gpu = gpus.read(registry);
+    Sample { at: epoch_ms(), nvml: gpu.status, gpus: gpu.gpus, host: host.read(), xid_errors: gpu.xid_errors }
+}
+
 /// Configures and starts a sampler.
 pub struct Sampler {
     options: TelemetryOptions,
@@ -209,14 +221,7 @@ impl Source {
                 }
                 // A slow tick does not cause a burst of catch-up samples.
                 *next_tick = (*next_tick + *interval).max(Instant::now());
-                let gpu = gpus.read(registry);
-                Next::Sample(Sample {
-                    at: epoch_ms(),
-                    nvml: gpu.status,
-                    gpus: gpu.gpus,
-                    host: host.read(),
-                    xid_errors: gpu.xid_errors,
-                })
+                Next::Sample(read_live(host, gpus, registry))
             }
             Source::Replay { replay, speed, start } => {
                 let sample = match replay.next() {

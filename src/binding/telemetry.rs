@@ -1,0 +1,336 @@
+//! `Telemetry`: the JS class over [`crate::telemetry::Sampler`].
+//!
+//! The sampler thread never calls into JS directly: it queues each event (dropping the oldest when
+//! JS falls behind) and wakes the JS thread through a weak threadsafe function, so a slow listener
+//! never blocks sampling and a running Telemetry never keeps Node alive. On the JS thread the
+//! queued events feed attached arbiters, then the listeners.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::rc::{Rc, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use napi::bindgen_prelude::*;
+use napi::sys;
+use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
+use napi_derive::napi;
+
+use super::arbiter::{self, GpuArbiter};
+use super::js::{self, JsRef};
+use super::{Code, IntoJsResult, JsResult};
+use crate::error::{ErrorCode, SidecarError};
+use crate::telemetry::{
+    advice, sample_once, Backlog, ProcessRegistry, Sample, Sampler, SamplerEvent, SamplerHandle,
+    TelemetryOptions,
+};
+
+/// Events kept while the JS thread is busy; older ones are dropped first.
+const MAX_QUEUED_EVENTS: usize = 256;
+
+#[napi(object)]
+pub struct RecommendConcurrencyOptions {
+    /// Memory one worker takes, MB.
+    pub per_worker_mb: f64,
+    /// Fraction of the total kept free (default 0.1).
+    pub reserve_fraction: Option<f64>,
+    /// `'host'` (default) or a GPU key such as `'gpu:0'`.
+    pub on: Option<String>,
+}
+
+type ArbiterState = Weak<RefCell<arbiter::State>>;
+
+/// Queued on the sampler thread, drained on the JS thread.
+#[derive(Default)]
+struct Inbox {
+    events: Mutex<VecDeque<SamplerEvent>>,
+    wake_pending: AtomicBool,
+}
+
+struct Listeners {
+    next_id: u32,
+    on_sample: Vec<(u32, JsRef)>,
+    on_alert: Vec<(u32, JsRef)>,
+    on_end: Vec<(u32, JsRef)>,
+}
+
+struct State {
+    sampler: Option<SamplerHandle>,
+    inbox: Arc<Inbox>,
+    listeners: Listeners,
+    arbiters: Vec<(u32, ArbiterState)>,
+    backlog: Arc<Mutex<BTreeMap<String, Backlog>>>,
+    registry: Arc<ProcessRegistry>,
+}
+
+/// GPU (NVML) and host telemetry sampled on a background thread and pushed to JS as events.
+/// Without an NVIDIA driver or library, samples say why (`nvml.available: false`) and host
+/// figures still flow. Callbacks never keep Node alive.
+#[napi]
+pub struct Telemetry {
+    state: Rc<RefCell<State>>,
+}
+
+#[napi]
+impl Telemetry {
+    /// Starts sampling. Throws `INVALID_CONFIG` (JSON path under `telemetry`) for bad options,
+    /// and `INVALID_ARGUMENT` / `IO_ERROR` for a bad replay or record file.
+    #[napi(constructor, catch_unwind, ts_args_type = "options?: TelemetryOptions")]
+    pub fn new(env: &Env, options: Option<serde_json::Value>) -> Result<Self, Code> {
+        let mut warnings = vec![];
+        let options = TelemetryOptions::from_json(&options.unwrap_or(serde_json::Value::Null), &mut warnings)?;
+        for w in &warnings {
+            tracing::warn!("{w}");
+        }
+        let state = Rc::new(RefCell::new(State {
+            sampler: None,
+            inbox: Arc::new(Inbox::default()),
+            listeners: Listeners { next_id: 0, on_sample: vec![], on_alert: vec![], on_end: vec![] },
+            arbiters: vec![],
+            backlog: Arc::new(Mutex::new(BTreeMap::new())),
+            registry: ProcessRegistry::new(),
+        }));
+        let wake = wake_function(env, &state)?;
+        let (inbox, backlog, registry) = {
+            let s = state.borrow();
+            (s.inbox.clone(), s.backlog.clone(), s.registry.clone())
+        };
+        let sink_inbox = inbox.clone();
+        let sampler = Sampler::new(options)
+            .registry(registry)
+            .backlog(Box::new(move || backlog.lock().unwrap_or_else(|e| e.into_inner()).clone()))
+            .start(Box::new(move |event| {
+                let mut events = sink_inbox.events.lock().unwrap_or_else(|e| e.into_inner());
+                if events.len() == MAX_QUEUED_EVENTS {
+                    events.pop_front();
+                }
+                events.push_back(event);
+                drop(events);
+                if !sink_inbox.wake_pending.swap(true, Ordering::AcqRel) {
+                    wake.call((), ThreadsafeFunctionCallMode::NonBlocking);
+                }
+            }))?;
+        state.borrow_mut().sampler = Some(sampler);
+        Ok(Self { state })
+    }
+
+    /// Calls `listener(sample)` for every sample; returns a function that unsubscribes.
+    #[napi(catch_unwind, ts_args_type = "listener: (sample: TelemetrySample) => void", ts_return_type = "() => void")]
+    pub fn on_sample<'env>(&self, env: &'env Env, listener: Unknown<'env>) -> Result<Function<'env, (), ()>, Code> {
+        self.subscribe(env, listener, |l| &mut l.on_sample)
+    }
+
+    /// Calls `listener(alert)` when an alert is raised (`active: true`) or cleared (`active: false`).
+    #[napi(catch_unwind, ts_args_type = "listener: (alert: TelemetryAlert) => void", ts_return_type = "() => void")]
+    pub fn on_alert<'env>(&self, env: &'env Env, listener: Unknown<'env>) -> Result<Function<'env, (), ()>, Code> {
+        self.subscribe(env, listener, |l| &mut l.on_alert)
+    }
+
+    /// Calls `listener(error | null)` when a replay has played its last sample (`null`) or hit a
+    /// bad line, and when recording fails (sampling goes on).
+    #[napi(catch_unwind, ts_args_type = "listener: (error: Error | null) => void", ts_return_type = "() => void")]
+    pub fn on_end<'env>(&self, env: &'env Env, listener: Unknown<'env>) -> Result<Function<'env, (), ()>, Code> {
+        self.subscribe(env, listener, |l| &mut l.on_end)
+    }
+
+    /// The last sample (`null` before the first), read from memory: no NVML call on this thread.
+    #[napi(catch_unwind, ts_return_type = "TelemetrySample | null")]
+    pub fn latest<'env>(&self, env: &'env Env) -> Result<Option<Unknown<'env>>, Code> {
+        let latest = self.state.borrow().sampler.as_ref().and_then(|h| h.latest());
+        latest.map(|sample| env.to_js_value(&*sample).js()).transpose()
+    }
+
+    /// Prometheus text for the last sample: per-GPU memory, utilization, temperature, power,
+    /// per-process memory, host memory and swap.
+    #[napi(catch_unwind)]
+    pub fn metrics(&self) -> String {
+        self.state.borrow().sampler.as_ref().map(|h| h.metrics()).unwrap_or_default()
+    }
+
+    /// Feeds every sample to `arbiter` (per-GPU admission state and VRAM admission) and reports
+    /// its leases and waiters to the GPU_IDLE_WITH_BACKLOG alert. Returns a function that detaches.
+    #[napi(catch_unwind, ts_return_type = "() => void")]
+    pub fn attach_arbiter<'env>(&self, env: &'env Env, arbiter: &GpuArbiter) -> Result<Function<'env, (), ()>, Code> {
+        let mut s = self.state.borrow_mut();
+        let id = s.listeners.next_id;
+        s.listeners.next_id += 1;
+        s.arbiters.push((id, arbiter.shared()));
+        let weak = Rc::downgrade(&self.state);
+        env.create_function_from_closure::<(), (), _>("detachArbiter", move |_ctx| {
+            if let Some(state) = weak.upgrade() {
+                state.borrow_mut().arbiters.retain(|(a, _)| *a != id);
+            }
+            Ok(())
+        })
+        .js()
+    }
+
+    /// Labels `pid` as one of ours: its RSS appears in `host.processes`, and GPU memory of it and
+    /// its children appears under `service: label`.
+    #[napi(catch_unwind)]
+    pub fn register_process(&self, pid: u32, label: String) {
+        self.state.borrow().registry.register(pid, label);
+    }
+
+    #[napi(catch_unwind)]
+    pub fn unregister_process(&self, pid: u32) -> bool {
+        self.state.borrow().registry.unregister(pid)
+    }
+
+    /// How many workers of `perWorkerMb` fit now on the host or a GPU, from the last sample.
+    #[napi(catch_unwind, ts_return_type = "ConcurrencyRecommendation")]
+    pub fn recommend_concurrency<'env>(
+        &self,
+        env: &'env Env,
+        options: RecommendConcurrencyOptions,
+    ) -> Result<Unknown<'env>, Code> {
+        let latest = self.state.borrow().sampler.as_ref().and_then(|h| h.latest());
+        let sample = latest.ok_or_else(|| SidecarError::new(ErrorCode::InvalidArgument, "no sample yet: wait for the first onSample"))?;
+        recommendation_to_js(env, &sample, options)
+    }
+
+    /// Stops sampling and waits for the thread; no callback fires afterwards. Idempotent.
+    #[napi(catch_unwind)]
+    pub fn close(&self) {
+        let sampler = {
+            let mut s = self.state.borrow_mut();
+            s.listeners.on_sample.clear();
+            s.listeners.on_alert.clear();
+            s.listeners.on_end.clear();
+            s.arbiters.clear();
+            s.sampler.take()
+        };
+        drop(sampler); // joins the thread
+        self.state.borrow().inbox.events.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
+impl Telemetry {
+    fn subscribe<'env>(
+        &self,
+        env: &'env Env,
+        listener: Unknown<'env>,
+        list: fn(&mut Listeners) -> &mut Vec<(u32, JsRef)>,
+    ) -> Result<Function<'env, (), ()>, Code> {
+        if listener.get_type().js()? != ValueType::Function {
+            return Err(SidecarError::invalid_argument("listener: expected a function").into());
+        }
+        let mut s = self.state.borrow_mut();
+        let id = s.listeners.next_id;
+        s.listeners.next_id += 1;
+        list(&mut s.listeners).push((id, JsRef::new(env, listener.raw()).js()?));
+        let weak = Rc::downgrade(&self.state);
+        env.create_function_from_closure::<(), (), _>("unsubscribe", move |_ctx| {
+            if let Some(state) = weak.upgrade() {
+                list(&mut state.borrow_mut().listeners).retain(|(l, _)| *l != id);
+            }
+            Ok(())
+        })
+        .js()
+    }
+}
+
+/// How many workers of `perWorkerMb` fit now, from a one-off sample taken on this thread (for a
+/// test harness sizing `--max-workers`; use `Telemetry#recommendConcurrency` inside an app).
+#[napi(catch_unwind, ts_return_type = "ConcurrencyRecommendation")]
+pub fn recommend_concurrency(env: &Env, options: RecommendConcurrencyOptions) -> napi::Result<Unknown<'_>, Code> {
+    let sample = sample_once(ProcessRegistry::new())?;
+    recommendation_to_js(env, &sample, options)
+}
+
+fn recommendation_to_js<'env>(
+    env: &'env Env,
+    sample: &Sample,
+    options: RecommendConcurrencyOptions,
+) -> Result<Unknown<'env>, Code> {
+    let on = options.on.as_deref().unwrap_or("host");
+    let advice =
+        advice::recommend_concurrency(sample, options.per_worker_mb, options.reserve_fraction.unwrap_or(0.1), on)?;
+    env.to_js_value(&advice).js()
+}
+
+/// The JS-thread end of the inbox: a native function the sampler wakes through a weak
+/// threadsafe function.
+fn wake_function(env: &Env, state: &Rc<RefCell<State>>) -> JsResult<ThreadsafeFunction<(), (), (), Status, false, true>> {
+    let weak = Rc::downgrade(state);
+    let drain = env
+        .create_function_from_closure::<(), (), _>("telemetryWake", move |ctx| {
+            js::no_panic("telemetry dispatch", || {
+                if let Some(state) = weak.upgrade() {
+                    dispatch(ctx.env, &state);
+                }
+                Ok(())
+            })
+        })
+        .js()?;
+    drain.build_threadsafe_function::<()>().weak::<true>().callee_handled::<false>().build().js()
+}
+
+fn dispatch(env: &Env, state: &Rc<RefCell<State>>) {
+    let events: Vec<SamplerEvent> = {
+        let s = state.borrow();
+        s.inbox.wake_pending.store(false, Ordering::Release);
+        if s.sampler.is_none() {
+            return; // closed: nothing fires after close()
+        }
+        let mut queue = s.inbox.events.lock().unwrap_or_else(|e| e.into_inner());
+        queue.drain(..).collect()
+    };
+    for event in events {
+        if state.borrow().sampler.is_none() {
+            return; // a listener closed it
+        }
+        match event {
+            SamplerEvent::Sample(output) => {
+                feed_arbiters(env, state, &output.sample);
+                if let Ok(value) = env.to_js_value(&*output.sample) {
+                    call_listeners(env, state, |l| &l.on_sample, value.raw());
+                }
+                for alert in &output.alerts {
+                    if let Ok(value) = env.to_js_value(alert) {
+                        call_listeners(env, state, |l| &l.on_alert, value.raw());
+                    }
+                }
+            }
+            SamplerEvent::RecordingStopped(error) | SamplerEvent::Ended(Some(error)) => {
+                let error = napi::Error::<Code>::from(error);
+                if let Ok(value) = unsafe { ToNapiValue::to_napi_value(env.raw(), error) } {
+                    call_listeners(env, state, |l| &l.on_end, value);
+                }
+            }
+            SamplerEvent::Ended(None) => {
+                if let Ok(null) = unsafe { ToNapiValue::to_napi_value(env.raw(), Null) } {
+                    call_listeners(env, state, |l| &l.on_end, null);
+                }
+            }
+        }
+    }
+}
+
+/// Gives the sample to every attached arbiter, then records their load for the next alert check.
+fn feed_arbiters(env: &Env, state: &Rc<RefCell<State>>, sample: &Sample) {
+    let arbiters: Vec<Rc<RefCell<arbiter::State>>> =
+        state.borrow().arbiters.iter().filter_map(|(_, a)| a.upgrade()).collect();
+    let mut backlog = BTreeMap::<String, Backlog>::new();
+    for a in &arbiters {
+        if let Err(e) = arbiter::observe_sample(env, a, sample) {
+            tracing::warn!(error = %e.reason, "could not feed a telemetry sample to an arbiter");
+        }
+        for (key, waiters, leases) in arbiter::gpu_loads(a) {
+            let entry = backlog.entry(key).or_default();
+            entry.waiters += waiters as u32;
+            entry.leases += leases as u32;
+        }
+    }
+    *state.borrow().backlog.lock().unwrap_or_else(|e| e.into_inner()) = backlog;
+}
+
+fn call_listeners(env: &Env, state: &Rc<RefCell<State>>, list: fn(&Listeners) -> &Vec<(u32, JsRef)>, arg: sys::napi_value) {
+    let targets: Vec<sys::napi_value> = list(&state.borrow().listeners).iter().filter_map(|(_, l)| l.get().ok()).collect();
+    let Ok(undefined) = (unsafe { <()>::to_napi_value(env.raw(), ()) }) else { return };
+    for f in targets {
+        if let Err(e) = js::call(env, undefined, f, &[arg]) {
+            tracing::warn!(error = %e.reason, "a Telemetry listener threw");
+        }
+    }
+}
