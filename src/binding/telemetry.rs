@@ -21,8 +21,7 @@ use super::js::{self, JsRef};
 use super::{Code, IntoJsResult, JsResult};
 use crate::error::{ErrorCode, SidecarError};
 use crate::telemetry::{
-    advice, sample_once, Backlog, ProcessRegistry, Sample, Sampler, SamplerEvent, SamplerHandle,
-    TelemetryOptions,
+    advice, sample_once, Backlog, ProcessRegistry, Sample, Sampler, SamplerEvent, SamplerHandle, TelemetryOptions,
 };
 
 /// Events kept while the JS thread is busy; older ones are dropped first.
@@ -185,7 +184,9 @@ impl Telemetry {
         options: RecommendConcurrencyOptions,
     ) -> Result<Unknown<'env>, Code> {
         let latest = self.state.borrow().sampler.as_ref().and_then(|h| h.latest());
-        let sample = latest.ok_or_else(|| SidecarError::new(ErrorCode::InvalidArgument, "no sample yet: wait for the first onSample"))?;
+        let sample = latest.ok_or_else(|| {
+            SidecarError::new(ErrorCode::InvalidArgument, "no sample yet: wait for the first onSample")
+        })?;
         recommendation_to_js(env, &sample, options)
     }
 
@@ -251,7 +252,10 @@ fn recommendation_to_js<'env>(
 
 /// The JS-thread end of the inbox: a native function the sampler wakes through a weak
 /// threadsafe function.
-fn wake_function(env: &Env, state: &Rc<RefCell<State>>) -> JsResult<ThreadsafeFunction<(), (), (), Status, false, true>> {
+fn wake_function(
+    env: &Env,
+    state: &Rc<RefCell<State>>,
+) -> JsResult<ThreadsafeFunction<(), (), (), Status, false, true>> {
     let weak = Rc::downgrade(state);
     let drain = env
         .create_function_from_closure::<(), (), _>("telemetryWake", move |ctx| {
@@ -325,8 +329,14 @@ fn feed_arbiters(env: &Env, state: &Rc<RefCell<State>>, sample: &Sample) {
     *state.borrow().backlog.lock().unwrap_or_else(|e| e.into_inner()) = backlog;
 }
 
-fn call_listeners(env: &Env, state: &Rc<RefCell<State>>, list: fn(&Listeners) -> &Vec<(u32, JsRef)>, arg: sys::napi_value) {
-    let targets: Vec<sys::napi_value> = list(&state.borrow().listeners).iter().filter_map(|(_, l)| l.get().ok()).collect();
+fn call_listeners(
+    env: &Env,
+    state: &Rc<RefCell<State>>,
+    list: fn(&Listeners) -> &Vec<(u32, JsRef)>,
+    arg: sys::napi_value,
+) {
+    let targets: Vec<sys::napi_value> =
+        list(&state.borrow().listeners).iter().filter_map(|(_, l)| l.get().ok()).collect();
     let Ok(undefined) = (unsafe { <()>::to_napi_value(env.raw(), ()) }) else { return };
     for f in targets {
         if let Err(e) = js::call(env, undefined, f, &[arg]) {

@@ -1,0 +1,59 @@
+// Telemetry: the cost of one full sample (NVML for every GPU plus the host) beside one spawn of
+// nvidia-smi, and what sampling every 100 ms adds to the Node event loop's p99 delay.
+import { spawnSync } from 'node:child_process'
+import { monitorEventLoopDelay, performance } from 'node:perf_hooks'
+import sidecar from '../gpu-sidecar.js'
+
+const { Telemetry, recommendConcurrency } = sidecar
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
+
+function timeEach(n, fn) {
+  fn() // warm-up (NVML initialises once per process)
+  const start = performance.now()
+  for (let i = 0; i < n; i++) fn()
+  return ((performance.now() - start) * 1000) / n
+}
+
+async function loopDelayP99(ms, withTelemetry) {
+  const telemetry = withTelemetry ? new Telemetry({ intervalMs: 100 }) : null
+  telemetry?.onSample(() => {})
+  // A steady trickle of JS work, as an Electron main process has.
+  const tick = setInterval(() => JSON.stringify({ at: Date.now() }), 5)
+  await sleep(300)
+  const histogram = monitorEventLoopDelay({ resolution: 1 })
+  histogram.enable()
+  await sleep(ms)
+  histogram.disable()
+  clearInterval(tick)
+  telemetry?.close()
+  return histogram.percentile(99) / 1e6
+}
+
+export async function benchTelemetry() {
+  const gpus = new Telemetry({ intervalMs: 1000 })
+  await sleep(100)
+  const sample = gpus.latest()
+  gpus.close()
+  const gpuCount = sample?.gpus.length ?? 0
+  // A one-off sample through the public API: opens the host reader and reads every GPU.
+  const sampleUs = timeEach(50, () => recommendConcurrency({ perWorkerMb: 1 }))
+  const smi = spawnSync('nvidia-smi', ['--query-gpu=utilization.gpu,memory.used,memory.total', '--format=csv'])
+  const smiUs = smi.error
+    ? null
+    : timeEach(10, () => spawnSync('nvidia-smi', ['--query-gpu=utilization.gpu,memory.used,memory.total', '--format=csv']))
+  console.log(`\nTelemetry: NVML ${sample?.nvml.available ? `available, ${gpuCount} GPU(s)` : `unavailable (${sample?.nvml.reason})`}`)
+  console.table([
+    { measure: 'one full sample (all GPUs + host), us', value: Number(sampleUs.toFixed(1)) },
+    { measure: 'one nvidia-smi spawn, us', value: smiUs === null ? 'nvidia-smi not found' : Number(smiUs.toFixed(1)) },
+    { measure: 'nvidia-smi / sample', value: smiUs === null ? 'n/a' : Number((smiUs / sampleUs).toFixed(1)) },
+  ])
+  const seconds = Number(process.env.BENCH_LOOP_SECONDS ?? 5)
+  const base = await loopDelayP99(seconds * 1000, false)
+  const withTelemetry = await loopDelayP99(seconds * 1000, true)
+  console.log(`event-loop delay p99 over ${seconds} s (monitorEventLoopDelay, 1 ms resolution)`)
+  console.table([
+    { run: 'no telemetry', 'p99 ms': Number(base.toFixed(3)) },
+    { run: 'telemetry every 100 ms', 'p99 ms': Number(withTelemetry.toFixed(3)) },
+    { run: 'added by telemetry', 'p99 ms': Number((withTelemetry - base).toFixed(3)) },
+  ])
+}

@@ -1,0 +1,99 @@
+// Runs on a machine with an NVIDIA GPU (node:test, no dependencies):
+//   bash .gpu/gpu-node.sh node --test tests/gpu/
+// Skips cleanly where NVML is absent.
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { execFileSync, spawn } from 'node:child_process'
+import { createRequire } from 'node:module'
+
+const require = createRequire(import.meta.url)
+const { Telemetry, GpuArbiter } = require('../../gpu-sidecar.js')
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
+const INTERVAL_MS = 250
+
+async function firstSample(telemetry) {
+  for (let i = 0; i < 100; i++) {
+    const s = telemetry.latest()
+    if (s) return s
+    await sleep(20)
+  }
+  throw new Error('no sample')
+}
+
+const probe = new Telemetry({ intervalMs: INTERVAL_MS })
+const probeSample = await firstSample(probe)
+probe.close()
+const skip = probeSample.nvml.available && probeSample.gpus.length > 0 ? false : `no NVML here (${probeSample.nvml.reason})`
+
+test('a sample matches nvidia-smi memory.used and memory.total within 1%', { skip }, async () => {
+  const telemetry = new Telemetry({ intervalMs: INTERVAL_MS })
+  await firstSample(telemetry)
+  await sleep(INTERVAL_MS * 2)
+  const smi = execFileSync('nvidia-smi', ['--query-gpu=index,memory.used,memory.total', '--format=csv,noheader,nounits'], { encoding: 'utf8' })
+  const sample = telemetry.latest()
+  telemetry.close()
+  for (const line of smi.trim().split('\n')) {
+    const [index, used, total] = line.split(',').map((v) => Number(v.trim()))
+    const gpu = sample.gpus.find((g) => g.index === index)
+    console.log(`gpu:${index} nvidia-smi used/total ${used}/${total} MiB, sidecar ${gpu.usedMb}/${gpu.totalMb} MiB`)
+    assert.ok(Math.abs(gpu.totalMb - total) <= total * 0.01, `total ${gpu.totalMb} vs ${total}`)
+    assert.ok(Math.abs(gpu.usedMb - used) <= total * 0.01, `used ${gpu.usedMb} vs ${used}`)
+    assert.equal(gpu.key, `gpu:${index}`)
+    assert.ok(gpu.name && gpu.uuid)
+  }
+})
+
+/** A PyTorch process that allocates `gib` GiB on gpu 0 and holds it until killed. */
+function torchHolder(gib) {
+  const code = `import torch, sys, time\nx = torch.empty(int(${gib} * 2**30), dtype=torch.uint8, device='cuda:0')\nprint('ALLOCATED', flush=True)\ntime.sleep(600)`
+  const child = spawn('python3', ['-c', code], { stdio: ['ignore', 'pipe', 'inherit'] })
+  const ready = new Promise((resolve, reject) => {
+    child.stdout.on('data', (d) => String(d).includes('ALLOCATED') && resolve())
+    child.once('exit', (c) => reject(new Error(`python exited ${c}`)))
+  })
+  return { child, ready }
+}
+
+test('a PyTorch process allocating 4 GiB appears in processes[] within two intervals and disappears after it exits', { skip }, async () => {
+  const telemetry = new Telemetry({ intervalMs: INTERVAL_MS })
+  await firstSample(telemetry)
+  const { child, ready } = torchHolder(4)
+  await ready
+  const seenAt = Date.now()
+  let entry
+  while (!entry && Date.now() - seenAt < 10 * INTERVAL_MS) {
+    await sleep(INTERVAL_MS / 5)
+    entry = telemetry.latest().gpus[0].processes.find((p) => p.pid === child.pid)
+  }
+  const delay = Date.now() - seenAt
+  console.log(`pid ${child.pid} seen after ${delay} ms with ${entry?.usedMb} MiB`)
+  assert.ok(entry, 'process not listed')
+  assert.ok(delay <= 2 * INTERVAL_MS + 100, `seen after ${delay} ms`)
+  assert.ok(entry.usedMb >= 4096 && entry.usedMb <= 4096 + 1024, `usedMb ${entry.usedMb}`)
+  child.kill('SIGKILL')
+  await new Promise((r) => child.once('exit', r))
+  const goneAt = Date.now()
+  while (telemetry.latest().gpus[0].processes.some((p) => p.pid === child.pid)) {
+    assert.ok(Date.now() - goneAt < 10 * INTERVAL_MS, 'still listed after exit')
+    await sleep(INTERVAL_MS / 5)
+  }
+  console.log(`gone ${Date.now() - goneAt} ms after exit`)
+  telemetry.close()
+})
+
+test('VRAM admission grants a request that fits and holds back one that does not, against real free memory', { skip }, async () => {
+  const telemetry = new Telemetry({ intervalMs: INTERVAL_MS })
+  const arbiter = new GpuArbiter({ maxConcurrentLeases: 8, gpuUsage: { vramReserveMb: 1024 } })
+  telemetry.attachArbiter(arbiter)
+  await firstSample(telemetry)
+  await sleep(INTERVAL_MS * 2)
+  const freeMb = arbiter.snapshot('gpu:0').admission.sample.freeMb
+  console.log(`gpu:0 free ${freeMb} MiB`)
+  const fits = await arbiter.acquire({ taskType: 'ASR', gpuKey: 'gpu:0', vramMb: Math.floor((freeMb - 1024) / 2) })
+  assert.equal(fits.status, 'ACQUIRED')
+  const tooBig = await arbiter.acquire({ taskType: 'NMT', gpuKey: 'gpu:0', vramMb: freeMb, busyPolicy: 'SKIP' })
+  assert.deepEqual(tooBig, { status: 'SKIPPED', reason: 'VRAM_LOW' })
+  arbiter.close()
+  telemetry.close()
+})
