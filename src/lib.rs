@@ -8,5 +8,6 @@
 pub mod arbiter;
 pub mod config;
 pub mod error;
+pub mod services;
 
 mod binding;
