@@ -15,6 +15,8 @@ mod probe;
 mod process;
 mod profile;
 mod supervisor;
+#[cfg(test)]
+mod tests;
 
 pub use config::{
     GpuNeed, HttpProbe, HttpUrl, LogLineProbe, Megabytes, Millis, NoProbe, Pattern, Port,

@@ -405,9 +405,11 @@ impl Shared {
         Dependencies::Ready
     }
 
-    /// Starts `targets` (given in start order): each one once its dependencies are ready (or
-    /// blocked once one of them is not), the first eligible in start order first, each taking a
-    /// start slot; then waits until all of them are settled.
+    /// Starts `targets` (given in start order), then waits until all of them are settled. Each
+    /// one starts once its dependencies are ready (or is blocked once one of them is not), taking
+    /// a start slot. The first pending service in start order waits for a slot; a later one may
+    /// go ahead of it (while the first waits for its dependencies) only into a slot free now, so
+    /// with one slot services load strictly in start order.
     async fn schedule(self: &Arc<Self>, targets: &[usize]) -> Vec<ServiceOutcome> {
         let mut pending = targets.to_vec();
         let mut changes = self.changes.subscribe();
@@ -421,14 +423,29 @@ impl Shared {
                 }
             });
             match next {
-                Some((pos, None)) => {
-                    let i = pending.remove(pos);
-                    self.launch(i).await;
-                }
                 Some((pos, Some(dependency))) => {
                     let i = pending.remove(pos);
                     self.block(i, dependency);
                 }
+                Some((0, None)) => {
+                    let i = pending.remove(0);
+                    if !self.is_active(i) {
+                        let permit = self.start_slots.clone().acquire_owned().await;
+                        self.launch(i, permit.expect("start slots are never closed"));
+                    }
+                }
+                Some((pos, None)) if self.is_active(pending[pos]) => {
+                    pending.remove(pos);
+                }
+                Some((pos, None)) => match self.start_slots.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let i = pending.remove(pos);
+                        self.launch(i, permit);
+                    }
+                    Err(_) => {
+                        let _ = changes.changed().await;
+                    }
+                },
                 None => {
                     // The sender lives in `self`, so this only returns on a change.
                     let _ = changes.changed().await;
@@ -476,8 +493,8 @@ impl Shared {
             cell.blocked_by = Some(dependency.clone());
             cell.error = None;
         }
-        self.set_state(i, ServiceState::Blocked);
         self.emit(i, ServiceEventKind::Blocked { dependency });
+        self.set_state(i, ServiceState::Blocked);
     }
 
     fn is_active(&self, i: usize) -> bool {
@@ -487,17 +504,8 @@ impl Shared {
             .is_some_and(|r| !r.task.is_finished())
     }
 
-    /// Takes a start slot and hands service `i` to a new runner, unless one already runs it.
-    async fn launch(self: &Arc<Self>, i: usize) {
-        if self.is_active(i) {
-            return;
-        }
-        let permit = self
-            .start_slots
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("start slots are never closed");
+    /// Hands service `i` to a new runner holding `permit`, unless one already runs it.
+    fn launch(self: &Arc<Self>, i: usize, permit: OwnedSemaphorePermit) {
         let mut cell = self.cell(i);
         if cell.runner.as_ref().is_some_and(|r| !r.task.is_finished()) {
             return;
@@ -554,6 +562,7 @@ impl Shared {
                 Attempt::Ready(launched) => {
                     // The slot is for loading; a ready service lets the next one load.
                     permit = None;
+                    self.changes.send_modify(|n| *n += 1);
                     let Launched {
                         mut process,
                         sink,
@@ -622,13 +631,13 @@ impl Shared {
                 cell.error = Some(error.clone());
                 cell.last_lines = last_lines.clone();
                 drop(cell);
-                self.set_state(i, ServiceState::Failed);
                 self.emit(i, ServiceEventKind::Failed { error, last_lines });
+                self.set_state(i, ServiceState::Failed);
             }
             None => {
                 drop(cell);
-                self.set_state(i, ServiceState::Stopped);
                 self.emit(i, ServiceEventKind::Stopped);
+                self.set_state(i, ServiceState::Stopped);
             }
         }
     }
@@ -710,8 +719,9 @@ impl Shared {
                     let peak = vram_peak.as_ref().and_then(VramSampler::peak);
                     self.profiles.lock().expect("profiles lock").record(&spec.name, Some(time_to_ready_ms), peak);
                     self.cell(i).time_to_ready_ms = Some(time_to_ready_ms);
-                    self.set_state(i, ServiceState::Ready);
+                    // Event first: whoever sees the state settle must find its event sent.
                     self.emit(i, ServiceEventKind::Ready { time_to_ready_ms });
+                    self.set_state(i, ServiceState::Ready);
                     Attempt::Ready(Box::new(Launched { process, sink, vram_peak }))
                 }
                 Err(_) => {
