@@ -3,7 +3,7 @@
 //! The HTTP probe is a minimal HTTP/1.1 GET over a tokio `TcpStream`: probes only ever target a
 //! local service's health URL over plain HTTP, so a full client (and its TLS and connection pool
 //! dependencies) would add build weight for nothing. Bodies are read to the end of the connection
-//! (`Connection: close`), with chunked transfer decoding.
+//! (or to its `Content-Length`), with chunked transfer decoding.
 
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use tokio::time::timeout;
 use super::config::{HttpProbe, TcpProbe};
 
 /// A health body is small; a larger answer is cut here rather than read without bound.
-const MAX_RESPONSE_BYTES: u64 = 1 << 20;
+const MAX_RESPONSE_BYTES: usize = 1 << 20;
 
 /// Whether a TCP connection to the probe's address is accepted within `limit`.
 pub async fn probe_tcp(probe: &TcpProbe, default_port: u16, limit: Duration) -> Result<(), String> {
@@ -76,13 +76,41 @@ async fn http_get(host: &str, port: u16, path: &str) -> std::io::Result<(u16, Ve
     );
     stream.write_all(request.as_bytes()).await?;
     let mut raw = Vec::new();
-    stream
-        .take(MAX_RESPONSE_BYTES)
-        .read_to_end(&mut raw)
-        .await?;
+    let mut chunk = [0u8; 8192];
+    // Read until the body is complete rather than only until EOF: a server that keeps the
+    // connection open despite `Connection: close` must not turn every probe into a timeout.
+    while !response_complete(&raw) && raw.len() < MAX_RESPONSE_BYTES {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&chunk[..n]);
+    }
     parse_response(&raw).ok_or_else(|| {
         std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed HTTP response")
     })
+}
+
+/// Whether `raw` holds a whole response: its head and, when the head says how long the body is
+/// (`Content-Length` or chunked), all of the body. Otherwise the body ends at EOF.
+fn response_complete(raw: &[u8]) -> bool {
+    let Some(head_end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&raw[..head_end]).to_ascii_lowercase();
+    let body = &raw[head_end + 4..];
+    for line in head.split("\r\n").skip(1) {
+        if let Some(length) = line.strip_prefix("content-length:") {
+            return length
+                .trim()
+                .parse::<usize>()
+                .is_ok_and(|n| body.len() >= n);
+        }
+        if line.starts_with("transfer-encoding:") && line.contains("chunked") {
+            return body.ends_with(b"0\r\n\r\n");
+        }
+    }
+    false
 }
 
 /// Splits a raw HTTP/1.x response into its status and (de-chunked) body.
@@ -133,5 +161,13 @@ mod tests {
         let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n3\r\n:1}\r\n0\r\n\r\n";
         assert_eq!(parse_response(chunked), Some((200, b"{\"a\":1}".to_vec())));
         assert_eq!(parse_response(b"garbage"), None);
+        assert!(!response_complete(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab"
+        ));
+        assert!(response_complete(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nab"
+        ));
+        assert!(response_complete(chunked));
+        assert!(!response_complete(b"HTTP/1.0 200 OK\r\n\r\nuntil eof"));
     }
 }

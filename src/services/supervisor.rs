@@ -531,11 +531,26 @@ impl Shared {
     async fn stop(&self, i: usize) {
         let runner = self.cell(i).runner.take();
         let Some(runner) = runner else { return };
-        if !runner.task.is_finished() {
-            self.set_state(i, ServiceState::Stopping);
+        let running = {
+            let mut cell = self.cell(i);
+            let running = matches!(
+                cell.state,
+                ServiceState::Starting | ServiceState::Ready | ServiceState::Restarting
+            );
+            if running {
+                cell.state = ServiceState::Stopping;
+            }
+            running
+        };
+        if running {
+            self.changes.send_modify(|n| *n += 1);
         }
         runner.stop.send_replace(true);
         let _ = runner.task.await;
+        // The runner may have ended on its own just before the stop request reached it.
+        if self.state(i) == ServiceState::Stopping {
+            self.set_state(i, ServiceState::Stopped);
+        }
     }
 
     /// Drives service `i` from its first start attempt to its final state.

@@ -791,3 +791,64 @@ async fn a_stop_during_the_load_ends_the_start() {
         ErrorCode::UnknownService
     );
 }
+
+/// Set for the child test process that plays the host in `services_die_with_a_killed_host`.
+const HOST_ENV: &str = "GPU_SIDECAR_TEST_HOST_DIR";
+
+/// Not a test on its own: the host process for `services_die_with_a_killed_host`. It starts a
+/// service, writes the service's pid, and waits to be killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run by services_die_with_a_killed_host"]
+async fn host_process_for_the_death_signal_test() {
+    let Ok(dir) = std::env::var(HOST_ENV) else {
+        return;
+    };
+    let script = Path::new(&dir).join("service.py").display().to_string();
+    let (sup, _rx) = supervisor(
+        json!({"services": [{"name": "orphan", "command": "python3", "args": [script, "--log-ready"], "readiness": log_ready()}]}),
+        SupervisorHooks::default(),
+    );
+    ready_ms(&sup.start("orphan").await.unwrap());
+    let pid = sup.status("orphan").unwrap().pid.unwrap();
+    std::fs::write(Path::new(&dir).join("service.pid"), pid.to_string()).unwrap();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_die_with_a_killed_host() {
+    let sb = Sandbox::new("pdeathsig");
+    let mut host = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "services::tests::host_process_for_the_death_signal_test",
+            "--ignored",
+        ])
+        .env(HOST_ENV, &sb.dir)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pidfile = sb.path("service.pid");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let service_pid: u32 = loop {
+        if let Some(pid) = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|s| s.parse().ok())
+        {
+            break pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the host never started its service"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(!dead(service_pid));
+    host.kill().unwrap(); // SIGKILL: no cleanup code runs in the host.
+    host.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !dead(service_pid) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(dead(service_pid), "the service outlived its SIGKILLed host");
+}
