@@ -34,6 +34,7 @@ pub struct ServicesConfig {
     pub state_file: Option<PathBuf>,
     /// Take a startup lease (see [`super::StartupLease`]) around each GPU service's model load.
     pub gpu_startup_lease: bool,
+    /// The managed services, in config order (the tie-break of the start order).
     pub services: Vec<ServiceSpec>,
 }
 
@@ -54,10 +55,13 @@ impl Default for ServicesConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceSpec {
+    /// Unique among the services; events and statuses carry it.
     pub name: String,
+    /// The program to run (looked up on `PATH` when it has no slash).
     pub command: String,
     #[serde(default)]
     pub args: Vec<String>,
+    /// Working directory; the host's when absent.
     #[serde(default)]
     pub cwd: Option<PathBuf>,
     /// Added to (and overriding) the host's environment.
@@ -66,22 +70,29 @@ pub struct ServiceSpec {
     /// Checked free before each start; a taken port fails the start with `PORT_IN_USE`.
     #[serde(default)]
     pub port: Option<Port>,
+    /// Services that must be ready before this one starts.
     #[serde(default)]
     pub depends_on: Vec<String>,
+    /// How to tell the service is ready.
     pub readiness: Readiness,
+    /// From spawn; a service not ready by then is stopped and fails with `READINESS_TIMEOUT`.
     #[serde(default = "default_readiness_timeout")]
     pub readiness_timeout_ms: Millis,
+    /// Pause between HTTP/TCP probes (and between VRAM readings while gated).
     #[serde(default = "default_probe_interval")]
     pub probe_interval_ms: Int<10, 60_000>,
     /// HTTP and TCP probes start this long after spawn (a log line counts at any time).
     #[serde(default)]
     pub start_period_ms: Millis,
+    /// Set for a service that loads onto a GPU: it is then VRAM-gated (and leased).
     #[serde(default)]
     pub gpu: Option<GpuNeed>,
     #[serde(default)]
     pub restart: RestartConfig,
+    /// Sent to the process group first on stop.
     #[serde(default)]
     pub stop_signal: StopSignal,
+    /// How long a stop waits after `stopSignal` before it SIGKILLs the group.
     #[serde(default = "default_stop_timeout")]
     pub stop_timeout_ms: Millis,
     /// Output lines (stdout and stderr) are appended here.
@@ -119,6 +130,7 @@ pub enum Readiness {
 #[serde(rename_all = "camelCase")]
 pub struct HttpProbe {
     pub url: HttpUrl,
+    /// The status a ready service answers; 200 by default.
     #[serde(default = "default_expect_status")]
     pub expect_status: Int<100, 599>,
     /// Dotted path into a JSON body (`status` or `health.state`); when set the body must be JSON.
@@ -137,6 +149,7 @@ fn default_expect_status() -> Int<100, 599> {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TcpProbe {
+    /// `127.0.0.1` by default.
     #[serde(default = "default_host")]
     pub host: String,
     #[serde(default)]
@@ -150,6 +163,7 @@ fn default_host() -> String {
 /// `readiness.logLine`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct LogLineProbe {
+    /// Matched against each output line as it is read.
     pub pattern: Pattern,
 }
 
@@ -175,6 +189,7 @@ impl<'de> Deserialize<'de> for Pattern {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpUrl {
     pub host: String,
+    /// 80 when the URL names none.
     pub port: u16,
     /// Path and query, starting with `/`.
     pub path: String,
@@ -224,6 +239,7 @@ impl<'de> Deserialize<'de> for HttpUrl {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GpuNeed {
+    /// The GPU, as the VRAM source and the arbiter name it (`gpu:0`).
     pub key: String,
     /// Without it the gate uses the peak learned on earlier runs, or is off.
     #[serde(default)]
@@ -234,6 +250,7 @@ pub struct GpuNeed {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RestartPolicy {
+    /// Never.
     #[default]
     No,
     /// After a non-zero exit or a signal.
@@ -246,11 +263,13 @@ pub enum RestartPolicy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct RestartConfig {
+    /// `no` by default.
     pub policy: RestartPolicy,
     /// Restarts allowed after one `start`; the next exit beyond them is `failed`.
     pub max_restarts: Int<0, 1_000_000>,
     /// The first restart waits this long; each later one twice as long as the one before.
     pub backoff_ms: Millis,
+    /// The longest wait between restarts.
     pub max_backoff_ms: Millis,
 }
 
@@ -279,6 +298,7 @@ impl RestartConfig {
 /// The signal a stop sends to the service's process group first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 pub enum StopSignal {
+    /// The default.
     #[default]
     #[serde(rename = "SIGTERM")]
     Term,

@@ -57,59 +57,42 @@ pub enum ServiceEventKind {
         expected_ready_ms: Option<u64>,
     },
     /// The process is running with this pid.
-    Spawned {
-        pid: u32,
-    },
+    Spawned { pid: u32 },
     /// One line of output.
-    Log {
-        stream: OutputStream,
-        line: String,
-    },
+    Log { stream: OutputStream, line: String },
     /// A readiness probe did not pass yet.
-    ProbeFailed {
-        reason: String,
-    },
-    Ready {
-        time_to_ready_ms: u64,
-    },
+    ProbeFailed { reason: String },
+    /// Readiness passed, `time_to_ready_ms` after spawn.
+    Ready { time_to_ready_ms: u64 },
     /// The service was stopped because it was not ready in time.
-    ReadinessTimeout {
-        timeout_ms: u64,
-    },
-    Exited {
-        exit: ExitInfo,
-    },
+    ReadinessTimeout { timeout_ms: u64 },
+    /// The process exited on its own.
+    Exited { exit: ExitInfo },
     /// The service will be started again after `delay_ms`.
-    Restarting {
-        attempt: u32,
-        delay_ms: u64,
-    },
+    Restarting { attempt: u32, delay_ms: u64 },
     /// The service gave up; `last_lines` is the end of its output.
     Failed {
         error: SidecarError,
         last_lines: Vec<String>,
     },
     /// Not started because a dependency is not ready.
-    Blocked {
-        dependency: String,
-    },
-    /// Waiting for enough free VRAM on `gpu_key`.
+    Blocked { dependency: String },
+    /// Waiting for `needed_mb` (the service's need plus headroom) free on `gpu_key`.
     VramWait {
         gpu_key: String,
         needed_mb: u64,
         free_mb: u64,
     },
     /// Started without the VRAM gate, for the reason given (no telemetry, no estimate).
-    VramGateOff {
-        gpu_key: String,
-        reason: String,
-    },
+    VramGateOff { gpu_key: String, reason: String },
+    /// Stopped on request, or exited cleanly with no restart due.
     Stopped,
 }
 
 /// An event about one service.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServiceEvent {
+    /// The service's name.
     pub service: String,
     /// Milliseconds since the Unix epoch.
     pub timestamp_ms: u64,

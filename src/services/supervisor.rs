@@ -60,9 +60,11 @@ impl ServiceState {
 pub struct ServiceStatus {
     pub name: String,
     pub state: ServiceState,
+    /// The service process's pid (also its process group id) while it runs.
     pub pid: Option<u32>,
     /// Restarts since the last explicit start.
     pub restarts: u32,
+    /// Spawn to ready, for the current run once it was ready.
     pub time_to_ready_ms: Option<u64>,
     /// Why it failed, when `state` is `Failed`.
     pub error: Option<SidecarError>,
@@ -75,16 +77,15 @@ pub struct ServiceStatus {
 /// How one service's start ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StartOutcome {
-    Ready {
-        time_to_ready_ms: u64,
-    },
+    /// Ready, `time_to_ready_ms` after its (last) spawn.
+    Ready { time_to_ready_ms: u64 },
+    /// Failed for good; `last_lines` is the end of its output, when it ran.
     Failed {
         error: SidecarError,
         last_lines: Vec<String>,
     },
-    Blocked {
-        dependency: String,
-    },
+    /// Not started: `dependency` did not become ready.
+    Blocked { dependency: String },
     /// Stopped before it became ready (or the supervisor was closed).
     Stopped,
 }
@@ -190,7 +191,8 @@ enum Dependencies {
 }
 
 impl Supervisor {
-    /// A supervisor for `config` (already validated) and the receiver of its events. Nothing
+    /// A supervisor for `config` (validated by [`ServicesConfig::from_json`]) and the receiver
+    /// of its events; events queue up unread until the receiver is read or dropped. Nothing
     /// starts until `start_all` or `start` is called; those need a tokio runtime.
     pub fn new(
         config: ServicesConfig,
