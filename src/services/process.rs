@@ -117,7 +117,13 @@ fn on_spawner_thread(job: SpawnJob) {
         let (tx, rx) = std_mpsc::channel::<SpawnJob>();
         std::thread::Builder::new()
             .name("gpu-sidecar-spawner".into())
-            .spawn(move || rx.into_iter().for_each(|job| job()))
+            .spawn(move || {
+                for job in rx {
+                    // A panicking job drops its reply channel (its caller sees an error); the
+                    // thread itself must live on for every later service.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                }
+            })
             .expect("spawn the process spawner thread");
         Mutex::new(tx)
     });

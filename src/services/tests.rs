@@ -26,7 +26,12 @@ p.add_argument("--log-ready", action="store_true")
 p.add_argument("--exit", type=int)
 p.add_argument("--grandchild-pidfile")
 p.add_argument("--count-file")
+p.add_argument("--ignore-term", action="store_true")
+p.add_argument("--crash-after", type=float)
 a = p.parse_args()
+if a.ignore_term:
+    import signal
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 start = time.time()
 print("loading model", flush=True)
 if a.count_file:
@@ -68,6 +73,10 @@ if a.http and not a.not_ready_for:
     serve()
 if a.log_ready:
     print("[SERVICE_READY]", flush=True)
+if a.crash_after is not None:
+    time.sleep(a.crash_after)
+    print("segfault in decoder", flush=True)
+    os._exit(139)
 while True:
     time.sleep(1)
 "#;
@@ -851,4 +860,76 @@ async fn services_die_with_a_killed_host() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(dead(service_pid), "the service outlived its SIGKILLed host");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_that_ignores_its_stop_signal_is_killed_after_the_stop_timeout() {
+    let sb = Sandbox::new("ignoreterm");
+    let mut svc = sb.service("stubborn", &["--ignore-term", "--log-ready"], log_ready());
+    svc["stopTimeoutMs"] = json!(300);
+    let (sup, _rx) = supervisor(json!({"services": [svc]}), SupervisorHooks::default());
+    ready_ms(&sup.start("stubborn").await.unwrap());
+    let pid = sup.status("stubborn").unwrap().pid.unwrap();
+    let started = Instant::now();
+    sup.stop("stubborn").await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert!(reaped(pid));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_after_ready_restarts_then_fails_with_its_last_lines() {
+    let sb = Sandbox::new("runtimecrash");
+    let mut svc = sb.service(
+        "decoder",
+        &["--log-ready", "--crash-after", "0.2"],
+        log_ready(),
+    );
+    svc["restart"] = json!({"policy": "always", "maxRestarts": 1, "backoffMs": 50});
+    let (sup, mut rx) = supervisor(json!({"services": [svc]}), SupervisorHooks::default());
+    ready_ms(&sup.start("decoder").await.unwrap());
+    let mut steps = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !matches!(steps.last(), Some(ServiceEventKind::Failed { .. })) {
+        assert!(Instant::now() < deadline, "never failed: {steps:?}");
+        let event = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if !matches!(event.kind, ServiceEventKind::Log { .. }) {
+            steps.push(event.kind);
+        }
+    }
+    let crash = ServiceEventKind::Exited {
+        exit: ExitInfo {
+            code: Some(139),
+            signal: None,
+        },
+    };
+    assert_eq!(
+        steps.iter().filter(|k| **k == crash).count(),
+        2,
+        "{steps:?}"
+    );
+    assert!(steps.contains(&ServiceEventKind::Restarting {
+        attempt: 1,
+        delay_ms: 50
+    }));
+    assert_eq!(steps.iter().filter(|k| is_ready(k)).count(), 2, "{steps:?}");
+    let Some(ServiceEventKind::Failed { error, last_lines }) = steps.last() else {
+        unreachable!()
+    };
+    assert_eq!(
+        error.message,
+        "decoder: exited with exit code 139 after 1 restarts"
+    );
+    assert_eq!(
+        last_lines.last().map(String::as_str),
+        Some("segfault in decoder")
+    );
+    // Events are sent just before the state they report is set.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while sup.status("decoder").unwrap().state != ServiceState::Failed {
+        assert!(Instant::now() < deadline, "{:?}", sup.status("decoder"));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
