@@ -163,6 +163,64 @@ export interface ConcurrencyRecommendation {
   basis: string
 }
 
+/** How a service tells that it is ready: exactly one key. */
+export type ServiceReadiness =
+  /** A GET answers `expectStatus` (default 200) and, if set, the JSON body's `jsonField` equals `jsonValue`. */
+  | { http: { url: string; expectStatus?: number; jsonField?: string; jsonValue?: unknown } }
+  /** A TCP connection is accepted (host default 127.0.0.1, port default the service's `port`). */
+  | { tcp: { host?: string; port?: number } }
+  /** A stdout/stderr line matches this regular expression, e.g. `\\[SERVICE_READY\\]`. */
+  | { logLine: { pattern: string } }
+  /** Ready as soon as it is spawned. */
+  | { none: Record<string, never> }
+
+/** One managed service. */
+export interface ServiceConfig {
+  /** Unique among the services. */
+  name: string
+  /** The program (looked up on PATH when it has no slash). */
+  command: string
+  args?: string[]
+  cwd?: string
+  /** Added to (and overriding) the host's environment. */
+  env?: Record<string, string>
+  /** Checked free before start: taken means `PORT_IN_USE`. */
+  port?: number
+  /** Services that must be ready first. */
+  dependsOn?: string[]
+  readiness: ServiceReadiness
+  /** From spawn; not ready by then means stopped and `READINESS_TIMEOUT`. Default 60000. */
+  readinessTimeoutMs?: number
+  /** Between HTTP/TCP probes. Default 250. */
+  probeIntervalMs?: number
+  /** HTTP/TCP probes start this long after spawn. Default 0. */
+  startPeriodMs?: number
+  /** A GPU service is VRAM-gated before it starts (`vramMb`, or what it took last time). */
+  gpu?: { key: string; vramMb?: number }
+  restart?: { policy?: 'no' | 'on-failure' | 'always'; maxRestarts?: number; backoffMs?: number; maxBackoffMs?: number }
+  /** Default 'SIGTERM'. */
+  stopSignal?: 'SIGTERM' | 'SIGINT' | 'SIGHUP' | 'SIGQUIT' | 'SIGKILL'
+  /** SIGKILL to the process group after this. Default 5000. */
+  stopTimeoutMs?: number
+  /** Output lines are appended here. */
+  logFile?: string
+}
+
+/** The `services` section of the node config. */
+export interface ServicesConfig {
+  /** Services loading at once. Default 1: the next starts when the previous is ready or failed. */
+  maxConcurrentStarts?: number
+  /** Free VRAM (MB) to leave on top of a GPU service's need. Default 512. */
+  vramHeadroomMb?: number
+  /** Wait for free VRAM at most this long, then `VRAM_TIMEOUT`. Default 120000. */
+  vramTimeoutMs?: number
+  /** Keeps each service's learned time-to-ready and peak VRAM between runs. */
+  stateFile?: string
+  /** A GPU service holds an arbiter lease on its GPU while it loads. Default false. */
+  gpuStartupLease?: boolean
+  services: ServiceConfig[]
+}
+
 /**
  * Which binding artifact the generated loader actually loaded: `'native'` for
  * a native addon, otherwise the `platformArchABI` of the WASI flavor. Every
@@ -431,6 +489,8 @@ export declare function loadConfig(path: string): NodeConfig
 /** The sections of a node config file that gpu-sidecar owns, validated, with defaults applied. */
 export interface NodeConfig {
   gpuArbiter: Required<GpuArbiterConfig>
+  /** The `services` section, validated (pass it to `new ServiceSupervisor`); absent if the file has none. */
+  services?: ServicesConfig
   /** Unknown keys in our sections, as JSON paths (they are ignored). */
   warnings: Array<string>
 }

@@ -12,6 +12,18 @@ pub enum ErrorCode {
     Closed,
     Io,
     Internal,
+    /// A service's port is already bound by another process.
+    PortInUse,
+    /// A service did not become ready within its `readinessTimeoutMs`.
+    ReadinessTimeout,
+    /// A GPU service's GPU never had enough free memory within `vramTimeoutMs`.
+    VramTimeout,
+    /// A service's process could not be spawned.
+    SpawnFailed,
+    /// A service's process exited (during startup, or for good after its restarts).
+    ServiceExited,
+    /// No service of that name is configured.
+    UnknownService,
 }
 
 impl ErrorCode {
@@ -23,6 +35,12 @@ impl ErrorCode {
             ErrorCode::Closed => "CLOSED",
             ErrorCode::Io => "IO_ERROR",
             ErrorCode::Internal => "INTERNAL",
+            ErrorCode::PortInUse => "PORT_IN_USE",
+            ErrorCode::ReadinessTimeout => "READINESS_TIMEOUT",
+            ErrorCode::VramTimeout => "VRAM_TIMEOUT",
+            ErrorCode::SpawnFailed => "SPAWN_FAILED",
+            ErrorCode::ServiceExited => "SERVICE_EXITED",
+            ErrorCode::UnknownService => "UNKNOWN_SERVICE",
         }
     }
 }

@@ -11,6 +11,9 @@ use crate::error::{ErrorCode, SidecarError};
 pub struct NodeConfig {
     #[napi(ts_type = "Required<GpuArbiterConfig>")]
     pub gpu_arbiter: serde_json::Value,
+    /// The `services` section, validated (pass it to `new ServiceSupervisor`); absent if the file has none.
+    #[napi(ts_type = "ServicesConfig")]
+    pub services: Option<serde_json::Value>,
     /// Unknown keys in our sections, as JSON paths (they are ignored).
     pub warnings: Vec<String>,
 }
@@ -23,5 +26,5 @@ pub fn load_config(path: String) -> napi::Result<NodeConfig, Code> {
     let node = config::load_node_config(std::path::Path::new(&path))?;
     let gpu_arbiter =
         serde_json::to_value(&node.gpu_arbiter).map_err(|e| SidecarError::new(ErrorCode::Internal, e.to_string()))?;
-    Ok(NodeConfig { gpu_arbiter, warnings: node.warnings })
+    Ok(NodeConfig { gpu_arbiter, services: node.services, warnings: node.warnings })
 }

@@ -16,11 +16,15 @@ pub use arbiter::{ArbiterConfig, BusyPolicy, GpuUsageConfig, TaskPolicy, Watchdo
 pub use number::Int;
 
 use crate::error::{SidecarError, SidecarResult};
+use crate::services::ServicesConfig;
 
 /// The sections of a node config file that gpu-sidecar owns, validated, with defaults applied.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeConfig {
     pub gpu_arbiter: ArbiterConfig,
+    /// The `services` section as written, once it has passed validation (the supervisor takes it
+    /// as is); `None` when the file has none.
+    pub services: Option<Value>,
     /// Unknown keys inside our sections, as JSON paths.
     pub warnings: Vec<String>,
 }
@@ -44,7 +48,14 @@ pub fn parse_node_config(text: &str, source: &str) -> SidecarResult<NodeConfig> 
         Some(section) => ArbiterConfig::from_json(section, &mut warnings)?,
         None => ArbiterConfig::default(),
     };
-    Ok(NodeConfig { gpu_arbiter, warnings })
+    let services = match root.get("services") {
+        Some(section) => {
+            ServicesConfig::from_json(section, &mut warnings)?;
+            Some(section.clone())
+        }
+        None => None,
+    };
+    Ok(NodeConfig { gpu_arbiter, services, warnings })
 }
 
 /// Deserializes one section, naming the JSON path (under `prefix`) of the first bad field and

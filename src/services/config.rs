@@ -1,0 +1,539 @@
+//! The `services` section: which processes to start, how to tell they are ready, and how to keep
+//! them running. Field errors name their JSON path; cross-field rules (unique names, known
+//! dependencies, no dependency cycle) are checked after parsing.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+use regex::Regex;
+use serde::{de, Deserialize, Deserializer};
+use serde_json::Value;
+
+use crate::config::{parse_section, Int};
+use crate::error::{SidecarError, SidecarResult};
+
+/// Milliseconds, up to one day.
+pub type Millis = Int<0, 86_400_000>;
+/// Megabytes.
+pub type Megabytes = Int<0, { u64::MAX }>;
+/// A TCP port.
+pub type Port = Int<1, 65_535>;
+
+/// The validated `services` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ServicesConfig {
+    /// How many services may be loading (between spawn and ready) at once.
+    pub max_concurrent_starts: Int<1, 64>,
+    /// Free VRAM (MB) a GPU service must leave on its GPU on top of its own need.
+    pub vram_headroom_mb: Megabytes,
+    /// How long a GPU service waits for enough free VRAM before it fails with `VRAM_TIMEOUT`.
+    pub vram_timeout_ms: Millis,
+    /// JSON file that keeps each service's learned time-to-ready and peak VRAM between runs.
+    pub state_file: Option<PathBuf>,
+    /// Take a startup lease (see [`super::StartupLease`]) around each GPU service's model load.
+    pub gpu_startup_lease: bool,
+    /// The managed services, in config order (the tie-break of the start order).
+    pub services: Vec<ServiceSpec>,
+}
+
+impl Default for ServicesConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrent_starts: Int(1),
+            vram_headroom_mb: Int(512),
+            vram_timeout_ms: Int(120_000),
+            state_file: None,
+            gpu_startup_lease: false,
+            services: Vec::new(),
+        }
+    }
+}
+
+/// One managed service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    /// Unique among the services; events and statuses carry it.
+    pub name: String,
+    /// The program to run (looked up on `PATH` when it has no slash).
+    pub command: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Working directory; the host's when absent.
+    #[serde(default)]
+    pub cwd: Option<PathBuf>,
+    /// Added to (and overriding) the host's environment.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Checked free before each start; a taken port fails the start with `PORT_IN_USE`.
+    #[serde(default)]
+    pub port: Option<Port>,
+    /// Services that must be ready before this one starts.
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+    /// How to tell the service is ready.
+    pub readiness: Readiness,
+    /// From spawn; a service not ready by then is stopped and fails with `READINESS_TIMEOUT`.
+    #[serde(default = "default_readiness_timeout")]
+    pub readiness_timeout_ms: Millis,
+    /// Pause between HTTP/TCP probes (and between VRAM readings while gated).
+    #[serde(default = "default_probe_interval")]
+    pub probe_interval_ms: Int<10, 60_000>,
+    /// HTTP and TCP probes start this long after spawn (a log line counts at any time).
+    #[serde(default)]
+    pub start_period_ms: Millis,
+    /// Set for a service that loads onto a GPU: it is then VRAM-gated (and leased).
+    #[serde(default)]
+    pub gpu: Option<GpuNeed>,
+    #[serde(default)]
+    pub restart: RestartConfig,
+    /// Sent to the process group first on stop.
+    #[serde(default)]
+    pub stop_signal: StopSignal,
+    /// How long a stop waits after `stopSignal` before it SIGKILLs the group.
+    #[serde(default = "default_stop_timeout")]
+    pub stop_timeout_ms: Millis,
+    /// Output lines (stdout and stderr) are appended here.
+    #[serde(default)]
+    pub log_file: Option<PathBuf>,
+}
+
+fn default_readiness_timeout() -> Millis {
+    Int(60_000)
+}
+fn default_probe_interval() -> Int<10, 60_000> {
+    Int(250)
+}
+fn default_stop_timeout() -> Millis {
+    Int(5_000)
+}
+
+/// How a service tells that it is ready.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Readiness {
+    /// A GET on a local URL answers `expectStatus` (and, if set, a JSON field has a value).
+    Http(HttpProbe),
+    /// A TCP connection is accepted.
+    Tcp(TcpProbe),
+    /// A stdout or stderr line matches a regex.
+    LogLine(LogLineProbe),
+    /// Ready as soon as the process is spawned.
+    #[serde(rename = "none")]
+    Immediate(NoProbe),
+}
+
+/// `readiness.http`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpProbe {
+    pub url: HttpUrl,
+    /// The status a ready service answers; 200 by default.
+    #[serde(default = "default_expect_status")]
+    pub expect_status: Int<100, 599>,
+    /// Dotted path into a JSON body (`status` or `health.state`); when set the body must be JSON.
+    #[serde(default)]
+    pub json_field: Option<String>,
+    /// The value `jsonField` must have; without it the field must exist and be neither false nor null.
+    #[serde(default)]
+    pub json_value: Option<Value>,
+}
+
+fn default_expect_status() -> Int<100, 599> {
+    Int(200)
+}
+
+/// `readiness.tcp`; the port defaults to the service's `port`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TcpProbe {
+    /// `127.0.0.1` by default.
+    #[serde(default = "default_host")]
+    pub host: String,
+    #[serde(default)]
+    pub port: Option<Port>,
+}
+
+fn default_host() -> String {
+    "127.0.0.1".to_string()
+}
+
+/// `readiness.logLine`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LogLineProbe {
+    /// Matched against each output line as it is read.
+    pub pattern: Pattern,
+}
+
+/// `readiness.none` takes no settings.
+#[derive(Debug, Clone, Deserialize)]
+pub struct NoProbe {}
+
+/// A regex compiled while the config is read, so a bad one is reported with its JSON path.
+#[derive(Debug, Clone)]
+pub struct Pattern(pub Regex);
+
+impl<'de> Deserialize<'de> for Pattern {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Regex::new(&text).map(Pattern).map_err(|e| de::Error::custom(format!("invalid regex {text:?}: {e}")))
+    }
+}
+
+/// A plain-HTTP URL (`http://host:port/path`). Probes target local services, so TLS is not
+/// supported and the URL is split once, here, rather than at every probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpUrl {
+    pub host: String,
+    /// 80 when the URL names none.
+    pub port: u16,
+    /// Path and query, starting with `/`.
+    pub path: String,
+}
+
+impl fmt::Display for HttpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "http://{}:{}{}", self.host, self.port, self.path)
+    }
+}
+
+impl HttpUrl {
+    /// Parses `http://host[:port][/path]`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let bad = || format!("expected an http://host:port/path URL, got {text:?}");
+        let rest = text.strip_prefix("http://").ok_or_else(bad)?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (h, p.parse::<u16>().map_err(|_| bad())?),
+            _ => (authority, 80),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || port == 0 {
+            return Err(bad());
+        }
+        Ok(Self { host: host.to_string(), port, path: path.to_string() })
+    }
+}
+
+impl<'de> Deserialize<'de> for HttpUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        HttpUrl::parse(&text).map_err(de::Error::custom)
+    }
+}
+
+/// `gpu`: which GPU the service loads onto, and how much memory it needs there.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GpuNeed {
+    /// The GPU, as the VRAM source and the arbiter name it (`gpu:0`).
+    pub key: String,
+    /// Without it the gate uses the peak learned on earlier runs, or is off.
+    #[serde(default)]
+    pub vram_mb: Option<Megabytes>,
+}
+
+/// When an exited service is started again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// Never.
+    #[default]
+    No,
+    /// After a non-zero exit or a signal.
+    OnFailure,
+    /// After any exit.
+    Always,
+}
+
+/// `restart`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RestartConfig {
+    /// `no` by default.
+    pub policy: RestartPolicy,
+    /// Restarts allowed after one `start`; the next exit beyond them is `failed`.
+    pub max_restarts: Int<0, 1_000_000>,
+    /// The first restart waits this long; each later one twice as long as the one before.
+    pub backoff_ms: Millis,
+    /// The longest wait between restarts.
+    pub max_backoff_ms: Millis,
+}
+
+impl Default for RestartConfig {
+    fn default() -> Self {
+        Self { policy: RestartPolicy::No, max_restarts: Int(3), backoff_ms: Int(1_000), max_backoff_ms: Int(30_000) }
+    }
+}
+
+impl RestartConfig {
+    /// The wait before restart number `attempt` (1-based).
+    pub fn delay_ms(&self, attempt: u32) -> u64 {
+        let doubled = self.backoff_ms.get().saturating_mul(1u64 << attempt.saturating_sub(1).min(32));
+        doubled.min(self.max_backoff_ms.get())
+    }
+}
+
+/// The signal a stop sends to the service's process group first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum StopSignal {
+    /// The default.
+    #[default]
+    #[serde(rename = "SIGTERM")]
+    Term,
+    #[serde(rename = "SIGINT")]
+    Int,
+    #[serde(rename = "SIGHUP")]
+    Hup,
+    #[serde(rename = "SIGQUIT")]
+    Quit,
+    #[serde(rename = "SIGKILL")]
+    Kill,
+}
+
+impl ServicesConfig {
+    /// Validates a `services` object; paths in errors and warnings start with `services`.
+    pub fn from_json(value: &Value, warnings: &mut Vec<String>) -> SidecarResult<Self> {
+        let config: ServicesConfig = parse_section(value, "services", warnings)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Service indices, dependencies before their dependents, otherwise in config order.
+    pub fn start_order(&self) -> Vec<usize> {
+        let mut placed = vec![false; self.services.len()];
+        let mut order = Vec::with_capacity(self.services.len());
+        while order.len() < self.services.len() {
+            // Validation rules out cycles, so each round places at least one service.
+            let next = (0..self.services.len())
+                .find(|&i| !placed[i] && self.dependency_indices(i).all(|d| placed[d]))
+                .expect("dependency graph is acyclic");
+            placed[next] = true;
+            order.push(next);
+        }
+        order
+    }
+
+    /// The index of the service called `name`.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.services.iter().position(|s| s.name == name)
+    }
+
+    /// Indices of the services that service `i` depends on.
+    pub fn dependency_indices(&self, i: usize) -> impl Iterator<Item = usize> + '_ {
+        self.services[i].depends_on.iter().filter_map(|d| self.index_of(d))
+    }
+
+    fn validate(&self) -> SidecarResult<()> {
+        let err = |i: usize, field: &str, msg: String| {
+            SidecarError::invalid_config(format!("services.services[{i}].{field}: {msg}"))
+        };
+        for (i, s) in self.services.iter().enumerate() {
+            if s.name.trim().is_empty() {
+                return Err(err(i, "name", "expected a non-empty string".into()));
+            }
+            if self.services[..i].iter().any(|o| o.name == s.name) {
+                return Err(err(i, "name", format!("duplicate service name {:?}", s.name)));
+            }
+            if s.command.trim().is_empty() {
+                return Err(err(i, "command", "expected a non-empty string".into()));
+            }
+            for (j, dep) in s.depends_on.iter().enumerate() {
+                if self.index_of(dep).is_none() {
+                    return Err(err(i, &format!("dependsOn[{j}]"), format!("unknown service {dep:?}")));
+                }
+            }
+            if let Readiness::Tcp(TcpProbe { port: None, .. }) = s.readiness {
+                if s.port.is_none() {
+                    return Err(err(
+                        i,
+                        "readiness.tcp.port",
+                        "expected a port here or in the service's \"port\"".into(),
+                    ));
+                }
+            }
+            if let Some(gpu) = &s.gpu {
+                if gpu.key.trim().is_empty() {
+                    return Err(err(i, "gpu.key", "expected a non-empty string".into()));
+                }
+            }
+            if s.restart.max_backoff_ms < s.restart.backoff_ms {
+                return Err(err(
+                    i,
+                    "restart.maxBackoffMs",
+                    format!(
+                        "expected at least backoffMs ({}), got {}",
+                        s.restart.backoff_ms.get(),
+                        s.restart.max_backoff_ms.get()
+                    ),
+                ));
+            }
+        }
+        if let Some(cycle) = self.find_cycle() {
+            return Err(SidecarError::invalid_config(format!("services: dependency cycle: {}", cycle.join(" -> "))));
+        }
+        Ok(())
+    }
+
+    /// A dependency cycle as names, first name repeated at the end (`a -> b -> a`).
+    fn find_cycle(&self) -> Option<Vec<String>> {
+        #[derive(Clone, Copy, PartialEq)]
+        enum Mark {
+            New,
+            OnPath,
+            Done,
+        }
+        fn visit(cfg: &ServicesConfig, i: usize, marks: &mut [Mark], path: &mut Vec<usize>) -> Option<Vec<String>> {
+            marks[i] = Mark::OnPath;
+            path.push(i);
+            for d in cfg.dependency_indices(i).collect::<Vec<_>>() {
+                match marks[d] {
+                    Mark::OnPath => {
+                        let start = path.iter().position(|&p| p == d).expect("on path");
+                        let mut names: Vec<String> =
+                            path[start..].iter().map(|&p| cfg.services[p].name.clone()).collect();
+                        names.push(cfg.services[d].name.clone());
+                        return Some(names);
+                    }
+                    Mark::New => {
+                        if let Some(c) = visit(cfg, d, marks, path) {
+                            return Some(c);
+                        }
+                    }
+                    Mark::Done => {}
+                }
+            }
+            path.pop();
+            marks[i] = Mark::Done;
+            None
+        }
+        let mut marks = vec![Mark::New; self.services.len()];
+        (0..self.services.len()).find_map(|i| {
+            if marks[i] == Mark::New {
+                visit(self, i, &mut marks, &mut Vec::new())
+            } else {
+                None
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: Value) -> SidecarResult<ServicesConfig> {
+        ServicesConfig::from_json(&v, &mut Vec::new())
+    }
+
+    fn svc(name: &str, deps: &[&str]) -> Value {
+        json!({"name": name, "command": "true", "dependsOn": deps, "readiness": {"none": {}}})
+    }
+
+    #[test]
+    fn defaults_and_every_readiness_kind() {
+        let mut warnings = vec![];
+        let cfg = ServicesConfig::from_json(
+            &json!({"services": [
+                {"name": "a", "command": "x", "readiness": {"http": {"url": "http://127.0.0.1:8000/health", "jsonField": "status", "jsonValue": "ok"}}},
+                {"name": "b", "command": "x", "port": 9000, "readiness": {"tcp": {}}},
+                {"name": "c", "command": "x", "readiness": {"logLine": {"pattern": "\\[SERVICE_READY\\]"}}, "colour": 1},
+                {"name": "d", "command": "x", "readiness": {"none": {}}, "restart": {"policy": "on-failure"}, "stopSignal": "SIGINT"}
+            ]}),
+            &mut warnings,
+        )
+        .unwrap();
+        assert_eq!(cfg.max_concurrent_starts.get(), 1);
+        // serde_ignored writes sequence indices as `.2` (the shared helper passes its paths through).
+        assert_eq!(warnings, vec!["services.services.2.colour: unknown key, ignored".to_string()]);
+        let a = &cfg.services[0];
+        assert_eq!(a.readiness_timeout_ms.get(), 60_000);
+        assert_eq!(a.probe_interval_ms.get(), 250);
+        assert_eq!(a.stop_timeout_ms.get(), 5_000);
+        assert_eq!(a.stop_signal, StopSignal::Term);
+        match &a.readiness {
+            Readiness::Http(h) => {
+                assert_eq!(h.url, HttpUrl { host: "127.0.0.1".into(), port: 8000, path: "/health".into() });
+                assert_eq!(h.expect_status.get(), 200);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(cfg.services[1].readiness, Readiness::Tcp(_)));
+        assert!(matches!(cfg.services[3].readiness, Readiness::Immediate(_)));
+        assert_eq!(cfg.services[3].restart.policy, RestartPolicy::OnFailure);
+        assert_eq!(cfg.services[3].stop_signal, StopSignal::Int);
+    }
+
+    #[test]
+    fn a_bad_regex_names_its_json_path() {
+        let e = parse(json!({"services": [
+            svc("a", &[]),
+            {"name": "b", "command": "x", "readiness": {"logLine": {"pattern": "(unclosed"}}}
+        ]}))
+        .unwrap_err();
+        assert!(
+            e.message.starts_with("services.services[1].readiness.logLine.pattern: invalid regex"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn bad_urls_and_numbers_name_their_json_path() {
+        let e = parse(json!({"services": [
+            {"name": "a", "command": "x", "readiness": {"http": {"url": "https://x/health"}}}
+        ]}))
+        .unwrap_err();
+        assert!(e.message.starts_with("services.services[0].readiness.http.url: expected an http://"), "{}", e.message);
+        let e = parse(json!({"maxConcurrentStarts": 0})).unwrap_err();
+        assert!(e.message.starts_with("services.maxConcurrentStarts: expected an integer 1-64"), "{}", e.message);
+        let e = parse(json!({"services": [
+            {"name": "a", "command": "x", "readiness": {"none": {}}, "restart": {"policy": "sometimes"}}
+        ]}))
+        .unwrap_err();
+        assert!(e.message.starts_with("services.services[0].restart.policy: expected one of"), "{}", e.message);
+    }
+
+    #[test]
+    fn duplicate_names_unknown_dependencies_and_missing_tcp_port_are_rejected() {
+        let e = parse(json!({"services": [svc("a", &[]), svc("a", &[])]})).unwrap_err();
+        assert_eq!(e.message, "services.services[1].name: duplicate service name \"a\"");
+        let e = parse(json!({"services": [svc("a", &[]), svc("b", &["a", "zz"])]})).unwrap_err();
+        assert_eq!(e.message, "services.services[1].dependsOn[1]: unknown service \"zz\"");
+        let e = parse(json!({"services": [{"name": "a", "command": "x", "readiness": {"tcp": {}}}]})).unwrap_err();
+        assert!(e.message.starts_with("services.services[0].readiness.tcp.port:"), "{}", e.message);
+    }
+
+    #[test]
+    fn a_dependency_cycle_is_named() {
+        let e = parse(json!({"services": [svc("x", &[]), svc("a", &["b"]), svc("b", &["a"])]})).unwrap_err();
+        assert_eq!(e.code, crate::error::ErrorCode::InvalidConfig);
+        assert_eq!(e.message, "services: dependency cycle: a -> b -> a");
+        let e = parse(json!({"services": [svc("a", &["a"])]})).unwrap_err();
+        assert_eq!(e.message, "services: dependency cycle: a -> a");
+    }
+
+    #[test]
+    fn start_order_puts_dependencies_first_then_config_order() {
+        let cfg = parse(json!({"services": [svc("web", &["db", "cache"]), svc("db", &[]), svc("cache", &["db"]), svc("solo", &[])]})).unwrap();
+        let names: Vec<&str> = cfg.start_order().iter().map(|&i| cfg.services[i].name.as_str()).collect();
+        assert_eq!(names, vec!["db", "cache", "web", "solo"]);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap() {
+        let r = RestartConfig {
+            policy: RestartPolicy::Always,
+            max_restarts: Int(9),
+            backoff_ms: Int(100),
+            max_backoff_ms: Int(350),
+        };
+        assert_eq!([r.delay_ms(1), r.delay_ms(2), r.delay_ms(3), r.delay_ms(4)], [100, 200, 350, 350]);
+    }
+}

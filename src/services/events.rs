@@ -1,0 +1,94 @@
+//! What the supervisor reports while it works: one event per step of each service's life.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::error::SidecarError;
+
+/// Which output stream a log line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputStream {
+    Stdout,
+    Stderr,
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitInfo {
+    /// The exit code, when it exited by itself.
+    pub code: Option<i32>,
+    /// The signal that ended it, on Unix.
+    pub signal: Option<i32>,
+}
+
+impl ExitInfo {
+    /// Whether it exited with code 0.
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    pub(crate) fn from_status(status: std::process::ExitStatus) -> Self {
+        #[cfg(unix)]
+        let signal = std::os::unix::process::ExitStatusExt::signal(&status);
+        #[cfg(not(unix))]
+        let signal = None;
+        Self { code: status.code(), signal }
+    }
+}
+
+impl std::fmt::Display for ExitInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.code, self.signal) {
+            (Some(code), _) => write!(f, "exit code {code}"),
+            (None, Some(sig)) => write!(f, "signal {sig}"),
+            (None, None) => write!(f, "unknown exit status"),
+        }
+    }
+}
+
+/// One step in a service's life.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServiceEventKind {
+    /// A start attempt begins (`attempt` 0 is the first, later ones are restarts).
+    Starting { attempt: u32, expected_ready_ms: Option<u64> },
+    /// The process is running with this pid.
+    Spawned { pid: u32 },
+    /// One line of output.
+    Log { stream: OutputStream, line: String },
+    /// A readiness probe did not pass yet.
+    ProbeFailed { reason: String },
+    /// Readiness passed, `time_to_ready_ms` after spawn.
+    Ready { time_to_ready_ms: u64 },
+    /// The service was stopped because it was not ready in time.
+    ReadinessTimeout { timeout_ms: u64 },
+    /// The process exited on its own.
+    Exited { exit: ExitInfo },
+    /// The service will be started again after `delay_ms`.
+    Restarting { attempt: u32, delay_ms: u64 },
+    /// The service gave up; `last_lines` is the end of its output.
+    Failed { error: SidecarError, last_lines: Vec<String> },
+    /// Not started because a dependency is not ready.
+    Blocked { dependency: String },
+    /// Waiting for `needed_mb` (the service's need plus headroom) free on `gpu_key`.
+    VramWait { gpu_key: String, needed_mb: u64, free_mb: u64 },
+    /// Started without the VRAM gate, for the reason given (no telemetry, no estimate).
+    VramGateOff { gpu_key: String, reason: String },
+    /// Stopped on request, or exited cleanly with no restart due.
+    Stopped,
+}
+
+/// An event about one service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceEvent {
+    /// The service's name.
+    pub service: String,
+    /// Milliseconds since the Unix epoch.
+    pub timestamp_ms: u64,
+    pub kind: ServiceEventKind,
+}
+
+impl ServiceEvent {
+    pub(crate) fn now(service: &str, kind: ServiceEventKind) -> Self {
+        let timestamp_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        Self { service: service.to_string(), timestamp_ms, kind }
+    }
+}

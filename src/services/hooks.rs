@@ -1,0 +1,30 @@
+//! What the supervisor needs from the rest of the addon: free VRAM readings (from telemetry) and
+//! an optional startup lease (from the arbiter). Both are traits so the core stays testable.
+
+use std::any::Any;
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::error::SidecarResult;
+
+/// Live GPU memory readings. `None` means no telemetry for that GPU or process.
+pub trait VramSource: Send + Sync {
+    /// Free memory (MB) on the GPU named `gpu_key`.
+    fn free_mb(&self, gpu_key: &str) -> Option<u64>;
+    /// GPU memory (MB) used by process `pid`.
+    fn process_used_mb(&self, pid: u32) -> Option<u64>;
+}
+
+/// Held while a GPU service loads; dropping it releases the lease.
+pub type LeaseGuard = Box<dyn Any + Send>;
+
+/// The future [`StartupLease::acquire`] returns.
+pub type LeaseFuture<'a> = Pin<Box<dyn Future<Output = SidecarResult<LeaseGuard>> + Send + 'a>>;
+
+/// Serializes model loads on a GPU (the binding backs it with the arbiter). The supervisor
+/// acquires it before a GPU service is spawned and drops the guard once the service is ready or
+/// has failed.
+pub trait StartupLease: Send + Sync {
+    /// Resolves once `service` may load onto `gpu_key`; an error fails that start.
+    fn acquire<'a>(&'a self, service: &'a str, gpu_key: &'a str) -> LeaseFuture<'a>;
+}

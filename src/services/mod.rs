@@ -1,0 +1,29 @@
+//! The service startup controller: starts the node's model services one load at a time (or up to
+//! `maxConcurrentStarts`), in dependency order, each only once its GPU has room, and reports each
+//! as ready only after a real readiness check; a service that is not ready in time fails, it is
+//! never assumed ready. Processes run in their own process groups, die with the host, and are
+//! always reaped.
+//!
+//! No Node types here: the binding wraps [`Supervisor`], forwards its event receiver, and plugs
+//! telemetry ([`VramSource`]) and the arbiter ([`StartupLease`]) in through [`SupervisorHooks`].
+
+mod config;
+mod events;
+mod hooks;
+mod port;
+mod probe;
+mod process;
+mod profile;
+mod supervisor;
+#[cfg(test)]
+mod tests;
+
+pub use config::{
+    GpuNeed, HttpProbe, HttpUrl, LogLineProbe, Megabytes, Millis, NoProbe, Pattern, Port, Readiness, RestartConfig,
+    RestartPolicy, ServiceSpec, ServicesConfig, StopSignal, TcpProbe,
+};
+pub use events::{ExitInfo, OutputStream, ServiceEvent, ServiceEventKind};
+pub use hooks::{LeaseFuture, LeaseGuard, StartupLease, VramSource};
+pub use port::{port_holder, port_is_free, PortHolder};
+pub use profile::LearnedProfile;
+pub use supervisor::{ServiceOutcome, ServiceState, ServiceStatus, StartOutcome, Supervisor, SupervisorHooks};

@@ -1,0 +1,95 @@
+//! What each service took on earlier runs (time to ready, peak VRAM), kept in a small JSON file
+//! so that a GPU service with no configured `vramMb` can still be gated.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// One service's learned numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LearnedProfile {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time_to_ready_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_vram_mb: Option<u64>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct StateFile {
+    services: BTreeMap<String, LearnedProfile>,
+}
+
+/// The learned profiles, optionally backed by a file.
+#[derive(Debug, Default)]
+pub struct ProfileStore {
+    path: Option<PathBuf>,
+    services: BTreeMap<String, LearnedProfile>,
+}
+
+impl ProfileStore {
+    /// Loads `path`; a missing or unreadable file starts empty (it is only a hint).
+    pub fn load(path: Option<&Path>) -> Self {
+        let services = path
+            .and_then(|p| std::fs::read(p).ok())
+            .and_then(|bytes| match serde_json::from_slice::<StateFile>(&bytes) {
+                Ok(state) => Some(state.services),
+                Err(e) => {
+                    tracing::warn!("ignoring unreadable services state file: {e}");
+                    None
+                }
+            })
+            .unwrap_or_default();
+        Self { path: path.map(Path::to_path_buf), services }
+    }
+
+    /// What `service` took last time.
+    pub fn get(&self, service: &str) -> LearnedProfile {
+        self.services.get(service).copied().unwrap_or_default()
+    }
+
+    /// Records a run's numbers and saves the file when they changed.
+    pub fn record(&mut self, service: &str, time_to_ready_ms: Option<u64>, peak_vram_mb: Option<u64>) {
+        let entry = self.services.entry(service.to_string()).or_default();
+        let before = *entry;
+        entry.time_to_ready_ms = time_to_ready_ms.or(entry.time_to_ready_ms);
+        entry.peak_vram_mb = peak_vram_mb.or(entry.peak_vram_mb);
+        if *entry != before {
+            self.save();
+        }
+    }
+
+    fn save(&self) {
+        let Some(path) = &self.path else { return };
+        let state = StateFile { services: self.services.clone() };
+        let text = serde_json::to_vec_pretty(&state).expect("profiles serialize");
+        // Write then rename, so a crash mid-write never leaves a truncated file.
+        let tmp = path.with_extension("tmp");
+        let result = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, path));
+        if let Err(e) = result {
+            tracing::warn!("cannot save services state file {}: {e}", path.display());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_the_file_and_keeps_old_numbers() {
+        let dir = std::env::temp_dir().join(format!("gpu-sidecar-profile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("state.json");
+        let mut store = ProfileStore::load(Some(&path));
+        assert_eq!(store.get("asr"), LearnedProfile::default());
+        store.record("asr", Some(1200), Some(900));
+        store.record("asr", Some(1000), None);
+        let again = ProfileStore::load(Some(&path));
+        assert_eq!(again.get("asr"), LearnedProfile { time_to_ready_ms: Some(1000), peak_vram_mb: Some(900) });
+        std::fs::write(&path, "not json").unwrap();
+        assert_eq!(ProfileStore::load(Some(&path)).get("asr"), LearnedProfile::default());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
