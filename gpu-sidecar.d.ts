@@ -3,6 +3,16 @@ import type { GpuArbiter, GpuLeaseAcquired, GpuLeaseNotAcquired, GpuLeaseRequest
 
 export * from './index'
 
+declare module './index' {
+  interface GpuArbiter {
+    /**
+     * Asks for a lease; resolves when it is granted or definitively answered (every request
+     * resolves exactly once). Throws `INVALID_ARGUMENT`, `INVALID_GPU_KEY` or `CLOSED`.
+     */
+    acquire(request: GpuLeaseRequest): Promise<GpuLeaseAcquired | GpuLeaseNotAcquired>
+  }
+}
+
 /** Request fields the helpers pass through to `acquire` (besides `taskType` and `trace`). */
 export type GpuLeaseOptions = Omit<GpuLeaseRequest, 'taskType' | 'trace'>
 

@@ -5,6 +5,35 @@
 
 const native = require('./index.js')
 
+// `acquire(request)` reads the request's fields here, where property access is nearly free, and
+// hands them to the instance's native `acquireFields` in this order (src/binding/lease_codec.rs
+// `Arg`): through Node-API every property read would cost about as much as the arbitration.
+Object.defineProperty(native.GpuArbiter.prototype, 'acquire', {
+  value: function acquire(request) {
+    if (request === null || typeof request !== 'object') return this.acquireFields(undefined)
+    const { trace } = request
+    const traced = trace !== null && typeof trace === 'object'
+    return this.acquireFields(
+      request.taskType,
+      request.gpuKey,
+      request.priority,
+      request.maxWaitMs,
+      request.holdMaxMs,
+      request.queueLimit,
+      request.busyPolicy,
+      request.vramMb,
+      request.signal,
+      trace,
+      traced ? trace.jobId : undefined,
+      traced ? trace.sessionId : undefined,
+      traced ? trace.utteranceIndex : undefined,
+      traced ? trace.stage : undefined,
+    )
+  },
+  writable: true,
+  configurable: true,
+})
+
 let defaultArbiter = null
 
 /** Error thrown by the helpers when a lease is not granted. */

@@ -64,6 +64,45 @@ export type GpuArbiterConfigPatch = {
   [K in keyof GpuArbiterConfig]?: GpuArbiterConfig[K] | null
 }
 
+/**
+ * A lease request. Only `taskType` is required; the rest comes from the task type's policy,
+ * then the arbiter's defaults.
+ */
+export interface GpuLeaseRequest {
+  /** `ASR`, `NMT`, `TTS`, `SEMANTIC_REPAIR`, `OTHER` or any custom name. */
+  taskType: string
+  /** A configured GPU key; absent: the least-loaded GPU that can take it. */
+  gpuKey?: string
+  /** 0-100, higher is served first. */
+  priority?: number
+  maxWaitMs?: number
+  holdMaxMs?: number
+  queueLimit?: number
+  busyPolicy?: BusyPolicy
+  /** Estimated GPU memory the work needs, in MB (checked against telemetry when attached). */
+  vramMb?: number
+  trace?: GpuLeaseTrace
+  /** Aborting it withdraws a queued request: it resolves `CANCELLED` / `ABORTED`. */
+  signal?: AbortSignal
+}
+
+/** A granted lease. Give it back with `release(leaseId)`. */
+export interface GpuLeaseAcquired {
+  status: 'ACQUIRED'
+  leaseId: string
+  gpuKey: string
+  /** Epoch ms. */
+  acquiredAt: number
+  /** How long the request actually waited, ms. */
+  queueWaitMs: number
+}
+
+/** A request that did not get a lease. */
+export interface GpuLeaseNotAcquired {
+  status: 'SKIPPED' | 'FALLBACK_CPU' | 'TIMEOUT' | 'CANCELLED'
+  reason: 'GPU_BUSY' | 'QUEUE_FULL' | 'TIMEOUT' | 'GPU_USAGE_HIGH' | 'VRAM_LOW' | 'ABORTED' | 'SHUTDOWN'
+}
+
 /** Alert thresholds; every field is optional (defaults shown). */
 export interface TelemetryThresholds {
   /** A condition must hold this long before an alert is raised. Default 3000. */
@@ -245,8 +284,6 @@ export declare class GpuArbiter {
    * `config-rejected`.
    */
   static fromFile(path: string, options?: FromFileOptions | undefined | null): GpuArbiter
-  /** Asks for a lease. */
-  acquire(request: GpuLeaseRequest): Promise<GpuLeaseAcquired | GpuLeaseNotAcquired>
   /**
    * Gives a lease back and hands the GPU to the next waiter. Idempotent: an unknown, already
    * released or revoked id is ignored (logged at debug level). Returns whether a lease was released.
@@ -379,17 +416,6 @@ export interface GpuArbiterSnapshot {
   admission: GpuAdmission
 }
 
-/** A granted lease. Give it back with `release(leaseId)`. */
-export interface GpuLeaseAcquired {
-  status: 'ACQUIRED'
-  leaseId: string
-  gpuKey: string
-  /** Epoch ms. */
-  acquiredAt: number
-  /** How long the request actually waited, ms. */
-  queueWaitMs: number
-}
-
 export interface GpuLeaseInfo {
   leaseId: string
   taskType: string
@@ -400,35 +426,6 @@ export interface GpuLeaseInfo {
   holdMaxMs: number
   watchdogFired: boolean
   vramMb: number
-}
-
-/** A request that did not get a lease. */
-export interface GpuLeaseNotAcquired {
-  status: 'SKIPPED' | 'FALLBACK_CPU' | 'TIMEOUT' | 'CANCELLED'
-  reason: 'GPU_BUSY' | 'QUEUE_FULL' | 'TIMEOUT' | 'GPU_USAGE_HIGH' | 'VRAM_LOW' | 'ABORTED' | 'SHUTDOWN'
-  gpuKey?: string
-}
-
-/**
- * A lease request. Only `taskType` is required; the rest comes from the task type's policy,
- * then the arbiter's defaults.
- */
-export interface GpuLeaseRequest {
-  /** `ASR`, `NMT`, `TTS`, `SEMANTIC_REPAIR`, `OTHER` or any custom name. */
-  taskType: string
-  /** A configured GPU key; absent: the least-loaded GPU that can take it. */
-  gpuKey?: string
-  /** 0-100, higher is served first. */
-  priority?: number
-  maxWaitMs?: number
-  holdMaxMs?: number
-  queueLimit?: number
-  busyPolicy?: 'WAIT' | 'SKIP' | 'FALLBACK_CPU'
-  /** Estimated GPU memory the work needs, in MB (checked against telemetry when attached). */
-  vramMb?: number
-  trace?: GpuLeaseTrace
-  /** Aborting it withdraws a queued request: it resolves `CANCELLED` / `ABORTED`. */
-  signal?: AbortSignal
 }
 
 /** Who asked for a lease; shown in snapshots and events. */

@@ -150,6 +150,10 @@ describe('GpuArbiter statuses and reasons', () => {
       expect.objectContaining({ code: 'INVALID_GPU_KEY', message: expect.stringContaining('gpu:7') }),
     )
     expect(() => arbiter.acquire({ taskType: '' })).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }))
+    expect(() => arbiter.acquire(null as never)).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT', message: 'request.taskType: expected a string' }))
+    expect(() => arbiter.acquire({ taskType: 'ASR', trace: 'job-1' as never })).toThrow(
+      expect.objectContaining({ code: 'INVALID_ARGUMENT', message: 'request.trace: expected an object' }),
+    )
     expect(() => arbiter.acquire({ taskType: 'ASR', priority: 101 })).toThrow(
       expect.objectContaining({ code: 'INVALID_ARGUMENT', message: 'request.priority: expected an integer 0-100, got 101' }),
     )

@@ -8,6 +8,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::ptr;
 use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -18,10 +19,11 @@ use napi_derive::napi;
 use notify::Watcher;
 
 use super::js::{self, Deferred, JsRef};
+use super::lease_codec::LeaseCodec;
 use super::{Code, IntoJsResult, JsResult};
 use crate::arbiter::{
-    AcquireRequest, Admission, Arbiter, ArbiterEvent, BusyPolicy, GpuReading, GpuSnapshot, Micros, Outcome,
-    Percentiles, Resolution, Status, Trace, WaiterId, MICROS_PER_MS,
+    Admission, Arbiter, ArbiterEvent, GpuReading, GpuSnapshot, Micros, Outcome, Percentiles, Reason, Resolution,
+    Status, Trace, WaiterId, MICROS_PER_MS,
 };
 use crate::config::{self, ArbiterConfig};
 use crate::error::SidecarError;
@@ -37,52 +39,6 @@ pub struct GpuLeaseTrace {
     pub session_id: Option<String>,
     pub utterance_index: Option<i64>,
     pub stage: Option<String>,
-}
-
-/// A lease request. Only `taskType` is required; the rest comes from the task type's policy,
-/// then the arbiter's defaults.
-#[napi(object, object_to_js = false)]
-pub struct GpuLeaseRequest<'env> {
-    /// `ASR`, `NMT`, `TTS`, `SEMANTIC_REPAIR`, `OTHER` or any custom name.
-    pub task_type: String,
-    /// A configured GPU key; absent: the least-loaded GPU that can take it.
-    pub gpu_key: Option<String>,
-    /// 0-100, higher is served first.
-    pub priority: Option<u32>,
-    pub max_wait_ms: Option<f64>,
-    pub hold_max_ms: Option<f64>,
-    pub queue_limit: Option<u32>,
-    #[napi(ts_type = "'WAIT' | 'SKIP' | 'FALLBACK_CPU'")]
-    pub busy_policy: Option<String>,
-    /// Estimated GPU memory the work needs, in MB (checked against telemetry when attached).
-    pub vram_mb: Option<f64>,
-    pub trace: Option<GpuLeaseTrace>,
-    /// Aborting it withdraws a queued request: it resolves `CANCELLED` / `ABORTED`.
-    #[napi(ts_type = "AbortSignal")]
-    pub signal: Option<Object<'env>>,
-}
-
-/// A granted lease. Give it back with `release(leaseId)`.
-#[napi(object)]
-pub struct GpuLeaseAcquired {
-    #[napi(ts_type = "'ACQUIRED'")]
-    pub status: String,
-    pub lease_id: String,
-    pub gpu_key: String,
-    /// Epoch ms.
-    pub acquired_at: f64,
-    /// How long the request actually waited, ms.
-    pub queue_wait_ms: f64,
-}
-
-/// A request that did not get a lease.
-#[napi(object)]
-pub struct GpuLeaseNotAcquired {
-    #[napi(ts_type = "'SKIPPED' | 'FALLBACK_CPU' | 'TIMEOUT' | 'CANCELLED'")]
-    pub status: String,
-    #[napi(ts_type = "'GPU_BUSY' | 'QUEUE_FULL' | 'TIMEOUT' | 'GPU_USAGE_HIGH' | 'VRAM_LOW' | 'ABORTED' | 'SHUTDOWN'")]
-    pub reason: String,
-    pub gpu_key: Option<String>,
 }
 
 /// Something that happened in the arbiter.
@@ -211,6 +167,7 @@ struct Timer {
 
 pub(super) struct State {
     core: Arbiter,
+    codec: LeaseCodec,
     origin: Instant,
     origin_epoch_ms: f64,
     pending: HashMap<WaiterId, Pending>,
@@ -242,86 +199,51 @@ impl GpuArbiter {
     /// Validates `config` (the `gpuArbiter` object of the node config) and builds an arbiter.
     /// Throws `INVALID_CONFIG` naming the JSON path of a bad field.
     #[napi(constructor, catch_unwind, ts_args_type = "config?: GpuArbiterConfig")]
-    pub fn new(config: Option<serde_json::Value>) -> Result<Self, Code> {
+    pub fn new(env: &Env, this: This<Object>, config: Option<serde_json::Value>) -> Result<Self, Code> {
         let mut warnings = vec![];
         let config = ArbiterConfig::from_json(&config.unwrap_or_else(|| serde_json::json!({})), &mut warnings)?;
         for w in &warnings {
             tracing::warn!("{w}");
         }
-        Ok(Self::with_config(config))
+        let arbiter = Self::with_config(env, config)?;
+        install_hot_methods(env, this.raw(), &arbiter.state)
+            .map_err(|e| {
+                eprintln!("install: {:?} {}", e.status, e.reason);
+                e
+            })
+            .js()?;
+        Ok(arbiter)
     }
 
     /// Loads the `gpuArbiter` section of a node config file. With `{ watch: true }` edits to the
     /// file are applied while running; a bad edit keeps the last good config and emits
     /// `config-rejected`.
-    #[napi(factory, catch_unwind)]
-    pub fn from_file(env: &Env, path: String, options: Option<FromFileOptions>) -> Result<Self, Code> {
+    #[napi(catch_unwind, ts_return_type = "GpuArbiter")]
+    pub fn from_file<'env>(
+        env: &'env Env,
+        path: String,
+        options: Option<FromFileOptions>,
+    ) -> Result<ClassInstance<'env, GpuArbiter>, Code> {
         let node = config::load_node_config(std::path::Path::new(&path))?;
         for w in &node.warnings {
             tracing::warn!("{w}");
         }
-        let arbiter = Self::with_config(node.gpu_arbiter);
+        let arbiter = Self::with_config(env, node.gpu_arbiter)?;
         if options.and_then(|o| o.watch).unwrap_or(false) {
             let watcher = watch_file(env, &arbiter.state, PathBuf::from(path))?;
             arbiter.state.borrow_mut().watcher = Some(watcher);
         }
-        Ok(arbiter)
-    }
-
-    /// Asks for a lease.
-    #[napi(catch_unwind, ts_return_type = "Promise<GpuLeaseAcquired | GpuLeaseNotAcquired>")]
-    pub fn acquire<'env>(&self, env: &'env Env, request: GpuLeaseRequest<'env>) -> Result<PromiseRaw<'env, ()>, Code> {
-        let req = to_core_request(&request)?;
-        let (deferred, promise) = Deferred::new(env).js()?;
-        if let Some(signal) = &request.signal {
-            let aborted = js::named_property(env, signal.raw(), "aborted").js()?;
-            if js::is_truthy(env, aborted).js()? {
-                let cancelled = not_acquired(Status::Cancelled, crate::arbiter::Reason::Aborted, None);
-                deferred.resolve(env, unsafe { ToNapiValue::to_napi_value(env.raw(), cancelled) }.js()?).js()?;
-                return Ok(PromiseRaw::new(env.raw(), promise));
-            }
-        }
-        let admission = {
-            let mut s = self.state.borrow_mut();
-            let now = s.now();
-            s.core.acquire(req, now)?
-        };
-        match admission {
-            Admission::Settled(outcome) => {
-                let value = self.outcome_value(env, outcome)?;
-                deferred.resolve(env, value).js()?;
-            }
-            Admission::Queued(waiter) => {
-                let abort = match &request.signal {
-                    Some(signal) => Some(listen_for_abort(env, &self.state, signal.raw(), waiter).js()?),
-                    None => None,
-                };
-                self.state.borrow_mut().pending.insert(waiter, Pending { deferred, abort });
-            }
-        }
-        after_change(env, &self.state, Vec::new())?;
-        Ok(PromiseRaw::new(env.raw(), promise))
+        let state = Rc::clone(&arbiter.state);
+        let instance = arbiter.into_instance(env).js()?;
+        install_hot_methods(env, instance.as_object(env).raw(), &state).js()?;
+        Ok(instance)
     }
 
     /// Gives a lease back and hands the GPU to the next waiter. Idempotent: an unknown, already
     /// released or revoked id is ignored (logged at debug level). Returns whether a lease was released.
-    #[napi(catch_unwind)]
-    pub fn release(&self, env: &Env, lease_id: String) -> Result<bool, Code> {
-        let Some(id) = lease_id.strip_prefix(LEASE_PREFIX).and_then(|n| n.parse().ok()) else {
-            tracing::debug!(lease_id, "release of a lease id this arbiter never issued: ignored");
-            return Ok(false);
-        };
-        let mut out = Vec::new();
-        let released = {
-            let mut s = self.state.borrow_mut();
-            let now = s.now();
-            s.core.release(id, now, &mut out)
-        };
-        if !released {
-            tracing::debug!(lease_id, "release of an unknown, released or revoked lease: ignored");
-        }
-        after_change(env, &self.state, out)?;
-        Ok(released)
+    #[napi(catch_unwind, ts_args_type = "leaseId: string")]
+    pub fn release(&self, env: &Env, lease_id: Unknown) -> Result<bool, Code> {
+        release(env, &self.state, lease_id.raw())
     }
 
     /// One GPU's state: active leases with holder trace and hold time, the queue in dequeue order,
@@ -443,10 +365,11 @@ impl GpuArbiter {
         Rc::downgrade(&self.state)
     }
 
-    fn with_config(config: ArbiterConfig) -> Self {
+    fn with_config(env: &Env, config: ArbiterConfig) -> JsResult<Self> {
         let origin_epoch_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64() * 1000.0;
         let state = State {
             core: Arbiter::new(config),
+            codec: LeaseCodec::new(env).js()?,
             origin: Instant::now(),
             origin_epoch_ms,
             pending: HashMap::new(),
@@ -455,12 +378,100 @@ impl GpuArbiter {
             next_listener: 0,
             watcher: None,
         };
-        Self { state: Rc::new(RefCell::new(state)) }
+        Ok(Self { state: Rc::new(RefCell::new(state)) })
     }
+}
 
-    fn outcome_value(&self, env: &Env, outcome: Outcome) -> JsResult<sys::napi_value> {
-        outcome_to_js(env, &self.state.borrow(), outcome)
+/// Puts the hot path on the instance itself as plain native functions bound to its state:
+/// `acquireFields` (which the package entry's `acquire(request)` calls with the request's fields)
+/// and `release`. napi's generated class methods pay for borrow tracking and `this` unwrapping on
+/// every call, several times the cost of the lease logic; the prototype `release` stays for
+/// `call`/`apply`.
+fn install_hot_methods(env: &Env, this: sys::napi_value, state: &Rc<RefCell<State>>) -> Result<()> {
+    let for_acquire = Rc::downgrade(state);
+    let acquire_fn = env.create_function_from_closure::<(), Unknown<'static>, _>("acquireFields", move |ctx| {
+        let args: Vec<sys::napi_value> =
+            (0..ctx.length()).map(|i| ctx.get::<Unknown>(i).map(|u| u.raw())).collect::<Result<_>>()?;
+        hot_call(ctx.env, &for_acquire, |env, state| acquire(env, state, &args))
+    })?;
+    let for_release = Rc::downgrade(state);
+    let release_fn = env.create_function_from_closure::<(), Unknown<'static>, _>("release", move |ctx| {
+        let lease_id = ctx.get::<Unknown>(0)?.raw();
+        hot_call(ctx.env, &for_release, |env, state| {
+            let released = release(env, state, lease_id)?;
+            unsafe { ToNapiValue::to_napi_value(env.raw(), released) }.js()
+        })
+    })?;
+    js::define_methods(env, this, &[("acquireFields", acquire_fn.raw()), ("release", release_fn.raw())])
+}
+
+/// Runs a hot method: a panic becomes a JS error, and our errors are thrown with their `code`.
+fn hot_call(
+    env: &Env,
+    state: &Weak<RefCell<State>>,
+    f: impl FnOnce(&Env, &Rc<RefCell<State>>) -> JsResult<sys::napi_value>,
+) -> Result<Unknown<'static>> {
+    let state = state.upgrade().ok_or_else(|| napi::Error::from_reason("the GpuArbiter was collected"))?;
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(env, &state)))
+        .unwrap_or_else(|panic| Err(js::panic_error("GpuArbiter", panic).into()));
+    match outcome {
+        Ok(value) => Ok(unsafe { Unknown::from_raw_unchecked(env.raw(), value) }),
+        Err(e) => {
+            unsafe { JsError::from(e).throw_into(env.raw()) };
+            Ok(unsafe { Unknown::from_raw_unchecked(env.raw(), ptr::null_mut()) })
+        }
     }
+}
+
+fn acquire(env: &Env, state: &Rc<RefCell<State>>, fields: &[sys::napi_value]) -> JsResult<sys::napi_value> {
+    let (req, signal) = state.borrow().codec.read_request(env, fields)?;
+    let (deferred, promise) = Deferred::new(env).js()?;
+    if let Some(signal) = signal {
+        if state.borrow().codec.is_aborted(env, signal)? {
+            let value = state.borrow().codec.not_acquired(env, Status::Cancelled, Reason::Aborted).js()?;
+            deferred.resolve(env, value).js()?;
+            return Ok(promise);
+        }
+    }
+    let admission = {
+        let mut s = state.borrow_mut();
+        let now = s.now();
+        s.core.acquire(req, now)?
+    };
+    match admission {
+        Admission::Settled(outcome) => {
+            let value = outcome_to_js(env, &state.borrow(), outcome)?;
+            deferred.resolve(env, value).js()?;
+        }
+        Admission::Queued(waiter) => {
+            let abort = match signal {
+                Some(signal) => Some(listen_for_abort(env, state, signal, waiter).js()?),
+                None => None,
+            };
+            state.borrow_mut().pending.insert(waiter, Pending { deferred, abort });
+        }
+    }
+    after_change(env, state, Vec::new())?;
+    Ok(promise)
+}
+
+fn release(env: &Env, state: &Rc<RefCell<State>>, lease_id: sys::napi_value) -> JsResult<bool> {
+    let text = js::string_value(env, lease_id).unwrap_or_default();
+    let Some(id) = text.strip_prefix(LEASE_PREFIX).and_then(|n| n.parse().ok()) else {
+        tracing::debug!(lease_id = %text, "release of a lease id this arbiter never issued: ignored");
+        return Ok(false);
+    };
+    let mut out = Vec::new();
+    let released = {
+        let mut s = state.borrow_mut();
+        let now = s.now();
+        s.core.release(id, now, &mut out)
+    };
+    if !released {
+        tracing::debug!(lease_id = %text, "release of an unknown, released or revoked lease: ignored");
+    }
+    after_change(env, state, out)?;
+    Ok(released)
 }
 
 /// Feeds a telemetry sample's GPUs (those still on the bus) to the arbiter, as of now.
@@ -482,66 +493,21 @@ pub(super) fn gpu_loads(state: &Rc<RefCell<State>>) -> Vec<(String, usize, usize
 }
 
 fn outcome_to_js(env: &Env, s: &State, outcome: Outcome) -> JsResult<sys::napi_value> {
-    let value = match outcome {
-        Outcome::Acquired(g) => Either::A(GpuLeaseAcquired {
-            status: Status::Acquired.as_str().to_string(),
-            lease_id: format!("{LEASE_PREFIX}{}", g.lease_id),
-            gpu_key: g.gpu_key,
-            acquired_at: s.epoch_ms(g.acquired_at),
-            queue_wait_ms: ms(g.queue_wait),
-        }),
-        Outcome::NotAcquired { status, reason } => Either::B(not_acquired(status, reason, None)),
-    };
-    unsafe { ToNapiValue::to_napi_value(env.raw(), value) }.js()
-}
-
-fn not_acquired(status: Status, reason: crate::arbiter::Reason, gpu_key: Option<String>) -> GpuLeaseNotAcquired {
-    GpuLeaseNotAcquired { status: status.as_str().to_string(), reason: reason.as_str().to_string(), gpu_key }
+    match outcome {
+        Outcome::Acquired(g) => s.codec.acquired(
+            env,
+            &format!("{LEASE_PREFIX}{}", g.lease_id),
+            &g.gpu_key,
+            s.epoch_ms(g.acquired_at),
+            ms(g.queue_wait),
+        ),
+        Outcome::NotAcquired { status, reason } => s.codec.not_acquired(env, status, reason),
+    }
+    .js()
 }
 
 fn ms(micros: Micros) -> f64 {
     micros as f64 / MICROS_PER_MS as f64
-}
-
-fn to_core_request(r: &GpuLeaseRequest) -> JsResult<AcquireRequest> {
-    let millis = |name: &str, v: Option<f64>| -> JsResult<Option<u64>> {
-        match v {
-            Some(x) if !(x.is_finite() && x >= 0.0) => {
-                Err(SidecarError::invalid_argument(format!("request.{name}: expected a number >= 0, got {x}")).into())
-            }
-            Some(x) => Ok(Some(x.round() as u64)),
-            None => Ok(None),
-        }
-    };
-    let busy_policy = match r.busy_policy.as_deref() {
-        None => None,
-        Some("WAIT") => Some(BusyPolicy::Wait),
-        Some("SKIP") => Some(BusyPolicy::Skip),
-        Some("FALLBACK_CPU") => Some(BusyPolicy::FallbackCpu),
-        Some(other) => {
-            return Err(SidecarError::invalid_argument(format!(
-                "request.busyPolicy: expected one of \"WAIT\", \"SKIP\", \"FALLBACK_CPU\", got \"{other}\""
-            ))
-            .into())
-        }
-    };
-    let trace = r.trace.clone().unwrap_or_default();
-    Ok(AcquireRequest {
-        task_type: r.task_type.clone(),
-        gpu_key: r.gpu_key.clone(),
-        priority: r.priority.map(u64::from),
-        max_wait_ms: millis("maxWaitMs", r.max_wait_ms)?,
-        hold_max_ms: millis("holdMaxMs", r.hold_max_ms)?,
-        queue_limit: r.queue_limit.map(u64::from),
-        busy_policy,
-        vram_mb: millis("vramMb", r.vram_mb)?,
-        trace: Trace {
-            job_id: trace.job_id,
-            session_id: trace.session_id,
-            utterance_index: trace.utterance_index,
-            stage: trace.stage,
-        },
-    })
 }
 
 fn trace_value(t: &Trace) -> GpuLeaseTrace {

@@ -7,6 +7,8 @@ use std::ptr;
 
 use napi::{check_status, sys, Env, Result};
 
+use crate::error::{ErrorCode, SidecarError};
+
 /// A promise we resolve later on the JS thread.
 pub struct Deferred(sys::napi_deferred);
 
@@ -130,16 +132,57 @@ fn display(env: &Env, value: sys::napi_value) -> Result<String> {
 
 /// Runs `f`, turning a Rust panic into an error instead of unwinding into Node.
 pub fn no_panic<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-        Ok(r) => r,
-        Err(payload) => {
-            let detail = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            tracing::error!(%detail, "panic in {what}");
-            Err(napi::Error::new(napi::Status::GenericFailure, format!("internal error in {what}: {detail}")))
-        }
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+        let e = panic_error(what, payload);
+        Err(napi::Error::new(napi::Status::GenericFailure, e.message))
+    })
+}
+
+/// The error a caught panic becomes (code `INTERNAL`); the panic is logged.
+pub fn panic_error(what: &str, payload: Box<dyn std::any::Any + Send>) -> SidecarError {
+    let detail = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    tracing::error!(%detail, "panic in {what}");
+    SidecarError::new(ErrorCode::Internal, format!("internal error in {what}: {detail}"))
+}
+
+/// Defines non-enumerable, writable, configurable methods on an object.
+pub fn define_methods(env: &Env, object: sys::napi_value, methods: &[(&str, sys::napi_value)]) -> Result<()> {
+    let mut descriptors = Vec::with_capacity(methods.len());
+    for (name, function) in methods {
+        descriptors.push(sys::napi_property_descriptor {
+            utf8name: ptr::null(),
+            name: string(env, name)?,
+            method: None,
+            getter: None,
+            setter: None,
+            value: *function,
+            attributes: sys::PropertyAttributes::writable | sys::PropertyAttributes::configurable,
+            data: ptr::null_mut(),
+        });
     }
+    check_status!(unsafe { sys::napi_define_properties(env.raw(), object, descriptors.len(), descriptors.as_ptr()) })
+}
+
+/// A JS string's text.
+pub fn string_value(env: &Env, value: sys::napi_value) -> Result<String> {
+    // Task types, GPU keys and trace ids are short: one copy through a stack buffer.
+    let mut buf = [0u8; 256];
+    let mut len = 0;
+    check_status!(unsafe {
+        sys::napi_get_value_string_utf8(env.raw(), value, buf.as_mut_ptr().cast(), buf.len(), &mut len)
+    })?;
+    if len < buf.len() - 1 {
+        return Ok(String::from_utf8_lossy(&buf[..len]).into_owned());
+    }
+    check_status!(unsafe { sys::napi_get_value_string_utf8(env.raw(), value, ptr::null_mut(), 0, &mut len) })?;
+    let mut long = vec![0u8; len + 1];
+    check_status!(unsafe {
+        sys::napi_get_value_string_utf8(env.raw(), value, long.as_mut_ptr().cast(), long.len(), &mut len)
+    })?;
+    long.truncate(len);
+    Ok(String::from_utf8_lossy(&long).into_owned())
 }

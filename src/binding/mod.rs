@@ -4,6 +4,7 @@
 mod arbiter;
 mod config;
 mod js;
+mod lease_codec;
 mod logging;
 mod telemetry;
 
