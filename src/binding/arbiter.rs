@@ -206,12 +206,7 @@ impl GpuArbiter {
             tracing::warn!("{w}");
         }
         let arbiter = Self::with_config(env, config)?;
-        install_hot_methods(env, this.raw(), &arbiter.state)
-            .map_err(|e| {
-                eprintln!("install: {:?} {}", e.status, e.reason);
-                e
-            })
-            .js()?;
+        install_hot_methods(env, this.raw(), &arbiter.state).js()?;
         Ok(arbiter)
     }
 
