@@ -120,14 +120,7 @@ pub fn call(env: &Env, recv: sys::napi_value, f: sys::napi_value, args: &[sys::n
 fn display(env: &Env, value: sys::napi_value) -> Result<String> {
     let mut text = ptr::null_mut();
     check_status!(unsafe { sys::napi_coerce_to_string(env.raw(), value, &mut text) })?;
-    let mut len = 0;
-    check_status!(unsafe { sys::napi_get_value_string_utf8(env.raw(), text, ptr::null_mut(), 0, &mut len) })?;
-    let mut buf = vec![0u8; len + 1];
-    check_status!(unsafe {
-        sys::napi_get_value_string_utf8(env.raw(), text, buf.as_mut_ptr().cast(), buf.len(), &mut len)
-    })?;
-    buf.truncate(len);
-    Ok(String::from_utf8_lossy(&buf).into_owned())
+    string_value(env, text)
 }
 
 /// Runs `f`, turning a Rust panic into an error instead of unwinding into Node.
