@@ -179,3 +179,21 @@ pub fn string_value(env: &Env, value: sys::napi_value) -> Result<String> {
     long.truncate(len);
     Ok(String::from_utf8_lossy(&long).into_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_becomes_an_error_instead_of_unwinding_into_node() {
+        let result: Result<()> = no_panic("test", || panic!("boom at {}", 42));
+        let error = result.unwrap_err();
+        assert_eq!(error.status, napi::Status::GenericFailure);
+        assert_eq!(error.reason, "internal error in test: boom at 42");
+        let coded = panic_error("hot path", Box::new("static message"));
+        assert_eq!(
+            (coded.code, coded.message.as_str()),
+            (ErrorCode::Internal, "internal error in hot path: static message")
+        );
+    }
+}
