@@ -17,7 +17,10 @@ function newest(path) {
 
 const installed = join(root, 'node_modules', '.package-lock.json')
 if (mtime(installed) < mtime(join(root, 'package-lock.json'))) {
-  run('npm ci --no-audit --no-fund')
+  // Not `npm ci`: the lock has no entry for optional platform packages the registry does not
+  // serve (ours before their first publish, some of @napi-rs/cli's), and `npm ci` rejects that.
+  // `npm install` follows the lock for everything else; --no-save leaves the lock as committed.
+  run('npm install --no-audit --no-fund --no-save')
 }
 
 const sources = ['src', 'Cargo.toml', 'Cargo.lock', 'build.rs'].map((p) => newest(join(root, p)))
