@@ -5,6 +5,7 @@ mod arbiter;
 mod config;
 mod js;
 mod logging;
+mod services;
 mod telemetry;
 
 use napi::Status;
