@@ -176,6 +176,7 @@ impl VramSource for TelemetryLink {
 struct State {
     closed: bool,
     inbox: Arc<Inbox>,
+    pump: Arc<Pump>,
     next_id: u32,
     listeners: Vec<(u32, JsRef)>,
 }
@@ -207,15 +208,12 @@ impl ServiceSupervisor {
         let link = Arc::new(TelemetryLink::default());
         let hooks = SupervisorHooks { vram: Some(link.clone() as Arc<dyn VramSource>), startup_lease: None };
         let (core, events) = Supervisor::new(config, hooks);
-        let state = Rc::new(RefCell::new(State {
-            closed: false,
-            inbox: Arc::new(Inbox::default()),
-            next_id: 0,
-            listeners: vec![],
-        }));
+        let inbox = Arc::new(Inbox::default());
+        let pump = Arc::new(Pump { events: Mutex::new(events), inbox: inbox.clone(), link: link.clone() });
+        let state =
+            Rc::new(RefCell::new(State { closed: false, inbox, pump: pump.clone(), next_id: 0, listeners: vec![] }));
         let wake = wake_function(env, &state)?;
-        let inbox = state.borrow().inbox.clone();
-        napi::bindgen_prelude::spawn(forward(events, inbox, link.clone(), wake));
+        napi::bindgen_prelude::spawn(forward(pump, wake));
         Ok(Self { core: Arc::new(core), link, state })
     }
 
@@ -225,7 +223,9 @@ impl ServiceSupervisor {
     #[napi(catch_unwind, ts_return_type = "Promise<ServiceOutcome[]>")]
     pub fn start_all<'env>(&self, env: &'env Env) -> Result<PromiseRaw<'env, Value>, Code> {
         let core = self.core.clone();
-        promise(env, async move { Ok(Value::Array(core.start_all().await?.iter().map(outcome_to_json).collect())) })
+        promise(env, &self.state, async move {
+            Ok(Value::Array(core.start_all().await?.iter().map(outcome_to_json).collect()))
+        })
     }
 
     /// Starts one service and what it depends on; resolves with its outcome. Rejects with
@@ -233,7 +233,7 @@ impl ServiceSupervisor {
     #[napi(catch_unwind, ts_return_type = "Promise<ServiceOutcome>")]
     pub fn start<'env>(&self, env: &'env Env, name: String) -> Result<PromiseRaw<'env, Value>, Code> {
         let core = self.core.clone();
-        promise(env, async move {
+        promise(env, &self.state, async move {
             let outcome = core.start(&name).await?;
             Ok(outcome_to_json(&ServiceOutcome { service: name, outcome }))
         })
@@ -244,14 +244,14 @@ impl ServiceSupervisor {
     #[napi(catch_unwind, ts_return_type = "Promise<void>")]
     pub fn stop<'env>(&self, env: &'env Env, name: String) -> Result<PromiseRaw<'env, ()>, Code> {
         let core = self.core.clone();
-        promise(env, async move { core.stop(&name).await })
+        promise(env, &self.state, async move { core.stop(&name).await })
     }
 
     /// Stops then starts one service; resolves with the new start's outcome.
     #[napi(catch_unwind, ts_return_type = "Promise<ServiceOutcome>")]
     pub fn restart<'env>(&self, env: &'env Env, name: String) -> Result<PromiseRaw<'env, Value>, Code> {
         let core = self.core.clone();
-        promise(env, async move {
+        promise(env, &self.state, async move {
             let outcome = core.restart(&name).await?;
             Ok(outcome_to_json(&ServiceOutcome { service: name, outcome }))
         })
@@ -261,7 +261,7 @@ impl ServiceSupervisor {
     #[napi(catch_unwind, ts_return_type = "Promise<void>")]
     pub fn stop_all<'env>(&self, env: &'env Env) -> Result<PromiseRaw<'env, ()>, Code> {
         let core = self.core.clone();
-        promise(env, async move {
+        promise(env, &self.state, async move {
             core.stop_all().await;
             Ok(())
         })
@@ -278,7 +278,7 @@ impl ServiceSupervisor {
             s.inbox.events.lock().unwrap_or_else(|e| e.into_inner()).clear();
         }
         let core = self.core.clone();
-        promise(env, async move {
+        promise(env, &self.state, async move {
             core.close().await;
             Ok(())
         })
@@ -347,14 +347,24 @@ impl ServiceSupervisor {
 
 /// A promise settled from `fut` on the tokio runtime; a core error rejects it with a JS error
 /// that carries the error's `code`.
-fn promise<'env, T, F>(env: &'env Env, fut: F) -> Result<PromiseRaw<'env, T>, Code>
+/// Listeners get every event the core sent before the promise settles (so a `ready` event is
+/// seen before `startAll` resolves).
+fn promise<'env, T, F>(env: &'env Env, state: &Rc<RefCell<State>>, fut: F) -> Result<PromiseRaw<'env, T>, Code>
 where
     T: ToNapiValue + Send + 'static,
     F: Future<Output = SidecarResult<T>> + Send + 'static,
 {
-    env.spawn_future_with_callback(async move { Ok(fut.await) }, |env, result| match result {
-        Ok(value) => Ok(value),
-        Err(error) => Err(js_error(env, error)),
+    let state = Rc::downgrade(state);
+    env.spawn_future_with_callback(async move { Ok(fut.await) }, move |env, result| {
+        if let Some(state) = state.upgrade() {
+            let pump = state.borrow().pump.clone();
+            pump.pull_now();
+            dispatch(env, &state);
+        }
+        match result {
+            Ok(value) => Ok(value),
+            Err(error) => Err(js_error(env, error)),
+        }
     })
     .js()
 }
@@ -367,18 +377,53 @@ fn js_error(env: &Env, error: SidecarError) -> napi::Error {
     }
 }
 
-/// Moves core events to the inbox (labelling pids in the attached Telemetry on the way) and
-/// wakes the JS thread; ends when the core supervisor is gone.
-async fn forward(
-    mut events: mpsc::UnboundedReceiver<ServiceEvent>,
+/// Moves core events into the inbox, labelling pids in the attached Telemetry on the way. Both
+/// the forwarding task and the JS thread (before it settles a promise) pull from the receiver;
+/// an event is taken and queued under one lock, so the inbox keeps the core's order.
+struct Pump {
+    events: Mutex<mpsc::UnboundedReceiver<ServiceEvent>>,
     inbox: Arc<Inbox>,
     link: Arc<TelemetryLink>,
-    wake: WakeFn,
-) {
-    while let Some(event) = events.recv().await {
-        link.observe(&event);
-        inbox.push(event);
-        if !inbox.wake_pending.swap(true, Ordering::AcqRel) {
+}
+
+impl Pump {
+    fn accept(&self, event: ServiceEvent) {
+        self.link.observe(&event);
+        self.inbox.push(event);
+    }
+
+    /// Queues what the core has sent so far.
+    fn pull_now(&self) {
+        let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        while let Ok(event) = events.try_recv() {
+            self.accept(event);
+        }
+    }
+
+    /// Waits for events and queues them; `false` once the core supervisor is gone.
+    async fn pull(&self) -> bool {
+        std::future::poll_fn(|cx| {
+            let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+            match events.poll_recv(cx) {
+                std::task::Poll::Ready(Some(event)) => {
+                    self.accept(event);
+                    while let Ok(event) = events.try_recv() {
+                        self.accept(event);
+                    }
+                    std::task::Poll::Ready(true)
+                }
+                std::task::Poll::Ready(None) => std::task::Poll::Ready(false),
+                std::task::Poll::Pending => std::task::Poll::Pending,
+            }
+        })
+        .await
+    }
+}
+
+/// The forwarding task: queues events and wakes the JS thread; ends when the core is gone.
+async fn forward(pump: Arc<Pump>, wake: WakeFn) {
+    while pump.pull().await {
+        if !pump.inbox.wake_pending.swap(true, Ordering::AcqRel) {
             wake.call((), ThreadsafeFunctionCallMode::NonBlocking);
         }
     }
