@@ -437,9 +437,15 @@ describe('VRAM gate', () => {
     expect(of(events, 'tts', 'spawned')).toEqual([])
   })
 
-  test('no telemetry attached: the gate is off and says so', async () => {
+  test('no telemetry attached (or detached): the gate is off and says so', async () => {
     const { supervisor, events } = supervise({ services: [py('asr', 'log', [], { gpu: { key: 'gpu:0', vramMb: 5000 } })] })
+    const telemetry = await replayed([sampleLine(t0, 1000)])
+    const detach = supervisor.attachTelemetry(telemetry)
+    detach()
+    telemetry.close()
+    expect(() => supervisor.attachTelemetry(telemetry)).toThrow(expect.objectContaining({ code: 'CLOSED' }))
     expect(await supervisor.startAll()).toEqual([expect.objectContaining({ status: 'ready' })])
+    expect(of(events, 'asr', 'vram-wait')).toEqual([])
     expect(of(events, 'asr', 'vram-gate-off')).toEqual([expect.objectContaining({ gpuKey: 'gpu:0', reason: expect.stringContaining('no VRAM telemetry') })])
   })
 

@@ -108,10 +108,12 @@ impl TelemetryLink {
     }
 
     fn detach(&self, id: u64) {
+        // Locks in the same order as `attach` and `observe`: pids, then attached.
+        let pids = self.pids.lock().unwrap_or_else(|e| e.into_inner());
         let mut attached = self.attached.lock().unwrap_or_else(|e| e.into_inner());
         if attached.as_ref().is_some_and(|a| a.id == id) {
             let old = attached.take().expect("checked above");
-            for pid in self.pids.lock().unwrap_or_else(|e| e.into_inner()).keys() {
+            for pid in pids.keys() {
                 old.registry.unregister(*pid);
             }
         }
@@ -204,6 +206,11 @@ impl ServiceSupervisor {
         let config = ServicesConfig::from_json(&config, &mut warnings)?;
         for w in &warnings {
             tracing::warn!("{w}");
+        }
+        if config.gpu_startup_lease {
+            tracing::warn!(
+                "services.gpuStartupLease is not wired to a GpuArbiter yet: GPU services load without a lease"
+            );
         }
         let link = Arc::new(TelemetryLink::default());
         let hooks = SupervisorHooks { vram: Some(link.clone() as Arc<dyn VramSource>), startup_lease: None };
