@@ -223,7 +223,7 @@ export interface ServicesConfig {
 
 /** A core error as data: a stable `code` (`PORT_IN_USE`, `READINESS_TIMEOUT`, `VRAM_TIMEOUT`, `SERVICE_EXITED`, `SPAWN_FAILED`, ...) and a message. */
 export interface ServiceError {
-  code: 'PORT_IN_USE' | 'READINESS_TIMEOUT' | 'VRAM_TIMEOUT' | 'SPAWN_FAILED' | 'SERVICE_EXITED' | 'UNKNOWN_SERVICE' | 'CLOSED' | 'INTERNAL' | (string & {})
+  code: 'PORT_IN_USE' | 'READINESS_TIMEOUT' | 'VRAM_TIMEOUT' | 'SPAWN_FAILED' | 'SERVICE_EXITED' | 'GPU_LEASE_NOT_GRANTED' | 'UNKNOWN_SERVICE' | 'CLOSED' | 'INTERNAL' | (string & {})
   message: string
 }
 
@@ -405,6 +405,15 @@ export declare class ServiceSupervisor {
    * ungated with a `vram-gate-off` event. Throws `CLOSED` for a closed Telemetry.
    */
   attachTelemetry(telemetry: Telemetry): () => void
+  /**
+   * With `gpuStartupLease: true`, each GPU service holds a lease from `arbiter` on its GPU
+   * (task type `SERVICE_STARTUP`, `busyPolicy: 'WAIT'`, `maxWaitMs`: `vramTimeoutMs`,
+   * `holdMaxMs`: its `readinessTimeoutMs`) from before its VRAM gate until it is ready or has
+   * failed. A lease not granted fails that start with `GPU_LEASE_NOT_GRANTED`. Without an
+   * attached arbiter GPU services load without a lease. Replaces an earlier one; returns a
+   * function that detaches.
+   */
+  attachArbiter(arbiter: GpuArbiter): () => void
 }
 
 /**

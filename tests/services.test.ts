@@ -4,7 +4,7 @@ import { spawn, spawnSync } from 'node:child_process'
 import { readFileSync, readdirSync, writeFileSync } from 'node:fs'
 import { createServer, Server } from 'node:net'
 import { join, resolve } from 'node:path'
-import { ServiceConfig, ServiceEvent, ServicesConfig, ServiceSupervisor, Telemetry, TelemetrySample, loadConfig } from '../gpu-sidecar'
+import { GpuArbiter, ServiceConfig, ServiceEvent, ServicesConfig, ServiceSupervisor, Telemetry, TelemetrySample, loadConfig } from '../gpu-sidecar'
 import { sleep, tempDir, waitFor } from './support'
 
 const ROOT = resolve(__dirname, '..')
@@ -321,6 +321,48 @@ describe('scheduling', () => {
     // Dependents stop before what they depend on.
     const stopped = events.filter((e) => e.type === 'stopped').map((e) => e.service)
     expect(stopped.slice(-2)).toEqual(['api', 'db'])
+  })
+})
+
+describe('gpuStartupLease', () => {
+  test('GPU services hold an arbiter lease on their GPU while they load: one load at a time per GPU', async () => {
+    const arbiter = new GpuArbiter({ gpuKeys: ['gpu:0'], maxConcurrentLeases: 1 })
+    const { supervisor, events } = supervise({
+      gpuStartupLease: true,
+      maxConcurrentStarts: 3,
+      services: [
+        py('asr', 'log', ['--load-ms', 300], { gpu: { key: 'gpu:0' } }),
+        py('tts', 'log', ['--load-ms', 300], { gpu: { key: 'gpu:0' } }),
+        py('cpu', 'log', ['--load-ms', 300]),
+      ],
+    })
+    supervisor.attachArbiter(arbiter)
+    // Who holds gpu:0's lease as each service is spawned.
+    const holders: Record<string, string[]> = {}
+    supervisor.onEvent((e) => {
+      if (e.type === 'spawned') holders[e.service] = arbiter.snapshot('gpu:0')!.activeLeases.map((l) => l.trace.jobId ?? '')
+    })
+    const outcomes = await supervisor.startAll()
+    expect(outcomes.map((o) => o.status)).toEqual(['ready', 'ready', 'ready'])
+    // Three start slots, but one lease on gpu:0: tts loads only after asr is ready.
+    expect(indexOf(events, (e) => e.service === 'tts' && e.type === 'spawned')).toBeGreaterThan(indexOf(events, (e) => e.service === 'asr' && e.type === 'ready'))
+    expect(indexOf(events, (e) => e.service === 'cpu' && e.type === 'spawned')).toBeLessThan(indexOf(events, (e) => e.service === 'asr' && e.type === 'ready'))
+    expect([holders.asr, holders.tts]).toEqual([['asr'], ['tts']])
+    await waitFor(() => arbiter.snapshot('gpu:0')!.activeLeases.length === 0, 2000, 'the leases to be released')
+    const stats = arbiter.snapshot('gpu:0')!.tasks.find((t) => t.taskType === 'SERVICE_STARTUP')
+    expect(stats).toMatchObject({ acquired: 2 })
+    arbiter.close()
+  })
+
+  test('a lease the arbiter does not grant fails that start with GPU_LEASE_NOT_GRANTED', async () => {
+    const arbiter = new GpuArbiter({ gpuKeys: ['gpu:1'] })
+    const { supervisor, events } = supervise({ gpuStartupLease: true, services: [py('asr', 'log', [], { gpu: { key: 'gpu:0' } }), py('cpu', 'log')] })
+    supervisor.attachArbiter(arbiter)
+    const outcomes = await supervisor.startAll()
+    expect(outcomes[0]).toMatchObject({ service: 'asr', status: 'failed', error: { code: 'GPU_LEASE_NOT_GRANTED', message: expect.stringContaining('asr: startup lease not granted') } })
+    expect(outcomes[1]).toMatchObject({ service: 'cpu', status: 'ready' })
+    expect(of(events, 'asr', 'spawned')).toEqual([])
+    arbiter.close()
   })
 })
 

@@ -223,7 +223,7 @@ export interface ServicesConfig {
 
 /** A core error as data: a stable `code` (`PORT_IN_USE`, `READINESS_TIMEOUT`, `VRAM_TIMEOUT`, `SERVICE_EXITED`, `SPAWN_FAILED`, ...) and a message. */
 export interface ServiceError {
-  code: 'PORT_IN_USE' | 'READINESS_TIMEOUT' | 'VRAM_TIMEOUT' | 'SPAWN_FAILED' | 'SERVICE_EXITED' | 'UNKNOWN_SERVICE' | 'CLOSED' | 'INTERNAL' | (string & {})
+  code: 'PORT_IN_USE' | 'READINESS_TIMEOUT' | 'VRAM_TIMEOUT' | 'SPAWN_FAILED' | 'SERVICE_EXITED' | 'GPU_LEASE_NOT_GRANTED' | 'UNKNOWN_SERVICE' | 'CLOSED' | 'INTERNAL' | (string & {})
   message: string
 }
 

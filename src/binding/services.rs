@@ -18,15 +18,15 @@ use napi::sys;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::js::{self, JsRef};
 use super::telemetry::Telemetry;
 use super::{Code, IntoJsResult, JsResult};
 use crate::error::{ErrorCode, SidecarError, SidecarResult};
 use crate::services::{
-    ExitInfo, LearnedProfile, OutputStream, ServiceEvent, ServiceEventKind, ServiceOutcome, ServiceState,
-    ServiceStatus, ServicesConfig, StartOutcome, Supervisor, SupervisorHooks, VramSource,
+    ExitInfo, LearnedProfile, LeaseFuture, LeaseGuard, OutputStream, ServiceEvent, ServiceEventKind, ServiceOutcome,
+    ServiceState, ServiceStatus, ServicesConfig, StartOutcome, StartupLease, Supervisor, SupervisorHooks, VramSource,
 };
 use crate::telemetry::{LatestSample, ProcessRegistry};
 
@@ -175,12 +175,84 @@ impl VramSource for TelemetryLink {
     }
 }
 
+/// The task type a startup lease is requested under (its policy, if the arbiter config has one).
+const STARTUP_TASK_TYPE: &str = "SERVICE_STARTUP";
+
+/// A request from a tokio thread to the JS thread, where the arbiter lives.
+enum LeaseCall {
+    Acquire { service: String, gpu_key: String, reply: oneshot::Sender<SidecarResult<String>> },
+    Release { lease_id: String },
+}
+
+/// Startup leases from an attached `GpuArbiter`: requests queue here and the JS thread is woken
+/// to call `arbiter.acquire`; dropping a held lease queues its release the same way.
+struct LeaseBridge {
+    calls: Mutex<VecDeque<LeaseCall>>,
+    wake: Mutex<Option<WakeFn>>,
+}
+
+impl LeaseBridge {
+    /// Queues `call` and wakes the JS thread; `false` (the call dropped) when no arbiter is attached.
+    fn send(&self, call: LeaseCall) -> bool {
+        let wake = self.wake.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(wake) = wake.as_ref() else { return false };
+        self.calls.lock().unwrap_or_else(|e| e.into_inner()).push_back(call);
+        wake.call((), ThreadsafeFunctionCallMode::NonBlocking);
+        true
+    }
+}
+
+/// The core's [`StartupLease`]: a lease from the attached arbiter, or at once without one.
+struct ArbiterLease(Arc<LeaseBridge>);
+
+/// A granted startup lease; released (on the JS thread) when dropped.
+struct HeldLease {
+    bridge: Arc<LeaseBridge>,
+    lease_id: String,
+}
+
+impl Drop for HeldLease {
+    fn drop(&mut self) {
+        // Detached meanwhile: the arbiter is no longer ours to release into.
+        let _ = self.bridge.send(LeaseCall::Release { lease_id: std::mem::take(&mut self.lease_id) });
+    }
+}
+
+impl StartupLease for ArbiterLease {
+    fn acquire<'a>(&'a self, service: &'a str, gpu_key: &'a str) -> LeaseFuture<'a> {
+        Box::pin(async move {
+            let (reply, granted) = oneshot::channel();
+            let call = LeaseCall::Acquire { service: service.to_string(), gpu_key: gpu_key.to_string(), reply };
+            if !self.0.send(call) {
+                tracing::warn!(
+                    service,
+                    "gpuStartupLease is set but no GpuArbiter is attached: loading without a lease"
+                );
+                return Ok(Box::new(()) as LeaseGuard);
+            }
+            let lease_id = granted.await.map_err(|_| {
+                SidecarError::new(
+                    ErrorCode::GpuLeaseNotGranted,
+                    format!("{service}: the GpuArbiter was detached before it granted a startup lease"),
+                )
+            })??;
+            Ok(Box::new(HeldLease { bridge: self.0.clone(), lease_id }) as LeaseGuard)
+        })
+    }
+}
+
 struct State {
     closed: bool,
     inbox: Arc<Inbox>,
     pump: Arc<Pump>,
     next_id: u32,
     listeners: Vec<(u32, JsRef)>,
+    /// The attached arbiter (a `GpuArbiter` object) and an id for its detach function.
+    arbiter: Option<(u64, JsRef)>,
+    next_arbiter: u64,
+    /// Per service: the lease request's `maxWaitMs` and `holdMaxMs`.
+    lease_limits: BTreeMap<String, (u64, u64)>,
+    leases: Arc<LeaseBridge>,
 }
 
 /// Starts the node's services in dependency order, at most `maxConcurrentStarts` loading at
@@ -207,18 +279,32 @@ impl ServiceSupervisor {
         for w in &warnings {
             tracing::warn!("{w}");
         }
-        if config.gpu_startup_lease {
-            tracing::warn!(
-                "services.gpuStartupLease is not wired to a GpuArbiter yet: GPU services load without a lease"
-            );
-        }
         let link = Arc::new(TelemetryLink::default());
-        let hooks = SupervisorHooks { vram: Some(link.clone() as Arc<dyn VramSource>), startup_lease: None };
+        let leases = Arc::new(LeaseBridge { calls: Mutex::new(VecDeque::new()), wake: Mutex::new(None) });
+        // A lease may wait as long as the VRAM gate, and is held at most until readiness times out.
+        let lease_limits = config
+            .services
+            .iter()
+            .map(|s| (s.name.clone(), (config.vram_timeout_ms.get(), s.readiness_timeout_ms.get())))
+            .collect();
+        let hooks = SupervisorHooks {
+            vram: Some(link.clone() as Arc<dyn VramSource>),
+            startup_lease: Some(Arc::new(ArbiterLease(leases.clone())) as Arc<dyn StartupLease>),
+        };
         let (core, events) = Supervisor::new(config, hooks);
         let inbox = Arc::new(Inbox::default());
         let pump = Arc::new(Pump { events: Mutex::new(events), inbox: inbox.clone(), link: link.clone() });
-        let state =
-            Rc::new(RefCell::new(State { closed: false, inbox, pump: pump.clone(), next_id: 0, listeners: vec![] }));
+        let state = Rc::new(RefCell::new(State {
+            closed: false,
+            inbox,
+            pump: pump.clone(),
+            next_id: 0,
+            listeners: vec![],
+            arbiter: None,
+            next_arbiter: 0,
+            lease_limits,
+            leases,
+        }));
         let wake = wake_function(env, &state)?;
         napi::bindgen_prelude::spawn(forward(pump, wake));
         Ok(Self { core: Arc::new(core), link, state })
@@ -350,6 +436,156 @@ impl ServiceSupervisor {
         })
         .js()
     }
+
+    /// With `gpuStartupLease: true`, each GPU service holds a lease from `arbiter` on its GPU
+    /// (task type `SERVICE_STARTUP`, `busyPolicy: 'WAIT'`, `maxWaitMs`: `vramTimeoutMs`,
+    /// `holdMaxMs`: its `readinessTimeoutMs`) from before its VRAM gate until it is ready or has
+    /// failed. A lease not granted fails that start with `GPU_LEASE_NOT_GRANTED`. Without an
+    /// attached arbiter GPU services load without a lease. Replaces an earlier one; returns a
+    /// function that detaches.
+    #[napi(catch_unwind, ts_args_type = "arbiter: GpuArbiter", ts_return_type = "() => void")]
+    pub fn attach_arbiter<'env>(&self, env: &'env Env, arbiter: Object<'env>) -> Result<Function<'env, (), ()>, Code> {
+        let acquire = js::named_property(env, arbiter.raw(), "acquire").js()?;
+        if unsafe { Unknown::from_raw_unchecked(env.raw(), acquire) }.get_type().js()? != ValueType::Function {
+            return Err(SidecarError::invalid_argument("arbiter: expected a GpuArbiter").into());
+        }
+        let wake = lease_wake_function(env, &self.state)?;
+        let id = {
+            let mut s = self.state.borrow_mut();
+            let id = s.next_arbiter;
+            s.next_arbiter += 1;
+            s.arbiter = Some((id, JsRef::new(env, arbiter.raw()).js()?));
+            *s.leases.wake.lock().unwrap_or_else(|e| e.into_inner()) = Some(wake);
+            id
+        };
+        let weak = Rc::downgrade(&self.state);
+        env.create_function_from_closure::<(), (), _>("detachArbiter", move |_ctx| {
+            if let Some(state) = weak.upgrade() {
+                let mut s = state.borrow_mut();
+                if s.arbiter.as_ref().is_some_and(|(a, _)| *a == id) {
+                    s.arbiter = None;
+                    *s.leases.wake.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                    // Waiting acquires see their reply dropped and fail.
+                    s.leases.calls.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                }
+            }
+            Ok(())
+        })
+        .js()
+    }
+}
+
+/// The JS-thread end of the lease bridge, woken through a weak threadsafe function (a lease is
+/// only asked for while a start's promise keeps Node alive).
+fn lease_wake_function(env: &Env, state: &Rc<RefCell<State>>) -> JsResult<WakeFn> {
+    let weak = Rc::downgrade(state);
+    let serve = env
+        .create_function_from_closure::<(), (), _>("servicesLeaseWake", move |ctx| {
+            js::no_panic("startup lease dispatch", || {
+                if let Some(state) = weak.upgrade() {
+                    serve_leases(ctx.env, &state);
+                }
+                Ok(())
+            })
+        })
+        .js()?;
+    serve.build_threadsafe_function::<()>().weak::<true>().callee_handled::<false>().build().js()
+}
+
+fn serve_leases(env: &Env, state: &Rc<RefCell<State>>) {
+    let calls: Vec<LeaseCall> = {
+        let s = state.borrow();
+        let mut calls = s.leases.calls.lock().unwrap_or_else(|e| e.into_inner());
+        calls.drain(..).collect()
+    };
+    for call in calls {
+        let (arbiter, limits) = {
+            let s = state.borrow();
+            // Detached: dropping the call drops its reply, which fails the waiting start.
+            let Some(arbiter) = s.arbiter.as_ref().and_then(|(_, a)| a.get().ok()) else { return };
+            let limits = match &call {
+                LeaseCall::Acquire { service, .. } => s.lease_limits.get(service).copied(),
+                LeaseCall::Release { .. } => None,
+            };
+            (arbiter, limits)
+        };
+        match call {
+            LeaseCall::Release { lease_id } => {
+                let released =
+                    js::string(env, &lease_id).and_then(|id| js::call_method(env, arbiter, "release", &[id]));
+                if let Err(e) = released {
+                    tracing::warn!(lease_id, error = %e.reason, "could not release a service startup lease");
+                }
+            }
+            LeaseCall::Acquire { service, gpu_key, reply } => {
+                let (max_wait_ms, hold_max_ms) = limits.unwrap_or((120_000, 60_000));
+                let request = json!({
+                    "taskType": STARTUP_TASK_TYPE,
+                    "gpuKey": gpu_key,
+                    "busyPolicy": "WAIT",
+                    "maxWaitMs": max_wait_ms,
+                    "holdMaxMs": hold_max_ms,
+                    "trace": { "jobId": service, "stage": "service-startup" },
+                });
+                if let Err(e) = request_lease(env, arbiter, request, &service, reply) {
+                    tracing::warn!(service, error = %e.reason, "could not request a service startup lease");
+                }
+            }
+        }
+    }
+}
+
+fn not_granted(service: &str, why: &str) -> SidecarError {
+    SidecarError::new(ErrorCode::GpuLeaseNotGranted, format!("{service}: startup lease not granted: {why}"))
+}
+
+/// Calls `arbiter.acquire(request)` and answers `reply` when its promise settles; a lease whose
+/// requester has gone meanwhile (the start was stopped) is released at once.
+fn request_lease(
+    env: &Env,
+    arbiter: sys::napi_value,
+    request: Value,
+    service: &str,
+    reply: oneshot::Sender<SidecarResult<String>>,
+) -> napi::Result<()> {
+    let request = unsafe { Value::to_napi_value(env.raw(), request) }?;
+    let promise = match js::call_method(env, arbiter, "acquire", &[request]) {
+        Ok(promise) => promise,
+        Err(e) => {
+            let _ = reply.send(Err(not_granted(service, &e.reason)));
+            return Ok(());
+        }
+    };
+    let reply = Rc::new(RefCell::new(Some(reply)));
+    let arbiter_ref = JsRef::new(env, arbiter)?;
+    let (on_value, on_error) = (reply.clone(), reply);
+    let (name, name_for_error) = (service.to_string(), service.to_string());
+    let settled = env.create_function_from_closure::<(), (), _>("onStartupLease", move |ctx| {
+        let result: Value = ctx.get(0)?;
+        let Some(reply) = on_value.borrow_mut().take() else { return Ok(()) };
+        let status = result.get("status").and_then(Value::as_str).unwrap_or_default();
+        let lease_id = result.get("leaseId").and_then(Value::as_str).unwrap_or_default().to_string();
+        if status == "ACQUIRED" {
+            if reply.send(Ok(lease_id.clone())).is_err() {
+                let id = js::string(ctx.env, &lease_id)?;
+                js::call_method(ctx.env, arbiter_ref.get()?, "release", &[id])?;
+            }
+        } else {
+            let reason = result.get("reason").and_then(Value::as_str).unwrap_or("unknown");
+            let _ = reply.send(Err(not_granted(&name, &format!("{status} ({reason})"))));
+        }
+        Ok(())
+    })?;
+    let failed = env.create_function_from_closure::<(), (), _>("onStartupLeaseError", move |ctx| {
+        let error: Unknown = ctx.get(0)?;
+        let text = error.coerce_to_string().and_then(|s| s.into_utf8()).and_then(|s| s.into_owned());
+        if let Some(reply) = on_error.borrow_mut().take() {
+            let _ = reply.send(Err(not_granted(&name_for_error, &text.unwrap_or_default())));
+        }
+        Ok(())
+    })?;
+    js::call_method(env, promise, "then", &[settled.raw(), failed.raw()])?;
+    Ok(())
 }
 
 /// A promise settled from `fut` on the tokio runtime; a core error rejects it with a JS error
