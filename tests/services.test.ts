@@ -337,17 +337,22 @@ describe('gpuStartupLease', () => {
       ],
     })
     supervisor.attachArbiter(arbiter)
-    // Who holds gpu:0's lease as each service is spawned.
-    const holders: Record<string, string[]> = {}
-    supervisor.onEvent((e) => {
-      if (e.type === 'spawned') holders[e.service] = arbiter.snapshot('gpu:0')!.activeLeases.map((l) => l.trace.jobId ?? '')
+    const leases: Array<{ type: string; at: number; job: string }> = []
+    arbiter.onEvent((e) => {
+      if (e.type === 'acquired' || e.type === 'released') leases.push({ type: e.type, at: e.at, job: e.trace?.jobId ?? '' })
     })
     const outcomes = await supervisor.startAll()
     expect(outcomes.map((o) => o.status)).toEqual(['ready', 'ready', 'ready'])
     // Three start slots, but one lease on gpu:0: tts loads only after asr is ready.
     expect(indexOf(events, (e) => e.service === 'tts' && e.type === 'spawned')).toBeGreaterThan(indexOf(events, (e) => e.service === 'asr' && e.type === 'ready'))
     expect(indexOf(events, (e) => e.service === 'cpu' && e.type === 'spawned')).toBeLessThan(indexOf(events, (e) => e.service === 'asr' && e.type === 'ready'))
-    expect([holders.asr, holders.tts]).toEqual([['asr'], ['tts']])
+    await waitFor(() => leases.length === 4, 2000, 'both leases to be released')
+    expect(leases.map((l) => `${l.type} ${l.job}`)).toEqual(['acquired asr', 'released asr', 'acquired tts', 'released tts'])
+    // Each lease covers its service's load: from before its spawn to its ready.
+    for (const [i, name] of [[0, 'asr'], [2, 'tts']] as const) {
+      expect(leases[i].at).toBeLessThanOrEqual(of(events, name, 'spawned')[0].at + 1)
+      expect(leases[i + 1].at).toBeGreaterThanOrEqual(of(events, name, 'ready')[0].at - 1)
+    }
     await waitFor(() => arbiter.snapshot('gpu:0')!.activeLeases.length === 0, 2000, 'the leases to be released')
     const stats = arbiter.snapshot('gpu:0')!.tasks.find((t) => t.taskType === 'SERVICE_STARTUP')
     expect(stats).toMatchObject({ acquired: 2 })
