@@ -216,7 +216,7 @@ export interface ServicesConfig {
   vramTimeoutMs?: number
   /** Keeps each service's learned time-to-ready and peak VRAM between runs. */
   stateFile?: string
-  /** A GPU service holds an arbiter lease on its GPU while it loads. Default false. */
+  /** A GPU service holds an arbiter lease on its GPU while it loads (attach one with `ServiceSupervisor#attachArbiter`). Default false. */
   gpuStartupLease?: boolean
   services: ServiceConfig[]
 }
