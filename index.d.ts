@@ -255,10 +255,73 @@ export interface ServicesConfig {
   vramTimeoutMs?: number
   /** Keeps each service's learned time-to-ready and peak VRAM between runs. */
   stateFile?: string
-  /** A GPU service holds an arbiter lease on its GPU while it loads. Default false. */
+  /** A GPU service holds an arbiter lease on its GPU while it loads (attach one with `ServiceSupervisor#attachArbiter`). Default false. */
   gpuStartupLease?: boolean
   services: ServiceConfig[]
 }
+
+/** A core error as data: a stable `code` (`PORT_IN_USE`, `READINESS_TIMEOUT`, `VRAM_TIMEOUT`, `SERVICE_EXITED`, `SPAWN_FAILED`, ...) and a message. */
+export interface ServiceError {
+  code: 'PORT_IN_USE' | 'READINESS_TIMEOUT' | 'VRAM_TIMEOUT' | 'SPAWN_FAILED' | 'SERVICE_EXITED' | 'GPU_LEASE_NOT_GRANTED' | 'UNKNOWN_SERVICE' | 'CLOSED' | 'INTERNAL' | (string & {})
+  message: string
+}
+
+/** How one service's start ended. */
+export type ServiceOutcome =
+  | { service: string; status: 'ready'; timeToReadyMs: number }
+  /** `lastLines`: the end of its output, when it ran. */
+  | { service: string; status: 'failed'; error: ServiceError; lastLines: string[] }
+  /** Not started: `dependency` did not become ready. */
+  | { service: string; status: 'blocked'; dependency: string }
+  /** Stopped (or the supervisor closed) before it was ready. */
+  | { service: string; status: 'stopped' }
+
+export type ServiceStateName = 'idle' | 'starting' | 'ready' | 'restarting' | 'stopping' | 'stopped' | 'failed' | 'blocked'
+
+export interface ServiceStatus {
+  name: string
+  state: ServiceStateName
+  /** The process (and process group) id while it runs. */
+  pid: number | null
+  /** Restarts since the last explicit start. */
+  restarts: number
+  /** Spawn to ready, for the current run. */
+  timeToReadyMs: number | null
+  error: ServiceError | null
+  blockedBy: string | null
+  /** What it took on earlier runs (kept in `stateFile`). */
+  learned: { timeToReadyMs: number | null; peakVramMb: number | null }
+}
+
+interface ServiceEventBase {
+  service: string
+  /** Epoch ms. */
+  at: number
+}
+
+/** One step of a service's life, as `onEvent` listeners receive it. */
+export type ServiceEvent = ServiceEventBase & (
+  /** `attempt` 0 is the first start, later ones are restarts; `expectedReadyMs` was learned on an earlier run. */
+  | { type: 'starting'; attempt: number; expectedReadyMs: number | null }
+  | { type: 'spawned'; pid: number }
+  /** One line of output. */
+  | { type: 'log'; stream: 'stdout' | 'stderr'; line: string }
+  | { type: 'probe-failed'; reason: string }
+  /** `timeToReadyMs`: spawn to ready. */
+  | { type: 'ready'; timeToReadyMs: number }
+  | { type: 'readiness-timeout'; timeoutMs: number }
+  /** The process exited on its own: `exitCode`, or `signal` (e.g. `'SIGKILL'`). */
+  | { type: 'exited'; exitCode: number | null; signal: string | null }
+  | { type: 'restarting'; attempt: number; delayMs: number }
+  | { type: 'failed'; error: ServiceError; lastLines: string[] }
+  /** Not started: `dependency` is not ready. */
+  | { type: 'blocked'; dependency: string }
+  /** Waiting until `gpuKey` has `neededMb` (need plus headroom) free. */
+  | { type: 'vram-wait'; gpuKey: string; neededMb: number; freeMb: number }
+  /** Started without the VRAM gate (no telemetry with NVML figures, or no estimate). */
+  | { type: 'vram-gate-off'; gpuKey: string; reason: string }
+  | { type: 'stopped' }
+)
 
 /**
  * Which binding artifact the generated loader actually loaded: `'native'` for
@@ -324,6 +387,70 @@ export declare class GpuArbiter {
   close(): void
   /** Whether `close()` was called. */
   get closed(): boolean
+}
+
+/**
+ * Starts the node's services in dependency order, at most `maxConcurrentStarts` loading at
+ * once, each GPU service only once its GPU has room (with an attached `Telemetry`), and reports
+ * each ready only after its readiness check passed. Every process runs in its own process group
+ * and dies with this process, even on SIGKILL; a supervisor that is garbage-collected kills
+ * what it still runs. Events never keep Node alive; pending promises do.
+ */
+export declare class ServiceSupervisor {
+  /**
+   * Validates `config` (the `services` section; `loadConfig(path).services` fits) and starts
+   * nothing yet. Throws `INVALID_CONFIG` with the JSON path of a bad field, or naming a
+   * dependency cycle (`services: dependency cycle: a -> b -> a`).
+   */
+  constructor(config: ServicesConfig)
+  /**
+   * Starts every service (dependencies first, then config order) and resolves when each one is
+   * ready or has definitively failed (after its restarts), one outcome per service in start
+   * order. Rejects only with `CLOSED`.
+   */
+  startAll(): Promise<ServiceOutcome[]>
+  /**
+   * Starts one service and what it depends on; resolves with its outcome. Rejects with
+   * `UNKNOWN_SERVICE` or `CLOSED`.
+   */
+  start(name: string): Promise<ServiceOutcome>
+  /**
+   * Stops one service: `stopSignal` to its process group, SIGKILL after `stopTimeoutMs`;
+   * resolves once the group is gone and reaped. Dependents are left running.
+   */
+  stop(name: string): Promise<void>
+  /** Stops then starts one service; resolves with the new start's outcome. */
+  restart(name: string): Promise<ServiceOutcome>
+  /** Stops every service, dependents before what they depend on. */
+  stopAll(): Promise<void>
+  /**
+   * Stops everything this supervisor started and refuses later starts with `CLOSED`. No event
+   * listener is called after this call. Idempotent.
+   */
+  close(): Promise<void>
+  /** One service's status. Throws `UNKNOWN_SERVICE`. */
+  status(name: string): ServiceStatus
+  /** Every service's status, in config order. */
+  statuses(): ServiceStatus[]
+  /** Calls `listener(event)` for every service event; returns a function that unsubscribes. */
+  onEvent(listener: (event: ServiceEvent) => void): () => void
+  /**
+   * Reads free VRAM for the VRAM gate (and per-process VRAM for the learned profile) from
+   * `telemetry`'s latest sample, live or replayed, and registers every service pid in it
+   * (`processes[].service` is the service name). Replaces an earlier one; returns a function
+   * that detaches. Without a sample with NVML figures for a service's GPU, that service starts
+   * ungated with a `vram-gate-off` event. Throws `CLOSED` for a closed Telemetry.
+   */
+  attachTelemetry(telemetry: Telemetry): () => void
+  /**
+   * With `gpuStartupLease: true`, each GPU service holds a lease from `arbiter` on its GPU
+   * (task type `SERVICE_STARTUP`, `busyPolicy: 'WAIT'`, `maxWaitMs`: `vramTimeoutMs`,
+   * `holdMaxMs`: its `readinessTimeoutMs`) from before its VRAM gate until it is ready or has
+   * failed. A lease not granted fails that start with `GPU_LEASE_NOT_GRANTED`. Without an
+   * attached arbiter GPU services load without a lease. Replaces an earlier one; returns a
+   * function that detaches.
+   */
+  attachArbiter(arbiter: GpuArbiter): () => void
 }
 
 /**

@@ -836,6 +836,7 @@ function __napiStampBindingTarget(exportsObject, target) {
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
 module.exports.GpuArbiter = nativeBinding.GpuArbiter
+module.exports.ServiceSupervisor = nativeBinding.ServiceSupervisor
 module.exports.Telemetry = nativeBinding.Telemetry
 module.exports.loadConfig = nativeBinding.loadConfig
 module.exports.recommendConcurrency = nativeBinding.recommendConcurrency

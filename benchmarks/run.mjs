@@ -1,6 +1,8 @@
 // npm run bench: every benchmark, each measured beside its peer in the same run.
 import { benchArbiter } from './arbiter.mjs'
 import { benchTelemetry } from './telemetry.mjs'
+import { benchServices } from './services.mjs'
 
 await benchArbiter()
 await benchTelemetry()
+await benchServices()

@@ -24,6 +24,8 @@ pub enum ErrorCode {
     ServiceExited,
     /// No service of that name is configured.
     UnknownService,
+    /// A GPU service's startup lease (`gpuStartupLease`) was not granted by the arbiter.
+    GpuLeaseNotGranted,
 }
 
 impl ErrorCode {
@@ -41,6 +43,7 @@ impl ErrorCode {
             ErrorCode::SpawnFailed => "SPAWN_FAILED",
             ErrorCode::ServiceExited => "SERVICE_EXITED",
             ErrorCode::UnknownService => "UNKNOWN_SERVICE",
+            ErrorCode::GpuLeaseNotGranted => "GPU_LEASE_NOT_GRANTED",
         }
     }
 }

@@ -255,7 +255,70 @@ export interface ServicesConfig {
   vramTimeoutMs?: number
   /** Keeps each service's learned time-to-ready and peak VRAM between runs. */
   stateFile?: string
-  /** A GPU service holds an arbiter lease on its GPU while it loads. Default false. */
+  /** A GPU service holds an arbiter lease on its GPU while it loads (attach one with `ServiceSupervisor#attachArbiter`). Default false. */
   gpuStartupLease?: boolean
   services: ServiceConfig[]
 }
+
+/** A core error as data: a stable `code` (`PORT_IN_USE`, `READINESS_TIMEOUT`, `VRAM_TIMEOUT`, `SERVICE_EXITED`, `SPAWN_FAILED`, ...) and a message. */
+export interface ServiceError {
+  code: 'PORT_IN_USE' | 'READINESS_TIMEOUT' | 'VRAM_TIMEOUT' | 'SPAWN_FAILED' | 'SERVICE_EXITED' | 'GPU_LEASE_NOT_GRANTED' | 'UNKNOWN_SERVICE' | 'CLOSED' | 'INTERNAL' | (string & {})
+  message: string
+}
+
+/** How one service's start ended. */
+export type ServiceOutcome =
+  | { service: string; status: 'ready'; timeToReadyMs: number }
+  /** `lastLines`: the end of its output, when it ran. */
+  | { service: string; status: 'failed'; error: ServiceError; lastLines: string[] }
+  /** Not started: `dependency` did not become ready. */
+  | { service: string; status: 'blocked'; dependency: string }
+  /** Stopped (or the supervisor closed) before it was ready. */
+  | { service: string; status: 'stopped' }
+
+export type ServiceStateName = 'idle' | 'starting' | 'ready' | 'restarting' | 'stopping' | 'stopped' | 'failed' | 'blocked'
+
+export interface ServiceStatus {
+  name: string
+  state: ServiceStateName
+  /** The process (and process group) id while it runs. */
+  pid: number | null
+  /** Restarts since the last explicit start. */
+  restarts: number
+  /** Spawn to ready, for the current run. */
+  timeToReadyMs: number | null
+  error: ServiceError | null
+  blockedBy: string | null
+  /** What it took on earlier runs (kept in `stateFile`). */
+  learned: { timeToReadyMs: number | null; peakVramMb: number | null }
+}
+
+interface ServiceEventBase {
+  service: string
+  /** Epoch ms. */
+  at: number
+}
+
+/** One step of a service's life, as `onEvent` listeners receive it. */
+export type ServiceEvent = ServiceEventBase & (
+  /** `attempt` 0 is the first start, later ones are restarts; `expectedReadyMs` was learned on an earlier run. */
+  | { type: 'starting'; attempt: number; expectedReadyMs: number | null }
+  | { type: 'spawned'; pid: number }
+  /** One line of output. */
+  | { type: 'log'; stream: 'stdout' | 'stderr'; line: string }
+  | { type: 'probe-failed'; reason: string }
+  /** `timeToReadyMs`: spawn to ready. */
+  | { type: 'ready'; timeToReadyMs: number }
+  | { type: 'readiness-timeout'; timeoutMs: number }
+  /** The process exited on its own: `exitCode`, or `signal` (e.g. `'SIGKILL'`). */
+  | { type: 'exited'; exitCode: number | null; signal: string | null }
+  | { type: 'restarting'; attempt: number; delayMs: number }
+  | { type: 'failed'; error: ServiceError; lastLines: string[] }
+  /** Not started: `dependency` is not ready. */
+  | { type: 'blocked'; dependency: string }
+  /** Waiting until `gpuKey` has `neededMb` (need plus headroom) free. */
+  | { type: 'vram-wait'; gpuKey: string; neededMb: number; freeMb: number }
+  /** Started without the VRAM gate (no telemetry with NVML figures, or no estimate). */
+  | { type: 'vram-gate-off'; gpuKey: string; reason: string }
+  | { type: 'stopped' }
+)

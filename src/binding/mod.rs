@@ -6,6 +6,7 @@ mod config;
 mod js;
 mod lease_codec;
 mod logging;
+mod services;
 mod telemetry;
 
 use napi::Status;

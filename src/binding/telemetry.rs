@@ -21,7 +21,8 @@ use super::js::{self, JsRef};
 use super::{Code, IntoJsResult, JsResult};
 use crate::error::{ErrorCode, SidecarError};
 use crate::telemetry::{
-    advice, sample_once, Backlog, ProcessRegistry, Sample, Sampler, SamplerEvent, SamplerHandle, TelemetryOptions,
+    advice, sample_once, Backlog, LatestSample, ProcessRegistry, Sample, Sampler, SamplerEvent, SamplerHandle,
+    TelemetryOptions,
 };
 
 /// Events kept while the JS thread is busy; older ones are dropped first.
@@ -207,6 +208,16 @@ impl Telemetry {
 }
 
 impl Telemetry {
+    /// A reader of the last sample for other threads; `None` once closed.
+    pub(super) fn latest_source(&self) -> Option<LatestSample> {
+        self.state.borrow().sampler.as_ref().map(SamplerHandle::latest_source)
+    }
+
+    /// The registry whose processes this Telemetry reports and labels.
+    pub(super) fn registry(&self) -> Arc<ProcessRegistry> {
+        self.state.borrow().registry.clone()
+    }
+
     fn subscribe<'env>(
         &self,
         env: &'env Env,

@@ -22,4 +22,4 @@ pub use nvml::{GpuRead, GpuReader};
 pub use options::{AlertThresholds, ReplaySpeed, TelemetryOptions};
 pub use record::{Recorder, Replay};
 pub use sample::{GpuProcess, GpuSample, HostProcess, HostSample, NvmlStatus, NvmlUnavailable, Sample, XidEvent};
-pub use sampler::{sample_once, BacklogFn, Sampler, SamplerEvent, SamplerHandle, SamplerOutput, Sink};
+pub use sampler::{sample_once, BacklogFn, LatestSample, Sampler, SamplerEvent, SamplerHandle, SamplerOutput, Sink};

@@ -129,6 +129,12 @@ impl SamplerHandle {
         lock(&self.shared.latest).clone()
     }
 
+    /// A `Send + Sync` reader of the last sample for other threads (the handle itself stays with
+    /// its owner).
+    pub fn latest_source(&self) -> LatestSample {
+        LatestSample(self.shared.clone())
+    }
+
     /// Prometheus text for the last sample; empty before the first.
     pub fn metrics(&self) -> String {
         self.latest().map(|s| metrics::render(&s)).unwrap_or_default()
@@ -158,6 +164,20 @@ impl SamplerHandle {
 impl Drop for SamplerHandle {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Reads a sampler's last sample from any thread; see [`SamplerHandle::latest_source`].
+#[derive(Clone)]
+pub struct LatestSample(Arc<Shared>);
+
+impl LatestSample {
+    /// The last sample; `None` before the first and once the sampler was stopped.
+    pub fn get(&self) -> Option<Arc<Sample>> {
+        if *lock(&self.0.stopped) {
+            return None;
+        }
+        lock(&self.0.latest).clone()
     }
 }
 

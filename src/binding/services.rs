@@ -1,0 +1,835 @@
+//! `ServiceSupervisor`: the JS class over [`crate::services::Supervisor`].
+//!
+//! The core runs on the addon's tokio runtime; its methods return promises that napi resolves
+//! from there (a pending promise keeps Node alive). Events take the telemetry binding's road: a
+//! forwarding task queues them into an inbox and wakes the JS thread through a weak threadsafe
+//! function, so events alone never keep Node alive, and nothing fires after `close()`.
+//! An attached `Telemetry` is the core's [`VramSource`] and labels every spawned service pid.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use napi::bindgen_prelude::*;
+use napi::sys;
+use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
+use napi_derive::napi;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot};
+
+use super::js::{self, JsRef};
+use super::telemetry::Telemetry;
+use super::{Code, IntoJsResult, JsResult};
+use crate::error::{ErrorCode, SidecarError, SidecarResult};
+use crate::services::{
+    ExitInfo, LearnedProfile, LeaseFuture, LeaseGuard, OutputStream, ServiceEvent, ServiceEventKind, ServiceOutcome,
+    ServiceState, ServiceStatus, ServicesConfig, StartOutcome, StartupLease, Supervisor, SupervisorHooks, VramSource,
+};
+use crate::telemetry::{LatestSample, ProcessRegistry};
+
+/// Events kept while the JS thread is busy. Past it the oldest `log` events are dropped first;
+/// lifecycle events are never dropped.
+const MAX_QUEUED_EVENTS: usize = 10_000;
+
+/// The addon's tokio runtime threads, as they show in debuggers and `top -H`.
+const RUNTIME_THREAD_NAME: &str = "gpu-sidecar-rt";
+
+/// Gives napi a named runtime (it is built once per process, before the first async call).
+#[napi_derive::module_init]
+fn init_runtime() {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4));
+        match tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name(RUNTIME_THREAD_NAME)
+            .worker_threads(workers)
+            .build()
+        {
+            Ok(runtime) => napi::bindgen_prelude::create_custom_tokio_runtime(runtime),
+            Err(e) => tracing::warn!("cannot build the named tokio runtime, napi's default is used: {e}"),
+        }
+    });
+}
+
+/// Queued on the forwarding task, drained on the JS thread.
+#[derive(Default)]
+struct Inbox {
+    events: Mutex<VecDeque<ServiceEvent>>,
+    wake_pending: AtomicBool,
+}
+
+impl Inbox {
+    fn push(&self, event: ServiceEvent) {
+        let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        if events.len() >= MAX_QUEUED_EVENTS {
+            if let Some(pos) = events.iter().position(|e| matches!(e.kind, ServiceEventKind::Log { .. })) {
+                events.remove(pos);
+            }
+        }
+        events.push_back(event);
+    }
+}
+
+/// The Telemetry a supervisor is attached to: its last sample and its process registry.
+struct Attached {
+    id: u64,
+    latest: LatestSample,
+    registry: Arc<ProcessRegistry>,
+}
+
+/// The core's [`VramSource`], backed by whatever Telemetry is attached (none: no readings, so
+/// the gate is off and says so), plus the running service pids to label in that Telemetry.
+#[derive(Default)]
+struct TelemetryLink {
+    attached: Mutex<Option<Attached>>,
+    next_id: AtomicU64,
+    /// Running service processes: pid to service name.
+    pids: Mutex<BTreeMap<u32, String>>,
+}
+
+impl TelemetryLink {
+    fn attach(&self, latest: LatestSample, registry: Arc<ProcessRegistry>) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let pids = self.pids.lock().unwrap_or_else(|e| e.into_inner());
+        for (pid, service) in pids.iter() {
+            registry.register(*pid, service.clone());
+        }
+        let old = self.attached.lock().unwrap_or_else(|e| e.into_inner()).replace(Attached { id, latest, registry });
+        if let Some(old) = old {
+            for pid in pids.keys() {
+                old.registry.unregister(*pid);
+            }
+        }
+        id
+    }
+
+    fn detach(&self, id: u64) {
+        // Locks in the same order as `attach` and `observe`: pids, then attached.
+        let pids = self.pids.lock().unwrap_or_else(|e| e.into_inner());
+        let mut attached = self.attached.lock().unwrap_or_else(|e| e.into_inner());
+        if attached.as_ref().is_some_and(|a| a.id == id) {
+            let old = attached.take().expect("checked above");
+            for pid in pids.keys() {
+                old.registry.unregister(*pid);
+            }
+        }
+    }
+
+    /// Keeps the pid table (and the attached registry) in step with the event stream.
+    fn observe(&self, event: &ServiceEvent) {
+        let mut pids = self.pids.lock().unwrap_or_else(|e| e.into_inner());
+        let attached = self.attached.lock().unwrap_or_else(|e| e.into_inner());
+        match &event.kind {
+            ServiceEventKind::Spawned { pid } => {
+                pids.insert(*pid, event.service.clone());
+                if let Some(a) = attached.as_ref() {
+                    a.registry.register(*pid, event.service.clone());
+                }
+            }
+            ServiceEventKind::Exited { .. } | ServiceEventKind::Failed { .. } | ServiceEventKind::Stopped => {
+                pids.retain(|pid, service| {
+                    let keep = *service != event.service;
+                    if !keep {
+                        if let Some(a) = attached.as_ref() {
+                            a.registry.unregister(*pid);
+                        }
+                    }
+                    keep
+                });
+            }
+            _ => {}
+        }
+    }
+
+    fn sample(&self) -> Option<(Arc<crate::telemetry::Sample>, Arc<ProcessRegistry>)> {
+        let attached = self.attached.lock().unwrap_or_else(|e| e.into_inner());
+        let a = attached.as_ref()?;
+        let sample = a.latest.get()?;
+        sample.nvml.available.then(|| (sample, a.registry.clone()))
+    }
+}
+
+impl VramSource for TelemetryLink {
+    fn free_mb(&self, gpu_key: &str) -> Option<u64> {
+        let (sample, _) = self.sample()?;
+        sample.gpu(gpu_key).filter(|g| !g.lost)?.free_mb
+    }
+
+    /// The pid's own GPU memory plus that of processes labelled with its service (its workers).
+    fn process_used_mb(&self, pid: u32) -> Option<u64> {
+        let (sample, registry) = self.sample()?;
+        let label = registry.service_of(pid);
+        let mut total = None;
+        for p in sample.gpus.iter().flat_map(|g| &g.processes) {
+            if p.pid == pid || (label.is_some() && p.service == label) {
+                if let Some(mb) = p.used_mb {
+                    total = Some(total.unwrap_or(0) + mb);
+                }
+            }
+        }
+        total
+    }
+}
+
+/// The task type a startup lease is requested under (its policy, if the arbiter config has one).
+const STARTUP_TASK_TYPE: &str = "SERVICE_STARTUP";
+
+/// A request from a tokio thread to the JS thread, where the arbiter lives.
+enum LeaseCall {
+    Acquire { service: String, gpu_key: String, reply: oneshot::Sender<SidecarResult<String>> },
+    Release { lease_id: String },
+}
+
+/// Startup leases from an attached `GpuArbiter`: requests queue here and the JS thread is woken
+/// to call `arbiter.acquire`; dropping a held lease queues its release the same way.
+struct LeaseBridge {
+    calls: Mutex<VecDeque<LeaseCall>>,
+    wake: Mutex<Option<WakeFn>>,
+}
+
+impl LeaseBridge {
+    /// Queues `call` and wakes the JS thread; `false` (the call dropped) when no arbiter is attached.
+    fn send(&self, call: LeaseCall) -> bool {
+        let wake = self.wake.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(wake) = wake.as_ref() else { return false };
+        self.calls.lock().unwrap_or_else(|e| e.into_inner()).push_back(call);
+        wake.call((), ThreadsafeFunctionCallMode::NonBlocking);
+        true
+    }
+}
+
+/// The core's [`StartupLease`]: a lease from the attached arbiter, or at once without one.
+struct ArbiterLease(Arc<LeaseBridge>);
+
+/// A granted startup lease; released (on the JS thread) when dropped.
+struct HeldLease {
+    bridge: Arc<LeaseBridge>,
+    lease_id: String,
+}
+
+impl Drop for HeldLease {
+    fn drop(&mut self) {
+        // Detached meanwhile: the arbiter is no longer ours to release into.
+        let _ = self.bridge.send(LeaseCall::Release { lease_id: std::mem::take(&mut self.lease_id) });
+    }
+}
+
+impl StartupLease for ArbiterLease {
+    fn acquire<'a>(&'a self, service: &'a str, gpu_key: &'a str) -> LeaseFuture<'a> {
+        Box::pin(async move {
+            let (reply, granted) = oneshot::channel();
+            let call = LeaseCall::Acquire { service: service.to_string(), gpu_key: gpu_key.to_string(), reply };
+            if !self.0.send(call) {
+                tracing::warn!(
+                    service,
+                    "gpuStartupLease is set but no GpuArbiter is attached: loading without a lease"
+                );
+                return Ok(Box::new(()) as LeaseGuard);
+            }
+            let lease_id = granted.await.map_err(|_| {
+                SidecarError::new(
+                    ErrorCode::GpuLeaseNotGranted,
+                    format!("{service}: the GpuArbiter was detached before it granted a startup lease"),
+                )
+            })??;
+            Ok(Box::new(HeldLease { bridge: self.0.clone(), lease_id }) as LeaseGuard)
+        })
+    }
+}
+
+struct State {
+    closed: bool,
+    inbox: Arc<Inbox>,
+    pump: Arc<Pump>,
+    next_id: u32,
+    listeners: Vec<(u32, JsRef)>,
+    /// The attached arbiter (a `GpuArbiter` object) and an id for its detach function.
+    arbiter: Option<(u64, JsRef)>,
+    next_arbiter: u64,
+    /// Per service: the lease request's `maxWaitMs` and `holdMaxMs`.
+    lease_limits: BTreeMap<String, (u64, u64)>,
+    leases: Arc<LeaseBridge>,
+}
+
+/// Starts the node's services in dependency order, at most `maxConcurrentStarts` loading at
+/// once, each GPU service only once its GPU has room (with an attached `Telemetry`), and reports
+/// each ready only after its readiness check passed. Every process runs in its own process group
+/// and dies with this process, even on SIGKILL; a supervisor that is garbage-collected kills
+/// what it still runs. Events never keep Node alive; pending promises do.
+#[napi]
+pub struct ServiceSupervisor {
+    core: Arc<Supervisor>,
+    link: Arc<TelemetryLink>,
+    state: Rc<RefCell<State>>,
+}
+
+#[napi]
+impl ServiceSupervisor {
+    /// Validates `config` (the `services` section; `loadConfig(path).services` fits) and starts
+    /// nothing yet. Throws `INVALID_CONFIG` with the JSON path of a bad field, or naming a
+    /// dependency cycle (`services: dependency cycle: a -> b -> a`).
+    #[napi(constructor, catch_unwind, ts_args_type = "config: ServicesConfig")]
+    pub fn new(env: &Env, config: Value) -> Result<Self, Code> {
+        let mut warnings = vec![];
+        let config = ServicesConfig::from_json(&config, &mut warnings)?;
+        for w in &warnings {
+            tracing::warn!("{w}");
+        }
+        let link = Arc::new(TelemetryLink::default());
+        let leases = Arc::new(LeaseBridge { calls: Mutex::new(VecDeque::new()), wake: Mutex::new(None) });
+        // A lease may wait as long as the VRAM gate, and is held at most until readiness times out.
+        let lease_limits = config
+            .services
+            .iter()
+            .map(|s| (s.name.clone(), (config.vram_timeout_ms.get(), s.readiness_timeout_ms.get())))
+            .collect();
+        let hooks = SupervisorHooks {
+            vram: Some(link.clone() as Arc<dyn VramSource>),
+            startup_lease: Some(Arc::new(ArbiterLease(leases.clone())) as Arc<dyn StartupLease>),
+        };
+        let (core, events) = Supervisor::new(config, hooks);
+        let inbox = Arc::new(Inbox::default());
+        let pump = Arc::new(Pump { events: Mutex::new(events), inbox: inbox.clone(), link: link.clone() });
+        let state = Rc::new(RefCell::new(State {
+            closed: false,
+            inbox,
+            pump: pump.clone(),
+            next_id: 0,
+            listeners: vec![],
+            arbiter: None,
+            next_arbiter: 0,
+            lease_limits,
+            leases,
+        }));
+        let wake = wake_function(env, &state)?;
+        napi::bindgen_prelude::spawn(forward(pump, wake));
+        Ok(Self { core: Arc::new(core), link, state })
+    }
+
+    /// Starts every service (dependencies first, then config order) and resolves when each one is
+    /// ready or has definitively failed (after its restarts), one outcome per service in start
+    /// order. Rejects only with `CLOSED`.
+    #[napi(catch_unwind, ts_return_type = "Promise<ServiceOutcome[]>")]
+    pub fn start_all<'env>(&self, env: &'env Env) -> Result<PromiseRaw<'env, Value>, Code> {
+        let core = self.core.clone();
+        promise(env, &self.state, async move {
+            Ok(Value::Array(core.start_all().await?.iter().map(outcome_to_json).collect()))
+        })
+    }
+
+    /// Starts one service and what it depends on; resolves with its outcome. Rejects with
+    /// `UNKNOWN_SERVICE` or `CLOSED`.
+    #[napi(catch_unwind, ts_return_type = "Promise<ServiceOutcome>")]
+    pub fn start<'env>(&self, env: &'env Env, name: String) -> Result<PromiseRaw<'env, Value>, Code> {
+        let core = self.core.clone();
+        promise(env, &self.state, async move {
+            let outcome = core.start(&name).await?;
+            Ok(outcome_to_json(&ServiceOutcome { service: name, outcome }))
+        })
+    }
+
+    /// Stops one service: `stopSignal` to its process group, SIGKILL after `stopTimeoutMs`;
+    /// resolves once the group is gone and reaped. Dependents are left running.
+    #[napi(catch_unwind, ts_return_type = "Promise<void>")]
+    pub fn stop<'env>(&self, env: &'env Env, name: String) -> Result<PromiseRaw<'env, ()>, Code> {
+        let core = self.core.clone();
+        promise(env, &self.state, async move { core.stop(&name).await })
+    }
+
+    /// Stops then starts one service; resolves with the new start's outcome.
+    #[napi(catch_unwind, ts_return_type = "Promise<ServiceOutcome>")]
+    pub fn restart<'env>(&self, env: &'env Env, name: String) -> Result<PromiseRaw<'env, Value>, Code> {
+        let core = self.core.clone();
+        promise(env, &self.state, async move {
+            let outcome = core.restart(&name).await?;
+            Ok(outcome_to_json(&ServiceOutcome { service: name, outcome }))
+        })
+    }
+
+    /// Stops every service, dependents before what they depend on.
+    #[napi(catch_unwind, ts_return_type = "Promise<void>")]
+    pub fn stop_all<'env>(&self, env: &'env Env) -> Result<PromiseRaw<'env, ()>, Code> {
+        let core = self.core.clone();
+        promise(env, &self.state, async move {
+            core.stop_all().await;
+            Ok(())
+        })
+    }
+
+    /// Stops everything this supervisor started and refuses later starts with `CLOSED`. No event
+    /// listener is called after this call. Idempotent.
+    #[napi(catch_unwind, ts_return_type = "Promise<void>")]
+    pub fn close<'env>(&self, env: &'env Env) -> Result<PromiseRaw<'env, ()>, Code> {
+        {
+            let mut s = self.state.borrow_mut();
+            s.closed = true;
+            s.listeners.clear();
+            s.inbox.events.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        }
+        let core = self.core.clone();
+        promise(env, &self.state, async move {
+            core.close().await;
+            Ok(())
+        })
+    }
+
+    /// One service's status. Throws `UNKNOWN_SERVICE`.
+    #[napi(catch_unwind, ts_return_type = "ServiceStatus")]
+    pub fn status(&self, name: String) -> Result<Value, Code> {
+        Ok(status_to_json(&self.core.status(&name)?))
+    }
+
+    /// Every service's status, in config order.
+    #[napi(catch_unwind, ts_return_type = "ServiceStatus[]")]
+    pub fn statuses(&self) -> Value {
+        Value::Array(self.core.statuses().iter().map(status_to_json).collect())
+    }
+
+    /// Calls `listener(event)` for every service event; returns a function that unsubscribes.
+    #[napi(catch_unwind, ts_args_type = "listener: (event: ServiceEvent) => void", ts_return_type = "() => void")]
+    pub fn on_event<'env>(&self, env: &'env Env, listener: Unknown<'env>) -> Result<Function<'env, (), ()>, Code> {
+        if listener.get_type().js()? != ValueType::Function {
+            return Err(SidecarError::invalid_argument("listener: expected a function").into());
+        }
+        let mut s = self.state.borrow_mut();
+        if s.closed {
+            return Err(SidecarError::new(ErrorCode::Closed, "the service supervisor is closed").into());
+        }
+        let id = s.next_id;
+        s.next_id += 1;
+        s.listeners.push((id, JsRef::new(env, listener.raw()).js()?));
+        let weak = Rc::downgrade(&self.state);
+        env.create_function_from_closure::<(), (), _>("unsubscribe", move |_ctx| {
+            if let Some(state) = weak.upgrade() {
+                state.borrow_mut().listeners.retain(|(l, _)| *l != id);
+            }
+            Ok(())
+        })
+        .js()
+    }
+
+    /// Reads free VRAM for the VRAM gate (and per-process VRAM for the learned profile) from
+    /// `telemetry`'s latest sample, live or replayed, and registers every service pid in it
+    /// (`processes[].service` is the service name). Replaces an earlier one; returns a function
+    /// that detaches. Without a sample with NVML figures for a service's GPU, that service starts
+    /// ungated with a `vram-gate-off` event. Throws `CLOSED` for a closed Telemetry.
+    #[napi(catch_unwind, ts_return_type = "() => void")]
+    pub fn attach_telemetry<'env>(
+        &self,
+        env: &'env Env,
+        telemetry: &Telemetry,
+    ) -> Result<Function<'env, (), ()>, Code> {
+        let latest = telemetry
+            .latest_source()
+            .ok_or_else(|| SidecarError::new(ErrorCode::Closed, "attachTelemetry: the Telemetry is closed"))?;
+        let id = self.link.attach(latest, telemetry.registry());
+        let link = Arc::downgrade(&self.link);
+        env.create_function_from_closure::<(), (), _>("detachTelemetry", move |_ctx| {
+            if let Some(link) = link.upgrade() {
+                link.detach(id);
+            }
+            Ok(())
+        })
+        .js()
+    }
+
+    /// With `gpuStartupLease: true`, each GPU service holds a lease from `arbiter` on its GPU
+    /// (task type `SERVICE_STARTUP`, `busyPolicy: 'WAIT'`, `maxWaitMs`: `vramTimeoutMs`,
+    /// `holdMaxMs`: its `readinessTimeoutMs`) from before its VRAM gate until it is ready or has
+    /// failed. A lease not granted fails that start with `GPU_LEASE_NOT_GRANTED`. Without an
+    /// attached arbiter GPU services load without a lease. Replaces an earlier one; returns a
+    /// function that detaches.
+    #[napi(catch_unwind, ts_args_type = "arbiter: GpuArbiter", ts_return_type = "() => void")]
+    pub fn attach_arbiter<'env>(&self, env: &'env Env, arbiter: Object<'env>) -> Result<Function<'env, (), ()>, Code> {
+        let acquire = js::named_property(env, arbiter.raw(), "acquire").js()?;
+        if unsafe { Unknown::from_raw_unchecked(env.raw(), acquire) }.get_type().js()? != ValueType::Function {
+            return Err(SidecarError::invalid_argument("arbiter: expected a GpuArbiter").into());
+        }
+        let wake = lease_wake_function(env, &self.state)?;
+        let id = {
+            let mut s = self.state.borrow_mut();
+            let id = s.next_arbiter;
+            s.next_arbiter += 1;
+            s.arbiter = Some((id, JsRef::new(env, arbiter.raw()).js()?));
+            *s.leases.wake.lock().unwrap_or_else(|e| e.into_inner()) = Some(wake);
+            id
+        };
+        let weak = Rc::downgrade(&self.state);
+        env.create_function_from_closure::<(), (), _>("detachArbiter", move |_ctx| {
+            if let Some(state) = weak.upgrade() {
+                let mut s = state.borrow_mut();
+                if s.arbiter.as_ref().is_some_and(|(a, _)| *a == id) {
+                    s.arbiter = None;
+                    *s.leases.wake.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                    // Waiting acquires see their reply dropped and fail.
+                    s.leases.calls.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                }
+            }
+            Ok(())
+        })
+        .js()
+    }
+}
+
+/// The JS-thread end of the lease bridge, woken through a weak threadsafe function (a lease is
+/// only asked for while a start's promise keeps Node alive).
+fn lease_wake_function(env: &Env, state: &Rc<RefCell<State>>) -> JsResult<WakeFn> {
+    let weak = Rc::downgrade(state);
+    let serve = env
+        .create_function_from_closure::<(), (), _>("servicesLeaseWake", move |ctx| {
+            js::no_panic("startup lease dispatch", || {
+                if let Some(state) = weak.upgrade() {
+                    serve_leases(ctx.env, &state);
+                }
+                Ok(())
+            })
+        })
+        .js()?;
+    serve.build_threadsafe_function::<()>().weak::<true>().callee_handled::<false>().build().js()
+}
+
+fn serve_leases(env: &Env, state: &Rc<RefCell<State>>) {
+    let calls: Vec<LeaseCall> = {
+        let s = state.borrow();
+        let mut calls = s.leases.calls.lock().unwrap_or_else(|e| e.into_inner());
+        calls.drain(..).collect()
+    };
+    for call in calls {
+        let (arbiter, limits) = {
+            let s = state.borrow();
+            // Detached: dropping the call drops its reply, which fails the waiting start.
+            let Some(arbiter) = s.arbiter.as_ref().and_then(|(_, a)| a.get().ok()) else { return };
+            let limits = match &call {
+                LeaseCall::Acquire { service, .. } => s.lease_limits.get(service).copied(),
+                LeaseCall::Release { .. } => None,
+            };
+            (arbiter, limits)
+        };
+        match call {
+            LeaseCall::Release { lease_id } => {
+                let released =
+                    js::string(env, &lease_id).and_then(|id| js::call_method(env, arbiter, "release", &[id]));
+                if let Err(e) = released {
+                    tracing::warn!(lease_id, error = %e.reason, "could not release a service startup lease");
+                }
+            }
+            LeaseCall::Acquire { service, gpu_key, reply } => {
+                let (max_wait_ms, hold_max_ms) = limits.unwrap_or((120_000, 60_000));
+                let request = json!({
+                    "taskType": STARTUP_TASK_TYPE,
+                    "gpuKey": gpu_key,
+                    "busyPolicy": "WAIT",
+                    "maxWaitMs": max_wait_ms,
+                    "holdMaxMs": hold_max_ms,
+                    "trace": { "jobId": service, "stage": "service-startup" },
+                });
+                if let Err(e) = request_lease(env, arbiter, request, &service, reply) {
+                    tracing::warn!(service, error = %e.reason, "could not request a service startup lease");
+                }
+            }
+        }
+    }
+}
+
+fn not_granted(service: &str, why: &str) -> SidecarError {
+    SidecarError::new(ErrorCode::GpuLeaseNotGranted, format!("{service}: startup lease not granted: {why}"))
+}
+
+/// Calls `arbiter.acquire(request)` and answers `reply` when its promise settles; a lease whose
+/// requester has gone meanwhile (the start was stopped) is released at once.
+fn request_lease(
+    env: &Env,
+    arbiter: sys::napi_value,
+    request: Value,
+    service: &str,
+    reply: oneshot::Sender<SidecarResult<String>>,
+) -> napi::Result<()> {
+    let request = unsafe { Value::to_napi_value(env.raw(), request) }?;
+    let promise = match js::call_method(env, arbiter, "acquire", &[request]) {
+        Ok(promise) => promise,
+        Err(e) => {
+            let _ = reply.send(Err(not_granted(service, &e.reason)));
+            return Ok(());
+        }
+    };
+    let reply = Rc::new(RefCell::new(Some(reply)));
+    let arbiter_ref = JsRef::new(env, arbiter)?;
+    let (on_value, on_error) = (reply.clone(), reply);
+    let (name, name_for_error) = (service.to_string(), service.to_string());
+    let settled = env.create_function_from_closure::<(), (), _>("onStartupLease", move |ctx| {
+        let result: Value = ctx.get(0)?;
+        let Some(reply) = on_value.borrow_mut().take() else { return Ok(()) };
+        let status = result.get("status").and_then(Value::as_str).unwrap_or_default();
+        let lease_id = result.get("leaseId").and_then(Value::as_str).unwrap_or_default().to_string();
+        if status == "ACQUIRED" {
+            if reply.send(Ok(lease_id.clone())).is_err() {
+                let id = js::string(ctx.env, &lease_id)?;
+                js::call_method(ctx.env, arbiter_ref.get()?, "release", &[id])?;
+            }
+        } else {
+            let reason = result.get("reason").and_then(Value::as_str).unwrap_or("unknown");
+            let _ = reply.send(Err(not_granted(&name, &format!("{status} ({reason})"))));
+        }
+        Ok(())
+    })?;
+    let failed = env.create_function_from_closure::<(), (), _>("onStartupLeaseError", move |ctx| {
+        let error: Unknown = ctx.get(0)?;
+        let text = error.coerce_to_string().and_then(|s| s.into_utf8()).and_then(|s| s.into_owned());
+        if let Some(reply) = on_error.borrow_mut().take() {
+            let _ = reply.send(Err(not_granted(&name_for_error, &text.unwrap_or_default())));
+        }
+        Ok(())
+    })?;
+    js::call_method(env, promise, "then", &[settled.raw(), failed.raw()])?;
+    Ok(())
+}
+
+/// A promise settled from `fut` on the tokio runtime; a core error rejects it with a JS error
+/// that carries the error's `code`.
+/// Listeners get every event the core sent before the promise settles (so a `ready` event is
+/// seen before `startAll` resolves).
+fn promise<'env, T, F>(env: &'env Env, state: &Rc<RefCell<State>>, fut: F) -> Result<PromiseRaw<'env, T>, Code>
+where
+    T: ToNapiValue + Send + 'static,
+    F: Future<Output = SidecarResult<T>> + Send + 'static,
+{
+    let state = Rc::downgrade(state);
+    env.spawn_future_with_callback(async move { Ok(fut.await) }, move |env, result| {
+        if let Some(state) = state.upgrade() {
+            let pump = state.borrow().pump.clone();
+            pump.pull_now();
+            dispatch(env, &state);
+        }
+        match result {
+            Ok(value) => Ok(value),
+            Err(error) => Err(js_error(env, error)),
+        }
+    })
+    .js()
+}
+
+/// napi rejects with a plain `Status` error; wrapping the JS error we build keeps our `code`.
+fn js_error(env: &Env, error: SidecarError) -> napi::Error {
+    match unsafe { ToNapiValue::to_napi_value(env.raw(), napi::Error::<Code>::from(error)) } {
+        Ok(value) => napi::Error::from(unsafe { Unknown::from_raw_unchecked(env.raw(), value) }),
+        Err(e) => e,
+    }
+}
+
+/// Moves core events into the inbox, labelling pids in the attached Telemetry on the way. Both
+/// the forwarding task and the JS thread (before it settles a promise) pull from the receiver;
+/// an event is taken and queued under one lock, so the inbox keeps the core's order.
+struct Pump {
+    events: Mutex<mpsc::UnboundedReceiver<ServiceEvent>>,
+    inbox: Arc<Inbox>,
+    link: Arc<TelemetryLink>,
+}
+
+impl Pump {
+    fn accept(&self, event: ServiceEvent) {
+        self.link.observe(&event);
+        self.inbox.push(event);
+    }
+
+    /// Queues what the core has sent so far.
+    fn pull_now(&self) {
+        let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        while let Ok(event) = events.try_recv() {
+            self.accept(event);
+        }
+    }
+
+    /// Waits for events and queues them; `false` once the core supervisor is gone.
+    async fn pull(&self) -> bool {
+        std::future::poll_fn(|cx| {
+            let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+            match events.poll_recv(cx) {
+                std::task::Poll::Ready(Some(event)) => {
+                    self.accept(event);
+                    while let Ok(event) = events.try_recv() {
+                        self.accept(event);
+                    }
+                    std::task::Poll::Ready(true)
+                }
+                std::task::Poll::Ready(None) => std::task::Poll::Ready(false),
+                std::task::Poll::Pending => std::task::Poll::Pending,
+            }
+        })
+        .await
+    }
+}
+
+/// The forwarding task: queues events and wakes the JS thread; ends when the core is gone.
+async fn forward(pump: Arc<Pump>, wake: WakeFn) {
+    while pump.pull().await {
+        if !pump.inbox.wake_pending.swap(true, Ordering::AcqRel) {
+            wake.call((), ThreadsafeFunctionCallMode::NonBlocking);
+        }
+    }
+}
+
+type WakeFn = ThreadsafeFunction<(), (), (), Status, false, true>;
+
+/// The JS-thread end of the inbox, woken through a weak threadsafe function.
+fn wake_function(env: &Env, state: &Rc<RefCell<State>>) -> JsResult<WakeFn> {
+    let weak = Rc::downgrade(state);
+    let drain = env
+        .create_function_from_closure::<(), (), _>("servicesWake", move |ctx| {
+            js::no_panic("service event dispatch", || {
+                if let Some(state) = weak.upgrade() {
+                    dispatch(ctx.env, &state);
+                }
+                Ok(())
+            })
+        })
+        .js()?;
+    drain.build_threadsafe_function::<()>().weak::<true>().callee_handled::<false>().build().js()
+}
+
+fn dispatch(env: &Env, state: &Rc<RefCell<State>>) {
+    let events: Vec<ServiceEvent> = {
+        let s = state.borrow();
+        s.inbox.wake_pending.store(false, Ordering::Release);
+        let mut queue = s.inbox.events.lock().unwrap_or_else(|e| e.into_inner());
+        let events = queue.drain(..).collect();
+        if s.closed {
+            return; // nothing fires after close()
+        }
+        events
+    };
+    let Ok(undefined) = (unsafe { <()>::to_napi_value(env.raw(), ()) }) else { return };
+    for event in events {
+        let targets: Vec<sys::napi_value> = {
+            let s = state.borrow();
+            if s.closed {
+                return; // a listener closed it
+            }
+            s.listeners.iter().filter_map(|(_, l)| l.get().ok()).collect()
+        };
+        if targets.is_empty() {
+            continue;
+        }
+        // Not `env.to_js_value`: its serializer turns epoch-ms `at` into a BigInt.
+        let Ok(value) = (unsafe { Value::to_napi_value(env.raw(), event_to_json(&event)) }) else { continue };
+        for f in targets {
+            if let Err(e) = js::call(env, undefined, f, &[value]) {
+                tracing::warn!(error = %e.reason, "a ServiceSupervisor listener threw");
+            }
+        }
+    }
+}
+
+fn error_to_json(error: &SidecarError) -> Value {
+    json!({ "code": error.code.as_str(), "message": error.message })
+}
+
+fn signal_name(signal: i32) -> String {
+    match signal {
+        1 => "SIGHUP".into(),
+        2 => "SIGINT".into(),
+        3 => "SIGQUIT".into(),
+        4 => "SIGILL".into(),
+        6 => "SIGABRT".into(),
+        7 => "SIGBUS".into(),
+        8 => "SIGFPE".into(),
+        9 => "SIGKILL".into(),
+        11 => "SIGSEGV".into(),
+        13 => "SIGPIPE".into(),
+        14 => "SIGALRM".into(),
+        15 => "SIGTERM".into(),
+        n => format!("SIG{n}"),
+    }
+}
+
+fn exit_to_json(exit: &ExitInfo) -> Value {
+    json!({ "exitCode": exit.code, "signal": exit.signal.map(signal_name) })
+}
+
+fn event_to_json(event: &ServiceEvent) -> Value {
+    let (kind, fields) = match &event.kind {
+        ServiceEventKind::Starting { attempt, expected_ready_ms } => {
+            ("starting", json!({ "attempt": attempt, "expectedReadyMs": expected_ready_ms }))
+        }
+        ServiceEventKind::Spawned { pid } => ("spawned", json!({ "pid": pid })),
+        ServiceEventKind::Log { stream, line } => {
+            let stream = match stream {
+                OutputStream::Stdout => "stdout",
+                OutputStream::Stderr => "stderr",
+            };
+            ("log", json!({ "stream": stream, "line": line }))
+        }
+        ServiceEventKind::ProbeFailed { reason } => ("probe-failed", json!({ "reason": reason })),
+        ServiceEventKind::Ready { time_to_ready_ms } => ("ready", json!({ "timeToReadyMs": time_to_ready_ms })),
+        ServiceEventKind::ReadinessTimeout { timeout_ms } => ("readiness-timeout", json!({ "timeoutMs": timeout_ms })),
+        ServiceEventKind::Exited { exit } => ("exited", exit_to_json(exit)),
+        ServiceEventKind::Restarting { attempt, delay_ms } => {
+            ("restarting", json!({ "attempt": attempt, "delayMs": delay_ms }))
+        }
+        ServiceEventKind::Failed { error, last_lines } => {
+            ("failed", json!({ "error": error_to_json(error), "lastLines": last_lines }))
+        }
+        ServiceEventKind::Blocked { dependency } => ("blocked", json!({ "dependency": dependency })),
+        ServiceEventKind::VramWait { gpu_key, needed_mb, free_mb } => {
+            ("vram-wait", json!({ "gpuKey": gpu_key, "neededMb": needed_mb, "freeMb": free_mb }))
+        }
+        ServiceEventKind::VramGateOff { gpu_key, reason } => {
+            ("vram-gate-off", json!({ "gpuKey": gpu_key, "reason": reason }))
+        }
+        ServiceEventKind::Stopped => ("stopped", json!({})),
+    };
+    let mut object = json!({ "type": kind, "service": event.service, "at": event.timestamp_ms });
+    if let (Value::Object(object), Value::Object(fields)) = (&mut object, fields) {
+        object.extend(fields);
+    }
+    object
+}
+
+fn outcome_to_json(outcome: &ServiceOutcome) -> Value {
+    let service = &outcome.service;
+    match &outcome.outcome {
+        StartOutcome::Ready { time_to_ready_ms } => {
+            json!({ "service": service, "status": "ready", "timeToReadyMs": time_to_ready_ms })
+        }
+        StartOutcome::Failed { error, last_lines } => {
+            json!({ "service": service, "status": "failed", "error": error_to_json(error), "lastLines": last_lines })
+        }
+        StartOutcome::Blocked { dependency } => {
+            json!({ "service": service, "status": "blocked", "dependency": dependency })
+        }
+        StartOutcome::Stopped => json!({ "service": service, "status": "stopped" }),
+    }
+}
+
+fn state_name(state: ServiceState) -> &'static str {
+    match state {
+        ServiceState::Idle => "idle",
+        ServiceState::Starting => "starting",
+        ServiceState::Ready => "ready",
+        ServiceState::Restarting => "restarting",
+        ServiceState::Stopping => "stopping",
+        ServiceState::Stopped => "stopped",
+        ServiceState::Failed => "failed",
+        ServiceState::Blocked => "blocked",
+    }
+}
+
+fn learned_to_json(learned: &LearnedProfile) -> Value {
+    json!({ "timeToReadyMs": learned.time_to_ready_ms, "peakVramMb": learned.peak_vram_mb })
+}
+
+fn status_to_json(status: &ServiceStatus) -> Value {
+    json!({
+        "name": status.name,
+        "state": state_name(status.state),
+        "pid": status.pid,
+        "restarts": status.restarts,
+        "timeToReadyMs": status.time_to_ready_ms,
+        "error": status.error.as_ref().map(error_to_json),
+        "blockedBy": status.blocked_by,
+        "learned": learned_to_json(&status.learned),
+    })
+}
