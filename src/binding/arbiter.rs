@@ -348,7 +348,7 @@ impl GpuArbiter {
     }
 
     /// Whether `close()` was called.
-    #[napi(getter)]
+    #[napi(getter, catch_unwind)]
     pub fn closed(&self) -> bool {
         self.state.borrow().core.is_closed()
     }
