@@ -26,7 +26,8 @@ use super::{Code, IntoJsResult, JsResult};
 use crate::error::{ErrorCode, SidecarError, SidecarResult};
 use crate::services::{
     ExitInfo, LearnedProfile, LeaseFuture, LeaseGuard, OutputStream, ServiceEvent, ServiceEventKind, ServiceOutcome,
-    ServiceState, ServiceStatus, ServicesConfig, StartOutcome, StartupLease, Supervisor, SupervisorHooks, VramSource,
+    ServiceState, ServiceStatus, ServicesConfig, StartOutcome, StartupLease, Supervisor, SupervisorHooks, VramReading,
+    VramSource,
 };
 use crate::telemetry::{LatestSample, ProcessRegistry};
 
@@ -154,9 +155,10 @@ impl TelemetryLink {
 }
 
 impl VramSource for TelemetryLink {
-    fn free_mb(&self, gpu_key: &str) -> Option<u64> {
+    fn free_mb(&self, gpu_key: &str) -> Option<VramReading> {
         let (sample, _) = self.sample()?;
-        sample.gpu(gpu_key).filter(|g| !g.lost)?.free_mb
+        let free_mb = sample.gpu(gpu_key).filter(|g| !g.lost)?.free_mb?;
+        Some(VramReading { free_mb, sampled_at_ms: sample.at as u64 })
     }
 
     /// The pid's own GPU memory plus that of processes labelled with its service (its workers).

@@ -88,7 +88,11 @@ pub struct ServiceEvent {
 
 impl ServiceEvent {
     pub(crate) fn now(service: &str, kind: ServiceEventKind) -> Self {
-        let timestamp_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-        Self { service: service.to_string(), timestamp_ms, kind }
+        Self { service: service.to_string(), timestamp_ms: epoch_ms(), kind }
     }
+}
+
+/// Now, in ms since the Unix epoch (0 if the clock is before it).
+pub(crate) fn epoch_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

@@ -7,10 +7,20 @@ use std::pin::Pin;
 
 use crate::error::SidecarResult;
 
+/// Free memory on one GPU as of one telemetry sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VramReading {
+    /// Free memory (MB) on the GPU when the sample was taken.
+    pub free_mb: u64,
+    /// When the sample was taken, ms since the Unix epoch: memory allocated after it is not in
+    /// `free_mb` yet.
+    pub sampled_at_ms: u64,
+}
+
 /// Live GPU memory readings. `None` means no telemetry for that GPU or process.
 pub trait VramSource: Send + Sync {
-    /// Free memory (MB) on the GPU named `gpu_key`.
-    fn free_mb(&self, gpu_key: &str) -> Option<u64>;
+    /// The latest free-memory reading for the GPU named `gpu_key`.
+    fn free_mb(&self, gpu_key: &str) -> Option<VramReading>;
     /// GPU memory (MB) used by process `pid`.
     fn process_used_mb(&self, pid: u32) -> Option<u64>;
 }

@@ -23,7 +23,7 @@ pub use config::{
     RestartPolicy, ServiceSpec, ServicesConfig, StopSignal, TcpProbe,
 };
 pub use events::{ExitInfo, OutputStream, ServiceEvent, ServiceEventKind};
-pub use hooks::{LeaseFuture, LeaseGuard, StartupLease, VramSource};
+pub use hooks::{LeaseFuture, LeaseGuard, StartupLease, VramReading, VramSource};
 pub use port::{port_holder, port_is_free, PortHolder};
 pub use profile::LearnedProfile;
 pub use supervisor::{ServiceOutcome, ServiceState, ServiceStatus, StartOutcome, Supervisor, SupervisorHooks};

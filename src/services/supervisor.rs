@@ -13,8 +13,8 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::config::{GpuNeed, Readiness, RestartPolicy, ServiceSpec, ServicesConfig};
-use super::events::{ExitInfo, ServiceEvent, ServiceEventKind};
-use super::hooks::{StartupLease, VramSource};
+use super::events::{epoch_ms, ExitInfo, ServiceEvent, ServiceEventKind};
+use super::hooks::{StartupLease, VramReading, VramSource};
 use super::port::{port_holder, port_is_free};
 use super::probe::{probe_http, probe_tcp};
 use super::process::{OutputSink, ServiceProcess};
@@ -123,12 +123,23 @@ struct Shared {
 struct Cell {
     state: ServiceState,
     pid: Option<u32>,
+    /// When the running process was spawned (ms since the Unix epoch), so the VRAM gate can tell
+    /// whether a reading already shows its memory; `u64::MAX` while the spawn is under way.
+    spawned_at_ms: Option<u64>,
     restarts: u32,
     time_to_ready_ms: Option<u64>,
     error: Option<SidecarError>,
     last_lines: Vec<String>,
     blocked_by: Option<String>,
     runner: Option<Runner>,
+}
+
+impl Cell {
+    /// Forgets the process once it is gone.
+    fn clear_process(&mut self) {
+        self.pid = None;
+        self.spawned_at_ms = None;
+    }
 }
 
 struct Runner {
@@ -188,6 +199,7 @@ impl Supervisor {
             Mutex::new(Cell {
                 state: ServiceState::Idle,
                 pid: None,
+                spawned_at_ms: None,
                 restarts: 0,
                 time_to_ready_ms: None,
                 error: None,
@@ -536,7 +548,7 @@ impl Shared {
                 Attempt::Failed { error, last_lines } => break Some((error, last_lines)),
                 Attempt::Stopped => break None,
             };
-            self.cell(i).pid = None;
+            self.cell(i).clear_process();
             self.emit(i, ServiceEventKind::Exited { exit });
             let restart = &spec.restart;
             let wanted = match restart.policy {
@@ -568,7 +580,7 @@ impl Shared {
         };
         drop(permit);
         let mut cell = self.cell(i);
-        cell.pid = None;
+        cell.clear_process();
         match end {
             Some((error, last_lines)) => {
                 cell.error = Some(error.clone());
@@ -628,13 +640,21 @@ impl Shared {
             Ok(sink) => Arc::new(sink),
             Err(e) => return failed(spawn_failed(e)),
         };
+        if spec.gpu.is_some() {
+            // Until the spawn returns, other gates count this load against any reading.
+            self.cell(i).spawned_at_ms = Some(u64::MAX);
+        }
         let started = Instant::now();
         let mut process = match ServiceProcess::spawn(spec, sink.clone()).await {
             Ok(process) => process,
             Err(e) => return failed(spawn_failed(e)),
         };
         let pid = process.pid();
-        self.cell(i).pid = Some(pid);
+        {
+            let mut cell = self.cell(i);
+            cell.pid = Some(pid);
+            cell.spawned_at_ms = Some(epoch_ms());
+        }
         self.emit(i, ServiceEventKind::Spawned { pid });
         let vram_peak = self.sample_vram(i, pid);
 
@@ -713,8 +733,10 @@ impl Shared {
         }
     }
 
-    /// Waits until `gpu` has room for the service plus headroom. Off (with an event saying why)
-    /// when there is no telemetry or no estimate of the service's need.
+    /// Waits until `gpu` has room for the service plus headroom. A reading taken before another
+    /// service on that GPU was spawned does not show that service's memory yet, so its expected
+    /// need is taken off the reading (as the arbiter does for leases granted after a sample). Off
+    /// (with an event saying why) when there is no telemetry or no estimate of the service's need.
     async fn vram_gate(&self, i: usize, gpu: &GpuNeed, learned: LearnedProfile) -> SidecarResult<()> {
         let gate_off = |reason: &str| {
             self.emit(i, ServiceEventKind::VramGateOff { gpu_key: gpu.key.clone(), reason: reason.to_string() });
@@ -732,9 +754,11 @@ impl Shared {
         let poll = ms(self.spec(i).probe_interval_ms.get());
         let mut announced = false;
         loop {
-            let Some(free_mb) = source.free_mb(&gpu.key) else {
+            let Some(reading) = source.free_mb(&gpu.key) else {
                 return gate_off("no VRAM telemetry for this GPU");
             };
+            let unseen_mb = self.unseen_vram_mb(i, &gpu.key, reading);
+            let free_mb = reading.free_mb.saturating_sub(unseen_mb);
             if free_mb >= needed_mb {
                 return Ok(());
             }
@@ -746,15 +770,40 @@ impl Shared {
                 return Err(SidecarError::new(
                     ErrorCode::VramTimeout,
                     format!(
-                        "{}: {} had {free_mb} MB free after {limit_ms} ms, needs {needed_mb} MB ({need} MB + {} MB headroom)",
+                        "{}: {} had {free_mb} MB free after {limit_ms} ms{}, needs {needed_mb} MB ({need} MB + {} MB headroom)",
                         self.spec(i).name,
                         gpu.key,
+                        if unseen_mb > 0 {
+                            format!(" (the reading less {unseen_mb} MB expected for services spawned after it)")
+                        } else {
+                            String::new()
+                        },
                         self.config.vram_headroom_mb.get()
                     ),
                 ));
             }
             tokio::time::sleep(poll.min(deadline.saturating_duration_since(Instant::now()))).await;
         }
+    }
+
+    /// The expected VRAM (MB: `vramMb`, else the learned peak, else 0) of the other services on
+    /// `gpu_key` whose running process was spawned at or after `reading` was taken. Ties count,
+    /// because both times are whole ms.
+    fn unseen_vram_mb(&self, i: usize, gpu_key: &str, reading: VramReading) -> u64 {
+        let mut unseen_mb = 0u64;
+        for (j, spec) in self.config.services.iter().enumerate() {
+            let Some(gpu) = spec.gpu.as_ref().filter(|g| j != i && g.key == gpu_key) else { continue };
+            let spawned_at_ms = self.cell(j).spawned_at_ms;
+            if spawned_at_ms.is_none_or(|at| at < reading.sampled_at_ms) {
+                continue;
+            }
+            let expected = gpu
+                .vram_mb
+                .map(|mb| mb.get())
+                .or_else(|| self.profiles.lock().expect("profiles lock").get(&spec.name).peak_vram_mb);
+            unseen_mb = unseen_mb.saturating_add(expected.unwrap_or(0));
+        }
+        unseen_mb
     }
 
     /// Starts sampling the VRAM a GPU service's process uses, when telemetry is there.

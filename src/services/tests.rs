@@ -415,16 +415,22 @@ async fn max_concurrent_starts_bounds_overlapping_loads() {
     sup.close().await;
 }
 
-/// A GPU whose free memory the test sets, and whose processes all use `used_mb`.
+/// A GPU whose free memory the test sets, and whose processes all use `used_mb`. Readings are
+/// taken at `sampled_at_ms`, or when read while that is 0.
 #[derive(Default)]
 struct FakeVram {
     free_mb: AtomicU64,
     used_mb: AtomicU64,
+    sampled_at_ms: AtomicU64,
 }
 
 impl VramSource for FakeVram {
-    fn free_mb(&self, gpu_key: &str) -> Option<u64> {
-        (gpu_key == "gpu:0").then(|| self.free_mb.load(Ordering::SeqCst))
+    fn free_mb(&self, gpu_key: &str) -> Option<VramReading> {
+        let sampled_at_ms = match self.sampled_at_ms.load(Ordering::SeqCst) {
+            0 => now_ms(),
+            at => at,
+        };
+        (gpu_key == "gpu:0").then(|| VramReading { free_mb: self.free_mb.load(Ordering::SeqCst), sampled_at_ms })
     }
     fn process_used_mb(&self, _pid: u32) -> Option<u64> {
         Some(self.used_mb.load(Ordering::SeqCst)).filter(|&mb| mb > 0)
@@ -490,6 +496,57 @@ async fn the_vram_gate_waits_for_free_memory_under_a_startup_lease() {
     let waited = first_at(&events, "asr", |k| matches!(k, ServiceEventKind::Spawned { .. }))
         - first_at(&events, "asr", is_starting);
     assert!(waited >= 250, "spawned after {waited} ms");
+    sup.close().await;
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// The seed-000 incident: `a` is ready before telemetry samples again, so the latest reading
+/// predates its load and still shows its memory as free. `b` must wait for a reading that shows
+/// it rather than load on top of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_vram_gate_counts_a_load_spawned_after_the_reading() {
+    let sb = Sandbox::new("vramstale");
+    let vram = Arc::new(FakeVram::default());
+    vram.free_mb.store(2_000, Ordering::SeqCst);
+    vram.sampled_at_ms.store(now_ms().saturating_sub(1_000), Ordering::SeqCst);
+    let mut a = sb.service("a", &["--log-ready"], log_ready());
+    a["gpu"] = json!({"key": "gpu:0", "vramMb": 1000});
+    let mut b = sb.service("b", &["--log-ready"], log_ready());
+    b["gpu"] = json!({"key": "gpu:0", "vramMb": 1000});
+    let hooks = SupervisorHooks { vram: Some(vram.clone()), startup_lease: None };
+    let (sup, mut rx) = supervisor(json!({"vramHeadroomMb": 500, "vramTimeoutMs": 10000, "services": [a, b]}), hooks);
+    let sup = Arc::new(sup);
+    // Once `a` is ready, telemetry samples again, later: `a` holds 400 MB (under its estimate).
+    let fresh = tokio::spawn({
+        let (sup, vram) = (sup.clone(), vram.clone());
+        async move {
+            while sup.status("a").unwrap().state != ServiceState::Ready {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let fresh_at = now_ms();
+            vram.free_mb.store(1_600, Ordering::SeqCst);
+            vram.sampled_at_ms.store(fresh_at, Ordering::SeqCst);
+            fresh_at
+        }
+    });
+    let outcomes = sup.start_all().await.unwrap();
+    let fresh_at = fresh.await.unwrap();
+    for o in &outcomes {
+        ready_ms(&o.outcome);
+    }
+    let events = drain(&mut rx);
+    assert!(!steps(&events, "a").iter().any(|k| matches!(k, ServiceEventKind::VramWait { .. })));
+    assert!(steps(&events, "b").contains(&&ServiceEventKind::VramWait {
+        gpu_key: "gpu:0".into(),
+        needed_mb: 1500,
+        free_mb: 1000
+    }));
+    let b_spawned = first_at(&events, "b", |k| matches!(k, ServiceEventKind::Spawned { .. }));
+    assert!(b_spawned >= fresh_at, "b spawned at {b_spawned}, before the fresh reading at {fresh_at}");
     sup.close().await;
 }
 
