@@ -1,8 +1,8 @@
 //! The service startup controller: starts the node's model services one load at a time (or up to
 //! `maxConcurrentStarts`), in dependency order, each only once its GPU has room, and reports each
 //! as ready only after a real readiness check; a service that is not ready in time fails, it is
-//! never assumed ready. Processes run in their own process groups, die with the host, and are
-//! always reaped.
+//! never assumed ready. Processes run in their own process groups, die with the host (what they
+//! forked too: on Unix a small watchdog process kills their groups), and are always reaped.
 //!
 //! No Node types here: the binding wraps [`Supervisor`], forwards its event receiver, and plugs
 //! telemetry ([`VramSource`]) and the arbiter ([`StartupLease`]) in through [`SupervisorHooks`].
@@ -10,6 +10,7 @@
 mod config;
 mod events;
 mod hooks;
+mod host_death;
 mod port;
 mod probe;
 mod process;

@@ -5,7 +5,8 @@
 //! host is killed with SIGKILL. That signal fires when the *thread* that forked the child exits,
 //! so every spawn runs on one spawner thread that lives as long as the process. Grandchildren are
 //! not covered by it; they share the service's process group, which every stop (and every exit of
-//! the service) kills as a whole.
+//! the service) kills as a whole, and which the supervisor's [`HostDeathWatchdog`] kills when the host
+//! dies.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -22,6 +23,7 @@ use tokio::task::JoinHandle;
 
 use super::config::{ServiceSpec, StopSignal};
 use super::events::{ExitInfo, OutputStream, ServiceEvent, ServiceEventKind};
+use super::host_death::{HostDeathWatchdog, WatchedGroup};
 
 /// How many output lines a failure report carries.
 const TAIL_LINES: usize = 20;
@@ -92,6 +94,8 @@ pub struct ServiceProcess {
     pid: u32,
     readers: Vec<JoinHandle<()>>,
     exit: Option<ExitInfo>,
+    /// Held until the group is killed; dropped after `Drop::drop` has killed it.
+    watched: Option<WatchedGroup>,
 }
 
 type SpawnJob = Box<dyn FnOnce() + Send>;
@@ -117,8 +121,13 @@ fn on_spawner_thread(job: SpawnJob) {
 }
 
 impl ServiceProcess {
-    /// Spawns `spec`'s command and starts reading its output into `sink`.
-    pub async fn spawn(spec: &ServiceSpec, sink: Arc<OutputSink>) -> io::Result<Self> {
+    /// Spawns `spec`'s command, registers its process group with `watchdog` (if any), and starts
+    /// reading its output into `sink`.
+    pub async fn spawn(
+        spec: &ServiceSpec,
+        sink: Arc<OutputSink>,
+        watchdog: Option<&Arc<HostDeathWatchdog>>,
+    ) -> io::Result<Self> {
         let mut command = CommandWrap::with_new(&spec.command, |c| {
             c.args(&spec.args).envs(&spec.env).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
             if let Some(cwd) = &spec.cwd {
@@ -142,6 +151,8 @@ impl ServiceProcess {
         }));
         let mut child = rx.await.map_err(|_| io::Error::other("spawner thread dropped the job"))??;
         let pid = child.id().ok_or_else(|| io::Error::other("child exited before its pid was read"))?;
+        // The group leader's pid is the group id.
+        let watched = watchdog.map(|w| w.watch(pid));
         let mut readers = Vec::new();
         if let Some(out) = child.stdout().take() {
             readers.push(tokio::spawn(read_lines(out, OutputStream::Stdout, sink.clone())));
@@ -149,7 +160,7 @@ impl ServiceProcess {
         if let Some(err) = child.stderr().take() {
             readers.push(tokio::spawn(read_lines(err, OutputStream::Stderr, sink)));
         }
-        Ok(Self { child, pid, readers, exit: None })
+        Ok(Self { child, pid, readers, exit: None, watched })
     }
 
     pub fn pid(&self) -> u32 {
@@ -169,6 +180,7 @@ impl ServiceProcess {
         };
         self.exit = Some(exit);
         self.signal_group(Signal::Kill);
+        self.watched = None;
         exit
     }
 

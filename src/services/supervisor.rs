@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use super::config::{GpuNeed, Readiness, RestartPolicy, ServiceSpec, ServicesConfig};
 use super::events::{epoch_ms, ExitInfo, ServiceEvent, ServiceEventKind};
 use super::hooks::{StartupLease, VramReading, VramSource};
+use super::host_death::HostDeathWatchdog;
 use super::port::{port_holder, port_is_free};
 use super::probe::{probe_http, probe_tcp};
 use super::process::{OutputSink, ServiceProcess};
@@ -118,6 +119,9 @@ struct Shared {
     /// Bumped on every state change, so schedulers can wait for "something changed".
     changes: watch::Sender<u64>,
     closed: AtomicBool,
+    /// Kills the services' process groups if the host dies; started with the first service and
+    /// let go by `close` (each running service holds it too, until its group is killed).
+    host_death_watchdog: Mutex<Option<Arc<HostDeathWatchdog>>>,
 }
 
 struct Cell {
@@ -218,6 +222,7 @@ impl Supervisor {
             events,
             changes: watch::channel(0).0,
             closed: AtomicBool::new(false),
+            host_death_watchdog: Mutex::new(None),
         };
         (Self { shared: Arc::new(shared) }, receiver)
     }
@@ -265,6 +270,13 @@ impl Supervisor {
     pub async fn close(&self) {
         self.shared.closed.store(true, Ordering::SeqCst);
         self.stop_all().await;
+        // Nothing runs any more: let the watchdog exit (and be reaped) now, not at drop.
+        self.shared.host_death_watchdog.lock().expect("watchdog lock").take();
+    }
+
+    /// The pid of the host-death watchdog process, once one runs.
+    pub fn host_death_watchdog_pid(&self) -> Option<u32> {
+        self.shared.host_death_watchdog.lock().expect("watchdog lock").as_ref().map(|w| w.pid())
     }
 
     /// One service's status.
@@ -295,6 +307,16 @@ async fn stop_requested(stop: &mut watch::Receiver<bool>) {
 }
 
 impl Shared {
+    /// The running watchdog, started on first use. Without one (no `/bin/sh`, or Windows, whose
+    /// job objects do this job) services still die with the host, only their children may not.
+    fn host_death_watchdog(&self) -> Option<Arc<HostDeathWatchdog>> {
+        let mut watchdog = self.host_death_watchdog.lock().expect("watchdog lock");
+        if watchdog.is_none() {
+            *watchdog = HostDeathWatchdog::start().ok();
+        }
+        watchdog.clone()
+    }
+
     fn check_open(&self) -> SidecarResult<()> {
         if self.closed.load(Ordering::SeqCst) {
             Err(SidecarError::new(ErrorCode::Closed, "the service supervisor is closed"))
@@ -645,7 +667,8 @@ impl Shared {
             self.cell(i).spawned_at_ms = Some(u64::MAX);
         }
         let started = Instant::now();
-        let mut process = match ServiceProcess::spawn(spec, sink.clone()).await {
+        let watchdog = self.host_death_watchdog();
+        let mut process = match ServiceProcess::spawn(spec, sink.clone(), watchdog.as_ref()).await {
             Ok(process) => process,
             Err(e) => return failed(spawn_failed(e)),
         };

@@ -686,7 +686,8 @@ async fn a_stop_during_the_load_ends_the_start() {
 const HOST_ENV: &str = "GPU_SIDECAR_TEST_HOST_DIR";
 
 /// Not a test on its own: the host process for `services_die_with_a_killed_host`. It starts a
-/// service, writes the service's pid, and waits to be killed.
+/// service that forks a grandchild, writes the grandchild's pid and then the service's, and waits
+/// to be killed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "run by services_die_with_a_killed_host"]
 async fn host_process_for_the_death_signal_test() {
@@ -694,8 +695,10 @@ async fn host_process_for_the_death_signal_test() {
         return;
     };
     let script = Path::new(&dir).join("service.py").display().to_string();
+    let grandchild = Path::new(&dir).join("grandchild.pid").display().to_string();
+    let args = json!([script, "--log-ready", "--grandchild-pidfile", grandchild]);
     let (sup, _rx) = supervisor(
-        json!({"services": [{"name": "orphan", "command": "python3", "args": [script, "--log-ready"], "readiness": log_ready()}]}),
+        json!({"services": [{"name": "orphan", "command": "python3", "args": args, "readiness": log_ready()}]}),
         SupervisorHooks::default(),
     );
     ready_ms(&sup.start("orphan").await.unwrap());
@@ -723,14 +726,65 @@ async fn services_die_with_a_killed_host() {
         assert!(Instant::now() < deadline, "the host never started its service");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    assert!(!dead(service_pid));
+    // Written before the service became ready, so before the service's pid.
+    let grandchild_pid: u32 = std::fs::read_to_string(sb.path("grandchild.pid")).unwrap().parse().unwrap();
+    assert!(!dead(service_pid) && !dead(grandchild_pid));
     host.kill().unwrap(); // SIGKILL: no cleanup code runs in the host.
     host.wait().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while !dead(service_pid) && Instant::now() < deadline {
+    let killed_at = Instant::now();
+    while !(dead(service_pid) && dead(grandchild_pid)) && killed_at.elapsed() < Duration::from_secs(1) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(dead(service_pid), "the service outlived its SIGKILLed host");
+    assert!(dead(grandchild_pid), "the service's child outlived the SIGKILLed host");
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_death_watchdog_stays_out_of_service_groups_and_is_reaped_on_close() {
+    let sb = Sandbox::new("watchdog");
+    let (sup, _rx) = supervisor(
+        json!({"services": [sb.service("a", &["--log-ready"], log_ready()), sb.service("b", &["--log-ready"], log_ready())]}),
+        SupervisorHooks::default(),
+    );
+    assert_eq!(sup.host_death_watchdog_pid(), None, "no watchdog before the first service");
+    sup.start_all().await.unwrap();
+    let watchdog = sup.host_death_watchdog_pid().expect("a watchdog once services run");
+    assert!(!dead(watchdog));
+    let group_of = |pid: u32| {
+        // SAFETY: getpgid only reads another process's group id.
+        unsafe { libc::getpgid(pid as libc::pid_t) }
+    };
+    for name in ["a", "b"] {
+        let pid = sup.status(name).unwrap().pid.unwrap();
+        assert_eq!(group_of(pid), pid as libc::pid_t, "{name} leads its own group");
+        assert_ne!(group_of(watchdog), pid as libc::pid_t, "the watchdog is in {name}'s group");
+    }
+    // One watchdog for the whole supervisor, also across a restart.
+    sup.restart("a").await.unwrap();
+    assert_eq!(sup.host_death_watchdog_pid(), Some(watchdog));
+    sup.close().await;
+    assert_eq!(sup.host_death_watchdog_pid(), None);
+    assert!(reaped(watchdog), "the watchdog was not reaped on close");
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_supervisor_reaps_its_watchdog() {
+    let sb = Sandbox::new("watchdogdrop");
+    let (sup, _rx) =
+        supervisor(json!({"services": [sb.service("a", &["--log-ready"], log_ready())]}), SupervisorHooks::default());
+    sup.start_all().await.unwrap();
+    let watchdog = sup.host_death_watchdog_pid().unwrap();
+    let service = sup.status("a").unwrap().pid.unwrap();
+    drop(sup);
+    // The aborted runner drops the service, and with it the last handle on the watchdog.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !(reaped(watchdog) && dead(service)) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(dead(service));
+    assert!(reaped(watchdog), "the watchdog was not reaped after drop");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
