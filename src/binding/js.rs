@@ -4,7 +4,9 @@
 
 use std::ffi::CString;
 use std::ptr;
+use std::rc::{Rc, Weak};
 
+use napi::threadsafe_function::ThreadsafeFunction;
 use napi::{check_status, sys, Env, Result};
 
 use crate::error::{ErrorCode, SidecarError};
@@ -121,6 +123,29 @@ fn display(env: &Env, value: sys::napi_value) -> Result<String> {
     let mut text = ptr::null_mut();
     check_status!(unsafe { sys::napi_coerce_to_string(env.raw(), value, &mut text) })?;
     string_value(env, text)
+}
+
+/// Wakes the JS thread from any thread. Weak: it never keeps Node alive.
+pub type WakeFn = ThreadsafeFunction<(), (), (), napi::Status, false, true>;
+
+/// A [`WakeFn`] that runs `on_wake(env, state)` on the JS thread, unless `state` was collected
+/// meanwhile. Background producers queue their work and call it; `name` shows in stack traces.
+pub fn wake_function<S: 'static>(
+    env: &Env,
+    state: &Rc<S>,
+    name: &'static str,
+    on_wake: fn(&Env, &Rc<S>),
+) -> Result<WakeFn> {
+    let weak: Weak<S> = Rc::downgrade(state);
+    let drain = env.create_function_from_closure::<(), (), _>(name, move |ctx| {
+        no_panic(name, || {
+            if let Some(state) = weak.upgrade() {
+                on_wake(ctx.env, &state);
+            }
+            Ok(())
+        })
+    })?;
+    drain.build_threadsafe_function::<()>().weak::<true>().callee_handled::<false>().build()
 }
 
 /// Runs `f`, turning a Rust panic into an error instead of unwinding into Node.

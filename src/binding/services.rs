@@ -15,14 +15,14 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use napi::bindgen_prelude::*;
 use napi::sys;
-use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
+use napi::threadsafe_function::ThreadsafeFunctionCallMode;
 use napi_derive::napi;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use super::js::{self, JsRef};
+use super::js::{self, JsRef, WakeFn};
 use super::telemetry::Telemetry;
-use super::{Code, IntoJsResult, JsResult};
+use super::{Code, IntoJsResult};
 use crate::error::{ErrorCode, SidecarError, SidecarResult};
 use crate::services::{
     ExitInfo, LearnedProfile, LeaseFuture, LeaseGuard, OutputStream, ServiceEvent, ServiceEventKind, ServiceOutcome,
@@ -307,7 +307,7 @@ impl ServiceSupervisor {
             lease_limits,
             leases,
         }));
-        let wake = wake_function(env, &state)?;
+        let wake = js::wake_function(env, &state, "servicesWake", dispatch).js()?;
         napi::bindgen_prelude::spawn(forward(pump, wake));
         Ok(Self { core: Arc::new(core), link, state })
     }
@@ -451,7 +451,7 @@ impl ServiceSupervisor {
         if unsafe { Unknown::from_raw_unchecked(env.raw(), acquire) }.get_type().js()? != ValueType::Function {
             return Err(SidecarError::invalid_argument("arbiter: expected a GpuArbiter").into());
         }
-        let wake = lease_wake_function(env, &self.state)?;
+        let wake = js::wake_function(env, &self.state, "servicesLeaseWake", serve_leases).js()?;
         let id = {
             let mut s = self.state.borrow_mut();
             let id = s.next_arbiter;
@@ -475,23 +475,6 @@ impl ServiceSupervisor {
         })
         .js()
     }
-}
-
-/// The JS-thread end of the lease bridge, woken through a weak threadsafe function (a lease is
-/// only asked for while a start's promise keeps Node alive).
-fn lease_wake_function(env: &Env, state: &Rc<RefCell<State>>) -> JsResult<WakeFn> {
-    let weak = Rc::downgrade(state);
-    let serve = env
-        .create_function_from_closure::<(), (), _>("servicesLeaseWake", move |ctx| {
-            js::no_panic("startup lease dispatch", || {
-                if let Some(state) = weak.upgrade() {
-                    serve_leases(ctx.env, &state);
-                }
-                Ok(())
-            })
-        })
-        .js()?;
-    serve.build_threadsafe_function::<()>().weak::<true>().callee_handled::<false>().build().js()
 }
 
 fn serve_leases(env: &Env, state: &Rc<RefCell<State>>) {
@@ -672,24 +655,6 @@ async fn forward(pump: Arc<Pump>, wake: WakeFn) {
             wake.call((), ThreadsafeFunctionCallMode::NonBlocking);
         }
     }
-}
-
-type WakeFn = ThreadsafeFunction<(), (), (), Status, false, true>;
-
-/// The JS-thread end of the inbox, woken through a weak threadsafe function.
-fn wake_function(env: &Env, state: &Rc<RefCell<State>>) -> JsResult<WakeFn> {
-    let weak = Rc::downgrade(state);
-    let drain = env
-        .create_function_from_closure::<(), (), _>("servicesWake", move |ctx| {
-            js::no_panic("service event dispatch", || {
-                if let Some(state) = weak.upgrade() {
-                    dispatch(ctx.env, &state);
-                }
-                Ok(())
-            })
-        })
-        .js()?;
-    drain.build_threadsafe_function::<()>().weak::<true>().callee_handled::<false>().build().js()
 }
 
 fn dispatch(env: &Env, state: &Rc<RefCell<State>>) {

@@ -13,12 +13,12 @@ use std::sync::{Arc, Mutex};
 
 use napi::bindgen_prelude::*;
 use napi::sys;
-use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
+use napi::threadsafe_function::ThreadsafeFunctionCallMode;
 use napi_derive::napi;
 
 use super::arbiter::{self, GpuArbiter};
 use super::js::{self, JsRef};
-use super::{Code, IntoJsResult, JsResult};
+use super::{Code, IntoJsResult};
 use crate::error::{ErrorCode, SidecarError};
 use crate::telemetry::{
     advice, sample_once, Backlog, LatestSample, ProcessRegistry, Sample, Sampler, SamplerEvent, SamplerHandle,
@@ -90,7 +90,7 @@ impl Telemetry {
             backlog: Arc::new(Mutex::new(BTreeMap::new())),
             registry: ProcessRegistry::new(),
         }));
-        let wake = wake_function(env, &state)?;
+        let wake = js::wake_function(env, &state, "telemetryWake", dispatch).js()?;
         let (inbox, backlog, registry) = {
             let s = state.borrow();
             (s.inbox.clone(), s.backlog.clone(), s.registry.clone())
@@ -259,26 +259,6 @@ fn recommendation_to_js<'env>(
     let advice =
         advice::recommend_concurrency(sample, options.per_worker_mb, options.reserve_fraction.unwrap_or(0.1), on)?;
     env.to_js_value(&advice).js()
-}
-
-/// The JS-thread end of the inbox: a native function the sampler wakes through a weak
-/// threadsafe function.
-fn wake_function(
-    env: &Env,
-    state: &Rc<RefCell<State>>,
-) -> JsResult<ThreadsafeFunction<(), (), (), Status, false, true>> {
-    let weak = Rc::downgrade(state);
-    let drain = env
-        .create_function_from_closure::<(), (), _>("telemetryWake", move |ctx| {
-            js::no_panic("telemetry dispatch", || {
-                if let Some(state) = weak.upgrade() {
-                    dispatch(ctx.env, &state);
-                }
-                Ok(())
-            })
-        })
-        .js()?;
-    drain.build_threadsafe_function::<()>().weak::<true>().callee_handled::<false>().build().js()
 }
 
 fn dispatch(env: &Env, state: &Rc<RefCell<State>>) {
