@@ -10,31 +10,16 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { spawnSync } from 'node:child_process'
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
-import { createRequire } from 'node:module'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { firstSample, sidecar, skipWithoutNvml, sleep } from './support.mjs'
 
-const require = createRequire(import.meta.url)
-const { Telemetry, ServiceSupervisor } = require('../../gpu-sidecar.js')
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
+const { Telemetry, ServiceSupervisor } = sidecar
 const INTERVAL_MS = 100
-
-async function firstSample(telemetry) {
-  for (let i = 0; i < 100; i++) {
-    const s = telemetry.latest()
-    if (s) return s
-    await sleep(20)
-  }
-  throw new Error('no sample')
-}
-
-const probe = new Telemetry({ intervalMs: INTERVAL_MS })
-const probeSample = await firstSample(probe)
-probe.close()
+const nvmlSkip = await skipWithoutNvml()
 const torch = spawnSync('python3', ['-c', 'import torch; assert torch.cuda.is_available()'], { encoding: 'utf8' })
-const skip = !(probeSample.nvml.available && probeSample.gpus.length > 0)
-  ? `no NVML here (${probeSample.nvml.reason})`
+const skip = nvmlSkip
+  ? nvmlSkip
   : torch.status !== 0
     ? 'no PyTorch with CUDA here'
     : false

@@ -4,27 +4,11 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { execFileSync, spawn } from 'node:child_process'
-import { createRequire } from 'node:module'
+import { firstSample, sidecar, skipWithoutNvml, sleep } from './support.mjs'
 
-const require = createRequire(import.meta.url)
-const { Telemetry, GpuArbiter } = require('../../gpu-sidecar.js')
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
+const { Telemetry, GpuArbiter } = sidecar
 const INTERVAL_MS = 250
-
-async function firstSample(telemetry) {
-  for (let i = 0; i < 100; i++) {
-    const s = telemetry.latest()
-    if (s) return s
-    await sleep(20)
-  }
-  throw new Error('no sample')
-}
-
-const probe = new Telemetry({ intervalMs: INTERVAL_MS })
-const probeSample = await firstSample(probe)
-probe.close()
-const skip = probeSample.nvml.available && probeSample.gpus.length > 0 ? false : `no NVML here (${probeSample.nvml.reason})`
+const skip = await skipWithoutNvml()
 
 test('a sample matches nvidia-smi memory.used and memory.total within 1%', { skip }, async () => {
   const telemetry = new Telemetry({ intervalMs: INTERVAL_MS })
