@@ -18,7 +18,7 @@ use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
 use notify::Watcher;
 
-use super::js::{self, Deferred, JsRef};
+use super::js::{self, Deferred, JsRef, Listeners};
 use super::lease_codec::LeaseCodec;
 use super::{Code, IntoJsResult, JsResult};
 use crate::arbiter::{
@@ -172,8 +172,7 @@ pub(super) struct State {
     origin_epoch_ms: f64,
     pending: HashMap<WaiterId, Pending>,
     timer: Option<Timer>,
-    listeners: Vec<(u32, JsRef)>,
-    next_listener: u32,
+    listeners: Listeners,
     watcher: Option<notify::RecommendedWatcher>,
 }
 
@@ -311,15 +310,13 @@ impl GpuArbiter {
         listener: Function<'env, GpuArbiterEvent, ()>,
     ) -> Result<Function<'env, (), ()>, Code> {
         let mut s = self.state.borrow_mut();
-        let id = s.next_listener;
-        s.next_listener += 1;
-        s.listeners.push((id, JsRef::new(env, listener.raw()).js()?));
+        let id = s.listeners.add(env, listener.raw())?;
         s.core.set_record_events(true);
         let weak = Rc::downgrade(&self.state);
         env.create_function_from_closure::<(), (), _>("unsubscribe", move |_ctx| {
             if let Some(state) = weak.upgrade() {
                 let mut s = state.borrow_mut();
-                s.listeners.retain(|(l, _)| *l != id);
+                s.listeners.remove(id);
                 let listening = !s.listeners.is_empty();
                 s.core.set_record_events(listening);
             }
@@ -369,8 +366,7 @@ impl GpuArbiter {
             origin_epoch_ms,
             pending: HashMap::new(),
             timer: None,
-            listeners: Vec::new(),
-            next_listener: 0,
+            listeners: Listeners::default(),
             watcher: None,
         };
         Ok(Self { state: Rc::new(RefCell::new(state)) })
@@ -719,20 +715,11 @@ fn dispatch_events(env: &Env, state: &Rc<RefCell<State>>) {
             return;
         }
         let values: Vec<GpuArbiterEvent> = events.into_iter().map(|e| event_value(&s, e)).collect();
-        let listeners: Vec<sys::napi_value> = s.listeners.iter().filter_map(|(_, l)| l.get().ok()).collect();
-        (values, listeners)
-    };
-    let Ok(undefined) = (unsafe { <()>::to_napi_value(env.raw(), ()) }) else {
-        return;
+        (values, s.listeners.current())
     };
     for event in events {
-        let Ok(value) = (unsafe { ToNapiValue::to_napi_value(env.raw(), event) }) else {
-            continue;
-        };
-        for listener in &listeners {
-            if let Err(e) = js::call(env, undefined, *listener, &[value]) {
-                tracing::warn!(error = %e.reason, "a GpuArbiter event listener threw");
-            }
+        if let Ok(value) = unsafe { ToNapiValue::to_napi_value(env.raw(), event) } {
+            js::call_listeners(env, &listeners, value, "GpuArbiter");
         }
     }
 }

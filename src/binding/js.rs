@@ -6,9 +6,11 @@ use std::ffi::CString;
 use std::ptr;
 use std::rc::{Rc, Weak};
 
+use napi::bindgen_prelude::ToNapiValue;
 use napi::threadsafe_function::ThreadsafeFunction;
-use napi::{check_status, sys, Env, Result};
+use napi::{check_status, sys, Env, Result, ValueType};
 
+use super::{IntoJsResult, JsResult};
 use crate::error::{ErrorCode, SidecarError};
 
 /// A promise we resolve later on the JS thread.
@@ -123,6 +125,56 @@ fn display(env: &Env, value: sys::napi_value) -> Result<String> {
     let mut text = ptr::null_mut();
     check_status!(unsafe { sys::napi_coerce_to_string(env.raw(), value, &mut text) })?;
     string_value(env, text)
+}
+
+/// The JS callbacks registered with one `onX(listener)`; each is removed by the id `add` gave it.
+#[derive(Default)]
+pub struct Listeners {
+    next_id: u32,
+    entries: Vec<(u32, JsRef)>,
+}
+
+impl Listeners {
+    /// Keeps `listener` (`INVALID_ARGUMENT` unless it is a function) and returns its id.
+    pub fn add(&mut self, env: &Env, listener: sys::napi_value) -> JsResult<u32> {
+        let mut kind = 0;
+        check_status!(unsafe { sys::napi_typeof(env.raw(), listener, &mut kind) }).js()?;
+        if ValueType::from(kind) != ValueType::Function {
+            return Err(SidecarError::invalid_argument("listener: expected a function").into());
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.entries.push((id, JsRef::new(env, listener).js()?));
+        Ok(id)
+    }
+
+    pub fn remove(&mut self, id: u32) {
+        self.entries.retain(|(l, _)| *l != id);
+    }
+
+    pub fn clear(&mut self) {
+        self.entries.clear();
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The listeners as they are now, to call once the owner's state is no longer borrowed (a
+    /// listener may call back into it).
+    pub fn current(&self) -> Vec<sys::napi_value> {
+        self.entries.iter().filter_map(|(_, l)| l.get().ok()).collect()
+    }
+}
+
+/// Calls every listener with `arg`. One that throws is logged as `owner`'s and the rest still run.
+pub fn call_listeners(env: &Env, listeners: &[sys::napi_value], arg: sys::napi_value, owner: &str) {
+    let Ok(undefined) = (unsafe { <()>::to_napi_value(env.raw(), ()) }) else { return };
+    for listener in listeners {
+        if let Err(e) = call(env, undefined, *listener, &[arg]) {
+            tracing::warn!(error = %e.reason, "a {owner} listener threw");
+        }
+    }
 }
 
 /// Wakes the JS thread from any thread. Weak: it never keeps Node alive.

@@ -20,7 +20,7 @@ use napi_derive::napi;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use super::js::{self, JsRef, WakeFn};
+use super::js::{self, JsRef, Listeners, WakeFn};
 use super::telemetry::Telemetry;
 use super::{Code, IntoJsResult};
 use crate::error::{ErrorCode, SidecarError, SidecarResult};
@@ -247,8 +247,7 @@ struct State {
     closed: bool,
     inbox: Arc<Inbox>,
     pump: Arc<Pump>,
-    next_id: u32,
-    listeners: Vec<(u32, JsRef)>,
+    listeners: Listeners,
     /// The attached arbiter (a `GpuArbiter` object) and an id for its detach function.
     arbiter: Option<(u64, JsRef)>,
     next_arbiter: u64,
@@ -300,8 +299,7 @@ impl ServiceSupervisor {
             closed: false,
             inbox,
             pump: pump.clone(),
-            next_id: 0,
-            listeners: vec![],
+            listeners: Listeners::default(),
             arbiter: None,
             next_arbiter: 0,
             lease_limits,
@@ -394,20 +392,15 @@ impl ServiceSupervisor {
     /// Calls `listener(event)` for every service event; returns a function that unsubscribes.
     #[napi(catch_unwind, ts_args_type = "listener: (event: ServiceEvent) => void", ts_return_type = "() => void")]
     pub fn on_event<'env>(&self, env: &'env Env, listener: Unknown<'env>) -> Result<Function<'env, (), ()>, Code> {
-        if listener.get_type().js()? != ValueType::Function {
-            return Err(SidecarError::invalid_argument("listener: expected a function").into());
-        }
         let mut s = self.state.borrow_mut();
         if s.closed {
             return Err(SidecarError::new(ErrorCode::Closed, "the service supervisor is closed").into());
         }
-        let id = s.next_id;
-        s.next_id += 1;
-        s.listeners.push((id, JsRef::new(env, listener.raw()).js()?));
+        let id = s.listeners.add(env, listener.raw())?;
         let weak = Rc::downgrade(&self.state);
         env.create_function_from_closure::<(), (), _>("unsubscribe", move |_ctx| {
             if let Some(state) = weak.upgrade() {
-                state.borrow_mut().listeners.retain(|(l, _)| *l != id);
+                state.borrow_mut().listeners.remove(id);
             }
             Ok(())
         })
@@ -668,25 +661,20 @@ fn dispatch(env: &Env, state: &Rc<RefCell<State>>) {
         }
         events
     };
-    let Ok(undefined) = (unsafe { <()>::to_napi_value(env.raw(), ()) }) else { return };
     for event in events {
-        let targets: Vec<sys::napi_value> = {
+        let listeners = {
             let s = state.borrow();
             if s.closed {
                 return; // a listener closed it
             }
-            s.listeners.iter().filter_map(|(_, l)| l.get().ok()).collect()
+            s.listeners.current()
         };
-        if targets.is_empty() {
+        if listeners.is_empty() {
             continue;
         }
         // Not `env.to_js_value`: its serializer turns epoch-ms `at` into a BigInt.
         let Ok(value) = (unsafe { Value::to_napi_value(env.raw(), event_to_json(&event)) }) else { continue };
-        for f in targets {
-            if let Err(e) = js::call(env, undefined, f, &[value]) {
-                tracing::warn!(error = %e.reason, "a ServiceSupervisor listener threw");
-            }
-        }
+        js::call_listeners(env, &listeners, value, "ServiceSupervisor");
     }
 }
 

@@ -17,7 +17,7 @@ use napi::threadsafe_function::ThreadsafeFunctionCallMode;
 use napi_derive::napi;
 
 use super::arbiter::{self, GpuArbiter};
-use super::js::{self, JsRef};
+use super::js::{self, Listeners};
 use super::{Code, IntoJsResult};
 use crate::error::{ErrorCode, SidecarError};
 use crate::telemetry::{
@@ -47,17 +47,19 @@ struct Inbox {
     wake_pending: AtomicBool,
 }
 
-struct Listeners {
-    next_id: u32,
-    on_sample: Vec<(u32, JsRef)>,
-    on_alert: Vec<(u32, JsRef)>,
-    on_end: Vec<(u32, JsRef)>,
+/// The callbacks of `onSample`, `onAlert` and `onEnd`.
+#[derive(Default)]
+struct Subscribers {
+    on_sample: Listeners,
+    on_alert: Listeners,
+    on_end: Listeners,
 }
 
 struct State {
     sampler: Option<SamplerHandle>,
     inbox: Arc<Inbox>,
-    listeners: Listeners,
+    listeners: Subscribers,
+    next_arbiter_id: u32,
     arbiters: Vec<(u32, ArbiterState)>,
     backlog: Arc<Mutex<BTreeMap<String, Backlog>>>,
     registry: Arc<ProcessRegistry>,
@@ -85,7 +87,8 @@ impl Telemetry {
         let state = Rc::new(RefCell::new(State {
             sampler: None,
             inbox: Arc::new(Inbox::default()),
-            listeners: Listeners { next_id: 0, on_sample: vec![], on_alert: vec![], on_end: vec![] },
+            listeners: Subscribers::default(),
+            next_arbiter_id: 0,
             arbiters: vec![],
             backlog: Arc::new(Mutex::new(BTreeMap::new())),
             registry: ProcessRegistry::new(),
@@ -152,8 +155,8 @@ impl Telemetry {
     #[napi(catch_unwind, ts_return_type = "() => void")]
     pub fn attach_arbiter<'env>(&self, env: &'env Env, arbiter: &GpuArbiter) -> Result<Function<'env, (), ()>, Code> {
         let mut s = self.state.borrow_mut();
-        let id = s.listeners.next_id;
-        s.listeners.next_id += 1;
+        let id = s.next_arbiter_id;
+        s.next_arbiter_id += 1;
         s.arbiters.push((id, arbiter.shared()));
         let weak = Rc::downgrade(&self.state);
         env.create_function_from_closure::<(), (), _>("detachArbiter", move |_ctx| {
@@ -222,19 +225,13 @@ impl Telemetry {
         &self,
         env: &'env Env,
         listener: Unknown<'env>,
-        list: fn(&mut Listeners) -> &mut Vec<(u32, JsRef)>,
+        list: fn(&mut Subscribers) -> &mut Listeners,
     ) -> Result<Function<'env, (), ()>, Code> {
-        if listener.get_type().js()? != ValueType::Function {
-            return Err(SidecarError::invalid_argument("listener: expected a function").into());
-        }
-        let mut s = self.state.borrow_mut();
-        let id = s.listeners.next_id;
-        s.listeners.next_id += 1;
-        list(&mut s.listeners).push((id, JsRef::new(env, listener.raw()).js()?));
+        let id = list(&mut self.state.borrow_mut().listeners).add(env, listener.raw())?;
         let weak = Rc::downgrade(&self.state);
         env.create_function_from_closure::<(), (), _>("unsubscribe", move |_ctx| {
             if let Some(state) = weak.upgrade() {
-                list(&mut state.borrow_mut().listeners).retain(|(l, _)| *l != id);
+                list(&mut state.borrow_mut().listeners).remove(id);
             }
             Ok(())
         })
@@ -320,18 +317,7 @@ fn feed_arbiters(env: &Env, state: &Rc<RefCell<State>>, sample: &Sample) {
     *state.borrow().backlog.lock().unwrap_or_else(|e| e.into_inner()) = backlog;
 }
 
-fn call_listeners(
-    env: &Env,
-    state: &Rc<RefCell<State>>,
-    list: fn(&Listeners) -> &Vec<(u32, JsRef)>,
-    arg: sys::napi_value,
-) {
-    let targets: Vec<sys::napi_value> =
-        list(&state.borrow().listeners).iter().filter_map(|(_, l)| l.get().ok()).collect();
-    let Ok(undefined) = (unsafe { <()>::to_napi_value(env.raw(), ()) }) else { return };
-    for f in targets {
-        if let Err(e) = js::call(env, undefined, f, &[arg]) {
-            tracing::warn!(error = %e.reason, "a Telemetry listener threw");
-        }
-    }
+fn call_listeners(env: &Env, state: &Rc<RefCell<State>>, list: fn(&Subscribers) -> &Listeners, arg: sys::napi_value) {
+    let listeners = list(&state.borrow().listeners).current();
+    js::call_listeners(env, &listeners, arg, "Telemetry");
 }
