@@ -10,8 +10,8 @@ mod state;
 mod stats;
 pub mod types;
 
-pub use snapshot::{AdmissionView, GpuSnapshot, LeaseView, TaskStatsView, WaiterView};
-pub use state::Arbiter;
+pub use snapshot::{AdmissionView, GpuMetricsView, GpuSnapshot, LeaseView, TaskStatsView, WaiterView};
+pub use state::{Arbiter, WaterMarks};
 pub use stats::Percentiles;
 pub use types::*;
 

@@ -19,6 +19,8 @@ pub struct LeaseView {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct WaiterView {
+    /// The waiter's id, which becomes its lease id when it is granted.
+    pub id: WaiterId,
     pub task_type: String,
     pub priority: u64,
     /// Priority plus aging so far.
@@ -51,6 +53,20 @@ pub struct AdmissionView {
     pub reading_age: Option<Micros>,
 }
 
+/// One GPU's counters in the old arbiter's snapshot shape.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct GpuMetricsView {
+    pub acquired: u64,
+    pub skipped: u64,
+    pub fallback_cpu: u64,
+    pub timeouts: u64,
+    pub queue_full: u64,
+    pub watchdog_exceeded: u64,
+    /// The latest grants' queue waits and releases' hold times, ms, oldest first (bounded).
+    pub recent_waits_ms: Vec<f64>,
+    pub recent_holds_ms: Vec<f64>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct GpuSnapshot {
     pub gpu_key: String,
@@ -59,6 +75,7 @@ pub struct GpuSnapshot {
     pub leases: Vec<LeaseView>,
     pub queue: Vec<WaiterView>,
     pub tasks: Vec<TaskStatsView>,
+    pub metrics: GpuMetricsView,
     pub admission: AdmissionView,
 }
 
@@ -101,6 +118,7 @@ impl Arbiter {
                 let waited = now.saturating_sub(w.enqueued_at);
                 let aged = if aging_ms > 0 { waited as f64 / (aging_ms * MICROS_PER_MS) as f64 } else { 0.0 };
                 WaiterView {
+                    id: *id,
                     task_type: w.task_type.clone(),
                     priority: w.priority,
                     effective_priority: w.priority as f64 + aged,
@@ -136,6 +154,20 @@ impl Arbiter {
                     .collect()
             })
             .unwrap_or_default();
+        let mut metrics = GpuMetricsView {
+            recent_waits_ms: gpu.recent_waits.iter().copied().collect(),
+            recent_holds_ms: gpu.recent_holds.iter().copied().collect(),
+            ..GpuMetricsView::default()
+        };
+        for s in self.stats.get(&gpu.key).into_iter().flat_map(|tasks| tasks.values()) {
+            let n = |st: Status| s.by_status.get(&st).copied().unwrap_or(0);
+            metrics.acquired += n(Status::Acquired);
+            metrics.skipped += n(Status::Skipped);
+            metrics.fallback_cpu += n(Status::FallbackCpu);
+            metrics.timeouts += s.timeouts;
+            metrics.queue_full += s.queue_full;
+            metrics.watchdog_exceeded += s.watchdog_exceeded;
+        }
         GpuSnapshot {
             gpu_key: gpu.key.clone(),
             enabled: self.config.enabled,
@@ -143,6 +175,7 @@ impl Arbiter {
             leases,
             queue,
             tasks,
+            metrics,
             admission: AdmissionView {
                 state: self.admission_state(g, now),
                 reading: gpu.reading,

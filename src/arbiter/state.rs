@@ -1,5 +1,5 @@
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use super::stats::{render_prometheus, StatsTable, TaskStats};
 use super::types::*;
@@ -17,7 +17,20 @@ enum Deadline {
     Watchdog(LeaseId),
     /// The GPU's last reading goes stale: admission falls back to logical leases.
     ReadingStale(usize),
+    /// A long-audio raise of the water marks ends.
+    MarksBoostEnds,
 }
+
+/// Under HIGH_PRESSURE, a wait that runs out at this priority or above is a `TIMEOUT`
+/// (`GPU lease timeout: GPU_USAGE_HIGH`); below it the request is skipped (the old arbiter's rule).
+const PRESSURE_TIMEOUT_MIN_PRIORITY: u64 = 70;
+
+/// The longest wait or hold a request may ask for, as in config (`Millis`): a larger value
+/// (`Infinity`, `1e300`) is capped, so no deadline lies beyond what a timer can represent.
+const MAX_REQUEST_MS: u64 = 86_400_000;
+
+/// How many recent queue waits and hold times a GPU keeps for its snapshot.
+const RECENT_PER_GPU: usize = 100;
 
 /// Why a request cannot be granted right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +56,10 @@ pub(super) struct Gpu {
     pub queue: BTreeMap<QueueKey, WaiterId>,
     pub reading: Option<GpuReading>,
     pub state: AdmissionState,
+    /// Queue waits of the latest grants, ms, oldest first (snapshot `metrics.queueWaitMs`).
+    pub recent_waits: VecDeque<f64>,
+    /// Hold times of the latest releases, ms, oldest first (snapshot `metrics.holdMs`).
+    pub recent_holds: VecDeque<f64>,
 }
 
 pub(super) struct Lease {
@@ -66,6 +83,7 @@ pub(super) struct Waiter {
     pub enqueued_at: Micros,
     pub hold_max: Micros,
     pub vram_mb: u64,
+    pub busy: BusyPolicy,
     pub trace: Trace,
 }
 
@@ -89,6 +107,10 @@ pub struct Arbiter {
     closed: bool,
     record_events: bool,
     events: Vec<ArbiterEvent>,
+    /// Leases the watchdog took back since the caller last asked (their holders are told).
+    revoked: Vec<LeaseId>,
+    /// Until when long ASR audio raises the water marks.
+    marks_boost_until: Option<Micros>,
     pub(super) stats: StatsTable,
 }
 
@@ -105,6 +127,8 @@ impl Arbiter {
             closed: false,
             record_events: false,
             events: Vec::new(),
+            revoked: Vec::new(),
+            marks_boost_until: None,
             stats: StatsTable::new(),
         }
     }
@@ -127,6 +151,16 @@ impl Arbiter {
 
     pub fn take_events(&mut self) -> Vec<ArbiterEvent> {
         std::mem::take(&mut self.events)
+    }
+
+    /// Leases revoked by the watchdog since the last call, so their holders can be told to stop.
+    pub fn take_revoked(&mut self) -> Vec<LeaseId> {
+        std::mem::take(&mut self.revoked)
+    }
+
+    /// Whether any lease was revoked since `take_revoked` was last called.
+    pub fn has_revoked(&self) -> bool {
+        !self.revoked.is_empty()
     }
 
     /// When the caller must next call [`Arbiter::tick`].
@@ -174,7 +208,9 @@ impl Arbiter {
         }
         let blocked = match self.check(g, r.priority, r.vram_mb, now) {
             Ok(()) => {
-                let grant = self.grant(g, req.task_type, r.priority, req.trace, r.hold_max, r.vram_mb, 0, now);
+                let lease_id = self.fresh_id();
+                let grant =
+                    self.grant(lease_id, g, req.task_type, r.priority, req.trace, r.hold_max, r.vram_mb, 0, now);
                 return Ok(Admission::Settled(Outcome::Acquired(grant)));
             }
             Err(block) => block,
@@ -185,12 +221,14 @@ impl Arbiter {
             (BusyPolicy::Skip, false) => (Status::Skipped, blocked.reason_now()),
             (BusyPolicy::FallbackCpu, true) => (Status::FallbackCpu, Reason::QueueFull),
             (BusyPolicy::FallbackCpu, false) => (Status::FallbackCpu, blocked.reason_now()),
-            (BusyPolicy::Wait, false) if r.max_wait == 0 => (Status::Timeout, timeout_reason(blocked)),
+            (BusyPolicy::Wait, false) if r.max_wait == 0 => self.wait_ran_out(g, r.priority, r.busy, blocked, now),
             (BusyPolicy::Wait, false) => {
                 return Ok(Admission::Queued(self.enqueue(g, req, r, now)));
             }
         };
-        self.settle_unqueued(g, &req.task_type, status, reason, now);
+        // Only a WAIT request with no wait left gets here without a full queue: its wait ran out.
+        let waited_out = r.busy == BusyPolicy::Wait && !queue_full;
+        self.settle_unqueued(g, &req.task_type, status, reason, waited_out, now);
         Ok(Admission::Settled(Outcome::NotAcquired { status, reason }))
     }
 
@@ -205,6 +243,7 @@ impl Arbiter {
         let g = lease.gpu;
         self.gpus[g].active -= 1;
         let held = now.saturating_sub(lease.acquired_at);
+        push_recent(&mut self.gpus[g].recent_holds, held);
         let key = self.gpus[g].key.clone();
         self.task_stats(&key, &lease.task_type).hold.observe(held);
         if self.record_events {
@@ -246,6 +285,12 @@ impl Arbiter {
                     self.emit_admission_state(g, now);
                     self.pump(g, now, out);
                 }
+                Deadline::MarksBoostEnds => {
+                    if self.marks_boost_until.is_some_and(|until| until <= now) {
+                        self.marks_boost_until = None;
+                        self.reassess_pressure(now, out);
+                    }
+                }
             }
         }
     }
@@ -257,24 +302,70 @@ impl Arbiter {
             return;
         };
         let usage = &self.config.gpu_usage;
-        let (high, low) = (usage.high_water.get() as f64, usage.low_water.get() as f64);
+        let marks = self.water_marks();
         let gpu = &mut self.gpus[g];
         if let Some(old) = gpu.reading {
             self.deadlines.remove(&(old.at + usage.stale_after_ms.get() * MICROS_PER_MS, Deadline::ReadingStale(g)));
         }
         let before = gpu.state;
-        gpu.state = match (reading.utilization_gpu, gpu.state) {
-            (Some(u), _) if u >= high => AdmissionState::HighPressure,
-            (Some(u), _) if u < low => AdmissionState::Normal,
-            (Some(_), AdmissionState::Unknown) => AdmissionState::Normal,
-            (_, state) => state,
-        };
+        gpu.state = next_pressure_state(gpu.state, reading.utilization_gpu, marks);
         gpu.reading = Some(reading);
         self.deadlines.insert((reading.at + usage.stale_after_ms.get() * MICROS_PER_MS, Deadline::ReadingStale(g)));
         if before != self.gpus[g].state {
             self.emit_admission_state(g, now);
         }
         self.pump(g, now, out);
+    }
+
+    /// A hint from the ASR stage about the utterance it is about to run. Audio longer than
+    /// `dynamicAdjustment.longAudioThresholdMs` raises both water marks for `adjustmentTtlMs`:
+    /// the long, busy hold that follows is expected, and should not shed other work as pressure.
+    /// Returns whether the marks were raised.
+    pub fn notify_asr_task_hint(
+        &mut self,
+        estimated_audio_ms: Option<u64>,
+        estimated_gpu_hold_ms: Option<u64>,
+        now: Micros,
+        out: &mut Vec<Resolution>,
+    ) -> bool {
+        let adjust = &self.config.gpu_usage.dynamic_adjustment;
+        let long = estimated_audio_ms.or(estimated_gpu_hold_ms).is_some_and(|ms| ms > adjust.long_audio_threshold_ms.get());
+        if !adjust.enabled || !long || self.closed {
+            return false;
+        }
+        let until = now + adjust.adjustment_ttl_ms.get() * MICROS_PER_MS;
+        if let Some(old) = self.marks_boost_until.replace(until) {
+            self.deadlines.remove(&(old, Deadline::MarksBoostEnds));
+        }
+        self.deadlines.insert((until, Deadline::MarksBoostEnds));
+        self.reassess_pressure(now, out);
+        true
+    }
+
+    /// The water marks in force: the configured ones, raised while a long-audio boost lasts.
+    pub fn water_marks(&self) -> WaterMarks {
+        let usage = &self.config.gpu_usage;
+        let (mut high, mut low) = (usage.high_water.get() as f64, usage.low_water.get() as f64);
+        if self.marks_boost_until.is_some() {
+            high += usage.dynamic_adjustment.high_water_boost.get() as f64;
+            low += usage.dynamic_adjustment.low_water_boost.get() as f64;
+        }
+        WaterMarks { high, low }
+    }
+
+    /// Re-applies the (changed) water marks to every GPU's last reading.
+    fn reassess_pressure(&mut self, now: Micros, out: &mut Vec<Resolution>) {
+        let marks = self.water_marks();
+        for g in 0..self.gpus.len() {
+            let gpu = &mut self.gpus[g];
+            let Some(reading) = gpu.reading else { continue };
+            let before = gpu.state;
+            gpu.state = next_pressure_state(gpu.state, reading.utilization_gpu, marks);
+            if before != gpu.state {
+                self.emit_admission_state(g, now);
+            }
+            self.pump(g, now, out);
+        }
     }
 
     /// Replaces the config, keeping leases and queue. GPU keys may be added; a key can only be
@@ -355,6 +446,7 @@ impl Arbiter {
                 });
             }
         }
+        self.revoked.clear();
         self.leases.clear();
         for gpu in &mut self.gpus {
             gpu.active = 0;
@@ -406,7 +498,8 @@ impl Arbiter {
             max_wait: req
                 .max_wait_ms
                 .or(pick(|p| p.max_wait_ms.map(|v| v.get())))
-                .unwrap_or(c.default_max_wait_ms.get())
+                .unwrap_or(c.default_max_wait_ms())
+                .min(MAX_REQUEST_MS)
                 * MICROS_PER_MS,
             busy: req.busy_policy.or(p.and_then(|p| p.busy_policy)).unwrap_or(c.default_busy_policy),
             queue_limit: req
@@ -417,6 +510,7 @@ impl Arbiter {
                 .hold_max_ms
                 .or(pick(|p| p.hold_max_ms.map(|v| v.get())))
                 .unwrap_or(c.default_hold_max_ms.get())
+                .min(MAX_REQUEST_MS)
                 * MICROS_PER_MS,
             vram_mb: req.vram_mb.or(pick(|p| p.vram_mb.map(|v| v.get()))).unwrap_or(0),
         }
@@ -465,9 +559,12 @@ impl Arbiter {
             .unwrap_or(0)
     }
 
+    /// Grants lease `lease_id` (a queued request keeps its waiter id as its lease id, so the id a
+    /// snapshot shows for a queued request is the one its lease gets).
     #[allow(clippy::too_many_arguments)]
     fn grant(
         &mut self,
+        lease_id: LeaseId,
         g: usize,
         task_type: String,
         priority: u64,
@@ -477,9 +574,9 @@ impl Arbiter {
         waited: Micros,
         now: Micros,
     ) -> Grant {
-        let lease_id = self.fresh_id();
         let key = self.gpus[g].key.clone();
         self.gpus[g].active += 1;
+        push_recent(&mut self.gpus[g].recent_waits, waited);
         if hold_max > 0 {
             self.deadlines.insert((now + hold_max, Deadline::Watchdog(lease_id)));
         }
@@ -533,6 +630,7 @@ impl Arbiter {
                 enqueued_at: now,
                 hold_max: r.hold_max,
                 vram_mb: r.vram_mb,
+                busy: r.busy,
                 trace: req.trace,
             },
         );
@@ -577,7 +675,7 @@ impl Arbiter {
             let Some(id) = next else { return };
             let w = self.dequeue(id).expect("queued waiter exists");
             let waited = now.saturating_sub(w.enqueued_at);
-            let grant = self.grant(g, w.task_type, w.priority, w.trace, w.hold_max, w.vram_mb, waited, now);
+            let grant = self.grant(id, g, w.task_type, w.priority, w.trace, w.hold_max, w.vram_mb, waited, now);
             out.push(Resolution { waiter: id, outcome: Outcome::Acquired(grant) });
         }
     }
@@ -586,23 +684,39 @@ impl Arbiter {
         let Some(w) = self.waiters.get(&id) else {
             return;
         };
-        let (g, priority, vram) = (w.gpu, w.priority, w.vram_mb);
+        let (g, priority, vram, busy) = (w.gpu, w.priority, w.vram_mb, w.busy);
         // It may have become grantable without a trigger (e.g. its GPU's reading went stale).
         self.pump(g, now, out);
         if !self.waiters.contains_key(&id) {
             return;
         }
-        let reason = match self.check(g, priority, vram, now) {
-            Err(block) => timeout_reason(block),
-            Ok(()) => Reason::Timeout,
-        };
+        let block = self.check(g, priority, vram, now).err().unwrap_or(Block::Capacity);
+        let (status, reason) = self.wait_ran_out(g, priority, busy, block, now);
         let w = self.dequeue(id).expect("waiter exists");
         let key = self.gpus[g].key.clone();
         let stats = self.task_stats(&key, &w.task_type);
-        stats.count(Status::Timeout);
+        stats.count(status);
         stats.timeouts += 1;
-        self.emit_settled(EventKind::Timeout, g, &w.task_type, Status::Timeout, reason, now);
-        out.push(Resolution { waiter: id, outcome: Outcome::NotAcquired { status: Status::Timeout, reason } });
+        self.emit_settled(EventKind::Timeout, g, &w.task_type, status, reason, now);
+        out.push(Resolution { waiter: id, outcome: Outcome::NotAcquired { status, reason } });
+    }
+
+    /// How a wait that ran out is answered, by the old arbiter's rule (its callers classify by
+    /// these strings): under HIGH_PRESSURE at priority >= 70 a `TIMEOUT` with `GPU_USAGE_HIGH`;
+    /// otherwise `FALLBACK_CPU` under that policy, else `SKIPPED`, with `GPU_USAGE_HIGH` under
+    /// pressure, our own `VRAM_LOW` when memory held it back, else `TIMEOUT`.
+    fn wait_ran_out(&self, g: usize, priority: u64, busy: BusyPolicy, block: Block, now: Micros) -> (Status, Reason) {
+        let pressure = self.admission_state(g, now) == AdmissionState::HighPressure;
+        if pressure && priority >= PRESSURE_TIMEOUT_MIN_PRIORITY {
+            return (Status::Timeout, Reason::GpuUsageHigh);
+        }
+        let reason = match block {
+            _ if pressure => Reason::GpuUsageHigh,
+            Block::Vram => Reason::VramLow,
+            _ => Reason::Timeout,
+        };
+        let status = if busy == BusyPolicy::FallbackCpu { Status::FallbackCpu } else { Status::Skipped };
+        (status, reason)
     }
 
     fn watchdog(&mut self, id: LeaseId, now: Micros, out: &mut Vec<Resolution>) {
@@ -635,20 +749,30 @@ impl Arbiter {
         if revoke {
             self.leases.remove(&id);
             self.gpus[g].active -= 1;
+            push_recent(&mut self.gpus[g].recent_holds, held);
+            self.revoked.push(id);
             self.pump(g, now, out);
         }
     }
 
-    fn settle_unqueued(&mut self, g: usize, task_type: &str, status: Status, reason: Reason, now: Micros) {
+    fn settle_unqueued(
+        &mut self,
+        g: usize,
+        task_type: &str,
+        status: Status,
+        reason: Reason,
+        waited_out: bool,
+        now: Micros,
+    ) {
         let key = self.gpus[g].key.clone();
         let stats = self.task_stats(&key, task_type);
         stats.count(status);
-        match status {
-            Status::Timeout => stats.timeouts += 1,
-            _ if reason == Reason::QueueFull => stats.queue_full += 1,
+        match reason {
+            _ if waited_out => stats.timeouts += 1,
+            Reason::QueueFull => stats.queue_full += 1,
             _ => {}
         }
-        let kind = if status == Status::Timeout { EventKind::Timeout } else { EventKind::Skipped };
+        let kind = if waited_out { EventKind::Timeout } else { EventKind::Skipped };
         self.emit_settled(kind, g, task_type, status, reason, now);
     }
 
@@ -703,16 +827,40 @@ impl Arbiter {
     }
 }
 
-/// A waiter that runs out of time reports what held it back: pressure, VRAM, or plain waiting.
-fn timeout_reason(block: Block) -> Reason {
-    match block {
-        Block::Capacity => Reason::Timeout,
-        other => other.reason_now(),
+/// The utilization marks between NORMAL and HIGH_PRESSURE.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WaterMarks {
+    pub high: f64,
+    pub low: f64,
+}
+
+/// Pressure follows utilization with hysteresis: HIGH at `high`, NORMAL again under `low`.
+fn next_pressure_state(state: AdmissionState, utilization: Option<f64>, marks: WaterMarks) -> AdmissionState {
+    match (utilization, state) {
+        (Some(u), _) if u >= marks.high => AdmissionState::HighPressure,
+        (Some(u), _) if u < marks.low => AdmissionState::Normal,
+        (Some(_), AdmissionState::Unknown) => AdmissionState::Normal,
+        (_, state) => state,
     }
+}
+
+fn push_recent(recent: &mut VecDeque<f64>, micros: Micros) {
+    if recent.len() == RECENT_PER_GPU {
+        recent.pop_front();
+    }
+    recent.push_back(micros as f64 / MICROS_PER_MS as f64);
 }
 
 impl Gpu {
     fn new(key: String) -> Self {
-        Self { key, active: 0, queue: BTreeMap::new(), reading: None, state: AdmissionState::Unknown }
+        Self {
+            key,
+            active: 0,
+            queue: BTreeMap::new(),
+            reading: None,
+            state: AdmissionState::Unknown,
+            recent_waits: VecDeque::new(),
+            recent_holds: VecDeque::new(),
+        }
     }
 }

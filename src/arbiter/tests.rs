@@ -66,13 +66,15 @@ fn grants_up_to_capacity_then_queues_and_hands_over_on_release() {
 fn busy_policies_answer_at_once() {
     let mut a = arbiter(json!({}));
     granted(a.acquire(req("ASR"), 0).unwrap());
-    assert_eq!(not_acquired(a.acquire(req("SEMANTIC_REPAIR"), 0).unwrap()), (Status::Skipped, Reason::GpuBusy));
+    let mut skip = req("SEMANTIC_REPAIR");
+    skip.busy_policy = Some(BusyPolicy::Skip);
+    assert_eq!(not_acquired(a.acquire(skip, 0).unwrap()), (Status::Skipped, Reason::GpuBusy));
     let mut fb = req("X");
     fb.busy_policy = Some(BusyPolicy::FallbackCpu);
     assert_eq!(not_acquired(a.acquire(fb, 0).unwrap()), (Status::FallbackCpu, Reason::GpuBusy));
     let mut no_wait = req("X");
     no_wait.max_wait_ms = Some(0);
-    assert_eq!(not_acquired(a.acquire(no_wait, 0).unwrap()), (Status::Timeout, Reason::Timeout));
+    assert_eq!(not_acquired(a.acquire(no_wait, 0).unwrap()), (Status::Skipped, Reason::Timeout));
     assert_eq!(a.waiter_count(), 0);
 }
 
@@ -94,17 +96,18 @@ fn a_full_queue_is_answered_queue_full_and_never_grows() {
 fn waiters_time_out_at_max_wait() {
     let mut a = arbiter(json!({}));
     granted(a.acquire(req("ASR"), 0).unwrap());
-    let w = queued(a.acquire(req("TTS"), 10 * MS).unwrap()); // TTS waits 2000 ms
-    assert_eq!(a.next_deadline(), Some(2010 * MS));
+    let w = queued(a.acquire(req("TTS"), 10 * MS).unwrap()); // TTS waits 13000 ms
+    assert_eq!(a.next_deadline(), Some(13_010 * MS));
     let mut out = vec![];
-    a.tick(2009 * MS, &mut out);
+    a.tick(13_009 * MS, &mut out);
     assert!(out.is_empty());
-    a.tick(2010 * MS, &mut out);
+    a.tick(13_010 * MS, &mut out);
     assert_eq!(
         out,
         vec![Resolution {
             waiter: w,
-            outcome: Outcome::NotAcquired { status: Status::Timeout, reason: Reason::Timeout }
+            // The old arbiter's answer to a plain wait that ran out.
+            outcome: Outcome::NotAcquired { status: Status::Skipped, reason: Reason::Timeout }
         }]
     );
     assert_eq!(a.waiter_count(), 0);
@@ -206,8 +209,8 @@ fn cancel_frees_the_place_at_once() {
     let r = a.cancel(w, MS).unwrap();
     assert_eq!(r.outcome, Outcome::NotAcquired { status: Status::Cancelled, reason: Reason::Aborted });
     assert!(a.cancel(w, MS).is_none());
-    queued(a.acquire(req("ASR"), 2 * MS).unwrap());
-    assert_eq!(a.next_deadline(), Some(2 * MS + 3000 * MS));
+    queued(a.acquire(req("NMT"), 2 * MS).unwrap()); // NMT waits 8000 ms
+    assert_eq!(a.next_deadline(), Some(2 * MS + 8_000 * MS));
 }
 
 #[test]
@@ -286,7 +289,8 @@ fn pressure_timeout_reports_gpu_usage_high() {
         out,
         vec![Resolution {
             waiter: w,
-            outcome: Outcome::NotAcquired { status: Status::Timeout, reason: Reason::GpuUsageHigh }
+            // Below priority 70 under pressure: skipped, not a timeout.
+            outcome: Outcome::NotAcquired { status: Status::Skipped, reason: Reason::GpuUsageHigh }
         }]
     );
 }
@@ -471,4 +475,124 @@ proptest! {
         a.release(lease.lease_id, later + 1, &mut out);
         prop_assert_eq!(out[0].waiter, old);
     }
+}
+
+/// Runs one WAIT request of `priority` and `busy` into its deadline on a GPU held by another
+/// lease, under HIGH_PRESSURE or not, and returns how it was answered.
+fn wait_runs_out(pressure: bool, priority: u64, busy: BusyPolicy) -> (Status, Reason) {
+    let mut a = arbiter(json!({"maxConcurrentLeases": 1, "gpuUsage": {"priorityFloor": 0}}));
+    let mut out = vec![];
+    a.observe_gpu("gpu:0", reading(0, if pressure { 95.0 } else { 10.0 }, 40_000), 0, &mut out);
+    granted(a.acquire(req("HOLDER"), 0).unwrap());
+    let mut r = req("X");
+    r.priority = Some(priority);
+    r.max_wait_ms = Some(100);
+    // The old arbiter let every policy wait; here only WAIT queues, the others answer at once.
+    r.busy_policy = Some(busy);
+    match a.acquire(r, 0).unwrap() {
+        Admission::Queued(w) => {
+            a.observe_gpu("gpu:0", reading(90 * MS, if pressure { 95.0 } else { 10.0 }, 40_000), 90 * MS, &mut out);
+            a.tick(100 * MS, &mut out);
+            assert_eq!(out.len(), 1);
+            assert_eq!(out[0].waiter, w);
+            match out[0].outcome {
+                Outcome::NotAcquired { status, reason } => (status, reason),
+                ref o => panic!("{o:?}"),
+            }
+        }
+        other => panic!("expected a WAIT request to queue, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_wait_that_runs_out_is_answered_by_the_old_arbiters_rule() {
+    use BusyPolicy::*;
+    assert_eq!(wait_runs_out(false, 90, Wait), (Status::Skipped, Reason::Timeout));
+    assert_eq!(wait_runs_out(false, 20, Wait), (Status::Skipped, Reason::Timeout));
+    assert_eq!(wait_runs_out(true, 90, Wait), (Status::Timeout, Reason::GpuUsageHigh));
+    assert_eq!(wait_runs_out(true, 70, Wait), (Status::Timeout, Reason::GpuUsageHigh));
+    assert_eq!(wait_runs_out(true, 69, Wait), (Status::Skipped, Reason::GpuUsageHigh));
+    // The counters follow the statuses; every wait that ran out counts as a timeout.
+    let mut a = arbiter(json!({}));
+    granted(a.acquire(req("ASR"), 0).unwrap());
+    let mut r = req("NMT");
+    r.max_wait_ms = Some(10);
+    queued(a.acquire(r, 0).unwrap());
+    a.tick(10 * MS, &mut vec![]);
+    let m = a.metrics();
+    assert!(m.contains("gpu_arbiter_acquire_total{gpu=\"gpu:0\",task_type=\"NMT\",status=\"SKIPPED\"} 1"), "{m}");
+    assert!(m.contains("gpu_arbiter_timeouts_total{gpu=\"gpu:0\",task_type=\"NMT\"} 1"), "{m}");
+    let snap = a.snapshot("gpu:0", 10 * MS).unwrap();
+    assert_eq!((snap.metrics.skipped, snap.metrics.timeouts, snap.metrics.acquired), (1, 1, 1));
+}
+
+#[test]
+fn fallback_cpu_requests_that_ran_out_at_once_follow_the_rule() {
+    let mut a = arbiter(json!({}));
+    let mut out = vec![];
+    a.observe_gpu("gpu:0", reading(0, 95.0, 40_000), 0, &mut out);
+    granted(a.acquire(req("ASR"), 0).unwrap());
+    let mut asr = req("ASR");
+    asr.max_wait_ms = Some(0);
+    assert_eq!(not_acquired(a.acquire(asr, 0).unwrap()), (Status::Timeout, Reason::GpuUsageHigh));
+}
+
+#[test]
+fn a_queued_request_keeps_its_id_as_its_lease_id() {
+    let mut a = arbiter(json!({}));
+    let first = granted(a.acquire(req("ASR"), 0).unwrap());
+    let w = queued(a.acquire(req("NMT"), 0).unwrap());
+    assert_eq!(a.snapshot("gpu:0", MS).unwrap().queue[0].id, w);
+    let mut out = vec![];
+    a.release(first.lease_id, 2 * MS, &mut out);
+    match &out[0].outcome {
+        Outcome::Acquired(g) => assert_eq!(g.lease_id, w),
+        o => panic!("{o:?}"),
+    }
+    let snap = a.snapshot("gpu:0", 3 * MS).unwrap();
+    assert_eq!(snap.metrics.recent_waits_ms, vec![0.0, 2.0]);
+    assert_eq!(snap.metrics.recent_holds_ms, vec![2.0]);
+}
+
+#[test]
+fn revoked_leases_are_reported_once() {
+    let mut a = arbiter(json!({"watchdogAction": "revoke", "defaultHoldMaxMs": 50}));
+    let l = granted(a.acquire(req("ASR"), 0).unwrap());
+    a.tick(50 * MS, &mut vec![]);
+    assert!(a.has_revoked());
+    assert_eq!(a.take_revoked(), vec![l.lease_id]);
+    assert!(a.take_revoked().is_empty());
+}
+
+#[test]
+fn huge_waits_and_holds_are_capped_at_one_day() {
+    let mut a = arbiter(json!({}));
+    let mut r = req("ASR");
+    r.hold_max_ms = Some(u64::MAX / 2);
+    granted(a.acquire(r, 0).unwrap());
+    assert_eq!(a.next_deadline(), Some(86_400_000 * MS));
+    let mut w = req("NMT");
+    w.max_wait_ms = Some(u64::MAX / 2);
+    queued(a.acquire(w, 0).unwrap());
+    assert_eq!(a.next_deadline(), Some(86_400_000 * MS));
+}
+
+#[test]
+fn a_long_audio_hint_raises_both_marks_for_a_while() {
+    let mut a = arbiter(json!({"maxConcurrentLeases": 4, "gpuUsage": {"staleAfterMs": 60_000}}));
+    let mut out = vec![];
+    a.observe_gpu("gpu:0", reading(0, 88.0, 40_000), 0, &mut out);
+    assert_eq!(a.snapshot("gpu:0", 0).unwrap().admission.state, AdmissionState::HighPressure);
+    assert!(!a.notify_asr_task_hint(Some(8_000), None, MS, &mut out), "not longer than the threshold");
+    assert!(a.notify_asr_task_hint(Some(12_000), Some(9_000), MS, &mut out));
+    assert_eq!(a.water_marks(), WaterMarks { high: 92.0, low: 85.0 });
+    a.observe_gpu("gpu:0", reading(2 * MS, 84.0, 40_000), 2 * MS, &mut out);
+    assert_eq!(a.snapshot("gpu:0", 2 * MS).unwrap().admission.state, AdmissionState::Normal);
+    a.observe_gpu("gpu:0", reading(3 * MS, 90.0, 40_000), 3 * MS, &mut out);
+    assert_eq!(a.snapshot("gpu:0", 3 * MS).unwrap().admission.state, AdmissionState::Normal, "90 < 92");
+    assert_eq!(a.next_deadline(), Some(MS + 15_000 * MS));
+    a.tick(MS + 15_000 * MS, &mut out);
+    assert_eq!(a.water_marks(), WaterMarks { high: 85.0, low: 78.0 });
+    let snap = a.snapshot("gpu:0", MS + 15_000 * MS).unwrap();
+    assert_eq!(snap.admission.state, AdmissionState::HighPressure, "90% is over the restored high mark");
 }

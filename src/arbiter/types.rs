@@ -51,9 +51,6 @@ pub enum Status {
 }
 
 impl Status {
-    pub const ALL: [Status; 5] =
-        [Status::Acquired, Status::Skipped, Status::FallbackCpu, Status::Timeout, Status::Cancelled];
-
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Acquired => "ACQUIRED",
@@ -109,15 +106,6 @@ pub struct Grant {
 pub enum Outcome {
     Acquired(Grant),
     NotAcquired { status: Status, reason: Reason },
-}
-
-impl Outcome {
-    pub fn status(&self) -> Status {
-        match self {
-            Outcome::Acquired(_) => Status::Acquired,
-            Outcome::NotAcquired { status, .. } => *status,
-        }
-    }
 }
 
 /// The answer to `acquire`: settled now, or queued until a later call resolves it.

@@ -1,5 +1,6 @@
-//! The `gpuArbiter` section: accepted exactly as the old in-JS arbiter's config wrote it, plus our
-//! additions (`maxConcurrentLeases`, aging, the watchdog action, `gpuUsage` admission settings).
+//! The `gpuArbiter` section: accepted exactly as the old in-JS arbiter's config wrote it (its key
+//! names included: `gpuUsageThreshold`, `gpuUsage.baseHighWater` / `baseLowWater` / `cacheTtlMs`),
+//! plus our additions (`maxConcurrentLeases`, aging, the watchdog action, VRAM admission).
 
 use std::collections::BTreeMap;
 
@@ -73,8 +74,39 @@ pub struct GpuUsageConfig {
     pub priority_floor: Priority,
     /// Free VRAM (MB) that VRAM admission never hands out.
     pub vram_reserve_mb: Megabytes,
-    /// A sample older than this is not used for admission (logical leases only).
+    /// A sample older than this is not used for admission (logical leases only). The old
+    /// arbiter's `cacheTtlMs`.
     pub stale_after_ms: Millis,
+    /// How often the arbiter that `getGpuArbiter()` creates samples its GPUs.
+    pub sample_interval_ms: Millis,
+    /// Long ASR audio raises both water marks for a while (`notifyAsrTaskHint`).
+    pub dynamic_adjustment: DynamicAdjustment,
+}
+
+/// The old arbiter's dynamic water marks: a long utterance is about to hold the GPU at high
+/// utilization for a while, which is expected load, not pressure to shed work for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct DynamicAdjustment {
+    pub enabled: bool,
+    /// Audio longer than this (ms) raises the marks.
+    pub long_audio_threshold_ms: Millis,
+    pub high_water_boost: Percent,
+    pub low_water_boost: Percent,
+    /// How long a raise lasts after the hint, ms.
+    pub adjustment_ttl_ms: Millis,
+}
+
+impl Default for DynamicAdjustment {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            long_audio_threshold_ms: Int(8_000),
+            high_water_boost: Int(7),
+            low_water_boost: Int(7),
+            adjustment_ttl_ms: Int(15_000),
+        }
+    }
 }
 
 impl Default for GpuUsageConfig {
@@ -86,6 +118,8 @@ impl Default for GpuUsageConfig {
             priority_floor: Int(50),
             vram_reserve_mb: Int(512),
             stale_after_ms: Int(5_000),
+            sample_interval_ms: Int(1_000),
+            dynamic_adjustment: DynamicAdjustment::default(),
         }
     }
 }
@@ -101,7 +135,9 @@ pub struct ArbiterConfig {
     pub max_concurrent_leases: Positive,
     pub default_queue_limit: Count,
     pub default_hold_max_ms: Millis,
-    pub default_max_wait_ms: Millis,
+    /// Absent: `defaultHoldMaxMs`, as the old arbiter waited for a task type without a policy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_max_wait_ms: Option<Millis>,
     pub default_priority: Priority,
     pub default_busy_policy: BusyPolicy,
     /// A waiter's effective priority rises by one point per this many ms of waiting; 0 turns
@@ -119,8 +155,8 @@ impl Default for ArbiterConfig {
             gpu_keys: vec!["gpu:0".to_string()],
             max_concurrent_leases: Int(1),
             default_queue_limit: Int(8),
-            default_hold_max_ms: Int(8_000),
-            default_max_wait_ms: Int(3_000),
+            default_hold_max_ms: Int(60_000),
+            default_max_wait_ms: None,
             default_priority: Int(50),
             default_busy_policy: BusyPolicy::Wait,
             aging_ms_per_priority: Int(1_000),
@@ -131,8 +167,9 @@ impl Default for ArbiterConfig {
     }
 }
 
-/// The seed's policies for the node's task types; configured policies override them per field.
-fn builtin_policies() -> [(&'static str, TaskPolicy); 4] {
+/// The old arbiter factory's policies for the node's task types (what the node runs today);
+/// configured policies override them per field.
+fn builtin_policies() -> [(&'static str, TaskPolicy); 6] {
     let policy = |priority, max_wait_ms, busy_policy| TaskPolicy {
         priority: Some(Int(priority)),
         max_wait_ms: Some(Int(max_wait_ms)),
@@ -140,17 +177,20 @@ fn builtin_policies() -> [(&'static str, TaskPolicy); 4] {
         ..TaskPolicy::default()
     };
     [
-        ("ASR", policy(90, 3_000, BusyPolicy::Wait)),
-        ("NMT", policy(80, 3_000, BusyPolicy::Wait)),
-        ("TTS", policy(70, 2_000, BusyPolicy::Wait)),
-        ("SEMANTIC_REPAIR", policy(20, 400, BusyPolicy::Skip)),
+        ("ASR", policy(90, 60_000, BusyPolicy::Wait)),
+        ("NMT", policy(80, 8_000, BusyPolicy::Wait)),
+        ("TTS", policy(70, 13_000, BusyPolicy::Wait)),
+        ("SEMANTIC_REPAIR", policy(20, 8_000, BusyPolicy::Wait)),
+        ("PHONETIC_CORRECTION", policy(60, 20_000, BusyPolicy::Wait)),
+        ("PUNCTUATION_RESTORE", policy(55, 20_000, BusyPolicy::Wait)),
     ]
 }
 
 impl ArbiterConfig {
     /// Validates a `gpuArbiter` object; paths in errors and warnings start with `gpuArbiter`.
     pub fn from_json(value: &Value, warnings: &mut Vec<String>) -> SidecarResult<Self> {
-        let mut config: ArbiterConfig = parse_section(value, "gpuArbiter", warnings)?;
+        let value = with_current_key_names(value)?;
+        let mut config: ArbiterConfig = parse_section(&value, "gpuArbiter", warnings)?;
         config.validate()?;
         for (task, builtin) in builtin_policies() {
             let entry = config.policies.entry(task.to_string()).or_default();
@@ -164,8 +204,13 @@ impl ArbiterConfig {
     /// Applies a JSON merge patch (RFC 7396) and validates the result as a whole.
     pub fn patched(&self, patch: &Value, warnings: &mut Vec<String>) -> SidecarResult<Self> {
         let mut value = serde_json::to_value(self).expect("config serializes");
-        merge_patch(&mut value, patch);
+        merge_patch(&mut value, &with_current_key_names(patch)?);
         Self::from_json(&value, warnings)
+    }
+
+    /// The wait of a request whose task type has no `maxWaitMs`.
+    pub fn default_max_wait_ms(&self) -> u64 {
+        self.default_max_wait_ms.unwrap_or(self.default_hold_max_ms).get()
     }
 
     fn validate(&self) -> SidecarResult<()> {
@@ -198,6 +243,54 @@ impl ArbiterConfig {
         }
         Ok(())
     }
+}
+
+/// The old arbiter's key names and ours for the same settings: `(object path, old, current)`.
+const RENAMED_KEYS: [(&[&str], &str, &str); 4] = [
+    (&[], "gpuUsageThreshold", "gpuUsage.highWater"),
+    (&["gpuUsage"], "baseHighWater", "highWater"),
+    (&["gpuUsage"], "baseLowWater", "lowWater"),
+    (&["gpuUsage"], "cacheTtlMs", "staleAfterMs"),
+];
+
+/// Rewrites the old arbiter's key names to ours, so a config (or patch) written for it takes
+/// effect. Both names with different values is an error naming both.
+fn with_current_key_names(value: &Value) -> SidecarResult<Value> {
+    let mut value = value.clone();
+    for (parent, old, current) in RENAMED_KEYS {
+        let Some(object) = parent.iter().try_fold(&mut value, |v, k| v.get_mut(*k)).and_then(Value::as_object_mut)
+        else {
+            continue;
+        };
+        let Some(old_value) = object.remove(old) else { continue };
+        let (target_path, leaf) = match current.rsplit_once('.') {
+            Some((section, leaf)) => (vec![section], leaf),
+            None => (vec![], current),
+        };
+        let mut target = &mut *object;
+        for key in target_path {
+            let entry = target.entry(key.to_string()).or_insert_with(|| Value::Object(Default::default()));
+            if !entry.is_object() {
+                *entry = Value::Object(Default::default());
+            }
+            target = entry.as_object_mut().expect("made an object above");
+        }
+        match target.get(leaf) {
+            Some(existing) if *existing != old_value && !existing.is_null() && !old_value.is_null() => {
+                let at = |k: &str| std::iter::once("gpuArbiter").chain(parent.iter().copied()).chain([k]).collect::<Vec<_>>().join(".");
+                return Err(SidecarError::invalid_config(format!(
+                    "{}: conflicts with {} (the old name of the same setting); give one",
+                    at(old),
+                    at(current)
+                )));
+            }
+            Some(existing) if !existing.is_null() => {}
+            _ => {
+                target.insert(leaf.to_string(), old_value);
+            }
+        }
+    }
+    Ok(value)
 }
 
 fn merge_patch(target: &mut Value, patch: &Value) {
@@ -257,12 +350,54 @@ mod tests {
     }
 
     #[test]
+    fn the_old_arbiters_key_names_take_effect() {
+        let mut w = vec![];
+        let cfg = ArbiterConfig::from_json(
+            &json!({"gpuUsageThreshold": 90, "gpuUsage": {"baseLowWater": 60, "cacheTtlMs": 2000, "sampleIntervalMs": 500}}),
+            &mut w,
+        )
+        .unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(cfg.gpu_usage.high_water.get(), 90);
+        assert_eq!(cfg.gpu_usage.low_water.get(), 60);
+        assert_eq!(cfg.gpu_usage.stale_after_ms.get(), 2000);
+        assert_eq!(cfg.gpu_usage.sample_interval_ms.get(), 500);
+        let cfg = ArbiterConfig::from_json(&json!({"gpuUsage": {"baseHighWater": 95}}), &mut w).unwrap();
+        assert_eq!(cfg.gpu_usage.high_water.get(), 95);
+        let patched = cfg.patched(&json!({"gpuUsage": {"baseHighWater": 88}}), &mut w).unwrap();
+        assert_eq!(patched.gpu_usage.high_water.get(), 88);
+        let e = ArbiterConfig::from_json(&json!({"gpuUsage": {"baseHighWater": 95, "highWater": 90}}), &mut w)
+            .unwrap_err();
+        assert!(e.message.starts_with("gpuArbiter.gpuUsage.baseHighWater: conflicts with gpuArbiter.gpuUsage.highWater"), "{}", e.message);
+        let e = ArbiterConfig::from_json(&json!({"gpuUsage": {"baseHighWater": "x"}}), &mut w).unwrap_err();
+        assert!(e.message.starts_with("gpuArbiter.gpuUsage.highWater: expected an integer"), "{}", e.message);
+    }
+
+    #[test]
+    fn the_built_in_defaults_are_the_old_factorys() {
+        let mut w = vec![];
+        let cfg = ArbiterConfig::from_json(&json!({}), &mut w).unwrap();
+        assert_eq!((cfg.default_hold_max_ms.get(), cfg.default_queue_limit.get()), (60_000, 8));
+        assert_eq!(cfg.default_max_wait_ms(), 60_000, "a task type without a policy waits defaultHoldMaxMs");
+        let p = |t: &str| {
+            let p = &cfg.policies[t];
+            (p.priority.unwrap().get(), p.max_wait_ms.unwrap().get(), p.busy_policy.unwrap())
+        };
+        assert_eq!(p("ASR"), (90, 60_000, BusyPolicy::Wait));
+        assert_eq!(p("NMT"), (80, 8_000, BusyPolicy::Wait));
+        assert_eq!(p("TTS"), (70, 13_000, BusyPolicy::Wait));
+        assert_eq!(p("SEMANTIC_REPAIR"), (20, 8_000, BusyPolicy::Wait));
+        assert_eq!(p("PHONETIC_CORRECTION"), (60, 20_000, BusyPolicy::Wait));
+        assert_eq!(p("PUNCTUATION_RESTORE"), (55, 20_000, BusyPolicy::Wait));
+    }
+
+    #[test]
     fn merge_patch_changes_one_field_and_keeps_the_rest() {
         let mut w = vec![];
         let cfg = ArbiterConfig::from_json(&json!({"defaultQueueLimit": 3}), &mut w).unwrap();
         let patched = cfg.patched(&json!({"policies": {"ASR": {"priority": 99}}}), &mut w).unwrap();
         assert_eq!(patched.policies["ASR"].priority, Some(Int(99)));
-        assert_eq!(patched.policies["ASR"].max_wait_ms, Some(Int(3000)));
+        assert_eq!(patched.policies["ASR"].max_wait_ms, Some(Int(60_000)));
         assert_eq!(patched.default_queue_limit.get(), 3);
         let bad = cfg.patched(&json!({"policies": {"ASR": {"priority": 101}}}), &mut w).unwrap_err();
         assert!(
