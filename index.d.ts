@@ -30,6 +30,27 @@ export interface GpuUsageConfig {
   vramReserveMb?: number
   /** A sample older than this is not used (logical leases only). Default 5000. */
   staleAfterMs?: number
+  /** How often the arbiter `getGpuArbiter()` makes samples its GPUs, ms. Default 1000. */
+  sampleIntervalMs?: number
+  /** Long ASR audio raises both water marks for a while (`notifyAsrTaskHint`). */
+  dynamicAdjustment?: {
+    /** Default true. */
+    enabled?: boolean
+    /** Audio longer than this raises the marks. Default 8000. */
+    longAudioThresholdMs?: number
+    /** Default 7. */
+    highWaterBoost?: number
+    /** Default 7. */
+    lowWaterBoost?: number
+    /** How long a raise lasts, ms. Default 15000. */
+    adjustmentTtlMs?: number
+  }
+  /** The old arbiter's name for `highWater`. */
+  baseHighWater?: number
+  /** The old arbiter's name for `lowWater`. */
+  baseLowWater?: number
+  /** The old arbiter's name for `staleAfterMs`. */
+  cacheTtlMs?: number
 }
 
 /** The `gpuArbiter` section of the node config. Every field is optional. */
@@ -42,9 +63,9 @@ export interface GpuArbiterConfig {
   maxConcurrentLeases?: number
   /** Default 8. */
   defaultQueueLimit?: number
-  /** Hold watchdog threshold, ms; 0 turns it off. Default 8000. */
+  /** Hold watchdog threshold, ms; 0 turns it off. Default 60000. */
   defaultHoldMaxMs?: number
-  /** Default 3000. */
+  /** The wait of a task type without a policy. Default: `defaultHoldMaxMs`, as the old arbiter. */
   defaultMaxWaitMs?: number
   /** Default 50. */
   defaultPriority?: number
@@ -54,9 +75,15 @@ export interface GpuArbiterConfig {
   agingMsPerPriority?: number
   /** 'warn' (default) emits a `watchdog` event; 'revoke' also takes the lease back. */
   watchdogAction?: 'warn' | 'revoke'
-  /** Built-in: ASR 90/3000/WAIT, NMT 80/3000/WAIT, TTS 70/2000/WAIT, SEMANTIC_REPAIR 20/400/SKIP. */
+  /**
+   * Built-in (priority / maxWaitMs / busyPolicy), the old arbiter factory's: ASR 90/60000/WAIT,
+   * NMT 80/8000/WAIT, TTS 70/13000/WAIT, SEMANTIC_REPAIR 20/8000/WAIT,
+   * PHONETIC_CORRECTION 60/20000/WAIT, PUNCTUATION_RESTORE 55/20000/WAIT.
+   */
   policies?: Record<string, TaskPolicy>
   gpuUsage?: GpuUsageConfig
+  /** The old arbiter's name for `gpuUsage.highWater`. */
+  gpuUsageThreshold?: number
 }
 
 /** A JSON merge patch of the config: `null` removes a key (back to its default). */
@@ -81,20 +108,45 @@ export interface GpuLeaseRequest {
   busyPolicy?: BusyPolicy
   /** Estimated GPU memory the work needs, in MB (checked against telemetry when attached). */
   vramMb?: number
-  trace?: GpuLeaseTrace
-  /** Aborting it withdraws a queued request: it resolves `CANCELLED` / `ABORTED`. */
+  trace?: GpuLeaseTraceInput
+  /**
+   * Aborting it withdraws a queued request: it resolves `CANCELLED` / `ABORTED`. An AbortSignal,
+   * or an object with `aborted`, `addEventListener` and `removeEventListener`.
+   */
   signal?: AbortSignal
 }
 
-/** A granted lease. Give it back with `release(leaseId)`. */
+/**
+ * Who asks, for snapshots and events. Diagnostics only: a field of another type is converted
+ * (`jobId: 7` becomes `'7'`, `utteranceIndex: '3'` becomes 3) or left out, never refused.
+ */
+export interface GpuLeaseTraceInput {
+  jobId?: string | number
+  sessionId?: string | number
+  utteranceIndex?: number | string
+  stage?: string
+  [other: string]: unknown
+}
+
+/** A granted lease. Give it back with `release()` (or `arbiter.release(leaseId)`). */
 export interface GpuLeaseAcquired {
   status: 'ACQUIRED'
   leaseId: string
   gpuKey: string
+  taskType: string
   /** Epoch ms. */
   acquiredAt: number
+  /** The hold watchdog's limit for this lease, ms (0: none). */
+  holdMaxMs: number
   /** How long the request actually waited, ms. */
   queueWaitMs: number
+  /** Gives the lease back; idempotent. Returns whether it was still held. */
+  release(): boolean
+  /**
+   * Aborts when the hold watchdog revokes the lease (`reason.code` `GPU_LEASE_REVOKED`) or the
+   * arbiter closes (`CLOSED`), so a stuck call can stop its work.
+   */
+  readonly signal: AbortSignal
 }
 
 /** A request that did not get a lease. */
@@ -344,17 +396,14 @@ export declare class GpuArbiter {
   /**
    * Loads the `gpuArbiter` section of a node config file. With `{ watch: true }` edits to the
    * file are applied while running; a bad edit keeps the last good config and emits
-   * `config-rejected`.
+   * `config-rejected`; a removed file emits `config-file-missing` and is picked up again when
+   * it comes back.
    */
-  static fromFile(path: string, options?: FromFileOptions | undefined | null): GpuArbiter
-  /**
-   * Gives a lease back and hands the GPU to the next waiter. Idempotent: an unknown, already
-   * released or revoked id is ignored (logged at debug level). Returns whether a lease was released.
-   */
-  release(leaseId: string): boolean
+  static fromFile(path: string, options?: FromFileOptions): GpuArbiter
   /**
    * One GPU's state: active leases with holder trace and hold time, the queue in dequeue order,
-   * counters and wait/hold percentiles per task type, admission state. `null` for an unknown key.
+   * counters and wait/hold percentiles per task type, admission state, and the old arbiter's
+   * snapshot fields. `null` for an unknown key.
    */
   snapshot(gpuKey: string): GpuArbiterSnapshot | null
   /** Snapshots of every configured GPU. */
@@ -363,9 +412,12 @@ export declare class GpuArbiter {
   metrics(): string
   /** The effective config, defaults applied. */
   config(): GpuArbiterConfig
+  /** The configured GPU keys, in order (records name a GPU by its index here). */
+  gpuKeys(): Array<string>
   /**
    * Applies a JSON merge patch to the config (`{ policies: { ASR: { priority: 95 } } }`),
-   * keeping leases and queue. A bad patch throws `INVALID_CONFIG` and changes nothing.
+   * keeping leases and queue. A bad patch throws `INVALID_CONFIG`, changes nothing and emits
+   * `config-rejected`.
    */
   setConfig(patch: GpuArbiterConfigPatch): void
   /**
@@ -376,13 +428,21 @@ export declare class GpuArbiter {
    */
   observeGpu(gpuKey: string, reading: GpuReadingInput): void
   /**
+   * The old arbiter's hint from the ASR stage: audio longer than
+   * `gpuUsage.dynamicAdjustment.longAudioThresholdMs` raises both water marks by their boosts
+   * for `adjustmentTtlMs`, so the long, busy hold that follows is not taken for pressure.
+   * Returns whether the marks were raised.
+   */
+  notifyAsrTaskHint(hint: AsrTaskHint): boolean
+  /**
    * Subscribes to events; returns a function that unsubscribes. A listener that throws is
    * logged and does not disturb the arbiter.
    */
   onEvent(listener: (event: GpuArbiterEvent) => void): () => void
   /**
-   * Settles every waiter `CANCELLED` / `SHUTDOWN`, drops all leases, stops the file watcher.
-   * Later calls to `acquire` and `setConfig` fail with code `CLOSED`. Idempotent.
+   * Settles every waiter `CANCELLED` / `SHUTDOWN`, drops all leases (their `signal`s abort),
+   * stops the file watcher and the deadline timer. Later calls to `acquire` and `setConfig`
+   * fail with code `CLOSED`. Idempotent.
    */
   close(): void
   /** Whether `close()` was called. */
@@ -497,9 +557,85 @@ export declare class Telemetry {
   close(): void
 }
 
+/** The names of the status and reason codes that arbiter records carry, by code. */
+export declare function arbiterCodeNames(): ArbiterCodeNames
+
+/** The names behind the numeric status and reason codes of records. */
+export interface ArbiterCodeNames {
+  statuses: Array<string>
+  reasons: Array<string>
+}
+
+/** Header slots of the arbiter mailbox. */
+export declare const enum ArbiterMailboxSlot {
+  /** The arbiter's monotonic clock at the end of the last call, ms. */
+  Now = 0,
+  /** When the arbiter next needs `tick()`, on that clock, ms; -1: never. */
+  NextDeadline = 1,
+  /** Requests waiting now (the deadline timer keeps Node alive only while there are some). */
+  Waiters = 2,
+  /** 1 while the arbiter is enabled. */
+  Enabled = 3,
+  /** Bumped on every config change, so JS knows when to re-read the GPU keys. */
+  ConfigGeneration = 4,
+  /** How many records the last call wrote, from `Records` on. */
+  RecordCount = 5,
+  /** 1 when more records wait: call `takeRecords()` for them. */
+  MoreRecords = 6,
+  /** The record of the last `acquire` call's own outcome. */
+  Outcome = 8,
+  /** The first record of resolutions and revocations the last call caused. */
+  Records = 16,
+}
+
+/** Fields of one record, as offsets from the record's start. */
+export declare const enum ArbiterRecordField {
+  Kind = 0,
+  /**
+   * Waiter id of a queued or settled request, lease id of a grant or a revocation (a waiter
+   * keeps its id as its lease id).
+   */
+  Id = 1,
+  /** Index into the config's `gpuKeys`. */
+  Gpu = 2,
+  /** Index into `arbiterCodeNames().statuses`. */
+  Status = 3,
+  /** Index into `arbiterCodeNames().reasons`. */
+  Reason = 4,
+  /** Epoch ms. */
+  AcquiredAt = 5,
+  QueueWaitMs = 6,
+  HoldMaxMs = 7,
+  /** Slots per record. */
+  Size = 8,
+}
+
+/** What a record says. */
+export declare const enum ArbiterRecordKind {
+  /** The request waits; a later record settles it. */
+  Queued = 0,
+  Acquired = 1,
+  NotAcquired = 2,
+  /** The hold watchdog took the lease back: its holder should stop. */
+  Revoked = 3,
+}
+
+/** The ASR stage's hint about the utterance it is about to run (`notifyAsrTaskHint`). */
+export interface AsrTaskHint {
+  estimatedAudioMs?: number
+  estimatedGpuHoldMs?: number
+}
+
 export interface FromFileOptions {
   /** Apply edits of the file while running (policies, limits; leases and queue are kept). */
   watch?: boolean
+}
+
+/** Requests by status, in the old arbiter's shape. */
+export interface GpuAcquireTotals {
+  ACQUIRED: number
+  SKIPPED: number
+  FALLBACK_CPU: number
 }
 
 export interface GpuAdmission {
@@ -517,7 +653,7 @@ export interface GpuAdmissionSample {
 
 /** Something that happened in the arbiter. */
 export interface GpuArbiterEvent {
-  type: 'acquired' | 'released' | 'queued' | 'timeout' | 'skipped' | 'cancelled' | 'watchdog' | 'admission-state' | 'config-reloaded' | 'config-rejected'
+  type: 'acquired' | 'released' | 'queued' | 'timeout' | 'skipped' | 'cancelled' | 'watchdog' | 'admission-state' | 'config-reloaded' | 'config-rejected' | 'config-file-missing'
   /** Epoch ms. */
   at: number
   gpuKey?: string
@@ -532,6 +668,19 @@ export interface GpuArbiterEvent {
   detail?: string
 }
 
+/** One GPU's counters in the old arbiter's shape. */
+export interface GpuArbiterMetrics {
+  acquireTotal: GpuAcquireTotals
+  /** The latest grants' queue waits, ms, oldest first (at most 100). */
+  queueWaitMs: Array<number>
+  /** The latest leases' hold times, ms, oldest first (at most 100). */
+  holdMs: Array<number>
+  /** Waits that ran out, whatever their status. */
+  timeoutsTotal: number
+  queueFullTotal: number
+  watchdogExceededTotal: number
+}
+
 export interface GpuArbiterSnapshot {
   gpuKey: string
   enabled: boolean
@@ -541,6 +690,27 @@ export interface GpuArbiterSnapshot {
   queueLength: number
   tasks: Array<GpuTaskStats>
   admission: GpuAdmission
+  /**
+   * The old arbiter's fields, kept for its callers (the orchestrator's heartbeat reads
+   * `queueLength`, `gpuUsage` and `gpuAdmissionState`).
+   * The oldest active lease, or `null`.
+   */
+  currentLease?: GpuCurrentLease
+  metrics: GpuArbiterMetrics
+  gpuAdmissionState: 'UNKNOWN' | 'NORMAL' | 'HIGH_PRESSURE'
+  /** The last sampled utilization, %, or `null` without a sample. */
+  gpuUsage?: number
+  /** The age of that sample, ms, or `null`. */
+  gpuUsageCacheAgeMs?: number
+}
+
+/** The oldest active lease, as the old arbiter's snapshot showed it. */
+export interface GpuCurrentLease {
+  leaseId: string
+  taskType: string
+  /** Epoch ms. */
+  acquiredAt: number
+  holdTimeMs: number
 }
 
 export interface GpuLeaseInfo {
@@ -587,11 +757,15 @@ export interface GpuTaskStats {
 }
 
 export interface GpuWaiterInfo {
+  /** The id its lease will have when granted. */
+  leaseId: string
   taskType: string
   priority: number
   /** Priority plus aging so far; the queue is listed in dequeue order. */
   effectivePriority: number
   waitedMs: number
+  /** The old arbiter's name for `waitedMs`. */
+  waitTimeMs: number
   remainingMs?: number
   vramMb: number
   trace: GpuLeaseTrace

@@ -172,6 +172,11 @@ impl Arbiter {
         self.waiters.len()
     }
 
+    /// Whether lease `id` is held now (not released, revoked or never issued).
+    pub fn holds_lease(&self, id: LeaseId) -> bool {
+        self.leases.contains_key(&id)
+    }
+
     pub fn lease_count(&self) -> usize {
         self.leases.len()
     }
@@ -201,9 +206,11 @@ impl Arbiter {
             let lease_id = self.fresh_id();
             return Ok(Admission::Settled(Outcome::Acquired(Grant {
                 lease_id,
+                gpu: g,
                 gpu_key: self.gpus[g].key.clone(),
                 acquired_at: now,
                 queue_wait: 0,
+                hold_max: 0,
             })));
         }
         let blocked = match self.check(g, r.priority, r.vram_mb, now) {
@@ -418,6 +425,13 @@ impl Arbiter {
         Ok(())
     }
 
+    /// Records that the watched config file disappeared (the last good config stays).
+    pub fn note_config_file_missing(&mut self, now: Micros) {
+        if self.record_events {
+            self.events.push(ArbiterEvent::new(EventKind::ConfigFileMissing, now));
+        }
+    }
+
     /// Records that a config edit was refused (the last good config stays).
     pub fn note_config_rejected(&mut self, error: &SidecarError, now: Micros) {
         if self.record_events {
@@ -596,7 +610,7 @@ impl Arbiter {
             lease_id,
             Lease { gpu: g, task_type, priority, trace, acquired_at: now, hold_max, watchdog_fired: false, vram_mb },
         );
-        Grant { lease_id, gpu_key: key, acquired_at: now, queue_wait: waited }
+        Grant { lease_id, gpu: g, gpu_key: key, acquired_at: now, queue_wait: waited, hold_max }
     }
 
     fn queue_key(&self, priority: u64, enqueued_at: Micros, seq: u64) -> QueueKey {

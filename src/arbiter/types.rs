@@ -51,6 +51,10 @@ pub enum Status {
 }
 
 impl Status {
+    /// In the order of their numeric codes (`status as u8`), which the binding passes to JS.
+    pub const ALL: [Status; 5] =
+        [Status::Acquired, Status::Skipped, Status::FallbackCpu, Status::Timeout, Status::Cancelled];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Acquired => "ACQUIRED",
@@ -79,6 +83,17 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// In the order of their numeric codes (`reason as u8`), which the binding passes to JS.
+    pub const ALL: [Reason; 7] = [
+        Reason::GpuBusy,
+        Reason::QueueFull,
+        Reason::Timeout,
+        Reason::GpuUsageHigh,
+        Reason::VramLow,
+        Reason::Aborted,
+        Reason::Shutdown,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::GpuBusy => "GPU_BUSY",
@@ -96,9 +111,13 @@ impl Reason {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
     pub lease_id: LeaseId,
+    /// The GPU's index in the config's `gpuKeys`.
+    pub gpu: usize,
     pub gpu_key: String,
     pub acquired_at: Micros,
     pub queue_wait: Micros,
+    /// The hold watchdog's limit for this lease; 0: none.
+    pub hold_max: Micros,
 }
 
 /// How one request ended.
@@ -164,6 +183,8 @@ pub enum EventKind {
     AdmissionState,
     ConfigReloaded,
     ConfigRejected,
+    /// The watched config file (or its folder) disappeared; the last good config stays.
+    ConfigFileMissing,
 }
 
 impl EventKind {
@@ -179,6 +200,7 @@ impl EventKind {
             EventKind::AdmissionState => "admission-state",
             EventKind::ConfigReloaded => "config-reloaded",
             EventKind::ConfigRejected => "config-rejected",
+            EventKind::ConfigFileMissing => "config-file-missing",
         }
     }
 }

@@ -30,6 +30,27 @@ export interface GpuUsageConfig {
   vramReserveMb?: number
   /** A sample older than this is not used (logical leases only). Default 5000. */
   staleAfterMs?: number
+  /** How often the arbiter `getGpuArbiter()` makes samples its GPUs, ms. Default 1000. */
+  sampleIntervalMs?: number
+  /** Long ASR audio raises both water marks for a while (`notifyAsrTaskHint`). */
+  dynamicAdjustment?: {
+    /** Default true. */
+    enabled?: boolean
+    /** Audio longer than this raises the marks. Default 8000. */
+    longAudioThresholdMs?: number
+    /** Default 7. */
+    highWaterBoost?: number
+    /** Default 7. */
+    lowWaterBoost?: number
+    /** How long a raise lasts, ms. Default 15000. */
+    adjustmentTtlMs?: number
+  }
+  /** The old arbiter's name for `highWater`. */
+  baseHighWater?: number
+  /** The old arbiter's name for `lowWater`. */
+  baseLowWater?: number
+  /** The old arbiter's name for `staleAfterMs`. */
+  cacheTtlMs?: number
 }
 
 /** The `gpuArbiter` section of the node config. Every field is optional. */
@@ -42,9 +63,9 @@ export interface GpuArbiterConfig {
   maxConcurrentLeases?: number
   /** Default 8. */
   defaultQueueLimit?: number
-  /** Hold watchdog threshold, ms; 0 turns it off. Default 8000. */
+  /** Hold watchdog threshold, ms; 0 turns it off. Default 60000. */
   defaultHoldMaxMs?: number
-  /** Default 3000. */
+  /** The wait of a task type without a policy. Default: `defaultHoldMaxMs`, as the old arbiter. */
   defaultMaxWaitMs?: number
   /** Default 50. */
   defaultPriority?: number
@@ -54,9 +75,15 @@ export interface GpuArbiterConfig {
   agingMsPerPriority?: number
   /** 'warn' (default) emits a `watchdog` event; 'revoke' also takes the lease back. */
   watchdogAction?: 'warn' | 'revoke'
-  /** Built-in: ASR 90/3000/WAIT, NMT 80/3000/WAIT, TTS 70/2000/WAIT, SEMANTIC_REPAIR 20/400/SKIP. */
+  /**
+   * Built-in (priority / maxWaitMs / busyPolicy), the old arbiter factory's: ASR 90/60000/WAIT,
+   * NMT 80/8000/WAIT, TTS 70/13000/WAIT, SEMANTIC_REPAIR 20/8000/WAIT,
+   * PHONETIC_CORRECTION 60/20000/WAIT, PUNCTUATION_RESTORE 55/20000/WAIT.
+   */
   policies?: Record<string, TaskPolicy>
   gpuUsage?: GpuUsageConfig
+  /** The old arbiter's name for `gpuUsage.highWater`. */
+  gpuUsageThreshold?: number
 }
 
 /** A JSON merge patch of the config: `null` removes a key (back to its default). */
@@ -81,20 +108,45 @@ export interface GpuLeaseRequest {
   busyPolicy?: BusyPolicy
   /** Estimated GPU memory the work needs, in MB (checked against telemetry when attached). */
   vramMb?: number
-  trace?: GpuLeaseTrace
-  /** Aborting it withdraws a queued request: it resolves `CANCELLED` / `ABORTED`. */
+  trace?: GpuLeaseTraceInput
+  /**
+   * Aborting it withdraws a queued request: it resolves `CANCELLED` / `ABORTED`. An AbortSignal,
+   * or an object with `aborted`, `addEventListener` and `removeEventListener`.
+   */
   signal?: AbortSignal
 }
 
-/** A granted lease. Give it back with `release(leaseId)`. */
+/**
+ * Who asks, for snapshots and events. Diagnostics only: a field of another type is converted
+ * (`jobId: 7` becomes `'7'`, `utteranceIndex: '3'` becomes 3) or left out, never refused.
+ */
+export interface GpuLeaseTraceInput {
+  jobId?: string | number
+  sessionId?: string | number
+  utteranceIndex?: number | string
+  stage?: string
+  [other: string]: unknown
+}
+
+/** A granted lease. Give it back with `release()` (or `arbiter.release(leaseId)`). */
 export interface GpuLeaseAcquired {
   status: 'ACQUIRED'
   leaseId: string
   gpuKey: string
+  taskType: string
   /** Epoch ms. */
   acquiredAt: number
+  /** The hold watchdog's limit for this lease, ms (0: none). */
+  holdMaxMs: number
   /** How long the request actually waited, ms. */
   queueWaitMs: number
+  /** Gives the lease back; idempotent. Returns whether it was still held. */
+  release(): boolean
+  /**
+   * Aborts when the hold watchdog revokes the lease (`reason.code` `GPU_LEASE_REVOKED`) or the
+   * arbiter closes (`CLOSED`), so a stuck call can stop its work.
+   */
+  readonly signal: AbortSignal
 }
 
 /** A request that did not get a lease. */

@@ -8,7 +8,6 @@
 mod arbiter;
 mod config;
 mod js;
-mod lease_codec;
 mod logging;
 mod services;
 mod telemetry;

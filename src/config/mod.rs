@@ -6,13 +6,14 @@
 
 mod arbiter;
 mod number;
+pub mod watch;
 
 use std::path::Path;
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-pub use arbiter::{ArbiterConfig, BusyPolicy, GpuUsageConfig, TaskPolicy, WatchdogAction};
+pub use arbiter::{ArbiterConfig, BusyPolicy, DynamicAdjustment, GpuUsageConfig, TaskPolicy, WatchdogAction};
 pub use number::Int;
 
 use crate::error::{SidecarError, SidecarResult};
@@ -31,8 +32,7 @@ pub struct NodeConfig {
 
 /// Reads a whole node config file (other apps' sections are left alone) and validates our sections.
 pub fn load_node_config(path: &Path) -> SidecarResult<NodeConfig> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| SidecarError::invalid_config(format!("cannot read config file {}: {e}", path.display())))?;
+    let text = watch::read_config_text(path)?;
     parse_node_config(&text, &path.display().to_string())
 }
 

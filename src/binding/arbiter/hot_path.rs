@@ -1,0 +1,324 @@
+//! The arbiter's hot calls, installed on each instance as plain native functions bound to its
+//! state: napi's generated class methods pay for `this` unwrapping and argument conversion on
+//! every call, several times the cost of the lease logic.
+//!
+//! - `acquireTask(taskType, trace?)`: the common request (its task type's policy applies);
+//! - `acquireRequest(request)`: a request with any other field, read by name;
+//! - `releaseLease(id)`, `leaseHeld(id)`, `tick()`, `cancelWaiter(id)`, `takeRecords()`;
+//! - `bindSide(notify)`: the JS half registers itself and gets the mailbox.
+//!
+//! Each returns a number (the outcome's `ArbiterRecordKind`, or a boolean) and leaves the rest in
+//! the mailbox.
+
+use std::cell::RefCell;
+use std::ffi::c_void;
+use std::ptr;
+use std::rc::{Rc, Weak};
+
+use napi::{check_status, sys, Env, JsError, Result, ValueType};
+
+use super::super::js::{self, JsRef};
+use super::super::{IntoJsResult, JsResult};
+use super::mailbox::{ArbiterRecordKind, Mailbox, OutcomeRecord};
+use super::state::{after_call, undefined, Caller, State};
+use crate::arbiter::{AcquireRequest, Admission, BusyPolicy, Resolution, Trace};
+use crate::error::SidecarError;
+
+/// The prefix of the lease ids JS sees (`lease-42`).
+pub const LEASE_PREFIX: &str = "lease-";
+
+type Handler = fn(&Env, &Rc<RefCell<State>>, &[sys::napi_value; MAX_ARGS]) -> JsResult<sys::napi_value>;
+
+const MAX_ARGS: usize = 2;
+
+/// Defines the hot calls on `this` (an arbiter instance) and makes its mailbox.
+pub fn install(env: &Env, this: sys::napi_value, state: &Rc<RefCell<State>>) -> Result<()> {
+    state.borrow_mut().mailbox = Some(Mailbox::new(env)?);
+    let methods: [(&str, Handler); 8] = [
+        ("acquireTask", acquire_task),
+        ("acquireRequest", acquire_request),
+        ("releaseLease", release_lease),
+        ("leaseHeld", lease_held),
+        ("tick", tick),
+        ("cancelWaiter", cancel_waiter),
+        ("takeRecords", take_records),
+        ("bindSide", bind_side),
+    ];
+    let mut functions = Vec::with_capacity(methods.len());
+    for (name, handler) in methods {
+        functions.push((name, native_function(env, name, handler, Rc::downgrade(state))?));
+    }
+    js::define_methods(env, this, &functions)
+}
+
+/// What a hot function's data pointer holds.
+struct Bound {
+    state: Weak<RefCell<State>>,
+    handler: Handler,
+}
+
+fn native_function(env: &Env, name: &str, handler: Handler, state: Weak<RefCell<State>>) -> Result<sys::napi_value> {
+    let data = Box::into_raw(Box::new(Bound { state, handler }));
+    let mut function = ptr::null_mut();
+    check_status!(unsafe {
+        sys::napi_create_function(env.raw(), name.as_ptr().cast(), name.len() as isize, Some(trampoline), data.cast(), &mut function)
+    })?;
+    check_status!(unsafe {
+        sys::napi_add_finalizer(env.raw(), function, data.cast(), Some(free_bound), ptr::null_mut(), ptr::null_mut())
+    })?;
+    Ok(function)
+}
+
+unsafe extern "C" fn free_bound(_env: sys::napi_env, data: *mut c_void, _hint: *mut c_void) {
+    drop(Box::from_raw(data.cast::<Bound>()));
+}
+
+/// Every hot call enters here: a panic becomes a JS error (code `INTERNAL`) and our errors are
+/// thrown with their `code`.
+unsafe extern "C" fn trampoline(raw_env: sys::napi_env, info: sys::napi_callback_info) -> sys::napi_value {
+    let env = Env::from_raw(raw_env);
+    let mut argc = MAX_ARGS;
+    let mut argv = [ptr::null_mut(); MAX_ARGS];
+    let mut data = ptr::null_mut();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> JsResult<sys::napi_value> {
+        check_status!(sys::napi_get_cb_info(raw_env, info, &mut argc, argv.as_mut_ptr(), ptr::null_mut(), &mut data))
+            .js()?;
+        // Arguments not passed read as `undefined`.
+        let missing = undefined(&env)?;
+        for slot in argv.iter_mut().skip(argc.min(MAX_ARGS)) {
+            *slot = missing;
+        }
+        let bound = &*(data as *const Bound);
+        let state = bound
+            .state
+            .upgrade()
+            .ok_or_else(|| SidecarError::new(crate::error::ErrorCode::Closed, "the GpuArbiter was collected"))?;
+        (bound.handler)(&env, &state, &argv)
+    }))
+    .unwrap_or_else(|panic| Err(js::panic_error("GpuArbiter", panic).into()));
+    match outcome {
+        Ok(value) => value,
+        Err(e) => {
+            JsError::from(e).throw_into(raw_env);
+            ptr::null_mut()
+        }
+    }
+}
+
+fn number(env: &Env, n: f64) -> JsResult<sys::napi_value> {
+    js::number(env, n).js()
+}
+
+fn kind_value(env: &Env, kind: ArbiterRecordKind) -> JsResult<sys::napi_value> {
+    number(env, kind as i32 as f64)
+}
+
+fn acquire_task(env: &Env, state: &Rc<RefCell<State>>, args: &[sys::napi_value; MAX_ARGS]) -> JsResult<sys::napi_value> {
+    let task_type = match js::value_type(env, args[0]).js()? {
+        ValueType::String => js::string_value(env, args[0]).js()?,
+        _ => return Err(SidecarError::invalid_argument("request.taskType: expected a string").into()),
+    };
+    let request = AcquireRequest { task_type, trace: read_trace(env, args[1])?, ..AcquireRequest::default() };
+    acquire(env, state, request)
+}
+
+fn acquire_request(
+    env: &Env,
+    state: &Rc<RefCell<State>>,
+    args: &[sys::napi_value; MAX_ARGS],
+) -> JsResult<sys::napi_value> {
+    let request = read_request(env, args[0])?;
+    acquire(env, state, request)
+}
+
+fn acquire(env: &Env, state: &Rc<RefCell<State>>, request: AcquireRequest) -> JsResult<sys::napi_value> {
+    let admission = {
+        let mut s = state.borrow_mut();
+        let now = s.clock.now();
+        s.core.acquire(request, now)?
+    };
+    after_call(env, state, Vec::new(), Caller::Js)?;
+    let s = state.borrow();
+    let mailbox = s.mailbox.as_ref().expect("made at install");
+    let kind = match &admission {
+        Admission::Queued(id) => mailbox.write_queued(*id),
+        Admission::Settled(outcome) => {
+            let (id, acquired_at) = match outcome {
+                crate::arbiter::Outcome::Acquired(g) => (g.lease_id, s.clock.epoch_ms(g.acquired_at)),
+                crate::arbiter::Outcome::NotAcquired { .. } => (0, 0.0),
+            };
+            mailbox.write_outcome(OutcomeRecord { id, outcome, acquired_at_epoch_ms: acquired_at }, super::state::ms)
+        }
+    };
+    kind_value(env, kind)
+}
+
+fn release_lease(env: &Env, state: &Rc<RefCell<State>>, args: &[sys::napi_value; MAX_ARGS]) -> JsResult<sys::napi_value> {
+    let (released, out) = release_value(env, state, args[0])?;
+    after_call(env, state, out, Caller::Js)?;
+    js::boolean(env, released).js()
+}
+
+/// Releases the lease a JS value names: its numeric id, or a `lease-N` string. Anything else is
+/// an id this arbiter never issued: ignored, as the old arbiter did.
+pub fn release_value(
+    env: &Env,
+    state: &Rc<RefCell<State>>,
+    value: sys::napi_value,
+) -> JsResult<(bool, Vec<Resolution>)> {
+    let id = match js::value_type(env, value).js()? {
+        ValueType::Number => Some(js::number_value(env, value).js()?).filter(|n| n.fract() == 0.0 && *n >= 0.0).map(|n| n as u64),
+        ValueType::String => {
+            let text = js::string_value(env, value).js()?;
+            let id = text.strip_prefix(LEASE_PREFIX).and_then(|n| n.parse().ok());
+            if id.is_none() {
+                tracing::debug!(lease_id = %text, "release of a lease id this arbiter never issued: ignored");
+            }
+            id
+        }
+        _ => None,
+    };
+    let Some(id) = id else { return Ok((false, Vec::new())) };
+    let mut out = Vec::new();
+    let released = {
+        let mut s = state.borrow_mut();
+        let now = s.clock.now();
+        s.core.release(id, now, &mut out)
+    };
+    if !released {
+        tracing::debug!(lease_id = id, "release of an unknown, released or revoked lease: ignored");
+    }
+    Ok((released, out))
+}
+
+fn lease_held(env: &Env, state: &Rc<RefCell<State>>, args: &[sys::napi_value; MAX_ARGS]) -> JsResult<sys::napi_value> {
+    let id = js::number_value(env, args[0]).js()?;
+    js::boolean(env, state.borrow().core.holds_lease(id as u64)).js()
+}
+
+fn tick(env: &Env, state: &Rc<RefCell<State>>, _args: &[sys::napi_value; MAX_ARGS]) -> JsResult<sys::napi_value> {
+    let mut out = Vec::new();
+    {
+        let mut s = state.borrow_mut();
+        let now = s.clock.now();
+        s.core.tick(now, &mut out);
+    }
+    after_call(env, state, out, Caller::Js)?;
+    undefined(env)
+}
+
+fn cancel_waiter(env: &Env, state: &Rc<RefCell<State>>, args: &[sys::napi_value; MAX_ARGS]) -> JsResult<sys::napi_value> {
+    let id = js::number_value(env, args[0]).js()?;
+    let resolution = {
+        let mut s = state.borrow_mut();
+        let now = s.clock.now();
+        s.core.cancel(id as u64, now)
+    };
+    after_call(env, state, resolution.into_iter().collect(), Caller::Js)?;
+    undefined(env)
+}
+
+fn take_records(env: &Env, state: &Rc<RefCell<State>>, _args: &[sys::napi_value; MAX_ARGS]) -> JsResult<sys::napi_value> {
+    state.borrow_mut().publish();
+    undefined(env)
+}
+
+fn bind_side(env: &Env, state: &Rc<RefCell<State>>, args: &[sys::napi_value; MAX_ARGS]) -> JsResult<sys::napi_value> {
+    if js::value_type(env, args[0]).js()? != ValueType::Function {
+        return Err(SidecarError::invalid_argument("notify: expected a function").into());
+    }
+    let mut s = state.borrow_mut();
+    s.notify = Some(JsRef::new(env, args[0]).js()?);
+    s.publish();
+    s.mailbox.as_ref().expect("made at install").array().js()
+}
+
+/// A trace is diagnostics: a field of another type is converted (a numeric `jobId`, a string
+/// `utteranceIndex`) or left out, never a reason to refuse the request.
+fn read_trace(env: &Env, trace: sys::napi_value) -> JsResult<Trace> {
+    if js::value_type(env, trace).js()? != ValueType::Object {
+        return Ok(Trace::default());
+    }
+    let text = |name: &str| -> JsResult<Option<String>> {
+        let v = js::named_property(env, trace, name).js()?;
+        Ok(match js::value_type(env, v).js()? {
+            ValueType::String => Some(js::string_value(env, v).js()?),
+            ValueType::Number | ValueType::Boolean | ValueType::BigInt => Some(js::display(env, v).js()?),
+            _ => None,
+        })
+    };
+    let index = js::named_property(env, trace, "utteranceIndex").js()?;
+    let utterance_index = match js::value_type(env, index).js()? {
+        ValueType::Number => Some(js::number_value(env, index).js()?).filter(|n| n.is_finite()).map(|n| n.trunc() as i64),
+        ValueType::String => js::string_value(env, index).js()?.trim().parse::<f64>().ok().filter(|n| n.is_finite()).map(|n| n.trunc() as i64),
+        _ => None,
+    };
+    Ok(Trace { job_id: text("jobId")?, session_id: text("sessionId")?, utterance_index, stage: text("stage")? })
+}
+
+/// A full request object, each field checked with a message naming it.
+fn read_request(env: &Env, request: sys::napi_value) -> JsResult<AcquireRequest> {
+    if js::value_type(env, request).js()? != ValueType::Object {
+        return Err(SidecarError::invalid_argument("request: expected an object with a taskType").into());
+    }
+    let field = |name: &str| js::named_property(env, request, name).js();
+    let task_type = match js::value_type(env, field("taskType")?).js()? {
+        ValueType::String => js::string_value(env, field("taskType")?).js()?,
+        _ => return Err(SidecarError::invalid_argument("request.taskType: expected a string").into()),
+    };
+    let opt_string = |name: &str| -> JsResult<Option<String>> {
+        let v = field(name)?;
+        match js::value_type(env, v).js()? {
+            ValueType::Undefined | ValueType::Null => Ok(None),
+            ValueType::String => Ok(Some(js::string_value(env, v).js()?)),
+            _ => Err(SidecarError::invalid_argument(format!("request.{name}: expected a string")).into()),
+        }
+    };
+    let opt_number = |name: &str| -> JsResult<Option<f64>> {
+        let v = field(name)?;
+        match js::value_type(env, v).js()? {
+            ValueType::Undefined | ValueType::Null => Ok(None),
+            ValueType::Number => match js::number_value(env, v).js()? {
+                n if n.is_nan() => Err(SidecarError::invalid_argument(format!("request.{name}: expected a number, got NaN")).into()),
+                n => Ok(Some(n)),
+            },
+            _ => Err(SidecarError::invalid_argument(format!("request.{name}: expected a number")).into()),
+        }
+    };
+    // Durations and sizes: >= 0; larger than the arbiter allows (Infinity included) is capped there.
+    let opt_whole = |name: &str| -> JsResult<Option<u64>> {
+        match opt_number(name)? {
+            Some(x) if x < 0.0 => {
+                Err(SidecarError::invalid_argument(format!("request.{name}: expected a number >= 0, got {x}")).into())
+            }
+            other => Ok(other.map(|x| if x >= u64::MAX as f64 { u64::MAX } else { x.round() as u64 })),
+        }
+    };
+    let priority = match opt_number("priority")? {
+        Some(p) if p.fract() != 0.0 || !(0.0..=100.0).contains(&p) => {
+            return Err(
+                SidecarError::invalid_argument(format!("request.priority: expected an integer 0-100, got {p}")).into()
+            )
+        }
+        p => p.map(|p| p as u64),
+    };
+    let busy_policy = match opt_string("busyPolicy")? {
+        None => None,
+        Some(text) => Some(serde_json::from_value::<BusyPolicy>(serde_json::Value::String(text.clone())).map_err(|_| {
+            SidecarError::invalid_argument(format!(
+                "request.busyPolicy: expected one of \"WAIT\", \"SKIP\", \"FALLBACK_CPU\", got \"{text}\""
+            ))
+        })?),
+    };
+    Ok(AcquireRequest {
+        task_type,
+        gpu_key: opt_string("gpuKey")?,
+        priority,
+        max_wait_ms: opt_whole("maxWaitMs")?,
+        hold_max_ms: opt_whole("holdMaxMs")?,
+        queue_limit: opt_whole("queueLimit")?,
+        busy_policy,
+        vram_mb: opt_whole("vramMb")?,
+        trace: read_trace(env, field("trace")?)?,
+    })
+}

@@ -1,0 +1,251 @@
+//! `GpuArbiter`: the JS class over [`crate::arbiter::Arbiter`].
+//!
+//! The arbiter is split at the cheapest boundary Node-API allows. The Rust core makes every
+//! decision. Its JS half (`src/js/arbiter.js`) owns what only JS can hold cheaply: the promises,
+//! the result objects, AbortSignal listeners and the one deadline timer. The hot calls
+//! (`hot_path.rs`) take and return numbers; what they cause is written to a shared mailbox
+//! (`mailbox.rs`). Everything here runs on the JS thread; the core sits in an `Rc<RefCell>`.
+//!
+//! - `mod.rs`: the class and its slow-path methods;
+//! - `hot_path.rs`: acquire, release, tick, cancel;
+//! - `state.rs`: the binding state and how a change reaches JS;
+//! - `views.rs`: snapshots and events as generated JS types;
+//! - `config_file.rs`: config patches and the watched config file.
+
+mod config_file;
+mod hot_path;
+mod mailbox;
+mod state;
+mod views;
+
+use std::cell::RefCell;
+use std::rc::{Rc, Weak};
+
+use napi::bindgen_prelude::*;
+use napi_derive::napi;
+
+use super::js::{self, ValueOrigin};
+use super::{Code, IntoJsResult};
+use crate::arbiter::GpuReading;
+use crate::config::{self, ArbiterConfig};
+use crate::error::SidecarError;
+
+pub(super) use state::{gpu_loads, observe_sample, State};
+pub use views::*;
+
+#[napi(object)]
+#[allow(dead_code)] // declares the argument's TS type; the value is read as JSON
+pub struct FromFileOptions {
+    /// Apply edits of the file while running (policies, limits; leases and queue are kept).
+    pub watch: Option<bool>,
+}
+
+/// The GPU lease arbiter. All methods are synchronous except `acquire`, which resolves when the
+/// request is granted or definitively answered; every request resolves exactly once.
+#[napi]
+pub struct GpuArbiter {
+    state: Rc<RefCell<State>>,
+}
+
+#[napi]
+impl GpuArbiter {
+    /// Validates `config` (the `gpuArbiter` object of the node config) and builds an arbiter.
+    /// Throws `INVALID_CONFIG` naming the JSON path of a bad field.
+    #[napi(constructor, catch_unwind, ts_args_type = "config?: GpuArbiterConfig")]
+    pub fn new(env: &Env, this: This<Object>, config: Option<Unknown>) -> Result<Self, Code> {
+        let config = match config {
+            Some(value) => js::to_json(env, value.raw(), "gpuArbiter", ValueOrigin::ConfigObject)?,
+            None => serde_json::json!({}),
+        };
+        let mut warnings = vec![];
+        let config = ArbiterConfig::from_json(&config, &mut warnings)?;
+        for w in &warnings {
+            tracing::warn!("{w}");
+        }
+        let arbiter = Self::with_config(config);
+        hot_path::install(env, this.raw(), &arbiter.state).js()?;
+        Ok(arbiter)
+    }
+
+    /// Loads the `gpuArbiter` section of a node config file. With `{ watch: true }` edits to the
+    /// file are applied while running; a bad edit keeps the last good config and emits
+    /// `config-rejected`; a removed file emits `config-file-missing` and is picked up again when
+    /// it comes back.
+    #[napi(catch_unwind, ts_args_type = "path: string, options?: FromFileOptions", ts_return_type = "GpuArbiter")]
+    pub fn from_file<'env>(
+        env: &'env Env,
+        path: Unknown<'env>,
+        options: Option<Unknown<'env>>,
+    ) -> Result<ClassInstance<'env, GpuArbiter>, Code> {
+        let path = js::string_arg(env, path.raw(), "path")?;
+        let watch = match options {
+            Some(o) => js::to_json(env, o.raw(), "options", ValueOrigin::Argument)?,
+            None => serde_json::Value::Null,
+        };
+        let watch = match watch.get("watch") {
+            None | Some(serde_json::Value::Null) => false,
+            Some(serde_json::Value::Bool(b)) => *b,
+            Some(_) => return Err(SidecarError::invalid_argument("options.watch: expected a boolean").into()),
+        };
+        let node = config::load_node_config(std::path::Path::new(&path))?;
+        for w in &node.warnings {
+            tracing::warn!("{w}");
+        }
+        let arbiter = Self::with_config(node.gpu_arbiter);
+        if watch {
+            config_file::watch(env, &arbiter.state, path.into())?;
+        }
+        let state = Rc::clone(&arbiter.state);
+        let instance = arbiter.into_instance(env).js()?;
+        hot_path::install(env, instance.as_object(env).raw(), &state).js()?;
+        Ok(instance)
+    }
+
+    /// One GPU's state: active leases with holder trace and hold time, the queue in dequeue order,
+    /// counters and wait/hold percentiles per task type, admission state, and the old arbiter's
+    /// snapshot fields. `null` for an unknown key.
+    #[napi(catch_unwind, ts_args_type = "gpuKey: string")]
+    pub fn snapshot(&self, env: &Env, gpu_key: Unknown) -> Result<Option<GpuArbiterSnapshot>, Code> {
+        let gpu_key = js::string_arg(env, gpu_key.raw(), "gpuKey")?;
+        let s = self.state.borrow();
+        Ok(s.core.snapshot(&gpu_key, s.clock.now()).map(|snap| views::snapshot_value(&s.clock, snap)))
+    }
+
+    /// Snapshots of every configured GPU.
+    #[napi(catch_unwind)]
+    pub fn snapshot_all(&self) -> Vec<GpuArbiterSnapshot> {
+        let s = self.state.borrow();
+        s.core.snapshot_all(s.clock.now()).into_iter().map(|snap| views::snapshot_value(&s.clock, snap)).collect()
+    }
+
+    /// Prometheus text exposition (serve it next to prom-client's output).
+    #[napi(catch_unwind)]
+    pub fn metrics(&self) -> String {
+        self.state.borrow().core.metrics()
+    }
+
+    /// The effective config, defaults applied.
+    #[napi(catch_unwind, ts_return_type = "GpuArbiterConfig")]
+    pub fn config(&self) -> Result<serde_json::Value, Code> {
+        Ok(serde_json::to_value(self.state.borrow().core.config())
+            .map_err(|e| SidecarError::new(crate::error::ErrorCode::Internal, e.to_string()))?)
+    }
+
+    /// The configured GPU keys, in order (records name a GPU by its index here).
+    #[napi(catch_unwind)]
+    pub fn gpu_keys(&self) -> Vec<String> {
+        self.state.borrow().core.config().gpu_keys.clone()
+    }
+
+    /// Applies a JSON merge patch to the config (`{ policies: { ASR: { priority: 95 } } }`),
+    /// keeping leases and queue. A bad patch throws `INVALID_CONFIG`, changes nothing and emits
+    /// `config-rejected`.
+    #[napi(catch_unwind, ts_args_type = "patch: GpuArbiterConfigPatch")]
+    pub fn set_config(&self, env: &Env, patch: Unknown) -> Result<(), Code> {
+        let patch = match js::to_json(env, patch.raw(), "gpuArbiter", ValueOrigin::ConfigObject) {
+            Ok(patch) => patch,
+            Err(e) => {
+                let mut s = self.state.borrow_mut();
+                let now = s.clock.now();
+                s.core.note_config_rejected(&SidecarError::invalid_config(e.reason.clone()), now);
+                drop(s);
+                state::after_call(env, &self.state, Vec::new(), state::Caller::Native)?;
+                return Err(e);
+            }
+        };
+        config_file::apply(env, &self.state, config_file::ConfigChange::Patch(patch))
+    }
+
+    /// Feeds one GPU's current utilization and memory from any source (a `Telemetry` attached to
+    /// the arbiter does this on every sample). Sets the GPU's admission state (HIGH_PRESSURE at
+    /// `gpuUsage.highWater`, NORMAL again under `lowWater`), enables VRAM admission for requests
+    /// with `vramMb`, and re-checks waiters. Readings for keys the arbiter does not have are ignored.
+    #[napi(catch_unwind, ts_args_type = "gpuKey: string, reading: GpuReadingInput")]
+    pub fn observe_gpu(&self, env: &Env, gpu_key: Unknown, reading: Unknown) -> Result<(), Code> {
+        let gpu_key = js::string_arg(env, gpu_key.raw(), "gpuKey")?;
+        let reading = js::to_json(env, reading.raw(), "reading", ValueOrigin::Argument)?;
+        let reading = views::reading_input(&reading)?;
+        let mut out = Vec::new();
+        {
+            let mut s = self.state.borrow_mut();
+            let now = s.clock.now();
+            let reading = GpuReading { at: now, ..reading };
+            s.core.observe_gpu(&gpu_key, reading, now, &mut out);
+        }
+        state::after_call(env, &self.state, out, state::Caller::Native)
+    }
+
+    /// The old arbiter's hint from the ASR stage: audio longer than
+    /// `gpuUsage.dynamicAdjustment.longAudioThresholdMs` raises both water marks by their boosts
+    /// for `adjustmentTtlMs`, so the long, busy hold that follows is not taken for pressure.
+    /// Returns whether the marks were raised.
+    #[napi(catch_unwind, ts_args_type = "hint: AsrTaskHint")]
+    pub fn notify_asr_task_hint(&self, env: &Env, hint: Unknown) -> Result<bool, Code> {
+        let hint = js::to_json(env, hint.raw(), "hint", ValueOrigin::Argument)?;
+        let (audio, hold) = views::asr_hint(&hint)?;
+        let mut out = Vec::new();
+        let raised = {
+            let mut s = self.state.borrow_mut();
+            let now = s.clock.now();
+            s.core.notify_asr_task_hint(audio, hold, now, &mut out)
+        };
+        state::after_call(env, &self.state, out, state::Caller::Native)?;
+        Ok(raised)
+    }
+
+    /// Subscribes to events; returns a function that unsubscribes. A listener that throws is
+    /// logged and does not disturb the arbiter.
+    #[napi(catch_unwind, ts_args_type = "listener: (event: GpuArbiterEvent) => void", ts_return_type = "() => void")]
+    pub fn on_event<'env>(&self, env: &'env Env, listener: Unknown<'env>) -> Result<Function<'env, (), ()>, Code> {
+        let mut s = self.state.borrow_mut();
+        let id = s.listeners.add(env, listener.raw())?;
+        s.core.set_record_events(true);
+        let weak = Rc::downgrade(&self.state);
+        env.create_function_from_closure::<(), (), _>("unsubscribe", move |_ctx| {
+            if let Some(state) = weak.upgrade() {
+                let mut s = state.borrow_mut();
+                s.listeners.remove(id);
+                let listening = !s.listeners.is_empty();
+                s.core.set_record_events(listening);
+            }
+            Ok(())
+        })
+        .js()
+    }
+
+    /// Settles every waiter `CANCELLED` / `SHUTDOWN`, drops all leases (their `signal`s abort),
+    /// stops the file watcher and the deadline timer. Later calls to `acquire` and `setConfig`
+    /// fail with code `CLOSED`. Idempotent.
+    #[napi(catch_unwind)]
+    pub fn close(&self, env: &Env) -> Result<(), Code> {
+        let mut out = Vec::new();
+        {
+            let mut s = self.state.borrow_mut();
+            let now = s.clock.now();
+            s.core.close(now, &mut out);
+            s.watch = None;
+        }
+        state::after_call(env, &self.state, out, state::Caller::Native)?;
+        let mut s = self.state.borrow_mut();
+        s.listeners.clear();
+        s.core.set_record_events(false);
+        Ok(())
+    }
+
+    /// Whether `close()` was called.
+    #[napi(getter, catch_unwind)]
+    pub fn closed(&self) -> bool {
+        self.state.borrow().core.is_closed()
+    }
+}
+
+impl GpuArbiter {
+    /// For a `Telemetry` that feeds this arbiter without keeping it alive.
+    pub(super) fn shared(&self) -> Weak<RefCell<State>> {
+        Rc::downgrade(&self.state)
+    }
+
+    fn with_config(config: ArbiterConfig) -> Self {
+        Self { state: Rc::new(RefCell::new(State::new(config))) }
+    }
+}

@@ -1,0 +1,180 @@
+//! The binding's state around the core, and how a change reaches JS: resolutions and revocations
+//! go to the mailbox, events to the listeners, and, when the change did not come from a hot call
+//! (which reads the mailbox on return), the JS half is told to look.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use napi::bindgen_prelude::ToNapiValue;
+use napi::{sys, Env};
+
+use super::super::js::{self, JsRef, Listeners};
+use super::super::{IntoJsResult, JsResult};
+use super::mailbox::{Header, Mailbox, Record};
+use super::views::{event_value, GpuArbiterEvent};
+use crate::arbiter::{Arbiter, Micros, Resolution, MICROS_PER_MS};
+use crate::config::watch::{ConfigFileChange, ConfigFileWatch};
+use crate::config::ArbiterConfig;
+use crate::telemetry::Sample;
+
+/// The arbiter's monotonic clock (microseconds since creation), and its epoch for results.
+pub struct Clock {
+    origin: Instant,
+    origin_epoch_ms: f64,
+}
+
+impl Clock {
+    fn new() -> Self {
+        let origin_epoch_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64() * 1000.0;
+        Self { origin: Instant::now(), origin_epoch_ms }
+    }
+
+    pub fn now(&self) -> Micros {
+        self.origin.elapsed().as_micros() as Micros
+    }
+
+    pub fn epoch_ms(&self, at: Micros) -> f64 {
+        self.origin_epoch_ms + ms(at)
+    }
+}
+
+pub fn ms(micros: Micros) -> f64 {
+    micros as f64 / MICROS_PER_MS as f64
+}
+
+pub struct State {
+    pub core: Arbiter,
+    pub clock: Clock,
+    /// Shared with the JS half; made with the first hot call's env (see `hot_path::install`).
+    pub mailbox: Option<Mailbox>,
+    /// The JS half's "look at the mailbox" function, once it has bound itself.
+    pub notify: Option<JsRef>,
+    outbox: VecDeque<Record>,
+    pub listeners: Listeners,
+    pub watch: Option<ConfigFileWatch>,
+    /// Changes of the watched config file, queued by the watcher thread for the JS thread.
+    pub file_changes: Arc<Mutex<VecDeque<(ConfigFileChange, String)>>>,
+    pub config_generation: u32,
+}
+
+/// Who made the change: a hot call's JS caller reads the mailbox itself; anything else (a
+/// slow-path method, a telemetry sample, a config file edit) must tell the JS half.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    Js,
+    Native,
+}
+
+impl State {
+    pub fn new(config: ArbiterConfig) -> Self {
+        Self {
+            core: Arbiter::new(config),
+            clock: Clock::new(),
+            mailbox: None,
+            notify: None,
+            outbox: VecDeque::new(),
+            listeners: Listeners::default(),
+            watch: None,
+            file_changes: Arc::default(),
+            config_generation: 0,
+        }
+    }
+
+    /// Queues what a core call caused for JS. Revocations matter only to a bound JS half.
+    fn collect(&mut self, resolutions: Vec<Resolution>) {
+        self.outbox.extend(resolutions.into_iter().map(Record::Settled));
+        if self.core.has_revoked() {
+            let revoked = self.core.take_revoked();
+            if self.notify.is_some() {
+                self.outbox.extend(revoked.into_iter().map(Record::Revoked));
+            }
+        }
+    }
+
+    /// Writes the header and the next batch of records to the mailbox.
+    pub fn publish(&mut self) {
+        let Some(mailbox) = &self.mailbox else {
+            // No JS half yet, so no promise waits on these.
+            self.outbox.clear();
+            return;
+        };
+        mailbox.write_header(&Header {
+            now_ms: ms(self.clock.now()),
+            next_deadline_ms: self.core.next_deadline().map(ms),
+            waiters: self.core.waiter_count(),
+            enabled: self.core.config().enabled,
+            config_generation: self.config_generation,
+        });
+        let clock = &self.clock;
+        mailbox.write_records(&mut self.outbox, |at| clock.epoch_ms(at), ms);
+    }
+}
+
+/// Ends every call that changed the core: queues its resolutions, delivers events (after every
+/// borrow is released, so a listener may call back into the arbiter), publishes to the mailbox,
+/// and tells the JS half when the change did not come from it.
+pub fn after_call(env: &Env, state: &Rc<RefCell<State>>, out: Vec<Resolution>, caller: Caller) -> JsResult<()> {
+    state.borrow_mut().collect(out);
+    dispatch_events(env, state);
+    let notify = {
+        let mut s = state.borrow_mut();
+        s.publish();
+        match (&s.notify, caller) {
+            (Some(f), Caller::Native) => Some(f.get().js()?),
+            _ => None,
+        }
+    };
+    if let Some(f) = notify {
+        let undefined = unsafe { <()>::to_napi_value(env.raw(), ()) }.js()?;
+        if let Err(e) = js::call(env, undefined, f, &[]) {
+            tracing::warn!(error = %e.reason, "the arbiter's JS half failed to take its records");
+        }
+    }
+    Ok(())
+}
+
+fn dispatch_events(env: &Env, state: &Rc<RefCell<State>>) {
+    let (events, listeners) = {
+        let mut s = state.borrow_mut();
+        if s.listeners.is_empty() {
+            return;
+        }
+        let events = s.core.take_events();
+        if events.is_empty() {
+            return;
+        }
+        let values: Vec<GpuArbiterEvent> = events.into_iter().map(|e| event_value(&s.clock, e)).collect();
+        (values, s.listeners.current())
+    };
+    for event in events {
+        if let Ok(value) = unsafe { ToNapiValue::to_napi_value(env.raw(), event) } {
+            js::call_listeners(env, &listeners, value, "GpuArbiter");
+        }
+    }
+}
+
+/// Feeds a telemetry sample's GPUs (those still on the bus) to the arbiter, as of now.
+pub fn observe_sample(env: &Env, state: &Rc<RefCell<State>>, sample: &Sample) -> JsResult<()> {
+    let mut out = Vec::new();
+    {
+        let mut s = state.borrow_mut();
+        let now = s.clock.now();
+        for gpu in sample.gpus.iter().filter(|g| !g.lost) {
+            s.core.observe_gpu(&gpu.key, gpu.reading(now), now, &mut out);
+        }
+    }
+    after_call(env, state, out, Caller::Native)
+}
+
+/// `(gpu key, waiters, active leases)` per GPU, for telemetry's GPU_IDLE_WITH_BACKLOG alert.
+pub fn gpu_loads(state: &Rc<RefCell<State>>) -> Vec<(String, usize, usize)> {
+    state.borrow().core.gpu_loads()
+}
+
+/// The `undefined` value, for calls whose result JS ignores.
+pub fn undefined(env: &Env) -> JsResult<sys::napi_value> {
+    unsafe { <()>::to_napi_value(env.raw(), ()) }.js()
+}

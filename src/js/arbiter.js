@@ -1,0 +1,344 @@
+// @ts-check
+'use strict'
+// The JS half of GpuArbiter (see src/binding/arbiter/mod.rs). The native core makes every
+// decision; this module holds what JS holds cheaply: the promises, the result objects, AbortSignal
+// listeners and the one deadline timer. Native calls take and return numbers, and leave what they
+// caused in a shared Float64Array (the mailbox), whose layout the native module exports.
+
+const native = require('../../index.js')
+
+const { ArbiterMailboxSlot: Slot, ArbiterRecordField: Field, ArbiterRecordKind: Kind } = native
+const { statuses: STATUS, reasons: REASON } = native.arbiterCodeNames()
+const LEASE_PREFIX = 'lease-'
+/** Node's timers overflow past this (and then fire every millisecond). */
+const MAX_TIMER_MS = 2 ** 31 - 1
+/** Revoked lease ids remembered for a `signal` first asked for after the revocation. */
+const REMEMBERED_REVOCATIONS = 1024
+const SIDE = Symbol('gpuArbiterSide')
+
+/**
+ * @typedef {import('../../index').GpuArbiter & {
+ *   acquireTask(taskType: unknown, trace: unknown): number,
+ *   acquireRequest(request: object): number,
+ *   releaseLease(id: number | unknown): boolean,
+ *   leaseHeld(id: number): boolean,
+ *   tick(): void,
+ *   cancelWaiter(id: number): void,
+ *   takeRecords(): void,
+ *   bindSide(notify: () => void): Float64Array,
+ *   [SIDE]?: ArbiterSide,
+ * }} NativeArbiter
+ * @typedef {{ resolve: (value: unknown) => void, taskType: string, signal: AbortSignal | null, onAbort: (() => void) | null }} Waiter
+ */
+
+/** @param {string} message */
+function invalidArgument(message) {
+  const error = new TypeError(message)
+  Object.assign(error, { code: 'INVALID_ARGUMENT' })
+  return error
+}
+
+/** @param {string} message @param {string} code */
+function abortReason(message, code) {
+  return Object.assign(new Error(message), { code })
+}
+
+/** A granted lease. `release()` is idempotent; `signal` aborts when the lease is revoked or the arbiter closes. */
+class Lease {
+  #side
+  #id
+  /**
+   * @param {ArbiterSide} side @param {number} id @param {string} gpuKey @param {string} taskType
+   * @param {number} acquiredAt @param {number} queueWaitMs @param {number} holdMaxMs
+   */
+  constructor(side, id, gpuKey, taskType, acquiredAt, queueWaitMs, holdMaxMs) {
+    this.#side = side
+    this.#id = id
+    this.status = /** @type {'ACQUIRED'} */ ('ACQUIRED')
+    this.leaseId = LEASE_PREFIX + id
+    this.gpuKey = gpuKey
+    this.taskType = taskType
+    this.acquiredAt = acquiredAt
+    this.holdMaxMs = holdMaxMs
+    this.queueWaitMs = queueWaitMs
+  }
+
+  /** Gives the lease back; returns whether it was still held. */
+  release() {
+    return this.#side.release(this.#id)
+  }
+
+  /** Aborts when the hold watchdog revokes the lease or the arbiter closes. */
+  get signal() {
+    return this.#side.signalFor(this.#id)
+  }
+}
+
+class ArbiterSide {
+  /** @param {NativeArbiter} arbiter */
+  constructor(arbiter) {
+    this.arbiter = arbiter
+    /** @type {Map<number, Waiter>} */
+    this.waiters = new Map()
+    /** @type {Map<number, AbortController>} lease id -> controller, for leases whose signal was asked for */
+    this.signals = new Map()
+    /** @type {Set<number>} */
+    this.revoked = new Set()
+    /** @type {ReturnType<typeof setTimeout> | null} */
+    this.timer = null
+    this.timerAt = -1
+    this.timerKeepsAlive = false
+    this.closed = false
+    this.onTimer = () => {
+      this.timer = null
+      this.timerAt = -1
+      if (this.closed) return
+      this.arbiter.tick()
+      this.sync()
+    }
+    this.mailbox = arbiter.bindSide(() => this.sync())
+    this.generation = -1
+    /** @type {string[]} */
+    this.gpuKeys = []
+  }
+
+  /** @param {number} index */
+  gpuKey(index) {
+    const generation = this.mailbox[Slot.ConfigGeneration]
+    if (generation !== this.generation) {
+      this.gpuKeys = this.arbiter.gpuKeys()
+      this.generation = generation
+    }
+    return this.gpuKeys[index]
+  }
+
+  /** Settles what the last native call recorded, and keeps the timer at the next deadline. */
+  sync() {
+    const m = this.mailbox
+    if (m[Slot.RecordCount] > 0) this.takeRecords()
+    const next = m[Slot.NextDeadline]
+    if (next >= 0 && (this.timer === null || next < this.timerAt)) {
+      this.arm(next, m[Slot.Now])
+    } else if (this.timer !== null && m[Slot.Waiters] > 0 !== this.timerKeepsAlive) {
+      this.timerKeepsAlive = !this.timerKeepsAlive
+      if (this.timerKeepsAlive) this.timer.ref()
+      else this.timer.unref()
+    }
+  }
+
+  /** @param {number} next @param {number} now */
+  arm(next, now) {
+    if (this.timer !== null) clearTimeout(this.timer)
+    // Capped: a later deadline is met by re-arming when this one fires.
+    const delay = Math.min(Math.max(1, Math.ceil(next - now)), MAX_TIMER_MS)
+    this.timerAt = now + delay
+    this.timer = setTimeout(this.onTimer, delay)
+    // Only waiting requests keep Node alive; a lease watchdog alone does not.
+    this.timerKeepsAlive = this.mailbox[Slot.Waiters] > 0
+    if (!this.timerKeepsAlive) this.timer.unref()
+  }
+
+  takeRecords() {
+    const m = this.mailbox
+    /** @type {number[]} */
+    const revoked = []
+    for (;;) {
+      const count = m[Slot.RecordCount]
+      m[Slot.RecordCount] = 0
+      for (let i = 0; i < count; i++) {
+        const at = Slot.Records + i * Field.Size
+        const kind = m[at + Field.Kind]
+        const id = m[at + Field.Id]
+        if (kind === Kind.Revoked) {
+          revoked.push(id)
+          continue
+        }
+        const waiter = this.waiters.get(id)
+        if (waiter === undefined) continue
+        this.waiters.delete(id)
+        if (waiter.signal !== null && waiter.onAbort !== null) waiter.signal.removeEventListener('abort', waiter.onAbort)
+        waiter.resolve(kind === Kind.Acquired ? this.lease(at, waiter.taskType) : this.refusal(at))
+      }
+      if (m[Slot.MoreRecords] !== 1) break
+      this.arbiter.takeRecords()
+    }
+    // Last: abort listeners are user code, which may call back into the arbiter.
+    for (const id of revoked) this.revoke(id)
+  }
+
+  /** @param {number} at @param {string} taskType */
+  lease(at, taskType) {
+    const m = this.mailbox
+    return new Lease(this, m[at + Field.Id], this.gpuKey(m[at + Field.Gpu]), taskType, m[at + Field.AcquiredAt], m[at + Field.QueueWaitMs], m[at + Field.HoldMaxMs])
+  }
+
+  /** @param {number} at */
+  refusal(at) {
+    const m = this.mailbox
+    return { status: STATUS[m[at + Field.Status]], reason: REASON[m[at + Field.Reason]] }
+  }
+
+  /** @param {number} id */
+  revoke(id) {
+    this.revoked.add(id)
+    if (this.revoked.size > REMEMBERED_REVOCATIONS) this.revoked.delete(this.revoked.values().next().value ?? id)
+    const controller = this.signals.get(id)
+    if (controller === undefined) return
+    this.signals.delete(id)
+    controller.abort(abortReason(`GPU lease ${LEASE_PREFIX}${id} was revoked: held past its holdMaxMs`, 'GPU_LEASE_REVOKED'))
+  }
+
+  /** @param {number} id */
+  signalFor(id) {
+    const existing = this.signals.get(id)
+    if (existing !== undefined) return existing.signal
+    const controller = new AbortController()
+    if (this.closed) {
+      controller.abort(abortReason('the GPU arbiter is closed', 'CLOSED'))
+    } else if (this.revoked.has(id)) {
+      controller.abort(abortReason(`GPU lease ${LEASE_PREFIX}${id} was revoked: held past its holdMaxMs`, 'GPU_LEASE_REVOKED'))
+    } else if (this.arbiter.leaseHeld(id)) {
+      this.signals.set(id, controller)
+    }
+    // A lease already released keeps a signal that never aborts.
+    return controller.signal
+  }
+
+  /** @param {number | unknown} id */
+  release(id) {
+    const released = this.arbiter.releaseLease(id)
+    if (released && this.signals.size !== 0) this.signals.delete(/** @type {number} */ (id))
+    this.sync()
+    return released
+  }
+
+  /**
+   * Turns a native outcome into the promise `acquire` returns.
+   * @param {number} kind @param {string} taskType @param {AbortSignal | null} signal
+   */
+  answer(kind, taskType, signal) {
+    const at = Slot.Outcome
+    if (kind === Kind.Acquired) {
+      const lease = this.lease(at, taskType)
+      this.sync()
+      return Promise.resolve(lease)
+    }
+    if (kind === Kind.NotAcquired) {
+      const refusal = this.refusal(at)
+      this.sync()
+      return Promise.resolve(refusal)
+    }
+    const id = this.mailbox[at + Field.Id]
+    /** @type {Waiter} */
+    const waiter = { resolve: () => {}, taskType, signal, onAbort: null }
+    const promise = new Promise((resolve) => {
+      waiter.resolve = resolve
+    })
+    this.waiters.set(id, waiter)
+    if (signal !== null) {
+      waiter.onAbort = () => {
+        if (this.closed) return
+        this.arbiter.cancelWaiter(id)
+        this.sync()
+      }
+      signal.addEventListener('abort', waiter.onAbort, { once: true })
+    }
+    this.sync()
+    return promise
+  }
+
+  /** After `close()`: no timer, and every lease's signal aborts. */
+  shutdown() {
+    this.closed = true
+    if (this.timer !== null) clearTimeout(this.timer)
+    this.timer = null
+    this.timerAt = -1
+    const controllers = [...this.signals.values()]
+    this.signals.clear()
+    for (const c of controllers) c.abort(abortReason('the GPU arbiter is closed', 'CLOSED'))
+  }
+}
+
+/** @param {NativeArbiter} arbiter */
+function sideOf(arbiter) {
+  return arbiter[SIDE] ?? bindSide(arbiter)
+}
+
+/** @param {NativeArbiter} arbiter */
+function bindSide(arbiter) {
+  const side = new ArbiterSide(arbiter)
+  Object.defineProperty(arbiter, SIDE, { value: side })
+  return side
+}
+
+/** A `signal` must be an AbortSignal, or at least look like one (as p-queue accepts). @param {any} signal */
+function checkSignal(signal) {
+  if (signal instanceof AbortSignal) return
+  if (typeof signal === 'object' && typeof signal.aborted === 'boolean' && typeof signal.addEventListener === 'function' && typeof signal.removeEventListener === 'function') return
+  throw invalidArgument('request.signal: expected an AbortSignal')
+}
+
+/**
+ * @this {NativeArbiter}
+ * @param {any} request
+ */
+function acquire(request) {
+  const side = sideOf(this)
+  if (request === null || typeof request !== 'object') throw invalidArgument('request: expected an object with a taskType')
+  let signal = request.signal
+  if (signal === undefined || signal === null) {
+    signal = null
+  } else {
+    // Before anything is queued: a request that throws leaves no trace.
+    checkSignal(signal)
+    if (signal.aborted) {
+      if (typeof request.taskType !== 'string') throw invalidArgument('request.taskType: expected a string')
+      return Promise.resolve({ status: 'CANCELLED', reason: 'ABORTED' })
+    }
+  }
+  // The common request (task type and trace) crosses as two arguments; any other field sends
+  // the whole request to be read by name.
+  const plain =
+    request.gpuKey === undefined &&
+    request.priority === undefined &&
+    request.maxWaitMs === undefined &&
+    request.holdMaxMs === undefined &&
+    request.queueLimit === undefined &&
+    request.busyPolicy === undefined &&
+    request.vramMb === undefined
+  const kind = plain ? this.acquireTask(request.taskType, request.trace) : this.acquireRequest(request)
+  return side.answer(kind, request.taskType, signal)
+}
+
+/**
+ * @this {NativeArbiter}
+ * @param {unknown} leaseId
+ */
+function release(leaseId) {
+  const side = sideOf(this)
+  if (typeof leaseId === 'string' && leaseId.startsWith(LEASE_PREFIX)) {
+    const id = Number(leaseId.slice(LEASE_PREFIX.length))
+    if (Number.isSafeInteger(id)) return side.release(id)
+  }
+  // Not one of ours: the native side logs it and answers false.
+  return side.release(leaseId)
+}
+
+const nativeClose = native.GpuArbiter.prototype.close
+
+/** @this {NativeArbiter} */
+function close() {
+  nativeClose.call(this)
+  sideOf(this).shutdown()
+}
+
+/** Whether the arbiter arbitrates (`enabled`), read from the mailbox. @param {NativeArbiter} arbiter */
+function isEnabled(arbiter) {
+  return sideOf(arbiter).mailbox[Slot.Enabled] === 1
+}
+
+for (const [name, value] of Object.entries({ acquire, release, close })) {
+  Object.defineProperty(native.GpuArbiter.prototype, name, { value, writable: true, configurable: true })
+}
+
+module.exports = { Lease, isEnabled, LEASE_PREFIX }
