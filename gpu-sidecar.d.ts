@@ -28,6 +28,8 @@ export interface GpuStandInLease {
   holdMaxMs: 8000
   queueWaitMs: 0
   release(): void
+  /** Never aborts: nothing revokes a lease without an arbiter. */
+  readonly signal: AbortSignal
 }
 
 /** Request fields the helpers pass through to `acquire` (besides `taskType` and `trace`). */
@@ -44,8 +46,11 @@ export declare class GpuLeaseError extends Error {
   readonly taskType: string
 }
 
-/** Sets the arbiter the helpers use; `null`: none (work then runs at once with a stand-in lease). */
-export declare function setGpuArbiter(arbiter: GpuArbiter | null): void
+/**
+ * Sets the arbiter the helpers use; `null`: none (work then runs at once with a stand-in lease);
+ * `undefined`: the factory makes one again on next use. Replacing the factory's arbiter closes it.
+ */
+export declare function setGpuArbiter(arbiter: GpuArbiter | null | undefined): void
 
 /**
  * The arbiter the helpers use. On first use it is made as the old arbiter's factory made it:

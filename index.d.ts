@@ -695,13 +695,13 @@ export interface GpuArbiterSnapshot {
    * `queueLength`, `gpuUsage` and `gpuAdmissionState`).
    * The oldest active lease, or `null`.
    */
-  currentLease?: GpuCurrentLease
+  currentLease: GpuCurrentLease | null
   metrics: GpuArbiterMetrics
   gpuAdmissionState: 'UNKNOWN' | 'NORMAL' | 'HIGH_PRESSURE'
   /** The last sampled utilization, %, or `null` without a sample. */
-  gpuUsage?: number
+  gpuUsage: number | null
   /** The age of that sample, ms, or `null`. */
-  gpuUsageCacheAgeMs?: number
+  gpuUsageCacheAgeMs: number | null
 }
 
 /** The oldest active lease, as the old arbiter's snapshot showed it. */

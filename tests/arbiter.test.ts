@@ -36,18 +36,18 @@ describe('GpuArbiter statuses and reasons', () => {
   test('SKIP and FALLBACK_CPU answer a busy GPU at once with GPU_BUSY', async () => {
     arbiter = new GpuArbiter({})
     acquired(await arbiter.acquire({ taskType: 'ASR' }))
-    await expect(arbiter.acquire({ taskType: 'SEMANTIC_REPAIR' })).resolves.toEqual({ status: 'SKIPPED', reason: 'GPU_BUSY' })
+    await expect(arbiter.acquire({ taskType: 'SEMANTIC_REPAIR', busyPolicy: 'SKIP' })).resolves.toEqual({ status: 'SKIPPED', reason: 'GPU_BUSY' })
     await expect(arbiter.acquire({ taskType: 'X', busyPolicy: 'FALLBACK_CPU' })).resolves.toEqual({
       status: 'FALLBACK_CPU',
       reason: 'GPU_BUSY',
     })
   })
 
-  test('WAIT times out after maxWaitMs with TIMEOUT', async () => {
+  test("a WAIT request's wait runs out after maxWaitMs: SKIPPED / TIMEOUT, as the old arbiter answered", async () => {
     arbiter = new GpuArbiter({})
     acquired(await arbiter.acquire({ taskType: 'ASR' }))
     const started = Date.now()
-    await expect(arbiter.acquire({ taskType: 'NMT', maxWaitMs: 80 })).resolves.toEqual({ status: 'TIMEOUT', reason: 'TIMEOUT' })
+    await expect(arbiter.acquire({ taskType: 'NMT', maxWaitMs: 80 })).resolves.toEqual({ status: 'SKIPPED', reason: 'TIMEOUT' })
     expect(Date.now() - started).toBeGreaterThanOrEqual(75)
     expect(arbiter.snapshot('gpu:0')!.queueLength).toBe(0)
   })
@@ -73,9 +73,9 @@ describe('GpuArbiter statuses and reasons', () => {
     arbiter = new GpuArbiter({ maxConcurrentLeases: 4 })
     arbiter.observeGpu('gpu:0', { utilizationGpu: 92, freeMb: 40000, totalMb: 80000 })
     expect(arbiter.snapshot('gpu:0')!.admission.state).toBe('HIGH_PRESSURE')
-    await expect(arbiter.acquire({ taskType: 'SEMANTIC_REPAIR' })).resolves.toEqual({ status: 'SKIPPED', reason: 'GPU_USAGE_HIGH' })
+    await expect(arbiter.acquire({ taskType: 'SEMANTIC_REPAIR', busyPolicy: 'SKIP' })).resolves.toEqual({ status: 'SKIPPED', reason: 'GPU_USAGE_HIGH' })
     await expect(arbiter.acquire({ taskType: 'OTHER', priority: 10, maxWaitMs: 60 })).resolves.toEqual({
-      status: 'TIMEOUT',
+      status: 'SKIPPED',
       reason: 'GPU_USAGE_HIGH',
     })
     acquired(await arbiter.acquire({ taskType: 'ASR' }))
@@ -114,7 +114,7 @@ describe('GpuArbiter statuses and reasons', () => {
     expect(arbiter.snapshot('gpu:0')!.queueLength).toBe(0)
     // Its place is free: a new request can queue (limit 1).
     const next = arbiter.acquire({ taskType: 'NMT', maxWaitMs: 50 })
-    await expect(next).resolves.toEqual({ status: 'TIMEOUT', reason: 'TIMEOUT' })
+    await expect(next).resolves.toEqual({ status: 'SKIPPED', reason: 'TIMEOUT' })
     await expect(arbiter.acquire({ taskType: 'NMT', signal: AbortSignal.abort() })).resolves.toEqual({
       status: 'CANCELLED',
       reason: 'ABORTED',
@@ -150,10 +150,8 @@ describe('GpuArbiter statuses and reasons', () => {
       expect.objectContaining({ code: 'INVALID_GPU_KEY', message: expect.stringContaining('gpu:7') }),
     )
     expect(() => arbiter.acquire({ taskType: '' })).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }))
-    expect(() => arbiter.acquire(null as never)).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT', message: 'request.taskType: expected a string' }))
-    expect(() => arbiter.acquire({ taskType: 'ASR', trace: 'job-1' as never })).toThrow(
-      expect.objectContaining({ code: 'INVALID_ARGUMENT', message: 'request.trace: expected an object' }),
-    )
+    expect(() => arbiter.acquire(null as never)).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT', message: 'request: expected an object with a taskType' }))
+    expect(() => arbiter.acquire({ taskType: 7 } as never)).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT', message: 'request.taskType: expected a string' }))
     expect(() => arbiter.acquire({ taskType: 'ASR', priority: 101 })).toThrow(
       expect.objectContaining({ code: 'INVALID_ARGUMENT', message: 'request.priority: expected an integer 0-100, got 101' }),
     )
@@ -271,7 +269,7 @@ describe('GpuArbiter observability', () => {
     })
     const off = arbiter.onEvent((e) => types.push(e.type))
     const lease = acquired(await arbiter.acquire({ taskType: 'ASR' }))
-    await arbiter.acquire({ taskType: 'SEMANTIC_REPAIR' })
+    await arbiter.acquire({ taskType: 'SEMANTIC_REPAIR', busyPolicy: 'SKIP' })
     await arbiter.acquire({ taskType: 'NMT', maxWaitMs: 30 })
     arbiter.release(lease.leaseId)
     expect(types).toEqual(['acquired', 'skipped', 'queued', 'timeout', 'released'])

@@ -29,7 +29,7 @@ describe('lease helpers', () => {
     const held = await tryAcquireGpuLease('ASR')
     expect(held).not.toBeNull()
     const fn = jest.fn()
-    await expect(withGpuLease('SEMANTIC_REPAIR', fn)).rejects.toMatchObject({
+    await expect(withGpuLease('SEMANTIC_REPAIR', fn, undefined, { busyPolicy: 'SKIP' })).rejects.toMatchObject({
       name: 'GpuLeaseError',
       message: 'GPU lease skipped: GPU_BUSY (SEMANTIC_REPAIR)',
       code: 'GPU_LEASE_SKIPPED',
@@ -40,13 +40,18 @@ describe('lease helpers', () => {
       message: 'GPU lease fallback to CPU: GPU_BUSY (SEMANTIC_REPAIR)',
       code: 'GPU_LEASE_FALLBACK_CPU',
     })
-    const err = await withGpuLease('ASR', fn, undefined, { maxWaitMs: 20 }).catch((e) => e)
+    const err = await withGpuLease('NMT', fn, undefined, { maxWaitMs: 20 }).catch((e) => e)
     expect(err).toBeInstanceOf(GpuLeaseError)
-    expect(err).toMatchObject({ message: 'GPU lease timeout: TIMEOUT (ASR)', code: 'GPU_LEASE_TIMEOUT', status: 'TIMEOUT', reason: 'TIMEOUT' })
+    expect(err).toMatchObject({ message: 'GPU lease skipped: TIMEOUT (NMT)', code: 'GPU_LEASE_SKIPPED', status: 'SKIPPED', reason: 'TIMEOUT' })
+    // Seed 002: a slow ASR call holds the GPU under HIGH_PRESSURE; the next ASR job times out.
     arbiter.observeGpu('gpu:0', { utilizationGpu: 99 })
+    await expect(withGpuLease('ASR', fn, undefined, { maxWaitMs: 20 })).rejects.toMatchObject({
+      message: 'GPU lease timeout: GPU_USAGE_HIGH (ASR)',
+      code: 'GPU_LEASE_TIMEOUT',
+    })
     arbiter.release(held!.leaseId)
     await expect(withGpuLease('OTHER', fn, undefined, { priority: 5, maxWaitMs: 20 })).rejects.toMatchObject({
-      message: 'GPU lease timeout: GPU_USAGE_HIGH (OTHER)',
+      message: 'GPU lease skipped: GPU_USAGE_HIGH (OTHER)',
     })
     expect(fn).not.toHaveBeenCalled()
   })
@@ -54,19 +59,19 @@ describe('lease helpers', () => {
   test('tryAcquireGpuLease returns a lease or null', async () => {
     const lease = await tryAcquireGpuLease('ASR', { jobId: 'x' })
     expect(lease).toMatchObject({ status: 'ACQUIRED', gpuKey: 'gpu:0' })
-    await expect(tryAcquireGpuLease('SEMANTIC_REPAIR')).resolves.toBeNull()
+    await expect(tryAcquireGpuLease('SEMANTIC_REPAIR', undefined, { busyPolicy: 'SKIP' })).resolves.toBeNull()
     arbiter.release(lease!.leaseId)
   })
 
   test('an absent, closed or disabled arbiter runs fn at once', async () => {
     setGpuArbiter(null)
     expect(getGpuArbiter()).toBeNull()
-    await expect(withGpuLease('ASR', (lease) => lease.leaseId)).resolves.toBe('')
+    await expect(withGpuLease('ASR', (lease) => lease.leaseId)).resolves.toBe('no-arbiter')
     const disabled = new GpuArbiter({ enabled: false })
     setGpuArbiter(disabled)
     expect(getGpuArbiter()).toBe(disabled)
-    const inside = await Promise.all([1, 2, 3].map(() => withGpuLease('ASR', (l) => l.status)))
-    expect(inside).toEqual(['ACQUIRED', 'ACQUIRED', 'ACQUIRED'])
+    const inside = await Promise.all([1, 2, 3].map(() => withGpuLease('ASR', (l) => l.leaseId)))
+    expect(inside).toEqual(['no-arbiter', 'no-arbiter', 'no-arbiter'])
     disabled.close()
     await expect(withGpuLease('ASR', () => 'ran')).resolves.toBe('ran')
     expect(() => setGpuArbiter({} as GpuArbiter)).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }))

@@ -341,4 +341,24 @@ for (const [name, value] of Object.entries({ acquire, release, close })) {
   Object.defineProperty(native.GpuArbiter.prototype, name, { value, writable: true, configurable: true })
 }
 
+// Methods that can set a deadline (a stale reading, a raised water mark) or settle waiters bind
+// the JS half first, so its timer and promises follow whatever they cause.
+/** @param {any} prototype @param {string} name @param {(self: any, args: any[]) => NativeArbiter} arbiterOf */
+function bindingFirst(prototype, name, arbiterOf) {
+  const method = prototype[name]
+  Object.defineProperty(prototype, name, {
+    value: /** @this {any} */ function (/** @type {any[]} */ ...args) {
+      const arbiter = arbiterOf(this, args)
+      if (arbiter instanceof native.GpuArbiter) sideOf(arbiter)
+      return method.apply(this, args)
+    },
+    writable: true,
+    configurable: true,
+  })
+}
+for (const name of ['observeGpu', 'notifyAsrTaskHint', 'setConfig', 'onEvent']) {
+  bindingFirst(native.GpuArbiter.prototype, name, (self) => self)
+}
+bindingFirst(native.Telemetry.prototype, 'attachArbiter', (_self, args) => args[0])
+
 module.exports = { Lease, isEnabled, LEASE_PREFIX }

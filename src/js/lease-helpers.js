@@ -86,11 +86,12 @@ function dropFactoryArbiter() {
 }
 
 /**
- * Sets the arbiter the helpers use: a `GpuArbiter`, or `null` for none (work then runs at once).
- * @param {import('../../index').GpuArbiter | null} arbiter
+ * Sets the arbiter the helpers use: a `GpuArbiter`, `null` for none (work then runs at once), or
+ * `undefined` to have the factory make one again on next use.
+ * @param {import('../../index').GpuArbiter | null | undefined} arbiter
  */
 function setGpuArbiter(arbiter) {
-  if (arbiter !== null && !(arbiter instanceof native.GpuArbiter)) throw invalidArgument('setGpuArbiter: expected a GpuArbiter or null')
+  if (arbiter != null && !(arbiter instanceof native.GpuArbiter)) throw invalidArgument('setGpuArbiter: expected a GpuArbiter, null or undefined')
   if (arbiter !== current) dropFactoryArbiter()
   current = arbiter
 }
@@ -101,9 +102,12 @@ function getGpuArbiter() {
   return current
 }
 
-/** @param {string} taskType */
+/** Without arbitration nothing revokes a lease: one signal that never aborts serves them all. */
+const NEVER_ABORTED = new AbortController().signal
+
+/** The old arbiter's stand-in, plus a `signal` so callers need not check which they got. @param {string} taskType */
 function standInLease(taskType) {
-  return { status: 'ACQUIRED', leaseId: 'no-arbiter', gpuKey: 'gpu:0', taskType, acquiredAt: Date.now(), holdMaxMs: 8000, queueWaitMs: 0, release() {} }
+  return { status: 'ACQUIRED', leaseId: 'no-arbiter', gpuKey: 'gpu:0', taskType, acquiredAt: Date.now(), holdMaxMs: 8000, queueWaitMs: 0, release() {}, signal: NEVER_ABORTED }
 }
 
 function usableArbiter() {

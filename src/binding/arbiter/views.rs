@@ -1,6 +1,7 @@
 //! What the arbiter shows JS: snapshots and events as generated types (`#[napi(object)]`), and
 //! the small argument objects of its slow-path methods.
 
+use napi::bindgen_prelude::{Either, Null};
 use napi_derive::napi;
 use serde_json::Value;
 
@@ -159,14 +160,17 @@ pub struct GpuArbiterSnapshot {
     /// The old arbiter's fields, kept for its callers (the orchestrator's heartbeat reads
     /// `queueLength`, `gpuUsage` and `gpuAdmissionState`).
     /// The oldest active lease, or `null`.
-    pub current_lease: Option<GpuCurrentLease>,
+    #[napi(ts_type = "GpuCurrentLease | null")]
+    pub current_lease: Either<GpuCurrentLease, Null>,
     pub metrics: GpuArbiterMetrics,
     #[napi(ts_type = "'UNKNOWN' | 'NORMAL' | 'HIGH_PRESSURE'")]
     pub gpu_admission_state: String,
     /// The last sampled utilization, %, or `null` without a sample.
-    pub gpu_usage: Option<f64>,
+    #[napi(ts_type = "number | null")]
+    pub gpu_usage: Either<f64, Null>,
     /// The age of that sample, ms, or `null`.
-    pub gpu_usage_cache_age_ms: Option<f64>,
+    #[napi(ts_type = "number | null")]
+    pub gpu_usage_cache_age_ms: Either<f64, Null>,
 }
 
 /// The ASR stage's hint about the utterance it is about to run (`notifyAsrTaskHint`).
@@ -203,6 +207,14 @@ fn percentiles_value(p: Option<Percentiles>) -> Option<LatencyPercentiles> {
 
 pub fn lease_id(id: u64) -> String {
     format!("{LEASE_PREFIX}{id}")
+}
+
+/// The old arbiter's snapshot has `null`, not a missing field, where there is nothing.
+fn or_null<T>(value: Option<T>) -> Either<T, Null> {
+    match value {
+        Some(v) => Either::A(v),
+        None => Either::B(Null),
+    }
 }
 
 pub fn snapshot_value(clock: &Clock, snap: GpuSnapshot) -> GpuArbiterSnapshot {
@@ -288,11 +300,11 @@ pub fn snapshot_value(clock: &Clock, snap: GpuSnapshot) -> GpuArbiterSnapshot {
                 age_ms: ms(snap.admission.reading_age.unwrap_or(0)),
             }),
         },
-        current_lease,
+        current_lease: or_null(current_lease),
         metrics,
         gpu_admission_state: admission_state,
-        gpu_usage: snap.admission.reading.and_then(|r| r.utilization_gpu),
-        gpu_usage_cache_age_ms: snap.admission.reading_age.map(ms),
+        gpu_usage: or_null(snap.admission.reading.and_then(|r| r.utilization_gpu)),
+        gpu_usage_cache_age_ms: or_null(snap.admission.reading_age.map(ms)),
     }
 }
 
