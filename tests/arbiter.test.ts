@@ -243,7 +243,7 @@ describe('GpuArbiter observability', () => {
   test('metrics() is Prometheus text with the seed metric list', async () => {
     const arbiter = new GpuArbiter({})
     const lease = acquired(await arbiter.acquire({ taskType: 'ASR' }))
-    await arbiter.acquire({ taskType: 'SEMANTIC_REPAIR' })
+    await arbiter.acquire({ taskType: 'SEMANTIC_REPAIR', busyPolicy: 'SKIP' })
     arbiter.release(lease.leaseId)
     const text = arbiter.metrics()
     expect(text).toContain('# TYPE gpu_arbiter_acquire_total counter')

@@ -141,7 +141,7 @@ describe('the arbiter on replayed telemetry', () => {
     expect(arbiter.snapshot('gpu:0')!.admission).toMatchObject({ state: 'HIGH_PRESSURE', sample: { utilizationGpu: 95 } })
     expect(arbiter.snapshot('gpu:0')!.admission.sample!.ageMs).toBeLessThan(5000)
     expect(arbiter.snapshot('gpu:1')!.admission.state).toBe('NORMAL')
-    await expect(arbiter.acquire({ taskType: 'SEMANTIC_REPAIR', gpuKey: 'gpu:0' })).resolves.toEqual({ status: 'SKIPPED', reason: 'GPU_USAGE_HIGH' })
+    await expect(arbiter.acquire({ taskType: 'SEMANTIC_REPAIR', gpuKey: 'gpu:0', busyPolicy: 'SKIP' })).resolves.toEqual({ status: 'SKIPPED', reason: 'GPU_USAGE_HIGH' })
     await expect(arbiter.acquire({ taskType: 'SEMANTIC_REPAIR', gpuKey: 'gpu:1' })).resolves.toMatchObject({ status: 'ACQUIRED' })
     await expect(arbiter.acquire({ taskType: 'ASR', gpuKey: 'gpu:0' })).resolves.toMatchObject({ status: 'ACQUIRED' })
     // Without a gpuKey, low-priority work goes to the GPU that is not under pressure.

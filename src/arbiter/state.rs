@@ -1,6 +1,8 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
+use rustc_hash::FxHashMap;
+
 use super::stats::{render_prometheus, StatsTable, TaskStats};
 use super::types::*;
 use crate::config::{ArbiterConfig, WatchdogAction};
@@ -100,8 +102,8 @@ struct Resolved {
 pub struct Arbiter {
     pub(super) config: ArbiterConfig,
     pub(super) gpus: Vec<Gpu>,
-    pub(super) leases: HashMap<LeaseId, Lease>,
-    pub(super) waiters: HashMap<WaiterId, Waiter>,
+    pub(super) leases: FxHashMap<LeaseId, Lease>,
+    pub(super) waiters: FxHashMap<WaiterId, Waiter>,
     deadlines: BTreeSet<(Micros, Deadline)>,
     next_id: u64,
     closed: bool,
@@ -120,8 +122,8 @@ impl Arbiter {
         Self {
             config,
             gpus,
-            leases: HashMap::new(),
-            waiters: HashMap::new(),
+            leases: FxHashMap::default(),
+            waiters: FxHashMap::default(),
             deadlines: BTreeSet::new(),
             next_id: 1,
             closed: false,
@@ -207,7 +209,6 @@ impl Arbiter {
             return Ok(Admission::Settled(Outcome::Acquired(Grant {
                 lease_id,
                 gpu: g,
-                gpu_key: self.gpus[g].key.clone(),
                 acquired_at: now,
                 queue_wait: 0,
                 hold_max: 0,
@@ -251,11 +252,10 @@ impl Arbiter {
         self.gpus[g].active -= 1;
         let held = now.saturating_sub(lease.acquired_at);
         push_recent(&mut self.gpus[g].recent_holds, held);
-        let key = self.gpus[g].key.clone();
-        self.task_stats(&key, &lease.task_type).hold.observe(held);
+        task_stats(&mut self.stats, &self.gpus[g].key, &lease.task_type).hold.observe(held);
         if self.record_events {
             let mut ev = ArbiterEvent::new(EventKind::Released, now);
-            ev.gpu_key = Some(key);
+            ev.gpu_key = Some(self.gpus[g].key.clone());
             ev.task_type = Some(lease.task_type);
             ev.lease_id = Some(lease_id);
             ev.held = Some(held);
@@ -588,18 +588,17 @@ impl Arbiter {
         waited: Micros,
         now: Micros,
     ) -> Grant {
-        let key = self.gpus[g].key.clone();
         self.gpus[g].active += 1;
         push_recent(&mut self.gpus[g].recent_waits, waited);
         if hold_max > 0 {
             self.deadlines.insert((now + hold_max, Deadline::Watchdog(lease_id)));
         }
-        let stats = self.task_stats(&key, &task_type);
+        let stats = task_stats(&mut self.stats, &self.gpus[g].key, &task_type);
         stats.count(Status::Acquired);
         stats.wait.observe(waited);
         if self.record_events {
             let mut ev = ArbiterEvent::new(EventKind::Acquired, now);
-            ev.gpu_key = Some(key.clone());
+            ev.gpu_key = Some(self.gpus[g].key.clone());
             ev.task_type = Some(task_type.clone());
             ev.lease_id = Some(lease_id);
             ev.waited = Some(waited);
@@ -610,7 +609,7 @@ impl Arbiter {
             lease_id,
             Lease { gpu: g, task_type, priority, trace, acquired_at: now, hold_max, watchdog_fired: false, vram_mb },
         );
-        Grant { lease_id, gpu: g, gpu_key: key, acquired_at: now, queue_wait: waited, hold_max }
+        Grant { lease_id, gpu: g, acquired_at: now, queue_wait: waited, hold_max }
     }
 
     fn queue_key(&self, priority: u64, enqueued_at: Micros, seq: u64) -> QueueKey {
@@ -823,14 +822,7 @@ impl Arbiter {
     }
 
     fn task_stats(&mut self, gpu: &str, task_type: &str) -> &mut TaskStats {
-        if !self.stats.contains_key(gpu) {
-            self.stats.insert(gpu.to_string(), BTreeMap::new());
-        }
-        let tasks = self.stats.get_mut(gpu).expect("inserted above");
-        if !tasks.contains_key(task_type) {
-            tasks.insert(task_type.to_string(), TaskStats::default());
-        }
-        tasks.get_mut(task_type).expect("inserted above")
+        task_stats(&mut self.stats, gpu, task_type)
     }
 
     pub(super) fn admission_state(&self, g: usize, now: Micros) -> AdmissionState {
@@ -839,6 +831,19 @@ impl Arbiter {
             None => AdmissionState::Unknown,
         }
     }
+}
+
+/// One GPU's and task type's stats, made on first use. A free function, so callers can borrow
+/// the GPU's key from `self.gpus` at the same time (no key clone on the hot path).
+fn task_stats<'a>(stats: &'a mut StatsTable, gpu: &str, task_type: &str) -> &'a mut TaskStats {
+    if !stats.contains_key(gpu) {
+        stats.insert(gpu.to_string(), BTreeMap::new());
+    }
+    let tasks = stats.get_mut(gpu).expect("inserted above");
+    if !tasks.contains_key(task_type) {
+        tasks.insert(task_type.to_string(), TaskStats::default());
+    }
+    tasks.get_mut(task_type).expect("inserted above")
 }
 
 /// The utilization marks between NORMAL and HIGH_PRESSURE.

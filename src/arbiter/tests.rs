@@ -172,10 +172,10 @@ fn no_gpu_key_picks_the_least_loaded_gpu() {
     let mut a = arbiter(json!({"gpuKeys": ["gpu:0", "gpu:1"]}));
     let g1 = granted(a.acquire(req("ASR"), 0).unwrap());
     let g2 = granted(a.acquire(req("ASR"), 0).unwrap());
-    assert_eq!((g1.gpu_key.as_str(), g2.gpu_key.as_str()), ("gpu:0", "gpu:1"));
+    assert_eq!((g1.gpu, g2.gpu), (0, 1));
     let mut out = vec![];
     a.release(g1.lease_id, MS, &mut out);
-    assert_eq!(granted(a.acquire(req("NMT"), 2 * MS).unwrap()).gpu_key, "gpu:0");
+    assert_eq!(granted(a.acquire(req("NMT"), 2 * MS).unwrap()).gpu, 0);
 }
 
 #[test]

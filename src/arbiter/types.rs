@@ -113,7 +113,6 @@ pub struct Grant {
     pub lease_id: LeaseId,
     /// The GPU's index in the config's `gpuKeys`.
     pub gpu: usize,
-    pub gpu_key: String,
     pub acquired_at: Micros,
     pub queue_wait: Micros,
     /// The hold watchdog's limit for this lease; 0: none.

@@ -274,6 +274,16 @@ pub fn to_json(env: &Env, value: sys::napi_value, root: &str, kind: ValueOrigin)
     to_json_at(env, value, &mut root.to_string(), kind, &mut ancestors)
 }
 
+/// A number as JS prints it (`NaN`, `Infinity`), for messages.
+pub fn js_number_text(n: f64) -> String {
+    match n {
+        n if n.is_nan() => "NaN".into(),
+        f64::INFINITY => "Infinity".into(),
+        f64::NEG_INFINITY => "-Infinity".into(),
+        n => n.to_string(),
+    }
+}
+
 fn json_error(kind: ValueOrigin, message: String) -> napi::Error<super::Code> {
     match kind {
         ValueOrigin::ConfigObject => SidecarError::invalid_config(message).into(),
@@ -320,7 +330,7 @@ fn to_json_at(
             }
             serde_json::Number::from_f64(n)
                 .map(Value::Number)
-                .ok_or_else(|| json_error(kind, format!("{path}: expected a finite number, got {n}")))
+                .ok_or_else(|| json_error(kind, format!("{path}: expected a finite number, got {}", js_number_text(n))))
         }
         ValueType::String => Ok(Value::String(string_value(env, value).js()?)),
         ValueType::Object => {

@@ -83,11 +83,7 @@ unsafe extern "C" fn trampoline(raw_env: sys::napi_env, info: sys::napi_callback
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> JsResult<sys::napi_value> {
         check_status!(sys::napi_get_cb_info(raw_env, info, &mut argc, argv.as_mut_ptr(), ptr::null_mut(), &mut data))
             .js()?;
-        // Arguments not passed read as `undefined`.
-        let missing = undefined(&env)?;
-        for slot in argv.iter_mut().skip(argc.min(MAX_ARGS)) {
-            *slot = missing;
-        }
+        // Node-API fills the slots of arguments not passed with `undefined`.
         let bound = &*(data as *const Bound);
         let state = bound
             .state
@@ -134,7 +130,7 @@ fn acquire_request(
 fn acquire(env: &Env, state: &Rc<RefCell<State>>, request: AcquireRequest) -> JsResult<sys::napi_value> {
     let admission = {
         let mut s = state.borrow_mut();
-        let now = s.clock.now();
+        let now = s.now();
         s.core.acquire(request, now)?
     };
     after_call(env, state, Vec::new(), Caller::Js)?;
@@ -182,7 +178,7 @@ pub fn release_value(
     let mut out = Vec::new();
     let released = {
         let mut s = state.borrow_mut();
-        let now = s.clock.now();
+        let now = s.now();
         s.core.release(id, now, &mut out)
     };
     if !released {
@@ -200,7 +196,7 @@ fn tick(env: &Env, state: &Rc<RefCell<State>>, _args: &[sys::napi_value; MAX_ARG
     let mut out = Vec::new();
     {
         let mut s = state.borrow_mut();
-        let now = s.clock.now();
+        let now = s.now();
         s.core.tick(now, &mut out);
     }
     after_call(env, state, out, Caller::Js)?;
@@ -211,7 +207,7 @@ fn cancel_waiter(env: &Env, state: &Rc<RefCell<State>>, args: &[sys::napi_value;
     let id = js::number_value(env, args[0]).js()?;
     let resolution = {
         let mut s = state.borrow_mut();
-        let now = s.clock.now();
+        let now = s.now();
         s.core.cancel(id as u64, now)
     };
     after_call(env, state, resolution.into_iter().collect(), Caller::Js)?;

@@ -58,6 +58,8 @@ pub struct State {
     /// Changes of the watched config file, queued by the watcher thread for the JS thread.
     pub file_changes: Arc<Mutex<VecDeque<(ConfigFileChange, String)>>>,
     pub config_generation: u32,
+    /// The clock as the current call read it.
+    call_now: Option<Micros>,
 }
 
 /// Who made the change: a hot call's JS caller reads the mailbox itself; anything else (a
@@ -80,6 +82,7 @@ impl State {
             watch: None,
             file_changes: Arc::default(),
             config_generation: 0,
+            call_now: None,
         }
     }
 
@@ -94,15 +97,23 @@ impl State {
         }
     }
 
+    /// The clock, read once per call: `publish` reuses this reading.
+    pub fn now(&mut self) -> Micros {
+        let now = self.clock.now();
+        self.call_now = Some(now);
+        now
+    }
+
     /// Writes the header and the next batch of records to the mailbox.
     pub fn publish(&mut self) {
+        let now = self.call_now.take().unwrap_or_else(|| self.clock.now());
         let Some(mailbox) = &self.mailbox else {
             // No JS half yet, so no promise waits on these.
             self.outbox.clear();
             return;
         };
         mailbox.write_header(&Header {
-            now_ms: ms(self.clock.now()),
+            now_ms: ms(now),
             next_deadline_ms: self.core.next_deadline().map(ms),
             waiters: self.core.waiter_count(),
             enabled: self.core.config().enabled,
