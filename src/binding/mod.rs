@@ -7,6 +7,7 @@
 
 mod arbiter;
 mod config;
+mod inventory;
 mod js;
 mod lease_codec;
 mod logging;

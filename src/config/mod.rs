@@ -6,6 +6,7 @@
 
 mod arbiter;
 mod number;
+mod schema;
 
 use std::path::Path;
 
@@ -14,6 +15,7 @@ use serde_json::Value;
 
 pub use arbiter::{ArbiterConfig, BusyPolicy, GpuUsageConfig, TaskPolicy, WatchdogAction};
 pub use number::Int;
+pub use schema::node_config_schema;
 
 use crate::error::{SidecarError, SidecarResult};
 use crate::services::ServicesConfig;
