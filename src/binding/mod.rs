@@ -11,6 +11,7 @@ mod inventory;
 mod js;
 mod lease_codec;
 mod logging;
+mod recording;
 mod services;
 mod telemetry;
 

@@ -7,6 +7,7 @@
 
 pub mod advice;
 pub mod alerts;
+pub mod analysis;
 pub mod host;
 pub mod inventory;
 pub mod metrics;
@@ -17,6 +18,7 @@ pub mod sample;
 pub mod sampler;
 
 pub use advice::{recommend_concurrency, Recommendation};
+pub use analysis::{analyze_recording, RecordingAnalysis};
 pub use alerts::{Alert, AlertCode, AlertEngine, AlertLevel, Backlog};
 pub use host::{zombie_children, HostReader, ProcessRegistry};
 pub use inventory::{read_inventory, GpuInfo, Inventory};
