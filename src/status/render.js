@@ -178,7 +178,8 @@ function frame(o) {
   }
   for (let i = 0; i <= 4; i++) {
     const t = o.t0 + ((o.t1 - o.t0) * i) / 4
-    svg += `<text x="${x(t).toFixed(1)}" y="${height - 6}" class="tick" text-anchor="middle">${clock(t)}</text>`
+    const anchor = i === 0 ? 'start' : i === 4 ? 'end' : 'middle'
+    svg += `<text x="${x(t).toFixed(1)}" y="${height - 6}" class="tick" text-anchor="${anchor}">${clock(t)}</text>`
   }
   return { svg, x, y, height, open: `<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 ${CHART.width} ${height}" class="chart" role="img" aria-label="${escapeHtml(o.title)}">` }
 }
