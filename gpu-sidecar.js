@@ -4,6 +4,7 @@
 // and must rethrow the user's own errors untouched.
 
 const native = require('./index.js')
+const { serveStatus } = require('./src/status/server.js') // operators' status page: README "Operators"
 
 // `acquire(request)` reads the request's fields here, where property access is nearly free, and
 // hands them to the instance's native `acquireFields` in this order (src/binding/lease_codec.rs
@@ -104,4 +105,5 @@ module.exports = {
   getGpuArbiter,
   withGpuLease,
   tryAcquireGpuLease,
+  serveStatus,
 }

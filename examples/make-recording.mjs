@@ -10,7 +10,7 @@
 import { writeFileSync } from 'node:fs'
 
 const START = Date.UTC(2026, 10, 30, 10, 0, 0)
-const TOTAL_MB = 24_564
+const TOTAL_MB = 49_140
 const step = (t, from, to, at) => (t < at ? from : to)
 const ramp = (t, t0, t1, from, to) => (t <= t0 ? from : t >= t1 ? to : from + ((to - from) * (t - t0)) / (t1 - t0))
 const wobble = (i, amount) => Math.round(Math.sin(i * 1.7) * amount)
@@ -24,7 +24,7 @@ for (let i = 0; i < 56; i++) {
     { pid: 3104, usedMb: step(t, 0, Math.round(ramp(t, 7, 8, 200, 3_300)), 7), service: 'semantic-repair' },
   ].filter((p) => p.usedMb > 0)
   const gpu1 = [
-    { pid: 2890, usedMb: step(t, 23_600, 0, 6), service: null },
+    { pid: 2890, usedMb: step(t, 48_200, 0, 6), service: null },
     { pid: 3103, usedMb: step(t, 0, Math.round(ramp(t, 6.5, 8, 300, 5_200)), 6.5), service: 'tts' },
   ].filter((p) => p.usedMb > 0)
   const used0 = 420 + gpu0.reduce((s, p) => s + p.usedMb, 0)
@@ -37,7 +37,7 @@ for (let i = 0; i < 56; i++) {
     index,
     key: `gpu:${index}`,
     uuid: `GPU-5d0e2f71-0000-4000-8000-00000000000${index}`,
-    name: 'NVIDIA GeForce RTX 4090',
+    name: 'NVIDIA RTX 6000 Ada Generation',
     totalMb: TOTAL_MB,
     usedMb,
     freeMb: TOTAL_MB - usedMb,

@@ -215,9 +215,10 @@ const MARK = { ok: 'ok  ', warn: 'warn', fail: 'FAIL' }
 /** @param {Awaited<ReturnType<typeof diagnose>>} report */
 function formatReport(report) {
   let out = ''
+  const width = Math.max(...report.checks.map((c) => c.check.length))
   for (const c of report.checks) {
-    out += `${MARK[c.status]}  ${c.check.padEnd(16)} ${c.detail}\n`
-    if (c.hint) out += `      ${''.padEnd(16)} fix: ${c.hint}\n`
+    out += `${MARK[c.status]}  ${c.check.padEnd(width)}  ${c.detail}\n`
+    if (c.hint) out += `      ${''.padEnd(width)}  fix: ${c.hint}\n`
   }
   if (report.fitPlan && report.fitPlan.length) {
     out += '\nfit plan\n'

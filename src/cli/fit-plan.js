@@ -11,7 +11,7 @@
  * @typedef {'together' | 'sequence' | 'eviction' | 'no-fit' | 'unknown'} FitVerdict
  * @typedef {{
  *   gpuKey: string, services: ServiceNeed[], sumMb: number, sumPeakMb: number, headroomMb: number,
- *   totalMb: number | null, freeMb: number | null, verdict: FitVerdict, explanation: string,
+ *   totalMb: number | null, freeMb: number | null, ownMb: number, verdict: FitVerdict, explanation: string,
  * }} GpuFit
  */
 
@@ -53,8 +53,10 @@ function judge(gpuKey, needs, headroomMb, gpu, sample) {
   // Loaded one at a time, only the service loading is at its peak; the others sit at their need.
   const sequentialPeakMb = Math.max(0, ...needs.map((n) => sumMb - (n.needMb ?? 0) + (n.peakMb ?? 0)))
   const totalMb = gpu?.totalMb ?? null
-  const freeMb = gpu?.freeMb ?? null
-  const base = { gpuKey, services: needs, sumMb, sumPeakMb, headroomMb, totalMb, freeMb }
+  // Memory our own services already hold (doctor run beside a running node) is theirs to use.
+  const ownMb = gpu ? gpu.processes.filter((p) => needs.some((n) => n.name === p.service)).reduce((s, p) => s + (p.usedMb ?? 0), 0) : 0
+  const freeMb = gpu?.freeMb === null || gpu?.freeMb === undefined ? null : gpu.freeMb + ownMb
+  const base = { gpuKey, services: needs, sumMb, sumPeakMb, headroomMb, totalMb, freeMb, ownMb }
   const unknown = needs.filter((n) => n.needMb === null).map((n) => n.name)
   if (unknown.length) {
     return { ...base, verdict: 'unknown', explanation: `no vramMb and nothing learned for ${unknown.join(', ')}: the VRAM gate is off for them` }
@@ -64,14 +66,15 @@ function judge(gpuKey, needs, headroomMb, gpu, sample) {
     return { ...base, verdict: 'unknown', explanation: `${why}: cannot compare ${sumMb} MiB with the GPU's memory` }
   }
   const mb = (/** @type {number} */ v) => `${Math.round(v)} MiB`
+  const free = ownMb ? `${mb(freeMb)} free (with the ${mb(ownMb)} these services hold now)` : `${mb(freeMb)} free`
   if (sumPeakMb + headroomMb <= freeMb) {
-    return { ...base, verdict: 'together', explanation: `${mb(sumPeakMb)} + ${mb(headroomMb)} headroom fits in ${mb(freeMb)} free, even with every service loading at once` }
+    return { ...base, verdict: 'together', explanation: `${mb(sumPeakMb)} + ${mb(headroomMb)} headroom fits in ${free}, even with every service loading at once` }
   }
   if (sequentialPeakMb + headroomMb <= freeMb) {
-    return { ...base, verdict: 'sequence', explanation: `fits in ${mb(freeMb)} free only when loaded one at a time (peak ${mb(sequentialPeakMb)}, all at once ${mb(sumPeakMb)}): keep maxConcurrentStarts at 1` }
+    return { ...base, verdict: 'sequence', explanation: `fits in ${free} only when loaded one at a time (peak ${mb(sequentialPeakMb)}, all at once ${mb(sumPeakMb)}): keep maxConcurrentStarts at 1` }
   }
   if (sequentialPeakMb + headroomMb <= totalMb) {
-    return { ...base, verdict: 'eviction', explanation: `${mb(sequentialPeakMb + headroomMb)} needed, ${mb(freeMb)} free of ${mb(totalMb)}: fits only if other processes on ${gpuKey} give up ${mb(sequentialPeakMb + headroomMb - freeMb)}` }
+    return { ...base, verdict: 'eviction', explanation: `${mb(sequentialPeakMb + headroomMb)} needed, ${free} of ${mb(totalMb)}: fits only if other processes on ${gpuKey} give up ${mb(sequentialPeakMb + headroomMb - freeMb)}` }
   }
   return { ...base, verdict: 'no-fit', explanation: `${mb(sequentialPeakMb + headroomMb)} needed but ${gpuKey} has ${mb(totalMb)} in total` }
 }

@@ -107,7 +107,7 @@ async function main(values, positionals) {
   })
   telemetry.onEnd((error) => say(`${clock(Date.now())} telemetry ${error ? `error: ${error.message}` : 'replay ended'}`))
   supervisor.onEvent((e) => {
-    if (e.type === 'log') return
+    if (e.type === 'log' || e.type === 'probe-failed') return // routine while a service loads
     const { service, type, at, ...rest } = /** @type {any} */ (e)
     say(`${clock(at)} service ${service} ${type}${Object.keys(rest).length ? ` ${JSON.stringify(rest)}` : ''}`)
   })
@@ -141,17 +141,18 @@ async function main(values, positionals) {
   /** @param {number} code @param {string} why */
   const stop = (code, why) =>
     (stopping ??= (async () => {
-      say(`${clock(Date.now())} stopping (${why})`)
       refresh()
+      const table = statusTable(model) // as it was running, before the stop
+      if (redraw) clearInterval(redraw)
+      if (tty) process.stdout.write('\x1b[?1049l')
+      say(`${clock(Date.now())} stopping (${why})`)
       await server?.close()
       await supervisor.close() // every service stopped and reaped
       refresh()
       telemetry.close()
       arbiter.close()
       sidecar.setGpuArbiter(null)
-      if (redraw) clearInterval(redraw)
-      if (tty) process.stdout.write('\x1b[?1049l')
-      process.stdout.write(`${statusTable(model).join('\n')}\n`)
+      process.stdout.write(`${table.join('\n')}\n\nstopped: ${(model.services ?? []).map((s) => `${s.name} ${s.state}`).join(', ') || 'no services'}\n`)
       if (reportPath) {
         writeFileSync(reportPath, pageHtml(model, { live: false }))
         process.stdout.write(`report: ${reportPath}\n`)
