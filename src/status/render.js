@@ -47,9 +47,9 @@ function formatDuration(ms) {
   return `${minutes} min ${Math.round((ms % 60_000) / 1000)} s`
 }
 
-/** @param {number} at */
-function clock(at) {
-  return new Date(at).toISOString().slice(11, 19)
+/** @param {number} at @param {boolean} [tenths] */
+function clock(at, tenths = false) {
+  return new Date(at).toISOString().slice(11, tenths ? 21 : 19)
 }
 
 /** @param {number | null | undefined} mb */
@@ -179,7 +179,7 @@ function frame(o) {
   for (let i = 0; i <= 4; i++) {
     const t = o.t0 + ((o.t1 - o.t0) * i) / 4
     const anchor = i === 0 ? 'start' : i === 4 ? 'end' : 'middle'
-    svg += `<text x="${x(t).toFixed(1)}" y="${height - 6}" class="tick" text-anchor="${anchor}">${clock(t)}</text>`
+    svg += `<text x="${x(t).toFixed(1)}" y="${height - 6}" class="tick" text-anchor="${anchor}">${clock(t, o.t1 - o.t0 < 20_000)}</text>`
   }
   return { svg, x, y, height, open: `<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 ${CHART.width} ${height}" class="chart" role="img" aria-label="${escapeHtml(o.title)}">` }
 }

@@ -1,4 +1,5 @@
-// Types of serveStatus (src/status/server.js), re-exported by the package entry.
+// Types of serveStatus (src/status/server.js), re-exported by the package entry. A separate name,
+// so that tsc still type-checks server.js itself (src/cli/tsconfig.json).
 import type { GpuArbiter, ServiceSupervisor, Telemetry } from '../../index'
 
 export interface StatusServerOptions {
@@ -33,4 +34,3 @@ export interface StatusServer {
  * `allowRemote: true` or a bad port; rejects with `PORT_IN_USE` when the port is taken.
  */
 export declare function serveStatus(options: StatusServerOptions): Promise<StatusServer>
-export declare function isLoopback(host: string): boolean
