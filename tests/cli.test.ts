@@ -194,6 +194,41 @@ describe('run', () => {
     expect(out).toContain('stopped: svc0 stopped, svc1 stopped')
   })
 
+  test('in a terminal: a live table redrawn in place, and Ctrl-C stops everything and exits 0', async () => {
+    // util-linux `script` gives the command a pseudo-terminal; \x03 typed into it is Ctrl-C.
+    const command = [process.execPath, bin, 'run', configWith([1000]), '--replay', recording].map((a) => `'${a}'`).join(' ')
+    const child = spawn('script', ['-qfec', command, '/dev/null'], { stdio: ['pipe', 'pipe', 'pipe'] })
+    let out = ''
+    child.stdout.on('data', (d) => (out += d))
+    const exited = new Promise<number | null>((done) => child.on('exit', (code) => done(code)))
+    await waitFor(() => (out.match(/\x1b\[H\x1b\[2J/g) ?? []).length >= 2 && /svc0 +ready/.test(out), 20_000, 'two redraws with the service ready')
+    expect(out).toContain('\x1b[?1049h') // the alternate screen
+    expect(out).toMatch(/GPU +UTIL +MEMORY +LEASES +QUEUE +ADMISSION/)
+    expect(out).toMatch(/gpu:0 +\d+ % +[\d.]+ (GiB|MiB) \/ 48\.0 GiB/)
+    expect(out).not.toContain('service svc0 spawned') // no event lines in a terminal
+    child.stdin.write('\x03')
+    expect(await exited).toBe(0)
+    expect(out).toContain('\x1b[?1049l')
+    expect(out).toContain('stopped: svc0 stopped')
+  })
+
+  test('--http serves the status page on loopback; another address needs --allow-remote', async () => {
+    const child = spawn(process.execPath, [bin, 'run', configWith([1000]), '--replay', recording, '--http', '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'pipe'] })
+    let out = ''
+    child.stdout.on('data', (d) => (out += d))
+    const exited = new Promise<number | null>((done) => child.on('exit', (code) => done(code)))
+    const url = (await waitFor(() => /status page (http:\/\/127\.0\.0\.1:\d+\/)/.exec(out), 20_000, 'the status page'))[1]
+    await waitFor(() => out.includes('running;'), 20_000, 'the service started')
+    const status = await (await fetch(`${url}status`)).json()
+    expect(status.services.map((s: { state: string }) => s.state)).toEqual(['ready'])
+    child.kill('SIGTERM')
+    expect(await exited).toBe(0)
+
+    const remote = cli(['run', configWith([1000]), '--replay', recording, '--http', '0.0.0.0:0'])
+    expect(remote.code).toBe(1)
+    expect(remote.stderr).toMatch(/INVALID_ARGUMENT: serveStatus: host "0.0.0.0" is not a loopback address; pass allowRemote: true/)
+  })
+
   test('--script runs after the services start, then the node stops and writes its report', () => {
     const dir = tempDir()
     const script = join(dir, 'probe.mjs')

@@ -233,4 +233,4 @@ function formatReport(report) {
   return out
 }
 
-module.exports = { name: 'doctor', summary: 'check the driver, GPUs, host and a node config; print a fit plan', usage, options, main, diagnose }
+module.exports = { usage, options, main, diagnose }

@@ -1,9 +1,10 @@
 // @ts-check
 // `gpu-sidecar report`: a telemetry recording as a single self-contained HTML incident report.
 
-const { writeFileSync } = require('node:fs')
+const { readFileSync, writeFileSync } = require('node:fs')
 const { basename, resolve } = require('node:path')
 const sidecar = require('../../gpu-sidecar.js')
+const { usageError } = require('./errors.js')
 const { pageHtml } = require('../status/page.js')
 const render = require('../status/render.js')
 
@@ -57,14 +58,7 @@ async function main(values, positionals) {
 /** The `telemetry` section of a node config, after loadConfig validated the rest. @param {string} path */
 function telemetrySection(path) {
   sidecar.loadConfig(path)
-  return JSON.parse(require('node:fs').readFileSync(path, 'utf8')).telemetry
+  return JSON.parse(readFileSync(path, 'utf8')).telemetry
 }
 
-/** @param {string} message */
-function usageError(message) {
-  const e = /** @type {Error & { code: string }} */ (new Error(message))
-  e.code = 'USAGE'
-  return e
-}
-
-module.exports = { name: 'report', summary: 'turn a telemetry recording into a self-contained HTML incident report', usage, options, main, reportModel, usageError }
+module.exports = { usage, options, main, reportModel }

@@ -6,6 +6,7 @@ const { readFileSync, writeFileSync } = require('node:fs')
 const { dirname, resolve } = require('node:path')
 const { pathToFileURL } = require('node:url')
 const sidecar = require('../../gpu-sidecar.js')
+const { usageError } = require('./errors.js')
 const render = require('../status/render.js')
 const { pageHtml } = require('../status/page.js')
 const { serveStatus } = require('../status/server.js')
@@ -43,13 +44,6 @@ const options = /** @type {const} */ ({
   script: { type: 'string' },
   report: { type: 'string' },
 })
-
-/** @param {string} message */
-function usageError(message) {
-  const e = /** @type {Error & { code: string }} */ (new Error(message))
-  e.code = 'USAGE'
-  return e
-}
 
 /** @param {string} text @returns {{ host: string, port: number }} */
 function parseHostPort(text) {
@@ -190,4 +184,4 @@ async function main(values, positionals) {
   return code
 }
 
-module.exports = { name: 'run', summary: 'run the node headless: services, telemetry, arbiter, optional status page', usage, options, main }
+module.exports = { usage, options, main }

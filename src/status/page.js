@@ -7,7 +7,7 @@ const { readFileSync } = require('node:fs')
 const { join } = require('node:path')
 const render = require('./render.js')
 
-/** @typedef {import('./render.js').StatusModel} StatusModel */ // eslint-disable-line
+/** @typedef {import('./render.js').StatusModel} StatusModel */
 
 const RENDERER_SOURCE = readFileSync(join(__dirname, 'render.js'), 'utf8')
 
