@@ -2,6 +2,7 @@
 import type { GpuArbiter, GpuLeaseAcquired, GpuLeaseNotAcquired, GpuLeaseRequest, GpuLeaseTraceInput } from './index'
 
 export * from './index'
+export { serveStatus, StatusServer, StatusServerOptions } from './src/status/serve-status' // README "Operators"
 
 declare module './index' {
   interface GpuArbiter {

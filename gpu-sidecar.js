@@ -12,6 +12,7 @@ const {
   withGpuLease,
   tryAcquireGpuLease,
 } = require('./src/js/lease-helpers.js')
+const { serveStatus } = require('./src/status/server.js') // operators' status page: README "Operators"
 
 // Shorthand names and `...require()` (not a variable), so Node's CommonJS lexer sees every export
 // and ES modules can `import { GpuArbiter } from 'gpu-sidecar'`.
@@ -23,4 +24,5 @@ module.exports = {
   getGpuArbiter,
   withGpuLease,
   tryAcquireGpuLease,
+  serveStatus,
 }

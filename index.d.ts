@@ -713,6 +713,42 @@ export interface GpuCurrentLease {
   holdTimeMs: number
 }
 
+/**
+ * Reads the NVIDIA driver, NVML and CUDA driver versions and each GPU's name, UUID, persistence,
+ * compute, MIG mode and driver model, on this thread (a few ms with a driver). Never throws for a
+ * missing driver: `nvml.available` is `false` with the reason.
+ */
+export declare function gpuInventory(): GpuInventory
+
+/**
+ * What NVML says about the driver and every GPU (`gpu-sidecar doctor` prints it). A figure NVML
+ * cannot give on this system or GPU is absent.
+ */
+export interface GpuInventory {
+  nvml: TelemetrySample['nvml']
+  driverVersion?: string
+  nvmlVersion?: string
+  /** `major.minor` of the CUDA version the driver supports (`'12.4'`). */
+  cudaDriverVersion?: string
+  gpus: Array<GpuInventoryEntry>
+}
+
+/** One GPU's identity and administrative modes. */
+export interface GpuInventoryEntry {
+  index: number
+  /** `gpu:<index>`, the arbiter's key. */
+  key: string
+  name?: string
+  uuid?: string
+  /** Linux only: the driver stays loaded with no client. */
+  persistenceMode?: boolean
+  computeMode?: 'DEFAULT' | 'EXCLUSIVE_PROCESS' | 'EXCLUSIVE_THREAD' | 'PROHIBITED'
+  /** MIG on now (`current`) and after the next GPU reset (`pending`). */
+  migMode?: GpuMigMode
+  /** Windows only: the driver model NVML reports. */
+  driverModel?: 'WDDM' | 'TCC'
+}
+
 export interface GpuLeaseInfo {
   leaseId: string
   taskType: string
@@ -731,6 +767,11 @@ export interface GpuLeaseTrace {
   sessionId?: string
   utteranceIndex?: number
   stage?: string
+}
+
+export interface GpuMigMode {
+  current: boolean
+  pending: boolean
 }
 
 /** One GPU's telemetry as admission uses it (see `observeGpu`). */
@@ -792,6 +833,14 @@ export interface NodeConfig {
   /** Unknown keys in our sections, as JSON paths (they are ignored). */
   warnings: Array<string>
 }
+
+/**
+ * Reads a JSONL recording (as `new Telemetry({ record })` writes it) and runs the alert engine
+ * over it with `options.thresholds` (the other options are ignored). Throws `INVALID_ARGUMENT`
+ * naming the file and line of a bad sample, `IO_ERROR` for an unreadable file, `INVALID_CONFIG`
+ * for bad thresholds.
+ */
+export declare function readRecording(path: string, options?: TelemetryOptions): { samples: TelemetrySample[]; alerts: TelemetryAlert[] }
 
 /**
  * How many workers of `perWorkerMb` fit now, from a one-off sample taken on this thread (for a

@@ -17,10 +17,18 @@ function newest(path) {
 
 const installed = join(root, 'node_modules', '.package-lock.json')
 if (mtime(installed) < mtime(join(root, 'package-lock.json'))) {
-  // Not `npm ci`: the lock has no entry for optional platform packages the registry does not
-  // serve (ours before their first publish, some of @napi-rs/cli's), and `npm ci` rejects that.
-  // `npm install` follows the lock for everything else; --no-save leaves the lock as committed.
-  run('npm install --no-audit --no-fund --no-save')
+  // `npm ci` installs exactly the committed lock. Our platform packages are not in package.json
+  // (`napi prepublish` adds them as optionalDependencies at publish time), so the lock is whole
+  // for us. But a lock made on a registry that lacks some foreign-platform builds of third-party
+  // tools (@napi-rs/lzma-*, @unrs/resolver-binding-*) has no entry for them, and `npm ci` rejects
+  // such a lock on a machine whose registry does serve them; `npm install` then follows the lock
+  // for everything else, and --no-save leaves it as committed.
+  try {
+    run('npm ci --no-audit --no-fund')
+  } catch {
+    console.warn('prepare: npm ci failed (see above); falling back to npm install --no-save')
+    run('npm install --no-audit --no-fund --no-save')
+  }
 }
 
 const sources = ['src', 'Cargo.toml', 'Cargo.lock', 'build.rs'].map((p) => newest(join(root, p)))

@@ -1,7 +1,7 @@
 // What users and their Jest suites actually get: the packed main package plus the prebuilt
 // linux-x64-gnu platform package, installed into a fresh project offline, with no Rust around.
 import { execFileSync, spawnSync } from 'node:child_process'
-import { cpSync, readdirSync, writeFileSync } from 'node:fs'
+import { cpSync, existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs'
 import { join, resolve } from 'node:path'
 import { tempDir } from './support'
 
@@ -70,5 +70,28 @@ const onLinuxX64 = process.platform === 'linux' && process.arch === 'x64'
     })
     expect(misuse.status).not.toBe(0)
     expect(misuse.stdout).toMatch(/misuse\.ts\(2,.*TS2322/)
+  })
+
+  test('a ts-jest suite in the consumer project runs against the package and leaves no open handles', () => {
+    cpSync(join(root, 'examples', 'node-recording.jsonl'), join(project, 'jest-suite', 'recording.jsonl'))
+    const jest = spawnSync(process.execPath, [join(root, 'node_modules', 'jest', 'bin', 'jest.js'), '--ci', '--detectOpenHandles', '--config', 'jest.config.js'], {
+      cwd: project,
+      encoding: 'utf8',
+      timeout: 120_000,
+      env: { ...process.env, GPU_SIDECAR_DEV_MODULES: join(root, 'node_modules') },
+    })
+    expect(jest.stderr).toMatch(/Tests: +2 passed, 2 total/)
+    expect(jest.stderr).not.toMatch(/open handle/i)
+    expect(jest.status).toBe(0)
+  }, 120_000)
+
+  test('the gpu-sidecar command is installed with the package, and the config schema ships in it', () => {
+    const bin = join(project, 'node_modules', '.bin', 'gpu-sidecar')
+    const version = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')).version
+    expect(run(bin, ['--version'], project).trim()).toBe(version)
+    const doctor = spawnSync(bin, ['doctor', '--json', '--replay', join(root, 'examples', 'node-recording.jsonl')], { cwd: project, encoding: 'utf8' })
+    expect(doctor.status).toBe(0)
+    expect(JSON.parse(doctor.stdout).gpus).toHaveLength(2)
+    expect(existsSync(join(project, 'node_modules', 'gpu-sidecar', 'src', 'config', 'node-config.schema.json'))).toBe(true)
   })
 })

@@ -7,8 +7,10 @@
 
 mod arbiter;
 mod config;
+mod inventory;
 mod js;
 mod logging;
+mod recording;
 mod services;
 mod telemetry;
 

@@ -24,7 +24,7 @@ pub type Percent = Int<0, 100>;
 pub type Megabytes = Int<0, { u64::MAX }>;
 
 /// What a request does when its GPU cannot take it at once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum BusyPolicy {
     Wait,
@@ -33,7 +33,7 @@ pub enum BusyPolicy {
 }
 
 /// What the hold watchdog does to a lease held past its `holdMaxMs`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum WatchdogAction {
     /// Emit a `watchdog` event and count it; the lease stays.
@@ -43,7 +43,7 @@ pub enum WatchdogAction {
 }
 
 /// Per task type settings; absent fields fall back to the arbiter's defaults.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct TaskPolicy {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -61,7 +61,7 @@ pub struct TaskPolicy {
 }
 
 /// Admission on live telemetry (used once a telemetry source is attached).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct GpuUsageConfig {
     /// Use telemetry for admission when a source is attached.
@@ -85,7 +85,7 @@ pub struct GpuUsageConfig {
 
 /// The old arbiter's dynamic water marks: a long utterance is about to hold the GPU at high
 /// utilization for a while, which is expected load, not pressure to shed work for.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct DynamicAdjustment {
     pub enabled: bool,
@@ -125,7 +125,7 @@ impl Default for GpuUsageConfig {
 }
 
 /// The validated `gpuArbiter` section.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct ArbiterConfig {
     /// A disabled arbiter grants every request at once without counting it.

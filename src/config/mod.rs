@@ -7,6 +7,7 @@
 mod arbiter;
 mod number;
 pub mod watch;
+mod schema;
 
 use std::path::Path;
 
@@ -15,6 +16,7 @@ use serde_json::Value;
 
 pub use arbiter::{ArbiterConfig, BusyPolicy, DynamicAdjustment, GpuUsageConfig, TaskPolicy, WatchdogAction};
 pub use number::Int;
+pub use schema::node_config_schema;
 
 use crate::error::{SidecarError, SidecarResult};
 use crate::services::ServicesConfig;

@@ -1,6 +1,9 @@
 //! Bounded integers for config fields, so a range error says "expected an integer 0-100".
 
+use std::borrow::Cow;
 use std::fmt;
+
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 
@@ -60,5 +63,25 @@ impl<'de, const MIN: u64, const MAX: u64> de::Visitor<'de> for IntVisitor<MIN, M
 impl<'de, const MIN: u64, const MAX: u64> Deserialize<'de> for Int<MIN, MAX> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         d.deserialize_any(IntVisitor::<MIN, MAX>)
+    }
+}
+
+/// An integer schema with the same bounds the deserializer enforces, so an editor flags what
+/// `loadConfig` would reject.
+impl<const MIN: u64, const MAX: u64> JsonSchema for Int<MIN, MAX> {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> Cow<'static, str> {
+        format!("Int{MIN}To{MAX}").into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        if MAX == u64::MAX {
+            json_schema!({ "type": "integer", "minimum": MIN })
+        } else {
+            json_schema!({ "type": "integer", "minimum": MIN, "maximum": MAX })
+        }
     }
 }

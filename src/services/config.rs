@@ -7,6 +7,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use regex::Regex;
+use schemars::JsonSchema;
 use serde::{de, Deserialize, Deserializer};
 use serde_json::Value;
 
@@ -21,7 +22,7 @@ pub type Megabytes = Int<0, { u64::MAX }>;
 pub type Port = Int<1, 65_535>;
 
 /// The validated `services` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct ServicesConfig {
     /// How many services may be loading (between spawn and ready) at once.
@@ -52,7 +53,7 @@ impl Default for ServicesConfig {
 }
 
 /// One managed service.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceSpec {
     /// Unique among the services; events and statuses carry it.
@@ -111,7 +112,7 @@ fn default_stop_timeout() -> Millis {
 }
 
 /// How a service tells that it is ready.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum Readiness {
     /// A GET on a local URL answers `expectStatus` (and, if set, a JSON field has a value).
@@ -126,7 +127,7 @@ pub enum Readiness {
 }
 
 /// `readiness.http`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpProbe {
     pub url: HttpUrl,
@@ -146,7 +147,7 @@ fn default_expect_status() -> Int<100, 599> {
 }
 
 /// `readiness.tcp`; the port defaults to the service's `port`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TcpProbe {
     /// `127.0.0.1` by default.
@@ -161,14 +162,14 @@ fn default_host() -> String {
 }
 
 /// `readiness.logLine`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 pub struct LogLineProbe {
     /// Matched against each output line as it is read.
     pub pattern: Pattern,
 }
 
 /// `readiness.none` takes no settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 pub struct NoProbe {}
 
 /// A regex compiled while the config is read, so a bad one is reported with its JSON path.
@@ -179,6 +180,20 @@ impl<'de> Deserialize<'de> for Pattern {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
         Regex::new(&text).map(Pattern).map_err(|e| de::Error::custom(format!("invalid regex {text:?}: {e}")))
+    }
+}
+
+impl JsonSchema for Pattern {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Pattern".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({ "type": "string", "format": "regex" })
     }
 }
 
@@ -220,6 +235,20 @@ impl HttpUrl {
     }
 }
 
+impl JsonSchema for HttpUrl {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "HttpUrl".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({ "type": "string", "pattern": "^http://[^/]+" })
+    }
+}
+
 impl<'de> Deserialize<'de> for HttpUrl {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
@@ -228,7 +257,7 @@ impl<'de> Deserialize<'de> for HttpUrl {
 }
 
 /// `gpu`: which GPU the service loads onto, and how much memory it needs there.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GpuNeed {
     /// The GPU, as the VRAM source and the arbiter name it (`gpu:0`).
@@ -239,7 +268,7 @@ pub struct GpuNeed {
 }
 
 /// When an exited service is started again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum RestartPolicy {
     /// Never.
@@ -252,7 +281,7 @@ pub enum RestartPolicy {
 }
 
 /// `restart`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct RestartConfig {
     /// `no` by default.
@@ -280,7 +309,7 @@ impl RestartConfig {
 }
 
 /// The signal a stop sends to the service's process group first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
 pub enum StopSignal {
     /// The default.
     #[default]

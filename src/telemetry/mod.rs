@@ -7,7 +7,9 @@
 
 pub mod advice;
 pub mod alerts;
+pub mod analysis;
 pub mod host;
+pub mod inventory;
 pub mod metrics;
 pub mod nvml;
 pub mod options;
@@ -16,8 +18,10 @@ pub mod sample;
 pub mod sampler;
 
 pub use advice::{recommend_concurrency, Recommendation};
+pub use analysis::{analyze_recording, RecordingAnalysis};
 pub use alerts::{Alert, AlertCode, AlertEngine, AlertLevel, Backlog};
 pub use host::{zombie_children, HostReader, ProcessRegistry};
+pub use inventory::{read_inventory, GpuInfo, Inventory};
 pub use nvml::{GpuRead, GpuReader};
 pub use options::{AlertThresholds, ReplaySpeed, TelemetryOptions};
 pub use record::{Recorder, Replay};

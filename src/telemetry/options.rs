@@ -4,6 +4,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use schemars::JsonSchema;
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
@@ -42,7 +43,7 @@ pub type GpuIndex = Int<0, 1_023>;
 /// ```
 ///
 /// (`gpus`, `record` and `replay` have no default: all GPUs, no recording, live sampling.)
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct TelemetryOptions {
     /// Time between samples (default 1000, at least 50).
@@ -130,6 +131,22 @@ impl de::Visitor<'_> for ReplaySpeedVisitor {
     }
 }
 
+impl JsonSchema for ReplaySpeed {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ReplaySpeed".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "anyOf": [{ "type": "number", "exclusiveMinimum": 0 }, { "const": AS_FAST_AS_POSSIBLE }]
+        })
+    }
+}
+
 impl<'de> Deserialize<'de> for ReplaySpeed {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         d.deserialize_any(ReplaySpeedVisitor)
@@ -138,7 +155,7 @@ impl<'de> Deserialize<'de> for ReplaySpeed {
 
 /// Alert thresholds. Every alert has a raise level and a separate clear level (hysteresis), and a
 /// condition must hold for a while before the alert is raised or cleared, so alerts do not flap.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct AlertThresholds {
     /// How long a raise condition must hold before the alert is raised (GPU idle has its own).
@@ -167,7 +184,7 @@ impl Default for AlertThresholds {
 }
 
 /// GPU_USAGE_HIGH: utilization at or above `highWater`, cleared under `lowWater`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct GpuUsageThresholds {
     pub high_water: Percent,
@@ -182,7 +199,7 @@ impl Default for GpuUsageThresholds {
 
 /// VRAM_PRESSURE: free VRAM under `lowFreeMb` or under `lowFreePercent` of the total; cleared when
 /// free VRAM is at least `clearFreeMb` and `clearFreePercent`. A 0 turns that test off.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct VramThresholds {
     pub low_free_mb: Megabytes,
@@ -200,7 +217,7 @@ impl Default for VramThresholds {
 /// GPU_IDLE_WITH_BACKLOG: utilization at or under `maxUtilization` for `idleForMs` while the
 /// arbiter holds leases or waiters on that GPU; cleared once utilization reaches
 /// `clearUtilization` or the backlog is gone.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct GpuIdleThresholds {
     pub max_utilization: Percent,
@@ -215,7 +232,7 @@ impl Default for GpuIdleThresholds {
 }
 
 /// HOST_MEMORY_PRESSURE: available memory under `lowAvailableMb`, cleared at `clearAvailableMb`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct HostMemoryThresholds {
     pub low_available_mb: Megabytes,
@@ -229,7 +246,7 @@ impl Default for HostMemoryThresholds {
 }
 
 /// SWAP_ACTIVE: swap in use above `highUsedMb`, cleared at or under `clearUsedMb`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct SwapThresholds {
     pub high_used_mb: Megabytes,

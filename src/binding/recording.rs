@@ -1,0 +1,29 @@
+//! `readRecording(path, options?)`: a whole telemetry recording with its alerts, for reports.
+
+use napi::bindgen_prelude::*;
+use napi_derive::napi;
+
+use super::{Code, IntoJsResult};
+use crate::telemetry::{analyze_recording, TelemetryOptions};
+
+#[derive(serde::Serialize)]
+struct Recording<'a> {
+    samples: &'a [crate::telemetry::Sample],
+    alerts: &'a [crate::telemetry::Alert],
+}
+
+/// Reads a JSONL recording (as `new Telemetry({ record })` writes it) and runs the alert engine
+/// over it with `options.thresholds` (the other options are ignored). Throws `INVALID_ARGUMENT`
+/// naming the file and line of a bad sample, `IO_ERROR` for an unreadable file, `INVALID_CONFIG`
+/// for bad thresholds.
+#[napi(
+    catch_unwind,
+    ts_args_type = "path: string, options?: TelemetryOptions",
+    ts_return_type = "{ samples: TelemetrySample[]; alerts: TelemetryAlert[] }"
+)]
+pub fn read_recording(env: &Env, path: String, options: Option<serde_json::Value>) -> Result<Unknown<'_>, Code> {
+    let mut warnings = Vec::new();
+    let options = TelemetryOptions::from_json(&options.unwrap_or(serde_json::Value::Null), &mut warnings)?;
+    let analysis = analyze_recording(std::path::Path::new(&path), options.thresholds)?;
+    env.to_js_value(&Recording { samples: &analysis.samples, alerts: &analysis.alerts }).js()
+}

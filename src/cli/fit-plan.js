@@ -1,0 +1,82 @@
+// @ts-check
+// The fit plan `gpu-sidecar doctor --config` prints: per GPU, whether the configured services'
+// memory fits together, only when loaded one at a time, only by evicting what else holds the GPU,
+// or not at all.
+
+/** @typedef {import('../../index').ServicesConfig} ServicesConfig */
+/** @typedef {import('../../index').TelemetrySample} TelemetrySample */
+
+/**
+ * @typedef {{ name: string, needMb: number | null, peakMb: number | null, source: 'vramMb' | 'learned' | 'vramMb+learned' | 'unknown' }} ServiceNeed
+ * @typedef {'together' | 'sequence' | 'eviction' | 'no-fit' | 'unknown'} FitVerdict
+ * @typedef {{
+ *   gpuKey: string, services: ServiceNeed[], sumMb: number, sumPeakMb: number, headroomMb: number,
+ *   totalMb: number | null, freeMb: number | null, ownMb: number, verdict: FitVerdict, explanation: string,
+ * }} GpuFit
+ */
+
+/**
+ * @param {ServicesConfig} services the validated `services` section
+ * @param {Record<string, { peakVramMb?: number }>} learned per service, from the state file
+ * @param {TelemetrySample | null} sample the GPU figures to plan against
+ * @returns {GpuFit[]}
+ */
+function fitPlan(services, learned, sample) {
+  const headroomMb = services.vramHeadroomMb ?? 512
+  /** @type {Map<string, ServiceNeed[]>} */
+  const byGpu = new Map()
+  for (const s of services.services ?? []) {
+    if (!s.gpu) continue
+    const configured = s.gpu.vramMb ?? null
+    const peak = learned[s.name]?.peakVramMb ?? null
+    /** @type {ServiceNeed} */
+    const need = {
+      name: s.name,
+      // What the VRAM gate waits for: the configured need, else the peak learned last time.
+      needMb: configured ?? peak,
+      peakMb: configured === null ? peak : Math.max(configured, peak ?? 0),
+      source: configured !== null ? (peak !== null ? 'vramMb+learned' : 'vramMb') : peak !== null ? 'learned' : 'unknown',
+    }
+    byGpu.set(s.gpu.key, [...(byGpu.get(s.gpu.key) ?? []), need])
+  }
+  return [...byGpu].map(([gpuKey, needs]) => judge(gpuKey, needs, headroomMb, sample?.gpus.find((g) => g.key === gpuKey) ?? null, sample))
+}
+
+/**
+ * @param {string} gpuKey @param {ServiceNeed[]} needs @param {number} headroomMb
+ * @param {TelemetrySample['gpus'][number] | null} gpu @param {TelemetrySample | null} sample
+ * @returns {GpuFit}
+ */
+function judge(gpuKey, needs, headroomMb, gpu, sample) {
+  const sumMb = needs.reduce((s, n) => s + (n.needMb ?? 0), 0)
+  const sumPeakMb = needs.reduce((s, n) => s + (n.peakMb ?? 0), 0)
+  // Loaded one at a time, only the service loading is at its peak; the others sit at their need.
+  const sequentialPeakMb = Math.max(0, ...needs.map((n) => sumMb - (n.needMb ?? 0) + (n.peakMb ?? 0)))
+  const totalMb = gpu?.totalMb ?? null
+  // Memory our own services already hold (doctor run beside a running node) is theirs to use.
+  const ownMb = gpu ? gpu.processes.filter((p) => needs.some((n) => n.name === p.service)).reduce((s, p) => s + (p.usedMb ?? 0), 0) : 0
+  const freeMb = gpu?.freeMb === null || gpu?.freeMb === undefined ? null : gpu.freeMb + ownMb
+  const base = { gpuKey, services: needs, sumMb, sumPeakMb, headroomMb, totalMb, freeMb, ownMb }
+  const unknown = needs.filter((n) => n.needMb === null).map((n) => n.name)
+  if (unknown.length) {
+    return { ...base, verdict: 'unknown', explanation: `no vramMb and nothing learned for ${unknown.join(', ')}: the VRAM gate is off for them` }
+  }
+  if (!gpu || totalMb === null || freeMb === null) {
+    const why = !sample ? 'no telemetry sample' : !sample.nvml.available ? `NVML unavailable (${sample.nvml.reason ?? 'unknown'})` : `no GPU ${gpuKey}`
+    return { ...base, verdict: 'unknown', explanation: `${why}: cannot compare ${sumMb} MiB with the GPU's memory` }
+  }
+  const mb = (/** @type {number} */ v) => `${Math.round(v)} MiB`
+  const free = ownMb ? `${mb(freeMb)} free (with the ${mb(ownMb)} these services hold now)` : `${mb(freeMb)} free`
+  if (sumPeakMb + headroomMb <= freeMb) {
+    return { ...base, verdict: 'together', explanation: `${mb(sumPeakMb)} + ${mb(headroomMb)} headroom fits in ${free}, even with every service loading at once` }
+  }
+  if (sequentialPeakMb + headroomMb <= freeMb) {
+    return { ...base, verdict: 'sequence', explanation: `fits in ${free} only when loaded one at a time (peak ${mb(sequentialPeakMb)}, all at once ${mb(sumPeakMb)}): keep maxConcurrentStarts at 1` }
+  }
+  if (sequentialPeakMb + headroomMb <= totalMb) {
+    return { ...base, verdict: 'eviction', explanation: `${mb(sequentialPeakMb + headroomMb)} needed, ${free} of ${mb(totalMb)}: fits only if other processes on ${gpuKey} give up ${mb(sequentialPeakMb + headroomMb - freeMb)}` }
+  }
+  return { ...base, verdict: 'no-fit', explanation: `${mb(sequentialPeakMb + headroomMb)} needed but ${gpuKey} has ${mb(totalMb)} in total` }
+}
+
+module.exports = { fitPlan }

@@ -1,0 +1,66 @@
+// The node config's JSON Schema (generated from the Rust config types) accepts the example
+// configs and rejects a bad one at the same JSON path loadConfig names.
+import Ajv2020 from 'ajv/dist/2020'
+import { readFileSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { loadConfig } from '../gpu-sidecar'
+import { tempDir } from './support'
+
+const root = join(__dirname, '..')
+const schema = JSON.parse(readFileSync(join(root, 'src/config/node-config.schema.json'), 'utf8'))
+// `format: regex` is JSON Schema's; ajv checks formats only when given a checker (ajv-formats).
+const isRegex = (text: string) => {
+  try {
+    return new RegExp(text) instanceof RegExp
+  } catch {
+    return false
+  }
+}
+const validate = new Ajv2020({ allErrors: true, strict: false, formats: { regex: isRegex } }).compile(schema)
+
+/** ajv's `/services/services/0/port` as loadConfig writes it: `services.services[0].port`. */
+function dotted(instancePath: string): string {
+  const parts = instancePath.split('/').slice(1)
+  return parts.reduce((path, p) => (/^\d+$/.test(p) ? `${path}[${p}]` : path ? `${path}.${p}` : p), '')
+}
+
+function loadConfigError(config: unknown): string {
+  const path = join(tempDir(), 'node-config.json')
+  writeFileSync(path, JSON.stringify(config))
+  try {
+    loadConfig(path)
+  } catch (e) {
+    expect((e as { code: string }).code).toBe('INVALID_CONFIG')
+    return (e as Error).message
+  }
+  throw new Error('loadConfig accepted a bad config')
+}
+
+test('the example node config is valid against the shipped schema and for loadConfig', () => {
+  const example = JSON.parse(readFileSync(join(root, 'examples/node-config.json'), 'utf8'))
+  expect(validate(example)).toBe(true)
+  expect(validate.errors ?? []).toEqual([])
+  expect(loadConfig(join(root, 'examples/node-config.json')).warnings).toEqual([])
+  expect(example.$schema).toBe('../src/config/node-config.schema.json')
+})
+
+test('the schema carries the validator\'s bounds, enums and required fields', () => {
+  const priority = schema.$defs.TaskPolicy.properties.priority
+  expect([priority.minimum, priority.maximum]).toEqual([0, 100])
+  expect(schema.$defs.ServiceSpec.required).toEqual(['name', 'command', 'readiness'])
+  expect(JSON.stringify(schema.$defs.BusyPolicy)).toContain('FALLBACK_CPU')
+})
+
+test.each([
+  [{ gpuArbiter: { policies: { ASR: { priority: 'high' } } } }, 'gpuArbiter.policies.ASR.priority'],
+  [{ gpuArbiter: { defaultBusyPolicy: 'MAYBE' } }, 'gpuArbiter.defaultBusyPolicy'],
+  [{ gpuArbiter: { gpuUsage: { highWater: 120 } } }, 'gpuArbiter.gpuUsage.highWater'],
+  [{ services: { services: [{ name: 'a', command: 'x', port: 70000, readiness: { none: {} } }] } }, 'services.services[0].port'],
+  [{ services: { services: [{ name: 'a', command: 'x' }] } }, 'services.services[0]'],
+  [{ services: { services: [{ name: 'a', command: 'x', readiness: { none: {} }, restart: { policy: 'sometimes' } }] } }, 'services.services[0].restart.policy'],
+])('a bad config fails in the schema at the path loadConfig names: %j', (config, path) => {
+  expect(validate(config)).toBe(false)
+  const paths = (validate.errors ?? []).map((e) => dotted(e.instancePath))
+  expect(paths).toContain(path)
+  expect(loadConfigError(config)).toMatch(new RegExp(`^${path.replace(/[.[\]]/g, '\\$&')}: `))
+})
