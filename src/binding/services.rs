@@ -31,9 +31,17 @@ use crate::services::{
 };
 use crate::telemetry::{LatestSample, ProcessRegistry};
 
-/// Events kept while the JS thread is busy. Past it the oldest `log` events are dropped first;
-/// lifecycle events are never dropped.
-const MAX_QUEUED_EVENTS: usize = 10_000;
+/// Log lines queued for JS at most, by count and by bytes. While the listener is that far
+/// behind, new lines are dropped and counted, and a `log-dropped` event says how many before the
+/// next line of that service is delivered; lifecycle events are never dropped. The `logFile`
+/// gets every line regardless: it is written before this queue.
+const MAX_QUEUED_LOG_LINES: usize = 10_000;
+const MAX_QUEUED_LOG_BYTES: usize = 8 << 20;
+
+/// One turn of the event loop delivers at most this many events, or for at most this long,
+/// then yields (`setImmediate`) so timers and I/O run between slices of a log flood.
+const SLICE_EVENTS: usize = 1_000;
+const SLICE_TIME: std::time::Duration = std::time::Duration::from_millis(4);
 
 /// The addon's tokio runtime threads, as they show in debuggers and `top -H`.
 const RUNTIME_THREAD_NAME: &str = "gpu-sidecar-rt";
@@ -59,19 +67,94 @@ fn init_runtime() {
 /// Queued on the forwarding task, drained on the JS thread.
 #[derive(Default)]
 struct Inbox {
-    events: Mutex<VecDeque<ServiceEvent>>,
+    queue: Mutex<Queue>,
     wake_pending: AtomicBool,
 }
 
 impl Inbox {
-    fn push(&self, event: ServiceEvent) {
-        let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
-        if events.len() >= MAX_QUEUED_EVENTS {
-            if let Some(pos) = events.iter().position(|e| matches!(e.kind, ServiceEventKind::Log { .. })) {
-                events.remove(pos);
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// What the JS listeners get: the core's events, and notes of log lines dropped for them.
+enum Queued {
+    Event(ServiceEvent),
+    LogDropped { service: String, count: u64, at: u64 },
+}
+
+/// The events waiting for the JS thread, with the log lines in it bounded (see
+/// [`MAX_QUEUED_LOG_BYTES`]).
+#[derive(Default)]
+struct Queue {
+    events: VecDeque<Queued>,
+    log_lines: usize,
+    log_bytes: usize,
+    /// Lines dropped per service and not yet reported.
+    dropped: BTreeMap<String, u64>,
+}
+
+impl Queue {
+    fn push(&mut self, event: ServiceEvent) {
+        if let ServiceEventKind::Log { line, .. } = &event.kind {
+            if self.log_lines >= MAX_QUEUED_LOG_LINES || self.log_bytes + line.len() > MAX_QUEUED_LOG_BYTES {
+                *self.dropped.entry(event.service).or_default() += 1;
+                return;
+            }
+            self.log_lines += 1;
+            self.log_bytes += line.len();
+        }
+        self.report_dropped(&event.service);
+        self.events.push_back(Queued::Event(event));
+    }
+
+    fn pop(&mut self) -> Option<Queued> {
+        let queued = self.events.pop_front()?;
+        if let Queued::Event(ServiceEvent { kind: ServiceEventKind::Log { line, .. }, .. }) = &queued {
+            self.log_lines -= 1;
+            self.log_bytes -= line.len();
+        }
+        Some(queued)
+    }
+
+    /// Queues a `log-dropped` event for `service` if lines of it were dropped.
+    fn report_dropped(&mut self, service: &str) {
+        if let Some(count) = self.dropped.remove(service) {
+            let at = crate::services::epoch_ms();
+            self.events.push_back(Queued::LogDropped { service: service.to_string(), count, at });
+        }
+    }
+
+    /// Once the queue has drained, the drops of services that went quiet are reported too.
+    fn report_all_dropped(&mut self) {
+        let services: Vec<String> = self.dropped.keys().cloned().collect();
+        for service in services {
+            self.report_dropped(&service);
+        }
+    }
+
+    /// Drops every queued log line (counted, reported in place), keeping lifecycle events.
+    fn shed_logs(&mut self) {
+        let events = std::mem::take(&mut self.events);
+        self.log_lines = 0;
+        self.log_bytes = 0;
+        for queued in events {
+            match queued {
+                Queued::Event(ServiceEvent { service, kind: ServiceEventKind::Log { .. }, .. }) => {
+                    *self.dropped.entry(service).or_default() += 1;
+                }
+                Queued::Event(event) => {
+                    self.report_dropped(&event.service);
+                    self.events.push_back(Queued::Event(event));
+                }
+                other => self.events.push_back(other),
             }
         }
-        events.push_back(event);
+        self.report_all_dropped();
+    }
+
+    fn clear(&mut self) {
+        *self = Queue::default();
     }
 }
 
@@ -245,6 +328,8 @@ impl StartupLease for ArbiterLease {
 
 struct State {
     closed: bool,
+    /// A `setImmediate` for the next slice of events is pending.
+    slice_scheduled: bool,
     inbox: Arc<Inbox>,
     pump: Arc<Pump>,
     listeners: Listeners,
@@ -297,6 +382,7 @@ impl ServiceSupervisor {
         let pump = Arc::new(Pump { events: Mutex::new(events), inbox: inbox.clone(), link: link.clone() });
         let state = Rc::new(RefCell::new(State {
             closed: false,
+            slice_scheduled: false,
             inbox,
             pump: pump.clone(),
             listeners: Listeners::default(),
@@ -368,7 +454,7 @@ impl ServiceSupervisor {
             let mut s = self.state.borrow_mut();
             s.closed = true;
             s.listeners.clear();
-            s.inbox.events.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            s.inbox.queue().clear();
         }
         let core = self.core.clone();
         promise(env, &self.state, async move {
@@ -580,7 +666,7 @@ where
         if let Some(state) = state.upgrade() {
             let pump = state.borrow().pump.clone();
             pump.pull_now();
-            dispatch(env, &state);
+            deliver_before_settling(env, &state);
         }
         match result {
             Ok(value) => Ok(value),
@@ -610,7 +696,7 @@ struct Pump {
 impl Pump {
     fn accept(&self, event: ServiceEvent) {
         self.link.observe(&event);
-        self.inbox.push(event);
+        self.inbox.queue().push(event);
     }
 
     /// Queues what the core has sent so far.
@@ -650,31 +736,111 @@ async fn forward(pump: Arc<Pump>, wake: WakeFn) {
     }
 }
 
+/// Delivers one slice of the queued events (see [`SLICE_EVENTS`]); what is left is delivered on
+/// the next turn of the event loop, so a log flood never stalls timers and I/O.
 fn dispatch(env: &Env, state: &Rc<RefCell<State>>) {
-    let events: Vec<ServiceEvent> = {
-        let s = state.borrow();
-        s.inbox.wake_pending.store(false, Ordering::Release);
-        let mut queue = s.inbox.events.lock().unwrap_or_else(|e| e.into_inner());
-        let events = queue.drain(..).collect();
-        if s.closed {
-            return; // nothing fires after close()
-        }
-        events
+    let inbox = {
+        let mut s = state.borrow_mut();
+        s.slice_scheduled = false;
+        s.inbox.clone()
     };
-    for event in events {
-        let listeners = {
-            let s = state.borrow();
-            if s.closed {
-                return; // a listener closed it
-            }
-            s.listeners.current()
-        };
-        if listeners.is_empty() {
-            continue;
+    inbox.wake_pending.store(false, Ordering::Release);
+    let started = std::time::Instant::now();
+    for delivered in 0.. {
+        if delivered == SLICE_EVENTS || started.elapsed() >= SLICE_TIME {
+            schedule_next_slice(env, state, &inbox);
+            return;
         }
-        // Not `env.to_js_value`: its serializer turns epoch-ms `at` into a BigInt.
-        let Ok(value) = (unsafe { Value::to_napi_value(env.raw(), event_to_json(&event)) }) else { continue };
+        if !deliver_one(env, state, &inbox) {
+            return;
+        }
+    }
+}
+
+/// Before a promise settles its listeners must have seen every event sent before it: queued
+/// lifecycle events are all delivered now, and log lines past one slice are dropped (and
+/// reported with `log-dropped`) rather than delivered in one long stall.
+fn deliver_before_settling(env: &Env, state: &Rc<RefCell<State>>) {
+    let inbox = state.borrow().inbox.clone();
+    let started = std::time::Instant::now();
+    for delivered in 0.. {
+        if delivered == SLICE_EVENTS || started.elapsed() >= SLICE_TIME {
+            inbox.queue().shed_logs();
+            while deliver_one(env, state, &inbox) {}
+            return;
+        }
+        if !deliver_one(env, state, &inbox) {
+            return;
+        }
+    }
+}
+
+/// Takes one queued event and calls the listeners with it; `false` when there was none (or the
+/// supervisor is closed: nothing fires after close()).
+fn deliver_one(env: &Env, state: &Rc<RefCell<State>>, inbox: &Inbox) -> bool {
+    let queued = {
+        let mut queue = inbox.queue();
+        match queue.pop() {
+            Some(queued) => queued,
+            None if !queue.dropped.is_empty() => {
+                queue.report_all_dropped();
+                return true;
+            }
+            None => return false,
+        }
+    };
+    let listeners = {
+        let s = state.borrow();
+        if s.closed {
+            return false;
+        }
+        s.listeners.current()
+    };
+    if listeners.is_empty() {
+        return true;
+    }
+    let json = match &queued {
+        Queued::Event(event) => event_to_json(event),
+        Queued::LogDropped { service, count, at } => {
+            json!({ "type": "log-dropped", "service": service, "at": at, "count": count })
+        }
+    };
+    // Not `env.to_js_value`: its serializer turns epoch-ms `at` into a BigInt.
+    if let Ok(value) = unsafe { Value::to_napi_value(env.raw(), json) } {
         js::call_listeners(env, &listeners, value, "ServiceSupervisor");
+    }
+    true
+}
+
+/// Delivers the rest on the next turn of the event loop (`setImmediate`: after pending I/O, and
+/// a threadsafe-function call would not yield, Node runs queued calls back to back).
+fn schedule_next_slice(env: &Env, state: &Rc<RefCell<State>>, inbox: &Inbox) {
+    if state.borrow().slice_scheduled {
+        return;
+    }
+    // Producers need not wake the JS thread while a slice is due anyway.
+    inbox.wake_pending.store(true, Ordering::Release);
+    let weak = Rc::downgrade(state);
+    let scheduled = env
+        .create_function_from_closure::<(), (), _>("servicesNextSlice", move |ctx| {
+            js::no_panic("servicesNextSlice", || {
+                if let Some(state) = weak.upgrade() {
+                    dispatch(ctx.env, &state);
+                }
+                Ok(())
+            })
+        })
+        .and_then(|next| {
+            let global = js::global(env)?;
+            js::call_method(env, global, "setImmediate", &[next.raw()])
+        });
+    match scheduled {
+        Ok(_) => state.borrow_mut().slice_scheduled = true,
+        Err(e) => {
+            // Never strand the queue: the next event's wake delivers it.
+            inbox.wake_pending.store(false, Ordering::Release);
+            tracing::warn!(error = %e.reason, "could not schedule the next slice of service events");
+        }
     }
 }
 
