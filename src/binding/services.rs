@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::js::{self, JsRef, Listeners, WakeFn};
 use super::telemetry::Telemetry;
-use super::{Code, IntoJsResult};
+use super::{args, Code, IntoJsResult};
 use crate::error::{ErrorCode, SidecarError, SidecarResult};
 use crate::services::{
     ExitInfo, LearnedProfile, LeaseFuture, LeaseGuard, OutputStream, ServiceEvent, ServiceEventKind, ServiceOutcome,
@@ -359,7 +359,8 @@ impl ServiceSupervisor {
     /// nothing yet. Throws `INVALID_CONFIG` with the JSON path of a bad field, or naming a
     /// dependency cycle (`services: dependency cycle: a -> b -> a`).
     #[napi(constructor, catch_unwind, ts_args_type = "config: ServicesConfig")]
-    pub fn new(env: &Env, config: Value) -> Result<Self, Code> {
+    pub fn new(env: &Env, config: Option<Unknown>) -> Result<Self, Code> {
+        let config = args::optional_json(env, config, "services", ErrorCode::InvalidConfig)?.unwrap_or(Value::Null);
         let mut warnings = vec![];
         let config = ServicesConfig::from_json(&config, &mut warnings)?;
         for w in &warnings {
@@ -409,8 +410,9 @@ impl ServiceSupervisor {
 
     /// Starts one service and what it depends on; resolves with its outcome. Rejects with
     /// `UNKNOWN_SERVICE` or `CLOSED`.
-    #[napi(catch_unwind, ts_return_type = "Promise<ServiceOutcome>")]
-    pub fn start<'env>(&self, env: &'env Env, name: String) -> Result<PromiseRaw<'env, Value>, Code> {
+    #[napi(catch_unwind, ts_return_type = "Promise<ServiceOutcome>", ts_args_type = "name: string")]
+    pub fn start<'env>(&self, env: &'env Env, name: Option<Unknown>) -> Result<PromiseRaw<'env, Value>, Code> {
+        let name = args::string(env, name, "name")?;
         let core = self.core.clone();
         promise(env, &self.state, async move {
             let outcome = core.start(&name).await?;
@@ -420,15 +422,17 @@ impl ServiceSupervisor {
 
     /// Stops one service: `stopSignal` to its process group, SIGKILL after `stopTimeoutMs`;
     /// resolves once the group is gone and reaped. Dependents are left running.
-    #[napi(catch_unwind, ts_return_type = "Promise<void>")]
-    pub fn stop<'env>(&self, env: &'env Env, name: String) -> Result<PromiseRaw<'env, ()>, Code> {
+    #[napi(catch_unwind, ts_return_type = "Promise<void>", ts_args_type = "name: string")]
+    pub fn stop<'env>(&self, env: &'env Env, name: Option<Unknown>) -> Result<PromiseRaw<'env, ()>, Code> {
+        let name = args::string(env, name, "name")?;
         let core = self.core.clone();
         promise(env, &self.state, async move { core.stop(&name).await })
     }
 
     /// Stops then starts one service; resolves with the new start's outcome.
-    #[napi(catch_unwind, ts_return_type = "Promise<ServiceOutcome>")]
-    pub fn restart<'env>(&self, env: &'env Env, name: String) -> Result<PromiseRaw<'env, Value>, Code> {
+    #[napi(catch_unwind, ts_return_type = "Promise<ServiceOutcome>", ts_args_type = "name: string")]
+    pub fn restart<'env>(&self, env: &'env Env, name: Option<Unknown>) -> Result<PromiseRaw<'env, Value>, Code> {
+        let name = args::string(env, name, "name")?;
         let core = self.core.clone();
         promise(env, &self.state, async move {
             let outcome = core.restart(&name).await?;
@@ -464,8 +468,9 @@ impl ServiceSupervisor {
     }
 
     /// One service's status. Throws `UNKNOWN_SERVICE`.
-    #[napi(catch_unwind, ts_return_type = "ServiceStatus")]
-    pub fn status(&self, name: String) -> Result<Value, Code> {
+    #[napi(catch_unwind, ts_args_type = "name: string", ts_return_type = "ServiceStatus")]
+    pub fn status(&self, env: &Env, name: Option<Unknown>) -> Result<Value, Code> {
+        let name = args::string(env, name, "name")?;
         Ok(status_to_json(&self.core.status(&name)?))
     }
 
@@ -498,12 +503,13 @@ impl ServiceSupervisor {
     /// (`processes[].service` is the service name). Replaces an earlier one; returns a function
     /// that detaches. Without a sample with NVML figures for a service's GPU, that service starts
     /// ungated with a `vram-gate-off` event. Throws `CLOSED` for a closed Telemetry.
-    #[napi(catch_unwind, ts_return_type = "() => void")]
+    #[napi(catch_unwind, ts_args_type = "telemetry: Telemetry", ts_return_type = "() => void")]
     pub fn attach_telemetry<'env>(
         &self,
         env: &'env Env,
-        telemetry: &Telemetry,
+        telemetry: Option<Unknown>,
     ) -> Result<Function<'env, (), ()>, Code> {
+        let telemetry = args::class_ref::<Telemetry>(env, telemetry, "telemetry", "a Telemetry")?;
         let latest = telemetry
             .latest_source()
             .ok_or_else(|| SidecarError::new(ErrorCode::Closed, "attachTelemetry: the Telemetry is closed"))?;
@@ -525,7 +531,8 @@ impl ServiceSupervisor {
     /// attached arbiter GPU services load without a lease. Replaces an earlier one; returns a
     /// function that detaches.
     #[napi(catch_unwind, ts_args_type = "arbiter: GpuArbiter", ts_return_type = "() => void")]
-    pub fn attach_arbiter<'env>(&self, env: &'env Env, arbiter: Object<'env>) -> Result<Function<'env, (), ()>, Code> {
+    pub fn attach_arbiter<'env>(&self, env: &'env Env, arbiter: Option<Unknown<'env>>) -> Result<Function<'env, (), ()>, Code> {
+        let arbiter = args::object(env, arbiter, "arbiter", "a GpuArbiter")?;
         let acquire = js::named_property(env, arbiter.raw(), "acquire").js()?;
         if unsafe { Unknown::from_raw_unchecked(env.raw(), acquire) }.get_type().js()? != ValueType::Function {
             return Err(SidecarError::invalid_argument("arbiter: expected a GpuArbiter").into());
