@@ -737,7 +737,7 @@ impl Pump {
 /// The forwarding task: queues events and wakes the JS thread; ends when the core is gone.
 async fn forward(pump: Arc<Pump>, wake: WakeFn) {
     while pump.pull().await {
-        if !pump.inbox.wake_pending.swap(true, Ordering::AcqRel) {
+        if !pump.inbox.wake_pending.swap(true, Ordering::SeqCst) {
             wake.call((), ThreadsafeFunctionCallMode::NonBlocking);
         }
     }
@@ -751,7 +751,9 @@ fn dispatch(env: &Env, state: &Rc<RefCell<State>>) {
         s.slice_scheduled = false;
         s.inbox.clone()
     };
-    inbox.wake_pending.store(false, Ordering::Release);
+    // `wake_pending` stays set while this runs: a producer that woke the JS thread again now
+    // would queue another threadsafe call, and Node runs queued calls back to back, slice after
+    // slice, without yielding.
     let started = std::time::Instant::now();
     for delivered in 0.. {
         if delivered == SLICE_EVENTS || started.elapsed() >= SLICE_TIME {
@@ -759,8 +761,18 @@ fn dispatch(env: &Env, state: &Rc<RefCell<State>>) {
             return;
         }
         if !deliver_one(env, state, &inbox) {
-            return;
+            break;
         }
+    }
+    // Drained: producers wake us again. One may have queued an event after the last look and
+    // before this store, and seen the flag still set; look once more.
+    inbox.wake_pending.store(false, Ordering::SeqCst);
+    let more = {
+        let queue = inbox.queue();
+        !queue.events.is_empty() || !queue.dropped.is_empty()
+    };
+    if more && !state.borrow().closed {
+        schedule_next_slice(env, state, &inbox);
     }
 }
 
@@ -822,11 +834,11 @@ fn deliver_one(env: &Env, state: &Rc<RefCell<State>>, inbox: &Inbox) -> bool {
 /// Delivers the rest on the next turn of the event loop (`setImmediate`: after pending I/O, and
 /// a threadsafe-function call would not yield, Node runs queued calls back to back).
 fn schedule_next_slice(env: &Env, state: &Rc<RefCell<State>>, inbox: &Inbox) {
+    // Producers need not wake the JS thread while a slice is due anyway.
+    inbox.wake_pending.store(true, Ordering::SeqCst);
     if state.borrow().slice_scheduled {
         return;
     }
-    // Producers need not wake the JS thread while a slice is due anyway.
-    inbox.wake_pending.store(true, Ordering::Release);
     let weak = Rc::downgrade(state);
     let scheduled = env
         .create_function_from_closure::<(), (), _>("servicesNextSlice", move |ctx| {

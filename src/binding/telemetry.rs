@@ -76,7 +76,8 @@ pub struct Telemetry {
 #[napi]
 impl Telemetry {
     /// Starts sampling. Throws `INVALID_CONFIG` (JSON path under `telemetry`) for bad options,
-    /// and `INVALID_ARGUMENT` / `IO_ERROR` for a bad replay or record file.
+    /// and `INVALID_ARGUMENT` / `IO_ERROR` for a bad replay or record file (a replay must be a
+    /// regular file of at most 1 GiB, with lines of at most 1 MiB).
     #[napi(constructor, catch_unwind, ts_args_type = "options?: TelemetryOptions")]
     pub fn new(env: &Env, options: Option<Unknown>) -> Result<Self, Code> {
         let mut warnings = vec![];
@@ -130,8 +131,10 @@ impl Telemetry {
         self.subscribe(env, listener, |l| &mut l.on_alert)
     }
 
-    /// Calls `listener(error | null)` when a replay has played its last sample (`null`) or hit a
-    /// bad line, and when recording fails (sampling goes on).
+    /// Calls `listener(error | null)` when a replay has played its last sample (`null`), hit a bad
+    /// line, or reached a cut-off last line (`INVALID_ARGUMENT` naming it, after every whole
+    /// line played); when recording fails (sampling goes on); and when sampling stopped on an
+    /// internal error (`INTERNAL`).
     #[napi(catch_unwind, ts_args_type = "listener: (error: Error | null) => void", ts_return_type = "() => void")]
     pub fn on_end<'env>(&self, env: &'env Env, listener: Unknown<'env>) -> Result<Function<'env, (), ()>, Code> {
         self.subscribe(env, listener, |l| &mut l.on_end)

@@ -10,7 +10,7 @@
 //! [`EscapedGroups`] (see [`super::descendants`] for how, and why a subreaper).
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, BufWriter, Write};
 use std::process::Stdio;
 use std::sync::{mpsc as std_mpsc, Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -34,7 +34,8 @@ const TAIL_LINES: usize = 20;
 pub struct OutputSink {
     service: String,
     events: mpsc::UnboundedSender<ServiceEvent>,
-    log_file: Option<Mutex<File>>,
+    /// Buffered, and flushed after each read from the pipe: one write per read, not per line.
+    log_file: Option<Mutex<BufWriter<File>>>,
     tail: Mutex<VecDeque<String>>,
     ready_pattern: Option<Regex>,
     pattern_seen: watch::Sender<bool>,
@@ -47,7 +48,10 @@ impl OutputSink {
         ready_pattern: Option<Regex>,
     ) -> io::Result<Self> {
         let log_file = match &spec.log_file {
-            Some(path) => Some(Mutex::new(File::options().create(true).append(true).open(path)?)),
+            Some(path) => Some(Mutex::new(BufWriter::with_capacity(
+                MAX_LINE_BYTES,
+                File::options().create(true).append(true).open(path)?,
+            ))),
             None => None,
         };
         Ok(Self {
@@ -68,6 +72,13 @@ impl OutputSink {
     /// The last lines of output, oldest first.
     pub fn tail(&self) -> Vec<String> {
         self.tail.lock().expect("tail lock").iter().cloned().collect()
+    }
+
+    /// Writes the buffered log lines to the log file.
+    fn flush_log(&self) {
+        if let Some(file) = &self.log_file {
+            let _ = file.lock().expect("log file lock").flush();
+        }
     }
 
     fn line(&self, stream: OutputStream, line: String) {
@@ -416,8 +427,10 @@ async fn read_lines(pipe: impl AsyncRead + Unpin, stream: OutputStream, sink: Ar
             }
         };
         reader.consume(read);
+        sink.flush_log();
     }
     lines.finish(&mut emit);
+    sink.flush_log();
 }
 
 #[cfg(test)]
