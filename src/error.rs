@@ -26,6 +26,15 @@ pub enum ErrorCode {
     UnknownService,
     /// A GPU service's startup lease (`gpuStartupLease`) was not granted by the arbiter.
     GpuLeaseNotGranted,
+    /// A ready service failed its liveness check `failureThreshold` times in a row and was not
+    /// restarted (policy `no`, or its restarts were used up).
+    LivenessFailed,
+    /// A service's load made no progress (no output line, no notify message) for
+    /// `readinessStallTimeoutMs`.
+    ReadinessStalled,
+    /// The arbiter's watchdog revoked `hangAfterRevokes` of a service's leases within
+    /// `hangWindowMs`, and the service was not restarted.
+    ServiceHung,
 }
 
 impl ErrorCode {
@@ -44,6 +53,9 @@ impl ErrorCode {
             ErrorCode::ServiceExited => "SERVICE_EXITED",
             ErrorCode::UnknownService => "UNKNOWN_SERVICE",
             ErrorCode::GpuLeaseNotGranted => "GPU_LEASE_NOT_GRANTED",
+            ErrorCode::LivenessFailed => "LIVENESS_FAILED",
+            ErrorCode::ReadinessStalled => "READINESS_STALLED",
+            ErrorCode::ServiceHung => "SERVICE_HUNG",
         }
     }
 }

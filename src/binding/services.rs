@@ -25,7 +25,7 @@ use super::telemetry::Telemetry;
 use super::{args, Code, IntoJsResult};
 use crate::error::{ErrorCode, SidecarError, SidecarResult};
 use crate::services::{
-    ExitInfo, LearnedProfile, LeaseFuture, LeaseGuard, OutputStream, ServiceEvent, ServiceEventKind, ServiceOutcome,
+    AttributedLease, ExitInfo, LeaseChange, LearnedProfile, LeaseFuture, LeaseGuard, OutputStream, ServiceEvent, ServiceEventKind, ServiceOutcome,
     ServiceState, ServiceStatus, ServicesConfig, StartOutcome, StartupLease, Supervisor, SupervisorHooks, VramReading,
     VramSource,
 };
@@ -339,6 +339,34 @@ struct State {
     /// Per service: the lease request's `maxWaitMs` and `holdMaxMs`.
     lease_limits: BTreeMap<String, (u64, u64)>,
     leases: Arc<LeaseBridge>,
+    /// Unsubscribes from the attached arbiter's events (lease attribution to `gpu.taskTypes`).
+    lease_events: Option<JsRef>,
+}
+
+impl State {
+    /// Stops attributing the attached arbiter's leases.
+    fn unsubscribe_lease_events(&mut self, env: &Env) {
+        let Some(unsubscribe) = self.lease_events.take() else { return };
+        let called = unsubscribe.get().and_then(|f| {
+            let undefined = unsafe { <()>::to_napi_value(env.raw(), ()) }?;
+            js::call(env, undefined, f, &[])
+        });
+        if let Err(e) = called {
+            tracing::warn!(error = %e.reason, "could not unsubscribe from the arbiter's events");
+        }
+    }
+}
+
+/// The lease change an arbiter event stands for, if any: grants, releases and watchdog revokes.
+fn lease_change(event: &Value) -> Option<LeaseChange> {
+    let text = |key: &str| event.get(key).and_then(Value::as_str).map(String::from);
+    let lease_id = text("leaseId")?;
+    match (event.get("type").and_then(Value::as_str)?, event.get("detail").and_then(Value::as_str)) {
+        ("acquired", _) => Some(LeaseChange::Acquired { lease_id, task_type: text("taskType")? }),
+        ("released", _) => Some(LeaseChange::Released { lease_id }),
+        ("watchdog", Some("revoke")) => Some(LeaseChange::Revoked { lease_id, task_type: text("taskType")? }),
+        _ => None,
+    }
 }
 
 /// Starts the node's services in dependency order, at most `maxConcurrentStarts` loading at
@@ -391,6 +419,7 @@ impl ServiceSupervisor {
             next_arbiter: 0,
             lease_limits,
             leases,
+            lease_events: None,
         }));
         let wake = js::wake_function(env, &state, "servicesWake", dispatch).js()?;
         napi::bindgen_prelude::spawn(forward(pump, wake));
@@ -457,6 +486,7 @@ impl ServiceSupervisor {
         {
             let mut s = self.state.borrow_mut();
             s.closed = true;
+            s.unsubscribe_lease_events(env);
             s.listeners.clear();
             s.inbox.queue().clear();
         }
@@ -538,8 +568,30 @@ impl ServiceSupervisor {
             return Err(SidecarError::invalid_argument("arbiter: expected a GpuArbiter").into());
         }
         let wake = js::wake_function(env, &self.state, "servicesLeaseWake", serve_leases).js()?;
+        let lease_events = if self.core.attributes_leases() {
+            let core = Arc::downgrade(&self.core);
+            let listener = env
+                .create_function_from_closure::<(), (), _>("attributeLease", move |ctx| {
+                    js::no_panic("attributeLease", || {
+                        let event: Value = ctx.get(0)?;
+                        if let (Some(core), Some(change)) = (core.upgrade(), lease_change(&event)) {
+                            let at = event.get("at").and_then(Value::as_f64).unwrap_or(0.0);
+                            let now_ms = if at > 0.0 { at as u64 } else { crate::services::epoch_ms() };
+                            core.observe_lease(change, now_ms);
+                        }
+                        Ok(())
+                    })
+                })
+                .js()?;
+            let unsubscribe = js::call_method(env, arbiter.raw(), "onEvent", &[listener.raw()]).js()?;
+            Some(JsRef::new(env, unsubscribe).js()?)
+        } else {
+            None
+        };
         let id = {
             let mut s = self.state.borrow_mut();
+            s.unsubscribe_lease_events(env);
+            s.lease_events = lease_events;
             let id = s.next_arbiter;
             s.next_arbiter += 1;
             s.arbiter = Some((id, JsRef::new(env, arbiter.raw()).js()?));
@@ -547,10 +599,11 @@ impl ServiceSupervisor {
             id
         };
         let weak = Rc::downgrade(&self.state);
-        env.create_function_from_closure::<(), (), _>("detachArbiter", move |_ctx| {
+        env.create_function_from_closure::<(), (), _>("detachArbiter", move |ctx| {
             if let Some(state) = weak.upgrade() {
                 let mut s = state.borrow_mut();
                 if s.arbiter.as_ref().is_some_and(|(a, _)| *a == id) {
+                    s.unsubscribe_lease_events(ctx.env);
                     s.arbiter = None;
                     *s.leases.wake.lock().unwrap_or_else(|e| e.into_inner()) = None;
                     // Waiting acquires see their reply dropped and fail.
@@ -921,6 +974,23 @@ fn event_to_json(event: &ServiceEvent) -> Value {
             ("vram-gate-off", json!({ "gpuKey": gpu_key, "reason": reason }))
         }
         ServiceEventKind::Stopped => ("stopped", json!({})),
+        ServiceEventKind::LivenessFailed { reason, consecutive } => {
+            ("liveness-failed", json!({ "reason": reason, "consecutive": consecutive }))
+        }
+        ServiceEventKind::Unhealthy { failures } => ("unhealthy", json!({ "failures": failures })),
+        ServiceEventKind::Hung { revokes, window_ms, lease_ids } => {
+            ("hung", json!({ "revokes": revokes, "windowMs": window_ms, "leaseIds": lease_ids }))
+        }
+        ServiceEventKind::Status { text } => ("status", json!({ "text": text })),
+        ServiceEventKind::NotifyStopping => ("notify-stopping", json!({})),
+        ServiceEventKind::ReadinessExtended { timeout_ms } => ("readiness-extended", json!({ "timeoutMs": timeout_ms })),
+        ServiceEventKind::ReadinessStalled { stall_timeout_ms } => {
+            ("readiness-stalled", json!({ "stallTimeoutMs": stall_timeout_ms }))
+        }
+        ServiceEventKind::PortReclaimed { port, pid } => ("port-reclaimed", json!({ "port": port, "pid": pid })),
+        ServiceEventKind::PortStillHeld { port, waited_ms, pid } => {
+            ("port-still-held", json!({ "port": port, "waitedMs": waited_ms, "pid": pid }))
+        }
     };
     let mut object = json!({ "type": kind, "service": event.service, "at": event.timestamp_ms });
     if let (Value::Object(object), Value::Object(fields)) = (&mut object, fields) {
@@ -962,15 +1032,30 @@ fn learned_to_json(learned: &LearnedProfile) -> Value {
     json!({ "timeToReadyMs": learned.time_to_ready_ms, "peakVramMb": learned.peak_vram_mb })
 }
 
+fn lease_to_json(lease: &AttributedLease) -> Value {
+    json!({ "leaseId": lease.lease_id, "taskType": lease.task_type, "acquiredAt": lease.acquired_at_ms })
+}
+
 fn status_to_json(status: &ServiceStatus) -> Value {
+    let leases = &status.leases;
     json!({
         "name": status.name,
         "state": state_name(status.state),
         "pid": status.pid,
         "restarts": status.restarts,
+        "attempt": status.attempt,
+        "nextRestartAt": status.next_restart_at_ms,
+        "lastFailure": status.last_failure.as_ref().map(|f| json!({ "at": f.at_ms, "error": error_to_json(&f.error) })),
         "timeToReadyMs": status.time_to_ready_ms,
         "error": status.error.as_ref().map(error_to_json),
         "blockedBy": status.blocked_by,
+        "notifyStatus": status.notify_status,
+        "lastLines": status.last_lines,
+        "leases": {
+            "active": leases.active.values().map(lease_to_json).collect::<Vec<_>>(),
+            "watchdogRevokes": leases.watchdog_revokes,
+            "lastGrant": leases.last_grant.as_ref().map(lease_to_json),
+        },
         "learned": learned_to_json(&status.learned),
     })
 }

@@ -99,6 +99,79 @@ pub struct ServiceSpec {
     /// Output lines (stdout and stderr) are appended here.
     #[serde(default)]
     pub log_file: Option<PathBuf>,
+    /// `logFile` is rotated (to `<logFile>.1`, `.2`, ...) before a line would take it past this size.
+    #[serde(default = "default_log_max_bytes")]
+    pub log_max_bytes: Int<1024, { u64::MAX }>,
+    /// How many rotated log files are kept besides `logFile`.
+    #[serde(default = "default_log_keep")]
+    pub log_keep: Int<0, 100>,
+    /// When set, a load with no progress (an output line or a notify message) for this long fails
+    /// with `READINESS_STALLED`; `readinessTimeoutMs` stays the cap on the whole load.
+    #[serde(default)]
+    pub readiness_stall_timeout_ms: Option<Int<1, 86_400_000>>,
+    /// The furthest `EXTEND_TIMEOUT_MS` can push the readiness deadline, from spawn. Default: four
+    /// times `readinessTimeoutMs` (at most one day).
+    #[serde(default)]
+    pub max_readiness_timeout_ms: Option<Millis>,
+    /// How to tell the service is still alive once it is ready.
+    #[serde(default)]
+    pub liveness: Option<LivenessConfig>,
+    /// This many of the service's leases revoked by the arbiter's watchdog within `hangWindowMs`
+    /// declare it hung (`gpu.taskTypes` and `attachArbiter` attribute leases to it).
+    #[serde(default = "default_hang_after_revokes")]
+    pub hang_after_revokes: Int<1, 1000>,
+    #[serde(default = "default_hang_window")]
+    pub hang_window_ms: Int<1, 86_400_000>,
+    /// When the port is held by a leftover of this same service (same command line), stop that
+    /// process and start; any other holder still fails the start with `PORT_IN_USE`.
+    #[serde(default)]
+    pub reclaim_stale_port: bool,
+    /// How long `stop()` waits for the service's `port` to be free again before it resolves
+    /// anyway (with a `port-still-held` event).
+    #[serde(default = "default_port_release_timeout")]
+    pub port_release_timeout_ms: Millis,
+}
+
+impl ServiceSpec {
+    /// The hard cap on the readiness deadline, from spawn (see `maxReadinessTimeoutMs`).
+    pub fn readiness_cap_ms(&self) -> u64 {
+        let base = self.readiness_timeout_ms.get();
+        self.max_readiness_timeout_ms.map_or(base.saturating_mul(4).min(86_400_000), |m| m.get()).max(base)
+    }
+
+    /// Every `logLine` pattern the service's readiness and liveness watch for.
+    pub fn line_patterns(&self) -> Vec<Regex> {
+        let mut found = Vec::new();
+        self.readiness.line_patterns(&mut found);
+        if let Some(LivenessCheck::LogLine(p)) = self.liveness.as_ref().map(LivenessConfig::check) {
+            found.push(p.pattern.0.clone());
+        }
+        found
+    }
+
+    /// Whether the service gets a notify pipe (`GPU_SIDECAR_NOTIFY_FD`).
+    pub fn uses_notify(&self) -> bool {
+        self.readiness.uses_notify()
+            || matches!(self.liveness.as_ref().map(LivenessConfig::check), Some(LivenessCheck::Notify))
+    }
+}
+
+impl Readiness {
+    fn line_patterns(&self, found: &mut Vec<Regex>) {
+        match self {
+            Readiness::LogLine(p) => found.push(p.pattern.0.clone()),
+            Readiness::AnyOf(all) => all.iter().for_each(|r| r.line_patterns(found)),
+            _ => {}
+        }
+    }
+
+    fn uses_notify(&self) -> bool {
+        match self {
+            Readiness::Notify(_) => true,
+            Readiness::AnyOf(all) => all.iter().any(Readiness::uses_notify),
+            _ => false,
+        }
+    }
 }
 
 fn default_readiness_timeout() -> Millis {
@@ -109,6 +182,86 @@ fn default_probe_interval() -> Int<10, 60_000> {
 }
 fn default_stop_timeout() -> Millis {
     Int(5_000)
+}
+fn default_log_max_bytes() -> Int<1024, { u64::MAX }> {
+    Int(10 << 20)
+}
+fn default_log_keep() -> Int<0, 100> {
+    Int(3)
+}
+fn default_hang_after_revokes() -> Int<1, 1000> {
+    Int(2)
+}
+fn default_hang_window() -> Int<1, 86_400_000> {
+    Int(60_000)
+}
+fn default_port_release_timeout() -> Millis {
+    Int(5_000)
+}
+
+/// `liveness`: exactly one check kind, and how often and how strictly it is applied.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LivenessConfig {
+    /// A GET answers like the readiness `http` probe.
+    #[serde(default)]
+    pub http: Option<HttpProbe>,
+    /// A TCP connection is accepted.
+    #[serde(default)]
+    pub tcp: Option<TcpProbe>,
+    /// A line matching the pattern at least every `intervalMs`.
+    #[serde(default)]
+    pub log_line: Option<LogLineProbe>,
+    /// A `WATCHDOG=1` notify message at least every `intervalMs`.
+    #[serde(default)]
+    pub notify: Option<NoProbe>,
+    /// Between probes; for `logLine` and `notify`, the longest silence that is not a failure.
+    #[serde(default = "default_liveness_interval")]
+    pub interval_ms: Int<10, 86_400_000>,
+    /// The longest one HTTP or TCP probe may take.
+    #[serde(default = "default_liveness_timeout")]
+    pub timeout_ms: Int<1, 86_400_000>,
+    /// Consecutive failures that make the service unhealthy.
+    #[serde(default = "default_failure_threshold")]
+    pub failure_threshold: Int<1, 1000>,
+}
+
+/// The check a [`LivenessConfig`] makes.
+#[derive(Debug, Clone, Copy)]
+pub enum LivenessCheck<'a> {
+    Http(&'a HttpProbe),
+    Tcp(&'a TcpProbe),
+    LogLine(&'a LogLineProbe),
+    Notify,
+}
+
+impl LivenessConfig {
+    /// The one check set (validation guarantees exactly one).
+    pub fn check(&self) -> LivenessCheck<'_> {
+        match (&self.http, &self.tcp, &self.log_line, &self.notify) {
+            (Some(h), ..) => LivenessCheck::Http(h),
+            (_, Some(t), ..) => LivenessCheck::Tcp(t),
+            (_, _, Some(l), _) => LivenessCheck::LogLine(l),
+            _ => LivenessCheck::Notify,
+        }
+    }
+
+    fn kinds_set(&self) -> usize {
+        [self.http.is_some(), self.tcp.is_some(), self.log_line.is_some(), self.notify.is_some()]
+            .iter()
+            .filter(|&&b| b)
+            .count()
+    }
+}
+
+fn default_liveness_interval() -> Int<10, 86_400_000> {
+    Int(5_000)
+}
+fn default_liveness_timeout() -> Int<1, 86_400_000> {
+    Int(2_000)
+}
+fn default_failure_threshold() -> Int<1, 1000> {
+    Int(3)
 }
 
 /// How a service tells that it is ready.
@@ -124,6 +277,32 @@ pub enum Readiness {
     /// Ready as soon as the process is spawned.
     #[serde(rename = "none")]
     Immediate(NoProbe),
+    /// A `READY=1` message on the notify pipe (`GPU_SIDECAR_NOTIFY_FD`).
+    Notify(NoProbe),
+    /// Whichever of these passes first.
+    AnyOf(Vec<Readiness>),
+}
+
+impl Readiness {
+    /// Checks what serde cannot: a TCP probe has a port, `anyOf` is not empty. Errors are
+    /// `(field path under the service, message)`.
+    fn validate(&self, has_port: bool, path: &str) -> Result<(), (String, String)> {
+        match self {
+            Readiness::Tcp(TcpProbe { port: None, .. }) if !has_port => {
+                Err((format!("{path}.tcp.port"), "expected a port here or in the service's \"port\"".into()))
+            }
+            Readiness::AnyOf(all) if all.is_empty() => {
+                Err((format!("{path}.anyOf"), "expected at least one readiness check".into()))
+            }
+            Readiness::AnyOf(all) => {
+                for (k, r) in all.iter().enumerate() {
+                    r.validate(has_port, &format!("{path}.anyOf[{k}]"))?;
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// `readiness.http`.
@@ -265,6 +444,10 @@ pub struct GpuNeed {
     /// Without it the gate uses the peak learned on earlier runs, or is off.
     #[serde(default)]
     pub vram_mb: Option<Megabytes>,
+    /// Arbiter task types this service serves: with `attachArbiter`, leases of these types are
+    /// attributed to it (its status shows them, and their watchdog revokes can declare it hung).
+    #[serde(default)]
+    pub task_types: Vec<String>,
 }
 
 /// When an exited service is started again.
@@ -281,7 +464,7 @@ pub enum RestartPolicy {
 }
 
 /// `restart`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct RestartConfig {
     /// `no` by default.
@@ -292,11 +475,25 @@ pub struct RestartConfig {
     pub backoff_ms: Millis,
     /// The longest wait between restarts.
     pub max_backoff_ms: Millis,
+    /// A run that lasts this long without failing resets the attempt count and the backoff.
+    pub reset_after_ms: Millis,
+    /// When set, `maxRestarts` counts the restarts within this window, not since the start.
+    pub window_ms: Option<Int<1, 86_400_000>>,
+    /// Each delay is spread at random by up to this fraction either way (0-1).
+    pub jitter: f64,
 }
 
 impl Default for RestartConfig {
     fn default() -> Self {
-        Self { policy: RestartPolicy::No, max_restarts: Int(3), backoff_ms: Int(1_000), max_backoff_ms: Int(30_000) }
+        Self {
+            policy: RestartPolicy::No,
+            max_restarts: Int(3),
+            backoff_ms: Int(1_000),
+            max_backoff_ms: Int(30_000),
+            reset_after_ms: Int(60_000),
+            window_ms: None,
+            jitter: 0.1,
+        }
     }
 }
 
@@ -377,14 +574,23 @@ impl ServicesConfig {
                     return Err(err(i, &format!("dependsOn[{j}]"), format!("unknown service {dep:?}")));
                 }
             }
-            if let Readiness::Tcp(TcpProbe { port: None, .. }) = s.readiness {
-                if s.port.is_none() {
+            s.readiness.validate(s.port.is_some(), "readiness").map_err(|(field, msg)| err(i, &field, msg))?;
+            if let Some(liveness) = &s.liveness {
+                if liveness.kinds_set() != 1 {
                     return Err(err(
                         i,
-                        "readiness.tcp.port",
-                        "expected a port here or in the service's \"port\"".into(),
+                        "liveness",
+                        "expected exactly one of \"http\", \"tcp\", \"logLine\" or \"notify\"".into(),
                     ));
                 }
+                if let Some(TcpProbe { port: None, .. }) = &liveness.tcp {
+                    if s.port.is_none() {
+                        return Err(err(i, "liveness.tcp.port", "expected a port here or in the service's \"port\"".into()));
+                    }
+                }
+            }
+            if !(0.0..=1.0).contains(&s.restart.jitter) {
+                return Err(err(i, "restart.jitter", format!("expected a number 0-1, got {}", s.restart.jitter)));
             }
             if let Some(gpu) = &s.gpu {
                 if gpu.key.trim().is_empty() {
@@ -562,6 +768,7 @@ mod tests {
             max_restarts: Int(9),
             backoff_ms: Int(100),
             max_backoff_ms: Int(350),
+            ..RestartConfig::default()
         };
         assert_eq!([r.delay_ms(1), r.delay_ms(2), r.delay_ms(3), r.delay_ms(4)], [100, 200, 350, 350]);
     }

@@ -74,6 +74,26 @@ pub enum ServiceEventKind {
     VramGateOff { gpu_key: String, reason: String },
     /// Stopped on request, or exited cleanly with no restart due.
     Stopped,
+    /// A liveness check of a ready service failed (`consecutive` in a row so far).
+    LivenessFailed { reason: String, consecutive: u32 },
+    /// `failureThreshold` liveness checks failed in a row: the service is stopped, then restarted
+    /// by its policy. `failures` are their reasons, oldest first.
+    Unhealthy { failures: Vec<String> },
+    /// The arbiter's watchdog revoked `revokes` of the service's leases within `window_ms`: the
+    /// service is stopped, then restarted by its policy.
+    Hung { revokes: u32, window_ms: u64, lease_ids: Vec<String> },
+    /// A notify `STATUS=` message.
+    Status { text: String },
+    /// A notify `STOPPING=1` message: the service says it is shutting down.
+    NotifyStopping,
+    /// `EXTEND_TIMEOUT_MS` moved the readiness deadline to `timeout_ms` after spawn.
+    ReadinessExtended { timeout_ms: u64 },
+    /// No output line or notify message for `stall_timeout_ms` during the load.
+    ReadinessStalled { stall_timeout_ms: u64 },
+    /// The port was held by a leftover of this service (pid `pid`), which was stopped.
+    PortReclaimed { port: u16, pid: u32 },
+    /// `stop()` waited `waited_ms` and the port is still held (by `pid`, when known).
+    PortStillHeld { port: u16, waited_ms: u64, pid: Option<u32> },
 }
 
 /// An event about one service.

@@ -12,21 +12,29 @@ mod descendants;
 mod events;
 mod hooks;
 mod host_death;
+mod lease_ledger;
+mod log_file;
+mod notify;
 mod port;
 mod probe;
 mod process;
 mod profile;
+mod restart_budget;
 mod supervisor;
 #[cfg(test)]
 mod tests;
 
 pub use config::{
-    GpuNeed, HttpProbe, HttpUrl, LogLineProbe, Megabytes, Millis, NoProbe, Pattern, Port, Readiness, RestartConfig,
-    RestartPolicy, ServiceSpec, ServicesConfig, StopSignal, TcpProbe,
+    GpuNeed, HttpProbe, HttpUrl, LivenessCheck, LivenessConfig, LogLineProbe, Megabytes, Millis, NoProbe, Pattern, Port,
+    Readiness, RestartConfig, RestartPolicy, ServiceSpec, ServicesConfig, StopSignal, TcpProbe,
 };
 pub(crate) use events::epoch_ms;
 pub use events::{ExitInfo, OutputStream, ServiceEvent, ServiceEventKind};
 pub use hooks::{LeaseFuture, LeaseGuard, StartupLease, VramReading, VramSource};
 pub use port::{port_holder, port_is_free, PortHolder};
 pub use profile::LearnedProfile;
-pub use supervisor::{ServiceOutcome, ServiceState, ServiceStatus, StartOutcome, Supervisor, SupervisorHooks};
+pub use lease_ledger::{AttributedLease, ServiceLeases};
+pub use notify::NOTIFY_FD_ENV;
+pub use supervisor::{
+    FailureRecord, LeaseChange, ServiceOutcome, ServiceState, ServiceStatus, StartOutcome, Supervisor, SupervisorHooks,
+};

@@ -9,8 +9,7 @@
 //! dies. Descendants that left the group (double fork and `setsid`) are tracked by
 //! [`EscapedGroups`] (see [`super::descendants`] for how, and why a subreaper).
 use std::collections::VecDeque;
-use std::fs::File;
-use std::io::{self, BufWriter, Write};
+use std::io;
 use std::process::Stdio;
 use std::sync::{mpsc as std_mpsc, Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -25,33 +24,34 @@ use super::config::{ServiceSpec, StopSignal};
 use super::events::{ExitInfo, OutputStream, ServiceEvent, ServiceEventKind};
 use super::descendants::{EscapedGroups, SCAN_INTERVAL};
 use super::host_death::{HostDeathWatchdog, WatchedGroup};
+use super::log_file::RotatingLog;
 
-/// How many output lines a failure report carries.
-const TAIL_LINES: usize = 20;
+/// How many output lines `status().lastLines` and a failure report carry.
+const TAIL_LINES: usize = 50;
 
-/// Where a process's output lines go: events, the log file, the tail kept for failure reports,
-/// and the `logLine` readiness pattern.
+/// Where a process's output lines go: events, the log file, the tail kept for status and
+/// failure reports, the `logLine` patterns, and the count of lines (progress, for the stall timer).
 pub struct OutputSink {
     service: String,
     events: mpsc::UnboundedSender<ServiceEvent>,
     /// Buffered, and flushed after each read from the pipe: one write per read, not per line.
-    log_file: Option<Mutex<BufWriter<File>>>,
+    log_file: Option<Mutex<RotatingLog>>,
     tail: Mutex<VecDeque<String>>,
-    ready_pattern: Option<Regex>,
-    pattern_seen: watch::Sender<bool>,
+    /// Each watched pattern and how many lines matched it.
+    patterns: Vec<(Regex, watch::Sender<u64>)>,
+    lines: watch::Sender<u64>,
 }
 
 impl OutputSink {
-    pub fn new(
-        spec: &ServiceSpec,
-        events: mpsc::UnboundedSender<ServiceEvent>,
-        ready_pattern: Option<Regex>,
-    ) -> io::Result<Self> {
+    /// A sink that counts the lines matching each of `patterns`.
+    pub fn new(spec: &ServiceSpec, events: mpsc::UnboundedSender<ServiceEvent>, patterns: Vec<Regex>) -> io::Result<Self> {
         let log_file = match &spec.log_file {
-            Some(path) => Some(Mutex::new(BufWriter::with_capacity(
+            Some(path) => Some(Mutex::new(RotatingLog::open(
+                path,
+                spec.log_max_bytes.get(),
+                spec.log_keep.get() as u32,
                 MAX_LINE_BYTES,
-                File::options().create(true).append(true).open(path)?,
-            ))),
+            )?)),
             None => None,
         };
         Ok(Self {
@@ -59,14 +59,23 @@ impl OutputSink {
             events,
             log_file,
             tail: Mutex::new(VecDeque::with_capacity(TAIL_LINES)),
-            ready_pattern,
-            pattern_seen: watch::channel(false).0,
+            patterns: patterns.into_iter().map(|p| (p, watch::channel(0).0)).collect(),
+            lines: watch::channel(0).0,
         })
     }
 
-    /// Flips to `true` when a line matches the readiness pattern.
-    pub fn pattern_seen(&self) -> watch::Receiver<bool> {
-        self.pattern_seen.subscribe()
+    /// Counts the lines that matched `pattern` (one given to [`OutputSink::new`]; another
+    /// pattern never matches).
+    pub fn matches(&self, pattern: &Regex) -> watch::Receiver<u64> {
+        match self.patterns.iter().find(|(p, _)| p.as_str() == pattern.as_str()) {
+            Some((_, count)) => count.subscribe(),
+            None => watch::channel(0).1,
+        }
+    }
+
+    /// Counts every output line.
+    pub fn lines(&self) -> watch::Receiver<u64> {
+        self.lines.subscribe()
     }
 
     /// The last lines of output, oldest first.
@@ -84,11 +93,14 @@ impl OutputSink {
     fn line(&self, stream: OutputStream, line: String) {
         if let Some(file) = &self.log_file {
             // A small local append; a failing log file must not take the service down.
-            let _ = writeln!(file.lock().expect("log file lock"), "{line}");
+            let _ = file.lock().expect("log file lock").write_line(&line);
         }
-        if self.ready_pattern.as_ref().is_some_and(|p| p.is_match(&line)) {
-            self.pattern_seen.send_replace(true);
+        for (pattern, count) in &self.patterns {
+            if pattern.is_match(&line) {
+                count.send_modify(|n| *n += 1);
+            }
         }
+        self.lines.send_modify(|n| *n += 1);
         {
             let mut tail = self.tail.lock().expect("tail lock");
             if tail.len() == TAIL_LINES {
@@ -116,6 +128,9 @@ pub struct ServiceProcess {
 
 type SpawnJob = Box<dyn FnOnce() + Send>;
 
+/// The write end of a notify pipe, handed to the service at spawn.
+pub type NotifyWriteEnd = super::notify::PipeEnd;
+
 /// Runs spawn jobs on a thread that never exits (see the module docs on `PR_SET_PDEATHSIG`).
 fn on_spawner_thread(job: SpawnJob) {
     static SPAWNER: OnceLock<Mutex<std_mpsc::Sender<SpawnJob>>> = OnceLock::new();
@@ -139,10 +154,13 @@ fn on_spawner_thread(job: SpawnJob) {
 impl ServiceProcess {
     /// Spawns `spec`'s command, registers its process group with `watchdog` (if any), and starts
     /// reading its output into `sink`.
+    /// With `notify`, the service inherits the pipe's write end, its number in
+    /// `GPU_SIDECAR_NOTIFY_FD` (see [`super::notify`]); the host's copy is closed after the spawn.
     pub async fn spawn(
         spec: &ServiceSpec,
         sink: Arc<OutputSink>,
         watchdog: Option<&Arc<HostDeathWatchdog>>,
+        notify: Option<NotifyWriteEnd>,
     ) -> io::Result<Self> {
         let mut command = CommandWrap::with_new(&spec.command, |c| {
             c.args(&spec.args).envs(&spec.env).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -150,6 +168,21 @@ impl ServiceProcess {
                 c.current_dir(cwd);
             }
         });
+        #[cfg(unix)]
+        if let Some(write) = &notify {
+            use std::os::fd::AsRawFd;
+            let fd = write.as_raw_fd();
+            command.command_mut().env(super::notify::NOTIFY_FD_ENV, fd.to_string());
+            // SAFETY: fcntl is async-signal-safe; it only clears close-on-exec on our pipe end.
+            unsafe {
+                command.command_mut().pre_exec(move || {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         #[cfg(unix)]
         command.wrap(process_wrap::tokio::ProcessGroup::leader());
         #[cfg(windows)]
@@ -166,6 +199,8 @@ impl ServiceProcess {
             let _ = tx.send(command.spawn());
         }));
         let mut child = rx.await.map_err(|_| io::Error::other("spawner thread dropped the job"))??;
+        // The service holds its copy now; ours must close, or the pipe never ends.
+        drop(notify);
         let pid = child.id().ok_or_else(|| io::Error::other("child exited before its pid was read"))?;
         // The group leader's pid is the group id.
         let watched = watchdog.map(|w| w.watch(pid));

@@ -1,0 +1,492 @@
+//! The supervisor: starts services in dependency order with a bound on concurrent loads, gates
+//! GPU services on free VRAM, waits for real readiness, watches them once ready (liveness, and
+//! their leases' watchdog revokes), restarts by policy, and stops them.
+//!
+//! Each started service is driven by one runner task that owns its process from the first start
+//! attempt to its final state (ready-and-running, failed or stopped); `stop` asks the runner to
+//! end and waits for it, so a stop never races with a start. By phase:
+//! - `schedule`: which service starts when (dependencies, start slots), and stops;
+//! - `restart`: the runner: attempts, what ends a run, and the restart decision;
+//! - `attempt`: one start (lease, VRAM gate, port, spawn) up to readiness or its deadline;
+//! - `readiness`: one method per readiness kind;
+//! - `liveness`: checks after ready, and the hang seen through the service's leases;
+//! - `ports`: a stale port reclaimed, a port waited free after a stop;
+//! - `vram_gate`: free VRAM before a GPU load, and the VRAM a service uses.
+
+mod attempt;
+mod liveness;
+mod ports;
+mod readiness;
+mod restart;
+mod schedule;
+mod vram_gate;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinHandle;
+
+use super::config::{ServiceSpec, ServicesConfig};
+use super::events::{epoch_ms, ExitInfo, ServiceEvent, ServiceEventKind};
+use super::hooks::{StartupLease, VramSource};
+use super::host_death::HostDeathWatchdog;
+use super::lease_ledger::{AttributedLease, ServiceLeases};
+use super::notify::NotifySeen;
+use super::process::{OutputSink, ServiceProcess};
+use super::profile::{LearnedProfile, ProfileStore};
+use super::restart_budget::RestartBudget;
+use crate::error::{ErrorCode, SidecarError, SidecarResult};
+
+use vram_gate::VramSampler;
+
+/// How long to wait for the rest of a dead process's output before reporting its last lines.
+const OUTPUT_DRAIN: Duration = Duration::from_millis(500);
+
+/// Where a service is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceState {
+    /// Never started.
+    Idle,
+    /// Waiting for a lease or VRAM, spawned and not ready yet.
+    Starting,
+    Ready,
+    /// Exited (or was stopped as unhealthy or hung) and waiting for its restart backoff.
+    Restarting,
+    Stopping,
+    Stopped,
+    Failed,
+    /// Not started because a dependency is not ready.
+    Blocked,
+}
+
+impl ServiceState {
+    /// Whether a start has come to an end (for good or bad).
+    fn is_settled(self) -> bool {
+        !matches!(self, ServiceState::Starting | ServiceState::Restarting | ServiceState::Stopping)
+    }
+}
+
+/// A failure the service had, restarted from or not.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FailureRecord {
+    /// Epoch ms.
+    pub at_ms: u64,
+    pub error: SidecarError,
+}
+
+/// A snapshot of one service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub state: ServiceState,
+    /// The service process's pid (also its process group id) while it runs.
+    pub pid: Option<u32>,
+    /// Restarts since the last explicit start.
+    pub restarts: u32,
+    /// The backoff step: restarts since the last explicit start or the last stable run.
+    pub attempt: u32,
+    /// When the pending restart is due (epoch ms), while `Restarting`.
+    pub next_restart_at_ms: Option<u64>,
+    pub last_failure: Option<FailureRecord>,
+    /// Spawn to ready, for the current run once it was ready.
+    pub time_to_ready_ms: Option<u64>,
+    /// Why it failed, when `state` is `Failed`.
+    pub error: Option<SidecarError>,
+    /// The dependency that was not ready, when `state` is `Blocked`.
+    pub blocked_by: Option<String>,
+    /// The latest notify `STATUS=` text of the current run.
+    pub notify_status: Option<String>,
+    /// The last output lines of the current (or last) run, oldest first.
+    pub last_lines: Vec<String>,
+    /// Leases of its `gpu.taskTypes`, with an attached arbiter.
+    pub leases: ServiceLeases,
+    /// What it took on earlier runs.
+    pub learned: LearnedProfile,
+}
+
+/// How one service's start ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StartOutcome {
+    /// Ready, `time_to_ready_ms` after its (last) spawn.
+    Ready { time_to_ready_ms: u64 },
+    /// Failed for good; `last_lines` is the end of its output, when it ran.
+    Failed { error: SidecarError, last_lines: Vec<String> },
+    /// Not started: `dependency` did not become ready.
+    Blocked { dependency: String },
+    /// Stopped before it became ready (or the supervisor was closed).
+    Stopped,
+}
+
+/// A service's name and how its start ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceOutcome {
+    pub service: String,
+    pub outcome: StartOutcome,
+}
+
+/// A lease change in the attached arbiter, as the supervisor attributes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseChange {
+    Acquired { lease_id: String, task_type: String },
+    /// Released, or dropped for a reason other than the watchdog (the arbiter closed).
+    Released { lease_id: String },
+    /// Taken back by the arbiter's hold watchdog.
+    Revoked { lease_id: String, task_type: String },
+}
+
+/// What the supervisor uses from the rest of the addon; both are optional.
+#[derive(Clone, Default)]
+pub struct SupervisorHooks {
+    /// Free VRAM readings; without it the VRAM gate is off (and says so in events).
+    pub vram: Option<Arc<dyn VramSource>>,
+    /// Taken around each GPU service's load when `gpuStartupLease` is set.
+    pub startup_lease: Option<Arc<dyn StartupLease>>,
+}
+
+/// Starts, watches and stops the configured services. Dropping it kills every service it runs;
+/// [`Supervisor::close`] stops them gracefully instead.
+pub struct Supervisor {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    config: ServicesConfig,
+    order: Vec<usize>,
+    hooks: SupervisorHooks,
+    events: mpsc::UnboundedSender<ServiceEvent>,
+    /// One permit per service allowed to be loading at once.
+    start_slots: Arc<tokio::sync::Semaphore>,
+    profiles: Mutex<ProfileStore>,
+    cells: Vec<Mutex<Cell>>,
+    /// Bumped on every state change, so schedulers can wait for "something changed".
+    changes: watch::Sender<u64>,
+    closed: AtomicBool,
+    /// Kills the services' process groups if the host dies; started with the first service and
+    /// let go by `close` (each running service holds it too, until its group is killed).
+    host_death_watchdog: Mutex<Option<Arc<HostDeathWatchdog>>>,
+}
+
+/// Why a ready service was declared hung.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct HungReport {
+    lease_ids: Vec<String>,
+}
+
+struct Cell {
+    state: ServiceState,
+    pid: Option<u32>,
+    /// When the running process was spawned (ms since the Unix epoch), so the VRAM gate can tell
+    /// whether a reading already shows its memory; `u64::MAX` while the spawn is under way.
+    spawned_at_ms: Option<u64>,
+    restarts: u32,
+    budget: RestartBudget,
+    next_restart_at_ms: Option<u64>,
+    last_failure: Option<FailureRecord>,
+    time_to_ready_ms: Option<u64>,
+    error: Option<SidecarError>,
+    last_lines: Vec<String>,
+    blocked_by: Option<String>,
+    notify_status: Option<String>,
+    /// The current run's output, for `lastLines`.
+    sink: Option<Arc<OutputSink>>,
+    leases: ServiceLeases,
+    /// Set with `alarm` when the service is found hung while ready.
+    hung: Option<HungReport>,
+    alarm: Arc<Notify>,
+    runner: Option<Runner>,
+}
+
+impl Cell {
+    fn new() -> Self {
+        Self {
+            state: ServiceState::Idle,
+            pid: None,
+            spawned_at_ms: None,
+            restarts: 0,
+            budget: RestartBudget::default(),
+            next_restart_at_ms: None,
+            last_failure: None,
+            time_to_ready_ms: None,
+            error: None,
+            last_lines: Vec::new(),
+            blocked_by: None,
+            notify_status: None,
+            sink: None,
+            leases: ServiceLeases::default(),
+            hung: None,
+            alarm: Arc::new(Notify::new()),
+            runner: None,
+        }
+    }
+
+    /// Forgets the process once it is gone.
+    fn clear_process(&mut self) {
+        self.pid = None;
+        self.spawned_at_ms = None;
+    }
+}
+
+struct Runner {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+/// Aborts a task when dropped (a helper task must not outlive what it serves).
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// How one start attempt ended.
+enum Attempt {
+    Ready(Box<Launched>),
+    Exited { exit: ExitInfo, last_lines: Vec<String>, ran: Duration },
+    Failed { error: SidecarError, last_lines: Vec<String> },
+    Stopped,
+}
+
+/// A spawned, ready process with what watches it.
+struct Launched {
+    process: ServiceProcess,
+    sink: Arc<OutputSink>,
+    vram_peak: Option<VramSampler>,
+    /// What the service said on its notify pipe, when it has one.
+    notify: Option<watch::Receiver<NotifySeen>>,
+    _notify_reader: Option<AbortOnDrop>,
+    spawned: Instant,
+}
+
+impl Supervisor {
+    /// A supervisor for `config` (validated by [`ServicesConfig::from_json`]) and the receiver
+    /// of its events; events queue up unread until the receiver is read or dropped. Nothing
+    /// starts until `start_all` or `start` is called; those need a tokio runtime.
+    pub fn new(config: ServicesConfig, hooks: SupervisorHooks) -> (Self, mpsc::UnboundedReceiver<ServiceEvent>) {
+        let (events, receiver) = mpsc::unbounded_channel();
+        let shared = Shared {
+            order: config.start_order(),
+            start_slots: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_starts.get() as usize)),
+            profiles: Mutex::new(ProfileStore::load(config.state_file.as_deref())),
+            cells: config.services.iter().map(|_| Mutex::new(Cell::new())).collect(),
+            config,
+            hooks,
+            events,
+            changes: watch::channel(0).0,
+            closed: AtomicBool::new(false),
+            host_death_watchdog: Mutex::new(None),
+        };
+        (Self { shared: Arc::new(shared) }, receiver)
+    }
+
+    /// Starts every service, dependencies first, and resolves when each is ready or has
+    /// definitively failed (after its restarts), with one outcome per service in start order.
+    pub async fn start_all(&self) -> SidecarResult<Vec<ServiceOutcome>> {
+        self.shared.check_open()?;
+        let targets = self.shared.order.clone();
+        Ok(self.shared.schedule(&targets).await)
+    }
+
+    /// Starts one service and the services it depends on; a service already running or starting
+    /// is not started twice. Resolves with the named service's outcome.
+    pub async fn start(&self, name: &str) -> SidecarResult<StartOutcome> {
+        self.shared.check_open()?;
+        let i = self.shared.index(name)?;
+        let targets = self.shared.with_dependencies(i);
+        let outcomes = self.shared.schedule(&targets).await;
+        Ok(outcomes.into_iter().find(|o| o.service == name).expect("target has an outcome").outcome)
+    }
+
+    /// Stops one service (its stop signal, then SIGKILL after `stopTimeoutMs`) and waits until its
+    /// process group is gone and its port free (at most `portReleaseTimeoutMs`). Services that
+    /// depend on it are left alone.
+    pub async fn stop(&self, name: &str) -> SidecarResult<()> {
+        let i = self.shared.index(name)?;
+        self.shared.stop(i).await;
+        Ok(())
+    }
+
+    /// Stops then starts one service.
+    pub async fn restart(&self, name: &str) -> SidecarResult<StartOutcome> {
+        self.stop(name).await?;
+        self.start(name).await
+    }
+
+    /// Stops every service in reverse dependency order: each one only once everything that
+    /// depends on it has stopped.
+    pub async fn stop_all(&self) {
+        for &i in self.shared.order.iter().rev() {
+            self.shared.stop(i).await;
+        }
+    }
+
+    /// Stops everything (as `stop_all`) and refuses later starts with `CLOSED`.
+    pub async fn close(&self) {
+        self.shared.closed.store(true, Ordering::SeqCst);
+        self.stop_all().await;
+        // Nothing runs any more: let the watchdog exit (and be reaped) now, not at drop.
+        self.shared.host_death_watchdog.lock().expect("watchdog lock").take();
+    }
+
+    /// The pid of the host-death watchdog process, once one runs.
+    pub fn host_death_watchdog_pid(&self) -> Option<u32> {
+        self.shared.host_death_watchdog.lock().expect("watchdog lock").as_ref().map(|w| w.pid())
+    }
+
+    /// One service's status.
+    pub fn status(&self, name: &str) -> SidecarResult<ServiceStatus> {
+        Ok(self.shared.status(self.shared.index(name)?))
+    }
+
+    /// Every service's status, in config order.
+    pub fn statuses(&self) -> Vec<ServiceStatus> {
+        (0..self.shared.cells.len()).map(|i| self.shared.status(i)).collect()
+    }
+
+    /// Whether any service claims task types (so lease changes are worth reporting).
+    pub fn attributes_leases(&self) -> bool {
+        self.shared.config.services.iter().any(|s| s.gpu.as_ref().is_some_and(|g| !g.task_types.is_empty()))
+    }
+
+    /// Attributes a lease change at `now_ms` (epoch) to the service that serves its task type.
+    /// Watchdog revokes of a ready service's leases, `hangAfterRevokes` of them within
+    /// `hangWindowMs`, declare it hung: its runner stops it and restarts it by its policy.
+    pub fn observe_lease(&self, change: LeaseChange, now_ms: u64) {
+        self.shared.observe_lease(change, now_ms);
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        // Aborting a runner drops its process, which kills the process group.
+        for cell in &self.shared.cells {
+            if let Some(runner) = &cell.lock().expect("cell lock").runner {
+                runner.task.abort();
+            }
+        }
+    }
+}
+
+async fn stop_requested(stop: &mut watch::Receiver<bool>) {
+    // A dropped sender also ends the wait: nobody is left to keep the service.
+    let _ = stop.wait_for(|requested| *requested).await;
+}
+
+impl Shared {
+    /// The running watchdog, started on first use. Without one (no `/bin/sh`, or Windows, whose
+    /// job objects do this job) services still die with the host, only their children may not.
+    fn host_death_watchdog(&self) -> Option<Arc<HostDeathWatchdog>> {
+        let mut watchdog = self.host_death_watchdog.lock().expect("watchdog lock");
+        if watchdog.is_none() {
+            *watchdog = HostDeathWatchdog::start().ok();
+        }
+        watchdog.clone()
+    }
+
+    fn check_open(&self) -> SidecarResult<()> {
+        if self.closed.load(Ordering::SeqCst) {
+            Err(SidecarError::new(ErrorCode::Closed, "the service supervisor is closed"))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn index(&self, name: &str) -> SidecarResult<usize> {
+        self.config
+            .index_of(name)
+            .ok_or_else(|| SidecarError::new(ErrorCode::UnknownService, format!("no service named {name:?}")))
+    }
+
+    fn spec(&self, i: usize) -> &ServiceSpec {
+        &self.config.services[i]
+    }
+
+    fn cell(&self, i: usize) -> std::sync::MutexGuard<'_, Cell> {
+        self.cells[i].lock().expect("cell lock")
+    }
+
+    fn emit(&self, i: usize, kind: ServiceEventKind) {
+        // Nobody listening is not an error: the supervisor works the same without a reader.
+        let _ = self.events.send(ServiceEvent::now(&self.spec(i).name, kind));
+    }
+
+    fn set_state(&self, i: usize, state: ServiceState) {
+        self.cell(i).state = state;
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    fn state(&self, i: usize) -> ServiceState {
+        self.cell(i).state
+    }
+
+    fn status(&self, i: usize) -> ServiceStatus {
+        let learned = self.profiles.lock().expect("profiles lock").get(&self.spec(i).name);
+        let cell = self.cell(i);
+        let last_lines = cell.sink.as_ref().map_or_else(|| cell.last_lines.clone(), |sink| sink.tail());
+        ServiceStatus {
+            name: self.spec(i).name.clone(),
+            state: cell.state,
+            pid: cell.pid,
+            restarts: cell.restarts,
+            attempt: cell.budget.attempt(),
+            next_restart_at_ms: cell.next_restart_at_ms,
+            last_failure: cell.last_failure.clone(),
+            time_to_ready_ms: cell.time_to_ready_ms,
+            error: cell.error.clone(),
+            blocked_by: cell.blocked_by.clone(),
+            notify_status: cell.notify_status.clone(),
+            last_lines,
+            leases: cell.leases.clone(),
+            learned,
+        }
+    }
+
+    fn observe_lease(&self, change: LeaseChange, now_ms: u64) {
+        let serves = |task_type: &str| {
+            self.config
+                .services
+                .iter()
+                .position(|s| s.gpu.as_ref().is_some_and(|g| g.task_types.iter().any(|t| t == task_type)))
+        };
+        match change {
+            LeaseChange::Acquired { lease_id, task_type } => {
+                if let Some(i) = serves(&task_type) {
+                    self.cell(i).leases.acquired(AttributedLease { lease_id, task_type, acquired_at_ms: now_ms });
+                }
+            }
+            LeaseChange::Released { lease_id } => {
+                for i in 0..self.cells.len() {
+                    if self.cell(i).leases.released(&lease_id) {
+                        break;
+                    }
+                }
+            }
+            LeaseChange::Revoked { lease_id, task_type } => {
+                let Some(i) = serves(&task_type) else { return };
+                let spec = self.spec(i);
+                let mut cell = self.cell(i);
+                let threshold = spec.hang_after_revokes.get() as u32;
+                let hung = cell.leases.revoked(&lease_id, now_ms, threshold, spec.hang_window_ms.get());
+                if let Some(lease_ids) = hung {
+                    // Only a ready service's runner watches for this; revokes while it loads or
+                    // restarts are about a process that is already being replaced.
+                    if cell.state == ServiceState::Ready {
+                        cell.hung = Some(HungReport { lease_ids });
+                        cell.alarm.notify_one();
+                    }
+                }
+            }
+        }
+    }
+
+    fn record_failure(&self, i: usize, error: &SidecarError) {
+        self.cell(i).last_failure = Some(FailureRecord { at_ms: epoch_ms(), error: error.clone() });
+    }
+}
+
+fn ms(millis: u64) -> Duration {
+    Duration::from_millis(millis)
+}
