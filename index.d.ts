@@ -264,6 +264,27 @@ export type ServiceReadiness =
   | { logLine: { pattern: string } }
   /** Ready as soon as it is spawned. */
   | { none: Record<string, never> }
+  /** A `READY=1` message on the notify pipe (`GPU_SIDECAR_NOTIFY_FD`); see the README. */
+  | { notify: Record<string, never> }
+  /** Whichever of these passes first, e.g. `[{ logLine }, { http }]`. */
+  | { anyOf: ServiceReadiness[] }
+
+/** How a ready service shows it is alive: exactly one of `http`, `tcp`, `logLine`, `notify`. */
+export type ServiceLiveness = (
+  | { http: { url: string; expectStatus?: number; jsonField?: string; jsonValue?: unknown } }
+  | { tcp: { host?: string; port?: number } }
+  /** A matching line at least every `intervalMs`. */
+  | { logLine: { pattern: string } }
+  /** A `WATCHDOG=1` notify message at least every `intervalMs`. */
+  | { notify: Record<string, never> }
+) & {
+  /** Between probes (the longest silence for logLine/notify). Default 5000. */
+  intervalMs?: number
+  /** One HTTP/TCP probe at most. Default 2000. */
+  timeoutMs?: number
+  /** Consecutive failures that make it `unhealthy`. Default 3. */
+  failureThreshold?: number
+}
 
 /** One managed service. */
 export interface ServiceConfig {
@@ -286,15 +307,47 @@ export interface ServiceConfig {
   probeIntervalMs?: number
   /** HTTP/TCP probes start this long after spawn. Default 0. */
   startPeriodMs?: number
-  /** A GPU service is VRAM-gated before it starts (`vramMb`, or what it took last time). */
-  gpu?: { key: string; vramMb?: number }
-  restart?: { policy?: 'no' | 'on-failure' | 'always'; maxRestarts?: number; backoffMs?: number; maxBackoffMs?: number }
+  /**
+   * A GPU service is VRAM-gated before it starts (`vramMb`, or what it took last time).
+   * `taskTypes`: arbiter task types it serves (leases attributed to it with `attachArbiter`).
+   */
+  gpu?: { key: string; vramMb?: number; taskTypes?: string[] }
+  restart?: {
+    policy?: 'no' | 'on-failure' | 'always'
+    maxRestarts?: number
+    backoffMs?: number
+    maxBackoffMs?: number
+    /** A run this long without failing resets the attempt and backoff. Default 60000. */
+    resetAfterMs?: number
+    /** `maxRestarts` counts within this window. Default: since the start (or the last reset). */
+    windowMs?: number
+    /** Random spread of each delay, 0-1 of it either way. Default 0.1. */
+    jitter?: number
+  }
+  /** After ready: unhealthy after `failureThreshold` failed checks, then stopped and restarted by policy. */
+  liveness?: ServiceLiveness
+  /** A load with no output line or notify message for this long fails with `READINESS_STALLED`. */
+  readinessStallTimeoutMs?: number
+  /** The furthest `EXTEND_TIMEOUT_MS` pushes the readiness deadline, from spawn. Default 4 × readinessTimeoutMs. */
+  maxReadinessTimeoutMs?: number
+  /** Watchdog revokes of its leases within `hangWindowMs` that make it `hung`. Default 2. */
+  hangAfterRevokes?: number
+  /** Default 60000. */
+  hangWindowMs?: number
+  /** Stop a leftover of this same service (same command line) holding the port. Default false. */
+  reclaimStalePort?: boolean
+  /** `stop()` waits at most this long for the port to be free. Default 5000. */
+  portReleaseTimeoutMs?: number
   /** Default 'SIGTERM'. */
   stopSignal?: 'SIGTERM' | 'SIGINT' | 'SIGHUP' | 'SIGQUIT' | 'SIGKILL'
   /** SIGKILL to the process group after this. Default 5000. */
   stopTimeoutMs?: number
-  /** Output lines are appended here. */
+  /** Output lines are appended here, rotated at `logMaxBytes`. */
   logFile?: string
+  /** Default 10 MiB. */
+  logMaxBytes?: number
+  /** Rotated files kept (`<logFile>.1` ...). Default 3. */
+  logKeep?: number
 }
 
 /** The `services` section of the node config. */
@@ -314,7 +367,7 @@ export interface ServicesConfig {
 
 /** A core error as data: a stable `code` (`PORT_IN_USE`, `READINESS_TIMEOUT`, `VRAM_TIMEOUT`, `SERVICE_EXITED`, `SPAWN_FAILED`, ...) and a message. */
 export interface ServiceError {
-  code: 'PORT_IN_USE' | 'READINESS_TIMEOUT' | 'VRAM_TIMEOUT' | 'SPAWN_FAILED' | 'SERVICE_EXITED' | 'GPU_LEASE_NOT_GRANTED' | 'UNKNOWN_SERVICE' | 'CLOSED' | 'INTERNAL' | (string & {})
+  code: 'PORT_IN_USE' | 'READINESS_TIMEOUT' | 'READINESS_STALLED' | 'VRAM_TIMEOUT' | 'SPAWN_FAILED' | 'SERVICE_EXITED' | 'LIVENESS_FAILED' | 'SERVICE_HUNG' | 'GPU_LEASE_NOT_GRANTED' | 'UNKNOWN_SERVICE' | 'CLOSED' | 'INTERNAL' | (string & {})
   message: string
 }
 
@@ -337,12 +390,31 @@ export interface ServiceStatus {
   pid: number | null
   /** Restarts since the last explicit start. */
   restarts: number
+  /** The backoff step: restarts since the start or the last stable run (`resetAfterMs`). */
+  attempt: number
+  /** When the pending restart is due (epoch ms), while restarting. */
+  nextRestartAt: number | null
+  /** The latest failure (exit, liveness, hang, start), restarted from or not. */
+  lastFailure: { at: number; error: ServiceError } | null
   /** Spawn to ready, for the current run. */
   timeToReadyMs: number | null
   error: ServiceError | null
   blockedBy: string | null
+  /** The latest notify `STATUS=` text of this run. */
+  notifyStatus: string | null
+  /** The last 50 output lines of this (or the last) run. */
+  lastLines: string[]
+  /** Leases of its `gpu.taskTypes` in the attached arbiter. */
+  leases: { active: ServiceLease[]; watchdogRevokes: number; lastGrant: ServiceLease | null }
   /** What it took on earlier runs (kept in `stateFile`). */
   learned: { timeToReadyMs: number | null; peakVramMb: number | null }
+}
+
+export interface ServiceLease {
+  leaseId: string
+  taskType: string
+  /** Epoch ms. */
+  acquiredAt: number
 }
 
 interface ServiceEventBase {
@@ -381,6 +453,24 @@ export type ServiceEvent = ServiceEventBase & (
   /** Started without the VRAM gate (no telemetry with NVML figures, or no estimate). */
   | { type: 'vram-gate-off'; gpuKey: string; reason: string }
   | { type: 'stopped' }
+  /** A liveness check failed (`consecutive` in a row). */
+  | { type: 'liveness-failed'; reason: string; consecutive: number }
+  /** `failureThreshold` liveness checks failed in a row: stopped, then restarted by policy. */
+  | { type: 'unhealthy'; failures: string[] }
+  /** The arbiter's watchdog revoked `revokes` of its leases within `windowMs`: stopped, then restarted by policy. */
+  | { type: 'hung'; revokes: number; windowMs: number; leaseIds: string[] }
+  /** A notify `STATUS=` message. */
+  | { type: 'status'; text: string }
+  /** A notify `STOPPING=1` message. */
+  | { type: 'notify-stopping' }
+  /** `EXTEND_TIMEOUT_MS` moved the readiness deadline to `timeoutMs` after spawn. */
+  | { type: 'readiness-extended'; timeoutMs: number }
+  /** No output line or notify message for `stallTimeoutMs` during the load. */
+  | { type: 'readiness-stalled'; stallTimeoutMs: number }
+  /** A leftover of this service (pid) held the port and was stopped. */
+  | { type: 'port-reclaimed'; port: number; pid: number }
+  /** `stop()` waited `waitedMs` and the port is still held. */
+  | { type: 'port-still-held'; port: number; waitedMs: number; pid: number | null }
 )
 
 /**

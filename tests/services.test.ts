@@ -188,7 +188,7 @@ describe('failures', () => {
 
   test('restarts follow the policy with exponential backoff up to maxBackoffMs, then failed', async () => {
     const { supervisor, events } = supervise({
-      services: [py('flaky', 'crash', ['--exit-code', 2], { restart: { policy: 'on-failure', maxRestarts: 3, backoffMs: 200, maxBackoffMs: 500 } })],
+      services: [py('flaky', 'crash', ['--exit-code', 2], { restart: { policy: 'on-failure', maxRestarts: 3, backoffMs: 200, maxBackoffMs: 500, jitter: 0 } })],
     })
     const [outcome] = await supervisor.startAll()
     expect(outcome).toMatchObject({ status: 'failed', error: { code: 'SERVICE_EXITED', message: expect.stringContaining('after 3 restarts') } })

@@ -337,7 +337,7 @@ async fn restarts_back_off_exponentially_then_fail() {
     let sb = Sandbox::new("restart");
     let count_file = sb.path("count").display().to_string();
     let mut flaky = sb.service("flaky", &["--exit", "1", "--count-file", &count_file], log_ready());
-    flaky["restart"] = json!({"policy": "on-failure", "maxRestarts": 3, "backoffMs": 100, "maxBackoffMs": 250});
+    flaky["restart"] = json!({"policy": "on-failure", "maxRestarts": 3, "backoffMs": 100, "maxBackoffMs": 250, "jitter": 0});
     let (sup, mut rx) = supervisor(json!({"services": [flaky]}), SupervisorHooks::default());
     let outcome = sup.start("flaky").await.unwrap();
     let (error, _) = failure(&outcome);
@@ -805,7 +805,7 @@ async fn a_service_that_ignores_its_stop_signal_is_killed_after_the_stop_timeout
 async fn a_crash_after_ready_restarts_then_fails_with_its_last_lines() {
     let sb = Sandbox::new("runtimecrash");
     let mut svc = sb.service("decoder", &["--log-ready", "--crash-after", "0.2"], log_ready());
-    svc["restart"] = json!({"policy": "always", "maxRestarts": 1, "backoffMs": 50});
+    svc["restart"] = json!({"policy": "always", "maxRestarts": 1, "backoffMs": 50, "jitter": 0});
     let (sup, mut rx) = supervisor(json!({"services": [svc]}), SupervisorHooks::default());
     ready_ms(&sup.start("decoder").await.unwrap());
     let mut steps = Vec::new();

@@ -77,7 +77,10 @@ impl Shared {
                     let Some((ended, last_lines)) = self.run_ready(i, *launched, &mut stop).await else { break None };
                     (ended, last_lines, true, spawned.elapsed())
                 }
-                Attempt::Exited { exit, last_lines, ran } => (RunEnd::Exited(exit), last_lines, false, ran),
+                Attempt::Exited { exit, last_lines, ran } => {
+                    self.emit(i, ServiceEventKind::Exited { exit });
+                    (RunEnd::Exited(exit), last_lines, false, ran)
+                }
                 Attempt::Failed { error, last_lines } => {
                     self.record_failure(i, &error);
                     break Some((error, last_lines));
