@@ -2,7 +2,7 @@
 // lost, lastLines, a stale port reclaimed and a foreign one refused, stop() waiting for the
 // port, and reverse-dependency-order stops.
 import { spawn } from 'node:child_process'
-import { existsSync, readFileSync } from 'node:fs'
+import { existsSync, readFileSync, writeFileSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { join } from 'node:path'
 import { tempDir, waitFor } from './support'
@@ -76,19 +76,14 @@ test('without reclaimStalePort a leftover is not touched', async () => {
   }
 })
 
-test('stop() resolves once the port is free; a port still held is reported', async () => {
-  const port = await freePort()
+test('stop() resolves once the port is free; a port still held after portReleaseTimeoutMs is reported', async () => {
+  const [port, other] = [await freePort(), await freePort()]
+  const bind = `import socket,time\ns=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);s.bind(('127.0.0.1',${port}));s.listen(1)\nprint('[SERVICE_READY]',flush=True)\ntime.sleep(60)`
   const { supervisor, events } = supervise({
     services: [
-      // The service forks a child that keeps the listening socket after its parent is gone.
-      {
-        name: 'nmt',
-        command: 'python3',
-        args: ['-c', `import socket,time,os\ns=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);s.bind(('127.0.0.1',${port}));s.listen(1)\nprint('[SERVICE_READY]',flush=True)\ntime.sleep(60)`],
-        port,
-        readiness: { logLine: { pattern: 'SERVICE_READY' } },
-        portReleaseTimeoutMs: 300,
-      },
+      { name: 'nmt', command: 'python3', args: ['-c', bind], port, readiness: { logLine: { pattern: 'SERVICE_READY' } } },
+      // Declares a port it never binds; the test takes it meanwhile.
+      { name: 'idle', command: 'python3', args: ['-c', 'import time; time.sleep(60)'], port: other, readiness: { none: {} }, portReleaseTimeoutMs: 300 },
     ],
   })
   await supervisor.startAll()
@@ -98,35 +93,32 @@ test('stop() resolves once the port is free; a port still held is reported', asy
     probe.once('error', reject)
     probe.listen(port, '127.0.0.1', resolve)
   })
-  probe.close()
+  await new Promise((r) => probe.close(r))
   expect(of(events, 'nmt', 'port-still-held')).toEqual([])
 
-  // Someone else takes the port right after: the stop waits 300 ms, then says so.
-  await supervisor.start('nmt')
   const squatter = createServer()
-  const stopping = supervisor.stop('nmt')
-  await waitFor(() => supervisor.status('nmt').pid === null, 5000, 'the process to be gone')
-  await new Promise<void>((r) => squatter.listen(port, '127.0.0.1', r)).catch(() => undefined)
-  await stopping
-  squatter.close()
-  const held = of(events, 'nmt', 'port-still-held')
-  if (held.length > 0) expect(held[0]).toMatchObject({ port, waitedMs: expect.any(Number) })
+  await new Promise<void>((r) => squatter.listen(other, '127.0.0.1', r))
+  try {
+    const started = Date.now()
+    await supervisor.stop('idle')
+    expect(Date.now() - started).toBeGreaterThanOrEqual(300)
+    expect(of(events, 'idle', 'port-still-held')).toEqual([expect.objectContaining({ port: other, pid: process.pid, waitedMs: expect.any(Number) })])
+    expect(of(events, 'idle', 'port-still-held')[0].waitedMs).toBeGreaterThanOrEqual(300)
+  } finally {
+    squatter.close()
+  }
 })
 
 test('stopAll and close stop dependents before what they depend on', async () => {
-  const { supervisor, events } = supervise({
-    services: [
-      py('web', 'talk', ['--load-ms', 0], { dependsOn: ['asr', 'mt'] }),
-      py('asr', 'talk', ['--load-ms', 0]),
-      py('mt', 'talk', ['--load-ms', 0], { dependsOn: ['asr'] }),
-    ],
-  })
+  const order = join(tempDir(), 'stopped')
+  const svc = (name: string, dependsOn: string[] = []) => py(name, 'talk', ['--name', name, '--on-term', order], { dependsOn })
+  const { supervisor, events } = supervise({ services: [svc('web', ['asr', 'mt']), svc('asr'), svc('mt', ['asr'])] })
   await supervisor.startAll()
   await supervisor.stopAll()
-  const stopped = events.filter((e) => e.type === 'stopped').map((e) => e.service)
-  expect(stopped).toEqual(['web', 'mt', 'asr'])
-  events.length = 0
+  expect(events.filter((e) => e.type === 'stopped').map((e) => e.service)).toEqual(['web', 'mt', 'asr'])
+  expect(readFileSync(order, 'utf8').split('\n').filter(Boolean)).toEqual(['web', 'mt', 'asr'])
+  writeFileSync(order, '')
   await supervisor.startAll()
   await supervisor.close()
-  expect(events.filter((e) => e.type === 'stopped').map((e) => e.service)).toEqual(['web', 'mt', 'asr'])
+  expect(readFileSync(order, 'utf8').split('\n').filter(Boolean)).toEqual(['web', 'mt', 'asr'])
 })

@@ -1,6 +1,7 @@
 // Readiness a model load can report (issue 9, point 3): the notify pipe, anyOf, and the stall
 // timer, with real Python services.
-import { of, py, supervise } from './services-support'
+import { waitFor } from './support'
+import { freePort, of, py, supervise } from './services-support'
 
 describe('notify', () => {
   test('READY=1, STATUS= and EXTEND_TIMEOUT_MS= over GPU_SIDECAR_NOTIFY_FD', async () => {
@@ -74,7 +75,6 @@ describe('notify', () => {
 
 describe('anyOf', () => {
   test('ready on whichever comes first: the log line, or /health', async () => {
-    const { freePort } = await import('./services-support')
     const port = await freePort()
     const anyOf = [{ logLine: { pattern: '\\[SERVICE_READY\\]' } }, { http: { url: `http://127.0.0.1:${port}/health` } }]
     const { supervisor, events } = supervise({
@@ -126,7 +126,6 @@ describe('readinessStallTimeoutMs', () => {
   })
 })
 
-async function waitForEvent<T extends Parameters<typeof of>[2]>(events: Parameters<typeof of>[0], service: string, type: T) {
-  const { waitFor } = await import('./support')
+function waitForEvent<T extends Parameters<typeof of>[2]>(events: Parameters<typeof of>[0], service: string, type: T) {
   return waitFor(() => of(events, service, type).length > 0 && of(events, service, type), 10000, type)
 }
