@@ -531,7 +531,11 @@ impl ServiceSupervisor {
     /// attached arbiter GPU services load without a lease. Replaces an earlier one; returns a
     /// function that detaches.
     #[napi(catch_unwind, ts_args_type = "arbiter: GpuArbiter", ts_return_type = "() => void")]
-    pub fn attach_arbiter<'env>(&self, env: &'env Env, arbiter: Option<Unknown<'env>>) -> Result<Function<'env, (), ()>, Code> {
+    pub fn attach_arbiter<'env>(
+        &self,
+        env: &'env Env,
+        arbiter: Option<Unknown<'env>>,
+    ) -> Result<Function<'env, (), ()>, Code> {
         let arbiter = args::object(env, arbiter, "arbiter", "a GpuArbiter")?;
         let acquire = js::named_property(env, arbiter.raw(), "acquire").js()?;
         if unsafe { Unknown::from_raw_unchecked(env.raw(), acquire) }.get_type().js()? != ValueType::Function {
