@@ -46,7 +46,7 @@ const KEYS = [
   'services', 'name', 'command', 'args', 'readiness', 'logLine', 'pattern', 'http', 'url', 'dependsOn', 'gpu', 'key',
   'vramMb', 'stopTimeoutMs', 'maxConcurrentStarts', 'restart', 'policy', 'perWorkerMb', 'reserveFraction', 'on', 'x',
 ]
-const STRINGS = ['', 'gpu:0', 'host', 'asFastAsPossible', 'info', 'loud', '/dev/zero', '/nonexistent/file.json', '\u0000', 'é漢🎉', 'x'.repeat(300)]
+const STRINGS = ['', 'gpu:0', 'host', 'asFastAsPossible', 'info', 'loud', '/dev/null', '/nonexistent/file.json', '\u0000', 'é漢🎉', 'x'.repeat(300)]
 const NUMBERS = [NaN, Infinity, -Infinity, -0, 0, 1, -1, 0.5, 1e-20, 1e300, -1e300, 2 ** 31, 2 ** 53 + 2, Number.MAX_VALUE, 250]
 
 type Gen = () => unknown

@@ -25,7 +25,12 @@ pub fn to_json(env: &Env, value: Unknown, root: &str, code: ErrorCode) -> std::r
 }
 
 /// `undefined` and `null` are `None`.
-pub fn optional_json(env: &Env, value: Option<Unknown>, root: &str, code: ErrorCode) -> std::result::Result<Option<Value>, SidecarError> {
+pub fn optional_json(
+    env: &Env,
+    value: Option<Unknown>,
+    root: &str,
+    code: ErrorCode,
+) -> std::result::Result<Option<Value>, SidecarError> {
     match value {
         None => Ok(None),
         Some(v) if matches!(v.get_type(), Ok(ValueType::Undefined | ValueType::Null)) => Ok(None),
@@ -39,7 +44,9 @@ pub fn string(env: &Env, value: Option<Unknown>, name: &str) -> std::result::Res
         Some(v) if v.get_type().ok() == Some(ValueType::String) => {
             js::string_value(env, v.raw()).map_err(|e| SidecarError::invalid_argument(format!("{name}: {}", e.reason)))
         }
-        other => Err(SidecarError::invalid_argument(format!("{name}: expected a string, got {}", describe(env, other)))),
+        other => {
+            Err(SidecarError::invalid_argument(format!("{name}: expected a string, got {}", describe(env, other))))
+        }
     }
 }
 
@@ -69,7 +76,11 @@ fn js_number(n: f64) -> String {
     if n.is_nan() {
         "NaN".into()
     } else if n.is_infinite() {
-        if n > 0.0 { "Infinity".into() } else { "-Infinity".into() }
+        if n > 0.0 {
+            "Infinity".into()
+        } else {
+            "-Infinity".into()
+        }
     } else {
         n.to_string()
     }
@@ -138,7 +149,9 @@ impl Converter<'_> {
                 self.check(path, unsafe { sys::napi_get_value_double(env, value, &mut n) })?;
                 number(n).ok_or_else(|| self.error(path, format!("expected a finite number, got {}", js_number(n))))
             }
-            ValueType::String => js::string_value(self.env, value).map(Value::String).map_err(|e| self.error(path, e.reason)),
+            ValueType::String => {
+                js::string_value(self.env, value).map(Value::String).map_err(|e| self.error(path, e.reason))
+            }
             ValueType::Object => self.object(value, path),
             ValueType::Function => Err(self.error(path, "expected a JSON value, got a function")),
             ValueType::Symbol => Err(self.error(path, "expected a JSON value, got a symbol")),
@@ -247,9 +260,16 @@ pub fn class_ref<'env, T: 'env + MaybeTypeTag>(
 }
 
 /// An object argument, else `INVALID_ARGUMENT`.
-pub fn object<'env>(env: &Env, value: Option<Unknown<'env>>, name: &str, expected: &str) -> std::result::Result<Unknown<'env>, SidecarError> {
+pub fn object<'env>(
+    env: &Env,
+    value: Option<Unknown<'env>>,
+    name: &str,
+    expected: &str,
+) -> std::result::Result<Unknown<'env>, SidecarError> {
     match value {
         Some(v) if v.get_type().ok() == Some(ValueType::Object) => Ok(v),
-        other => Err(SidecarError::invalid_argument(format!("{name}: expected {expected}, got {}", describe(env, other)))),
+        other => {
+            Err(SidecarError::invalid_argument(format!("{name}: expected {expected}, got {}", describe(env, other))))
+        }
     }
 }

@@ -131,7 +131,9 @@ fn init_logging() {
 #[allow(clippy::type_complexity)] // the napi macro needs the signature spelled out
 pub fn set_logger(env: &Env, logger: Option<Unknown>, min_level: Option<Unknown>) -> Result<(), Code> {
     let logger: Option<Function<FnArgs<(String, String, serde_json::Value)>, ()>> = match logger {
-        Some(l) if l.get_type().js()? == ValueType::Function => Some(unsafe { Function::from_napi_value(env.raw(), l.raw()) }.js()?),
+        Some(l) if l.get_type().js()? == ValueType::Function => {
+            Some(unsafe { Function::from_napi_value(env.raw(), l.raw()) }.js()?)
+        }
         Some(l) if matches!(l.get_type().js()?, ValueType::Undefined | ValueType::Null) => None,
         None => None,
         other => {
@@ -143,7 +145,9 @@ pub fn set_logger(env: &Env, logger: Option<Unknown>, min_level: Option<Unknown>
         }
     };
     let min_level = match min_level {
-        Some(level) if level.get_type().js()? != ValueType::Undefined => Some(args::string(env, Some(level), "minLevel")?),
+        Some(level) if level.get_type().js()? != ValueType::Undefined => {
+            Some(args::string(env, Some(level), "minLevel")?)
+        }
         _ => None,
     };
     let max_level = match min_level.as_deref().unwrap_or("info") {

@@ -157,7 +157,11 @@ impl Telemetry {
     /// Feeds every sample to `arbiter` (per-GPU admission state and VRAM admission) and reports
     /// its leases and waiters to the GPU_IDLE_WITH_BACKLOG alert. Returns a function that detaches.
     #[napi(catch_unwind, ts_args_type = "arbiter: GpuArbiter", ts_return_type = "() => void")]
-    pub fn attach_arbiter<'env>(&self, env: &'env Env, arbiter: Option<Unknown>) -> Result<Function<'env, (), ()>, Code> {
+    pub fn attach_arbiter<'env>(
+        &self,
+        env: &'env Env,
+        arbiter: Option<Unknown>,
+    ) -> Result<Function<'env, (), ()>, Code> {
         let arbiter = args::class_ref::<GpuArbiter>(env, arbiter, "arbiter", "a GpuArbiter")?;
         let mut s = self.state.borrow_mut();
         let id = s.next_arbiter_id;
@@ -250,7 +254,11 @@ impl Telemetry {
 
 /// How many workers of `perWorkerMb` fit now, from a one-off sample taken on this thread (for a
 /// test harness sizing `--max-workers`; use `Telemetry#recommendConcurrency` inside an app).
-#[napi(catch_unwind, ts_args_type = "options: RecommendConcurrencyOptions", ts_return_type = "ConcurrencyRecommendation")]
+#[napi(
+    catch_unwind,
+    ts_args_type = "options: RecommendConcurrencyOptions",
+    ts_return_type = "ConcurrencyRecommendation"
+)]
 pub fn recommend_concurrency<'env>(env: &'env Env, options: Option<Unknown>) -> napi::Result<Unknown<'env>, Code> {
     let options = concurrency_options(env, options)?;
     let sample = sample_once(ProcessRegistry::new())?;
@@ -284,7 +292,9 @@ fn concurrency_options(env: &Env, options: Option<Unknown>) -> Result<RecommendC
         match map.get(key) {
             None | Some(serde_json::Value::Null) => Ok(None),
             Some(serde_json::Value::Number(n)) => Ok(n.as_f64()),
-            Some(other) => Err(SidecarError::invalid_argument(format!("options.{key}: expected a number, got {other}")).into()),
+            Some(other) => {
+                Err(SidecarError::invalid_argument(format!("options.{key}: expected a number, got {other}")).into())
+            }
         }
     };
     let per_worker_mb = number("perWorkerMb")?
@@ -294,7 +304,10 @@ fn concurrency_options(env: &Env, options: Option<Unknown>) -> Result<RecommendC
         None | Some(serde_json::Value::Null) => None,
         Some(serde_json::Value::String(s)) => Some(s.clone()),
         Some(other) => {
-            return Err(SidecarError::invalid_argument(format!("options.on: expected \"host\" or a GPU key, got {other}")).into())
+            return Err(SidecarError::invalid_argument(format!(
+                "options.on: expected \"host\" or a GPU key, got {other}"
+            ))
+            .into())
         }
     };
     Ok(RecommendConcurrencyOptions { per_worker_mb, reserve_fraction, on })

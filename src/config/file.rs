@@ -73,7 +73,11 @@ pub enum BoundedLine {
 
 /// Reads one `\n`-terminated line into `buf` (cleared first), keeping at most `max_bytes` of it,
 /// so one endless line cannot take all memory.
-pub fn read_bounded_line(reader: &mut impl BufRead, buf: &mut Vec<u8>, max_bytes: usize) -> std::io::Result<BoundedLine> {
+pub fn read_bounded_line(
+    reader: &mut impl BufRead,
+    buf: &mut Vec<u8>,
+    max_bytes: usize,
+) -> std::io::Result<BoundedLine> {
     buf.clear();
     let mut read_any = false;
     let mut too_long = false;

@@ -63,9 +63,7 @@ fn subtree(table: &[ProcEntry], root: u32) -> Vec<ProcEntry> {
 #[cfg(target_os = "linux")]
 fn process_table() -> Vec<ProcEntry> {
     let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
-    dir.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(read_stat)
-        .collect()
+    dir.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok()).filter_map(read_stat).collect()
 }
 
 #[cfg(not(target_os = "linux"))]

@@ -21,8 +21,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::config::{ServiceSpec, StopSignal};
-use super::events::{ExitInfo, OutputStream, ServiceEvent, ServiceEventKind};
 use super::descendants::{EscapedGroups, SCAN_INTERVAL};
+use super::events::{ExitInfo, OutputStream, ServiceEvent, ServiceEventKind};
 use super::host_death::{HostDeathWatchdog, WatchedGroup};
 use super::log_file::RotatingLog;
 
@@ -260,6 +260,7 @@ impl ServiceProcess {
         self.signal_group(Signal::Stop(signal));
         #[cfg(unix)]
         self.escaped.signal(signal_number(Signal::Stop(signal)), &strays);
+        #[cfg(not(unix))]
         let _ = strays;
         match tokio::time::timeout(grace, self.wait()).await {
             Ok(exit) => exit,
@@ -493,7 +494,10 @@ mod line_tests {
     #[test]
     fn a_long_line_is_split_with_a_marker_at_a_character_boundary() {
         let lines = split(8, &[b"abcdefghij", b"klmnopqrst\nz"]);
-        assert_eq!(lines, [format!("abcdefgh{SPLIT_MARKER}"), format!("ijklmnop{SPLIT_MARKER}"), "qrst".into(), "z".into()]);
+        assert_eq!(
+            lines,
+            [format!("abcdefgh{SPLIT_MARKER}"), format!("ijklmnop{SPLIT_MARKER}"), "qrst".into(), "z".into()]
+        );
         // "\u{e9}" is two bytes; a cut between them moves the whole character to the next piece.
         let lines = split(6, &["abcde\u{e9}f\n".as_bytes()]);
         assert_eq!(lines, [format!("abcde{SPLIT_MARKER}"), "\u{e9}f".to_string()]);

@@ -851,7 +851,8 @@ async fn a_panic_in_a_runner_fails_the_service_with_internal_instead_of_hanging(
     svc["gpu"] = json!({"key": "gpu:0", "vramMb": 100});
     let hooks = SupervisorHooks { vram: Some(Arc::new(PanickingVram)), startup_lease: None };
     let (sup, mut rx) = supervisor(json!({"services": [svc, sb.service("cpu", &["--log-ready"], log_ready())]}), hooks);
-    let outcomes = tokio::time::timeout(Duration::from_secs(20), sup.start_all()).await.expect("start_all settles").unwrap();
+    let outcomes =
+        tokio::time::timeout(Duration::from_secs(20), sup.start_all()).await.expect("start_all settles").unwrap();
     let (error, _) = failure(&outcomes[0].outcome);
     assert_eq!(error.code, ErrorCode::Internal);
     assert_eq!(error.message, "gpu: internal error in the service runner: vram source bug");

@@ -78,7 +78,8 @@ impl Replay {
     }
 
     fn open_unchecked(path: &Path) -> SidecarResult<Self> {
-        let file = open_regular_file(path).map_err(|e| SidecarError::new(e.code, format!("replay file: {}", e.message)))?;
+        let file =
+            open_regular_file(path).map_err(|e| SidecarError::new(e.code, format!("replay file: {}", e.message)))?;
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         if size > MAX_RECORDING_BYTES {
             return Err(SidecarError::invalid_argument(format!(

@@ -606,7 +606,11 @@ mod tests {
         };
         assert_eq!(played, 2);
         assert_eq!(ended.code, ErrorCode::InvalidArgument);
-        assert!(ended.message.starts_with(&format!("{}:3: the last line is cut off", path.display())), "{}", ended.message);
+        assert!(
+            ended.message.starts_with(&format!("{}:3: the last line is cut off", path.display())),
+            "{}",
+            ended.message
+        );
         assert!(ended.message.ends_with("the 2 samples before it were played"), "{}", ended.message);
         std::fs::remove_file(&path).unwrap();
     }
