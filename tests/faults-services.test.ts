@@ -85,7 +85,7 @@ describe('log floods', () => {
       const until = process.hrtime.bigint() + BigInt(micros * 1000)
       while (process.hrtime.bigint() < until);
     }
-    const { supervisor, events } = supervise([escaper('flood', ['--no-escape', '--flood-mb', '10', '--line-bytes', '100'], { logFile })], () => busy(20))
+    const { supervisor, events } = supervise([escaper('flood', ['--no-escape', '--flood-mb', '10', '--line-bytes', '100'], { logFile, logMaxBytes: 64 * 1024 * 1024 })], () => busy(20))
     await supervisor.startAll()
     // 10 MiB of 100-byte lines, the ready line, an empty line and FLOOD_DONE.
     const written = Math.ceil((10 * 1024 * 1024) / 1_048_500) * 10_485 + 3
