@@ -1,5 +1,6 @@
 // Hostile input to the arbiter: nothing leaks, nothing spins, every error has a documented code
 // (issue 8, arbiter part).
+import timers from 'node:timers'
 import { GpuArbiter, GpuLeaseAcquired } from '../gpu-sidecar'
 import { sleep } from './support'
 
@@ -42,8 +43,9 @@ describe('arbiter faults', () => {
     const onWarning = (w: Error) => warnings.push(w.name)
     process.on('warning', onWarning)
     const delays: number[] = []
-    const realSetTimeout = global.setTimeout
-    jest.spyOn(global, 'setTimeout').mockImplementation(((fn: () => void, ms?: number) => {
+    // The arbiter's JS half arms its timer through node:timers (one module for every Jest context).
+    const realSetTimeout = timers.setTimeout
+    jest.spyOn(timers, 'setTimeout').mockImplementation(((fn: () => void, ms?: number) => {
       delays.push(ms ?? 0)
       return realSetTimeout(fn, ms)
     }) as never)
@@ -67,14 +69,14 @@ describe('arbiter faults', () => {
   test('close() clears the pending deadline timer', async () => {
     const armed: unknown[] = []
     const cleared: unknown[] = []
-    const realSetTimeout = global.setTimeout
-    const realClearTimeout = global.clearTimeout
-    jest.spyOn(global, 'setTimeout').mockImplementation(((fn: () => void, ms?: number) => {
+    const realSetTimeout = timers.setTimeout
+    const realClearTimeout = timers.clearTimeout
+    jest.spyOn(timers, 'setTimeout').mockImplementation(((fn: () => void, ms?: number) => {
       const t = realSetTimeout(fn, ms)
       armed.push(t)
       return t
     }) as never)
-    jest.spyOn(global, 'clearTimeout').mockImplementation(((t: never) => {
+    jest.spyOn(timers, 'clearTimeout').mockImplementation(((t: never) => {
       cleared.push(t)
       realClearTimeout(t)
     }) as never)

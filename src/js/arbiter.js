@@ -5,6 +5,7 @@
 // listeners and the one deadline timer. Native calls take and return numbers, and leave what they
 // caused in a shared Float64Array (the mailbox), whose layout the native module exports.
 
+const timers = require('node:timers')
 const native = require('../../index.js')
 
 const { ArbiterMailboxSlot: Slot, ArbiterRecordField: Field, ArbiterRecordKind: Kind } = native
@@ -14,7 +15,11 @@ const LEASE_PREFIX = 'lease-'
 const MAX_TIMER_MS = 2 ** 31 - 1
 /** Revoked lease ids remembered for a `signal` first asked for after the revocation. */
 const REMEMBERED_REVOCATIONS = 1024
-const SIDE = Symbol('gpuArbiterSide')
+// Registry symbols: the native module is loaded once per thread, but this file may be evaluated
+// more than once against it (Jest's per-file module registries, bundles that duplicate it). The
+// first evaluation installs the JS half; later ones reuse it rather than wrap it again.
+const SIDE = Symbol.for('gpu-sidecar.arbiterSide')
+const INSTALLED = Symbol.for('gpu-sidecar.arbiterJsHalf')
 
 /**
  * @typedef {import('../../index').GpuArbiter & {
@@ -84,7 +89,7 @@ class ArbiterSide {
     this.signals = new Map()
     /** @type {Set<number>} */
     this.revoked = new Set()
-    /** @type {ReturnType<typeof setTimeout> | null} */
+    /** @type {ReturnType<typeof timers.setTimeout> | null} */
     this.timer = null
     this.timerAt = -1
     this.timerKeepsAlive = false
@@ -128,11 +133,11 @@ class ArbiterSide {
 
   /** @param {number} next @param {number} now */
   arm(next, now) {
-    if (this.timer !== null) clearTimeout(this.timer)
+    if (this.timer !== null) timers.clearTimeout(this.timer)
     // Capped: a later deadline is met by re-arming when this one fires.
     const delay = Math.min(Math.max(1, Math.ceil(next - now)), MAX_TIMER_MS)
     this.timerAt = now + delay
-    this.timer = setTimeout(this.onTimer, delay)
+    this.timer = timers.setTimeout(this.onTimer, delay)
     // Only waiting requests keep Node alive; a lease watchdog alone does not.
     this.timerKeepsAlive = this.mailbox[Slot.Waiters] > 0
     if (!this.timerKeepsAlive) this.timer.unref()
@@ -250,7 +255,7 @@ class ArbiterSide {
   /** After `close()`: no timer, and every lease's signal aborts. */
   shutdown() {
     this.closed = true
-    if (this.timer !== null) clearTimeout(this.timer)
+    if (this.timer !== null) timers.clearTimeout(this.timer)
     this.timer = null
     this.timerAt = -1
     const controllers = [...this.signals.values()]
@@ -324,41 +329,51 @@ function release(leaseId) {
   return side.release(leaseId)
 }
 
-const nativeClose = native.GpuArbiter.prototype.close
-
-/** @this {NativeArbiter} */
-function close() {
-  nativeClose.call(this)
-  sideOf(this).shutdown()
-}
-
 /** Whether the arbiter arbitrates (`enabled`), read from the mailbox. @param {NativeArbiter} arbiter */
 function isEnabled(arbiter) {
   return sideOf(arbiter).mailbox[Slot.Enabled] === 1
 }
 
-for (const [name, value] of Object.entries({ acquire, release, close })) {
-  Object.defineProperty(native.GpuArbiter.prototype, name, { value, writable: true, configurable: true })
+/** Defines the JS half's methods on the native classes, once per native module. */
+function install() {
+  const nativeClose = native.GpuArbiter.prototype.close
+
+  /** @this {NativeArbiter} */
+  function close() {
+    nativeClose.call(this)
+    sideOf(this).shutdown()
+  }
+
+
+  for (const [name, value] of Object.entries({ acquire, release, close })) {
+    Object.defineProperty(native.GpuArbiter.prototype, name, { value, writable: true, configurable: true })
+  }
+
+  // Methods that can set a deadline (a stale reading, a raised water mark) or settle waiters bind
+  // the JS half first, so its timer and promises follow whatever they cause.
+  /** @param {any} prototype @param {string} name @param {(self: any, args: any[]) => NativeArbiter} arbiterOf */
+  function bindingFirst(prototype, name, arbiterOf) {
+    const method = prototype[name]
+    Object.defineProperty(prototype, name, {
+      value: /** @this {any} */ function (/** @type {any[]} */ ...args) {
+        const arbiter = arbiterOf(this, args)
+        if (arbiter instanceof native.GpuArbiter) sideOf(arbiter)
+        return method.apply(this, args)
+      },
+      writable: true,
+      configurable: true,
+    })
+  }
+  for (const name of ['observeGpu', 'notifyAsrTaskHint', 'setConfig', 'onEvent']) {
+    bindingFirst(native.GpuArbiter.prototype, name, (self) => self)
+  }
+  bindingFirst(native.Telemetry.prototype, 'attachArbiter', (_self, args) => args[0])
+
+  return { Lease, isEnabled, LEASE_PREFIX }
 }
 
-// Methods that can set a deadline (a stale reading, a raised water mark) or settle waiters bind
-// the JS half first, so its timer and promises follow whatever they cause.
-/** @param {any} prototype @param {string} name @param {(self: any, args: any[]) => NativeArbiter} arbiterOf */
-function bindingFirst(prototype, name, arbiterOf) {
-  const method = prototype[name]
-  Object.defineProperty(prototype, name, {
-    value: /** @this {any} */ function (/** @type {any[]} */ ...args) {
-      const arbiter = arbiterOf(this, args)
-      if (arbiter instanceof native.GpuArbiter) sideOf(arbiter)
-      return method.apply(this, args)
-    },
-    writable: true,
-    configurable: true,
-  })
-}
-for (const name of ['observeGpu', 'notifyAsrTaskHint', 'setConfig', 'onEvent']) {
-  bindingFirst(native.GpuArbiter.prototype, name, (self) => self)
-}
-bindingFirst(native.Telemetry.prototype, 'attachArbiter', (_self, args) => args[0])
-
-module.exports = { Lease, isEnabled, LEASE_PREFIX }
+/** @type {any} the class: one object per native module, whichever copy of this file runs */
+const installedOn = native.GpuArbiter
+/** @type {ReturnType<typeof install>} */
+const jsHalf = installedOn[INSTALLED] ?? (installedOn[INSTALLED] = install())
+module.exports = jsHalf
