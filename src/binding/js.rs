@@ -210,8 +210,8 @@ pub fn define_methods(env: &Env, object: sys::napi_value, methods: &[(&str, sys:
 
 /// A JS string's text.
 pub fn string_value(env: &Env, value: sys::napi_value) -> Result<String> {
-    // Task types, GPU keys and trace ids are short: one copy through a stack buffer.
-    let mut buf = [0u8; 256];
+    // Task types, GPU keys and trace ids are short: one copy through a small stack buffer.
+    let mut buf = [0u8; 64];
     let mut len = 0;
     check_status!(unsafe {
         sys::napi_get_value_string_utf8(env.raw(), value, buf.as_mut_ptr().cast(), buf.len(), &mut len)

@@ -9,6 +9,12 @@ const timers = require('node:timers')
 const native = require('../../index.js')
 
 const { ArbiterMailboxSlot: Slot, ArbiterRecordField: Field, ArbiterRecordKind: Kind } = native
+// The layout, read once into constants for the hot loops.
+const RECORD_COUNT = Slot.RecordCount
+const RECORDS = Slot.Records
+const RECORD_SIZE = Field.Size
+const KIND = Field.Kind
+const ID = Field.Id
 const { statuses: STATUS, reasons: REASON } = native.arbiterCodeNames()
 const LEASE_PREFIX = 'lease-'
 /** Node's timers overflow past this (and then fire every millisecond). */
@@ -120,7 +126,7 @@ class ArbiterSide {
   /** Settles what the last native call recorded, and keeps the timer at the next deadline. */
   sync() {
     const m = this.mailbox
-    if (m[Slot.RecordCount] > 0) this.takeRecords()
+    if (m[RECORD_COUNT] > 0) this.takeRecords()
     const next = m[Slot.NextDeadline]
     if (next >= 0 && (this.timer === null || next < this.timerAt)) {
       this.arm(next, m[Slot.Now])
@@ -148,12 +154,12 @@ class ArbiterSide {
     /** @type {number[]} */
     const revoked = []
     for (;;) {
-      const count = m[Slot.RecordCount]
-      m[Slot.RecordCount] = 0
+      const count = m[RECORD_COUNT]
+      m[RECORD_COUNT] = 0
       for (let i = 0; i < count; i++) {
-        const at = Slot.Records + i * Field.Size
-        const kind = m[at + Field.Kind]
-        const id = m[at + Field.Id]
+        const at = RECORDS + i * RECORD_SIZE
+        const kind = m[at + KIND]
+        const id = m[at + ID]
         if (kind === Kind.Revoked) {
           revoked.push(id)
           continue
@@ -233,12 +239,11 @@ class ArbiterSide {
       this.sync()
       return Promise.resolve(refusal)
     }
-    const id = this.mailbox[at + Field.Id]
+    const id = this.mailbox[at + ID]
+    // One shared executor, not a closure per request.
+    const promise = new Promise(captureResolve)
     /** @type {Waiter} */
-    const waiter = { resolve: () => {}, taskType, signal, onAbort: null }
-    const promise = new Promise((resolve) => {
-      waiter.resolve = resolve
-    })
+    const waiter = { resolve: capturedResolve, taskType, signal, onAbort: null }
     this.waiters.set(id, waiter)
     if (signal !== null) {
       waiter.onAbort = () => {
@@ -262,6 +267,25 @@ class ArbiterSide {
     this.signals.clear()
     for (const c of controllers) c.abort(abortReason('the GPU arbiter is closed', 'CLOSED'))
   }
+}
+
+/** @type {(value: unknown) => void} */
+let capturedResolve = () => {}
+/** @param {(value: unknown) => void} resolve */
+function captureResolve(resolve) {
+  capturedResolve = resolve
+}
+
+/** `lease-42` -> 42; anything else -> -1. Char codes: no substring on the release path. @param {unknown} leaseId */
+function leaseNumber(leaseId) {
+  if (typeof leaseId !== 'string' || leaseId.length <= LEASE_PREFIX.length || !leaseId.startsWith(LEASE_PREFIX)) return -1
+  let n = 0
+  for (let i = LEASE_PREFIX.length; i < leaseId.length; i++) {
+    const digit = leaseId.charCodeAt(i) - 48
+    if (digit < 0 || digit > 9) return -1
+    n = n * 10 + digit
+  }
+  return Number.isSafeInteger(n) ? n : -1
 }
 
 /** @param {NativeArbiter} arbiter */
@@ -321,12 +345,9 @@ function acquire(request) {
  */
 function release(leaseId) {
   const side = sideOf(this)
-  if (typeof leaseId === 'string' && leaseId.startsWith(LEASE_PREFIX)) {
-    const id = Number(leaseId.slice(LEASE_PREFIX.length))
-    if (Number.isSafeInteger(id)) return side.release(id)
-  }
+  const id = leaseNumber(leaseId)
   // Not one of ours: the native side logs it and answers false.
-  return side.release(leaseId)
+  return side.release(id >= 0 ? id : leaseId)
 }
 
 /** Whether the arbiter arbitrates (`enabled`), read from the mailbox. @param {NativeArbiter} arbiter */
