@@ -356,8 +356,16 @@ export type ServiceEvent = ServiceEventBase & (
   /** `attempt` 0 is the first start, later ones are restarts; `expectedReadyMs` was learned on an earlier run. */
   | { type: 'starting'; attempt: number; expectedReadyMs: number | null }
   | { type: 'spawned'; pid: number }
-  /** One line of output. */
+  /**
+   * One line of output. `\n`, `\r\n` and a lone `\r` end a line; a line over 64 KiB is split into
+   * pieces, each but the last ending in `' [line split: over 64 KiB]'`.
+   */
   | { type: 'log'; stream: 'stdout' | 'stderr'; line: string }
+  /**
+   * `count` log lines of this service were not delivered because the listeners fell behind (more
+   * than 10,000 lines or 8 MiB queued). Its `logFile` still has every line.
+   */
+  | { type: 'log-dropped'; count: number }
   | { type: 'probe-failed'; reason: string }
   /** `timeToReadyMs`: spawn to ready. */
   | { type: 'ready'; timeToReadyMs: number }
@@ -521,7 +529,8 @@ export declare class ServiceSupervisor {
 export declare class Telemetry {
   /**
    * Starts sampling. Throws `INVALID_CONFIG` (JSON path under `telemetry`) for bad options,
-   * and `INVALID_ARGUMENT` / `IO_ERROR` for a bad replay or record file.
+   * and `INVALID_ARGUMENT` / `IO_ERROR` for a bad replay or record file (a replay must be a
+   * regular file of at most 1 GiB, with lines of at most 1 MiB).
    */
   constructor(options?: TelemetryOptions)
   /** Calls `listener(sample)` for every sample; returns a function that unsubscribes. */
@@ -529,8 +538,10 @@ export declare class Telemetry {
   /** Calls `listener(alert)` when an alert is raised (`active: true`) or cleared (`active: false`). */
   onAlert(listener: (alert: TelemetryAlert) => void): () => void
   /**
-   * Calls `listener(error | null)` when a replay has played its last sample (`null`) or hit a
-   * bad line, and when recording fails (sampling goes on).
+   * Calls `listener(error | null)` when a replay has played its last sample (`null`), hit a bad
+   * line, or reached a cut-off last line (`INVALID_ARGUMENT` naming it, after every whole
+   * line played); when recording fails (sampling goes on); and when sampling stopped on an
+   * internal error (`INTERNAL`).
    */
   onEnd(listener: (error: Error | null) => void): () => void
   /** The last sample (`null` before the first), read from memory: no NVML call on this thread. */
@@ -821,7 +832,9 @@ export interface LatencyPercentiles {
 /**
  * Reads a whole node config file (like `electron-node-config.json`) and validates the sections
  * gpu-sidecar owns. Throws `INVALID_CONFIG` with the JSON path of a bad field
- * (`gpuArbiter.policies.ASR.priority: expected an integer 0-100, got "high"`).
+ * (`gpuArbiter.policies.ASR.priority: expected an integer 0-100, got "high"`), and for a file
+ * that is not a regular file (a device, FIFO or directory: refused at once, never blocking),
+ * is over 16 MiB, or is not UTF-8. A `path` that is not a string is `INVALID_ARGUMENT`.
  */
 export declare function loadConfig(path: string): NodeConfig
 

@@ -2,7 +2,9 @@
 import { benchArbiter } from './arbiter.mjs'
 import { benchTelemetry } from './telemetry.mjs'
 import { benchServices } from './services.mjs'
+import { benchFlood } from './flood.mjs'
 
 await benchArbiter()
 await benchTelemetry()
 await benchServices()
+await benchFlood()

@@ -98,15 +98,15 @@ describe('arbiter faults', () => {
       expect(f).toThrow(expect.objectContaining({ code, ...(message ? { message } : {}) }))
     invalid(() => arbiter.observeGpu('gpu:0', null as never), 'INVALID_ARGUMENT', 'reading: expected an object, got null')
     invalid(() => arbiter.observeGpu('gpu:0', { utilizationGpu: NaN }), 'INVALID_ARGUMENT', 'reading.utilizationGpu: expected a finite number, got NaN')
-    invalid(() => arbiter.observeGpu(7 as never, {}), 'INVALID_ARGUMENT', 'gpuKey: expected a string, got a number')
+    invalid(() => arbiter.observeGpu(7 as never, {}), 'INVALID_ARGUMENT', 'gpuKey: expected a string, got the number 7')
     invalid(() => arbiter.snapshot(undefined as never), 'INVALID_ARGUMENT')
     invalid(() => new GpuArbiter({ defaultPriority: NaN }), 'INVALID_CONFIG', 'gpuArbiter.defaultPriority: expected a finite number, got NaN')
     const cyclic: Record<string, unknown> = { policies: {} }
     ;(cyclic.policies as Record<string, unknown>).ASR = cyclic
-    invalid(() => new GpuArbiter(cyclic), 'INVALID_CONFIG', 'gpuArbiter.policies.ASR: refers back to itself (a cycle)')
+    invalid(() => new GpuArbiter(cyclic), 'INVALID_CONFIG', 'gpuArbiter.policies.ASR: a cyclic reference (the object contains itself)')
     invalid(() => new GpuArbiter({ gpuKeys: [() => 1] } as never), 'INVALID_CONFIG', 'gpuArbiter.gpuKeys[0]: expected a JSON value, got a function')
     invalid(() => arbiter.setConfig({ defaultHoldMaxMs: Infinity }), 'INVALID_CONFIG', 'gpuArbiter.defaultHoldMaxMs: expected a finite number, got Infinity')
-    invalid(() => GpuArbiter.fromFile(42 as never), 'INVALID_ARGUMENT', 'path: expected a string, got a number')
+    invalid(() => GpuArbiter.fromFile(42 as never), 'INVALID_ARGUMENT', 'path: expected a string, got the number 42')
     invalid(() => arbiter.onEvent('x' as never), 'INVALID_ARGUMENT')
   })
 })

@@ -1,8 +1,9 @@
 //! `loadConfig(path)`.
 
+use napi::bindgen_prelude::{Env, Unknown};
 use napi_derive::napi;
 
-use super::Code;
+use super::{args, Code};
 use crate::config;
 use crate::error::{ErrorCode, SidecarError};
 
@@ -20,9 +21,12 @@ pub struct NodeConfig {
 
 /// Reads a whole node config file (like `electron-node-config.json`) and validates the sections
 /// gpu-sidecar owns. Throws `INVALID_CONFIG` with the JSON path of a bad field
-/// (`gpuArbiter.policies.ASR.priority: expected an integer 0-100, got "high"`).
-#[napi(catch_unwind)]
-pub fn load_config(path: String) -> napi::Result<NodeConfig, Code> {
+/// (`gpuArbiter.policies.ASR.priority: expected an integer 0-100, got "high"`), and for a file
+/// that is not a regular file (a device, FIFO or directory: refused at once, never blocking),
+/// is over 16 MiB, or is not UTF-8. A `path` that is not a string is `INVALID_ARGUMENT`.
+#[napi(catch_unwind, ts_args_type = "path: string")]
+pub fn load_config(env: &Env, path: Option<Unknown>) -> napi::Result<NodeConfig, Code> {
+    let path = args::string(env, path, "path")?;
     let node = config::load_node_config(std::path::Path::new(&path))?;
     let gpu_arbiter =
         serde_json::to_value(&node.gpu_arbiter).map_err(|e| SidecarError::new(ErrorCode::Internal, e.to_string()))?;

@@ -356,8 +356,16 @@ export type ServiceEvent = ServiceEventBase & (
   /** `attempt` 0 is the first start, later ones are restarts; `expectedReadyMs` was learned on an earlier run. */
   | { type: 'starting'; attempt: number; expectedReadyMs: number | null }
   | { type: 'spawned'; pid: number }
-  /** One line of output. */
+  /**
+   * One line of output. `\n`, `\r\n` and a lone `\r` end a line; a line over 64 KiB is split into
+   * pieces, each but the last ending in `' [line split: over 64 KiB]'`.
+   */
   | { type: 'log'; stream: 'stdout' | 'stderr'; line: string }
+  /**
+   * `count` log lines of this service were not delivered because the listeners fell behind (more
+   * than 10,000 lines or 8 MiB queued). Its `logFile` still has every line.
+   */
+  | { type: 'log-dropped'; count: number }
   | { type: 'probe-failed'; reason: string }
   /** `timeToReadyMs`: spawn to ready. */
   | { type: 'ready'; timeToReadyMs: number }

@@ -12,7 +12,7 @@ use tracing::Level;
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::Layer;
 
-use super::{Code, IntoJsResult};
+use super::{args, Code, IntoJsResult};
 use crate::error::SidecarError;
 
 struct LogRecord {
@@ -129,10 +129,27 @@ fn init_logging() {
     ts_args_type = "logger: ((level: 'error' | 'warn' | 'info' | 'debug' | 'trace', message: string, fields: Record<string, unknown>) => void) | null, minLevel?: 'error' | 'warn' | 'info' | 'debug' | 'trace'"
 )]
 #[allow(clippy::type_complexity)] // the napi macro needs the signature spelled out
-pub fn set_logger(
-    logger: Option<Function<FnArgs<(String, String, serde_json::Value)>, ()>>,
-    min_level: Option<String>,
-) -> Result<(), Code> {
+pub fn set_logger(env: &Env, logger: Option<Unknown>, min_level: Option<Unknown>) -> Result<(), Code> {
+    let logger: Option<Function<FnArgs<(String, String, serde_json::Value)>, ()>> = match logger {
+        Some(l) if l.get_type().js()? == ValueType::Function => {
+            Some(unsafe { Function::from_napi_value(env.raw(), l.raw()) }.js()?)
+        }
+        Some(l) if matches!(l.get_type().js()?, ValueType::Undefined | ValueType::Null) => None,
+        None => None,
+        other => {
+            return Err(SidecarError::invalid_argument(format!(
+                "logger: expected a function or null, got {}",
+                args::describe(env, other)
+            ))
+            .into())
+        }
+    };
+    let min_level = match min_level {
+        Some(level) if level.get_type().js()? != ValueType::Undefined => {
+            Some(args::string(env, Some(level), "minLevel")?)
+        }
+        _ => None,
+    };
     let max_level = match min_level.as_deref().unwrap_or("info") {
         "error" => Level::ERROR,
         "warn" => Level::WARN,

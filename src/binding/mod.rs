@@ -6,6 +6,7 @@
 #![cfg_attr(test, allow(dead_code))]
 
 mod arbiter;
+mod args;
 mod config;
 mod inventory;
 mod js;

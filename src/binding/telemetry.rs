@@ -18,7 +18,7 @@ use napi_derive::napi;
 
 use super::arbiter::{self, GpuArbiter};
 use super::js::{self, Listeners};
-use super::{Code, IntoJsResult};
+use super::{args, Code, IntoJsResult};
 use crate::error::{ErrorCode, SidecarError};
 use crate::telemetry::{
     advice, sample_once, Backlog, LatestSample, ProcessRegistry, Sample, Sampler, SamplerEvent, SamplerHandle,
@@ -76,10 +76,12 @@ pub struct Telemetry {
 #[napi]
 impl Telemetry {
     /// Starts sampling. Throws `INVALID_CONFIG` (JSON path under `telemetry`) for bad options,
-    /// and `INVALID_ARGUMENT` / `IO_ERROR` for a bad replay or record file.
+    /// and `INVALID_ARGUMENT` / `IO_ERROR` for a bad replay or record file (a replay must be a
+    /// regular file of at most 1 GiB, with lines of at most 1 MiB).
     #[napi(constructor, catch_unwind, ts_args_type = "options?: TelemetryOptions")]
-    pub fn new(env: &Env, options: Option<serde_json::Value>) -> Result<Self, Code> {
+    pub fn new(env: &Env, options: Option<Unknown>) -> Result<Self, Code> {
         let mut warnings = vec![];
+        let options = args::optional_json(env, options, "telemetry", ErrorCode::InvalidConfig)?;
         let options = TelemetryOptions::from_json(&options.unwrap_or(serde_json::Value::Null), &mut warnings)?;
         for w in &warnings {
             tracing::warn!("{w}");
@@ -129,8 +131,10 @@ impl Telemetry {
         self.subscribe(env, listener, |l| &mut l.on_alert)
     }
 
-    /// Calls `listener(error | null)` when a replay has played its last sample (`null`) or hit a
-    /// bad line, and when recording fails (sampling goes on).
+    /// Calls `listener(error | null)` when a replay has played its last sample (`null`), hit a bad
+    /// line, or reached a cut-off last line (`INVALID_ARGUMENT` naming it, after every whole
+    /// line played); when recording fails (sampling goes on); and when sampling stopped on an
+    /// internal error (`INTERNAL`).
     #[napi(catch_unwind, ts_args_type = "listener: (error: Error | null) => void", ts_return_type = "() => void")]
     pub fn on_end<'env>(&self, env: &'env Env, listener: Unknown<'env>) -> Result<Function<'env, (), ()>, Code> {
         self.subscribe(env, listener, |l| &mut l.on_end)
@@ -152,8 +156,13 @@ impl Telemetry {
 
     /// Feeds every sample to `arbiter` (per-GPU admission state and VRAM admission) and reports
     /// its leases and waiters to the GPU_IDLE_WITH_BACKLOG alert. Returns a function that detaches.
-    #[napi(catch_unwind, ts_return_type = "() => void")]
-    pub fn attach_arbiter<'env>(&self, env: &'env Env, arbiter: &GpuArbiter) -> Result<Function<'env, (), ()>, Code> {
+    #[napi(catch_unwind, ts_args_type = "arbiter: GpuArbiter", ts_return_type = "() => void")]
+    pub fn attach_arbiter<'env>(
+        &self,
+        env: &'env Env,
+        arbiter: Option<Unknown>,
+    ) -> Result<Function<'env, (), ()>, Code> {
+        let arbiter = args::class_ref::<GpuArbiter>(env, arbiter, "arbiter", "a GpuArbiter")?;
         let mut s = self.state.borrow_mut();
         let id = s.next_arbiter_id;
         s.next_arbiter_id += 1;
@@ -170,23 +179,27 @@ impl Telemetry {
 
     /// Labels `pid` as one of ours: its RSS appears in `host.processes`, and GPU memory of it and
     /// its children appears under `service: label`.
-    #[napi(catch_unwind)]
-    pub fn register_process(&self, pid: u32, label: String) {
+    #[napi(catch_unwind, ts_args_type = "pid: number, label: string")]
+    pub fn register_process(&self, env: &Env, pid: Option<Unknown>, label: Option<Unknown>) -> Result<(), Code> {
+        let pid = pid_argument(env, pid)?;
+        let label = args::string(env, label, "label")?;
         self.state.borrow().registry.register(pid, label);
+        Ok(())
     }
 
-    #[napi(catch_unwind)]
-    pub fn unregister_process(&self, pid: u32) -> bool {
-        self.state.borrow().registry.unregister(pid)
+    #[napi(catch_unwind, ts_args_type = "pid: number")]
+    pub fn unregister_process(&self, env: &Env, pid: Option<Unknown>) -> Result<bool, Code> {
+        Ok(self.state.borrow().registry.unregister(pid_argument(env, pid)?))
     }
 
     /// How many workers of `perWorkerMb` fit now on the host or a GPU, from the last sample.
-    #[napi(catch_unwind, ts_return_type = "ConcurrencyRecommendation")]
-    pub fn recommend_concurrency<'env>(
-        &self,
-        env: &'env Env,
-        options: RecommendConcurrencyOptions,
-    ) -> Result<Unknown<'env>, Code> {
+    #[napi(
+        catch_unwind,
+        ts_args_type = "options: RecommendConcurrencyOptions",
+        ts_return_type = "ConcurrencyRecommendation"
+    )]
+    pub fn recommend_concurrency<'env>(&self, env: &'env Env, options: Option<Unknown>) -> Result<Unknown<'env>, Code> {
+        let options = concurrency_options(env, options)?;
         let latest = self.state.borrow().sampler.as_ref().and_then(|h| h.latest());
         let sample = latest.ok_or_else(|| {
             SidecarError::new(ErrorCode::InvalidArgument, "no sample yet: wait for the first onSample")
@@ -241,10 +254,63 @@ impl Telemetry {
 
 /// How many workers of `perWorkerMb` fit now, from a one-off sample taken on this thread (for a
 /// test harness sizing `--max-workers`; use `Telemetry#recommendConcurrency` inside an app).
-#[napi(catch_unwind, ts_return_type = "ConcurrencyRecommendation")]
-pub fn recommend_concurrency(env: &Env, options: RecommendConcurrencyOptions) -> napi::Result<Unknown<'_>, Code> {
+#[napi(
+    catch_unwind,
+    ts_args_type = "options: RecommendConcurrencyOptions",
+    ts_return_type = "ConcurrencyRecommendation"
+)]
+pub fn recommend_concurrency<'env>(env: &'env Env, options: Option<Unknown>) -> napi::Result<Unknown<'env>, Code> {
+    let options = concurrency_options(env, options)?;
     let sample = sample_once(ProcessRegistry::new())?;
     recommendation_to_js(env, &sample, options)
+}
+
+/// A pid argument: an integer from 1 to 2^32-1, else `INVALID_ARGUMENT`.
+fn pid_argument(env: &Env, pid: Option<Unknown>) -> Result<u32, Code> {
+    let value = args::optional_json(env, pid, "pid", ErrorCode::InvalidArgument)?;
+    match value.as_ref().and_then(serde_json::Value::as_u64) {
+        Some(pid) if (1..=u64::from(u32::MAX)).contains(&pid) => Ok(pid as u32),
+        _ => Err(SidecarError::invalid_argument(format!(
+            "pid: expected a process id (an integer > 0), got {}",
+            value.map_or("nothing".to_string(), |v| v.to_string())
+        ))
+        .into()),
+    }
+}
+
+/// `{ perWorkerMb, reserveFraction?, on? }`, each checked with `INVALID_ARGUMENT` naming it.
+fn concurrency_options(env: &Env, options: Option<Unknown>) -> Result<RecommendConcurrencyOptions, Code> {
+    let value = args::optional_json(env, options, "options", ErrorCode::InvalidArgument)?;
+    let Some(serde_json::Value::Object(map)) = value else {
+        return Err(SidecarError::invalid_argument(format!(
+            "options: expected an object such as {{ perWorkerMb: 250 }}, got {}",
+            value.map_or("nothing".to_string(), |v| v.to_string())
+        ))
+        .into());
+    };
+    let number = |key: &str| -> Result<Option<f64>, Code> {
+        match map.get(key) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::Number(n)) => Ok(n.as_f64()),
+            Some(other) => {
+                Err(SidecarError::invalid_argument(format!("options.{key}: expected a number, got {other}")).into())
+            }
+        }
+    };
+    let per_worker_mb = number("perWorkerMb")?
+        .ok_or_else(|| SidecarError::invalid_argument("options.perWorkerMb: expected a number > 0, got nothing"))?;
+    let reserve_fraction = number("reserveFraction")?;
+    let on = match map.get("on") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) => Some(s.clone()),
+        Some(other) => {
+            return Err(SidecarError::invalid_argument(format!(
+                "options.on: expected \"host\" or a GPU key, got {other}"
+            ))
+            .into())
+        }
+    };
+    Ok(RecommendConcurrencyOptions { per_worker_mb, reserve_fraction, on })
 }
 
 fn recommendation_to_js<'env>(

@@ -5,6 +5,7 @@
 //! 0-100, got "high"`); unknown keys are collected as warnings, never fatal.
 
 mod arbiter;
+pub mod file;
 mod number;
 pub mod watch;
 mod schema;
@@ -15,6 +16,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 pub use arbiter::{ArbiterConfig, BusyPolicy, DynamicAdjustment, GpuUsageConfig, TaskPolicy, WatchdogAction};
+pub use file::{open_regular_file, read_regular_file};
 pub use number::Int;
 pub use schema::node_config_schema;
 
@@ -32,10 +34,28 @@ pub struct NodeConfig {
     pub warnings: Vec<String>,
 }
 
+/// The largest node config file read. Real ones are a few KB; the cap keeps `/dev/zero`-like
+/// mistakes and runaway generated files from taking the host's memory.
+pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
 /// Reads a whole node config file (other apps' sections are left alone) and validates our sections.
+/// Anything but a regular file of at most [`MAX_CONFIG_BYTES`] in UTF-8 is `INVALID_CONFIG`.
 pub fn load_node_config(path: &Path) -> SidecarResult<NodeConfig> {
-    let text = watch::read_config_text(path)?;
+    let text = read_config_text(path)?;
     parse_node_config(&text, &path.display().to_string())
+}
+
+/// The text of a config file, read with [`read_regular_file`]; every failure is `INVALID_CONFIG`.
+pub fn read_config_text(path: &Path) -> SidecarResult<String> {
+    let bytes = read_regular_file(path, MAX_CONFIG_BYTES)
+        .map_err(|e| SidecarError::invalid_config(format!("cannot read config file: {}", e.message)))?;
+    String::from_utf8(bytes).map_err(|e| {
+        SidecarError::invalid_config(format!(
+            "{}: not valid UTF-8 (at byte {})",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        ))
+    })
 }
 
 /// Parses the text of a node config file; `source` names it in error messages.
@@ -154,6 +174,23 @@ mod tests {
                 "gpuArbiter.policies.ASR.priorty: unknown key, ignored".to_string()
             ]
         );
+    }
+
+    #[test]
+    fn devices_oversized_and_non_utf8_files_are_invalid_config() {
+        let e = load_node_config(Path::new("/dev/zero")).unwrap_err();
+        assert_eq!(e.code, crate::error::ErrorCode::InvalidConfig);
+        assert_eq!(e.message, "cannot read config file: /dev/zero: not a regular file (a character device)");
+        let big = crate::telemetry::record::temp_path("big-config.json");
+        let file = std::fs::File::create(&big).unwrap();
+        file.set_len(MAX_CONFIG_BYTES + 1).unwrap();
+        let e = load_node_config(&big).unwrap_err();
+        assert_eq!(e.code, crate::error::ErrorCode::InvalidConfig);
+        assert!(e.message.ends_with("too large: 16777217 bytes, the limit is 16 MiB"), "{}", e.message);
+        std::fs::write(&big, b"{\"gpuArbiter\": \"\xff\"}").unwrap();
+        let e = load_node_config(&big).unwrap_err();
+        assert_eq!(e.message, format!("{}: not valid UTF-8 (at byte 16)", big.display()));
+        std::fs::remove_file(&big).unwrap();
     }
 
     #[test]

@@ -314,7 +314,25 @@ function checkSignal(signal) {
 function acquire(request) {
   const side = sideOf(this)
   if (request === null || typeof request !== 'object') throw invalidArgument('request: expected an object with a taskType')
-  let signal = request.signal
+  /** @type {any} */
+  let signal
+  /** @type {boolean} */
+  let plain
+  try {
+    signal = request.signal
+    // The common request (task type and trace) crosses as two arguments; any other field sends
+    // the whole request to be read by name.
+    plain =
+      request.gpuKey === undefined &&
+      request.priority === undefined &&
+      request.maxWaitMs === undefined &&
+      request.holdMaxMs === undefined &&
+      request.queueLimit === undefined &&
+      request.busyPolicy === undefined &&
+      request.vramMb === undefined
+  } catch (e) {
+    throw invalidArgument(`request: cannot be read: ${/** @type {Error} */ (e).message}`)
+  }
   if (signal === undefined || signal === null) {
     signal = null
   } else {
@@ -325,16 +343,6 @@ function acquire(request) {
       return Promise.resolve({ status: 'CANCELLED', reason: 'ABORTED' })
     }
   }
-  // The common request (task type and trace) crosses as two arguments; any other field sends
-  // the whole request to be read by name.
-  const plain =
-    request.gpuKey === undefined &&
-    request.priority === undefined &&
-    request.maxWaitMs === undefined &&
-    request.holdMaxMs === undefined &&
-    request.queueLimit === undefined &&
-    request.busyPolicy === undefined &&
-    request.vramMb === undefined
   const kind = plain ? this.acquireTask(request.taskType, request.trace) : this.acquireRequest(request)
   return side.answer(kind, request.taskType, signal)
 }

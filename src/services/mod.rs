@@ -8,6 +8,7 @@
 //! telemetry ([`VramSource`]) and the arbiter ([`StartupLease`]) in through [`SupervisorHooks`].
 
 mod config;
+mod descendants;
 mod events;
 mod hooks;
 mod host_death;
@@ -23,6 +24,7 @@ pub use config::{
     GpuNeed, HttpProbe, HttpUrl, LogLineProbe, Megabytes, Millis, NoProbe, Pattern, Port, Readiness, RestartConfig,
     RestartPolicy, ServiceSpec, ServicesConfig, StopSignal, TcpProbe,
 };
+pub(crate) use events::epoch_ms;
 pub use events::{ExitInfo, OutputStream, ServiceEvent, ServiceEventKind};
 pub use hooks::{LeaseFuture, LeaseGuard, StartupLease, VramReading, VramSource};
 pub use port::{port_holder, port_is_free, PortHolder};

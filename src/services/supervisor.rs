@@ -503,7 +503,7 @@ impl Shared {
         cell.time_to_ready_ms = None;
         cell.state = ServiceState::Starting;
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(self.clone().run(i, permit, stop_rx));
+        let task = tokio::spawn(self.clone().run_guarded(i, permit, stop_rx));
         cell.runner = Some(Runner { stop, task });
         drop(cell);
         self.changes.send_modify(|n| *n += 1);
@@ -529,6 +529,36 @@ impl Shared {
         if self.state(i) == ServiceState::Stopping {
             self.set_state(i, ServiceState::Stopped);
         }
+    }
+
+    /// Runs [`Self::run`] as its own task, so that a panic in it (a bug, or a hook that panics)
+    /// fails the service with `INTERNAL` instead of leaving it starting forever, unseen. The
+    /// unwinding drops the runner's process, which kills and reaps it.
+    async fn run_guarded(self: Arc<Self>, i: usize, permit: OwnedSemaphorePermit, stop: watch::Receiver<bool>) {
+        /// Aborting the outer task (a dropped supervisor) must end the inner one too.
+        struct AbortOnDrop(JoinHandle<()>);
+        impl Drop for AbortOnDrop {
+            fn drop(&mut self) {
+                self.0.abort();
+            }
+        }
+        let mut runner = AbortOnDrop(tokio::spawn(self.clone().run(i, permit, stop)));
+        let Err(error) = (&mut runner.0).await else { return };
+        let Ok(payload) = error.try_into_panic() else { return };
+        let detail = crate::telemetry::sampler::panic_message(payload.as_ref());
+        tracing::error!(service = %self.spec(i).name, %detail, "the service runner panicked");
+        let error = SidecarError::new(
+            ErrorCode::Internal,
+            format!("{}: internal error in the service runner: {detail}", self.spec(i).name),
+        );
+        {
+            let mut cell = self.cell(i);
+            cell.clear_process();
+            cell.error = Some(error.clone());
+            cell.last_lines.clear();
+        }
+        self.emit(i, ServiceEventKind::Failed { error, last_lines: Vec::new() });
+        self.set_state(i, ServiceState::Failed);
     }
 
     /// Drives service `i` from its first start attempt to its final state.

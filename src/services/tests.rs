@@ -838,3 +838,34 @@ async fn a_crash_after_ready_restarts_then_fails_with_its_last_lines() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// A VRAM source with a bug: it panics.
+struct PanickingVram;
+
+impl VramSource for PanickingVram {
+    fn free_mb(&self, _gpu_key: &str) -> Option<VramReading> {
+        panic!("vram source bug")
+    }
+    fn process_used_mb(&self, _pid: u32) -> Option<u64> {
+        None
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_a_runner_fails_the_service_with_internal_instead_of_hanging() {
+    let sb = Sandbox::new("runner-panic");
+    let mut svc = sb.service("gpu", &["--log-ready"], log_ready());
+    svc["gpu"] = json!({"key": "gpu:0", "vramMb": 100});
+    let hooks = SupervisorHooks { vram: Some(Arc::new(PanickingVram)), startup_lease: None };
+    let (sup, mut rx) = supervisor(json!({"services": [svc, sb.service("cpu", &["--log-ready"], log_ready())]}), hooks);
+    let outcomes =
+        tokio::time::timeout(Duration::from_secs(20), sup.start_all()).await.expect("start_all settles").unwrap();
+    let (error, _) = failure(&outcomes[0].outcome);
+    assert_eq!(error.code, ErrorCode::Internal);
+    assert_eq!(error.message, "gpu: internal error in the service runner: vram source bug");
+    ready_ms(&outcomes[1].outcome);
+    assert_eq!(sup.status("gpu").unwrap().state, ServiceState::Failed);
+    let steps: Vec<_> = steps(&drain(&mut rx), "gpu").into_iter().cloned().collect();
+    assert!(matches!(steps.last(), Some(ServiceEventKind::Failed { .. })), "{steps:?}");
+    sup.close().await;
+}

@@ -72,8 +72,8 @@ impl Default for TelemetryOptions {
     }
 }
 
-/// Replay pacing. In JSON: a number > 0 (`1` keeps the recorded gaps, `2` halves them) or the
-/// string `"asFastAsPossible"`.
+/// Replay pacing. In JSON: a number from [`MIN_REPLAY_SPEED`] to [`MAX_REPLAY_SPEED`] (`1` keeps
+/// the recorded gaps, `2` halves them) or the string `"asFastAsPossible"`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum ReplaySpeed {
     Factor(f64),
@@ -81,6 +81,12 @@ pub enum ReplaySpeed {
 }
 
 const AS_FAST_AS_POSSIBLE: &str = "asFastAsPossible";
+
+/// The slowest replay: a thousand times slower than recorded. Slower factors only turn recorded
+/// gaps into waits no one will sit through (`1e-20` made them overflow).
+pub const MIN_REPLAY_SPEED: f64 = 0.001;
+/// The fastest factor; beyond it, use `"asFastAsPossible"`.
+pub const MAX_REPLAY_SPEED: f64 = 1_000_000.0;
 
 impl Serialize for ReplaySpeed {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -97,11 +103,11 @@ impl de::Visitor<'_> for ReplaySpeedVisitor {
     type Value = ReplaySpeed;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "a speed factor > 0 or \"{AS_FAST_AS_POSSIBLE}\"")
+        write!(f, "a speed factor from {MIN_REPLAY_SPEED} to {MAX_REPLAY_SPEED} or \"{AS_FAST_AS_POSSIBLE}\"")
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<ReplaySpeed, E> {
-        if v.is_finite() && v > 0.0 {
+        if (MIN_REPLAY_SPEED..=MAX_REPLAY_SPEED).contains(&v) {
             Ok(ReplaySpeed::Factor(v))
         } else {
             Err(E::invalid_value(de::Unexpected::Float(v), &self))
@@ -109,7 +115,7 @@ impl de::Visitor<'_> for ReplaySpeedVisitor {
     }
 
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<ReplaySpeed, E> {
-        if v == 0 {
+        if v == 0 || v as f64 > MAX_REPLAY_SPEED {
             return Err(E::invalid_value(de::Unexpected::Unsigned(v), &self));
         }
         Ok(ReplaySpeed::Factor(v as f64))
@@ -419,11 +425,15 @@ mod tests {
         assert_eq!(message(json!({"gpus": [1, 1]})), "telemetry.gpus[1]: duplicate GPU index 1");
         assert_eq!(
             message(json!({"replaySpeed": "fast"})),
-            "telemetry.replaySpeed: expected a speed factor > 0 or \"asFastAsPossible\", got \"fast\""
+            "telemetry.replaySpeed: expected a speed factor from 0.001 to 1000000 or \"asFastAsPossible\", got \"fast\""
         );
         assert_eq!(
             message(json!({"replaySpeed": 0})),
-            "telemetry.replaySpeed: expected a speed factor > 0 or \"asFastAsPossible\", got 0"
+            "telemetry.replaySpeed: expected a speed factor from 0.001 to 1000000 or \"asFastAsPossible\", got 0"
+        );
+        assert_eq!(
+            message(json!({"replaySpeed": 1e-20})),
+            "telemetry.replaySpeed: expected a speed factor from 0.001 to 1000000 or \"asFastAsPossible\", got 1e-20"
         );
         assert_eq!(
             message(json!({"thresholds": {"gpuUsage": {"highWater": 101}}})),

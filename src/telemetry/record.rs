@@ -1,12 +1,13 @@
 //! Recording samples to JSONL (one `Sample` per line) and playing them back.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Lines, Write};
+use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::options::ReplaySpeed;
 use super::sample::Sample;
+use crate::config::file::{describe_size, open_regular_file, read_bounded_line, BoundedLine};
 use crate::error::{ErrorCode, SidecarError, SidecarResult};
 
 /// Appends samples to a JSONL file, one line each. The file is unbuffered, so each line reaches
@@ -39,32 +40,67 @@ impl Recorder {
     }
 }
 
-/// Samples from a JSONL recording, in file order. Blank lines are skipped.
+/// The largest recording replayed. A day recorded at one sample a second on a node with a few
+/// GPUs and a dozen processes is about 200 MB; the cap leaves room for more and refuses
+/// something that is no recording at all.
+pub const MAX_RECORDING_BYTES: u64 = 1 << 30;
+
+/// The longest line read from a recording; a sample is a few KB.
+pub const MAX_SAMPLE_LINE_BYTES: usize = 1 << 20;
+
+/// Samples from a JSONL recording, in file order. Blank lines are skipped. A last line with no
+/// newline that is not a whole sample is what a crash while recording leaves: playback ends
+/// before it, and [`Replay::cut_last_line`] says so.
 pub struct Replay {
     path: PathBuf,
-    lines: Lines<BufReader<File>>,
+    reader: BufReader<std::io::Take<File>>,
+    buf: Vec<u8>,
     line_number: usize,
+    played: usize,
+    cut_last_line: Option<SidecarError>,
 }
 
 impl Replay {
-    /// Opens a recording and checks every line first, so a bad file fails here, with its line
-    /// number, rather than midway through playback.
+    /// Opens a recording (a regular file of at most [`MAX_RECORDING_BYTES`]) and checks every line
+    /// first, so a bad file fails here, with its line number, rather than midway through playback.
     pub fn open(path: &Path) -> SidecarResult<Self> {
-        let mut count = 0;
-        for sample in Self::open_unchecked(path)? {
+        let mut check = Self::open_unchecked(path)?;
+        for sample in &mut check {
             sample?;
-            count += 1;
         }
-        if count == 0 {
-            return Err(SidecarError::invalid_argument(format!("{}: the replay file is empty", path.display())));
+        if check.played == 0 {
+            return Err(SidecarError::invalid_argument(match check.cut_last_line {
+                Some(cut) => format!("{}; there is no whole sample before it", cut.message),
+                None => format!("{}: the replay file is empty", path.display()),
+            }));
         }
         Self::open_unchecked(path)
     }
 
     fn open_unchecked(path: &Path) -> SidecarResult<Self> {
         let file =
-            File::open(path).map_err(|e| io_error(format!("cannot open replay file {}: {e}", path.display())))?;
-        Ok(Self { path: path.to_path_buf(), lines: BufReader::new(file).lines(), line_number: 0 })
+            open_regular_file(path).map_err(|e| SidecarError::new(e.code, format!("replay file: {}", e.message)))?;
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        if size > MAX_RECORDING_BYTES {
+            return Err(SidecarError::invalid_argument(format!(
+                "replay file: {}: too large: {size} bytes, the limit is {}",
+                path.display(),
+                describe_size(MAX_RECORDING_BYTES)
+            )));
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            reader: BufReader::new(file.take(MAX_RECORDING_BYTES)),
+            buf: Vec::new(),
+            line_number: 0,
+            played: 0,
+            cut_last_line: None,
+        })
+    }
+
+    /// Set once playback reached a cut-off last line: what it was and how many samples played.
+    pub fn cut_last_line(&self) -> Option<&SidecarError> {
+        self.cut_last_line.as_ref()
     }
 }
 
@@ -73,35 +109,57 @@ impl Iterator for Replay {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            let line = self.lines.next()?;
+            let kind = read_bounded_line(&mut self.reader, &mut self.buf, MAX_SAMPLE_LINE_BYTES);
             self.line_number += 1;
             let where_ = format!("{}:{}", self.path.display(), self.line_number);
-            let line = match line {
-                Ok(line) => line,
+            let kind = match kind {
+                Ok(BoundedLine::End) => return None,
+                Ok(kind) => kind,
                 Err(e) => return Some(Err(io_error(format!("{where_}: cannot read: {e}")))),
             };
+            if kind == BoundedLine::TooLong {
+                return Some(Err(SidecarError::invalid_argument(format!(
+                    "{where_}: not a telemetry sample: the line is longer than {}",
+                    describe_size(MAX_SAMPLE_LINE_BYTES as u64)
+                ))));
+            }
+            let line = String::from_utf8_lossy(&self.buf);
             if line.trim().is_empty() {
                 continue;
             }
-            return Some(
-                serde_json::from_str(&line)
-                    .map_err(|e| SidecarError::invalid_argument(format!("{where_}: not a telemetry sample: {e}"))),
-            );
+            return match serde_json::from_str::<Sample>(&line) {
+                Ok(sample) => {
+                    self.played += 1;
+                    Some(Ok(sample))
+                }
+                Err(_) if kind == BoundedLine::Unterminated => {
+                    self.cut_last_line = Some(SidecarError::invalid_argument(format!(
+                        "{where_}: the last line is cut off (no newline, not a whole sample: a crash while \
+                         recording?); the {} samples before it were played",
+                        self.played
+                    )));
+                    None
+                }
+                Err(e) => Some(Err(SidecarError::invalid_argument(format!("{where_}: not a telemetry sample: {e}")))),
+            };
         }
     }
 }
 
-/// How long to wait between two recorded samples: their gap divided by the speed, never negative.
+/// The longest recorded gap replayed as it was: longer ones (a clock jump, a machine that slept,
+/// a hand-edited `at`) play as one hour, scaled by the speed like any other gap.
+pub const MAX_REPLAY_GAP_MS: f64 = 3_600_000.0;
+
+/// How long to wait between two recorded samples: their gap (never negative, at most
+/// [`MAX_REPLAY_GAP_MS`]) divided by the speed.
 pub fn replay_delay(previous_at: f64, next_at: f64, speed: ReplaySpeed) -> Duration {
     match speed {
         ReplaySpeed::AsFastAsPossible => Duration::ZERO,
         ReplaySpeed::Factor(factor) => {
-            let ms = (next_at - previous_at) / factor;
-            if ms.is_finite() && ms > 0.0 {
-                Duration::from_secs_f64(ms / 1_000.0)
-            } else {
-                Duration::ZERO
-            }
+            let gap = next_at - previous_at;
+            let gap = if gap.is_nan() { 0.0 } else { gap.clamp(0.0, MAX_REPLAY_GAP_MS) };
+            // The speed is validated, but the arithmetic must not panic whatever it is given.
+            Duration::try_from_secs_f64(gap / factor / 1_000.0).unwrap_or(Duration::MAX)
         }
     }
 }
@@ -184,5 +242,9 @@ mod tests {
         assert_eq!(replay_delay(1_000.0, 1_500.0, ReplaySpeed::Factor(2.0)), Duration::from_millis(250));
         assert_eq!(replay_delay(1_500.0, 1_000.0, ReplaySpeed::Factor(1.0)), Duration::ZERO);
         assert_eq!(replay_delay(0.0, 9e9, ReplaySpeed::AsFastAsPossible), Duration::ZERO);
+        // A huge recorded gap (or speed) cannot overflow the wait.
+        assert_eq!(replay_delay(0.0, 1e300, ReplaySpeed::Factor(1.0)), Duration::from_secs(3_600));
+        assert_eq!(replay_delay(0.0, 1e300, ReplaySpeed::Factor(0.001)), Duration::from_secs(3_600_000));
+        assert_eq!(replay_delay(0.0, 1e300, ReplaySpeed::Factor(1e-300)), Duration::MAX);
     }
 }

@@ -42,7 +42,8 @@ pub enum SamplerEvent {
     Sample(SamplerOutput),
     /// Writing the record file failed; recording stopped, sampling goes on.
     RecordingStopped(SidecarError),
-    /// The replay ran out (`None`) or hit a bad line (`Some`); no events follow. Not sent after
+    /// The replay ran out (`None`), hit a bad line or a cut-off last line (`Some`), or the thread
+    /// panicked (`Some`, code `INTERNAL`, live or replayed); no events follow. Not sent after
     /// [`SamplerHandle::stop`].
     Ended(Option<SidecarError>),
 }
@@ -90,7 +91,7 @@ impl Sampler {
         let options = &self.options;
         let recorder = options.record.as_deref().map(Recorder::open).transpose()?;
         let source = match &options.replay {
-            Some(path) => Source::Replay { replay: Replay::open(path)?, speed: options.replay_speed, start: None },
+            Some(path) => Source::Replay { replay: Replay::open(path)?, speed: options.replay_speed, played: None },
             None => Source::Live {
                 host: Box::new(HostReader::new(self.registry.clone())?),
                 gpus: GpuReader::new(options.gpu_indices()),
@@ -217,12 +218,15 @@ enum Source {
         interval: Duration,
         next_tick: Instant,
     },
-    /// `start`: when the first sample was played, and its recorded `at`.
+    /// `played`: when the previous sample was due, and its recorded `at`.
     Replay {
         replay: Replay,
         speed: ReplaySpeed,
-        start: Option<(Instant, f64)>,
+        played: Option<(Instant, f64)>,
     },
+    /// Panics on its first sample, to test that a panic reaches the sink.
+    #[cfg(test)]
+    Panicking,
 }
 
 /// What waiting for the next sample gave.
@@ -243,19 +247,29 @@ impl Source {
                 *next_tick = (*next_tick + *interval).max(Instant::now());
                 Next::Sample(read_live(host, gpus, registry))
             }
-            Source::Replay { replay, speed, start } => {
+            Source::Replay { replay, speed, played } => {
                 let sample = match replay.next() {
-                    None => return Next::Ended(None),
+                    None => return Next::Ended(replay.cut_last_line().cloned()),
                     Some(Err(e)) => return Next::Ended(Some(e)),
                     Some(Ok(sample)) => sample,
                 };
-                // Timing is measured from the first sample so delays do not accumulate drift.
-                let (started, first_at) = *start.get_or_insert((Instant::now(), sample.at));
-                if shared.wait_until(started + replay_delay(first_at, sample.at, *speed)) {
+                // Each sample is due a (capped, scaled) gap after the previous one was due, not
+                // after it was sent, so delays do not accumulate drift.
+                let due = match *played {
+                    None => Instant::now(),
+                    Some((previous_due, previous_at)) => {
+                        let delay = replay_delay(previous_at, sample.at, *speed);
+                        previous_due.checked_add(delay).unwrap_or_else(far_future)
+                    }
+                };
+                *played = Some((due, sample.at));
+                if shared.wait_until(due) {
                     return Next::Stopped;
                 }
                 Next::Sample(sample)
             }
+            #[cfg(test)]
+            Source::Panicking => panic!("cannot convert float seconds to Duration: value is either too big or NaN"),
         }
     }
 }
@@ -271,7 +285,19 @@ struct Worker {
 }
 
 impl Worker {
+    /// The thread's body. A panic anywhere in sampling ends the stream with an `INTERNAL` error
+    /// to the sink: the caller must hear that sampling stopped, never find out from silence.
     fn run(mut self) {
+        let Err(payload) = catch_unwind(AssertUnwindSafe(|| self.run_loop())) else { return };
+        let detail = panic_message(payload.as_ref());
+        tracing::error!(%detail, "the telemetry thread panicked; sampling stopped");
+        if !*lock(&self.shared.stopped) {
+            let message = format!("the telemetry thread panicked, sampling stopped: {detail}");
+            self.emit(SamplerEvent::Ended(Some(SidecarError::new(ErrorCode::Internal, message))));
+        }
+    }
+
+    fn run_loop(&mut self) {
         loop {
             let sample = match self.source.next(&self.shared, &self.registry) {
                 Next::Sample(sample) => sample,
@@ -309,9 +335,24 @@ impl Worker {
     }
 }
 
+/// The text a panic was raised with.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_string())
+}
+
 /// Runs caller-supplied code so that its panic is logged instead of ending sampling.
 fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Option<T> {
     catch_unwind(AssertUnwindSafe(f)).map_err(|_| tracing::error!("telemetry {what} callback panicked")).ok()
+}
+
+/// A deadline that never comes (a replay wait past it lasts until `stop`).
+fn far_future() -> Instant {
+    let now = Instant::now();
+    now.checked_add(Duration::from_secs(100 * 365 * 86_400)).unwrap_or(now)
 }
 
 fn epoch_ms() -> f64 {
@@ -522,6 +563,69 @@ mod tests {
         // The thread ends after the first sample instead of playing the rest.
         assert!(rx.recv_timeout(Duration::from_secs(10)).is_err());
         drop(lock(&handle).take());
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_panic_on_the_thread_ends_the_stream_with_an_internal_error() {
+        let (sink, events) = channel_sink();
+        let worker = Worker {
+            shared: Arc::new(Shared::default()),
+            source: Source::Panicking,
+            recorder: None,
+            engine: AlertEngine::new(Default::default()),
+            registry: ProcessRegistry::new(),
+            backlog: None,
+            sink,
+        };
+        std::thread::spawn(move || worker.run()).join().expect("the panic is caught");
+        match events.recv_timeout(Duration::from_secs(10)).unwrap() {
+            SamplerEvent::Ended(Some(e)) => {
+                assert_eq!(e.code, ErrorCode::Internal);
+                assert!(e.message.contains("cannot convert float seconds to Duration"), "{}", e.message);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_cut_off_last_line_ends_the_replay_after_every_whole_sample() {
+        let path = temp_path("sampler-cut.jsonl");
+        let whole = serde_json::to_string(&sample(0.0)).unwrap();
+        let cut = &serde_json::to_string(&sample(1.0)).unwrap()[..40];
+        std::fs::write(&path, format!("{whole}\n{whole}\n{cut}")).unwrap();
+        let (sink, events) = channel_sink();
+        let _handle = Sampler::new(replay_options(&path, ReplaySpeed::AsFastAsPossible)).start(sink).unwrap();
+        let mut played = 0;
+        let ended = loop {
+            match events.recv_timeout(Duration::from_secs(10)).unwrap() {
+                SamplerEvent::Sample(_) => played += 1,
+                SamplerEvent::Ended(e) => break e.expect("the cut line is reported"),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(played, 2);
+        assert_eq!(ended.code, ErrorCode::InvalidArgument);
+        assert!(
+            ended.message.starts_with(&format!("{}:3: the last line is cut off", path.display())),
+            "{}",
+            ended.message
+        );
+        assert!(ended.message.ends_with("the 2 samples before it were played"), "{}", ended.message);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_huge_recorded_gap_waits_at_most_an_hour_and_still_stops() {
+        let path = temp_path("sampler-huge-gap.jsonl");
+        write_recording(&path, &[sample(0.0), sample(1e300)]);
+        let (sink, events) = channel_sink();
+        let mut handle = Sampler::new(replay_options(&path, ReplaySpeed::Factor(1.0))).start(sink).unwrap();
+        assert!(matches!(events.recv_timeout(Duration::from_secs(10)).unwrap(), SamplerEvent::Sample(_)));
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!handle.is_finished(), "the thread waits instead of panicking");
+        handle.stop();
+        assert!(events.try_recv().is_err());
         std::fs::remove_file(&path).unwrap();
     }
 
