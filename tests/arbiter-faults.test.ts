@@ -1,5 +1,6 @@
 // Hostile input to the arbiter: nothing leaks, nothing spins, every error has a documented code
 // (issue 8, arbiter part).
+import timers from 'node:timers'
 import { GpuArbiter, GpuLeaseAcquired } from '../gpu-sidecar'
 import { sleep } from './support'
 
@@ -42,8 +43,9 @@ describe('arbiter faults', () => {
     const onWarning = (w: Error) => warnings.push(w.name)
     process.on('warning', onWarning)
     const delays: number[] = []
-    const realSetTimeout = global.setTimeout
-    jest.spyOn(global, 'setTimeout').mockImplementation(((fn: () => void, ms?: number) => {
+    // The arbiter's JS half arms its timer through node:timers (one module for every Jest context).
+    const realSetTimeout = timers.setTimeout
+    jest.spyOn(timers, 'setTimeout').mockImplementation(((fn: () => void, ms?: number) => {
       delays.push(ms ?? 0)
       return realSetTimeout(fn, ms)
     }) as never)
@@ -67,14 +69,14 @@ describe('arbiter faults', () => {
   test('close() clears the pending deadline timer', async () => {
     const armed: unknown[] = []
     const cleared: unknown[] = []
-    const realSetTimeout = global.setTimeout
-    const realClearTimeout = global.clearTimeout
-    jest.spyOn(global, 'setTimeout').mockImplementation(((fn: () => void, ms?: number) => {
+    const realSetTimeout = timers.setTimeout
+    const realClearTimeout = timers.clearTimeout
+    jest.spyOn(timers, 'setTimeout').mockImplementation(((fn: () => void, ms?: number) => {
       const t = realSetTimeout(fn, ms)
       armed.push(t)
       return t
     }) as never)
-    jest.spyOn(global, 'clearTimeout').mockImplementation(((t: never) => {
+    jest.spyOn(timers, 'clearTimeout').mockImplementation(((t: never) => {
       cleared.push(t)
       realClearTimeout(t)
     }) as never)
@@ -96,15 +98,15 @@ describe('arbiter faults', () => {
       expect(f).toThrow(expect.objectContaining({ code, ...(message ? { message } : {}) }))
     invalid(() => arbiter.observeGpu('gpu:0', null as never), 'INVALID_ARGUMENT', 'reading: expected an object, got null')
     invalid(() => arbiter.observeGpu('gpu:0', { utilizationGpu: NaN }), 'INVALID_ARGUMENT', 'reading.utilizationGpu: expected a finite number, got NaN')
-    invalid(() => arbiter.observeGpu(7 as never, {}), 'INVALID_ARGUMENT', 'gpuKey: expected a string, got a number')
+    invalid(() => arbiter.observeGpu(7 as never, {}), 'INVALID_ARGUMENT', 'gpuKey: expected a string, got the number 7')
     invalid(() => arbiter.snapshot(undefined as never), 'INVALID_ARGUMENT')
     invalid(() => new GpuArbiter({ defaultPriority: NaN }), 'INVALID_CONFIG', 'gpuArbiter.defaultPriority: expected a finite number, got NaN')
     const cyclic: Record<string, unknown> = { policies: {} }
     ;(cyclic.policies as Record<string, unknown>).ASR = cyclic
-    invalid(() => new GpuArbiter(cyclic), 'INVALID_CONFIG', 'gpuArbiter.policies.ASR: refers back to itself (a cycle)')
+    invalid(() => new GpuArbiter(cyclic), 'INVALID_CONFIG', 'gpuArbiter.policies.ASR: a cyclic reference (the object contains itself)')
     invalid(() => new GpuArbiter({ gpuKeys: [() => 1] } as never), 'INVALID_CONFIG', 'gpuArbiter.gpuKeys[0]: expected a JSON value, got a function')
     invalid(() => arbiter.setConfig({ defaultHoldMaxMs: Infinity }), 'INVALID_CONFIG', 'gpuArbiter.defaultHoldMaxMs: expected a finite number, got Infinity')
-    invalid(() => GpuArbiter.fromFile(42 as never), 'INVALID_ARGUMENT', 'path: expected a string, got a number')
+    invalid(() => GpuArbiter.fromFile(42 as never), 'INVALID_ARGUMENT', 'path: expected a string, got the number 42')
     invalid(() => arbiter.onEvent('x' as never), 'INVALID_ARGUMENT')
   })
 })

@@ -93,7 +93,7 @@ describe('setConfig', () => {
     const waiting = arbiter.acquire({ taskType: 'NMT' })
     arbiter.setConfig({ maxConcurrentLeases: 2, policies: { NMT: { priority: 99 } } })
     await expect(waiting).resolves.toMatchObject({ status: 'ACQUIRED' })
-    expect(arbiter.config().policies!.NMT).toMatchObject({ priority: 99, maxWaitMs: 3000 })
+    expect(arbiter.config().policies!.NMT).toMatchObject({ priority: 99, maxWaitMs: 8000 })
     expect(arbiter.snapshot('gpu:0')!.activeLeases.map((l) => l.leaseId)).toContain((lease as { leaseId: string }).leaseId)
     expect(events.map((e) => e.type)).toContain('config-reloaded')
     arbiter.close()

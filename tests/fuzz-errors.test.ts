@@ -3,9 +3,19 @@
 // our documented codes with a message naming the argument or JSON path; never napi's own
 // `InvalidArg` / `StringExpected` / "Failed to convert js number to serde_json::Number".
 //
-// EXPORTS is a table of { name, call(arg, arg2) }: another part of the addon adds its exports
-// by adding entries (GpuArbiter's constructor and methods belong here too).
-import { Telemetry, ServiceSupervisor, loadConfig, recommendConcurrency, setLogger } from '../gpu-sidecar'
+// EXPORTS is a table of { name, call(arg, arg2) }: every part of the addon adds its exports.
+import {
+  GpuArbiter,
+  Telemetry,
+  ServiceSupervisor,
+  configureGpuArbiter,
+  loadConfig,
+  recommendConcurrency,
+  setGpuArbiter,
+  setLogger,
+  tryAcquireGpuLease,
+  withGpuLease,
+} from '../gpu-sidecar'
 
 /** ErrorCode in src/error.rs, as documented in the README. */
 const DOCUMENTED_CODES = new Set([
@@ -45,6 +55,10 @@ const KEYS = [
   'intervalMs', 'gpus', 'replay', 'replaySpeed', 'thresholds', 'gpuUsage', 'highWater', 'lowWater', 'vram', 'lowFreeMb',
   'services', 'name', 'command', 'args', 'readiness', 'logLine', 'pattern', 'http', 'url', 'dependsOn', 'gpu', 'key',
   'vramMb', 'stopTimeoutMs', 'maxConcurrentStarts', 'restart', 'policy', 'perWorkerMb', 'reserveFraction', 'on', 'x',
+  // The arbiter's config, requests and readings.
+  'taskType', 'gpuKey', 'priority', 'maxWaitMs', 'holdMaxMs', 'queueLimit', 'busyPolicy', 'signal', 'trace', 'jobId',
+  'policies', 'ASR', 'gpuKeys', 'defaultPriority', 'gpuUsageThreshold', 'baseHighWater', 'dynamicAdjustment',
+  'utilizationGpu', 'freeMb', 'estimatedAudioMs', 'configPath', 'watch',
 ]
 const STRINGS = ['', 'gpu:0', 'host', 'asFastAsPossible', 'info', 'loud', '/dev/null', '/nonexistent/file.json', '\u0000', 'é漢🎉', 'x'.repeat(300)]
 const NUMBERS = [NaN, Infinity, -Infinity, -0, 0, 1, -1, 0.5, 1e-20, 1e300, -1e300, 2 ** 31, 2 ** 53 + 2, Number.MAX_VALUE, 250]
@@ -107,6 +121,13 @@ const quiet = () => {}
 setLogger(quiet, 'error')
 const telemetry = new Telemetry({ intervalMs: 50 })
 const supervisor = new ServiceSupervisor({ services: [{ name: 'fuzz-target', command: 'true', readiness: { none: {} } }] })
+// Requests must not wait: a fuzzed request either answers at once or throws.
+const arbiter = new GpuArbiter({ maxConcurrentLeases: 64, defaultQueueLimit: 0 })
+/** Gives back whatever a fuzzed acquire was granted, so later cases find the GPU free. */
+const settle = async (result: unknown) => {
+  const lease = (await result) as { release?: () => void } | null
+  if (lease && typeof lease.release === 'function') lease.release()
+}
 
 /** Every export of Telemetry, ServiceSupervisor and the free functions, called with junk. */
 const EXPORTS: Export[] = [
@@ -129,10 +150,25 @@ const EXPORTS: Export[] = [
   { name: 'supervisor.onEvent(listener)', call: (a) => (supervisor.onEvent(a as never) as () => void)() },
   { name: 'supervisor.attachTelemetry(telemetry)', call: (a) => supervisor.attachTelemetry(a as never) },
   { name: 'supervisor.attachArbiter(arbiter)', call: (a) => supervisor.attachArbiter(a as never) },
+  { name: 'new GpuArbiter(config)', call: (a) => new GpuArbiter(a as never).close() },
+  { name: 'GpuArbiter.fromFile(path, options)', call: (a, b) => GpuArbiter.fromFile(a as string, b as never).close() },
+  { name: 'arbiter.acquire(request)', call: (a) => settle(arbiter.acquire(a as never)) },
+  { name: 'arbiter.release(leaseId)', call: (a) => arbiter.release(a as string) },
+  { name: 'arbiter.snapshot(gpuKey)', call: (a) => arbiter.snapshot(a as string) },
+  { name: 'arbiter.setConfig(patch)', call: (a) => arbiter.setConfig(a as never) },
+  { name: 'arbiter.observeGpu(gpuKey, reading)', call: (a, b) => arbiter.observeGpu(a as string, b as never) },
+  { name: 'arbiter.notifyAsrTaskHint(hint)', call: (a) => arbiter.notifyAsrTaskHint(a as never) },
+  { name: 'arbiter.onEvent(listener)', call: (a) => (arbiter.onEvent(a as never) as () => void)() },
+  { name: 'setGpuArbiter(arbiter)', call: (a) => { try { setGpuArbiter(a as never) } finally { setGpuArbiter(arbiter) } } },
+  { name: 'configureGpuArbiter(options)', call: (a) => { try { configureGpuArbiter(a as never) } finally { setGpuArbiter(arbiter) } } },
+  { name: 'withGpuLease(taskType, fn, trace, options)', call: (a, b) => withGpuLease(a as string, () => 1, b as never, a as never) },
+  { name: 'tryAcquireGpuLease(taskType, trace, options)', call: (a, b) => settle(tryAcquireGpuLease(a as string, b as never, b as never)) },
 ]
 
 afterAll(async () => {
   setLogger(null)
+  setGpuArbiter(null)
+  arbiter.close()
   telemetry.close()
   await supervisor.close()
 })

@@ -564,6 +564,9 @@ impl Arbiter {
 
     /// Least-loaded GPU that can take the request now; if none can, the one with the least work.
     fn pick_gpu(&self, priority: u64, vram_mb: u64, now: Micros) -> usize {
+        if self.gpus.len() == 1 {
+            return 0;
+        }
         (0..self.gpus.len())
             .min_by_key(|&g| {
                 let gpu = &self.gpus[g];

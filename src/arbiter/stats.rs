@@ -14,6 +14,7 @@ const RECENT_WINDOW: usize = 2048;
 
 #[derive(Debug, Clone, Default)]
 pub struct Histogram {
+    /// Observations per bucket, not cumulative (summed when rendered): one increment per observation.
     buckets: [u64; BUCKETS_MS.len()],
     count: u64,
     sum_ms: f64,
@@ -23,10 +24,9 @@ pub struct Histogram {
 impl Histogram {
     pub fn observe(&mut self, micros: Micros) {
         let ms = micros as f64 / MICROS_PER_MS as f64;
-        for (bound, bucket) in BUCKETS_MS.iter().zip(self.buckets.iter_mut()) {
-            if ms <= *bound {
-                *bucket += 1;
-            }
+        let bucket = BUCKETS_MS.partition_point(|bound| *bound < ms);
+        if let Some(n) = self.buckets.get_mut(bucket) {
+            *n += 1;
         }
         self.count += 1;
         self.sum_ms += ms;
@@ -48,8 +48,10 @@ impl Histogram {
     }
 
     fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
         for (bound, n) in BUCKETS_MS.iter().zip(self.buckets.iter()) {
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {n}");
+            cumulative += n;
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
         }
         let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", self.count);
         let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum_ms);

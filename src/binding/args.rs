@@ -38,6 +38,19 @@ pub fn optional_json(
     }
 }
 
+/// A required argument as JSON; a missing one reads as `null`, which the caller's shape check names.
+pub fn required_json(
+    env: &Env,
+    value: Option<Unknown>,
+    root: &str,
+    code: ErrorCode,
+) -> std::result::Result<Value, SidecarError> {
+    match value {
+        None => Ok(Value::Null),
+        Some(v) => to_json(env, v, root, code),
+    }
+}
+
 /// A string argument named `name`, else `INVALID_ARGUMENT`.
 pub fn string(env: &Env, value: Option<Unknown>, name: &str) -> std::result::Result<String, SidecarError> {
     match value {

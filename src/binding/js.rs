@@ -47,6 +47,12 @@ pub fn named_property(env: &Env, object: sys::napi_value, name: &str) -> Result<
     Ok(value)
 }
 
+pub fn global(env: &Env) -> Result<sys::napi_value> {
+    let mut value = ptr::null_mut();
+    check_status!(unsafe { sys::napi_get_global(env.raw(), &mut value) })?;
+    Ok(value)
+}
+
 pub fn string(env: &Env, s: &str) -> Result<sys::napi_value> {
     let mut value = ptr::null_mut();
     check_status!(unsafe { sys::napi_create_string_utf8(env.raw(), s.as_ptr().cast(), s.len() as isize, &mut value) })?;
@@ -210,8 +216,8 @@ pub fn define_methods(env: &Env, object: sys::napi_value, methods: &[(&str, sys:
 
 /// A JS string's text.
 pub fn string_value(env: &Env, value: sys::napi_value) -> Result<String> {
-    // Task types, GPU keys and trace ids are short: one copy through a stack buffer.
-    let mut buf = [0u8; 256];
+    // Task types, GPU keys and trace ids are short: one copy through a small stack buffer.
+    let mut buf = [0u8; 64];
     let mut len = 0;
     check_status!(unsafe {
         sys::napi_get_value_string_utf8(env.raw(), value, buf.as_mut_ptr().cast(), buf.len(), &mut len)
@@ -244,169 +250,6 @@ pub fn boolean(env: &Env, b: bool) -> Result<sys::napi_value> {
     let mut value = ptr::null_mut();
     check_status!(unsafe { sys::napi_get_boolean(env.raw(), b, &mut value) })?;
     Ok(value)
-}
-
-/// A string argument, or `INVALID_ARGUMENT` naming it.
-pub fn string_arg(env: &Env, value: sys::napi_value, name: &str) -> JsResult<String> {
-    match value_type(env, value).js()? {
-        ValueType::String => string_value(env, value).js(),
-        other => Err(SidecarError::invalid_argument(format!("{name}: expected a string, got {}", type_name(other))).into()),
-    }
-}
-
-/// What a JS value converted to JSON is, which decides the code of its errors.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum ValueOrigin {
-    /// A config object: errors are `INVALID_CONFIG` with the JSON path.
-    ConfigObject,
-    /// Any other argument: errors are `INVALID_ARGUMENT` naming it.
-    Argument,
-}
-
-/// Nesting deeper than this is refused (no config comes near it).
-const MAX_JSON_DEPTH: usize = 64;
-
-/// Converts a JS value to JSON with our own errors (napi's say "Failed to convert js number to
-/// serde_json::Number" and name no field): NaN and Infinity, cycles, functions, symbols and
-/// bigints are refused at their path; `undefined` properties are left out, as JSON.stringify does.
-pub fn to_json(env: &Env, value: sys::napi_value, root: &str, kind: ValueOrigin) -> JsResult<serde_json::Value> {
-    let mut ancestors = Vec::new();
-    to_json_at(env, value, &mut root.to_string(), kind, &mut ancestors)
-}
-
-/// A number as JS prints it (`NaN`, `Infinity`), for messages.
-pub fn js_number_text(n: f64) -> String {
-    match n {
-        n if n.is_nan() => "NaN".into(),
-        f64::INFINITY => "Infinity".into(),
-        f64::NEG_INFINITY => "-Infinity".into(),
-        n => n.to_string(),
-    }
-}
-
-fn json_error(kind: ValueOrigin, message: String) -> napi::Error<super::Code> {
-    match kind {
-        ValueOrigin::ConfigObject => SidecarError::invalid_config(message).into(),
-        ValueOrigin::Argument => SidecarError::invalid_argument(message).into(),
-    }
-}
-
-fn type_name(t: ValueType) -> &'static str {
-    match t {
-        ValueType::Undefined => "undefined",
-        ValueType::Null => "null",
-        ValueType::Boolean => "a boolean",
-        ValueType::Number => "a number",
-        ValueType::String => "a string",
-        ValueType::Symbol => "a symbol",
-        ValueType::Object => "an object",
-        ValueType::Function => "a function",
-        ValueType::External => "an external",
-        ValueType::BigInt => "a bigint",
-        _ => "an unknown value",
-    }
-}
-
-fn to_json_at(
-    env: &Env,
-    value: sys::napi_value,
-    path: &mut String,
-    kind: ValueOrigin,
-    ancestors: &mut Vec<sys::napi_value>,
-) -> JsResult<serde_json::Value> {
-    use serde_json::Value;
-    let t = value_type(env, value).js()?;
-    match t {
-        ValueType::Undefined | ValueType::Null => Ok(Value::Null),
-        ValueType::Boolean => {
-            let mut b = false;
-            check_status!(unsafe { sys::napi_get_value_bool(env.raw(), value, &mut b) }).js()?;
-            Ok(Value::Bool(b))
-        }
-        ValueType::Number => {
-            let n = number_value(env, value).js()?;
-            if n.fract() == 0.0 && n.abs() < 9.007_199_254_740_992e15 {
-                return Ok(Value::from(n as i64));
-            }
-            serde_json::Number::from_f64(n)
-                .map(Value::Number)
-                .ok_or_else(|| json_error(kind, format!("{path}: expected a finite number, got {}", js_number_text(n))))
-        }
-        ValueType::String => Ok(Value::String(string_value(env, value).js()?)),
-        ValueType::Object => {
-            for ancestor in ancestors.iter() {
-                let mut same = false;
-                check_status!(unsafe { sys::napi_strict_equals(env.raw(), *ancestor, value, &mut same) }).js()?;
-                if same {
-                    return Err(json_error(kind, format!("{path}: refers back to itself (a cycle)")));
-                }
-            }
-            if ancestors.len() >= MAX_JSON_DEPTH {
-                return Err(json_error(kind, format!("{path}: nested more than {MAX_JSON_DEPTH} levels deep")));
-            }
-            ancestors.push(value);
-            let converted = object_to_json(env, value, path, kind, ancestors);
-            ancestors.pop();
-            converted
-        }
-        other => Err(json_error(kind, format!("{path}: expected a JSON value, got {}", type_name(other)))),
-    }
-}
-
-fn object_to_json(
-    env: &Env,
-    value: sys::napi_value,
-    path: &mut String,
-    kind: ValueOrigin,
-    ancestors: &mut Vec<sys::napi_value>,
-) -> JsResult<serde_json::Value> {
-    let mut is_array = false;
-    check_status!(unsafe { sys::napi_is_array(env.raw(), value, &mut is_array) }).js()?;
-    let base = path.len();
-    if is_array {
-        let mut len = 0u32;
-        check_status!(unsafe { sys::napi_get_array_length(env.raw(), value, &mut len) }).js()?;
-        let mut items = Vec::with_capacity(len as usize);
-        for i in 0..len {
-            let mut item = ptr::null_mut();
-            check_status!(unsafe { sys::napi_get_element(env.raw(), value, i, &mut item) }).js()?;
-            path.push_str(&format!("[{i}]"));
-            items.push(to_json_at(env, item, path, kind, ancestors)?);
-            path.truncate(base);
-        }
-        return Ok(serde_json::Value::Array(items));
-    }
-    let mut keys = ptr::null_mut();
-    check_status!(unsafe {
-        sys::napi_get_all_property_names(
-            env.raw(),
-            value,
-            sys::KeyCollectionMode::own_only,
-            sys::KeyFilter::enumerable | sys::KeyFilter::skip_symbols,
-            sys::KeyConversion::numbers_to_strings,
-            &mut keys,
-        )
-    })
-    .js()?;
-    let mut len = 0u32;
-    check_status!(unsafe { sys::napi_get_array_length(env.raw(), keys, &mut len) }).js()?;
-    let mut map = serde_json::Map::new();
-    for i in 0..len {
-        let mut key = ptr::null_mut();
-        check_status!(unsafe { sys::napi_get_element(env.raw(), keys, i, &mut key) }).js()?;
-        let name = string_value(env, key).js()?;
-        let mut item = ptr::null_mut();
-        check_status!(unsafe { sys::napi_get_property(env.raw(), value, key, &mut item) }).js()?;
-        if value_type(env, item).js()? == ValueType::Undefined {
-            continue;
-        }
-        path.push('.');
-        path.push_str(&name);
-        let converted = to_json_at(env, item, path, kind, ancestors)?;
-        path.truncate(base);
-        map.insert(name, converted);
-    }
-    Ok(serde_json::Value::Object(map))
 }
 
 #[cfg(test)]

@@ -12,11 +12,8 @@ use std::time::{Duration, SystemTime};
 
 use notify::Watcher;
 
+use super::read_config_text;
 use crate::error::{ErrorCode, SidecarError, SidecarResult};
-
-/// A config file larger than this is refused: no real node config comes near it, and reading
-/// an unbounded file (or a device such as /dev/zero) would grow memory without limit.
-pub const MAX_CONFIG_FILE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Bursts of change notices from one save are folded into one reading.
 const SETTLE: Duration = Duration::from_millis(50);
@@ -37,36 +34,6 @@ pub enum ConfigFileChange {
 /// Keeps the watch alive; dropping it stops the watcher thread.
 pub struct ConfigFileWatch {
     _stop: mpsc::Sender<()>,
-}
-
-/// Reads a config file: a regular file of at most [`MAX_CONFIG_FILE_BYTES`], in UTF-8.
-/// Anything else (a FIFO, a device, a folder) is refused without blocking on it.
-pub fn read_config_text(path: &Path) -> SidecarResult<String> {
-    let shown = path.display();
-    let meta = std::fs::metadata(path)
-        .map_err(|e| SidecarError::invalid_config(format!("cannot read config file {shown}: {e}")))?;
-    if !meta.is_file() {
-        return Err(SidecarError::invalid_config(format!("{shown}: not a regular file")));
-    }
-    if meta.len() > MAX_CONFIG_FILE_BYTES {
-        return Err(SidecarError::invalid_config(format!(
-            "{shown}: {} bytes, over the {MAX_CONFIG_FILE_BYTES}-byte limit for a config file",
-            meta.len()
-        )));
-    }
-    use std::io::Read;
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    std::fs::File::open(path)
-        .and_then(|f| f.take(MAX_CONFIG_FILE_BYTES + 1).read_to_end(&mut bytes))
-        .map_err(|e| SidecarError::invalid_config(format!("cannot read config file {shown}: {e}")))?;
-    if bytes.len() as u64 > MAX_CONFIG_FILE_BYTES {
-        return Err(SidecarError::invalid_config(format!(
-            "{shown}: over the {MAX_CONFIG_FILE_BYTES}-byte limit for a config file"
-        )));
-    }
-    String::from_utf8(bytes).map_err(|e| {
-        SidecarError::invalid_config(format!("{shown}: not valid UTF-8 (byte {})", e.utf8_error().valid_up_to()))
-    })
 }
 
 /// Watches `path` and calls `on_change` (on the watcher's own thread) after each change.
@@ -165,25 +132,6 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!("no such change: {:?}", changes.lock().unwrap());
-    }
-
-    #[test]
-    fn refuses_what_is_not_a_small_regular_utf8_file() {
-        let dir = std::env::temp_dir().join(format!("gpu-sidecar-read-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let e = read_config_text(&dir).unwrap_err();
-        assert!(e.message.ends_with("not a regular file"), "{}", e.message);
-        #[cfg(unix)]
-        {
-            let e = read_config_text(Path::new("/dev/zero")).unwrap_err();
-            assert!(e.message.ends_with("not a regular file"), "{}", e.message);
-        }
-        let bad = dir.join("latin1.json");
-        std::fs::write(&bad, b"{\"a\":\"\xe9\"}").unwrap();
-        let e = read_config_text(&bad).unwrap_err();
-        assert_eq!(e.code, ErrorCode::InvalidConfig);
-        assert!(e.message.contains("not valid UTF-8"), "{}", e.message);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

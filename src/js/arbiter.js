@@ -5,16 +5,27 @@
 // listeners and the one deadline timer. Native calls take and return numbers, and leave what they
 // caused in a shared Float64Array (the mailbox), whose layout the native module exports.
 
+const timers = require('node:timers')
 const native = require('../../index.js')
 
 const { ArbiterMailboxSlot: Slot, ArbiterRecordField: Field, ArbiterRecordKind: Kind } = native
+// The layout, read once into constants for the hot loops.
+const RECORD_COUNT = Slot.RecordCount
+const RECORDS = Slot.Records
+const RECORD_SIZE = Field.Size
+const KIND = Field.Kind
+const ID = Field.Id
 const { statuses: STATUS, reasons: REASON } = native.arbiterCodeNames()
 const LEASE_PREFIX = 'lease-'
 /** Node's timers overflow past this (and then fire every millisecond). */
 const MAX_TIMER_MS = 2 ** 31 - 1
 /** Revoked lease ids remembered for a `signal` first asked for after the revocation. */
 const REMEMBERED_REVOCATIONS = 1024
-const SIDE = Symbol('gpuArbiterSide')
+// Registry symbols: the native module is loaded once per thread, but this file may be evaluated
+// more than once against it (Jest's per-file module registries, bundles that duplicate it). The
+// first evaluation installs the JS half; later ones reuse it rather than wrap it again.
+const SIDE = Symbol.for('gpu-sidecar.arbiterSide')
+const INSTALLED = Symbol.for('gpu-sidecar.arbiterJsHalf')
 
 /**
  * @typedef {import('../../index').GpuArbiter & {
@@ -84,7 +95,7 @@ class ArbiterSide {
     this.signals = new Map()
     /** @type {Set<number>} */
     this.revoked = new Set()
-    /** @type {ReturnType<typeof setTimeout> | null} */
+    /** @type {ReturnType<typeof timers.setTimeout> | null} */
     this.timer = null
     this.timerAt = -1
     this.timerKeepsAlive = false
@@ -115,7 +126,7 @@ class ArbiterSide {
   /** Settles what the last native call recorded, and keeps the timer at the next deadline. */
   sync() {
     const m = this.mailbox
-    if (m[Slot.RecordCount] > 0) this.takeRecords()
+    if (m[RECORD_COUNT] > 0) this.takeRecords()
     const next = m[Slot.NextDeadline]
     if (next >= 0 && (this.timer === null || next < this.timerAt)) {
       this.arm(next, m[Slot.Now])
@@ -128,11 +139,11 @@ class ArbiterSide {
 
   /** @param {number} next @param {number} now */
   arm(next, now) {
-    if (this.timer !== null) clearTimeout(this.timer)
+    if (this.timer !== null) timers.clearTimeout(this.timer)
     // Capped: a later deadline is met by re-arming when this one fires.
     const delay = Math.min(Math.max(1, Math.ceil(next - now)), MAX_TIMER_MS)
     this.timerAt = now + delay
-    this.timer = setTimeout(this.onTimer, delay)
+    this.timer = timers.setTimeout(this.onTimer, delay)
     // Only waiting requests keep Node alive; a lease watchdog alone does not.
     this.timerKeepsAlive = this.mailbox[Slot.Waiters] > 0
     if (!this.timerKeepsAlive) this.timer.unref()
@@ -143,12 +154,12 @@ class ArbiterSide {
     /** @type {number[]} */
     const revoked = []
     for (;;) {
-      const count = m[Slot.RecordCount]
-      m[Slot.RecordCount] = 0
+      const count = m[RECORD_COUNT]
+      m[RECORD_COUNT] = 0
       for (let i = 0; i < count; i++) {
-        const at = Slot.Records + i * Field.Size
-        const kind = m[at + Field.Kind]
-        const id = m[at + Field.Id]
+        const at = RECORDS + i * RECORD_SIZE
+        const kind = m[at + KIND]
+        const id = m[at + ID]
         if (kind === Kind.Revoked) {
           revoked.push(id)
           continue
@@ -228,12 +239,11 @@ class ArbiterSide {
       this.sync()
       return Promise.resolve(refusal)
     }
-    const id = this.mailbox[at + Field.Id]
+    const id = this.mailbox[at + ID]
+    // One shared executor, not a closure per request.
+    const promise = new Promise(captureResolve)
     /** @type {Waiter} */
-    const waiter = { resolve: () => {}, taskType, signal, onAbort: null }
-    const promise = new Promise((resolve) => {
-      waiter.resolve = resolve
-    })
+    const waiter = { resolve: capturedResolve, taskType, signal, onAbort: null }
     this.waiters.set(id, waiter)
     if (signal !== null) {
       waiter.onAbort = () => {
@@ -250,13 +260,32 @@ class ArbiterSide {
   /** After `close()`: no timer, and every lease's signal aborts. */
   shutdown() {
     this.closed = true
-    if (this.timer !== null) clearTimeout(this.timer)
+    if (this.timer !== null) timers.clearTimeout(this.timer)
     this.timer = null
     this.timerAt = -1
     const controllers = [...this.signals.values()]
     this.signals.clear()
     for (const c of controllers) c.abort(abortReason('the GPU arbiter is closed', 'CLOSED'))
   }
+}
+
+/** @type {(value: unknown) => void} */
+let capturedResolve = () => {}
+/** @param {(value: unknown) => void} resolve */
+function captureResolve(resolve) {
+  capturedResolve = resolve
+}
+
+/** `lease-42` -> 42; anything else -> -1. Char codes: no substring on the release path. @param {unknown} leaseId */
+function leaseNumber(leaseId) {
+  if (typeof leaseId !== 'string' || leaseId.length <= LEASE_PREFIX.length || !leaseId.startsWith(LEASE_PREFIX)) return -1
+  let n = 0
+  for (let i = LEASE_PREFIX.length; i < leaseId.length; i++) {
+    const digit = leaseId.charCodeAt(i) - 48
+    if (digit < 0 || digit > 9) return -1
+    n = n * 10 + digit
+  }
+  return Number.isSafeInteger(n) ? n : -1
 }
 
 /** @param {NativeArbiter} arbiter */
@@ -285,7 +314,25 @@ function checkSignal(signal) {
 function acquire(request) {
   const side = sideOf(this)
   if (request === null || typeof request !== 'object') throw invalidArgument('request: expected an object with a taskType')
-  let signal = request.signal
+  /** @type {any} */
+  let signal
+  /** @type {boolean} */
+  let plain
+  try {
+    signal = request.signal
+    // The common request (task type and trace) crosses as two arguments; any other field sends
+    // the whole request to be read by name.
+    plain =
+      request.gpuKey === undefined &&
+      request.priority === undefined &&
+      request.maxWaitMs === undefined &&
+      request.holdMaxMs === undefined &&
+      request.queueLimit === undefined &&
+      request.busyPolicy === undefined &&
+      request.vramMb === undefined
+  } catch (e) {
+    throw invalidArgument(`request: cannot be read: ${/** @type {Error} */ (e).message}`)
+  }
   if (signal === undefined || signal === null) {
     signal = null
   } else {
@@ -296,16 +343,6 @@ function acquire(request) {
       return Promise.resolve({ status: 'CANCELLED', reason: 'ABORTED' })
     }
   }
-  // The common request (task type and trace) crosses as two arguments; any other field sends
-  // the whole request to be read by name.
-  const plain =
-    request.gpuKey === undefined &&
-    request.priority === undefined &&
-    request.maxWaitMs === undefined &&
-    request.holdMaxMs === undefined &&
-    request.queueLimit === undefined &&
-    request.busyPolicy === undefined &&
-    request.vramMb === undefined
   const kind = plain ? this.acquireTask(request.taskType, request.trace) : this.acquireRequest(request)
   return side.answer(kind, request.taskType, signal)
 }
@@ -316,20 +353,9 @@ function acquire(request) {
  */
 function release(leaseId) {
   const side = sideOf(this)
-  if (typeof leaseId === 'string' && leaseId.startsWith(LEASE_PREFIX)) {
-    const id = Number(leaseId.slice(LEASE_PREFIX.length))
-    if (Number.isSafeInteger(id)) return side.release(id)
-  }
+  const id = leaseNumber(leaseId)
   // Not one of ours: the native side logs it and answers false.
-  return side.release(leaseId)
-}
-
-const nativeClose = native.GpuArbiter.prototype.close
-
-/** @this {NativeArbiter} */
-function close() {
-  nativeClose.call(this)
-  sideOf(this).shutdown()
+  return side.release(id >= 0 ? id : leaseId)
 }
 
 /** Whether the arbiter arbitrates (`enabled`), read from the mailbox. @param {NativeArbiter} arbiter */
@@ -337,28 +363,46 @@ function isEnabled(arbiter) {
   return sideOf(arbiter).mailbox[Slot.Enabled] === 1
 }
 
-for (const [name, value] of Object.entries({ acquire, release, close })) {
-  Object.defineProperty(native.GpuArbiter.prototype, name, { value, writable: true, configurable: true })
+/** Defines the JS half's methods on the native classes, once per native module. */
+function install() {
+  const nativeClose = native.GpuArbiter.prototype.close
+
+  /** @this {NativeArbiter} */
+  function close() {
+    nativeClose.call(this)
+    sideOf(this).shutdown()
+  }
+
+
+  for (const [name, value] of Object.entries({ acquire, release, close })) {
+    Object.defineProperty(native.GpuArbiter.prototype, name, { value, writable: true, configurable: true })
+  }
+
+  // Methods that can set a deadline (a stale reading, a raised water mark) or settle waiters bind
+  // the JS half first, so its timer and promises follow whatever they cause.
+  /** @param {any} prototype @param {string} name @param {(self: any, args: any[]) => NativeArbiter} arbiterOf */
+  function bindingFirst(prototype, name, arbiterOf) {
+    const method = prototype[name]
+    Object.defineProperty(prototype, name, {
+      value: /** @this {any} */ function (/** @type {any[]} */ ...args) {
+        const arbiter = arbiterOf(this, args)
+        if (arbiter instanceof native.GpuArbiter) sideOf(arbiter)
+        return method.apply(this, args)
+      },
+      writable: true,
+      configurable: true,
+    })
+  }
+  for (const name of ['observeGpu', 'notifyAsrTaskHint', 'setConfig', 'onEvent']) {
+    bindingFirst(native.GpuArbiter.prototype, name, (self) => self)
+  }
+  bindingFirst(native.Telemetry.prototype, 'attachArbiter', (_self, args) => args[0])
+
+  return { Lease, isEnabled, LEASE_PREFIX }
 }
 
-// Methods that can set a deadline (a stale reading, a raised water mark) or settle waiters bind
-// the JS half first, so its timer and promises follow whatever they cause.
-/** @param {any} prototype @param {string} name @param {(self: any, args: any[]) => NativeArbiter} arbiterOf */
-function bindingFirst(prototype, name, arbiterOf) {
-  const method = prototype[name]
-  Object.defineProperty(prototype, name, {
-    value: /** @this {any} */ function (/** @type {any[]} */ ...args) {
-      const arbiter = arbiterOf(this, args)
-      if (arbiter instanceof native.GpuArbiter) sideOf(arbiter)
-      return method.apply(this, args)
-    },
-    writable: true,
-    configurable: true,
-  })
-}
-for (const name of ['observeGpu', 'notifyAsrTaskHint', 'setConfig', 'onEvent']) {
-  bindingFirst(native.GpuArbiter.prototype, name, (self) => self)
-}
-bindingFirst(native.Telemetry.prototype, 'attachArbiter', (_self, args) => args[0])
-
-module.exports = { Lease, isEnabled, LEASE_PREFIX }
+/** @type {any} the class: one object per native module, whichever copy of this file runs */
+const installedOn = native.GpuArbiter
+/** @type {ReturnType<typeof install>} */
+const jsHalf = installedOn[INSTALLED] ?? (installedOn[INSTALLED] = install())
+module.exports = jsHalf

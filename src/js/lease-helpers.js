@@ -53,10 +53,17 @@ let factoryOptions = null
  */
 function configureGpuArbiter(options = {}) {
   if (options === null || typeof options !== 'object') throw invalidArgument('options: expected an object')
-  const { configPath, watch = true } = options
+  /** @type {{ configPath?: unknown, watch?: unknown }} */
+  let fields
+  try {
+    fields = { configPath: options.configPath, watch: options.watch ?? true }
+  } catch (e) {
+    throw invalidArgument(`options: cannot be read: ${/** @type {Error} */ (e).message}`)
+  }
+  const { configPath, watch } = fields
   if (configPath !== undefined && typeof configPath !== 'string') throw invalidArgument('options.configPath: expected a string')
   if (typeof watch !== 'boolean') throw invalidArgument('options.watch: expected a boolean')
-  factoryOptions = { configPath, watch }
+  factoryOptions = { configPath: /** @type {string | undefined} */ (configPath), watch }
   dropFactoryArbiter()
   current = makeDefaultArbiter()
   return current
@@ -121,7 +128,12 @@ function usableArbiter() {
 function request(taskType, trace, options) {
   if (typeof taskType !== 'string' || taskType.trim() === '') throw invalidArgument('taskType: expected a non-empty string')
   if (options !== undefined && (options === null || typeof options !== 'object')) throw invalidArgument('options: expected an object')
-  return options === undefined ? { taskType, trace } : { ...options, taskType, trace }
+  if (options === undefined) return { taskType, trace }
+  try {
+    return { ...options, taskType, trace }
+  } catch (e) {
+    throw invalidArgument(`options: cannot be read: ${/** @type {Error} */ (e).message}`)
+  }
 }
 
 /**

@@ -486,6 +486,13 @@ async fn the_vram_gate_waits_for_free_memory_under_a_startup_lease() {
     raise.await.unwrap();
     ready_ms(&outcome);
     assert_eq!(lease.granted.load(Ordering::SeqCst), 1);
+    // The attempt drops its lease guard as it reports ready, on its own task: allow it a moment.
+    for _ in 0..100 {
+        if lease.held.load(Ordering::SeqCst) == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(lease.held.load(Ordering::SeqCst), 0, "the lease is released at ready");
     let events = drain(&mut rx);
     assert!(steps(&events, "asr").contains(&&ServiceEventKind::VramWait {

@@ -175,12 +175,13 @@ pub fn release_value(
         _ => None,
     };
     let Some(id) = id else { return Ok((false, Vec::new())) };
-    let mut out = Vec::new();
     let released = {
         let mut s = state.borrow_mut();
+        let mut out = s.lend_resolutions();
         let now = s.now();
-        s.core.release(id, now, &mut out)
+        (s.core.release(id, now, &mut out), out)
     };
+    let (released, out) = released;
     if !released {
         tracing::debug!(lease_id = id, "release of an unknown, released or revoked lease: ignored");
     }
@@ -193,12 +194,13 @@ fn lease_held(env: &Env, state: &Rc<RefCell<State>>, args: &[sys::napi_value; MA
 }
 
 fn tick(env: &Env, state: &Rc<RefCell<State>>, _args: &[sys::napi_value; MAX_ARGS]) -> JsResult<sys::napi_value> {
-    let mut out = Vec::new();
-    {
+    let out = {
         let mut s = state.borrow_mut();
+        let mut out = s.lend_resolutions();
         let now = s.now();
         s.core.tick(now, &mut out);
-    }
+        out
+    };
     after_call(env, state, out, Caller::Js)?;
     undefined(env)
 }

@@ -24,7 +24,8 @@ use std::rc::{Rc, Weak};
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
-use super::js::{self, ValueOrigin};
+use super::args;
+use crate::error::ErrorCode;
 use super::{Code, IntoJsResult};
 use crate::arbiter::GpuReading;
 use crate::config::{self, ArbiterConfig};
@@ -53,10 +54,8 @@ impl GpuArbiter {
     /// Throws `INVALID_CONFIG` naming the JSON path of a bad field.
     #[napi(constructor, catch_unwind, ts_args_type = "config?: GpuArbiterConfig")]
     pub fn new(env: &Env, this: This<Object>, config: Option<Unknown>) -> Result<Self, Code> {
-        let config = match config {
-            Some(value) => js::to_json(env, value.raw(), "gpuArbiter", ValueOrigin::ConfigObject)?,
-            None => serde_json::json!({}),
-        };
+        let config = args::optional_json(env, config, "gpuArbiter", ErrorCode::InvalidConfig)?
+            .unwrap_or_else(|| serde_json::json!({}));
         let mut warnings = vec![];
         let config = ArbiterConfig::from_json(&config, &mut warnings)?;
         for w in &warnings {
@@ -74,14 +73,11 @@ impl GpuArbiter {
     #[napi(catch_unwind, ts_args_type = "path: string, options?: FromFileOptions", ts_return_type = "GpuArbiter")]
     pub fn from_file<'env>(
         env: &'env Env,
-        path: Unknown<'env>,
+        path: Option<Unknown<'env>>,
         options: Option<Unknown<'env>>,
     ) -> Result<ClassInstance<'env, GpuArbiter>, Code> {
-        let path = js::string_arg(env, path.raw(), "path")?;
-        let watch = match options {
-            Some(o) => js::to_json(env, o.raw(), "options", ValueOrigin::Argument)?,
-            None => serde_json::Value::Null,
-        };
+        let path = args::string(env, path, "path")?;
+        let watch = args::optional_json(env, options, "options", ErrorCode::InvalidArgument)?.unwrap_or_default();
         let watch = match watch.get("watch") {
             None | Some(serde_json::Value::Null) => false,
             Some(serde_json::Value::Bool(b)) => *b,
@@ -105,8 +101,8 @@ impl GpuArbiter {
     /// counters and wait/hold percentiles per task type, admission state, and the old arbiter's
     /// snapshot fields. `null` for an unknown key.
     #[napi(catch_unwind, ts_args_type = "gpuKey: string")]
-    pub fn snapshot(&self, env: &Env, gpu_key: Unknown) -> Result<Option<GpuArbiterSnapshot>, Code> {
-        let gpu_key = js::string_arg(env, gpu_key.raw(), "gpuKey")?;
+    pub fn snapshot(&self, env: &Env, gpu_key: Option<Unknown>) -> Result<Option<GpuArbiterSnapshot>, Code> {
+        let gpu_key = args::string(env, gpu_key, "gpuKey")?;
         let s = self.state.borrow();
         Ok(s.core.snapshot(&gpu_key, s.clock.now()).map(|snap| views::snapshot_value(&s.clock, snap)))
     }
@@ -141,16 +137,16 @@ impl GpuArbiter {
     /// keeping leases and queue. A bad patch throws `INVALID_CONFIG`, changes nothing and emits
     /// `config-rejected`.
     #[napi(catch_unwind, ts_args_type = "patch: GpuArbiterConfigPatch")]
-    pub fn set_config(&self, env: &Env, patch: Unknown) -> Result<(), Code> {
-        let patch = match js::to_json(env, patch.raw(), "gpuArbiter", ValueOrigin::ConfigObject) {
+    pub fn set_config(&self, env: &Env, patch: Option<Unknown>) -> Result<(), Code> {
+        let patch = match args::required_json(env, patch, "gpuArbiter", ErrorCode::InvalidConfig) {
             Ok(patch) => patch,
             Err(e) => {
                 let mut s = self.state.borrow_mut();
                 let now = s.clock.now();
-                s.core.note_config_rejected(&SidecarError::invalid_config(e.reason.clone()), now);
+                s.core.note_config_rejected(&e, now);
                 drop(s);
                 state::after_call(env, &self.state, Vec::new(), state::Caller::Native)?;
-                return Err(e);
+                return Err(e.into());
             }
         };
         config_file::apply(env, &self.state, config_file::ConfigChange::Patch(patch))
@@ -161,9 +157,9 @@ impl GpuArbiter {
     /// `gpuUsage.highWater`, NORMAL again under `lowWater`), enables VRAM admission for requests
     /// with `vramMb`, and re-checks waiters. Readings for keys the arbiter does not have are ignored.
     #[napi(catch_unwind, ts_args_type = "gpuKey: string, reading: GpuReadingInput")]
-    pub fn observe_gpu(&self, env: &Env, gpu_key: Unknown, reading: Unknown) -> Result<(), Code> {
-        let gpu_key = js::string_arg(env, gpu_key.raw(), "gpuKey")?;
-        let reading = js::to_json(env, reading.raw(), "reading", ValueOrigin::Argument)?;
+    pub fn observe_gpu(&self, env: &Env, gpu_key: Option<Unknown>, reading: Option<Unknown>) -> Result<(), Code> {
+        let gpu_key = args::string(env, gpu_key, "gpuKey")?;
+        let reading = args::required_json(env, reading, "reading", ErrorCode::InvalidArgument)?;
         let reading = views::reading_input(&reading)?;
         let mut out = Vec::new();
         {
@@ -180,8 +176,8 @@ impl GpuArbiter {
     /// for `adjustmentTtlMs`, so the long, busy hold that follows is not taken for pressure.
     /// Returns whether the marks were raised.
     #[napi(catch_unwind, ts_args_type = "hint: AsrTaskHint")]
-    pub fn notify_asr_task_hint(&self, env: &Env, hint: Unknown) -> Result<bool, Code> {
-        let hint = js::to_json(env, hint.raw(), "hint", ValueOrigin::Argument)?;
+    pub fn notify_asr_task_hint(&self, env: &Env, hint: Option<Unknown>) -> Result<bool, Code> {
+        let hint = args::required_json(env, hint, "hint", ErrorCode::InvalidArgument)?;
         let (audio, hold) = views::asr_hint(&hint)?;
         let mut out = Vec::new();
         let raised = {
@@ -196,7 +192,12 @@ impl GpuArbiter {
     /// Subscribes to events; returns a function that unsubscribes. A listener that throws is
     /// logged and does not disturb the arbiter.
     #[napi(catch_unwind, ts_args_type = "listener: (event: GpuArbiterEvent) => void", ts_return_type = "() => void")]
-    pub fn on_event<'env>(&self, env: &'env Env, listener: Unknown<'env>) -> Result<Function<'env, (), ()>, Code> {
+    pub fn on_event<'env>(
+        &self,
+        env: &'env Env,
+        listener: Option<Unknown<'env>>,
+    ) -> Result<Function<'env, (), ()>, Code> {
+        let listener = listener.ok_or_else(|| SidecarError::invalid_argument("listener: expected a function"))?;
         let mut s = self.state.borrow_mut();
         let id = s.listeners.add(env, listener.raw())?;
         s.core.set_record_events(true);

@@ -60,6 +60,8 @@ pub struct State {
     pub config_generation: u32,
     /// The clock as the current call read it.
     call_now: Option<Micros>,
+    /// An empty vector with capacity, lent to each call for its resolutions (no allocation per call).
+    spare_resolutions: Vec<Resolution>,
 }
 
 /// Who made the change: a hot call's JS caller reads the mailbox itself; anything else (a
@@ -83,12 +85,21 @@ impl State {
             file_changes: Arc::default(),
             config_generation: 0,
             call_now: None,
+            spare_resolutions: Vec::new(),
         }
     }
 
     /// Queues what a core call caused for JS. Revocations matter only to a bound JS half.
-    fn collect(&mut self, resolutions: Vec<Resolution>) {
-        self.outbox.extend(resolutions.into_iter().map(Record::Settled));
+    /// An empty vector for a call's resolutions; `after_call` takes it back.
+    pub fn lend_resolutions(&mut self) -> Vec<Resolution> {
+        std::mem::take(&mut self.spare_resolutions)
+    }
+
+    fn collect(&mut self, mut resolutions: Vec<Resolution>) {
+        self.outbox.extend(resolutions.drain(..).map(Record::Settled));
+        if resolutions.capacity() > self.spare_resolutions.capacity() {
+            self.spare_resolutions = resolutions;
+        }
         if self.core.has_revoked() {
             let revoked = self.core.take_revoked();
             if self.notify.is_some() {
