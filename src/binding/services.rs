@@ -957,8 +957,7 @@ fn schedule_next_slice(env: &Env, state: &Rc<RefCell<State>>, inbox: &Inbox) {
             })
         })
         .and_then(|next| {
-            let mut global = std::ptr::null_mut();
-            check_status!(unsafe { sys::napi_get_global(env.raw(), &mut global) })?;
+            let global = js::global(env)?;
             js::call_method(env, global, "setImmediate", &[next.raw()])
         });
     match scheduled {
