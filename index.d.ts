@@ -365,12 +365,6 @@ export interface ServicesConfig {
   services: ServiceConfig[]
 }
 
-/** A core error as data: a stable `code` (`PORT_IN_USE`, `READINESS_TIMEOUT`, `VRAM_TIMEOUT`, `SERVICE_EXITED`, `SPAWN_FAILED`, ...) and a message. */
-export interface ServiceError {
-  code: 'PORT_IN_USE' | 'READINESS_TIMEOUT' | 'READINESS_STALLED' | 'VRAM_TIMEOUT' | 'SPAWN_FAILED' | 'SERVICE_EXITED' | 'LIVENESS_FAILED' | 'SERVICE_HUNG' | 'GPU_LEASE_NOT_GRANTED' | 'UNKNOWN_SERVICE' | 'CLOSED' | 'INTERNAL' | (string & {})
-  message: string
-}
-
 /** How one service's start ended. */
 export type ServiceOutcome =
   | { service: string; status: 'ready'; timeToReadyMs: number }
@@ -382,40 +376,6 @@ export type ServiceOutcome =
   | { service: string; status: 'stopped' }
 
 export type ServiceStateName = 'idle' | 'starting' | 'ready' | 'restarting' | 'stopping' | 'stopped' | 'failed' | 'blocked'
-
-export interface ServiceStatus {
-  name: string
-  state: ServiceStateName
-  /** The process (and process group) id while it runs. */
-  pid: number | null
-  /** Restarts since the last explicit start. */
-  restarts: number
-  /** The backoff step: restarts since the start or the last stable run (`resetAfterMs`). */
-  attempt: number
-  /** When the pending restart is due (epoch ms), while restarting. */
-  nextRestartAt: number | null
-  /** The latest failure (exit, liveness, hang, start), restarted from or not. */
-  lastFailure: { at: number; error: ServiceError } | null
-  /** Spawn to ready, for the current run. */
-  timeToReadyMs: number | null
-  error: ServiceError | null
-  blockedBy: string | null
-  /** The latest notify `STATUS=` text of this run. */
-  notifyStatus: string | null
-  /** The last 50 output lines of this (or the last) run. */
-  lastLines: string[]
-  /** Leases of its `gpu.taskTypes` in the attached arbiter. */
-  leases: { active: ServiceLease[]; watchdogRevokes: number; lastGrant: ServiceLease | null }
-  /** What it took on earlier runs (kept in `stateFile`). */
-  learned: { timeToReadyMs: number | null; peakVramMb: number | null }
-}
-
-export interface ServiceLease {
-  leaseId: string
-  taskType: string
-  /** Epoch ms. */
-  acquiredAt: number
-}
 
 interface ServiceEventBase {
   service: string
@@ -589,7 +549,7 @@ export declare class ServiceSupervisor {
   /** One service's status. Throws `UNKNOWN_SERVICE`. */
   status(name: string): ServiceStatus
   /** Every service's status, in config order. */
-  statuses(): ServiceStatus[]
+  statuses(): Array<ServiceStatus>
   /** Calls `listener(event)` for every service event; returns a function that unsubscribes. */
   onEvent(listener: (event: ServiceEvent) => void): () => void
   /**
@@ -958,6 +918,70 @@ export interface RecommendConcurrencyOptions {
   reserveFraction?: number
   /** `'host'` (default) or a GPU key such as `'gpu:0'`. */
   on?: string
+}
+
+/** A core error as data: a stable `code` and a message saying what was wrong and where. */
+export interface ServiceError {
+  code: 'PORT_IN_USE' | 'READINESS_TIMEOUT' | 'READINESS_STALLED' | 'VRAM_TIMEOUT' | 'SPAWN_FAILED' | 'SERVICE_EXITED' | 'LIVENESS_FAILED' | 'SERVICE_HUNG' | 'GPU_LEASE_NOT_GRANTED' | 'UNKNOWN_SERVICE' | 'CLOSED' | 'INTERNAL' | (string & {})
+  message: string
+}
+
+/** A failure a service had, restarted from or not. */
+export interface ServiceFailure {
+  /** Epoch ms. */
+  at: number
+  error: ServiceError
+}
+
+/** What it took on earlier runs (kept in `stateFile`). */
+export interface ServiceLearned {
+  timeToReadyMs: number | null
+  peakVramMb: number | null
+}
+
+/** A lease of one of the service's `gpu.taskTypes`. */
+export interface ServiceLease {
+  leaseId: string
+  taskType: string
+  /** Epoch ms. */
+  acquiredAt: number
+}
+
+/** The service's leases in the attached arbiter. */
+export interface ServiceLeases {
+  active: Array<ServiceLease>
+  /** Revoked by the arbiter's hold watchdog, since the supervisor was made. */
+  watchdogRevokes: number
+  lastGrant: ServiceLease | null
+}
+
+/** A snapshot of one service. */
+export interface ServiceStatus {
+  name: string
+  state: ServiceStateName
+  /** The process (and process group) id while it runs. */
+  pid: number | null
+  /** Restarts since the last explicit start. */
+  restarts: number
+  /** The backoff step: restarts since the start or the last stable run (`resetAfterMs`). */
+  attempt: number
+  /** When the pending restart is due (epoch ms), while restarting. */
+  nextRestartAt: number | null
+  /** The latest failure (an exit, failed liveness, a hang, a failed start). */
+  lastFailure: ServiceFailure | null
+  /** Spawn to ready, for the current run. */
+  timeToReadyMs: number | null
+  /** Why it failed, while `failed`. */
+  error: ServiceError | null
+  /** The dependency that was not ready, while `blocked`. */
+  blockedBy: string | null
+  /** The latest notify `STATUS=` text of this run. */
+  notifyStatus: string | null
+  /** The last 50 output lines of this (or the last) run. */
+  lastLines: Array<string>
+  /** Leases of its `gpu.taskTypes` in the attached arbiter. */
+  leases: ServiceLeases
+  learned: ServiceLearned
 }
 
 /**

@@ -12,6 +12,7 @@ mod inventory;
 mod js;
 mod logging;
 mod recording;
+mod service_views;
 mod services;
 mod telemetry;
 

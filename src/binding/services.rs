@@ -21,13 +21,13 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use super::js::{self, JsRef, Listeners, WakeFn};
+use super::service_views::{status_view, ServiceStatusView};
 use super::telemetry::Telemetry;
 use super::{args, Code, IntoJsResult};
 use crate::error::{ErrorCode, SidecarError, SidecarResult};
 use crate::services::{
-    AttributedLease, ExitInfo, LeaseChange, LearnedProfile, LeaseFuture, LeaseGuard, OutputStream, ServiceEvent, ServiceEventKind, ServiceOutcome,
-    ServiceState, ServiceStatus, ServicesConfig, StartOutcome, StartupLease, Supervisor, SupervisorHooks, VramReading,
-    VramSource,
+    ExitInfo, LeaseChange, LeaseFuture, LeaseGuard, OutputStream, ServiceEvent, ServiceEventKind, ServiceOutcome,
+    ServicesConfig, StartOutcome, StartupLease, Supervisor, SupervisorHooks, VramReading, VramSource,
 };
 use crate::telemetry::{LatestSample, ProcessRegistry};
 
@@ -498,16 +498,16 @@ impl ServiceSupervisor {
     }
 
     /// One service's status. Throws `UNKNOWN_SERVICE`.
-    #[napi(catch_unwind, ts_args_type = "name: string", ts_return_type = "ServiceStatus")]
-    pub fn status(&self, env: &Env, name: Option<Unknown>) -> Result<Value, Code> {
+    #[napi(catch_unwind, ts_args_type = "name: string")]
+    pub fn status(&self, env: &Env, name: Option<Unknown>) -> Result<ServiceStatusView, Code> {
         let name = args::string(env, name, "name")?;
-        Ok(status_to_json(&self.core.status(&name)?))
+        Ok(status_view(&self.core.status(&name)?))
     }
 
     /// Every service's status, in config order.
-    #[napi(catch_unwind, ts_return_type = "ServiceStatus[]")]
-    pub fn statuses(&self) -> Value {
-        Value::Array(self.core.statuses().iter().map(status_to_json).collect())
+    #[napi(catch_unwind)]
+    pub fn statuses(&self) -> Vec<ServiceStatusView> {
+        self.core.statuses().iter().map(status_view).collect()
     }
 
     /// Calls `listener(event)` for every service event; returns a function that unsubscribes.
@@ -1036,7 +1036,9 @@ fn event_to_json(event: &ServiceEvent) -> Value {
         }
         ServiceEventKind::Status { text } => ("status", json!({ "text": text })),
         ServiceEventKind::NotifyStopping => ("notify-stopping", json!({})),
-        ServiceEventKind::ReadinessExtended { timeout_ms } => ("readiness-extended", json!({ "timeoutMs": timeout_ms })),
+        ServiceEventKind::ReadinessExtended { timeout_ms } => {
+            ("readiness-extended", json!({ "timeoutMs": timeout_ms }))
+        }
         ServiceEventKind::ReadinessStalled { stall_timeout_ms } => {
             ("readiness-stalled", json!({ "stallTimeoutMs": stall_timeout_ms }))
         }
@@ -1066,49 +1068,4 @@ fn outcome_to_json(outcome: &ServiceOutcome) -> Value {
         }
         StartOutcome::Stopped => json!({ "service": service, "status": "stopped" }),
     }
-}
-
-fn state_name(state: ServiceState) -> &'static str {
-    match state {
-        ServiceState::Idle => "idle",
-        ServiceState::Starting => "starting",
-        ServiceState::Ready => "ready",
-        ServiceState::Restarting => "restarting",
-        ServiceState::Stopping => "stopping",
-        ServiceState::Stopped => "stopped",
-        ServiceState::Failed => "failed",
-        ServiceState::Blocked => "blocked",
-    }
-}
-
-fn learned_to_json(learned: &LearnedProfile) -> Value {
-    json!({ "timeToReadyMs": learned.time_to_ready_ms, "peakVramMb": learned.peak_vram_mb })
-}
-
-fn lease_to_json(lease: &AttributedLease) -> Value {
-    json!({ "leaseId": lease.lease_id, "taskType": lease.task_type, "acquiredAt": lease.acquired_at_ms })
-}
-
-fn status_to_json(status: &ServiceStatus) -> Value {
-    let leases = &status.leases;
-    json!({
-        "name": status.name,
-        "state": state_name(status.state),
-        "pid": status.pid,
-        "restarts": status.restarts,
-        "attempt": status.attempt,
-        "nextRestartAt": status.next_restart_at_ms,
-        "lastFailure": status.last_failure.as_ref().map(|f| json!({ "at": f.at_ms, "error": error_to_json(&f.error) })),
-        "timeToReadyMs": status.time_to_ready_ms,
-        "error": status.error.as_ref().map(error_to_json),
-        "blockedBy": status.blocked_by,
-        "notifyStatus": status.notify_status,
-        "lastLines": status.last_lines,
-        "leases": {
-            "active": leases.active.values().map(lease_to_json).collect::<Vec<_>>(),
-            "watchdogRevokes": leases.watchdog_revokes,
-            "lastGrant": leases.last_grant.as_ref().map(lease_to_json),
-        },
-        "learned": learned_to_json(&status.learned),
-    })
 }

@@ -585,7 +585,11 @@ impl ServicesConfig {
                 }
                 if let Some(TcpProbe { port: None, .. }) = &liveness.tcp {
                     if s.port.is_none() {
-                        return Err(err(i, "liveness.tcp.port", "expected a port here or in the service's \"port\"".into()));
+                        return Err(err(
+                            i,
+                            "liveness.tcp.port",
+                            "expected a port here or in the service's \"port\"".into(),
+                        ));
                     }
                 }
             }

@@ -187,7 +187,10 @@ mod tests {
         assert_eq!(NotifyMessage::parse("EXTEND_TIMEOUT_MS=5000"), Some(NotifyMessage::ExtendTimeout(5000)));
         assert_eq!(NotifyMessage::parse("WATCHDOG=1"), Some(NotifyMessage::Watchdog));
         assert_eq!(NotifyMessage::parse("STOPPING=1"), Some(NotifyMessage::Stopping));
-        assert_eq!(NotifyMessage::parse("EXTEND_TIMEOUT_MS=soon"), Some(NotifyMessage::Other("EXTEND_TIMEOUT_MS=soon".into())));
+        assert_eq!(
+            NotifyMessage::parse("EXTEND_TIMEOUT_MS=soon"),
+            Some(NotifyMessage::Other("EXTEND_TIMEOUT_MS=soon".into()))
+        );
         assert_eq!(NotifyMessage::parse("MAINPID=4"), Some(NotifyMessage::Other("MAINPID=4".into())));
         assert_eq!(NotifyMessage::parse("  "), None);
     }

@@ -44,7 +44,11 @@ pub struct OutputSink {
 
 impl OutputSink {
     /// A sink that counts the lines matching each of `patterns`.
-    pub fn new(spec: &ServiceSpec, events: mpsc::UnboundedSender<ServiceEvent>, patterns: Vec<Regex>) -> io::Result<Self> {
+    pub fn new(
+        spec: &ServiceSpec,
+        events: mpsc::UnboundedSender<ServiceEvent>,
+        patterns: Vec<Regex>,
+    ) -> io::Result<Self> {
         let log_file = match &spec.log_file {
             Some(path) => Some(Mutex::new(RotatingLog::open(
                 path,

@@ -71,7 +71,8 @@ pub fn jittered(delay_ms: u64, jitter: f64, spread: f64) -> u64 {
 pub fn random_spread() -> f64 {
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    hasher
+        .write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
     let bits = hasher.finish() >> 11; // 53 bits: exact in an f64
     (bits as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
 }
@@ -123,7 +124,10 @@ mod tests {
         assert_eq!(b.decide(&c, 10, 2_000, 0.0), RestartDecision::Restart { attempt: 2, delay_ms: 200 });
         // Ran 5 s (resetAfterMs) this time: a crash a day never runs out of restarts.
         for day in 1..=10 {
-            assert_eq!(b.decide(&c, 5_000, day * 86_400_000, 0.0), RestartDecision::Restart { attempt: 1, delay_ms: 100 });
+            assert_eq!(
+                b.decide(&c, 5_000, day * 86_400_000, 0.0),
+                RestartDecision::Restart { attempt: 1, delay_ms: 100 }
+            );
         }
         assert_eq!(b.attempt(), 1);
     }

@@ -204,11 +204,7 @@ impl Shared {
 
     /// Starts reading the service's notify pipe: `STATUS=` goes to its status and a `status`
     /// event, `STOPPING=1` to a `notify-stopping` event.
-    fn read_notify(
-        self: &Arc<Self>,
-        i: usize,
-        read: PipeEnd,
-    ) -> (watch::Receiver<NotifySeen>, AbortOnDrop) {
+    fn read_notify(self: &Arc<Self>, i: usize, read: PipeEnd) -> (watch::Receiver<NotifySeen>, AbortOnDrop) {
         let (seen, receiver) = watch::channel(NotifySeen::default());
         let shared = self.clone();
         let task = tokio::spawn(async move {

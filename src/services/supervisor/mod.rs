@@ -129,11 +129,19 @@ pub struct ServiceOutcome {
 /// A lease change in the attached arbiter, as the supervisor attributes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LeaseChange {
-    Acquired { lease_id: String, task_type: String },
+    Acquired {
+        lease_id: String,
+        task_type: String,
+    },
     /// Released, or dropped for a reason other than the watchdog (the arbiter closed).
-    Released { lease_id: String },
+    Released {
+        lease_id: String,
+    },
     /// Taken back by the arbiter's hold watchdog.
-    Revoked { lease_id: String, task_type: String },
+    Revoked {
+        lease_id: String,
+        task_type: String,
+    },
 }
 
 /// What the supervisor uses from the rest of the addon; both are optional.

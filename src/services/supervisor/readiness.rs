@@ -31,7 +31,12 @@ pub(super) struct ReadyWatch<'a> {
 
 impl Shared {
     /// Resolves once `readiness` passes for service `i`; never on its own otherwise.
-    pub(super) fn wait_ready<'a>(&'a self, i: usize, readiness: &'a Readiness, watch: &'a ReadyWatch<'a>) -> ReadyFuture<'a> {
+    pub(super) fn wait_ready<'a>(
+        &'a self,
+        i: usize,
+        readiness: &'a Readiness,
+        watch: &'a ReadyWatch<'a>,
+    ) -> ReadyFuture<'a> {
         Box::pin(async move {
             match readiness {
                 Readiness::Immediate(_) => {}

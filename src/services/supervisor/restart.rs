@@ -33,7 +33,12 @@ impl Shared {
     /// Runs [`Self::run`] as its own task, so that a panic in it (a bug, or a hook that panics)
     /// fails the service with `INTERNAL` instead of leaving it starting forever, unseen. The
     /// unwinding drops the runner's process, which kills and reaps it.
-    pub(super) async fn run_guarded(self: Arc<Self>, i: usize, permit: OwnedSemaphorePermit, stop: watch::Receiver<bool>) {
+    pub(super) async fn run_guarded(
+        self: Arc<Self>,
+        i: usize,
+        permit: OwnedSemaphorePermit,
+        stop: watch::Receiver<bool>,
+    ) {
         // Aborting the outer task (a dropped supervisor) must end the inner one too.
         let mut runner = AbortOnDrop(tokio::spawn(self.clone().run(i, permit, stop)));
         let Err(error) = (&mut runner.0).await else { return };
@@ -244,4 +249,3 @@ impl Shared {
         SidecarError::new(ErrorCode::ServiceExited, format!("{}: exited with {exit}{during}{after}", self.spec(i).name))
     }
 }
-
