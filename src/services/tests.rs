@@ -337,7 +337,8 @@ async fn restarts_back_off_exponentially_then_fail() {
     let sb = Sandbox::new("restart");
     let count_file = sb.path("count").display().to_string();
     let mut flaky = sb.service("flaky", &["--exit", "1", "--count-file", &count_file], log_ready());
-    flaky["restart"] = json!({"policy": "on-failure", "maxRestarts": 3, "backoffMs": 100, "maxBackoffMs": 250, "jitter": 0});
+    flaky["restart"] =
+        json!({"policy": "on-failure", "maxRestarts": 3, "backoffMs": 100, "maxBackoffMs": 250, "jitter": 0});
     let (sup, mut rx) = supervisor(json!({"services": [flaky]}), SupervisorHooks::default());
     let outcome = sup.start("flaky").await.unwrap();
     let (error, _) = failure(&outcome);
@@ -867,5 +868,56 @@ async fn a_panic_in_a_runner_fails_the_service_with_internal_instead_of_hanging(
     assert_eq!(sup.status("gpu").unwrap().state, ServiceState::Failed);
     let steps: Vec<_> = steps(&drain(&mut rx), "gpu").into_iter().cloned().collect();
     assert!(matches!(steps.last(), Some(ServiceEventKind::Failed { .. })), "{steps:?}");
+    sup.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_leases_of_its_task_types_declare_a_ready_service_hung_and_it_is_restarted() {
+    use crate::services::LeaseChange;
+    let sb = Sandbox::new("hung");
+    let mut svc = sb.service("asr", &["--log-ready"], log_ready());
+    svc["gpu"] = json!({"key": "gpu:0", "taskTypes": ["ASR", "ASR_LONG"]});
+    svc["restart"] = json!({"policy": "on-failure", "backoffMs": 20, "jitter": 0});
+    svc["hangWindowMs"] = json!(1_000);
+    let (sup, mut rx) = supervisor(json!({"services": [svc]}), SupervisorHooks::default());
+    assert!(sup.attributes_leases());
+    ready_ms(&sup.start("asr").await.unwrap());
+    let acquired = |id: &str, task: &str| LeaseChange::Acquired { lease_id: id.into(), task_type: task.into() };
+    let revoked = |id: &str, task: &str| LeaseChange::Revoked { lease_id: id.into(), task_type: task.into() };
+    sup.observe_lease(acquired("L1", "ASR"), 1_000);
+    sup.observe_lease(acquired("L2", "ASR_LONG"), 1_100);
+    sup.observe_lease(acquired("L3", "MT"), 1_200);
+    let leases = sup.status("asr").unwrap().leases;
+    assert_eq!(leases.active.keys().collect::<Vec<_>>(), ["L1", "L2"]);
+    assert_eq!(leases.last_grant.unwrap().lease_id, "L2");
+    // Revokes further apart than hangWindowMs: not a hang.
+    sup.observe_lease(revoked("L1", "ASR"), 2_000);
+    sup.observe_lease(revoked("L2", "ASR_LONG"), 3_500);
+    sup.observe_lease(LeaseChange::Released { lease_id: "L3".into() }, 3_600);
+    assert_eq!(sup.status("asr").unwrap().state, ServiceState::Ready);
+    sup.observe_lease(acquired("L4", "ASR"), 3_700);
+    sup.observe_lease(revoked("L4", "ASR"), 4_000);
+    let mut steps = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while steps.iter().filter(|k| is_ready(k)).count() < 2 {
+        assert!(Instant::now() < deadline, "never ready again: {steps:?}");
+        let event = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+        if !matches!(
+            event.kind,
+            ServiceEventKind::Log { .. } | ServiceEventKind::Starting { .. } | ServiceEventKind::Spawned { .. }
+        ) {
+            steps.push(event.kind);
+        }
+    }
+    let hung = steps.iter().position(|k| matches!(k, ServiceEventKind::Hung { .. })).expect("hung");
+    assert_eq!(
+        steps[hung],
+        ServiceEventKind::Hung { revokes: 2, window_ms: 1_000, lease_ids: vec!["L2".into(), "L4".into()] }
+    );
+    assert!(matches!(steps[hung + 1], ServiceEventKind::Exited { .. }), "{steps:?}");
+    assert_eq!(steps[hung + 2], ServiceEventKind::Restarting { attempt: 1, delay_ms: 20 });
+    let status = sup.status("asr").unwrap();
+    assert_eq!((status.restarts, status.leases.watchdog_revokes), (1, 3));
+    assert_eq!(status.last_failure.unwrap().error.code, ErrorCode::ServiceHung);
     sup.close().await;
 }

@@ -189,11 +189,14 @@ impl Shared {
             }
             Some(RunEnd::Exited(exit)) => Some((RunEnd::Exited(exit), exit)),
             Some(RunEnd::Unhealthy(failures)) => {
+                // No longer ready: dependents and schedulers wait while it is replaced.
+                self.set_state(i, ServiceState::Restarting);
                 self.emit(i, ServiceEventKind::Unhealthy { failures: failures.clone() });
                 let exit = process.stop(spec.stop_signal, grace).await;
                 Some((RunEnd::Unhealthy(failures), exit))
             }
             Some(RunEnd::Hung(report)) => {
+                self.set_state(i, ServiceState::Restarting);
                 self.emit(
                     i,
                     ServiceEventKind::Hung {
