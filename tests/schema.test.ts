@@ -1,6 +1,7 @@
 // The node config's JSON Schema (generated from the Rust config types) accepts the example
 // configs and rejects a bad one at the same JSON path loadConfig names.
 import Ajv2020 from 'ajv/dist/2020'
+import { spawnSync } from 'node:child_process'
 import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { loadConfig } from '../gpu-sidecar'
@@ -63,4 +64,31 @@ test.each([
   const paths = (validate.errors ?? []).map((e) => dotted(e.instancePath))
   expect(paths).toContain(path)
   expect(loadConfigError(config)).toMatch(new RegExp(`^${path.replace(/[.[\]]/g, '\\$&')}: `))
+})
+
+describe('the config types, generated from the same schema', () => {
+  test('src/config/node-config.d.ts is what the schema gives (npm run schema)', () => {
+    const run = spawnSync(process.execPath, [join(root, 'scripts/config-types.mjs'), '--check'], { encoding: 'utf8' })
+    expect(run.stdout).toContain('is current')
+    expect(run.status).toBe(0)
+  })
+
+  test('they carry the Rust docs, defaults and old key names, and type-check a real config', () => {
+    const types = readFileSync(join(root, 'src/config/node-config.d.ts'), 'utf8')
+    expect(types).toMatch(/export interface GpuArbiterConfig \{/)
+    expect(types).toMatch(/export interface ServiceConfig \{/)
+    expect(types).toContain('Default: `60000`')
+    expect(types).toContain('gpuUsageThreshold?:')
+    // The package's own index.d.ts takes them from there, not from a hand-written copy.
+    const index = readFileSync(join(root, 'index.d.ts'), 'utf8')
+    expect(index).toContain("export type * from './src/config/node-config'")
+    expect(index).not.toMatch(/export interface GpuArbiterConfig \{/)
+    const seed: import('../gpu-sidecar').GpuArbiterConfig = {
+      enabled: true,
+      gpuKeys: ['gpu:0'],
+      policies: { SEMANTIC_REPAIR: { priority: 20, maxWaitMs: 400, busyPolicy: 'SKIP' } },
+      gpuUsage: { baseHighWater: 85, dynamicAdjustment: { longAudioThresholdMs: 8000 } },
+    }
+    expect(validate({ gpuArbiter: seed })).toBe(true)
+  })
 })

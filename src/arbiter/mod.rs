@@ -5,6 +5,7 @@
 //! watched while held. Telemetry readings, when fed in, add per-GPU pressure and VRAM admission.
 //! The caller drives time: it calls [`Arbiter::tick`] at [`Arbiter::next_deadline`].
 
+mod deadlines;
 mod snapshot;
 mod state;
 mod stats;

@@ -1,8 +1,9 @@
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use rustc_hash::FxHashMap;
 
+use super::deadlines::{Deadline, Deadlines};
 use super::stats::{render_prometheus, StatsTable, TaskStats};
 use super::types::*;
 use crate::config::{ArbiterConfig, WatchdogAction};
@@ -13,15 +14,6 @@ use crate::error::{ErrorCode, SidecarError, SidecarResult};
 /// per agingMs waited" would at any instant, without re-sorting as time passes.
 type QueueKey = (Reverse<i128>, u64);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Deadline {
-    WaitTimeout(WaiterId),
-    Watchdog(LeaseId),
-    /// The GPU's last reading goes stale: admission falls back to logical leases.
-    ReadingStale(usize),
-    /// A long-audio raise of the water marks ends.
-    MarksBoostEnds,
-}
 
 /// Under HIGH_PRESSURE, a wait that runs out at this priority or above is a `TIMEOUT`
 /// (`GPU lease timeout: GPU_USAGE_HIGH`); below it the request is skipped (the old arbiter's rule).
@@ -104,7 +96,7 @@ pub struct Arbiter {
     pub(super) gpus: Vec<Gpu>,
     pub(super) leases: FxHashMap<LeaseId, Lease>,
     pub(super) waiters: FxHashMap<WaiterId, Waiter>,
-    deadlines: BTreeSet<(Micros, Deadline)>,
+    pub(super) deadlines: Deadlines,
     next_id: u64,
     closed: bool,
     record_events: bool,
@@ -124,7 +116,7 @@ impl Arbiter {
             gpus,
             leases: FxHashMap::default(),
             waiters: FxHashMap::default(),
-            deadlines: BTreeSet::new(),
+            deadlines: Deadlines::default(),
             next_id: 1,
             closed: false,
             record_events: false,
@@ -166,8 +158,39 @@ impl Arbiter {
     }
 
     /// When the caller must next call [`Arbiter::tick`].
-    pub fn next_deadline(&self) -> Option<Micros> {
-        self.deadlines.first().map(|(t, _)| *t)
+    pub fn next_deadline(&mut self) -> Option<Micros> {
+        self.next_live_deadline().map(|(at, _)| at)
+    }
+
+    fn next_live_deadline(&mut self) -> Option<(Micros, Deadline)> {
+        let mut deadlines = std::mem::take(&mut self.deadlines);
+        let first = deadlines.first(|at, d| self.deadline_is_live(at, d));
+        self.deadlines = deadlines;
+        first
+    }
+
+    /// Whether a deadline still stands: its waiter still waits, its lease is still held and
+    /// unwatched, its reading or boost is still the current one.
+    fn deadline_is_live(&self, at: Micros, deadline: Deadline) -> bool {
+        match deadline {
+            Deadline::WaitTimeout(id) => self.waiters.get(&id).is_some_and(|w| w.deadline == Some(at)),
+            Deadline::Watchdog(id) => self
+                .leases
+                .get(&id)
+                .is_some_and(|l| !l.watchdog_fired && l.hold_max > 0 && l.acquired_at + l.hold_max == at),
+            Deadline::ReadingStale(g) => self.gpus.get(g).and_then(|gpu| gpu.reading).is_some_and(|r| {
+                r.at + self.config.gpu_usage.stale_after_ms.get() * MICROS_PER_MS == at
+            }),
+            Deadline::MarksBoostEnds => self.marks_boost_until == Some(at),
+        }
+    }
+
+    /// Schedules a deadline (see [`Deadlines`]: nothing is removed early).
+    fn add_deadline(&mut self, at: Micros, deadline: Deadline) {
+        let live = self.waiters.len() + self.leases.len() + self.gpus.len() + 1;
+        let mut deadlines = std::mem::take(&mut self.deadlines);
+        deadlines.push(at, deadline, live, |at, d| self.deadline_is_live(at, d));
+        self.deadlines = deadlines;
     }
 
     pub fn waiter_count(&self) -> usize {
@@ -245,9 +268,6 @@ impl Arbiter {
         let Some(lease) = self.leases.remove(&lease_id) else {
             return false;
         };
-        if lease.hold_max > 0 && !lease.watchdog_fired {
-            self.deadlines.remove(&(lease.acquired_at + lease.hold_max, Deadline::Watchdog(lease_id)));
-        }
         let g = lease.gpu;
         self.gpus[g].active -= 1;
         let held = now.saturating_sub(lease.acquired_at);
@@ -280,11 +300,11 @@ impl Arbiter {
 
     /// Handles every deadline at or before `now`: wait timeouts, the hold watchdog, stale readings.
     pub fn tick(&mut self, now: Micros, out: &mut Vec<Resolution>) {
-        while let Some(&(at, deadline)) = self.deadlines.first() {
+        while let Some((at, deadline)) = self.next_live_deadline() {
             if at > now {
                 break;
             }
-            self.deadlines.pop_first();
+            self.deadlines.pop();
             match deadline {
                 Deadline::WaitTimeout(id) => self.time_out(id, now, out),
                 Deadline::Watchdog(id) => self.watchdog(id, now, out),
@@ -311,13 +331,11 @@ impl Arbiter {
         let usage = &self.config.gpu_usage;
         let marks = self.water_marks();
         let gpu = &mut self.gpus[g];
-        if let Some(old) = gpu.reading {
-            self.deadlines.remove(&(old.at + usage.stale_after_ms.get() * MICROS_PER_MS, Deadline::ReadingStale(g)));
-        }
         let before = gpu.state;
         gpu.state = next_pressure_state(gpu.state, reading.utilization_gpu, marks);
         gpu.reading = Some(reading);
-        self.deadlines.insert((reading.at + usage.stale_after_ms.get() * MICROS_PER_MS, Deadline::ReadingStale(g)));
+        let stale_at = reading.at + usage.stale_after_ms.get() * MICROS_PER_MS;
+        self.add_deadline(stale_at, Deadline::ReadingStale(g));
         if before != self.gpus[g].state {
             self.emit_admission_state(g, now);
         }
@@ -341,10 +359,8 @@ impl Arbiter {
             return false;
         }
         let until = now + adjust.adjustment_ttl_ms.get() * MICROS_PER_MS;
-        if let Some(old) = self.marks_boost_until.replace(until) {
-            self.deadlines.remove(&(old, Deadline::MarksBoostEnds));
-        }
-        self.deadlines.insert((until, Deadline::MarksBoostEnds));
+        self.marks_boost_until = Some(until);
+        self.add_deadline(until, Deadline::MarksBoostEnds);
         self.reassess_pressure(now, out);
         true
     }
@@ -407,14 +423,18 @@ impl Arbiter {
         for waiter in self.waiters.values_mut() {
             waiter.gpu = remap[&waiter.gpu];
         }
-        self.deadlines = std::mem::take(&mut self.deadlines)
-            .into_iter()
-            .filter_map(|(t, d)| match d {
-                Deadline::ReadingStale(g) => remap.get(&g).map(|n| (t, Deadline::ReadingStale(*n))),
-                other => Some((t, other)),
-            })
-            .collect();
+        self.deadlines.remap(|d| match d {
+            Deadline::ReadingStale(g) => remap.get(&g).map(|n| Deadline::ReadingStale(*n)),
+            other => Some(other),
+        });
         self.config = config;
+        // A changed staleAfterMs moves each reading's stale deadline.
+        for g in 0..self.gpus.len() {
+            if let Some(r) = self.gpus[g].reading {
+                let stale_at = r.at + self.config.gpu_usage.stale_after_ms.get() * MICROS_PER_MS;
+                self.add_deadline(stale_at, Deadline::ReadingStale(g));
+            }
+        }
         self.requeue_all();
         if self.record_events {
             self.events.push(ArbiterEvent::new(EventKind::ConfigReloaded, now));
@@ -594,7 +614,7 @@ impl Arbiter {
         self.gpus[g].active += 1;
         push_recent(&mut self.gpus[g].recent_waits, waited);
         if hold_max > 0 {
-            self.deadlines.insert((now + hold_max, Deadline::Watchdog(lease_id)));
+            self.add_deadline(now + hold_max, Deadline::Watchdog(lease_id));
         }
         let stats = task_stats(&mut self.stats, &self.gpus[g].key, &task_type);
         stats.count(Status::Acquired);
@@ -625,7 +645,6 @@ impl Arbiter {
         let id = self.fresh_id();
         let key = self.queue_key(r.priority, now, id);
         let deadline = now + r.max_wait;
-        self.deadlines.insert((deadline, Deadline::WaitTimeout(id)));
         self.gpus[g].queue.insert(key, id);
         if self.record_events {
             let mut ev = ArbiterEvent::new(EventKind::Queued, now);
@@ -650,6 +669,7 @@ impl Arbiter {
                 trace: req.trace,
             },
         );
+        self.add_deadline(deadline, Deadline::WaitTimeout(id));
         id
     }
 
@@ -671,9 +691,6 @@ impl Arbiter {
     fn dequeue(&mut self, id: WaiterId) -> Option<Waiter> {
         let w = self.waiters.remove(&id)?;
         self.gpus[w.gpu].queue.remove(&w.key);
-        if let Some(d) = w.deadline {
-            self.deadlines.remove(&(d, Deadline::WaitTimeout(id)));
-        }
         Some(w)
     }
 

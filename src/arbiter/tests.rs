@@ -596,3 +596,34 @@ fn a_long_audio_hint_raises_both_marks_for_a_while() {
     let snap = a.snapshot("gpu:0", MS + 15_000 * MS).unwrap();
     assert_eq!(snap.admission.state, AdmissionState::HighPressure, "90% is over the restored high mark");
 }
+
+#[test]
+fn left_behind_deadlines_are_swept_and_never_fire() {
+    let mut a = arbiter(json!({"maxConcurrentLeases": 1, "defaultQueueLimit": 100}));
+    let mut out = vec![];
+    let mut held = granted(a.acquire(req("ASR"), 0).unwrap()).lease_id;
+    for i in 1..10_000u64 {
+        let w = queued(a.acquire(req("NMT"), i).unwrap());
+        assert!(a.release(held, i, &mut out));
+        held = w; // the waiter kept its id as its lease id
+        out.clear();
+    }
+    // Each round trip left a wait and a watchdog deadline behind; sweeps keep the heap small.
+    assert!(a.deadlines.len() <= 256 + 3, "{} entries", a.deadlines.len());
+    // Only the live lease's watchdog is due.
+    assert_eq!(a.next_deadline(), Some(9_999 + 60_000 * MS));
+    a.tick(9_999 + 60_000 * MS, &mut out);
+    assert!(out.is_empty());
+    assert_eq!(a.snapshot("gpu:0", 9_999 + 60_000 * MS).unwrap().metrics.watchdog_exceeded, 1);
+}
+
+#[test]
+fn a_changed_stale_after_moves_the_stale_deadline() {
+    let mut a = arbiter(json!({"gpuUsage": {"staleAfterMs": 5000}}));
+    let mut out = vec![];
+    a.observe_gpu("gpu:0", reading(0, 10.0, 1_000), 0, &mut out);
+    assert_eq!(a.next_deadline(), Some(5_000 * MS));
+    let cfg = a.config().patched(&json!({"gpuUsage": {"staleAfterMs": 2000}}), &mut vec![]).unwrap();
+    a.set_config(cfg, MS, &mut out).unwrap();
+    assert_eq!(a.next_deadline(), Some(2_000 * MS));
+}

@@ -157,12 +157,12 @@ async function checkConfig(path, sample, checks) {
   for (const s of services.services ?? []) {
     const found = findCommand(s.command, s.cwd ? resolve(configDir, s.cwd) : process.cwd(), s.env?.PATH ?? process.env.PATH ?? '')
     checks.push(found ? { check: `${s.name} command`, status: 'ok', detail: found } : { check: `${s.name} command`, status: 'fail', detail: `${s.command} not found${s.command.includes('/') ? '' : ' on PATH'} or not executable` })
-    if (s.port !== undefined) {
+    if (s.port != null) {
       const free = await portFree(s.port)
       checks.push({ check: `${s.name} port`, status: free ? 'ok' : 'fail', detail: free ? `${s.port} is free` : `${s.port} is taken by another process (PORT_IN_USE at start)` })
     }
   }
-  const plan = fitPlan(services, learnedPeaks(services.stateFile, configDir), sample)
+  const plan = fitPlan(services, learnedPeaks(services.stateFile ?? undefined, configDir), sample)
   const sequential = (services.maxConcurrentStarts ?? 1) === 1
   for (const fit of plan) {
     const status = fit.verdict === 'together' || (fit.verdict === 'sequence' && sequential) ? 'ok' : fit.verdict === 'sequence' || fit.verdict === 'unknown' ? 'warn' : 'fail'

@@ -46,16 +46,21 @@ pub enum WatchdogAction {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct TaskPolicy {
+    /// Higher is served first.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub priority: Option<Priority>,
+    /// How long a `WAIT` request waits for a lease, ms.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_wait_ms: Option<Millis>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub busy_policy: Option<BusyPolicy>,
+    /// Waiters of this type on one GPU before `QUEUE_FULL`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queue_limit: Option<Count>,
+    /// Hold watchdog threshold, ms; 0 turns it off.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hold_max_ms: Option<Millis>,
+    /// Estimated GPU memory of one job of this type, MB (checked against telemetry).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vram_mb: Option<Megabytes>,
 }
@@ -81,6 +86,15 @@ pub struct GpuUsageConfig {
     pub sample_interval_ms: Millis,
     /// Long ASR audio raises both water marks for a while (`notifyAsrTaskHint`).
     pub dynamic_adjustment: DynamicAdjustment,
+    /// The old arbiter's name for `highWater`.
+    #[serde(skip_serializing)]
+    pub base_high_water: Option<Percent>,
+    /// The old arbiter's name for `lowWater`.
+    #[serde(skip_serializing)]
+    pub base_low_water: Option<Percent>,
+    /// The old arbiter's name for `staleAfterMs`.
+    #[serde(skip_serializing)]
+    pub cache_ttl_ms: Option<Millis>,
 }
 
 /// The old arbiter's dynamic water marks: a long utterance is about to hold the GPU at high
@@ -88,10 +102,13 @@ pub struct GpuUsageConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct DynamicAdjustment {
+    /// Whether `notifyAsrTaskHint` raises the marks at all.
     pub enabled: bool,
     /// Audio longer than this (ms) raises the marks.
     pub long_audio_threshold_ms: Millis,
+    /// Points added to `highWater` while raised.
     pub high_water_boost: Percent,
+    /// Points added to `lowWater` while raised.
     pub low_water_boost: Percent,
     /// How long a raise lasts after the hint, ms.
     pub adjustment_ttl_ms: Millis,
@@ -120,6 +137,9 @@ impl Default for GpuUsageConfig {
             stale_after_ms: Int(5_000),
             sample_interval_ms: Int(1_000),
             dynamic_adjustment: DynamicAdjustment::default(),
+            base_high_water: None,
+            base_low_water: None,
+            cache_ttl_ms: None,
         }
     }
 }
@@ -130,22 +150,32 @@ impl Default for GpuUsageConfig {
 pub struct ArbiterConfig {
     /// A disabled arbiter grants every request at once without counting it.
     pub enabled: bool,
+    /// The GPUs, by the keys telemetry uses (`gpu:N`).
     pub gpu_keys: Vec<String>,
     /// Leases one GPU may hold at once.
     pub max_concurrent_leases: Positive,
+    /// Waiters per GPU before `QUEUE_FULL`, for task types without a `queueLimit`.
     pub default_queue_limit: Count,
+    /// Hold watchdog threshold, ms, for task types without a `holdMaxMs`; 0 turns it off.
     pub default_hold_max_ms: Millis,
     /// Absent: `defaultHoldMaxMs`, as the old arbiter waited for a task type without a policy.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub default_max_wait_ms: Option<Millis>,
+    /// Priority of task types without one; higher is served first.
     pub default_priority: Priority,
     pub default_busy_policy: BusyPolicy,
     /// A waiter's effective priority rises by one point per this many ms of waiting; 0 turns
     /// aging off. Bounds how long low-priority work can be starved.
     pub aging_ms_per_priority: Millis,
     pub watchdog_action: WatchdogAction,
+    /// Per task type. Built in (priority / maxWaitMs / busyPolicy), the old arbiter factory's:
+    /// ASR 90/60000/WAIT, NMT 80/8000/WAIT, TTS 70/13000/WAIT, SEMANTIC_REPAIR 20/8000/WAIT,
+    /// PHONETIC_CORRECTION 60/20000/WAIT, PUNCTUATION_RESTORE 55/20000/WAIT.
     pub policies: BTreeMap<String, TaskPolicy>,
     pub gpu_usage: GpuUsageConfig,
+    /// The old arbiter's name for `gpuUsage.highWater`.
+    #[serde(skip_serializing)]
+    pub gpu_usage_threshold: Option<Percent>,
 }
 
 impl Default for ArbiterConfig {
@@ -163,6 +193,7 @@ impl Default for ArbiterConfig {
             watchdog_action: WatchdogAction::Warn,
             policies: BTreeMap::new(),
             gpu_usage: GpuUsageConfig::default(),
+            gpu_usage_threshold: None,
         }
     }
 }

@@ -163,4 +163,4 @@ async function tryAcquireGpuLease(taskType, trace, options) {
   return result.status === 'ACQUIRED' ? result : null
 }
 
-module.exports = { GpuLeaseError, configureGpuArbiter, setGpuArbiter, getGpuArbiter, withGpuLease, tryAcquireGpuLease, CONFIG_ENV }
+module.exports = { GpuLeaseError, configureGpuArbiter, setGpuArbiter, getGpuArbiter, withGpuLease, tryAcquireGpuLease }
