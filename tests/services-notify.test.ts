@@ -73,6 +73,24 @@ describe('notify', () => {
   })
 })
 
+test('STOPPING=1 is an event; unknown messages are ignored', async () => {
+  const script = [
+    'import os, time',
+    "fd = int(os.environ['GPU_SIDECAR_NOTIFY_FD'])",
+    "os.write(fd, b'MAINPID=1\\nREADY=1\\n')",
+    'time.sleep(0.2)',
+    "os.write(fd, b'STOPPING=1\\n')",
+    'time.sleep(0.2)',
+  ].join('\n')
+  const { supervisor, events } = supervise({ services: [{ name: 'asr', command: 'python3', args: ['-c', script], readiness: { notify: {} } }] })
+  expect(await supervisor.startAll()).toEqual([expect.objectContaining({ status: 'ready' })])
+  await waitFor(() => of(events, 'asr', 'stopped').length > 0, 5000, 'stopped')
+  const types = events.filter((e) => e.service === 'asr').map((e) => e.type)
+  expect(types.indexOf('notify-stopping')).toBeGreaterThan(types.indexOf('ready'))
+  expect(types.indexOf('notify-stopping')).toBeLessThan(types.indexOf('exited'))
+  expect(of(events, 'asr', 'status')).toEqual([])
+})
+
 describe('anyOf', () => {
   test('ready on whichever comes first: the log line, or /health', async () => {
     const port = await freePort()

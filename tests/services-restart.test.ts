@@ -61,6 +61,20 @@ test('windowMs: maxRestarts counts only the restarts within the window', async (
   expect(of(events, 'asr', 'failed')).toEqual([])
 })
 
+test('windowMs: restarts bunched within the window use up maxRestarts', async () => {
+  const { supervisor, events } = supervise({
+    services: [
+      py('asr', 'crash-after', ['--run-ms', 50], {
+        restart: { policy: 'on-failure', maxRestarts: 2, windowMs: 60000, backoffMs: 50, maxBackoffMs: 50, jitter: 0, resetAfterMs: 60000 },
+      }),
+    ],
+  })
+  await supervisor.startAll()
+  const [failed] = await waitFor(() => of(events, 'asr', 'failed').length > 0 && of(events, 'asr', 'failed'), 15000, 'failed')
+  expect(of(events, 'asr', 'restarting')).toHaveLength(2)
+  expect(failed.error).toMatchObject({ code: 'SERVICE_EXITED', message: expect.stringContaining('after 2 restarts') })
+})
+
 test('status shows the attempt and when the next restart is due', async () => {
   const { supervisor, events } = supervise({
     services: [py('asr', 'crash-after', ['--run-ms', 50], { restart: { policy: 'on-failure', maxRestarts: 5, backoffMs: 3000, jitter: 0 } })],
