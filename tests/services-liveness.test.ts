@@ -120,12 +120,12 @@ describe('hung through its leases', () => {
     }
   })
 
-  test('one revoke is not a hang, and leases of other task types are not attributed', async () => {
+  test('one revoke is not a hang; leases of other task types, or after detach, are not attributed', async () => {
     const arbiter = new GpuArbiter({ gpuKeys: ['gpu:0'], maxConcurrentLeases: 4, watchdogAction: 'revoke' })
     const { supervisor, events } = supervise({
       services: [py('asr', 'heartbeat', ['--tick-ms', 1000], { gpu: { key: 'gpu:0', taskTypes: ['ASR'] }, hangAfterRevokes: 2 })],
     })
-    supervisor.attachArbiter(arbiter)
+    const detach = supervisor.attachArbiter(arbiter)
     try {
       await supervisor.startAll()
       await arbiter.acquire({ taskType: 'ASR', gpuKey: 'gpu:0', holdMaxMs: 100 })
@@ -140,6 +140,14 @@ describe('hung through its leases', () => {
       expect(supervisor.status('asr').leases.active).toHaveLength(1)
       released.release()
       expect(supervisor.status('asr').leases.active).toHaveLength(0)
+      // Detached: its leases are no longer followed.
+      const held = await arbiter.acquire({ taskType: 'ASR', gpuKey: 'gpu:0', holdMaxMs: 10000 })
+      expect(held.status).toBe('ACQUIRED')
+      expect(supervisor.status('asr').leases.active).toHaveLength(1)
+      detach()
+      expect(supervisor.status('asr').leases).toMatchObject({ active: [], watchdogRevokes: 1 })
+      await arbiter.acquire({ taskType: 'ASR', gpuKey: 'gpu:0', holdMaxMs: 10000 })
+      expect(supervisor.status('asr').leases.active).toEqual([])
     } finally {
       arbiter.close()
     }

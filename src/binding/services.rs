@@ -594,6 +594,9 @@ impl ServiceSupervisor {
         };
         let id = {
             let mut s = self.state.borrow_mut();
+            if s.lease_events.is_some() {
+                self.core.forget_active_leases();
+            }
             s.unsubscribe_lease_events(env);
             s.lease_events = lease_events;
             let id = s.next_arbiter;
@@ -603,11 +606,15 @@ impl ServiceSupervisor {
             id
         };
         let weak = Rc::downgrade(&self.state);
+        let core = Arc::downgrade(&self.core);
         env.create_function_from_closure::<(), (), _>("detachArbiter", move |ctx| {
             if let Some(state) = weak.upgrade() {
                 let mut s = state.borrow_mut();
                 if s.arbiter.as_ref().is_some_and(|(a, _)| *a == id) {
                     s.unsubscribe_lease_events(ctx.env);
+                    if let Some(core) = core.upgrade() {
+                        core.forget_active_leases();
+                    }
                     s.arbiter = None;
                     *s.leases.wake.lock().unwrap_or_else(|e| e.into_inner()) = None;
                     // Waiting acquires see their reply dropped and fail.

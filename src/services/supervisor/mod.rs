@@ -365,6 +365,14 @@ impl Supervisor {
     pub fn observe_lease(&self, change: LeaseChange, now_ms: u64) {
         self.shared.observe_lease(change, now_ms);
     }
+
+    /// The arbiter was detached (or replaced): the leases attributed from it are no longer
+    /// followed, so none is shown as active. Counts and the last grant stay.
+    pub fn forget_active_leases(&self) {
+        for i in 0..self.shared.cells.len() {
+            self.shared.cell(i).leases.active.clear();
+        }
+    }
 }
 
 impl Drop for Supervisor {
