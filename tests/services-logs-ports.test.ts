@@ -28,6 +28,8 @@ test('logFile rotates at logMaxBytes, keeps logKeep files, and every line is in 
   numbered.forEach((l, k) => expect(l.startsWith(`line ${String(k).padStart(6, '0')}`)).toBe(true))
   expect(supervisor.status('asr').lastLines).toHaveLength(50)
   expect(supervisor.status('asr').lastLines.at(-1)).toBe('[SERVICE_READY]')
+  await supervisor.stop('asr')
+  expect(supervisor.status('asr')).toMatchObject({ state: 'stopped', lastLines: expect.arrayContaining(['[SERVICE_READY]']) })
 })
 
 test('logKeep bounds the rotated files', async () => {

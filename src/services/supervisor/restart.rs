@@ -138,7 +138,10 @@ impl Shared {
         drop(permit);
         let mut cell = self.cell(i);
         cell.clear_process();
-        cell.sink = None;
+        // `lastLines` keeps showing the last run's output once it is over.
+        if let Some(sink) = cell.sink.take() {
+            cell.last_lines = sink.tail();
+        }
         match end {
             Some((error, last_lines)) => {
                 cell.error = Some(error.clone());
