@@ -361,10 +361,11 @@ impl State {
 fn lease_change(event: &Value) -> Option<LeaseChange> {
     let text = |key: &str| event.get(key).and_then(Value::as_str).map(String::from);
     let lease_id = text("leaseId")?;
+    let gpu_key = text("gpuKey").unwrap_or_default();
     match (event.get("type").and_then(Value::as_str)?, event.get("detail").and_then(Value::as_str)) {
-        ("acquired", _) => Some(LeaseChange::Acquired { lease_id, task_type: text("taskType")? }),
+        ("acquired", _) => Some(LeaseChange::Acquired { lease_id, task_type: text("taskType")?, gpu_key }),
         ("released", _) => Some(LeaseChange::Released { lease_id }),
-        ("watchdog", Some("revoke")) => Some(LeaseChange::Revoked { lease_id, task_type: text("taskType")? }),
+        ("watchdog", Some("revoke")) => Some(LeaseChange::Revoked { lease_id, task_type: text("taskType")?, gpu_key }),
         _ => None,
     }
 }

@@ -25,16 +25,16 @@ mod supervisor;
 mod tests;
 
 pub use config::{
-    GpuNeed, HttpProbe, HttpUrl, LivenessCheck, LivenessConfig, LogLineProbe, Megabytes, Millis, NoProbe, Pattern, Port,
-    Readiness, RestartConfig, RestartPolicy, ServiceSpec, ServicesConfig, StopSignal, TcpProbe,
+    GpuNeed, HttpProbe, HttpUrl, LivenessCheck, LivenessConfig, LogLineProbe, Megabytes, Millis, NoProbe, Pattern,
+    Port, Readiness, RestartConfig, RestartPolicy, ServiceSpec, ServicesConfig, StopSignal, TcpProbe,
 };
 pub(crate) use events::epoch_ms;
 pub use events::{ExitInfo, OutputStream, ServiceEvent, ServiceEventKind};
 pub use hooks::{LeaseFuture, LeaseGuard, StartupLease, VramReading, VramSource};
-pub use port::{port_holder, port_is_free, PortHolder};
-pub use profile::LearnedProfile;
 pub use lease_ledger::{AttributedLease, ServiceLeases};
 pub use notify::NOTIFY_FD_ENV;
+pub use port::{port_holder, port_is_free, PortHolder};
+pub use profile::LearnedProfile;
 pub use supervisor::{
     FailureRecord, LeaseChange, ServiceOutcome, ServiceState, ServiceStatus, StartOutcome, Supervisor, SupervisorHooks,
 };

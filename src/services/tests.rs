@@ -882,8 +882,11 @@ async fn revoked_leases_of_its_task_types_declare_a_ready_service_hung_and_it_is
     let (sup, mut rx) = supervisor(json!({"services": [svc]}), SupervisorHooks::default());
     assert!(sup.attributes_leases());
     ready_ms(&sup.start("asr").await.unwrap());
-    let acquired = |id: &str, task: &str| LeaseChange::Acquired { lease_id: id.into(), task_type: task.into() };
-    let revoked = |id: &str, task: &str| LeaseChange::Revoked { lease_id: id.into(), task_type: task.into() };
+    let gpu = || "gpu:0".to_string();
+    let acquired =
+        |id: &str, task: &str| LeaseChange::Acquired { lease_id: id.into(), task_type: task.into(), gpu_key: gpu() };
+    let revoked =
+        |id: &str, task: &str| LeaseChange::Revoked { lease_id: id.into(), task_type: task.into(), gpu_key: gpu() };
     sup.observe_lease(acquired("L1", "ASR"), 1_000);
     sup.observe_lease(acquired("L2", "ASR_LONG"), 1_100);
     sup.observe_lease(acquired("L3", "MT"), 1_200);
@@ -920,4 +923,26 @@ async fn revoked_leases_of_its_task_types_declare_a_ready_service_hung_and_it_is
     assert_eq!((status.restarts, status.leases.watchdog_revokes), (1, 3));
     assert_eq!(status.last_failure.unwrap().error.code, ErrorCode::ServiceHung);
     sup.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_is_attributed_to_the_service_of_its_task_type_on_its_gpu() {
+    use crate::services::LeaseChange;
+    let sb = Sandbox::new("twogpus");
+    let mut asr0 = sb.service("asr0", &["--log-ready"], log_ready());
+    asr0["gpu"] = json!({"key": "gpu:0", "taskTypes": ["ASR"]});
+    let mut asr1 = sb.service("asr1", &["--log-ready"], log_ready());
+    asr1["gpu"] = json!({"key": "gpu:1", "taskTypes": ["ASR"]});
+    let (sup, _rx) = supervisor(json!({"services": [asr0, asr1]}), SupervisorHooks::default());
+    let lease = |id: &str, gpu: &str| LeaseChange::Acquired {
+        lease_id: id.into(),
+        task_type: "ASR".into(),
+        gpu_key: gpu.into(),
+    };
+    sup.observe_lease(lease("a", "gpu:1"), 1);
+    sup.observe_lease(lease("b", "gpu:0"), 2);
+    sup.observe_lease(lease("c", "gpu:7"), 3);
+    let active = |name: &str| sup.status(name).unwrap().leases.active.into_keys().collect::<Vec<_>>();
+    assert_eq!(active("asr0"), ["b", "c"]);
+    assert_eq!(active("asr1"), ["a"]);
 }

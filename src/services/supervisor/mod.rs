@@ -132,6 +132,7 @@ pub enum LeaseChange {
     Acquired {
         lease_id: String,
         task_type: String,
+        gpu_key: String,
     },
     /// Released, or dropped for a reason other than the watchdog (the arbiter closed).
     Released {
@@ -141,6 +142,7 @@ pub enum LeaseChange {
     Revoked {
         lease_id: String,
         task_type: String,
+        gpu_key: String,
     },
 }
 
@@ -461,15 +463,21 @@ impl Shared {
     }
 
     fn observe_lease(&self, change: LeaseChange, now_ms: u64) {
-        let serves = |task_type: &str| {
-            self.config
-                .services
-                .iter()
-                .position(|s| s.gpu.as_ref().is_some_and(|g| g.task_types.iter().any(|t| t == task_type)))
+        // The service of that task type on the lease's GPU; else the first of that task type
+        // (a lease placed on another GPU than its service's is still that service's work).
+        let serves = |task_type: &str, gpu_key: &str| {
+            let serving = |on_gpu: bool| {
+                self.config.services.iter().position(|s| {
+                    s.gpu
+                        .as_ref()
+                        .is_some_and(|g| g.task_types.iter().any(|t| t == task_type) && (!on_gpu || g.key == gpu_key))
+                })
+            };
+            serving(true).or_else(|| serving(false))
         };
         match change {
-            LeaseChange::Acquired { lease_id, task_type } => {
-                if let Some(i) = serves(&task_type) {
+            LeaseChange::Acquired { lease_id, task_type, gpu_key } => {
+                if let Some(i) = serves(&task_type, &gpu_key) {
                     self.cell(i).leases.acquired(AttributedLease { lease_id, task_type, acquired_at_ms: now_ms });
                 }
             }
@@ -480,8 +488,8 @@ impl Shared {
                     }
                 }
             }
-            LeaseChange::Revoked { lease_id, task_type } => {
-                let Some(i) = serves(&task_type) else { return };
+            LeaseChange::Revoked { lease_id, task_type, gpu_key } => {
+                let Some(i) = serves(&task_type, &gpu_key) else { return };
                 let spec = self.spec(i);
                 let mut cell = self.cell(i);
                 let threshold = spec.hang_after_revokes.get() as u32;
