@@ -481,6 +481,23 @@ impl Arbiter {
             }
         }
         self.revoked.clear();
+        if self.record_events {
+            // Listeners that track leases (a supervisor attributing them to services) see each
+            // one end.
+            let mut ids: Vec<LeaseId> = self.leases.keys().copied().collect();
+            ids.sort_unstable();
+            for id in ids {
+                let lease = &self.leases[&id];
+                let mut ev = ArbiterEvent::new(EventKind::Released, now);
+                ev.gpu_key = Some(self.gpus[lease.gpu].key.clone());
+                ev.task_type = Some(lease.task_type.clone());
+                ev.lease_id = Some(id);
+                ev.held = Some(now.saturating_sub(lease.acquired_at));
+                ev.trace = Some(lease.trace.clone());
+                ev.detail = Some("shutdown".to_string());
+                self.events.push(ev);
+            }
+        }
         self.leases.clear();
         for gpu in &mut self.gpus {
             gpu.active = 0;

@@ -627,3 +627,25 @@ fn a_changed_stale_after_moves_the_stale_deadline() {
     a.set_config(cfg, MS, &mut out).unwrap();
     assert_eq!(a.next_deadline(), Some(2_000 * MS));
 }
+
+#[test]
+fn close_reports_each_lease_it_drops_as_released() {
+    let mut a = arbiter(json!({"maxConcurrentLeases": 2}));
+    let l1 = granted(a.acquire(req("ASR"), 0).unwrap());
+    let l2 = granted(a.acquire(req("NMT"), 0).unwrap());
+    a.take_events();
+    a.close(5 * MS, &mut vec![]);
+    let released: Vec<_> = a
+        .take_events()
+        .into_iter()
+        .filter(|e| e.kind == EventKind::Released)
+        .map(|e| (e.lease_id, e.task_type, e.detail))
+        .collect();
+    assert_eq!(
+        released,
+        vec![
+            (Some(l1.lease_id), Some("ASR".to_string()), Some("shutdown".to_string())),
+            (Some(l2.lease_id), Some("NMT".to_string()), Some("shutdown".to_string()))
+        ]
+    );
+}

@@ -9,7 +9,7 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -22,8 +22,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::js::{self, JsRef, Listeners, WakeFn};
 use super::service_views::{status_view, ServiceStatusView};
+use super::arbiter::native_leases::{self, NativeReply};
+use super::arbiter::{GpuArbiter, State as ArbiterState};
 use super::telemetry::Telemetry;
 use super::{args, Code, IntoJsResult};
+use crate::arbiter::{AcquireRequest, BusyPolicy, LeaseId, Trace};
 use crate::error::{ErrorCode, SidecarError, SidecarResult};
 use crate::services::{
     ExitInfo, LeaseChange, LeaseFuture, LeaseGuard, OutputStream, ServiceEvent, ServiceEventKind, ServiceOutcome,
@@ -265,12 +268,13 @@ const STARTUP_TASK_TYPE: &str = "SERVICE_STARTUP";
 
 /// A request from a tokio thread to the JS thread, where the arbiter lives.
 enum LeaseCall {
-    Acquire { service: String, gpu_key: String, reply: oneshot::Sender<SidecarResult<String>> },
-    Release { lease_id: String },
+    Acquire { service: String, gpu_key: String, reply: NativeReply },
+    Release { lease_id: LeaseId },
 }
 
 /// Startup leases from an attached `GpuArbiter`: requests queue here and the JS thread is woken
-/// to call `arbiter.acquire`; dropping a held lease queues its release the same way.
+/// to queue them in the Rust arbiter directly (no JS promise on the way); dropping a held lease
+/// queues its release the same way.
 struct LeaseBridge {
     calls: Mutex<VecDeque<LeaseCall>>,
     wake: Mutex<Option<WakeFn>>,
@@ -293,13 +297,13 @@ struct ArbiterLease(Arc<LeaseBridge>);
 /// A granted startup lease; released (on the JS thread) when dropped.
 struct HeldLease {
     bridge: Arc<LeaseBridge>,
-    lease_id: String,
+    lease_id: LeaseId,
 }
 
 impl Drop for HeldLease {
     fn drop(&mut self) {
         // Detached meanwhile: the arbiter is no longer ours to release into.
-        let _ = self.bridge.send(LeaseCall::Release { lease_id: std::mem::take(&mut self.lease_id) });
+        let _ = self.bridge.send(LeaseCall::Release { lease_id: self.lease_id });
     }
 }
 
@@ -315,13 +319,16 @@ impl StartupLease for ArbiterLease {
                 );
                 return Ok(Box::new(()) as LeaseGuard);
             }
-            let lease_id = granted.await.map_err(|_| {
+            let answer = granted.await.map_err(|_| {
                 SidecarError::new(
                     ErrorCode::GpuLeaseNotGranted,
                     format!("{service}: the GpuArbiter was detached before it granted a startup lease"),
                 )
-            })??;
-            Ok(Box::new(HeldLease { bridge: self.0.clone(), lease_id }) as LeaseGuard)
+            })?;
+            match answer {
+                Ok(lease_id) => Ok(Box::new(HeldLease { bridge: self.0.clone(), lease_id }) as LeaseGuard),
+                Err(why) => Err(not_granted(service, &why)),
+            }
         })
     }
 }
@@ -333,8 +340,8 @@ struct State {
     inbox: Arc<Inbox>,
     pump: Arc<Pump>,
     listeners: Listeners,
-    /// The attached arbiter (a `GpuArbiter` object) and an id for its detach function.
-    arbiter: Option<(u64, JsRef)>,
+    /// The attached arbiter and an id for its detach function.
+    arbiter: Option<(u64, Weak<RefCell<ArbiterState>>)>,
     next_arbiter: u64,
     /// Per service: the lease request's `maxWaitMs` and `holdMaxMs`.
     lease_limits: BTreeMap<String, (u64, u64)>,
@@ -567,11 +574,8 @@ impl ServiceSupervisor {
         env: &'env Env,
         arbiter: Option<Unknown<'env>>,
     ) -> Result<Function<'env, (), ()>, Code> {
+        let shared = args::class_ref::<GpuArbiter>(env, arbiter, "arbiter", "a GpuArbiter")?.shared();
         let arbiter = args::object(env, arbiter, "arbiter", "a GpuArbiter")?;
-        let acquire = js::named_property(env, arbiter.raw(), "acquire").js()?;
-        if unsafe { Unknown::from_raw_unchecked(env.raw(), acquire) }.get_type().js()? != ValueType::Function {
-            return Err(SidecarError::invalid_argument("arbiter: expected a GpuArbiter").into());
-        }
         let wake = js::wake_function(env, &self.state, "servicesLeaseWake", serve_leases).js()?;
         let lease_events = if self.core.attributes_leases() {
             let core = Arc::downgrade(&self.core);
@@ -602,7 +606,7 @@ impl ServiceSupervisor {
             s.lease_events = lease_events;
             let id = s.next_arbiter;
             s.next_arbiter += 1;
-            s.arbiter = Some((id, JsRef::new(env, arbiter.raw()).js()?));
+            s.arbiter = Some((id, shared));
             *s.leases.wake.lock().unwrap_or_else(|e| e.into_inner()) = Some(wake);
             id
         };
@@ -638,7 +642,7 @@ fn serve_leases(env: &Env, state: &Rc<RefCell<State>>) {
         let (arbiter, limits) = {
             let s = state.borrow();
             // Detached: dropping the call drops its reply, which fails the waiting start.
-            let Some(arbiter) = s.arbiter.as_ref().and_then(|(_, a)| a.get().ok()) else { return };
+            let Some(arbiter) = s.arbiter.as_ref().and_then(|(_, a)| a.upgrade()) else { return };
             let limits = match &call {
                 LeaseCall::Acquire { service, .. } => s.lease_limits.get(service).copied(),
                 LeaseCall::Release { .. } => None,
@@ -647,24 +651,25 @@ fn serve_leases(env: &Env, state: &Rc<RefCell<State>>) {
         };
         match call {
             LeaseCall::Release { lease_id } => {
-                let released =
-                    js::string(env, &lease_id).and_then(|id| js::call_method(env, arbiter, "release", &[id]));
-                if let Err(e) = released {
+                if let Err(e) = native_leases::release(env, &arbiter, lease_id) {
                     tracing::warn!(lease_id, error = %e.reason, "could not release a service startup lease");
                 }
             }
             LeaseCall::Acquire { service, gpu_key, reply } => {
                 let (max_wait_ms, hold_max_ms) = limits.unwrap_or((120_000, 60_000));
-                let request = json!({
-                    "taskType": STARTUP_TASK_TYPE,
-                    "gpuKey": gpu_key,
-                    "busyPolicy": "WAIT",
-                    "maxWaitMs": max_wait_ms,
-                    "holdMaxMs": hold_max_ms,
-                    "trace": { "jobId": service, "stage": "service-startup" },
-                });
-                if let Err(e) = request_lease(env, arbiter, request, &service, reply) {
-                    tracing::warn!(service, error = %e.reason, "could not request a service startup lease");
+                let request = AcquireRequest {
+                    task_type: STARTUP_TASK_TYPE.to_string(),
+                    gpu_key: Some(gpu_key),
+                    busy_policy: Some(BusyPolicy::Wait),
+                    max_wait_ms: Some(max_wait_ms),
+                    hold_max_ms: Some(hold_max_ms),
+                    trace: Trace { job_id: Some(service.clone()), stage: Some("service-startup".into()), ..Trace::default() },
+                    ..AcquireRequest::default()
+                };
+                // A request the arbiter will not take (closed, unknown GPU) is answered with
+                // its error, which fails this start with GPU_LEASE_NOT_GRANTED.
+                if let Err(e) = native_leases::acquire(env, &arbiter, request, reply) {
+                    tracing::warn!(service, error = %e.reason, "the arbiter refused a service startup lease");
                 }
             }
         }
@@ -673,55 +678,6 @@ fn serve_leases(env: &Env, state: &Rc<RefCell<State>>) {
 
 fn not_granted(service: &str, why: &str) -> SidecarError {
     SidecarError::new(ErrorCode::GpuLeaseNotGranted, format!("{service}: startup lease not granted: {why}"))
-}
-
-/// Calls `arbiter.acquire(request)` and answers `reply` when its promise settles; a lease whose
-/// requester has gone meanwhile (the start was stopped) is released at once.
-fn request_lease(
-    env: &Env,
-    arbiter: sys::napi_value,
-    request: Value,
-    service: &str,
-    reply: oneshot::Sender<SidecarResult<String>>,
-) -> napi::Result<()> {
-    let request = unsafe { Value::to_napi_value(env.raw(), request) }?;
-    let promise = match js::call_method(env, arbiter, "acquire", &[request]) {
-        Ok(promise) => promise,
-        Err(e) => {
-            let _ = reply.send(Err(not_granted(service, &e.reason)));
-            return Ok(());
-        }
-    };
-    let reply = Rc::new(RefCell::new(Some(reply)));
-    let arbiter_ref = JsRef::new(env, arbiter)?;
-    let (on_value, on_error) = (reply.clone(), reply);
-    let (name, name_for_error) = (service.to_string(), service.to_string());
-    let settled = env.create_function_from_closure::<(), (), _>("onStartupLease", move |ctx| {
-        let result: Value = ctx.get(0)?;
-        let Some(reply) = on_value.borrow_mut().take() else { return Ok(()) };
-        let status = result.get("status").and_then(Value::as_str).unwrap_or_default();
-        let lease_id = result.get("leaseId").and_then(Value::as_str).unwrap_or_default().to_string();
-        if status == "ACQUIRED" {
-            if reply.send(Ok(lease_id.clone())).is_err() {
-                let id = js::string(ctx.env, &lease_id)?;
-                js::call_method(ctx.env, arbiter_ref.get()?, "release", &[id])?;
-            }
-        } else {
-            let reason = result.get("reason").and_then(Value::as_str).unwrap_or("unknown");
-            let _ = reply.send(Err(not_granted(&name, &format!("{status} ({reason})"))));
-        }
-        Ok(())
-    })?;
-    let failed = env.create_function_from_closure::<(), (), _>("onStartupLeaseError", move |ctx| {
-        let error: Unknown = ctx.get(0)?;
-        let text = error.coerce_to_string().and_then(|s| s.into_utf8()).and_then(|s| s.into_owned());
-        if let Some(reply) = on_error.borrow_mut().take() {
-            let _ = reply.send(Err(not_granted(&name_for_error, &text.unwrap_or_default())));
-        }
-        Ok(())
-    })?;
-    js::call_method(env, promise, "then", &[settled.raw(), failed.raw()])?;
-    Ok(())
 }
 
 /// A promise settled from `fut` on the tokio runtime; a core error rejects it with a JS error

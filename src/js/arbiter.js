@@ -397,6 +397,9 @@ function install() {
     bindingFirst(native.GpuArbiter.prototype, name, (self) => self)
   }
   bindingFirst(native.Telemetry.prototype, 'attachArbiter', (_self, args) => args[0])
+  // A supervisor's startup leases queue in the Rust arbiter directly; their deadlines still need
+  // the JS half's timer.
+  bindingFirst(native.ServiceSupervisor.prototype, 'attachArbiter', (_self, args) => args[0])
 
   return { Lease, isEnabled, LEASE_PREFIX }
 }

@@ -10,11 +10,13 @@
 //! - `hot_path.rs`: acquire, release, tick, cancel;
 //! - `state.rs`: the binding state and how a change reaches JS;
 //! - `views.rs`: snapshots and events as generated JS types;
-//! - `config_file.rs`: config patches and the watched config file.
+//! - `config_file.rs`: config patches and the watched config file;
+//! - `native_leases.rs`: leases other parts of the addon ask for from Rust (startup leases).
 
 mod config_file;
 mod hot_path;
 mod mailbox;
+pub(super) mod native_leases;
 mod state;
 mod views;
 

@@ -15,7 +15,10 @@ use super::super::js::{self, JsRef, Listeners};
 use super::super::{IntoJsResult, JsResult};
 use super::mailbox::{Header, Mailbox, Record};
 use super::views::{event_value, GpuArbiterEvent};
-use crate::arbiter::{Arbiter, Micros, Resolution, MICROS_PER_MS};
+use rustc_hash::FxHashMap;
+
+use super::native_leases::NativeReply;
+use crate::arbiter::{Arbiter, Micros, Outcome, Resolution, WaiterId, MICROS_PER_MS};
 use crate::config::watch::{ConfigFileChange, ConfigFileWatch};
 use crate::config::ArbiterConfig;
 use crate::telemetry::Sample;
@@ -62,6 +65,8 @@ pub struct State {
     call_now: Option<Micros>,
     /// An empty vector with capacity, lent to each call for its resolutions (no allocation per call).
     spare_resolutions: Vec<Resolution>,
+    /// Requests made from Rust (`native_leases`), answered on their channel, not in the mailbox.
+    pub native_waiters: FxHashMap<WaiterId, NativeReply>,
 }
 
 /// Who made the change: a hot call's JS caller reads the mailbox itself; anything else (a
@@ -86,6 +91,7 @@ impl State {
             config_generation: 0,
             call_now: None,
             spare_resolutions: Vec::new(),
+            native_waiters: FxHashMap::default(),
         }
     }
 
@@ -96,7 +102,30 @@ impl State {
     }
 
     fn collect(&mut self, mut resolutions: Vec<Resolution>) {
-        self.outbox.extend(resolutions.drain(..).map(Record::Settled));
+        while !resolutions.is_empty() {
+            // Leases granted to native requesters that stopped waiting: released here, which may
+            // grant more.
+            let mut orphaned = Vec::new();
+            for r in resolutions.drain(..) {
+                match self.native_waiters.remove(&r.waiter) {
+                    Some(reply) => match r.outcome {
+                        Outcome::Acquired(grant) => {
+                            if reply.send(Ok(grant.lease_id)).is_err() {
+                                orphaned.push(grant.lease_id);
+                            }
+                        }
+                        refused => {
+                            let _ = reply.send(Err(super::native_leases::refusal(&refused)));
+                        }
+                    },
+                    None => self.outbox.push_back(Record::Settled(r)),
+                }
+            }
+            let now = self.clock.now();
+            for id in orphaned {
+                self.core.release(id, now, &mut resolutions);
+            }
+        }
         if resolutions.capacity() > self.spare_resolutions.capacity() {
             self.spare_resolutions = resolutions;
         }
