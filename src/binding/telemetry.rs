@@ -177,6 +177,22 @@ impl Telemetry {
         .js()
     }
 
+    /// Hands in a sample read elsewhere (another tool such as rocm-smi, another host) on a
+    /// Telemetry made with `source: 'manual'`. It is checked as a replayed recording line is
+    /// (`INVALID_ARGUMENT` naming the field: `sample.gpus[0].freeMb: ...`), then handled as a
+    /// sampled one: recorded, alerts, attached arbiters and supervisors, then `onSample`
+    /// listeners, asynchronously and in push order. Throws `INVALID_ARGUMENT` on a live or
+    /// replaying Telemetry and `CLOSED` after `close()`.
+    #[napi(catch_unwind, ts_args_type = "sample: TelemetrySample")]
+    pub fn push(&self, env: &Env, sample: Option<Unknown>) -> Result<(), Code> {
+        let closed = || SidecarError::new(ErrorCode::Closed, "push: the Telemetry is closed");
+        self.state.borrow().sampler.as_ref().ok_or_else(closed)?.check_push()?;
+        // Converted with no borrow held: a getter on the sample may call back into this Telemetry.
+        let value = args::required_json(env, sample, "sample", ErrorCode::InvalidArgument)?;
+        self.state.borrow().sampler.as_ref().ok_or_else(closed)?.push_json(&value)?;
+        Ok(())
+    }
+
     /// Labels `pid` as one of ours: its RSS appears in `host.processes`, and GPU memory of it and
     /// its children appears under `service: label`.
     #[napi(catch_unwind, ts_args_type = "pid: number, label: string")]
