@@ -79,6 +79,28 @@ pub struct Backlog {
     pub waiters: u32,
 }
 
+/// One arbiter's waiters and leases per GPU, written by the arbiter whenever they change and read
+/// by the sampler thread, so GPU_IDLE_WITH_BACKLOG judges each sample against the backlog as it is
+/// then, without a round trip through the JS thread.
+#[derive(Debug, Default)]
+pub struct BacklogBoard(std::sync::Mutex<Vec<(String, usize, usize)>>);
+
+impl BacklogBoard {
+    /// Replaces the figures: `(gpu key, waiters, leases)` per GPU.
+    pub fn set(&self, loads: Vec<(String, usize, usize)>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = loads;
+    }
+
+    /// Adds this arbiter's figures to `total` (several arbiters may share a GPU).
+    pub fn add_to(&self, total: &mut BTreeMap<String, Backlog>) {
+        for (key, waiters, leases) in self.0.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let entry = total.entry(key.clone()).or_default();
+            entry.waiters = entry.waiters.saturating_add(*waiters as u32);
+            entry.leases = entry.leases.saturating_add(*leases as u32);
+        }
+    }
+}
+
 /// Where a figure stands against an alert's two levels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Signal {
@@ -533,5 +555,21 @@ mod tests {
             assert_eq!(alerts[0].figures["xid"], 79);
         }
         assert!(e.observe(&sample(2.0), &none()).is_empty());
+    }
+
+    #[test]
+    fn backlog_boards_of_several_arbiters_add_up_per_gpu() {
+        let (a, b) = (BacklogBoard::default(), BacklogBoard::default());
+        a.set(vec![("gpu:0".into(), 2, 1), ("gpu:1".into(), 0, 0)]);
+        b.set(vec![("gpu:0".into(), 1, 0)]);
+        let mut total = BTreeMap::new();
+        a.add_to(&mut total);
+        b.add_to(&mut total);
+        assert_eq!(total["gpu:0"], Backlog { leases: 1, waiters: 3 });
+        assert_eq!(total["gpu:1"], Backlog::default());
+        a.set(vec![]);
+        let mut after = BTreeMap::new();
+        a.add_to(&mut after);
+        assert!(after.is_empty(), "set replaces the figures");
     }
 }

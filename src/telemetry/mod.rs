@@ -19,7 +19,7 @@ pub mod sampler;
 
 pub use advice::{recommend_concurrency, Recommendation};
 pub use analysis::{analyze_recording, RecordingAnalysis};
-pub use alerts::{Alert, AlertCode, AlertEngine, AlertLevel, Backlog};
+pub use alerts::{Alert, AlertCode, AlertEngine, AlertLevel, Backlog, BacklogBoard};
 pub use host::{zombie_children, HostReader, ProcessRegistry};
 pub use inventory::{read_inventory, GpuInfo, Inventory};
 pub use nvml::{GpuRead, GpuReader, GpuSource};

@@ -18,7 +18,7 @@ use super::views::{event_value, GpuArbiterEvent};
 use crate::arbiter::{Arbiter, Micros, Resolution, MICROS_PER_MS};
 use crate::config::watch::{ConfigFileChange, ConfigFileWatch};
 use crate::config::ArbiterConfig;
-use crate::telemetry::Sample;
+use crate::telemetry::{BacklogBoard, Sample};
 
 /// The arbiter's monotonic clock (microseconds since creation), and its epoch for results.
 pub struct Clock {
@@ -62,6 +62,9 @@ pub struct State {
     call_now: Option<Micros>,
     /// An empty vector with capacity, lent to each call for its resolutions (no allocation per call).
     spare_resolutions: Vec<Resolution>,
+    /// Waiters and leases per GPU for attached Telemetries' sampler threads; kept only once one
+    /// asked (see `backlog_board`).
+    backlog_board: Option<Arc<BacklogBoard>>,
 }
 
 /// Who made the change: a hot call's JS caller reads the mailbox itself; anything else (a
@@ -86,6 +89,7 @@ impl State {
             config_generation: 0,
             call_now: None,
             spare_resolutions: Vec::new(),
+            backlog_board: None,
         }
     }
 
@@ -117,6 +121,9 @@ impl State {
 
     /// Writes the header and the next batch of records to the mailbox.
     pub fn publish(&mut self) {
+        if let Some(board) = &self.backlog_board {
+            board.set(self.core.gpu_loads());
+        }
         let now = self.call_now.take().unwrap_or_else(|| self.clock.now());
         let Some(mailbox) = &self.mailbox else {
             // No JS half yet, so no promise waits on these.
@@ -194,6 +201,15 @@ pub fn observe_sample(env: &Env, state: &Rc<RefCell<State>>, sample: &Sample) ->
 /// `(gpu key, waiters, active leases)` per GPU, for telemetry's GPU_IDLE_WITH_BACKLOG alert.
 pub fn gpu_loads(state: &Rc<RefCell<State>>) -> Vec<(String, usize, usize)> {
     state.borrow().core.gpu_loads()
+}
+
+/// The arbiter's waiters and leases per GPU as a board that every change updates (every change
+/// publishes), for telemetry's GPU_IDLE_WITH_BACKLOG alert on the sampler thread.
+pub fn backlog_board(state: &Rc<RefCell<State>>) -> Arc<BacklogBoard> {
+    let mut s = state.borrow_mut();
+    let board = s.backlog_board.get_or_insert_with(Arc::default).clone();
+    board.set(s.core.gpu_loads());
+    board
 }
 
 /// The `undefined` value, for calls whose result JS ignores.
