@@ -398,7 +398,8 @@ export declare class Telemetry {
   metrics(): string
   /**
    * Feeds every sample to `arbiter` (per-GPU admission state and VRAM admission) and reports
-   * its leases and waiters to the GPU_IDLE_WITH_BACKLOG alert. Returns a function that detaches.
+   * its leases and waiters to the GPU_IDLE_WITH_BACKLOG alert (read by the sampler thread as
+   * each sample is taken). Returns a function that detaches.
    */
   attachArbiter(arbiter: GpuArbiter): () => void
   /**

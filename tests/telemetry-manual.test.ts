@@ -167,6 +167,30 @@ describe('an arbiter attached to a manual Telemetry', () => {
     await push(sample(Date.now(), { freeMb: 9000 }))
     await expect(waiting).resolves.toMatchObject({ status: 'ACQUIRED', gpuKey: 'gpu:0' })
   })
+
+  test('GPU_IDLE_WITH_BACKLOG sees the backlog as each sample is taken, not one JS turn late', async () => {
+    const idle = { thresholds: { minDurationMs: 0, clearDurationMs: 0, gpuIdle: { idleForMs: 1000 } } }
+    const { arbiter, telemetry, alerts, push } = attached(idle)
+    const lease = await arbiter.acquire({ taskType: 'ASR' })
+    expect(lease.status).toBe('ACQUIRED')
+    // Pushed in one go: the sampler thread handles all of them before the JS thread hears of any,
+    // so only a backlog read on that thread can raise the alert.
+    const pushed = Array.from({ length: 4 }, (_, i) => sample(t0 + i * 500, { util: 0 }))
+    for (const s of pushed) telemetry.push(s)
+    await waitFor(() => telemetry.latest()?.at === pushed[3].at, 5000, 'the last sample')
+    await push(sample(t0 + 2000, { util: 0 }))
+    const raised = alerts.find((a) => a.code === 'GPU_IDLE_WITH_BACKLOG' && a.active)
+    expect(raised).toMatchObject({ gpuKey: 'gpu:0', at: t0 + 1000, figures: expect.objectContaining({ leases: 1, waiters: 0 }) })
+  })
+
+  test('a detached arbiter’s backlog no longer counts', async () => {
+    const idle = { thresholds: { minDurationMs: 0, clearDurationMs: 0, gpuIdle: { idleForMs: 1000 } } }
+    const { arbiter, detach, alerts, push } = attached(idle)
+    expect((await arbiter.acquire({ taskType: 'ASR' })).status).toBe('ACQUIRED')
+    detach()
+    await push(...Array.from({ length: 5 }, (_, i) => sample(t0 + i * 500, { util: 0 })))
+    expect(alerts.filter((a) => a.code === 'GPU_IDLE_WITH_BACKLOG')).toEqual([])
+  })
 })
 
 describe('a supervisor on a manual Telemetry', () => {

@@ -31,7 +31,7 @@ use crate::arbiter::GpuReading;
 use crate::config::{self, ArbiterConfig};
 use crate::error::SidecarError;
 
-pub(super) use state::{backlog_board, gpu_loads, observe_sample, State};
+pub(super) use state::{backlog_board, observe_sample, State};
 pub use views::*;
 
 #[napi(object)]

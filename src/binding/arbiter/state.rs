@@ -198,11 +198,6 @@ pub fn observe_sample(env: &Env, state: &Rc<RefCell<State>>, sample: &Sample) ->
     after_call(env, state, out, Caller::Native)
 }
 
-/// `(gpu key, waiters, active leases)` per GPU, for telemetry's GPU_IDLE_WITH_BACKLOG alert.
-pub fn gpu_loads(state: &Rc<RefCell<State>>) -> Vec<(String, usize, usize)> {
-    state.borrow().core.gpu_loads()
-}
-
 /// The arbiter's waiters and leases per GPU as a board that every change updates (every change
 /// publishes), for telemetry's GPU_IDLE_WITH_BACKLOG alert on the sampler thread.
 pub fn backlog_board(state: &Rc<RefCell<State>>) -> Arc<BacklogBoard> {
