@@ -86,9 +86,20 @@ pub struct Backlog {
 pub struct BacklogBoard(std::sync::Mutex<Vec<(String, usize, usize)>>);
 
 impl BacklogBoard {
-    /// Replaces the figures: `(gpu key, waiters, leases)` per GPU.
-    pub fn set(&self, loads: Vec<(String, usize, usize)>) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = loads;
+    /// Replaces the figures with `(gpu key, waiters, leases)` per GPU; in place while the GPUs
+    /// stay the same, so the arbiter's hot path allocates nothing here.
+    pub fn set<'a>(&self, loads: impl IntoIterator<Item = (&'a str, usize, usize)>) {
+        let mut board = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut count = 0;
+        for (key, waiters, leases) in loads {
+            match board.get_mut(count) {
+                Some(entry) if entry.0 == key => (entry.1, entry.2) = (waiters, leases),
+                Some(entry) => *entry = (key.to_string(), waiters, leases),
+                None => board.push((key.to_string(), waiters, leases)),
+            }
+            count += 1;
+        }
+        board.truncate(count);
     }
 
     /// Adds this arbiter's figures to `total` (several arbiters may share a GPU).
@@ -560,16 +571,20 @@ mod tests {
     #[test]
     fn backlog_boards_of_several_arbiters_add_up_per_gpu() {
         let (a, b) = (BacklogBoard::default(), BacklogBoard::default());
-        a.set(vec![("gpu:0".into(), 2, 1), ("gpu:1".into(), 0, 0)]);
-        b.set(vec![("gpu:0".into(), 1, 0)]);
+        a.set([("gpu:0", 2, 1), ("gpu:1", 0, 0)]);
+        b.set([("gpu:0", 1, 0)]);
         let mut total = BTreeMap::new();
         a.add_to(&mut total);
         b.add_to(&mut total);
         assert_eq!(total["gpu:0"], Backlog { leases: 1, waiters: 3 });
         assert_eq!(total["gpu:1"], Backlog::default());
-        a.set(vec![]);
+        a.set([("gpu:1", 0, 4)]);
         let mut after = BTreeMap::new();
         a.add_to(&mut after);
-        assert!(after.is_empty(), "set replaces the figures");
+        assert_eq!(after, [("gpu:1".to_string(), Backlog { leases: 4, waiters: 0 })].into(), "set replaces the figures");
+        a.set([]);
+        let mut none = BTreeMap::new();
+        a.add_to(&mut none);
+        assert!(none.is_empty());
     }
 }

@@ -122,7 +122,7 @@ impl State {
     /// Writes the header and the next batch of records to the mailbox.
     pub fn publish(&mut self) {
         if let Some(board) = &self.backlog_board {
-            board.set(self.core.gpu_loads());
+            board.set(self.core.each_gpu_load());
         }
         let now = self.call_now.take().unwrap_or_else(|| self.clock.now());
         let Some(mailbox) = &self.mailbox else {
@@ -203,7 +203,7 @@ pub fn observe_sample(env: &Env, state: &Rc<RefCell<State>>, sample: &Sample) ->
 pub fn backlog_board(state: &Rc<RefCell<State>>) -> Arc<BacklogBoard> {
     let mut s = state.borrow_mut();
     let board = s.backlog_board.get_or_insert_with(Arc::default).clone();
-    board.set(s.core.gpu_loads());
+    board.set(s.core.each_gpu_load());
     board
 }
 
