@@ -917,6 +917,32 @@ mod tests {
     }
 
     #[test]
+    fn a_live_source_reads_the_lists_when_wanted_between_intervals() {
+        let registry = ProcessRegistry::new();
+        let shared = Shared::default();
+        let mut source = Source::Live {
+            host: Box::new(HostReader::new(registry.clone()).unwrap()),
+            gpus: LiveGpus::new(Box::new(FakeGpus { list_reads: 0, reads: 0 }), Duration::from_secs(3_600)),
+            interval: Duration::from_millis(1),
+            next_tick: Instant::now(),
+        };
+        let mut tick = |want: bool| {
+            if want {
+                LatestSample(Arc::new(Shared::default())).want_processes(); // another sampler: no effect here
+                shared.want_processes();
+            }
+            match source.next(&shared, &registry) {
+                Next::Sample(s) => (s.gpus[0].processes[0].pid, s.gpus[0].processes_at == Some(s.at)),
+                _ => panic!("a live source ended"),
+            }
+        };
+        assert_eq!(tick(false), (100, true));
+        assert_eq!(tick(false), (100, false), "carried: read an hour's interval ago at most");
+        assert_eq!(tick(true), (101, true));
+        assert_eq!(tick(false), (101, false));
+    }
+
+    #[test]
     fn wanting_the_process_lists_marks_the_next_tick_once() {
         let shared = Shared::default();
         assert!(!shared.take_processes_wanted());
