@@ -102,7 +102,7 @@ describe('a manual Telemetry', () => {
     invalid(() => telemetry.push({ ...sample(t0), at: NaN }), 'INVALID_ARGUMENT', 'sample.at: expected a finite number, got NaN')
     const { host: _host, ...noHost } = sample(t0)
     invalid(() => telemetry.push(noHost as never), 'INVALID_ARGUMENT', 'sample: missing field "host"')
-    invalid(() => telemetry.push(null as never), 'INVALID_ARGUMENT', 'sample: expected struct Sample, got null')
+    invalid(() => telemetry.push(null as never), 'INVALID_ARGUMENT', 'sample: expected a telemetry sample (an object with at, nvml, gpus, host), got null')
     // The replay parser says the same about the same field.
     const path = join(tempDir(), 'bad.jsonl')
     writeFileSync(path, JSON.stringify(sample(t0)) + '\n' + JSON.stringify(bad) + '\n')

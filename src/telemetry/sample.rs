@@ -12,7 +12,7 @@ pub const BYTES_PER_MB: u64 = 1024 * 1024;
 /// GPU and host figures at one instant. Serialized in camelCase; this is also the JSONL record
 /// format, so fields added later must default when absent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", expecting = "a telemetry sample (an object with at, nvml, gpus, host)")]
 pub struct Sample {
     /// Wall-clock time of the sample, ms since the Unix epoch.
     pub at: f64,
@@ -67,7 +67,7 @@ impl NvmlUnavailable {
 
 /// One GPU's figures. A reading the GPU does not support (or that failed) is `null`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", expecting = "one GPU's figures (an object with index, key, ...)")]
 pub struct GpuSample {
     /// NVML device index.
     pub index: u32,
@@ -131,7 +131,7 @@ pub struct XidEvent {
 
 /// Host memory, CPU and process figures.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", expecting = "host figures (an object with totalMb, availableMb, ...)")]
 pub struct HostSample {
     pub total_mb: u64,
     pub available_mb: u64,
@@ -284,7 +284,13 @@ mod tests {
         assert_eq!(e.message, "sample: missing field \"nvml\"");
         assert_eq!(
             parse_sample(&json!(null), "sample").unwrap_err().message,
-            "sample: expected struct Sample, got null"
+            "sample: expected a telemetry sample (an object with at, nvml, gpus, host), got null"
+        );
+        assert_eq!(
+            parse_sample(&json!({"at": 1, "nvml": {"available": false}, "gpus": [7], "host": {}}), "sample")
+                .unwrap_err()
+                .message,
+            "sample.gpus[0]: expected one GPU's figures (an object with index, key, ...), got 7"
         );
         let line = serde_json::to_string(&fixtures::sample(2.0)).unwrap();
         assert_eq!(parse_sample_line(&line).unwrap(), fixtures::sample(2.0));
