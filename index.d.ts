@@ -104,6 +104,12 @@ export interface TelemetryGpu {
   temperatureC: number | null
   powerW: number | null
   processes: TelemetryGpuProcess[]
+  /**
+   * When `processes` was read (epoch ms): live samples read the process lists only every
+   * `processIntervalMs` and carry the last ones in between, so this is `at` or earlier. Absent
+   * where no list was read (pushed samples, older recordings).
+   */
+  processesAt?: number
   /** The GPU fell off the bus: reported, not fatal. */
   lost: boolean
 }
@@ -389,9 +395,19 @@ export declare class Telemetry {
   metrics(): string
   /**
    * Feeds every sample to `arbiter` (per-GPU admission state and VRAM admission) and reports
-   * its leases and waiters to the GPU_IDLE_WITH_BACKLOG alert. Returns a function that detaches.
+   * its leases and waiters to the GPU_IDLE_WITH_BACKLOG alert (read by the sampler thread as
+   * each sample is taken). Returns a function that detaches.
    */
   attachArbiter(arbiter: GpuArbiter): () => void
+  /**
+   * Hands in a sample read elsewhere (another tool such as rocm-smi, another host) on a
+   * Telemetry made with `source: 'manual'`. It is checked as a replayed recording line is
+   * (`INVALID_ARGUMENT` naming the field: `sample.gpus[0].freeMb: ...`), then handled as a
+   * sampled one: recorded, alerts, attached arbiters and supervisors, then `onSample`
+   * listeners, asynchronously and in push order. Throws `INVALID_ARGUMENT` on a live or
+   * replaying Telemetry and `CLOSED` after `close()`.
+   */
+  push(sample: TelemetrySample): void
   /**
    * Labels `pid` as one of ours: its RSS appears in `host.processes`, and GPU memory of it and
    * its children appears under `service: label`.

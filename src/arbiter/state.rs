@@ -515,6 +515,12 @@ impl Arbiter {
         self.gpus.iter().map(|g| (g.key.clone(), g.queue.len(), g.active)).collect()
     }
 
+    /// [`gpu_loads`](Self::gpu_loads) without allocating: read after every change while a
+    /// Telemetry watches the backlog.
+    pub fn each_gpu_load(&self) -> impl Iterator<Item = (&str, usize, usize)> + '_ {
+        self.gpus.iter().map(|g| (g.key.as_str(), g.queue.len(), g.active))
+    }
+
     // ---- internals ----
 
     fn ensure_open(&self) -> SidecarResult<()> {

@@ -104,6 +104,12 @@ export interface TelemetryGpu {
   temperatureC: number | null
   powerW: number | null
   processes: TelemetryGpuProcess[]
+  /**
+   * When `processes` was read (epoch ms): live samples read the process lists only every
+   * `processIntervalMs` and carry the last ones in between, so this is `at` or earlier. Absent
+   * where no list was read (pushed samples, older recordings).
+   */
+  processesAt?: number
   /** The GPU fell off the bus: reported, not fatal. */
   lost: boolean
 }

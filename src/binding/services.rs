@@ -248,7 +248,12 @@ impl VramSource for TelemetryLink {
     }
 
     /// The pid's own GPU memory plus that of processes labelled with its service (its workers).
+    /// Asks for fresh process lists in the next sample: with `processIntervalMs` the lists in
+    /// the latest one may be up to that old, and a load's peak is what is being learned.
     fn process_used_mb(&self, pid: u32) -> Option<u64> {
+        if let Some(a) = self.attached.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            a.latest.want_processes();
+        }
         let (sample, registry) = self.sample()?;
         let label = registry.service_of(pid);
         let mut total = None;

@@ -3,13 +3,14 @@
 //! The sampler thread never calls into JS directly: it queues each event (dropping the oldest when
 //! JS falls behind) and wakes the JS thread through a weak threadsafe function, so a slow listener
 //! never blocks sampling and a running Telemetry never keeps Node alive. On the JS thread the
-//! queued events feed attached arbiters, then the listeners.
+//! queued events feed attached arbiters, then the listeners. The arbiters' backlog goes the other
+//! way without the JS thread: each attached arbiter keeps a board the sampler thread reads.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{self, Arc, Mutex};
 
 use napi::bindgen_prelude::*;
 use napi::sys;
@@ -21,7 +22,7 @@ use super::js::{self, Listeners};
 use super::{args, Code, IntoJsResult};
 use crate::error::{ErrorCode, SidecarError};
 use crate::telemetry::{
-    advice, sample_once, Backlog, LatestSample, ProcessRegistry, Sample, Sampler, SamplerEvent, SamplerHandle,
+    advice, sample_once, BacklogBoard, LatestSample, ProcessRegistry, Sample, Sampler, SamplerEvent, SamplerHandle,
     TelemetryOptions,
 };
 
@@ -39,6 +40,10 @@ pub struct RecommendConcurrencyOptions {
 }
 
 type ArbiterState = Weak<RefCell<arbiter::State>>;
+
+/// The attached arbiters' backlog boards, read on the sampler thread (a board outlives its
+/// arbiter only until the arbiter is collected).
+type Boards = Arc<Mutex<Vec<(u32, sync::Weak<BacklogBoard>)>>>;
 
 /// Queued on the sampler thread, drained on the JS thread.
 #[derive(Default)]
@@ -61,7 +66,7 @@ struct State {
     listeners: Subscribers,
     next_arbiter_id: u32,
     arbiters: Vec<(u32, ArbiterState)>,
-    backlog: Arc<Mutex<BTreeMap<String, Backlog>>>,
+    boards: Boards,
     registry: Arc<ProcessRegistry>,
 }
 
@@ -92,18 +97,26 @@ impl Telemetry {
             listeners: Subscribers::default(),
             next_arbiter_id: 0,
             arbiters: vec![],
-            backlog: Arc::new(Mutex::new(BTreeMap::new())),
+            boards: Boards::default(),
             registry: ProcessRegistry::new(),
         }));
         let wake = js::wake_function(env, &state, "telemetryWake", dispatch).js()?;
-        let (inbox, backlog, registry) = {
+        let (inbox, boards, registry) = {
             let s = state.borrow();
-            (s.inbox.clone(), s.backlog.clone(), s.registry.clone())
+            (s.inbox.clone(), s.boards.clone(), s.registry.clone())
         };
         let sink_inbox = inbox.clone();
         let sampler = Sampler::new(options)
             .registry(registry)
-            .backlog(Box::new(move || backlog.lock().unwrap_or_else(|e| e.into_inner()).clone()))
+            .backlog(Box::new(move || {
+                let mut total = BTreeMap::new();
+                for (_, board) in boards.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                    if let Some(board) = board.upgrade() {
+                        board.add_to(&mut total);
+                    }
+                }
+                total
+            }))
             .start(Box::new(move |event| {
                 let mut events = sink_inbox.events.lock().unwrap_or_else(|e| e.into_inner());
                 if events.len() == MAX_QUEUED_EVENTS {
@@ -155,7 +168,8 @@ impl Telemetry {
     }
 
     /// Feeds every sample to `arbiter` (per-GPU admission state and VRAM admission) and reports
-    /// its leases and waiters to the GPU_IDLE_WITH_BACKLOG alert. Returns a function that detaches.
+    /// its leases and waiters to the GPU_IDLE_WITH_BACKLOG alert (read by the sampler thread as
+    /// each sample is taken). Returns a function that detaches.
     #[napi(catch_unwind, ts_args_type = "arbiter: GpuArbiter", ts_return_type = "() => void")]
     pub fn attach_arbiter<'env>(
         &self,
@@ -163,18 +177,41 @@ impl Telemetry {
         arbiter: Option<Unknown>,
     ) -> Result<Function<'env, (), ()>, Code> {
         let arbiter = args::class_ref::<GpuArbiter>(env, arbiter, "arbiter", "a GpuArbiter")?;
+        let shared = arbiter.shared();
+        let board = shared.upgrade().map(|a| arbiter::backlog_board(&a));
         let mut s = self.state.borrow_mut();
         let id = s.next_arbiter_id;
         s.next_arbiter_id += 1;
-        s.arbiters.push((id, arbiter.shared()));
+        s.arbiters.push((id, shared));
+        if let Some(board) = board {
+            s.boards.lock().unwrap_or_else(|e| e.into_inner()).push((id, Arc::downgrade(&board)));
+        }
         let weak = Rc::downgrade(&self.state);
         env.create_function_from_closure::<(), (), _>("detachArbiter", move |_ctx| {
             if let Some(state) = weak.upgrade() {
-                state.borrow_mut().arbiters.retain(|(a, _)| *a != id);
+                let mut s = state.borrow_mut();
+                s.arbiters.retain(|(a, _)| *a != id);
+                s.boards.lock().unwrap_or_else(|e| e.into_inner()).retain(|(a, _)| *a != id);
             }
             Ok(())
         })
         .js()
+    }
+
+    /// Hands in a sample read elsewhere (another tool such as rocm-smi, another host) on a
+    /// Telemetry made with `source: 'manual'`. It is checked as a replayed recording line is
+    /// (`INVALID_ARGUMENT` naming the field: `sample.gpus[0].freeMb: ...`), then handled as a
+    /// sampled one: recorded, alerts, attached arbiters and supervisors, then `onSample`
+    /// listeners, asynchronously and in push order. Throws `INVALID_ARGUMENT` on a live or
+    /// replaying Telemetry and `CLOSED` after `close()`.
+    #[napi(catch_unwind, ts_args_type = "sample: TelemetrySample")]
+    pub fn push(&self, env: &Env, sample: Option<Unknown>) -> Result<(), Code> {
+        let closed = || SidecarError::new(ErrorCode::Closed, "push: the Telemetry is closed");
+        self.state.borrow().sampler.as_ref().ok_or_else(closed)?.check_push()?;
+        // Converted with no borrow held: a getter on the sample may call back into this Telemetry.
+        let value = args::required_json(env, sample, "sample", ErrorCode::InvalidArgument)?;
+        self.state.borrow().sampler.as_ref().ok_or_else(closed)?.push_json(&value)?;
+        Ok(())
     }
 
     /// Labels `pid` as one of ours: its RSS appears in `host.processes`, and GPU memory of it and
@@ -216,6 +253,7 @@ impl Telemetry {
             s.listeners.on_alert.clear();
             s.listeners.on_end.clear();
             s.arbiters.clear();
+            s.boards.lock().unwrap_or_else(|e| e.into_inner()).clear();
             s.sampler.take()
         };
         drop(sampler); // joins the thread
@@ -365,22 +403,15 @@ fn dispatch(env: &Env, state: &Rc<RefCell<State>>) {
     }
 }
 
-/// Gives the sample to every attached arbiter, then records their load for the next alert check.
+/// Gives the sample to every attached arbiter.
 fn feed_arbiters(env: &Env, state: &Rc<RefCell<State>>, sample: &Sample) {
     let arbiters: Vec<Rc<RefCell<arbiter::State>>> =
         state.borrow().arbiters.iter().filter_map(|(_, a)| a.upgrade()).collect();
-    let mut backlog = BTreeMap::<String, Backlog>::new();
     for a in &arbiters {
         if let Err(e) = arbiter::observe_sample(env, a, sample) {
             tracing::warn!(error = %e.reason, "could not feed a telemetry sample to an arbiter");
         }
-        for (key, waiters, leases) in arbiter::gpu_loads(a) {
-            let entry = backlog.entry(key).or_default();
-            entry.waiters += waiters as u32;
-            entry.leases += leases as u32;
-        }
     }
-    *state.borrow().backlog.lock().unwrap_or_else(|e| e.into_inner()) = backlog;
 }
 
 fn call_listeners(env: &Env, state: &Rc<RefCell<State>>, list: fn(&Subscribers) -> &Listeners, arg: sys::napi_value) {

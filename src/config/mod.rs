@@ -117,7 +117,7 @@ pub(crate) fn join_path(prefix: &str, path: &str) -> String {
 
 /// Turns serde's "invalid type: string \"high\", expected an integer 0-100" into the form we
 /// document: "expected an integer 0-100, got \"high\"".
-fn readable_serde_message(message: &str) -> String {
+pub(crate) fn readable_serde_message(message: &str) -> String {
     let body = message.strip_prefix("invalid type: ").or_else(|| message.strip_prefix("invalid value: "));
     if let Some((got, expected)) = body.and_then(|b| b.split_once(", expected ")) {
         return format!("expected {expected}, got {}", describe_unexpected(got));

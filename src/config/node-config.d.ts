@@ -600,6 +600,14 @@ gpus?: (number[] | null)
  */
 intervalMs?: number
 /**
+ * How often a live sample includes NVML's per-process lists, which are slow on some drivers
+ * and contend with inference (default 1000; 0 reads them every sample). Samples in between
+ * carry the last lists, with `processesAt` saying when they were read.
+ * 
+ * Default: `1000`. Range: 0-86400000.
+ */
+processIntervalMs?: number
+/**
  * Append every sample to this JSONL file.
  */
 record?: (string | null)
@@ -613,6 +621,13 @@ replay?: (string | null)
  * Default: `1`.
  */
 replaySpeed?: (number | "asFastAsPossible")
+/**
+ * Where samples come from: `"live"` (NVML and the host, or the `replay` file) or `"manual"`
+ * (only what `push(sample)` hands in, for readings from another tool or host).
+ * 
+ * Default: `"live"`.
+ */
+source?: ("live" | "manual")
 thresholds?: TelemetryThresholds
 }
 /**

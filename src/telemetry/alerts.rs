@@ -79,6 +79,39 @@ pub struct Backlog {
     pub waiters: u32,
 }
 
+/// One arbiter's waiters and leases per GPU, written by the arbiter whenever they change and read
+/// by the sampler thread, so GPU_IDLE_WITH_BACKLOG judges each sample against the backlog as it is
+/// then, without a round trip through the JS thread.
+#[derive(Debug, Default)]
+pub struct BacklogBoard(std::sync::Mutex<Vec<(String, usize, usize)>>);
+
+impl BacklogBoard {
+    /// Replaces the figures with `(gpu key, waiters, leases)` per GPU; in place while the GPUs
+    /// stay the same, so the arbiter's hot path allocates nothing here.
+    pub fn set<'a>(&self, loads: impl IntoIterator<Item = (&'a str, usize, usize)>) {
+        let mut board = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut count = 0;
+        for (key, waiters, leases) in loads {
+            match board.get_mut(count) {
+                Some(entry) if entry.0 == key => (entry.1, entry.2) = (waiters, leases),
+                Some(entry) => *entry = (key.to_string(), waiters, leases),
+                None => board.push((key.to_string(), waiters, leases)),
+            }
+            count += 1;
+        }
+        board.truncate(count);
+    }
+
+    /// Adds this arbiter's figures to `total` (several arbiters may share a GPU).
+    pub fn add_to(&self, total: &mut BTreeMap<String, Backlog>) {
+        for (key, waiters, leases) in self.0.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let entry = total.entry(key.clone()).or_default();
+            entry.waiters = entry.waiters.saturating_add(*waiters as u32);
+            entry.leases = entry.leases.saturating_add(*leases as u32);
+        }
+    }
+}
+
 /// Where a figure stands against an alert's two levels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Signal {
@@ -533,5 +566,25 @@ mod tests {
             assert_eq!(alerts[0].figures["xid"], 79);
         }
         assert!(e.observe(&sample(2.0), &none()).is_empty());
+    }
+
+    #[test]
+    fn backlog_boards_of_several_arbiters_add_up_per_gpu() {
+        let (a, b) = (BacklogBoard::default(), BacklogBoard::default());
+        a.set([("gpu:0", 2, 1), ("gpu:1", 0, 0)]);
+        b.set([("gpu:0", 1, 0)]);
+        let mut total = BTreeMap::new();
+        a.add_to(&mut total);
+        b.add_to(&mut total);
+        assert_eq!(total["gpu:0"], Backlog { leases: 1, waiters: 3 });
+        assert_eq!(total["gpu:1"], Backlog::default());
+        a.set([("gpu:1", 0, 4)]);
+        let mut after = BTreeMap::new();
+        a.add_to(&mut after);
+        assert_eq!(after, [("gpu:1".to_string(), Backlog { leases: 4, waiters: 0 })].into(), "set replaces the figures");
+        a.set([]);
+        let mut none = BTreeMap::new();
+        a.add_to(&mut none);
+        assert!(none.is_empty());
     }
 }

@@ -49,6 +49,13 @@ pub struct GpuRead {
     pub xid_errors: Vec<XidEvent>,
 }
 
+/// Where a live sample's GPU figures come from: NVML ([`GpuReader`]), or a fake in tests.
+pub trait GpuSource: Send {
+    /// Reads the GPUs; `with_processes` says whether to query the per-process lists too (slow on
+    /// some drivers, and it contends with inference there).
+    fn read(&mut self, registry: &ProcessRegistry, with_processes: bool) -> GpuRead;
+}
+
 /// Reads every GPU, or a subset by index, on the sampler thread.
 pub struct GpuReader {
     indices: Option<Vec<u32>>,
@@ -61,8 +68,9 @@ impl GpuReader {
         Self { indices, xid: XidWatch::NotStarted }
     }
 
-    /// Reads the GPUs; never fails: an unavailable NVML or a lost GPU shows in the result.
-    pub fn read(&mut self, registry: &ProcessRegistry) -> GpuRead {
+    /// Reads the GPUs, with their process lists or without; never fails: an unavailable NVML or a
+    /// lost GPU shows in the result.
+    pub fn read(&mut self, registry: &ProcessRegistry, with_processes: bool) -> GpuRead {
         let unavailable = |reason| GpuRead {
             status: NvmlStatus { available: false, reason: Some(reason) },
             gpus: vec![],
@@ -81,12 +89,18 @@ impl GpuReader {
             None => (0..count).collect(),
         };
         let xid_errors = self.xid.drain(nvml, &indices);
-        let gpus = indices.into_iter().map(|index| read_gpu(nvml, index, registry)).collect();
+        let gpus = indices.into_iter().map(|index| read_gpu(nvml, index, registry, with_processes)).collect();
         GpuRead { status: NvmlStatus { available: true, reason: None }, gpus, xid_errors }
     }
 }
 
-fn read_gpu(nvml: &Nvml, index: u32, registry: &ProcessRegistry) -> GpuSample {
+impl GpuSource for GpuReader {
+    fn read(&mut self, registry: &ProcessRegistry, with_processes: bool) -> GpuRead {
+        GpuReader::read(self, registry, with_processes)
+    }
+}
+
+fn read_gpu(nvml: &Nvml, index: u32, registry: &ProcessRegistry, with_processes: bool) -> GpuSample {
     let mut gpu = GpuSample { index, key: GpuSample::key_for(index), ..GpuSample::default() };
     let device = match nvml.device_by_index(index) {
         Ok(device) => device,
@@ -112,9 +126,11 @@ fn read_gpu(nvml: &Nvml, index: u32, registry: &ProcessRegistry) -> GpuSample {
     }
     gpu.temperature_c = take(device.temperature(TemperatureSensor::Gpu), &mut lost).map(f64::from);
     gpu.power_w = take(device.power_usage(), &mut lost).map(|milliwatts| f64::from(milliwatts) / 1_000.0);
-    let compute = take(device.running_compute_processes(), &mut lost).unwrap_or_default();
-    let graphics = take(device.running_graphics_processes(), &mut lost).unwrap_or_default();
-    gpu.processes = merge_processes(compute.into_iter().chain(graphics), registry);
+    if with_processes {
+        let compute = take(device.running_compute_processes(), &mut lost).unwrap_or_default();
+        let graphics = take(device.running_graphics_processes(), &mut lost).unwrap_or_default();
+        gpu.processes = merge_processes(compute.into_iter().chain(graphics), registry);
+    }
     gpu.lost = lost;
     gpu
 }
@@ -231,8 +247,8 @@ mod tests {
     fn reports_why_nvml_is_unavailable_without_panicking() {
         let mut reader = GpuReader::new(None);
         let registry = ProcessRegistry::new();
-        let first = reader.read(&registry);
-        let second = reader.read(&registry);
+        let first = reader.read(&registry, true);
+        let second = reader.read(&registry, false);
         assert_eq!(first.status, second.status);
         if std::env::var_os("GPU_SIDECAR_EXPECT_NVML").is_some() {
             assert!(first.status.available, "{first:?}");

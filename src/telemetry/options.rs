@@ -26,7 +26,9 @@ pub type GpuIndex = Int<0, 1_023>;
 ///
 /// ```json
 /// {
+///   "source": "live",
 ///   "intervalMs": 1000,
+///   "processIntervalMs": 1000,
 ///   "gpus": [0, 1],
 ///   "record": "telemetry.jsonl",
 ///   "replay": "recorded.jsonl",
@@ -46,8 +48,15 @@ pub type GpuIndex = Int<0, 1_023>;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct TelemetryOptions {
+    /// Where samples come from: `"live"` (NVML and the host, or the `replay` file) or `"manual"`
+    /// (only what `push(sample)` hands in, for readings from another tool or host).
+    pub source: TelemetrySource,
     /// Time between samples (default 1000, at least 50).
     pub interval_ms: IntervalMs,
+    /// How often a live sample includes NVML's per-process lists, which are slow on some drivers
+    /// and contend with inference (default 1000; 0 reads them every sample). Samples in between
+    /// carry the last lists, with `processesAt` saying when they were read.
+    pub process_interval_ms: Millis,
     /// NVML indices of the GPUs to read; all GPUs when absent.
     pub gpus: Option<Vec<GpuIndex>>,
     pub thresholds: AlertThresholds,
@@ -62,7 +71,9 @@ pub struct TelemetryOptions {
 impl Default for TelemetryOptions {
     fn default() -> Self {
         Self {
+            source: TelemetrySource::Live,
             interval_ms: Int(1_000),
+            process_interval_ms: Int(1_000),
             gpus: None,
             thresholds: AlertThresholds::default(),
             record: None,
@@ -70,6 +81,18 @@ impl Default for TelemetryOptions {
             replay_speed: ReplaySpeed::Factor(1.0),
         }
     }
+}
+
+/// Where a telemetry's samples come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum TelemetrySource {
+    /// Sampled from NVML and the host every `intervalMs`, or played from `replay`.
+    #[default]
+    Live,
+    /// Pushed by the application with `push(sample)`: readings from another tool (an AMD card
+    /// through rocm-smi) or another host.
+    Manual,
 }
 
 /// Replay pacing. In JSON: a number from [`MIN_REPLAY_SPEED`] to [`MAX_REPLAY_SPEED`] (`1` keeps
@@ -298,6 +321,11 @@ impl TelemetryOptions {
                 return Err(invalid(format!("telemetry.{field}: expected a non-empty file path")));
             }
         }
+        if self.source == TelemetrySource::Manual && self.replay.is_some() {
+            return Err(invalid(
+                "telemetry.replay: a manual source plays no file (leave out replay, or source: \"manual\")",
+            ));
+        }
         if self.record.is_some() && self.record == self.replay {
             return Err(invalid("telemetry.record: expected a different file from telemetry.replay"));
         }
@@ -416,11 +444,18 @@ mod tests {
         assert_eq!(o.replay_speed, ReplaySpeed::AsFastAsPossible);
         assert_eq!(o.thresholds.swap, SwapThresholds { high_used_mb: Int(1_024), clear_used_mb: Int(256) });
         assert_eq!(parse(json!({"replaySpeed": 2.5})).unwrap().replay_speed, ReplaySpeed::Factor(2.5));
+        let manual = parse(json!({"source": "manual", "processIntervalMs": 0, "record": "/tmp/m.jsonl"})).unwrap();
+        assert_eq!((manual.source, manual.process_interval_ms), (TelemetrySource::Manual, Int(0)));
     }
 
     #[test]
     fn bad_values_name_their_json_path() {
         assert_eq!(message(json!({"intervalMs": 10})), "telemetry.intervalMs: expected an integer 50-3600000, got 10");
+        assert_eq!(message(json!({"source": "amd"})), "telemetry.source: expected \"live\" or \"manual\", got \"amd\"");
+        assert_eq!(
+            message(json!({"processIntervalMs": -1})),
+            "telemetry.processIntervalMs: expected an integer 0-86400000, got -1"
+        );
         assert_eq!(message(json!({"gpus": [0, "one"]})), "telemetry.gpus[1]: expected an integer 0-1023, got \"one\"");
         assert_eq!(message(json!({"gpus": [1, 1]})), "telemetry.gpus[1]: duplicate GPU index 1");
         assert_eq!(
@@ -468,6 +503,10 @@ mod tests {
             "telemetry.record: expected a different file from telemetry.replay"
         );
         assert_eq!(message(json!({"record": ""})), "telemetry.record: expected a non-empty file path");
+        assert_eq!(
+            message(json!({"source": "manual", "replay": "r.jsonl"})),
+            "telemetry.replay: a manual source plays no file (leave out replay, or source: \"manual\")"
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::options::ReplaySpeed;
-use super::sample::Sample;
+use super::sample::{parse_sample_line, Sample};
 use crate::config::file::{describe_size, open_regular_file, read_bounded_line, BoundedLine};
 use crate::error::{ErrorCode, SidecarError, SidecarResult};
 
@@ -127,7 +127,7 @@ impl Iterator for Replay {
             if line.trim().is_empty() {
                 continue;
             }
-            return match serde_json::from_str::<Sample>(&line) {
+            return match parse_sample_line(&line) {
                 Ok(sample) => {
                     self.played += 1;
                     Some(Ok(sample))
@@ -140,7 +140,10 @@ impl Iterator for Replay {
                     )));
                     None
                 }
-                Err(e) => Some(Err(SidecarError::invalid_argument(format!("{where_}: not a telemetry sample: {e}")))),
+                Err(e) => Some(Err(SidecarError::invalid_argument(format!(
+                    "{where_}: not a telemetry sample: {}",
+                    e.message
+                )))),
             };
         }
     }
@@ -222,7 +225,12 @@ mod tests {
         std::fs::write(&path, format!("{good}\n{good}\n{{\"at\":\"soon\"}}\n")).unwrap();
         let e = Replay::open(&path).err().unwrap();
         assert_eq!(e.code, ErrorCode::InvalidArgument);
-        assert!(e.message.starts_with(&format!("{}:3: not a telemetry sample:", path.display())), "{}", e.message);
+        assert!(
+            e.message
+                .starts_with(&format!("{}:3: not a telemetry sample: at: expected f64, got \"soon\"", path.display())),
+            "{}",
+            e.message
+        );
         std::fs::remove_file(&path).unwrap();
     }
 

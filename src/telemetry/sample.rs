@@ -1,8 +1,10 @@
 //! One telemetry sample: what the sampler hands to JS and what a recording holds, one per line.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::arbiter::{GpuReading, Micros};
+use crate::config::readable_serde_message;
+use crate::error::{SidecarError, SidecarResult};
 
 /// Bytes in one MB as telemetry reports it (MiB, as `nvidia-smi` does).
 pub const BYTES_PER_MB: u64 = 1024 * 1024;
@@ -10,7 +12,7 @@ pub const BYTES_PER_MB: u64 = 1024 * 1024;
 /// GPU and host figures at one instant. Serialized in camelCase; this is also the JSONL record
 /// format, so fields added later must default when absent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", expecting = "a telemetry sample (an object with at, nvml, gpus, host)")]
 pub struct Sample {
     /// Wall-clock time of the sample, ms since the Unix epoch.
     pub at: f64,
@@ -65,7 +67,7 @@ impl NvmlUnavailable {
 
 /// One GPU's figures. A reading the GPU does not support (or that failed) is `null`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", expecting = "one GPU's figures (an object with index, key, ...)")]
 pub struct GpuSample {
     /// NVML device index.
     pub index: u32,
@@ -85,6 +87,11 @@ pub struct GpuSample {
     /// Processes holding memory on this GPU (compute and graphics contexts, one entry per pid).
     #[serde(default)]
     pub processes: Vec<GpuProcess>,
+    /// When `processes` was read (epoch ms). A live sample reads the process lists only every
+    /// `processIntervalMs` and carries the last ones in between, so this is `at` or earlier;
+    /// `null` (absent) where no list was read (a pushed or older recorded sample).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processes_at: Option<f64>,
     /// The GPU fell off the bus or became inaccessible; its figures are `null`.
     #[serde(default)]
     pub lost: bool,
@@ -124,7 +131,7 @@ pub struct XidEvent {
 
 /// Host memory, CPU and process figures.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", expecting = "host figures (an object with totalMb, availableMb, ...)")]
 pub struct HostSample {
     pub total_mb: u64,
     pub available_mb: u64,
@@ -162,6 +169,35 @@ impl Sample {
     pub fn gpu(&self, key: &str) -> Option<&GpuSample> {
         self.gpus.iter().find(|gpu| gpu.key == key)
     }
+}
+
+/// Reads one sample, checking it field by field: replayed lines and pushed samples both come
+/// through here, so both are refused alike. A bad field is `INVALID_ARGUMENT` naming its JSON path
+/// under `root` (`sample.gpus[0].freeMb: expected u64, got "lots"`; no prefix when `root` is "").
+pub fn parse_sample<'de, D: Deserializer<'de>>(json: D, root: &str) -> SidecarResult<Sample> {
+    serde_path_to_error::deserialize(json).map_err(|e| {
+        let path = match (root, e.path().to_string().as_str()) {
+            (root, "" | "." | "?") => root.to_string(),
+            ("", path) => path.to_string(),
+            (root, path) => format!("{root}.{path}"),
+        };
+        // serde_json puts the position in text last ("... at line 1 column 12"); keep it, after the rest.
+        let raw = e.into_inner().to_string();
+        let (body, position) = match raw.rfind(" at line ") {
+            Some(i) => (&raw[..i], format!(" ({})", &raw[i + 1..])),
+            None => (raw.as_str(), String::new()),
+        };
+        let detail = format!("{}{position}", readable_serde_message(body));
+        SidecarError::invalid_argument(if path.is_empty() { detail } else { format!("{path}: {detail}") })
+    })
+}
+
+/// One JSONL line as a sample (see [`parse_sample`]); text after the object is an error too.
+pub fn parse_sample_line(line: &str) -> SidecarResult<Sample> {
+    let mut de = serde_json::Deserializer::from_str(line);
+    let sample = parse_sample(&mut de, "")?;
+    de.end().map_err(|e| SidecarError::invalid_argument(e.to_string()))?;
+    Ok(sample)
 }
 
 /// Bytes to whole MB, rounding down.
@@ -207,6 +243,7 @@ pub(crate) mod fixtures {
             temperature_c: Some(60.0),
             power_w: Some(120.5),
             processes: vec![GpuProcess { pid: 42, used_mb: Some(1_000), service: Some("ASR".into()) }],
+            processes_at: None,
             lost: false,
         }
     }
@@ -232,6 +269,32 @@ mod tests {
         assert!(v.get("xidErrors").is_none());
         let back: Sample = serde_json::from_value(v).unwrap();
         assert_eq!(back, s);
+    }
+
+    #[test]
+    fn lines_and_values_are_refused_alike_naming_the_field() {
+        let mut v = serde_json::to_value(fixtures::sample(1.0)).unwrap();
+        v["gpus"][0]["freeMb"] = json!("lots");
+        let from_value = parse_sample(&v, "sample").unwrap_err();
+        assert_eq!(from_value.code, crate::error::ErrorCode::InvalidArgument);
+        assert_eq!(from_value.message, "sample.gpus[0].freeMb: expected u64, got \"lots\"");
+        let from_line = parse_sample_line(&v.to_string()).unwrap_err();
+        assert_eq!(from_line.message, "gpus[0].freeMb: expected u64, got \"lots\" (at line 1 column 34)");
+        let e = parse_sample(&json!({"at": 1}), "sample").unwrap_err();
+        assert_eq!(e.message, "sample: missing field \"nvml\"");
+        assert_eq!(
+            parse_sample(&json!(null), "sample").unwrap_err().message,
+            "sample: expected a telemetry sample (an object with at, nvml, gpus, host), got null"
+        );
+        assert_eq!(
+            parse_sample(&json!({"at": 1, "nvml": {"available": false}, "gpus": [7], "host": {}}), "sample")
+                .unwrap_err()
+                .message,
+            "sample.gpus[0]: expected one GPU's figures (an object with index, key, ...), got 7"
+        );
+        let line = serde_json::to_string(&fixtures::sample(2.0)).unwrap();
+        assert_eq!(parse_sample_line(&line).unwrap(), fixtures::sample(2.0));
+        assert!(parse_sample_line(&format!("{line} x")).is_err());
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! The sampling thread: every tick it builds a sample (from NVML and the host, or from a replay),
-//! records it, runs the alert engine and hands the result to a sink.
+//! The sampling thread: every tick it builds a sample (from NVML and the host, from a replay, or
+//! from what the application pushed), records it, runs the alert engine and hands the result to a
+//! sink.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -10,10 +11,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use super::alerts::{Alert, AlertEngine, Backlog};
 use super::host::{HostReader, ProcessRegistry};
 use super::metrics;
-use super::nvml::GpuReader;
-use super::options::{ReplaySpeed, TelemetryOptions};
+use super::nvml::{GpuRead, GpuReader, GpuSource};
+use super::options::{ReplaySpeed, TelemetryOptions, TelemetrySource};
 use super::record::{replay_delay, Recorder, Replay};
-use super::sample::Sample;
+use super::sample::{parse_sample, GpuProcess, Sample};
 use crate::error::{ErrorCode, SidecarError, SidecarResult};
 
 /// The sampler thread's name, as it shows in debuggers and `top -H`.
@@ -52,12 +53,58 @@ pub enum SamplerEvent {
 /// advice; a running [`Sampler`] is the way to watch).
 pub fn sample_once(registry: Arc<ProcessRegistry>) -> SidecarResult<Sample> {
     let mut host = HostReader::new(registry.clone())?;
-    Ok(read_live(&mut host, &mut GpuReader::new(None), &registry))
+    let at = epoch_ms();
+    let mut gpu = GpuReader::new(None).read(&registry, true);
+    for g in &mut gpu.gpus {
+        g.processes_at = Some(at);
+    }
+    Ok(Sample { at, nvml: gpu.status, gpus: gpu.gpus, host: host.read(), xid_errors: gpu.xid_errors })
 }
 
-fn read_live(host: &mut HostReader, gpus: &mut GpuReader, registry: &ProcessRegistry) -> Sample {
-    let gpu = gpus.read(registry);
-    Sample { at: epoch_ms(), nvml: gpu.status, gpus: gpu.gpus, host: host.read(), xid_errors: gpu.xid_errors }
+/// The GPU half of live sampling: memory and utilisation every tick, the per-process lists only
+/// every `processInterval` or when a decision asks for them (NVML's process query can take
+/// milliseconds and serialises with inference on the driver). Ticks in between carry the last
+/// lists, relabelled, with the `processesAt` of the tick that read them.
+struct LiveGpus {
+    source: Box<dyn GpuSource>,
+    process_interval: Duration,
+    /// When the lists were last read.
+    lists_read: Option<Instant>,
+    /// The last lists by GPU index, with the sample time they were read at.
+    lists: BTreeMap<u32, (Vec<GpuProcess>, f64)>,
+}
+
+impl LiveGpus {
+    fn new(source: Box<dyn GpuSource>, process_interval: Duration) -> Self {
+        Self { source, process_interval, lists_read: None, lists: BTreeMap::new() }
+    }
+
+    /// The GPUs as of `now` (a sample stamped `at`); `wanted`: read the lists whatever the interval.
+    fn read(&mut self, now: Instant, at: f64, wanted: bool, registry: &ProcessRegistry) -> GpuRead {
+        let due =
+            wanted || self.lists_read.is_none_or(|read| now.saturating_duration_since(read) >= self.process_interval);
+        let mut read = self.source.read(registry, due);
+        if due {
+            self.lists_read = Some(now);
+            self.lists.clear();
+            for gpu in &mut read.gpus {
+                gpu.processes_at = Some(at);
+                self.lists.insert(gpu.index, (gpu.processes.clone(), at));
+            }
+        } else {
+            for gpu in &mut read.gpus {
+                if let Some((list, read_at)) = self.lists.get(&gpu.index) {
+                    gpu.processes = list.clone();
+                    // A pid registered since the read gets its label now.
+                    for p in &mut gpu.processes {
+                        p.service = registry.service_of(p.pid);
+                    }
+                    gpu.processes_at = Some(*read_at);
+                }
+            }
+        }
+        read
+    }
 }
 
 /// Configures and starts a sampler.
@@ -90,16 +137,23 @@ impl Sampler {
     pub fn start(self, sink: Sink) -> SidecarResult<SamplerHandle> {
         let options = &self.options;
         let recorder = options.record.as_deref().map(Recorder::open).transpose()?;
-        let source = match &options.replay {
-            Some(path) => Source::Replay { replay: Replay::open(path)?, speed: options.replay_speed, played: None },
-            None => Source::Live {
+        let source = match (&options.replay, options.source) {
+            (_, TelemetrySource::Manual) => Source::Manual,
+            (Some(path), TelemetrySource::Live) => {
+                Source::Replay { replay: Replay::open(path)?, speed: options.replay_speed, played: None }
+            }
+            (None, TelemetrySource::Live) => Source::Live {
                 host: Box::new(HostReader::new(self.registry.clone())?),
-                gpus: GpuReader::new(options.gpu_indices()),
+                gpus: LiveGpus::new(
+                    Box::new(GpuReader::new(options.gpu_indices())),
+                    Duration::from_millis(options.process_interval_ms.get()),
+                ),
                 interval: Duration::from_millis(options.interval_ms.get()),
                 next_tick: Instant::now()
                     + Duration::from_millis(options.interval_ms.get()).min(sysinfo::MINIMUM_CPU_UPDATE_INTERVAL),
             },
         };
+        let manual = matches!(source, Source::Manual);
         let shared = Arc::new(Shared::default());
         let worker = Worker {
             shared: shared.clone(),
@@ -114,7 +168,7 @@ impl Sampler {
             .name(THREAD_NAME.to_string())
             .spawn(move || worker.run())
             .map_err(|e| SidecarError::new(ErrorCode::Internal, format!("cannot start the telemetry thread: {e}")))?;
-        Ok(SamplerHandle { shared, thread: Some(thread) })
+        Ok(SamplerHandle { shared, thread: Some(thread), manual })
     }
 }
 
@@ -122,9 +176,51 @@ impl Sampler {
 pub struct SamplerHandle {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
+    manual: bool,
 }
 
 impl SamplerHandle {
+    /// Hands a sample to a manual source: the sampler thread then treats it exactly like a sampled
+    /// one (recording, alerts, the sink), in push order. `INVALID_ARGUMENT` on a live or replaying
+    /// sampler, `CLOSED` once stopped (or ended on a panic).
+    pub fn push(&self, sample: Sample) -> SidecarResult<()> {
+        self.check_push()?;
+        let mut control = lock(&self.shared.control);
+        if control.stopped {
+            return Err(closed());
+        }
+        control.pushed.push_back(sample);
+        drop(control);
+        self.shared.wake.notify_all();
+        Ok(())
+    }
+
+    /// Checks a pushed sample as a replayed line is checked ([`parse_sample`], with JSON paths
+    /// under `sample`), then [`push`](Self::push)es it. The sampler's state is checked first.
+    pub fn push_json(&self, value: &serde_json::Value) -> SidecarResult<()> {
+        self.check_push()?;
+        self.push(parse_sample(value, "sample")?)
+    }
+
+    /// Whether [`push`](Self::push) would take a sample now.
+    pub fn check_push(&self) -> SidecarResult<()> {
+        if !self.manual {
+            return Err(SidecarError::invalid_argument(
+                "push: this Telemetry reads NVML and the host (or a replay); only one made with \
+                 source: \"manual\" takes pushed samples",
+            ));
+        }
+        if self.shared.is_stopped() || self.is_finished() {
+            return Err(closed());
+        }
+        Ok(())
+    }
+
+    /// See [`LatestSample::want_processes`].
+    pub fn want_processes(&self) {
+        self.shared.want_processes();
+    }
+
     /// The last sample, without touching NVML: a clone of a pointer under a short lock.
     pub fn latest(&self) -> Option<Arc<Sample>> {
         lock(&self.shared.latest).clone()
@@ -149,7 +245,7 @@ impl SamplerHandle {
     /// Stops the thread and waits for it; it wakes at once from its wait between samples. Safe to
     /// call twice, and from the sink (it then does not wait for itself).
     pub fn stop(&mut self) {
-        *lock(&self.shared.stopped) = true;
+        lock(&self.shared.control).stopped = true;
         self.shared.wake.notify_all();
         if let Some(thread) = self.thread.take() {
             if thread.thread().id() == std::thread::current().id() {
@@ -175,35 +271,83 @@ pub struct LatestSample(Arc<Shared>);
 impl LatestSample {
     /// The last sample; `None` before the first and once the sampler was stopped.
     pub fn get(&self) -> Option<Arc<Sample>> {
-        if *lock(&self.0.stopped) {
+        if lock(&self.0.control).stopped {
             return None;
         }
         lock(&self.0.latest).clone()
     }
+
+    /// Asks for the per-process lists in the next live sample, whatever `processIntervalMs` says:
+    /// for a decision (a VRAM gate, an eviction) that needs fresh per-process figures. Wait for a
+    /// sample whose GPUs' `processes_at` is its `at`. No effect on a replay or a manual source.
+    pub fn want_processes(&self) {
+        self.0.want_processes();
+    }
+}
+
+/// What other threads ask of the sampler thread; one lock, so the thread's wait sees every change.
+#[derive(Default)]
+struct Control {
+    stopped: bool,
+    /// Samples pushed to a manual source, oldest first.
+    pushed: VecDeque<Sample>,
+    /// The next live sample reads the process lists.
+    processes_wanted: bool,
 }
 
 #[derive(Default)]
 struct Shared {
     latest: Mutex<Option<Arc<Sample>>>,
-    stopped: Mutex<bool>,
+    control: Mutex<Control>,
     wake: Condvar,
 }
 
 impl Shared {
     /// Sleeps until `deadline` unless stopped first; returns whether it was stopped.
     fn wait_until(&self, deadline: Instant) -> bool {
-        let mut stopped = lock(&self.stopped);
+        let mut control = lock(&self.control);
         loop {
-            if *stopped {
+            if control.stopped {
                 return true;
             }
             let now = Instant::now();
             if now >= deadline {
                 return false;
             }
-            stopped = self.wake.wait_timeout(stopped, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+            control = self.wake.wait_timeout(control, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
         }
     }
+
+    /// The next pushed sample, waiting for one; `None` once stopped.
+    fn next_pushed(&self) -> Option<Sample> {
+        let mut control = lock(&self.control);
+        loop {
+            if control.stopped {
+                return None;
+            }
+            if let Some(sample) = control.pushed.pop_front() {
+                return Some(sample);
+            }
+            control = self.wake.wait(control).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn want_processes(&self) {
+        lock(&self.control).processes_wanted = true;
+    }
+
+    /// Whether the process lists were asked for since the last call.
+    fn take_processes_wanted(&self) -> bool {
+        std::mem::take(&mut lock(&self.control).processes_wanted)
+    }
+
+    fn is_stopped(&self) -> bool {
+        lock(&self.control).stopped
+    }
+}
+
+fn closed() -> SidecarError {
+    SidecarError::new(ErrorCode::Closed, "push: the Telemetry is closed")
 }
 
 /// The locked values stay consistent even if a holder panicked, so poisoning is ignored.
@@ -214,7 +358,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 enum Source {
     Live {
         host: Box<HostReader>,
-        gpus: GpuReader,
+        gpus: LiveGpus,
         interval: Duration,
         next_tick: Instant,
     },
@@ -224,6 +368,8 @@ enum Source {
         speed: ReplaySpeed,
         played: Option<(Instant, f64)>,
     },
+    /// Samples pushed by the application, handled in push order.
+    Manual,
     /// Panics on its first sample, to test that a panic reaches the sink.
     #[cfg(test)]
     Panicking,
@@ -244,9 +390,22 @@ impl Source {
                     return Next::Stopped;
                 }
                 // A slow tick does not cause a burst of catch-up samples.
-                *next_tick = (*next_tick + *interval).max(Instant::now());
-                Next::Sample(read_live(host, gpus, registry))
+                let now = Instant::now();
+                *next_tick = (*next_tick + *interval).max(now);
+                let at = epoch_ms();
+                let gpu = gpus.read(now, at, shared.take_processes_wanted(), registry);
+                Next::Sample(Sample {
+                    at,
+                    nvml: gpu.status,
+                    gpus: gpu.gpus,
+                    host: host.read(),
+                    xid_errors: gpu.xid_errors,
+                })
             }
+            Source::Manual => match shared.next_pushed() {
+                Some(sample) => Next::Sample(sample),
+                None => Next::Stopped,
+            },
             Source::Replay { replay, speed, played } => {
                 let sample = match replay.next() {
                     None => return Next::Ended(replay.cut_last_line().cloned()),
@@ -291,7 +450,7 @@ impl Worker {
         let Err(payload) = catch_unwind(AssertUnwindSafe(|| self.run_loop())) else { return };
         let detail = panic_message(payload.as_ref());
         tracing::error!(%detail, "the telemetry thread panicked; sampling stopped");
-        if !*lock(&self.shared.stopped) {
+        if !self.shared.is_stopped() {
             let message = format!("the telemetry thread panicked, sampling stopped: {detail}");
             self.emit(SamplerEvent::Ended(Some(SidecarError::new(ErrorCode::Internal, message))));
         }
@@ -322,7 +481,7 @@ impl Worker {
             let sample = Arc::new(sample);
             *lock(&self.shared.latest) = Some(sample.clone());
             // Once stop() is asked for, nothing new reaches the sink.
-            if *lock(&self.shared.stopped) {
+            if self.shared.is_stopped() {
                 return;
             }
             self.emit(SamplerEvent::Sample(SamplerOutput { sample, alerts }));
@@ -367,6 +526,7 @@ mod tests {
     use crate::telemetry::record::temp_path;
     use crate::telemetry::sample::fixtures::sample;
     use crate::telemetry::sample::NvmlUnavailable;
+    use crate::telemetry::TelemetrySource;
     use std::path::Path;
     use std::sync::mpsc;
 
@@ -627,6 +787,169 @@ mod tests {
         handle.stop();
         assert!(events.try_recv().is_err());
         std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_manual_source_handles_pushed_samples_like_sampled_ones() {
+        let record = temp_path("manual-recorded.jsonl");
+        let mut options =
+            TelemetryOptions { source: TelemetrySource::Manual, record: Some(record.clone()), ..Default::default() };
+        options.thresholds.min_duration_ms = Int(0);
+        options.thresholds.clear_duration_ms = Int(0);
+        let (sink, events) = channel_sink();
+        let mut handle = Sampler::new(options).start(sink).unwrap();
+        assert!(handle.latest().is_none());
+        assert!(events.recv_timeout(Duration::from_millis(100)).is_err(), "nothing is sampled by itself");
+        let mut samples: Vec<Sample> = (0..3).map(|i| sample(i as f64 * 60_000.0)).collect();
+        samples[1].host.swap_used_mb = 2_000;
+        for s in &samples {
+            handle.push(s.clone()).unwrap();
+        }
+        let mut got = vec![];
+        while got.len() < 3 {
+            match events.recv_timeout(Duration::from_secs(10)).unwrap() {
+                SamplerEvent::Sample(output) => got.push(output),
+                other => panic!("{other:?}"),
+            }
+        }
+        let played: Vec<Sample> = got.iter().map(|o| (*o.sample).clone()).collect();
+        assert_eq!(played, samples);
+        let alerts: Vec<(usize, AlertCode, bool)> =
+            got.iter().enumerate().flat_map(|(i, o)| o.alerts.iter().map(move |a| (i, a.code, a.active))).collect();
+        assert_eq!(alerts, vec![(1, AlertCode::SwapActive, true), (2, AlertCode::SwapActive, false)]);
+        assert_eq!(handle.latest().as_deref(), Some(&samples[2]));
+        let recorded: Vec<Sample> = Replay::open(&record).unwrap().map(Result::unwrap).collect();
+        assert_eq!(recorded, samples);
+        let mut bad = serde_json::to_value(sample(3.0)).unwrap();
+        bad["host"]["swapUsedMb"] = serde_json::json!(-1);
+        let refused = handle.push_json(&bad).unwrap_err();
+        assert_eq!(refused.message, "sample.host.swapUsedMb: expected u64, got -1");
+        handle.stop();
+        let closed = handle.push(sample(1.0)).unwrap_err();
+        assert_eq!((closed.code, closed.message.as_str()), (ErrorCode::Closed, "push: the Telemetry is closed"));
+        std::fs::remove_file(&record).unwrap();
+    }
+
+    #[test]
+    fn push_is_refused_by_a_replaying_sampler() {
+        let path = temp_path("sampler-no-push.jsonl");
+        write_recording(&path, &[sample(0.0), sample(3_600_000.0)]);
+        let (sink, _events) = channel_sink();
+        let handle = Sampler::new(replay_options(&path, ReplaySpeed::Factor(1.0))).start(sink).unwrap();
+        let e = handle.push(sample(1.0)).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidArgument);
+        assert_eq!(handle.push_json(&serde_json::json!({})).unwrap_err().message, e.message, "refused before parsing");
+        assert!(e.message.contains("only one made with source: \"manual\" takes pushed samples"), "{}", e.message);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    /// One GPU whose process list names the read it came from (pid 100, 101, ...), counting reads.
+    struct FakeGpus {
+        list_reads: u32,
+        reads: u32,
+    }
+
+    impl GpuSource for FakeGpus {
+        fn read(&mut self, registry: &ProcessRegistry, with_processes: bool) -> GpuRead {
+            self.reads += 1;
+            let mut gpu = crate::telemetry::sample::fixtures::gpu(0, 50.0, 8_000 - self.reads as u64);
+            gpu.processes = vec![];
+            if with_processes {
+                let pid = 100 + self.list_reads;
+                self.list_reads += 1;
+                gpu.processes = vec![GpuProcess { pid, used_mb: Some(500), service: registry.service_of(pid) }];
+            }
+            GpuRead {
+                status: crate::telemetry::NvmlStatus { available: true, reason: None },
+                gpus: vec![gpu],
+                xid_errors: vec![],
+            }
+        }
+    }
+
+    #[test]
+    fn process_lists_are_read_every_process_interval_or_when_wanted_and_carried_in_between() {
+        let mut gpus = LiveGpus::new(Box::new(FakeGpus { list_reads: 0, reads: 0 }), Duration::from_millis(1_000));
+        let registry = ProcessRegistry::new();
+        let start = Instant::now();
+        // A tick every 250 ms on a hand-driven clock; the lists are wanted once, at 1300 ms.
+        let mut seen = vec![];
+        for ms in [0u64, 250, 500, 750, 1_000, 1_250, 1_300, 1_500, 2_000, 2_250, 2_300] {
+            if ms == 1_250 {
+                registry.register(101, "ASR");
+            }
+            let read = gpus.read(start + Duration::from_millis(ms), ms as f64, ms == 1_300, &registry);
+            let gpu = &read.gpus[0];
+            assert_eq!(gpu.free_mb, Some(8_000 - seen.len() as u64 - 1), "memory is read every tick");
+            let process = &gpu.processes[0];
+            seen.push((ms, process.pid, gpu.processes_at.unwrap(), process.service.clone()));
+        }
+        let asr = || Some("ASR".to_string());
+        assert_eq!(
+            seen,
+            vec![
+                (0, 100, 0.0, None),
+                (250, 100, 0.0, None),
+                (500, 100, 0.0, None),
+                (750, 100, 0.0, None),
+                (1_000, 101, 1_000.0, None),
+                // Carried lists are relabelled: pid 101 was registered after the read.
+                (1_250, 101, 1_000.0, asr()),
+                (1_300, 102, 1_300.0, None),
+                (1_500, 102, 1_300.0, None),
+                // The interval counts from the wanted read, so 2000 carries it too.
+                (2_000, 102, 1_300.0, None),
+                (2_250, 102, 1_300.0, None),
+                (2_300, 103, 2_300.0, None),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_zero_process_interval_reads_the_lists_every_tick() {
+        let mut gpus = LiveGpus::new(Box::new(FakeGpus { list_reads: 0, reads: 0 }), Duration::ZERO);
+        let registry = ProcessRegistry::new();
+        let start = Instant::now();
+        let pids: Vec<u32> = (0..3)
+            .map(|i| gpus.read(start + Duration::from_millis(i * 50), 0.0, false, &registry).gpus[0].processes[0].pid)
+            .collect();
+        assert_eq!(pids, vec![100, 101, 102]);
+    }
+
+    #[test]
+    fn a_live_source_reads_the_lists_when_wanted_between_intervals() {
+        let registry = ProcessRegistry::new();
+        let shared = Shared::default();
+        let mut source = Source::Live {
+            host: Box::new(HostReader::new(registry.clone()).unwrap()),
+            gpus: LiveGpus::new(Box::new(FakeGpus { list_reads: 0, reads: 0 }), Duration::from_secs(3_600)),
+            interval: Duration::from_millis(1),
+            next_tick: Instant::now(),
+        };
+        let mut tick = |want: bool| {
+            if want {
+                LatestSample(Arc::new(Shared::default())).want_processes(); // another sampler: no effect here
+                shared.want_processes();
+            }
+            match source.next(&shared, &registry) {
+                Next::Sample(s) => (s.gpus[0].processes[0].pid, s.gpus[0].processes_at == Some(s.at)),
+                _ => panic!("a live source ended"),
+            }
+        };
+        assert_eq!(tick(false), (100, true));
+        assert_eq!(tick(false), (100, false), "carried: read an hour's interval ago at most");
+        assert_eq!(tick(true), (101, true));
+        assert_eq!(tick(false), (101, false));
+    }
+
+    #[test]
+    fn wanting_the_process_lists_marks_the_next_tick_once() {
+        let shared = Shared::default();
+        assert!(!shared.take_processes_wanted());
+        LatestSample(Arc::new(Shared::default())).want_processes();
+        shared.want_processes();
+        assert!(shared.take_processes_wanted());
+        assert!(!shared.take_processes_wanted(), "one request, one read");
     }
 
     #[test]

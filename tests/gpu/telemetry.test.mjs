@@ -40,7 +40,8 @@ function torchHolder(gib) {
 }
 
 test('a PyTorch process allocating 4 GiB appears in processes[] within two intervals and disappears after it exits', { skip }, async () => {
-  const telemetry = new Telemetry({ intervalMs: INTERVAL_MS })
+  // Process lists every sample here: this measures how soon NVML lists a process.
+  const telemetry = new Telemetry({ intervalMs: INTERVAL_MS, processIntervalMs: 0 })
   await firstSample(telemetry)
   const { child, ready } = torchHolder(4)
   await ready
@@ -64,6 +65,29 @@ test('a PyTorch process allocating 4 GiB appears in processes[] within two inter
   }
   console.log(`gone ${Date.now() - goneAt} ms after exit`)
   telemetry.close()
+})
+
+test('process lists are read every processIntervalMs; the samples between carry them, marked by processesAt', { skip }, async () => {
+  const telemetry = new Telemetry({ intervalMs: 100, processIntervalMs: 500 })
+  const samples = []
+  telemetry.onSample((s) => samples.push(s))
+  await firstSample(telemetry)
+  await sleep(2600)
+  telemetry.close()
+  const reads = samples.filter((s) => s.gpus[0].processesAt === s.at)
+  console.log(`${samples.length} samples, ${reads.length} with fresh process lists`)
+  assert.ok(samples.length >= 20, `${samples.length} samples`)
+  assert.ok(reads.length >= 3 && reads.length <= 7, `${reads.length} process-list reads in 2.6 s at 500 ms`)
+  let lastRead
+  for (const s of samples) {
+    for (const gpu of s.gpus) assert.ok(gpu.processesAt <= s.at, `processesAt ${gpu.processesAt} after at ${s.at}`)
+    if (s.gpus[0].processesAt === s.at) {
+      if (lastRead !== undefined) assert.ok(s.at - lastRead >= 450, `lists read ${s.at - lastRead} ms apart`)
+      lastRead = s.at
+    } else if (lastRead !== undefined) {
+      assert.equal(s.gpus[0].processesAt, lastRead, 'a sample between reads carries the last lists')
+    }
+  }
 })
 
 test('VRAM admission grants a request that fits and holds back one that does not, against real free memory', { skip }, async () => {

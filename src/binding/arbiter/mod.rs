@@ -33,7 +33,7 @@ use crate::arbiter::GpuReading;
 use crate::config::{self, ArbiterConfig};
 use crate::error::SidecarError;
 
-pub(super) use state::{gpu_loads, observe_sample, State};
+pub(super) use state::{backlog_board, observe_sample, State};
 pub use views::*;
 
 #[napi(object)]

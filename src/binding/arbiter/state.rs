@@ -21,7 +21,7 @@ use super::native_leases::NativeReply;
 use crate::arbiter::{Arbiter, Micros, Outcome, Resolution, WaiterId, MICROS_PER_MS};
 use crate::config::watch::{ConfigFileChange, ConfigFileWatch};
 use crate::config::ArbiterConfig;
-use crate::telemetry::Sample;
+use crate::telemetry::{BacklogBoard, Sample};
 
 /// The arbiter's monotonic clock (microseconds since creation), and its epoch for results.
 pub struct Clock {
@@ -67,6 +67,9 @@ pub struct State {
     spare_resolutions: Vec<Resolution>,
     /// Requests made from Rust (`native_leases`), answered on their channel, not in the mailbox.
     pub native_waiters: FxHashMap<WaiterId, NativeReply>,
+    /// Waiters and leases per GPU for attached Telemetries' sampler threads; kept only once one
+    /// asked (see `backlog_board`).
+    backlog_board: Option<Arc<BacklogBoard>>,
 }
 
 /// Who made the change: a hot call's JS caller reads the mailbox itself; anything else (a
@@ -92,6 +95,7 @@ impl State {
             call_now: None,
             spare_resolutions: Vec::new(),
             native_waiters: FxHashMap::default(),
+            backlog_board: None,
         }
     }
 
@@ -146,6 +150,9 @@ impl State {
 
     /// Writes the header and the next batch of records to the mailbox.
     pub fn publish(&mut self) {
+        if let Some(board) = &self.backlog_board {
+            board.set(self.core.each_gpu_load());
+        }
         let now = self.call_now.take().unwrap_or_else(|| self.clock.now());
         let Some(mailbox) = &self.mailbox else {
             // No JS half yet, so no promise waits on these.
@@ -220,9 +227,13 @@ pub fn observe_sample(env: &Env, state: &Rc<RefCell<State>>, sample: &Sample) ->
     after_call(env, state, out, Caller::Native)
 }
 
-/// `(gpu key, waiters, active leases)` per GPU, for telemetry's GPU_IDLE_WITH_BACKLOG alert.
-pub fn gpu_loads(state: &Rc<RefCell<State>>) -> Vec<(String, usize, usize)> {
-    state.borrow().core.gpu_loads()
+/// The arbiter's waiters and leases per GPU as a board that every change updates (every change
+/// publishes), for telemetry's GPU_IDLE_WITH_BACKLOG alert on the sampler thread.
+pub fn backlog_board(state: &Rc<RefCell<State>>) -> Arc<BacklogBoard> {
+    let mut s = state.borrow_mut();
+    let board = s.backlog_board.get_or_insert_with(Arc::default).clone();
+    board.set(s.core.each_gpu_load());
+    board
 }
 
 /// The `undefined` value, for calls whose result JS ignores.
