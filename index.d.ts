@@ -433,7 +433,10 @@ export interface ArbiterCodeNames {
 export declare const enum ArbiterMailboxSlot {
   /** The arbiter's monotonic clock at the end of the last call, ms. */
   Now = 0,
-  /** When the arbiter next needs `tick()`, on that clock, ms; -1: never. */
+  /**
+   * At or before when the arbiter next needs `tick()` (on that clock, ms; -1: never). It may
+   * be early: the tick then finds nothing due and the next value is later.
+   */
   NextDeadline = 1,
   /** Requests waiting now (the deadline timer keeps Node alive only while there are some). */
   Waiters = 2,

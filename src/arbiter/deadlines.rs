@@ -48,6 +48,11 @@ impl Deadlines {
         None
     }
 
+    /// The earliest entry, live or stale, without looking: at or before the earliest live one.
+    pub fn earliest_entry(&self) -> Option<Micros> {
+        self.heap.peek().map(|Reverse((at, _))| *at)
+    }
+
     pub fn pop(&mut self) {
         self.heap.pop();
     }

@@ -98,7 +98,7 @@ impl Arbiter {
             .filter(|(_, l)| l.gpu == g)
             .map(|(id, l)| LeaseView {
                 lease_id: *id,
-                task_type: l.task_type.clone(),
+                task_type: l.task_type.to_string(),
                 priority: l.priority,
                 trace: l.trace.clone(),
                 acquired_at: l.acquired_at,
@@ -119,7 +119,7 @@ impl Arbiter {
                 let aged = if aging_ms > 0 { waited as f64 / (aging_ms * MICROS_PER_MS) as f64 } else { 0.0 };
                 WaiterView {
                     id: *id,
-                    task_type: w.task_type.clone(),
+                    task_type: w.task_type.to_string(),
                     priority: w.priority,
                     effective_priority: w.priority as f64 + aged,
                     waited,

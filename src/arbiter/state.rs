@@ -58,7 +58,7 @@ pub(super) struct Gpu {
 
 pub(super) struct Lease {
     pub gpu: usize,
-    pub task_type: String,
+    pub task_type: TaskType,
     pub priority: u64,
     pub trace: Trace,
     pub acquired_at: Micros,
@@ -71,7 +71,7 @@ pub(super) struct Lease {
 pub(super) struct Waiter {
     pub gpu: usize,
     pub key: QueueKey,
-    pub task_type: String,
+    pub task_type: TaskType,
     pub priority: u64,
     pub deadline: Option<Micros>,
     pub enqueued_at: Micros,
@@ -160,6 +160,13 @@ impl Arbiter {
     /// When the caller must next call [`Arbiter::tick`].
     pub fn next_deadline(&mut self) -> Option<Micros> {
         self.next_live_deadline().map(|(at, _)| at)
+    }
+
+    /// A time at or before the next deadline, in O(1): a timer armed for it may fire early and
+    /// find nothing due (then `tick` drops what was stale and the next hint is later). Cheaper
+    /// than [`Arbiter::next_deadline`] for a caller asking after every call.
+    pub fn next_deadline_hint(&self) -> Option<Micros> {
+        self.deadlines.earliest_entry()
     }
 
     fn next_live_deadline(&mut self) -> Option<(Micros, Deadline)> {
@@ -276,7 +283,7 @@ impl Arbiter {
         if self.record_events {
             let mut ev = ArbiterEvent::new(EventKind::Released, now);
             ev.gpu_key = Some(self.gpus[g].key.clone());
-            ev.task_type = Some(lease.task_type);
+            ev.task_type = Some(lease.task_type.to_string());
             ev.lease_id = Some(lease_id);
             ev.held = Some(held);
             ev.trace = Some(lease.trace);
@@ -490,7 +497,7 @@ impl Arbiter {
                 let lease = &self.leases[&id];
                 let mut ev = ArbiterEvent::new(EventKind::Released, now);
                 ev.gpu_key = Some(self.gpus[lease.gpu].key.clone());
-                ev.task_type = Some(lease.task_type.clone());
+                ev.task_type = Some(lease.task_type.to_string());
                 ev.lease_id = Some(id);
                 ev.held = Some(now.saturating_sub(lease.acquired_at));
                 ev.trace = Some(lease.trace.clone());
@@ -548,7 +555,7 @@ impl Arbiter {
 
     fn resolve(&self, req: &AcquireRequest) -> Resolved {
         let c = &self.config;
-        let p = c.policies.get(&req.task_type);
+        let p = c.policies.get(&*req.task_type);
         let pick = |f: fn(&crate::config::TaskPolicy) -> Option<u64>| p.and_then(f);
         Resolved {
             priority: req.priority.or(pick(|p| p.priority.map(|v| v.get()))).unwrap_or(c.default_priority.get()),
@@ -626,7 +633,7 @@ impl Arbiter {
         &mut self,
         lease_id: LeaseId,
         g: usize,
-        task_type: String,
+        task_type: TaskType,
         priority: u64,
         trace: Trace,
         hold_max: Micros,
@@ -645,7 +652,7 @@ impl Arbiter {
         if self.record_events {
             let mut ev = ArbiterEvent::new(EventKind::Acquired, now);
             ev.gpu_key = Some(self.gpus[g].key.clone());
-            ev.task_type = Some(task_type.clone());
+            ev.task_type = Some(task_type.to_string());
             ev.lease_id = Some(lease_id);
             ev.waited = Some(waited);
             ev.trace = Some(trace.clone());
@@ -672,7 +679,7 @@ impl Arbiter {
         if self.record_events {
             let mut ev = ArbiterEvent::new(EventKind::Queued, now);
             ev.gpu_key = Some(self.gpus[g].key.clone());
-            ev.task_type = Some(req.task_type.clone());
+            ev.task_type = Some(req.task_type.to_string());
             ev.trace = Some(req.trace.clone());
             ev.detail = Some(format!("queue length {}", self.gpus[g].queue.len()));
             self.events.push(ev);
@@ -795,7 +802,7 @@ impl Arbiter {
         if self.record_events {
             let mut ev = ArbiterEvent::new(EventKind::Watchdog, now);
             ev.gpu_key = Some(key);
-            ev.task_type = Some(task_type);
+            ev.task_type = Some(task_type.to_string());
             ev.lease_id = Some(id);
             ev.held = Some(held);
             ev.trace = Some(trace);

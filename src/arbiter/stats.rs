@@ -1,6 +1,6 @@
 //! Counters, histograms and percentiles per GPU and task type, and their Prometheus text.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use super::types::{Micros, Status, MICROS_PER_MS};
@@ -18,7 +18,8 @@ pub struct Histogram {
     buckets: [u64; BUCKETS_MS.len()],
     count: u64,
     sum_ms: f64,
-    recent: VecDeque<f64>,
+    /// The latest observations, a ring of `RECENT_WINDOW` once full (`count` says where it wraps).
+    recent: Vec<f64>,
 }
 
 impl Histogram {
@@ -30,10 +31,11 @@ impl Histogram {
         }
         self.count += 1;
         self.sum_ms += ms;
-        if self.recent.len() == RECENT_WINDOW {
-            self.recent.pop_front();
+        if self.recent.len() < RECENT_WINDOW {
+            self.recent.push(ms);
+        } else {
+            self.recent[(self.count as usize - 1) % RECENT_WINDOW] = ms;
         }
-        self.recent.push_back(ms);
     }
 
     /// p50, p95, p99 in ms over the recent window (nearest rank); `None` with no observations.
@@ -160,6 +162,22 @@ mod tests {
         let p = h.percentiles().unwrap();
         assert_eq!((p.p50, p.p95, p.p99), (50.0, 95.0, 99.0));
         assert!(Histogram::default().percentiles().is_none());
+    }
+
+    #[test]
+    fn percentiles_follow_the_latest_window_only() {
+        let mut h = Histogram::default();
+        for _ in 0..RECENT_WINDOW {
+            h.observe(1_000 * MICROS_PER_MS);
+        }
+        for _ in 0..RECENT_WINDOW {
+            h.observe(MICROS_PER_MS);
+        }
+        let p = h.percentiles().unwrap();
+        assert_eq!((p.p50, p.p99), (1.0, 1.0), "the older, slower window has rolled out");
+        h.observe(5 * MICROS_PER_MS);
+        assert_eq!(h.percentiles().unwrap().p99, 1.0);
+        assert_eq!(h.recent.len(), RECENT_WINDOW);
     }
 
     #[test]

@@ -9,6 +9,10 @@ pub type Micros = u64;
 pub const MICROS_PER_MS: u64 = 1_000;
 
 pub type LeaseId = u64;
+
+/// A task type's name, shared rather than copied: every request, waiter and lease of a type
+/// holds the same one (the binding interns them).
+pub type TaskType = std::sync::Arc<str>;
 pub type WaiterId = u64;
 
 /// Who asked, carried through to events and snapshots.
@@ -24,7 +28,7 @@ pub struct Trace {
 /// then the arbiter's defaults.
 #[derive(Debug, Clone, Default)]
 pub struct AcquireRequest {
-    pub task_type: String,
+    pub task_type: TaskType,
     pub gpu_key: Option<String>,
     pub priority: Option<u64>,
     pub max_wait_ms: Option<u64>,
@@ -36,7 +40,7 @@ pub struct AcquireRequest {
 }
 
 impl AcquireRequest {
-    pub fn new(task_type: impl Into<String>) -> Self {
+    pub fn new(task_type: &str) -> Self {
         Self { task_type: task_type.into(), ..Self::default() }
     }
 }

@@ -214,6 +214,21 @@ pub fn define_methods(env: &Env, object: sys::napi_value, methods: &[(&str, sys:
     check_status!(unsafe { sys::napi_define_properties(env.raw(), object, descriptors.len(), descriptors.as_ptr()) })
 }
 
+/// Runs `f` on a JS string's text without allocating when it is short (task types, GPU keys).
+pub fn with_str<R>(env: &Env, value: sys::napi_value, f: impl FnOnce(&str) -> R) -> Result<R> {
+    let mut buf = [0u8; 64];
+    let mut len = 0;
+    check_status!(unsafe {
+        sys::napi_get_value_string_utf8(env.raw(), value, buf.as_mut_ptr().cast(), buf.len(), &mut len)
+    })?;
+    if len < buf.len() - 1 {
+        if let Ok(text) = std::str::from_utf8(&buf[..len]) {
+            return Ok(f(text));
+        }
+    }
+    Ok(f(&string_value(env, value)?))
+}
+
 /// A JS string's text.
 pub fn string_value(env: &Env, value: sys::napi_value) -> Result<String> {
     // Task types, GPU keys and trace ids are short: one copy through a small stack buffer.

@@ -663,7 +663,7 @@ fn serve_leases(env: &Env, state: &Rc<RefCell<State>>) {
             LeaseCall::Acquire { service, gpu_key, reply } => {
                 let (max_wait_ms, hold_max_ms) = limits.unwrap_or((120_000, 60_000));
                 let request = AcquireRequest {
-                    task_type: STARTUP_TASK_TYPE.to_string(),
+                    task_type: STARTUP_TASK_TYPE.into(),
                     gpu_key: Some(gpu_key),
                     busy_policy: Some(BusyPolicy::Wait),
                     max_wait_ms: Some(max_wait_ms),

@@ -111,7 +111,7 @@ fn kind_value(env: &Env, kind: ArbiterRecordKind) -> JsResult<sys::napi_value> {
 
 fn acquire_task(env: &Env, state: &Rc<RefCell<State>>, args: &[sys::napi_value; MAX_ARGS]) -> JsResult<sys::napi_value> {
     let task_type = match js::value_type(env, args[0]).js()? {
-        ValueType::String => js::string_value(env, args[0]).js()?,
+        ValueType::String => js::with_str(env, args[0], |text| state.borrow_mut().intern_task_type(text)).js()?,
         _ => return Err(SidecarError::invalid_argument("request.taskType: expected a string").into()),
     };
     let request = AcquireRequest { task_type, trace: read_trace(env, args[1])?, ..AcquireRequest::default() };
@@ -309,7 +309,7 @@ fn read_request(env: &Env, request: sys::napi_value) -> JsResult<AcquireRequest>
         })?),
     };
     Ok(AcquireRequest {
-        task_type,
+        task_type: task_type.into(),
         gpu_key: opt_string("gpuKey")?,
         priority,
         max_wait_ms: opt_whole("maxWaitMs")?,

@@ -18,7 +18,10 @@ use super::views::{event_value, GpuArbiterEvent};
 use rustc_hash::FxHashMap;
 
 use super::native_leases::NativeReply;
-use crate::arbiter::{Arbiter, Micros, Outcome, Resolution, WaiterId, MICROS_PER_MS};
+use crate::arbiter::{Arbiter, Micros, Outcome, Resolution, TaskType, WaiterId, MICROS_PER_MS};
+
+/// Distinct task type names kept for sharing; a node has a handful.
+const MAX_INTERNED_TASK_TYPES: usize = 256;
 use crate::config::watch::{ConfigFileChange, ConfigFileWatch};
 use crate::config::ArbiterConfig;
 use crate::telemetry::{BacklogBoard, Sample};
@@ -67,6 +70,8 @@ pub struct State {
     spare_resolutions: Vec<Resolution>,
     /// Requests made from Rust (`native_leases`), answered on their channel, not in the mailbox.
     pub native_waiters: FxHashMap<WaiterId, NativeReply>,
+    /// Task type names seen, shared by every request of the type (no allocation per request).
+    task_types: FxHashMap<Box<str>, TaskType>,
     /// Waiters and leases per GPU for attached Telemetries' sampler threads; kept only once one
     /// asked (see `backlog_board`).
     backlog_board: Option<Arc<BacklogBoard>>,
@@ -95,11 +100,25 @@ impl State {
             call_now: None,
             spare_resolutions: Vec::new(),
             native_waiters: FxHashMap::default(),
+            task_types: FxHashMap::default(),
             backlog_board: None,
         }
     }
 
     /// Queues what a core call caused for JS. Revocations matter only to a bound JS half.
+    /// The shared name of a task type. Past `MAX_INTERNED_TASK_TYPES` distinct names (a caller
+    /// inventing one per request) names are no longer kept, so the table cannot grow without bound.
+    pub fn intern_task_type(&mut self, name: &str) -> TaskType {
+        if let Some(shared) = self.task_types.get(name) {
+            return shared.clone();
+        }
+        let shared: TaskType = name.into();
+        if self.task_types.len() < MAX_INTERNED_TASK_TYPES {
+            self.task_types.insert(name.into(), shared.clone());
+        }
+        shared
+    }
+
     /// An empty vector for a call's resolutions; `after_call` takes it back.
     pub fn lend_resolutions(&mut self) -> Vec<Resolution> {
         std::mem::take(&mut self.spare_resolutions)
@@ -125,9 +144,11 @@ impl State {
                     None => self.outbox.push_back(Record::Settled(r)),
                 }
             }
-            let now = self.clock.now();
-            for id in orphaned {
-                self.core.release(id, now, &mut resolutions);
+            if !orphaned.is_empty() {
+                let now = self.clock.now();
+                for id in orphaned {
+                    self.core.release(id, now, &mut resolutions);
+                }
             }
         }
         if resolutions.capacity() > self.spare_resolutions.capacity() {
@@ -161,7 +182,7 @@ impl State {
         };
         mailbox.write_header(&Header {
             now_ms: ms(now),
-            next_deadline_ms: self.core.next_deadline().map(ms),
+            next_deadline_ms: self.core.next_deadline_hint().map(ms),
             waiters: self.core.waiter_count(),
             enabled: self.core.config().enabled,
             config_generation: self.config_generation,
@@ -239,4 +260,21 @@ pub fn backlog_board(state: &Rc<RefCell<State>>) -> Arc<BacklogBoard> {
 /// The `undefined` value, for calls whose result JS ignores.
 pub fn undefined(env: &Env) -> JsResult<sys::napi_value> {
     unsafe { <()>::to_napi_value(env.raw(), ()) }.js()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_type_names_are_shared_and_the_table_is_bounded() {
+        let mut s = State::new(ArbiterConfig::default());
+        let a = s.intern_task_type("ASR");
+        assert!(std::sync::Arc::ptr_eq(&a, &s.intern_task_type("ASR")));
+        for i in 0..10_000 {
+            s.intern_task_type(&format!("invented-{i}"));
+        }
+        assert_eq!(s.task_types.len(), MAX_INTERNED_TASK_TYPES);
+        assert_eq!(&*s.intern_task_type("invented-9999"), "invented-9999");
+    }
 }
