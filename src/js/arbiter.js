@@ -39,8 +39,46 @@ const INSTALLED = Symbol.for('gpu-sidecar.arbiterJsHalf')
  *   bindSide(notify: () => void): Float64Array,
  *   [SIDE]?: ArbiterSide,
  * }} NativeArbiter
- * @typedef {{ resolve: (value: unknown) => void, taskType: string, signal: AbortSignal | null, onAbort: (() => void) | null }} Waiter
+ * @typedef {{ id: number, resolve: (value: unknown) => void, taskType: string, signal: AbortSignal | null, onAbort: (() => void) | null }} Waiter
  */
+
+/** Slots in the waiter table's array part (a power of two). */
+const WAITER_SLOTS = 4096
+
+/**
+ * Queued requests by id. Ids come from one increasing counter, so an array indexed by the id's
+ * low bits finds almost every waiter without hashing; the rare id whose slot is taken (a waiter
+ * older than 4096 newer ids) goes to a Map.
+ */
+class WaiterTable {
+  constructor() {
+    /** @type {(Waiter | undefined)[]} */
+    this.slots = new Array(WAITER_SLOTS).fill(undefined)
+    /** @type {Map<number, Waiter>} */
+    this.overflow = new Map()
+  }
+
+  /** @param {Waiter} waiter */
+  add(waiter) {
+    const at = waiter.id & (WAITER_SLOTS - 1)
+    if (this.slots[at] === undefined) this.slots[at] = waiter
+    else this.overflow.set(waiter.id, waiter)
+  }
+
+  /** Removes and returns the waiter with this id, if any. @param {number} id */
+  take(id) {
+    const at = id & (WAITER_SLOTS - 1)
+    const waiter = this.slots[at]
+    if (waiter !== undefined && waiter.id === id) {
+      this.slots[at] = undefined
+      return waiter
+    }
+    if (this.overflow.size === 0) return undefined
+    const other = this.overflow.get(id)
+    if (other !== undefined) this.overflow.delete(id)
+    return other
+  }
+}
 
 /** @param {string} message */
 function invalidArgument(message) {
@@ -89,8 +127,7 @@ class ArbiterSide {
   /** @param {NativeArbiter} arbiter */
   constructor(arbiter) {
     this.arbiter = arbiter
-    /** @type {Map<number, Waiter>} */
-    this.waiters = new Map()
+    this.waiters = new WaiterTable()
     /** @type {Map<number, AbortController>} lease id -> controller, for leases whose signal was asked for */
     this.signals = new Map()
     /** @type {Set<number>} */
@@ -164,9 +201,8 @@ class ArbiterSide {
           revoked.push(id)
           continue
         }
-        const waiter = this.waiters.get(id)
+        const waiter = this.waiters.take(id)
         if (waiter === undefined) continue
-        this.waiters.delete(id)
         if (waiter.signal !== null && waiter.onAbort !== null) waiter.signal.removeEventListener('abort', waiter.onAbort)
         waiter.resolve(kind === Kind.Acquired ? this.lease(at, waiter.taskType) : this.refusal(at))
       }
@@ -243,8 +279,8 @@ class ArbiterSide {
     // One shared executor, not a closure per request.
     const promise = new Promise(captureResolve)
     /** @type {Waiter} */
-    const waiter = { resolve: capturedResolve, taskType, signal, onAbort: null }
-    this.waiters.set(id, waiter)
+    const waiter = { id, resolve: capturedResolve, taskType, signal, onAbort: null }
+    this.waiters.add(waiter)
     if (signal !== null) {
       waiter.onAbort = () => {
         if (this.closed) return
