@@ -5,7 +5,7 @@ import { spawn, spawnSync } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import { join, resolve } from 'node:path'
 import { ServiceConfig, ServiceEvent, ServiceSupervisor } from '../gpu-sidecar'
-import { tempDir, waitFor } from './support'
+import { alive, procStat as stat, tempDir, waitFor } from './support'
 
 const ROOT = resolve(__dirname, '..')
 const FIXTURES = join(__dirname, 'fixtures', 'services')
@@ -32,21 +32,6 @@ function supervise(services: ServiceConfig[], listener?: (e: ServiceEvent) => vo
 
 function escaper(name: string, args: string[] = [], rest: Partial<ServiceConfig> = {}): ServiceConfig {
   return { name, command: 'python3', args: [ESCAPER, ...args], readiness: READY_LINE, stopTimeoutMs: 2000, ...rest }
-}
-
-function stat(pid: number): string[] | null {
-  try {
-    const text = readFileSync(`/proc/${pid}/stat`, 'utf8')
-    return text.slice(text.lastIndexOf(')') + 2).split(' ')
-  } catch {
-    return null
-  }
-}
-
-/** Running: it exists and is not a zombie (an orphan's zombie waits for init, which is slow here). */
-const alive = (pid: number) => {
-  const fields = stat(pid)
-  return fields !== null && fields[0] !== 'Z'
 }
 
 const logs = (events: ServiceEvent[]) => events.filter((e): e is Extract<ServiceEvent, { type: 'log' }> => e.type === 'log').map((e) => e.line)

@@ -46,12 +46,4 @@ export async function freePort(): Promise<number> {
   return port
 }
 
-/** Running: it exists and is not a zombie. */
-export function alive(pid: number): boolean {
-  try {
-    const text = readFileSync(`/proc/${pid}/stat`, 'utf8')
-    return text.slice(text.lastIndexOf(')') + 2)[0] !== 'Z'
-  } catch {
-    return false
-  }
-}
+export { alive } from './support'

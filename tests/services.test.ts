@@ -5,7 +5,8 @@ import { readFileSync, readdirSync, writeFileSync } from 'node:fs'
 import { createServer, Server } from 'node:net'
 import { join, resolve } from 'node:path'
 import { GpuArbiter, ServiceConfig, ServiceEvent, ServicesConfig, ServiceSupervisor, Telemetry, TelemetrySample, loadConfig } from '../gpu-sidecar'
-import { sleep, tempDir, waitFor } from './support'
+import { of, supervise } from './services-support'
+import { alive, procStat as stat, sleep, tempDir, waitFor } from './support'
 
 const ROOT = resolve(__dirname, '..')
 const FIXTURES = join(__dirname, 'fixtures', 'services')
@@ -24,24 +25,6 @@ function py(name: string, mode: string, extra: Array<string | number> = [], rest
   }
 }
 
-const open: ServiceSupervisor[] = []
-
-/** A supervisor whose events are collected; closed after each test. */
-function supervise(config: ServicesConfig) {
-  const supervisor = new ServiceSupervisor(config)
-  open.push(supervisor)
-  const events: ServiceEvent[] = []
-  supervisor.onEvent((e) => events.push(e))
-  return { supervisor, events }
-}
-
-afterEach(async () => {
-  for (const s of open.splice(0)) await s.close()
-})
-
-function of<T extends ServiceEvent['type']>(events: ServiceEvent[], service: string, type: T) {
-  return events.filter((e): e is Extract<ServiceEvent, { type: T }> => e.service === service && e.type === type)
-}
 
 function indexOf(events: ServiceEvent[], check: (e: ServiceEvent) => boolean): number {
   const i = events.findIndex(check)
@@ -55,22 +38,6 @@ async function freePort(): Promise<number> {
   const port = (server.address() as { port: number }).port
   await new Promise((r) => server.close(r))
   return port
-}
-
-/** `/proc/<pid>/stat` fields after the command name: [state, ppid, pgrp, ...]. */
-function stat(pid: number): string[] | null {
-  try {
-    const text = readFileSync(`/proc/${pid}/stat`, 'utf8')
-    return text.slice(text.lastIndexOf(')') + 2).split(' ')
-  } catch {
-    return null
-  }
-}
-
-/** Running: it exists and is not a zombie (an orphan's zombie waits for whatever reaps orphans here). */
-function alive(pid: number): boolean {
-  const fields = stat(pid)
-  return fields !== null && fields[0] !== 'Z'
 }
 
 function allPids(): number[] {

@@ -1,5 +1,5 @@
 // Shared test utilities: temporary folders that are removed afterwards, and polling for a condition.
-import { mkdtempSync, rmSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 
@@ -26,4 +26,23 @@ export async function waitFor<T>(check: () => T | undefined | null | false, time
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
     await sleep(10)
   }
+}
+
+/** `/proc/<pid>/stat` fields after the command name: [state, ppid, pgrp, ...]; `null` when gone. */
+export function procStat(pid: number): string[] | null {
+  try {
+    const text = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    return text.slice(text.lastIndexOf(')') + 2).split(' ')
+  } catch {
+    return null
+  }
+}
+
+/**
+ * Running: it exists and is not a zombie. (This machine's init reaps orphans slowly, so a
+ * zombie reparented to it is dead; `kill(pid, 0)` would still say it exists.)
+ */
+export function alive(pid: number): boolean {
+  const fields = procStat(pid)
+  return fields !== null && fields[0] !== 'Z'
 }

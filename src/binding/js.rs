@@ -214,7 +214,8 @@ pub fn define_methods(env: &Env, object: sys::napi_value, methods: &[(&str, sys:
     check_status!(unsafe { sys::napi_define_properties(env.raw(), object, descriptors.len(), descriptors.as_ptr()) })
 }
 
-/// Runs `f` on a JS string's text without allocating when it is short (task types, GPU keys).
+/// Runs `f` on a JS string's text, copied through a small stack buffer when it is short (task
+/// types, GPU keys, trace ids), so reading it allocates nothing.
 pub fn with_str<R>(env: &Env, value: sys::napi_value, f: impl FnOnce(&str) -> R) -> Result<R> {
     let mut buf = [0u8; 64];
     let mut len = 0;
@@ -222,23 +223,8 @@ pub fn with_str<R>(env: &Env, value: sys::napi_value, f: impl FnOnce(&str) -> R)
         sys::napi_get_value_string_utf8(env.raw(), value, buf.as_mut_ptr().cast(), buf.len(), &mut len)
     })?;
     if len < buf.len() - 1 {
-        if let Ok(text) = std::str::from_utf8(&buf[..len]) {
-            return Ok(f(text));
-        }
-    }
-    Ok(f(&string_value(env, value)?))
-}
-
-/// A JS string's text.
-pub fn string_value(env: &Env, value: sys::napi_value) -> Result<String> {
-    // Task types, GPU keys and trace ids are short: one copy through a small stack buffer.
-    let mut buf = [0u8; 64];
-    let mut len = 0;
-    check_status!(unsafe {
-        sys::napi_get_value_string_utf8(env.raw(), value, buf.as_mut_ptr().cast(), buf.len(), &mut len)
-    })?;
-    if len < buf.len() - 1 {
-        return Ok(String::from_utf8_lossy(&buf[..len]).into_owned());
+        // Node-API writes UTF-8, and stops short of splitting a character.
+        return Ok(f(&String::from_utf8_lossy(&buf[..len])));
     }
     check_status!(unsafe { sys::napi_get_value_string_utf8(env.raw(), value, ptr::null_mut(), 0, &mut len) })?;
     let mut long = vec![0u8; len + 1];
@@ -246,7 +232,12 @@ pub fn string_value(env: &Env, value: sys::napi_value) -> Result<String> {
         sys::napi_get_value_string_utf8(env.raw(), value, long.as_mut_ptr().cast(), long.len(), &mut len)
     })?;
     long.truncate(len);
-    Ok(String::from_utf8_lossy(&long).into_owned())
+    Ok(f(&String::from_utf8_lossy(&long)))
+}
+
+/// A JS string's text.
+pub fn string_value(env: &Env, value: sys::napi_value) -> Result<String> {
+    with_str(env, value, str::to_string)
 }
 
 pub fn value_type(env: &Env, value: sys::napi_value) -> Result<ValueType> {

@@ -7,7 +7,7 @@ use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::{cuda_driver_version_major, cuda_driver_version_minor, Device, Nvml};
 use serde::Serialize;
 
-use super::nvml::{nvml, unavailable_reason};
+use super::nvml::nvml_with_devices;
 use super::sample::{GpuSample, NvmlStatus};
 
 /// What NVML says about the driver and every GPU. Any single figure NVML cannot give is `None`.
@@ -56,13 +56,9 @@ pub fn read_inventory() -> Inventory {
         cuda_driver_version: None,
         gpus: Vec::new(),
     };
-    let nvml = match nvml() {
-        Ok(nvml) => nvml,
+    let (nvml, count) = match nvml_with_devices() {
+        Ok(found) => found,
         Err(reason) => return unavailable(reason),
-    };
-    let count = match nvml.device_count() {
-        Ok(count) => count,
-        Err(e) => return unavailable(unavailable_reason(&e)),
     };
     Inventory {
         nvml: NvmlStatus { available: true, reason: None },

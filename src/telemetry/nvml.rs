@@ -29,6 +29,13 @@ pub fn nvml() -> Result<&'static Nvml, NvmlUnavailable> {
 }
 
 /// Why an NVML error leaves GPU telemetry unavailable.
+/// NVML and how many GPUs it sees, or why it cannot be used.
+pub fn nvml_with_devices() -> Result<(&'static Nvml, u32), NvmlUnavailable> {
+    let nvml = nvml()?;
+    let count = nvml.device_count().map_err(|e| unavailable_reason(&e))?;
+    Ok((nvml, count))
+}
+
 pub fn unavailable_reason(error: &NvmlError) -> NvmlUnavailable {
     match error {
         NvmlError::LibloadingError(_) | NvmlError::FailedToLoadSymbol(_) | NvmlError::LibraryNotFound => {
@@ -76,13 +83,9 @@ impl GpuReader {
             gpus: vec![],
             xid_errors: vec![],
         };
-        let nvml = match nvml() {
-            Ok(nvml) => nvml,
+        let (nvml, count) = match nvml_with_devices() {
+            Ok(found) => found,
             Err(reason) => return unavailable(reason),
-        };
-        let count = match nvml.device_count() {
-            Ok(count) => count,
-            Err(e) => return unavailable(unavailable_reason(&e)),
         };
         let indices: Vec<u32> = match &self.indices {
             Some(wanted) => wanted.iter().copied().filter(|&i| i < count).collect(),
