@@ -53,8 +53,10 @@ async function replay(text: string, options: TelemetryOptions = {}) {
   telemetry.onSample((s) => samples.push(s))
   const ended = new Promise<Error | null>((r) => telemetry.onEnd(r))
   const keepAlive = setInterval(() => {}, 1000)
-  const timeout = new Promise<'silent'>((r) => setTimeout(() => r('silent'), 5000))
+  let timer: ReturnType<typeof setTimeout> | undefined
+  const timeout = new Promise<'silent'>((r) => (timer = setTimeout(() => r('silent'), 5000)))
   const error = await Promise.race([ended, timeout])
+  clearTimeout(timer)
   clearInterval(keepAlive)
   telemetry.close()
   return { samples, error, path }
