@@ -247,6 +247,11 @@ impl VramSource for TelemetryLink {
         Some(VramReading { free_mb, sampled_at_ms: sample.at as u64 })
     }
 
+    fn gpu_uuid(&self, gpu_key: &str) -> Option<String> {
+        let (sample, _) = self.sample()?;
+        sample.gpu(gpu_key)?.uuid.clone().filter(|uuid| !uuid.is_empty())
+    }
+
     /// The pid's own GPU memory plus that of processes labelled with its service (its workers).
     /// Asks for fresh process lists in the next sample: with `processIntervalMs` the lists in
     /// the latest one may be up to that old, and a load's peak is what is being learned.

@@ -23,6 +23,10 @@ pub trait VramSource: Send + Sync {
     fn free_mb(&self, gpu_key: &str) -> Option<VramReading>;
     /// GPU memory (MB) used by process `pid`.
     fn process_used_mb(&self, pid: u32) -> Option<u64>;
+    /// The UUID of the GPU named `gpu_key` (`GPU-…`), when the source knows it.
+    fn gpu_uuid(&self, _gpu_key: &str) -> Option<String> {
+        None
+    }
 }
 
 /// Held while a GPU service loads; dropping it releases the lease.

@@ -160,14 +160,18 @@ impl ServiceProcess {
     /// reading its output into `sink`.
     /// With `notify`, the service inherits the pipe's write end, its number in
     /// `GPU_SIDECAR_NOTIFY_FD` (see [`super::notify`]); the host's copy is closed after the spawn.
+    /// `placement` is environment the supervisor sets (the GPU the service runs on); the spec's
+    /// own `env` wins over it.
     pub async fn spawn(
         spec: &ServiceSpec,
+        placement: &[(String, String)],
         sink: Arc<OutputSink>,
         watchdog: Option<&Arc<HostDeathWatchdog>>,
         notify: Option<NotifyWriteEnd>,
     ) -> io::Result<Self> {
         let mut command = CommandWrap::with_new(&spec.command, |c| {
-            c.args(&spec.args).envs(&spec.env).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+            c.args(&spec.args).envs(placement.iter().cloned()).envs(&spec.env);
+            c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
             if let Some(cwd) = &spec.cwd {
                 c.current_dir(cwd);
             }

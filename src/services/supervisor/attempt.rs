@@ -23,6 +23,10 @@ enum NotReady {
     Stalled(u64),
 }
 
+/// Names the GPU key a service runs on.
+pub const GPU_KEY_ENV: &str = "GPU_SIDECAR_GPU_KEY";
+const CUDA_VISIBLE_DEVICES_ENV: &str = "CUDA_VISIBLE_DEVICES";
+
 impl Shared {
     pub(super) async fn attempt(self: &Arc<Self>, i: usize, attempt: u32, stop: &mut watch::Receiver<bool>) -> Attempt {
         let spec = self.spec(i);
@@ -76,7 +80,9 @@ impl Shared {
         }
         let (notify_read, notify_write) = split_pipe(pipe);
         let watchdog = self.host_death_watchdog();
-        let mut process = match ServiceProcess::spawn(spec, sink.clone(), watchdog.as_ref(), notify_write).await {
+        let placement = self.gpu_placement_env(spec);
+        let mut process =
+            match ServiceProcess::spawn(spec, &placement, sink.clone(), watchdog.as_ref(), notify_write).await {
             Ok(process) => process,
             Err(e) => return failed(spawn_failed(e)),
         };
@@ -204,6 +210,18 @@ impl Shared {
 
     /// Starts reading the service's notify pipe: `STATUS=` goes to its status and a `status`
     /// event, `STOPPING=1` to a `notify-stopping` event.
+    /// What a GPU service is told about its GPU: `GPU_SIDECAR_GPU_KEY`, and `CUDA_VISIBLE_DEVICES`
+    /// set to the GPU's UUID when telemetry knows it (NVIDIA recommends UUIDs: NVML's and CUDA's
+    /// indices can differ). The service's own `env` wins over both.
+    fn gpu_placement_env(&self, spec: &crate::services::ServiceSpec) -> Vec<(String, String)> {
+        let Some(gpu) = &spec.gpu else { return Vec::new() };
+        let mut env = vec![(GPU_KEY_ENV.to_string(), gpu.key.clone())];
+        if let Some(uuid) = self.hooks.vram.as_ref().and_then(|v| v.gpu_uuid(&gpu.key)) {
+            env.push((CUDA_VISIBLE_DEVICES_ENV.to_string(), uuid));
+        }
+        env
+    }
+
     fn read_notify(self: &Arc<Self>, i: usize, read: PipeEnd) -> (watch::Receiver<NotifySeen>, AbortOnDrop) {
         let (seen, receiver) = watch::channel(NotifySeen::default());
         let shared = self.clone();
