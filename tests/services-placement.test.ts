@@ -1,6 +1,6 @@
 // A GPU service is told which GPU it runs on (issue 10, placement): `GPU_SIDECAR_GPU_KEY`, and
 // `CUDA_VISIBLE_DEVICES` set to the GPU's UUID from telemetry; the service's own `env` wins.
-import { ServiceConfig, ServiceEvent, ServiceSupervisor, Telemetry, TelemetrySample } from '../gpu-sidecar'
+import { GpuArbiter, GpuLeaseAcquired, ServiceConfig, ServiceEvent, ServiceSupervisor, Telemetry, TelemetrySample } from '../gpu-sidecar'
 import { waitFor } from './support'
 
 /** A service that prints the GPU environment it was given, then its ready line. */
@@ -63,5 +63,33 @@ test('GPU services get their GPU key and the GPU UUID; an explicit env entry win
   } finally {
     await supervisor.close()
     telemetry.close()
+  }
+})
+
+test("a request for a task type a service claims goes to that service's GPU; detaching restores least-loaded placement", async () => {
+  const arbiter = new GpuArbiter({ gpuKeys: ['gpu:0', 'gpu:1'], maxConcurrentLeases: 4 })
+  const supervisor = new ServiceSupervisor({
+    services: [envPrinter('asr', { gpu: { key: 'gpu:1', taskTypes: ['ASR'] } })],
+  })
+  try {
+    const first = (await arbiter.acquire({ taskType: 'NMT' })) as GpuLeaseAcquired
+    expect(first.gpuKey).toBe('gpu:0') // least-loaded: both empty, the first wins
+    const detach = supervisor.attachArbiter(arbiter)
+    const asr = (await arbiter.acquire({ taskType: 'ASR' })) as GpuLeaseAcquired
+    expect(asr.gpuKey).toBe('gpu:1')
+    const asrAgain = (await arbiter.acquire({ taskType: 'ASR' })) as GpuLeaseAcquired
+    expect(asrAgain.gpuKey).toBe('gpu:1') // even though gpu:0 is now the less loaded
+    detach()
+    asr.release()
+    asrAgain.release()
+    const after = (await arbiter.acquire({ taskType: 'ASR' })) as GpuLeaseAcquired
+    expect(after.gpuKey).toBe('gpu:1') // least-loaded again: gpu:0 holds one lease, gpu:1 none
+    first.release()
+    after.release()
+    const unrouted = (await arbiter.acquire({ taskType: 'ASR' })) as GpuLeaseAcquired
+    expect(unrouted.gpuKey).toBe('gpu:0')
+  } finally {
+    await supervisor.close()
+    arbiter.close()
   }
 })

@@ -105,6 +105,8 @@ pub struct Arbiter {
     revoked: Vec<LeaseId>,
     /// Until when long ASR audio raises the water marks.
     marks_boost_until: Option<Micros>,
+    /// GPU keys where task types' services run: a request without a `gpuKey` goes there.
+    task_gpus: HashMap<String, String>,
     pub(super) stats: StatsTable,
 }
 
@@ -123,6 +125,7 @@ impl Arbiter {
             events: Vec::new(),
             revoked: Vec::new(),
             marks_boost_until: None,
+            task_gpus: HashMap::new(),
             stats: StatsTable::new(),
         }
     }
@@ -204,6 +207,13 @@ impl Arbiter {
         self.waiters.len()
     }
 
+    /// Routes requests without a `gpuKey` for these task types to these GPUs (where the services
+    /// that serve them run), replacing earlier routes. Other task types, and routes to a GPU the
+    /// arbiter does not have, keep least-loaded placement.
+    pub fn set_task_gpus(&mut self, routes: impl IntoIterator<Item = (String, String)>) {
+        self.task_gpus = routes.into_iter().collect();
+    }
+
     /// Whether lease `id` is held now (not released, revoked or never issued).
     pub fn holds_lease(&self, id: LeaseId) -> bool {
         self.leases.contains_key(&id)
@@ -229,9 +239,14 @@ impl Arbiter {
             }
         }
         let r = self.resolve(&req);
-        let g = match &req.gpu_key {
-            Some(key) => self.gpu_index(key)?,
-            None => self.pick_gpu(r.priority, r.vram_mb, now),
+        let routed = match &req.gpu_key {
+            None => self.task_gpus.get(&*req.task_type).and_then(|key| self.gpus.iter().position(|g| g.key == *key)),
+            Some(_) => None,
+        };
+        let g = match (&req.gpu_key, routed) {
+            (Some(key), _) => self.gpu_index(key)?,
+            (None, Some(g)) => g,
+            (None, None) => self.pick_gpu(r.priority, r.vram_mb, now),
         };
         if !self.config.enabled {
             // Pass-through: granted at once, not counted, nothing to release.

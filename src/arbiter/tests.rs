@@ -649,3 +649,25 @@ fn close_reports_each_lease_it_drops_as_released() {
         ]
     );
 }
+
+#[test]
+fn a_task_type_claimed_by_a_service_goes_to_its_gpu() {
+    let mut a = arbiter(json!({"gpuKeys": ["gpu:0", "gpu:1"], "maxConcurrentLeases": 4}));
+    // Least-loaded placement puts the first requests on gpu:0.
+    assert_eq!(granted(a.acquire(req("NMT"), 0).unwrap()).gpu, 0);
+    a.set_task_gpus([("ASR".to_string(), "gpu:1".to_string()), ("TTS".to_string(), "gpu:9".to_string())]);
+    for _ in 0..3 {
+        assert_eq!(granted(a.acquire(req("ASR"), 0).unwrap()).gpu, 1, "where its model is loaded");
+    }
+    // Unclaimed task types, and a route to a GPU the arbiter lacks, stay least-loaded.
+    assert_eq!(granted(a.acquire(req("NMT"), 0).unwrap()).gpu, 0);
+    assert_eq!(granted(a.acquire(req("TTS"), 0).unwrap()).gpu, 0);
+    // An explicit gpuKey still wins.
+    let mut pinned = req("ASR");
+    pinned.gpu_key = Some("gpu:0".into());
+    assert_eq!(granted(a.acquire(pinned, 0).unwrap()).gpu, 0);
+    let mut fresh = arbiter(json!({"gpuKeys": ["gpu:0", "gpu:1"]}));
+    fresh.set_task_gpus([("ASR".to_string(), "gpu:1".to_string())]);
+    fresh.set_task_gpus([]);
+    assert_eq!(granted(fresh.acquire(req("ASR"), 0).unwrap()).gpu, 0, "routes cleared: least-loaded again");
+}

@@ -585,6 +585,7 @@ impl ServiceSupervisor {
         arbiter: Option<Unknown<'env>>,
     ) -> Result<Function<'env, (), ()>, Code> {
         let shared = args::class_ref::<GpuArbiter>(env, arbiter, "arbiter", "a GpuArbiter")?.shared();
+
         let arbiter = args::object(env, arbiter, "arbiter", "a GpuArbiter")?;
         let wake = js::wake_function(env, &self.state, "servicesLeaseWake", serve_leases).js()?;
         let lease_events = if self.core.attributes_leases() {
@@ -616,6 +617,14 @@ impl ServiceSupervisor {
             s.lease_events = lease_events;
             let id = s.next_arbiter;
             s.next_arbiter += 1;
+            // Requests for the task types the services claim go to the services' GPUs (and no
+            // longer to them in an arbiter this one replaces).
+            if let Some(old) = s.arbiter.take().and_then(|(_, a)| a.upgrade()) {
+                old.borrow_mut().core.set_task_gpus([]);
+            }
+            if let Some(new) = shared.upgrade() {
+                new.borrow_mut().core.set_task_gpus(self.core.task_type_gpus());
+            }
             s.arbiter = Some((id, shared));
             *s.leases.wake.lock().unwrap_or_else(|e| e.into_inner()) = Some(wake);
             id
@@ -630,7 +639,9 @@ impl ServiceSupervisor {
                     if let Some(core) = core.upgrade() {
                         core.forget_active_leases();
                     }
-                    s.arbiter = None;
+                    if let Some(arbiter_state) = s.arbiter.take().and_then(|(_, a)| a.upgrade()) {
+                        arbiter_state.borrow_mut().core.set_task_gpus([]);
+                    }
                     *s.leases.wake.lock().unwrap_or_else(|e| e.into_inner()) = None;
                     // Waiting acquires see their reply dropped and fail.
                     s.leases.calls.lock().unwrap_or_else(|e| e.into_inner()).clear();

@@ -356,6 +356,16 @@ impl Supervisor {
         (0..self.shared.cells.len()).map(|i| self.shared.status(i)).collect()
     }
 
+    /// `(task type, GPU key)` for each task type a GPU service claims: where requests of that
+    /// type belong, since the model that serves them is loaded there.
+    pub fn task_type_gpus(&self) -> Vec<(String, String)> {
+        let mut routes = Vec::new();
+        for gpu in self.shared.config.services.iter().filter_map(|s| s.gpu.as_ref()) {
+            routes.extend(gpu.task_types.iter().map(|t| (t.clone(), gpu.key.clone())));
+        }
+        routes
+    }
+
     /// Whether any service claims task types (so lease changes are worth reporting).
     pub fn attributes_leases(&self) -> bool {
         self.shared.config.services.iter().any(|s| s.gpu.as_ref().is_some_and(|g| !g.task_types.is_empty()))
