@@ -14,7 +14,6 @@ use crate::error::{ErrorCode, SidecarError, SidecarResult};
 /// per agingMs waited" would at any instant, without re-sorting as time passes.
 type QueueKey = (Reverse<i128>, u64);
 
-
 /// Under HIGH_PRESSURE, a wait that runs out at this priority or above is a `TIMEOUT`
 /// (`GPU lease timeout: GPU_USAGE_HIGH`); below it the request is skipped (the old arbiter's rule).
 const PRESSURE_TIMEOUT_MIN_PRIORITY: u64 = 70;
@@ -188,9 +187,11 @@ impl Arbiter {
                 .leases
                 .get(&id)
                 .is_some_and(|l| !l.watchdog_fired && l.hold_max > 0 && l.acquired_at + l.hold_max == at),
-            Deadline::ReadingStale(g) => self.gpus.get(g).and_then(|gpu| gpu.reading).is_some_and(|r| {
-                r.at + self.config.gpu_usage.stale_after_ms.get() * MICROS_PER_MS == at
-            }),
+            Deadline::ReadingStale(g) => self
+                .gpus
+                .get(g)
+                .and_then(|gpu| gpu.reading)
+                .is_some_and(|r| r.at + self.config.gpu_usage.stale_after_ms.get() * MICROS_PER_MS == at),
             Deadline::MarksBoostEnds => self.marks_boost_until == Some(at),
         }
     }
@@ -376,7 +377,8 @@ impl Arbiter {
         out: &mut Vec<Resolution>,
     ) -> bool {
         let adjust = &self.config.gpu_usage.dynamic_adjustment;
-        let long = estimated_audio_ms.or(estimated_gpu_hold_ms).is_some_and(|ms| ms > adjust.long_audio_threshold_ms.get());
+        let long =
+            estimated_audio_ms.or(estimated_gpu_hold_ms).is_some_and(|ms| ms > adjust.long_audio_threshold_ms.get());
         if !adjust.enabled || !long || self.closed {
             return false;
         }

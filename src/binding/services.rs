@@ -20,10 +20,10 @@ use napi_derive::napi;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use super::js::{self, JsRef, Listeners, WakeFn};
-use super::service_views::{status_view, ServiceStatusView};
 use super::arbiter::native_leases::{self, NativeReply};
 use super::arbiter::{GpuArbiter, State as ArbiterState};
+use super::js::{self, JsRef, Listeners, WakeFn};
+use super::service_views::{status_view, ServiceStatusView};
 use super::telemetry::Telemetry;
 use super::{args, Code, IntoJsResult};
 use crate::arbiter::{AcquireRequest, BusyPolicy, LeaseId, Trace};
@@ -684,7 +684,11 @@ fn serve_leases(env: &Env, state: &Rc<RefCell<State>>) {
                     busy_policy: Some(BusyPolicy::Wait),
                     max_wait_ms: Some(max_wait_ms),
                     hold_max_ms: Some(hold_max_ms),
-                    trace: Trace { job_id: Some(service.clone()), stage: Some("service-startup".into()), ..Trace::default() },
+                    trace: Trace {
+                        job_id: Some(service.clone()),
+                        stage: Some("service-startup".into()),
+                        ..Trace::default()
+                    },
                     ..AcquireRequest::default()
                 };
                 // A request the arbiter will not take (closed, unknown GPU) is answered with

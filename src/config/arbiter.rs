@@ -308,7 +308,9 @@ fn with_current_key_names(value: &Value) -> SidecarResult<Value> {
         }
         match target.get(leaf) {
             Some(existing) if *existing != old_value && !existing.is_null() && !old_value.is_null() => {
-                let at = |k: &str| std::iter::once("gpuArbiter").chain(parent.iter().copied()).chain([k]).collect::<Vec<_>>().join(".");
+                let at = |k: &str| {
+                    std::iter::once("gpuArbiter").chain(parent.iter().copied()).chain([k]).collect::<Vec<_>>().join(".")
+                };
                 return Err(SidecarError::invalid_config(format!(
                     "{}: conflicts with {} (the old name of the same setting); give one",
                     at(old),
@@ -397,9 +399,13 @@ mod tests {
         assert_eq!(cfg.gpu_usage.high_water.get(), 95);
         let patched = cfg.patched(&json!({"gpuUsage": {"baseHighWater": 88}}), &mut w).unwrap();
         assert_eq!(patched.gpu_usage.high_water.get(), 88);
-        let e = ArbiterConfig::from_json(&json!({"gpuUsage": {"baseHighWater": 95, "highWater": 90}}), &mut w)
-            .unwrap_err();
-        assert!(e.message.starts_with("gpuArbiter.gpuUsage.baseHighWater: conflicts with gpuArbiter.gpuUsage.highWater"), "{}", e.message);
+        let e =
+            ArbiterConfig::from_json(&json!({"gpuUsage": {"baseHighWater": 95, "highWater": 90}}), &mut w).unwrap_err();
+        assert!(
+            e.message.starts_with("gpuArbiter.gpuUsage.baseHighWater: conflicts with gpuArbiter.gpuUsage.highWater"),
+            "{}",
+            e.message
+        );
         let e = ArbiterConfig::from_json(&json!({"gpuUsage": {"baseHighWater": "x"}}), &mut w).unwrap_err();
         assert!(e.message.starts_with("gpuArbiter.gpuUsage.highWater: expected an integer"), "{}", e.message);
     }

@@ -7,8 +7,8 @@
 mod arbiter;
 pub mod file;
 mod number;
-pub mod watch;
 mod schema;
+pub mod watch;
 
 use std::path::Path;
 

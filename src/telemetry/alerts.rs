@@ -581,7 +581,11 @@ mod tests {
         a.set([("gpu:1", 0, 4)]);
         let mut after = BTreeMap::new();
         a.add_to(&mut after);
-        assert_eq!(after, [("gpu:1".to_string(), Backlog { leases: 4, waiters: 0 })].into(), "set replaces the figures");
+        assert_eq!(
+            after,
+            [("gpu:1".to_string(), Backlog { leases: 4, waiters: 0 })].into(),
+            "set replaces the figures"
+        );
         a.set([]);
         let mut none = BTreeMap::new();
         a.add_to(&mut none);

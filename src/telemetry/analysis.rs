@@ -44,7 +44,13 @@ mod tests {
             at,
             nvml: NvmlStatus { available: false, reason: None },
             gpus: vec![],
-            host: HostSample { total_mb: 16_000, available_mb: 8_000, swap_total_mb: 4_000, swap_used_mb, ..Default::default() },
+            host: HostSample {
+                total_mb: 16_000,
+                available_mb: 8_000,
+                swap_total_mb: 4_000,
+                swap_used_mb,
+                ..Default::default()
+            },
             xid_errors: vec![],
         }
     }

@@ -90,8 +90,7 @@ fn read_gpu(nvml: &Nvml, index: u32) -> GpuInfo {
     info.uuid = device.uuid().ok();
     info.persistence_mode = persistence_mode(&device).ok();
     info.compute_mode = device.compute_mode().ok().map(compute_mode_name);
-    info.mig_mode =
-        device.mig_mode().ok().map(|m| MigState { current: m.current != 0, pending: m.pending != 0 });
+    info.mig_mode = device.mig_mode().ok().map(|m| MigState { current: m.current != 0, pending: m.pending != 0 });
     info.driver_model = driver_model(&device);
     info
 }

@@ -18,12 +18,15 @@ pub mod sample;
 pub mod sampler;
 
 pub use advice::{recommend_concurrency, Recommendation};
-pub use analysis::{analyze_recording, RecordingAnalysis};
 pub use alerts::{Alert, AlertCode, AlertEngine, AlertLevel, Backlog, BacklogBoard};
+pub use analysis::{analyze_recording, RecordingAnalysis};
 pub use host::{zombie_children, HostReader, ProcessRegistry};
 pub use inventory::{read_inventory, GpuInfo, Inventory};
 pub use nvml::{GpuRead, GpuReader, GpuSource};
 pub use options::{AlertThresholds, ReplaySpeed, TelemetryOptions, TelemetrySource};
 pub use record::{Recorder, Replay};
-pub use sample::{parse_sample, parse_sample_line, GpuProcess, GpuSample, HostProcess, HostSample, NvmlStatus, NvmlUnavailable, Sample, XidEvent};
+pub use sample::{
+    parse_sample, parse_sample_line, GpuProcess, GpuSample, HostProcess, HostSample, NvmlStatus, NvmlUnavailable,
+    Sample, XidEvent,
+};
 pub use sampler::{sample_once, BacklogFn, LatestSample, Sampler, SamplerEvent, SamplerHandle, SamplerOutput, Sink};

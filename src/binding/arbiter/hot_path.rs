@@ -61,7 +61,14 @@ fn native_function(env: &Env, name: &str, handler: Handler, state: Weak<RefCell<
     let data = Box::into_raw(Box::new(Bound { state, handler }));
     let mut function = ptr::null_mut();
     check_status!(unsafe {
-        sys::napi_create_function(env.raw(), name.as_ptr().cast(), name.len() as isize, Some(trampoline), data.cast(), &mut function)
+        sys::napi_create_function(
+            env.raw(),
+            name.as_ptr().cast(),
+            name.len() as isize,
+            Some(trampoline),
+            data.cast(),
+            &mut function,
+        )
     })?;
     check_status!(unsafe {
         sys::napi_add_finalizer(env.raw(), function, data.cast(), Some(free_bound), ptr::null_mut(), ptr::null_mut())
@@ -109,7 +116,11 @@ fn kind_value(env: &Env, kind: ArbiterRecordKind) -> JsResult<sys::napi_value> {
     number(env, kind as i32 as f64)
 }
 
-fn acquire_task(env: &Env, state: &Rc<RefCell<State>>, args: &[sys::napi_value; MAX_ARGS]) -> JsResult<sys::napi_value> {
+fn acquire_task(
+    env: &Env,
+    state: &Rc<RefCell<State>>,
+    args: &[sys::napi_value; MAX_ARGS],
+) -> JsResult<sys::napi_value> {
     let task_type = match js::value_type(env, args[0]).js()? {
         ValueType::String => js::with_str(env, args[0], |text| state.borrow_mut().intern_task_type(text)).js()?,
         _ => return Err(SidecarError::invalid_argument("request.taskType: expected a string").into()),
@@ -149,7 +160,11 @@ fn acquire(env: &Env, state: &Rc<RefCell<State>>, request: AcquireRequest) -> Js
     kind_value(env, kind)
 }
 
-fn release_lease(env: &Env, state: &Rc<RefCell<State>>, args: &[sys::napi_value; MAX_ARGS]) -> JsResult<sys::napi_value> {
+fn release_lease(
+    env: &Env,
+    state: &Rc<RefCell<State>>,
+    args: &[sys::napi_value; MAX_ARGS],
+) -> JsResult<sys::napi_value> {
     let (released, out) = release_value(env, state, args[0])?;
     after_call(env, state, out, Caller::Js)?;
     js::boolean(env, released).js()
@@ -163,7 +178,9 @@ pub fn release_value(
     value: sys::napi_value,
 ) -> JsResult<(bool, Vec<Resolution>)> {
     let id = match js::value_type(env, value).js()? {
-        ValueType::Number => Some(js::number_value(env, value).js()?).filter(|n| n.fract() == 0.0 && *n >= 0.0).map(|n| n as u64),
+        ValueType::Number => {
+            Some(js::number_value(env, value).js()?).filter(|n| n.fract() == 0.0 && *n >= 0.0).map(|n| n as u64)
+        }
         ValueType::String => {
             let text = js::string_value(env, value).js()?;
             let id = text.strip_prefix(LEASE_PREFIX).and_then(|n| n.parse().ok());
@@ -205,7 +222,11 @@ fn tick(env: &Env, state: &Rc<RefCell<State>>, _args: &[sys::napi_value; MAX_ARG
     undefined(env)
 }
 
-fn cancel_waiter(env: &Env, state: &Rc<RefCell<State>>, args: &[sys::napi_value; MAX_ARGS]) -> JsResult<sys::napi_value> {
+fn cancel_waiter(
+    env: &Env,
+    state: &Rc<RefCell<State>>,
+    args: &[sys::napi_value; MAX_ARGS],
+) -> JsResult<sys::napi_value> {
     let id = js::number_value(env, args[0]).js()?;
     let resolution = {
         let mut s = state.borrow_mut();
@@ -216,7 +237,11 @@ fn cancel_waiter(env: &Env, state: &Rc<RefCell<State>>, args: &[sys::napi_value;
     undefined(env)
 }
 
-fn take_records(env: &Env, state: &Rc<RefCell<State>>, _args: &[sys::napi_value; MAX_ARGS]) -> JsResult<sys::napi_value> {
+fn take_records(
+    env: &Env,
+    state: &Rc<RefCell<State>>,
+    _args: &[sys::napi_value; MAX_ARGS],
+) -> JsResult<sys::napi_value> {
     state.borrow_mut().publish();
     undefined(env)
 }
@@ -247,8 +272,16 @@ fn read_trace(env: &Env, trace: sys::napi_value) -> JsResult<Trace> {
     };
     let index = js::named_property(env, trace, "utteranceIndex").js()?;
     let utterance_index = match js::value_type(env, index).js()? {
-        ValueType::Number => Some(js::number_value(env, index).js()?).filter(|n| n.is_finite()).map(|n| n.trunc() as i64),
-        ValueType::String => js::string_value(env, index).js()?.trim().parse::<f64>().ok().filter(|n| n.is_finite()).map(|n| n.trunc() as i64),
+        ValueType::Number => {
+            Some(js::number_value(env, index).js()?).filter(|n| n.is_finite()).map(|n| n.trunc() as i64)
+        }
+        ValueType::String => js::string_value(env, index)
+            .js()?
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|n| n.is_finite())
+            .map(|n| n.trunc() as i64),
         _ => None,
     };
     Ok(Trace { job_id: text("jobId")?, session_id: text("sessionId")?, utterance_index, stage: text("stage")? })
@@ -277,7 +310,9 @@ fn read_request(env: &Env, request: sys::napi_value) -> JsResult<AcquireRequest>
         match js::value_type(env, v).js()? {
             ValueType::Undefined | ValueType::Null => Ok(None),
             ValueType::Number => match js::number_value(env, v).js()? {
-                n if n.is_nan() => Err(SidecarError::invalid_argument(format!("request.{name}: expected a number, got NaN")).into()),
+                n if n.is_nan() => {
+                    Err(SidecarError::invalid_argument(format!("request.{name}: expected a number, got NaN")).into())
+                }
                 n => Ok(Some(n)),
             },
             _ => Err(SidecarError::invalid_argument(format!("request.{name}: expected a number")).into()),
@@ -302,11 +337,13 @@ fn read_request(env: &Env, request: sys::napi_value) -> JsResult<AcquireRequest>
     };
     let busy_policy = match opt_string("busyPolicy")? {
         None => None,
-        Some(text) => Some(serde_json::from_value::<BusyPolicy>(serde_json::Value::String(text.clone())).map_err(|_| {
-            SidecarError::invalid_argument(format!(
-                "request.busyPolicy: expected one of \"WAIT\", \"SKIP\", \"FALLBACK_CPU\", got \"{text}\""
-            ))
-        })?),
+        Some(text) => {
+            Some(serde_json::from_value::<BusyPolicy>(serde_json::Value::String(text.clone())).map_err(|_| {
+                SidecarError::invalid_argument(format!(
+                    "request.busyPolicy: expected one of \"WAIT\", \"SKIP\", \"FALLBACK_CPU\", got \"{text}\""
+                ))
+            })?)
+        }
     };
     Ok(AcquireRequest {
         task_type: task_type.into(),

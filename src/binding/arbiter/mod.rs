@@ -27,10 +27,10 @@ use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
 use super::args;
-use crate::error::ErrorCode;
 use super::{Code, IntoJsResult};
 use crate::arbiter::GpuReading;
 use crate::config::{self, ArbiterConfig};
+use crate::error::ErrorCode;
 use crate::error::SidecarError;
 
 pub(super) use state::{backlog_board, observe_sample, State};

@@ -10,8 +10,6 @@ use super::state::{ms, Clock};
 use crate::arbiter::{ArbiterEvent, GpuReading, GpuSnapshot, Percentiles, Trace};
 use crate::error::{SidecarError, SidecarResult};
 
-
-
 /// Who asked for a lease; shown in snapshots and events.
 #[napi(object)]
 #[derive(Clone, Default)]
@@ -189,8 +187,6 @@ pub struct GpuReadingInput {
     pub free_mb: Option<f64>,
     pub total_mb: Option<f64>,
 }
-
-
 
 fn trace_value(t: &Trace) -> GpuLeaseTrace {
     GpuLeaseTrace {

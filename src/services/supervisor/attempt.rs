@@ -83,9 +83,9 @@ impl Shared {
         let placement = self.gpu_placement_env(spec);
         let mut process =
             match ServiceProcess::spawn(spec, &placement, sink.clone(), watchdog.as_ref(), notify_write).await {
-            Ok(process) => process,
-            Err(e) => return failed(spawn_failed(e)),
-        };
+                Ok(process) => process,
+                Err(e) => return failed(spawn_failed(e)),
+            };
         let spawned = Instant::now();
         let pid = process.pid();
         {
