@@ -420,13 +420,20 @@ export declare class Telemetry {
   close(): void
 }
 
-/** The names of the status and reason codes that arbiter records carry, by code. */
+/**
+ * The names of the status and reason codes that arbiter records carry, by code, and the lease
+ * id prefix.
+ */
 export declare function arbiterCodeNames(): ArbiterCodeNames
 
-/** The names behind the numeric status and reason codes of records. */
+/**
+ * The names behind the numbers in records: status and reason codes, and the prefix of the
+ * lease ids JS shows (`lease-42` for record id 42).
+ */
 export interface ArbiterCodeNames {
   statuses: Array<string>
   reasons: Array<string>
+  leaseIdPrefix: string
 }
 
 /** Header slots of the arbiter mailbox. */

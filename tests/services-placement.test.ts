@@ -1,7 +1,7 @@
 // A GPU service is told which GPU it runs on (issue 10, placement): `GPU_SIDECAR_GPU_KEY`, and
 // `CUDA_VISIBLE_DEVICES` set to the GPU's UUID from telemetry; the service's own `env` wins.
 import { GpuArbiter, GpuLeaseAcquired, ServiceConfig, ServiceEvent, ServiceSupervisor, Telemetry, TelemetrySample } from '../gpu-sidecar'
-import { waitFor } from './support'
+import { oneGpuSample, waitFor } from './support'
 
 /** A service that prints the GPU environment it was given, then its ready line. */
 function envPrinter(name: string, rest: Partial<ServiceConfig> = {}): ServiceConfig {
@@ -11,36 +11,11 @@ function envPrinter(name: string, rest: Partial<ServiceConfig> = {}): ServiceCon
   return { name, command: process.execPath, args: ['-e', script], readiness: { logLine: { pattern: '\\[SERVICE_READY\\]' } }, ...rest }
 }
 
-function sample(uuid: string): TelemetrySample {
-  return {
-    at: Date.now(),
-    nvml: { available: true },
-    gpus: [
-      {
-        index: 0,
-        key: 'gpu:0',
-        uuid,
-        name: 'NVIDIA GeForce RTX 4090',
-        totalMb: 24564,
-        usedMb: 1000,
-        freeMb: 23564,
-        utilizationGpu: 3,
-        utilizationMemory: 1,
-        temperatureC: 40,
-        powerW: 30,
-        processes: [],
-        lost: false,
-      },
-    ],
-    host: { totalMb: 32000, availableMb: 20000, swapTotalMb: 0, swapUsedMb: 0, cpuPercent: 5, processes: [], zombieChildren: 0 },
-  }
-}
-
 test('GPU services get their GPU key and the GPU UUID; an explicit env entry wins; CPU services get neither', async () => {
   const telemetry = new Telemetry({ source: 'manual' })
   const seen: TelemetrySample[] = []
   telemetry.onSample((s) => seen.push(s))
-  telemetry.push(sample('GPU-5ee0b5c1-0d6e-4b7a-9f3e-1b2c3d4e5f60'))
+  telemetry.push(oneGpuSample({ uuid: 'GPU-5ee0b5c1-0d6e-4b7a-9f3e-1b2c3d4e5f60' }))
   await waitFor(() => seen.length === 1, 5000, 'the pushed sample')
   const supervisor = new ServiceSupervisor({
     services: [

@@ -6,7 +6,7 @@ import { createServer, Server } from 'node:net'
 import { join, resolve } from 'node:path'
 import { GpuArbiter, ServiceConfig, ServiceEvent, ServicesConfig, ServiceSupervisor, Telemetry, TelemetrySample, loadConfig } from '../gpu-sidecar'
 import { of, supervise } from './services-support'
-import { alive, procStat as stat, sleep, tempDir, waitFor } from './support'
+import { alive, oneGpuSample, procStat as stat, sleep, tempDir, waitFor } from './support'
 
 const ROOT = resolve(__dirname, '..')
 const FIXTURES = join(__dirname, 'fixtures', 'services')
@@ -373,30 +373,7 @@ const t0 = 1_790_000_000_000
 
 /** One recorded sample with one GPU (`gpu:0`, 80 GB). */
 function sampleLine(at: number, freeMb: number, processes: Array<{ pid: number; usedMb: number; service: string | null }> = []): string {
-  const totalMb = 81559
-  const sample: TelemetrySample = {
-    at,
-    nvml: { available: true },
-    gpus: [
-      {
-        index: 0,
-        key: 'gpu:0',
-        uuid: 'GPU-0',
-        name: 'NVIDIA H100 80GB HBM3',
-        totalMb,
-        usedMb: totalMb - freeMb,
-        freeMb,
-        utilizationGpu: 10,
-        utilizationMemory: 5,
-        temperatureC: 40,
-        powerW: 120,
-        processes,
-        lost: false,
-      },
-    ],
-    host: { totalMb: 24000, availableMb: 20000, swapTotalMb: 0, swapUsedMb: 0, cpuPercent: 5, processes: [], zombieChildren: 0 },
-  }
-  return JSON.stringify(sample)
+  return JSON.stringify(oneGpuSample({ at, freeMb, processes }))
 }
 
 /** A Telemetry replaying `lines` (real time unless `replaySpeed` says otherwise), once its first sample is in. */

@@ -2,6 +2,7 @@
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import type { TelemetryGpuProcess, TelemetrySample } from '../gpu-sidecar'
 
 const made: string[] = []
 
@@ -45,4 +46,53 @@ export function procStat(pid: number): string[] | null {
 export function alive(pid: number): boolean {
   const fields = procStat(pid)
   return fields !== null && fields[0] !== 'Z'
+}
+
+/** The figures of a telemetry sample with one GPU (`gpu:0`) that tests choose. */
+export interface OneGpuFigures {
+  at?: number
+  uuid?: string
+  name?: string
+  totalMb?: number
+  freeMb?: number
+  util?: number
+  processes?: TelemetryGpuProcess[]
+  swapTotalMb?: number
+  swapUsedMb?: number
+}
+
+/** A telemetry sample with one GPU (`gpu:0`, an 80 GB H100 unless told otherwise), as replayed or pushed. */
+export function oneGpuSample({
+  at = Date.now(),
+  uuid = 'GPU-0',
+  name = 'NVIDIA H100 80GB HBM3',
+  totalMb = 81559,
+  freeMb = 60000,
+  util = 10,
+  processes = [],
+  swapTotalMb = 0,
+  swapUsedMb = 0,
+}: OneGpuFigures = {}): TelemetrySample {
+  return {
+    at,
+    nvml: { available: true },
+    gpus: [
+      {
+        index: 0,
+        key: 'gpu:0',
+        uuid,
+        name,
+        totalMb,
+        usedMb: totalMb - freeMb,
+        freeMb,
+        utilizationGpu: util,
+        utilizationMemory: 5,
+        temperatureC: 40,
+        powerW: 120,
+        processes,
+        lost: false,
+      },
+    ],
+    host: { totalMb: 24000, availableMb: 20000, swapTotalMb, swapUsedMb, cpuPercent: 5, processes: [], zombieChildren: 0 },
+  }
 }

@@ -5,7 +5,7 @@
 import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { GpuArbiter, ServiceEvent, ServiceSupervisor, Telemetry, TelemetryAlert, TelemetryOptions, TelemetrySample } from '../gpu-sidecar'
-import { sleep, tempDir, waitFor } from './support'
+import { oneGpuSample, sleep, tempDir, waitFor } from './support'
 
 const SERVICE = join(__dirname, 'fixtures', 'services', 'service.py')
 const t0 = 1_790_000_000_000
@@ -14,29 +14,7 @@ type Figures = { util?: number; freeMb?: number; swapUsedMb?: number }
 
 /** One sample with one 80 GB GPU (`gpu:0`), as an AMD reader or a remote host would push it. */
 function sample(at: number, { util = 10, freeMb = 60000, swapUsedMb = 0 }: Figures = {}): TelemetrySample {
-  const totalMb = 81559
-  return {
-    at,
-    nvml: { available: true },
-    gpus: [
-      {
-        index: 0,
-        key: 'gpu:0',
-        uuid: 'GPU-0',
-        name: 'AMD Instinct MI210',
-        totalMb,
-        usedMb: totalMb - freeMb,
-        freeMb,
-        utilizationGpu: util,
-        utilizationMemory: 5,
-        temperatureC: 40,
-        powerW: 120,
-        processes: [],
-        lost: false,
-      },
-    ],
-    host: { totalMb: 24000, availableMb: 20000, swapTotalMb: 8000, swapUsedMb, cpuPercent: 5, processes: [], zombieChildren: 0 },
-  }
+  return oneGpuSample({ at, util, freeMb, swapUsedMb, name: 'AMD Instinct MI210', swapTotalMb: 8000 })
 }
 
 const open: Telemetry[] = []

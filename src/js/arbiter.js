@@ -7,6 +7,7 @@
 
 const timers = require('node:timers')
 const native = require('../../index.js')
+const { invalidArgument } = require('./errors.js')
 
 const { ArbiterMailboxSlot: Slot, ArbiterRecordField: Field, ArbiterRecordKind: Kind } = native
 // The layout, read once into constants for the hot loops.
@@ -15,8 +16,7 @@ const RECORDS = Slot.Records
 const RECORD_SIZE = Field.Size
 const KIND = Field.Kind
 const ID = Field.Id
-const { statuses: STATUS, reasons: REASON } = native.arbiterCodeNames()
-const LEASE_PREFIX = 'lease-'
+const { statuses: STATUS, reasons: REASON, leaseIdPrefix: LEASE_PREFIX } = native.arbiterCodeNames()
 /** Node's timers overflow past this (and then fire every millisecond). */
 const MAX_TIMER_MS = 2 ** 31 - 1
 /** Revoked lease ids remembered for a `signal` first asked for after the revocation. */
@@ -80,16 +80,15 @@ class WaiterTable {
   }
 }
 
-/** @param {string} message */
-function invalidArgument(message) {
-  const error = new TypeError(message)
-  Object.assign(error, { code: 'INVALID_ARGUMENT' })
-  return error
+
+/** Why a lease's signal aborts: the watchdog took the lease back. @param {number} id */
+function revokedReason(id) {
+  return Object.assign(new Error(`GPU lease ${LEASE_PREFIX}${id} was revoked: held past its holdMaxMs`), { code: 'GPU_LEASE_REVOKED' })
 }
 
-/** @param {string} message @param {string} code */
-function abortReason(message, code) {
-  return Object.assign(new Error(message), { code })
+/** Why a lease's signal aborts: the arbiter closed. */
+function closedReason() {
+  return Object.assign(new Error('the GPU arbiter is closed'), { code: 'CLOSED' })
 }
 
 /** A granted lease. `release()` is idempotent; `signal` aborts when the lease is revoked or the arbiter closes. */
@@ -232,7 +231,7 @@ class ArbiterSide {
     const controller = this.signals.get(id)
     if (controller === undefined) return
     this.signals.delete(id)
-    controller.abort(abortReason(`GPU lease ${LEASE_PREFIX}${id} was revoked: held past its holdMaxMs`, 'GPU_LEASE_REVOKED'))
+    controller.abort(revokedReason(id))
   }
 
   /** @param {number} id */
@@ -241,9 +240,9 @@ class ArbiterSide {
     if (existing !== undefined) return existing.signal
     const controller = new AbortController()
     if (this.closed) {
-      controller.abort(abortReason('the GPU arbiter is closed', 'CLOSED'))
+      controller.abort(closedReason())
     } else if (this.revoked.has(id)) {
-      controller.abort(abortReason(`GPU lease ${LEASE_PREFIX}${id} was revoked: held past its holdMaxMs`, 'GPU_LEASE_REVOKED'))
+      controller.abort(revokedReason(id))
     } else if (this.arbiter.leaseHeld(id)) {
       this.signals.set(id, controller)
     }
@@ -301,7 +300,7 @@ class ArbiterSide {
     this.timerAt = -1
     const controllers = [...this.signals.values()]
     this.signals.clear()
-    for (const c of controllers) c.abort(abortReason('the GPU arbiter is closed', 'CLOSED'))
+    for (const c of controllers) c.abort(closedReason())
   }
 }
 

@@ -6,6 +6,7 @@
 
 const native = require('../../index.js')
 const { isEnabled } = require('./arbiter.js')
+const { invalidArgument } = require('./errors.js')
 
 /** The environment variable naming the node config file the default arbiter reads. */
 const CONFIG_ENV = 'GPU_SIDECAR_CONFIG'
@@ -29,10 +30,6 @@ class GpuLeaseError extends Error {
   }
 }
 
-/** @param {string} message */
-function invalidArgument(message) {
-  return Object.assign(new TypeError(message), { code: 'INVALID_ARGUMENT' })
-}
 
 /**
  * The default arbiter: `undefined` until first use (then the factory makes one), `null` when the

@@ -8,6 +8,7 @@ const { isIP } = require('node:net')
 const { pageHtml } = require('./page.js')
 const render = require('./render.js')
 const { servicesMetrics } = require('./metrics.js')
+const { invalidArgument } = require('../js/errors.js')
 
 /** @typedef {import('../../index').GpuArbiter} GpuArbiter */
 /** @typedef {import('../../index').Telemetry} Telemetry */
@@ -29,12 +30,6 @@ const { servicesMetrics } = require('./metrics.js')
 
 /** @typedef {{ url: string, host: string, port: number, close(): Promise<void> }} StatusServer */
 
-/** @param {string} message */
-function invalidArgument(message) {
-  const error = /** @type {Error & { code: string }} */ (new TypeError(message))
-  error.code = 'INVALID_ARGUMENT'
-  return error
-}
 
 /** Whether `host` names this machine only: localhost, 127.0.0.0/8 or ::1. @param {string} host */
 function isLoopback(host) {

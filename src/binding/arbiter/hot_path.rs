@@ -293,8 +293,9 @@ fn read_request(env: &Env, request: sys::napi_value) -> JsResult<AcquireRequest>
         return Err(SidecarError::invalid_argument("request: expected an object with a taskType").into());
     }
     let field = |name: &str| js::named_property(env, request, name).js();
-    let task_type = match js::value_type(env, field("taskType")?).js()? {
-        ValueType::String => js::string_value(env, field("taskType")?).js()?,
+    let task_type = field("taskType")?;
+    let task_type = match js::value_type(env, task_type).js()? {
+        ValueType::String => js::string_value(env, task_type).js()?,
         _ => return Err(SidecarError::invalid_argument("request.taskType: expected a string").into()),
     };
     let opt_string = |name: &str| -> JsResult<Option<String>> {

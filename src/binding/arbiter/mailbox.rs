@@ -13,6 +13,7 @@ use napi::{check_status, sys, Env, Result};
 use napi_derive::napi;
 
 use super::super::js::JsRef;
+use super::hot_path::LEASE_PREFIX;
 use crate::arbiter::{LeaseId, Outcome, Reason, Resolution, Status, WaiterId};
 
 /// Header slots of the arbiter mailbox.
@@ -76,19 +77,23 @@ pub enum ArbiterRecordKind {
 const RECORD_CAPACITY: usize = 32;
 const SLOTS: usize = ArbiterMailboxSlot::Records as usize + RECORD_CAPACITY * ArbiterRecordField::Size as usize;
 
-/// The names behind the numeric status and reason codes of records.
+/// The names behind the numbers in records: status and reason codes, and the prefix of the
+/// lease ids JS shows (`lease-42` for record id 42).
 #[napi(object)]
 pub struct ArbiterCodeNames {
     pub statuses: Vec<String>,
     pub reasons: Vec<String>,
+    pub lease_id_prefix: String,
 }
 
-/// The names of the status and reason codes that arbiter records carry, by code.
+/// The names of the status and reason codes that arbiter records carry, by code, and the lease
+/// id prefix.
 #[napi]
 pub fn arbiter_code_names() -> ArbiterCodeNames {
     ArbiterCodeNames {
         statuses: Status::ALL.iter().map(|s| s.as_str().to_string()).collect(),
         reasons: Reason::ALL.iter().map(|r| r.as_str().to_string()).collect(),
+        lease_id_prefix: LEASE_PREFIX.to_string(),
     }
 }
 
