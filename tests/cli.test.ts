@@ -196,7 +196,9 @@ describe('run', () => {
 
   test('in a terminal: a live table redrawn in place, and Ctrl-C stops everything and exits 0', async () => {
     // util-linux `script` gives the command a pseudo-terminal; \x03 typed into it is Ctrl-C.
-    const command = [process.execPath, bin, 'run', configWith([1000]), '--replay', recording].map((a) => `'${a}'`).join(' ')
+    // `exec`: without it, a shell that does not exec its last command (dash, when SHELL is unset)
+    // stays the terminal's foreground process, and Ctrl-C ends it instead of reaching the CLI.
+    const command = ['exec', ...[process.execPath, bin, 'run', configWith([1000]), '--replay', recording].map((a) => `'${a}'`)].join(' ')
     const child = spawn('script', ['-qfec', command, '/dev/null'], { stdio: ['pipe', 'pipe', 'pipe'] })
     let out = ''
     child.stdout.on('data', (d) => (out += d))
@@ -206,10 +208,14 @@ describe('run', () => {
     expect(out).toMatch(/GPU +UTIL +MEMORY +LEASES +QUEUE +ADMISSION/)
     expect(out).toMatch(/gpu:0 +\d+ % +[\d.]+ (GiB|MiB) \/ 48\.0 GiB/)
     expect(out).not.toContain('service svc0 spawned') // no event lines in a terminal
-    child.stdin.write('\x03')
-    expect(await exited).toBe(0)
-    expect(out).toContain('\x1b[?1049l')
-    expect(out).toContain('stopped: svc0 stopped')
+    try {
+      child.stdin.write('\x03')
+      expect(await exited).toBe(0)
+      expect(out).toContain('\x1b[?1049l')
+      expect(out).toContain('stopped: svc0 stopped')
+    } finally {
+      child.kill('SIGKILL') // only if the CLI did not stop: leave nothing that keeps Jest alive
+    }
   })
 
   test('--http serves the status page on loopback; another address needs --allow-remote', async () => {

@@ -543,7 +543,9 @@ describe('processes', () => {
       await waitFor(() => [...pids, ...grandchildren].every((pid) => !alive(pid)), 1000, 'the services and the grandchild to die with their host')
       expect(Date.now() - killedAt).toBeLessThanOrEqual(1000)
     } finally {
-      // Only if the assertions failed: leave nothing behind for the next tests.
+      // Only if the assertions failed: leave nothing behind for the next tests, nor a host
+      // process that keeps Jest from exiting.
+      host.kill('SIGKILL')
       for (const pid of [...pids, ...grandchildren]) if (alive(pid)) process.kill(pid, 'SIGKILL')
     }
   })
@@ -563,7 +565,7 @@ describe('processes', () => {
     return waitFor(() => !alive(pid), 1000, 'the service to die with its host')
   })
 
-  test('a garbage-collected supervisor leaves no children', () => {
+  test('a garbage-collected supervisor leaves no children, and says so on stderr', () => {
     const script = `
       const { ServiceSupervisor } = require(${JSON.stringify(join(ROOT, 'gpu-sidecar.js'))})
       const fs = require('node:fs')
@@ -581,5 +583,6 @@ describe('processes', () => {
     const line = run.stdout.split('\n').find((l) => l.startsWith('RESULT '))
     expect(line).toBeDefined()
     expect(JSON.parse(line!.slice(7))).toMatchObject({ alive: false })
+    expect(run.stderr).toMatch(/warn: a ServiceSupervisor was dropped without close\(\).*"services":"a"/)
   })
 })

@@ -390,10 +390,23 @@ impl Supervisor {
 impl Drop for Supervisor {
     fn drop(&mut self) {
         // Aborting a runner drops its process, which kills the process group.
-        for cell in &self.shared.cells {
-            if let Some(runner) = &cell.lock().expect("cell lock").runner {
+        let mut killed = Vec::new();
+        for (i, cell) in self.shared.cells.iter().enumerate() {
+            let cell = cell.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(runner) = &cell.runner {
+                if cell.pid.is_some() && !runner.task.is_finished() {
+                    killed.push(self.shared.spec(i).name.clone());
+                }
                 runner.task.abort();
             }
+        }
+        if !killed.is_empty() && !self.shared.closed.load(Ordering::SeqCst) {
+            // Said out loud: a host that lost its last reference (a CommonJS local no closure
+            // holds, say) sees its services vanish, and this line says why.
+            tracing::warn!(
+                services = %killed.join(", "),
+                "a ServiceSupervisor was dropped without close() (garbage-collected, or its worker ended); its running services were killed"
+            );
         }
     }
 }
