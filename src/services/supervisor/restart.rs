@@ -76,10 +76,11 @@ impl Shared {
             self.set_state(i, ServiceState::Starting);
             let (ended, last_lines, was_ready, ran) = match self.attempt(i, attempt, &mut stop).await {
                 Attempt::Ready(launched) => {
-                    // The slot is for loading; a ready service lets the next one load.
-                    permit = None;
                     let spawned = launched.spawned;
-                    let Some((ended, last_lines)) = self.run_ready(i, *launched, &mut stop).await else { break None };
+                    let slot = permit.take();
+                    let Some((ended, last_lines)) = self.run_ready(i, *launched, slot, &mut stop).await else {
+                        break None;
+                    };
                     (ended, last_lines, true, spawned.elapsed())
                 }
                 Attempt::Exited { exit, last_lines, ran } => {
@@ -164,6 +165,7 @@ impl Shared {
         &self,
         i: usize,
         launched: Launched,
+        start_slot: Option<OwnedSemaphorePermit>,
         stop: &mut watch::Receiver<bool>,
     ) -> Option<(RunEnd, Vec<String>)> {
         let spec = self.spec(i);
@@ -177,6 +179,10 @@ impl Shared {
         // Event first: whoever sees the state settle must find its event sent.
         self.emit(i, ServiceEventKind::Ready { time_to_ready_ms });
         self.set_state(i, ServiceState::Ready);
+        // The slot is for loading; a ready service lets the next one load. Only now: freed
+        // before the state said ready, a scheduler could hand it to a later service while the
+        // ones that wait for this one still see it starting.
+        drop(start_slot);
         let ended = tokio::select! {
             exit = process.wait() => Some(RunEnd::Exited(exit)),
             failures = self.watch_liveness(i, &sink, notify) => Some(RunEnd::Unhealthy(failures)),
