@@ -80,7 +80,7 @@ export interface GpuLeaseAcquired {
 /** A request that did not get a lease. */
 export interface GpuLeaseNotAcquired {
   status: 'SKIPPED' | 'FALLBACK_CPU' | 'TIMEOUT' | 'CANCELLED'
-  reason: 'GPU_BUSY' | 'QUEUE_FULL' | 'TIMEOUT' | 'GPU_USAGE_HIGH' | 'VRAM_LOW' | 'ABORTED' | 'SHUTDOWN'
+  reason: 'GPU_BUSY' | 'QUEUE_FULL' | 'TIMEOUT' | 'GPU_USAGE_HIGH' | 'VRAM_LOW' | 'ABORTED' | 'SHUTDOWN' | 'SERVICE_UNAVAILABLE'
 }
 
 export interface TelemetryGpuProcess {
@@ -223,6 +223,14 @@ export type ServiceEvent = ServiceEventBase & (
   | { type: 'port-reclaimed'; port: number; pid: number }
   /** `stop()` waited `waitedMs` and the port is still held. */
   | { type: 'port-still-held'; port: number; waitedMs: number; pid: number | null }
+  /** An on-demand service is started for a lease request of `taskType`. */
+  | { type: 'demanded'; taskType: string }
+  /** Stopped to make room on `gpuKey` for service `for`'s load; `freedMb`: the free memory telemetry showed come back. */
+  | { type: 'evicted'; gpuKey: string; for: string; expectedMb: number; freedMb: number | null }
+  /** The load ran out of GPU memory (`oomPattern`): `evicted` were stopped and the start is retried once. */
+  | { type: 'oom-retry'; gpuKey: string; evicted: string[] }
+  /** An on-demand service held no lease for `idleMs` (its `keepAliveMs`) and was stopped. */
+  | { type: 'idle-stopped'; idleMs: number }
 )
 
 /**
@@ -324,6 +332,13 @@ export declare class ServiceSupervisor {
    * `UNKNOWN_SERVICE` or `CLOSED`.
    */
   start(name: string): Promise<ServiceOutcome>
+  /**
+   * Starts a service (on-demand or not) and what it depends on if it is not running, and
+   * resolves with its status once it is ready. Counts as use for `keepAliveMs`. Rejects with
+   * the start's error (`VRAM_TIMEOUT`, `VRAM_OOM`, `SERVICE_EXITED`, ...), `UNKNOWN_SERVICE`
+   * or `CLOSED`.
+   */
+  ensure(name: string): Promise<ServiceStatus>
   /**
    * Stops one service: `stopSignal` to its process group, SIGKILL after `stopTimeoutMs`;
    * resolves once the group is gone and reaped. Dependents are left running.
@@ -734,7 +749,7 @@ export interface RecommendConcurrencyOptions {
 
 /** A core error as data: a stable `code` and a message saying what was wrong and where. */
 export interface ServiceError {
-  code: 'PORT_IN_USE' | 'READINESS_TIMEOUT' | 'READINESS_STALLED' | 'VRAM_TIMEOUT' | 'SPAWN_FAILED' | 'SERVICE_EXITED' | 'LIVENESS_FAILED' | 'SERVICE_HUNG' | 'GPU_LEASE_NOT_GRANTED' | 'UNKNOWN_SERVICE' | 'CLOSED' | 'INTERNAL' | (string & {})
+  code: 'PORT_IN_USE' | 'READINESS_TIMEOUT' | 'READINESS_STALLED' | 'VRAM_TIMEOUT' | 'SPAWN_FAILED' | 'SERVICE_EXITED' | 'LIVENESS_FAILED' | 'SERVICE_HUNG' | 'VRAM_OOM' | 'GPU_LEASE_NOT_GRANTED' | 'UNKNOWN_SERVICE' | 'CLOSED' | 'INTERNAL' | (string & {})
   message: string
 }
 

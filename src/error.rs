@@ -35,6 +35,9 @@ pub enum ErrorCode {
     /// The arbiter's watchdog revoked `hangAfterRevokes` of a service's leases within
     /// `hangWindowMs`, and the service was not restarted.
     ServiceHung,
+    /// A GPU service ran out of GPU memory during its load twice: once, then again after every
+    /// evictable service on its GPU was stopped (its output matched `oomPattern`).
+    VramOom,
 }
 
 impl ErrorCode {
@@ -56,6 +59,7 @@ impl ErrorCode {
             ErrorCode::LivenessFailed => "LIVENESS_FAILED",
             ErrorCode::ReadinessStalled => "READINESS_STALLED",
             ErrorCode::ServiceHung => "SERVICE_HUNG",
+            ErrorCode::VramOom => "VRAM_OOM",
         }
     }
 }

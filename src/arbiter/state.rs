@@ -31,6 +31,8 @@ enum Block {
     Capacity,
     Pressure,
     Vram,
+    /// The task type's on-demand service is not loaded.
+    Standby,
 }
 
 impl Block {
@@ -39,6 +41,7 @@ impl Block {
             Block::Capacity => Reason::GpuBusy,
             Block::Pressure => Reason::GpuUsageHigh,
             Block::Vram => Reason::VramLow,
+            Block::Standby => Reason::ServiceUnavailable,
         }
     }
 }
@@ -106,6 +109,13 @@ pub struct Arbiter {
     marks_boost_until: Option<Micros>,
     /// GPU keys where task types' services run: a request without a `gpuKey` goes there.
     task_gpus: HashMap<String, String>,
+    /// Task types whose on-demand service is not loaded, with the extra wait their requests get
+    /// while it loads: their requests queue, are not granted, and ask for the service.
+    standby: HashMap<String, Micros>,
+    /// Standby task types requested since the caller last asked (`take_demands`), once each
+    /// until the service is loaded or its start failed.
+    demands: Vec<String>,
+    demanded: std::collections::HashSet<String>,
     pub(super) stats: StatsTable,
 }
 
@@ -125,6 +135,9 @@ impl Arbiter {
             revoked: Vec::new(),
             marks_boost_until: None,
             task_gpus: HashMap::new(),
+            standby: HashMap::new(),
+            demands: Vec::new(),
+            demanded: std::collections::HashSet::new(),
             stats: StatsTable::new(),
         }
     }
@@ -215,6 +228,58 @@ impl Arbiter {
         self.task_gpus = routes.into_iter().collect();
     }
 
+    /// Puts `task_type` on standby (its on-demand service is not loaded; its requests wait up to
+    /// `load_allowance` longer, and the first asks for the service: `take_demands`), or, with
+    /// `None`, takes it off (the service is ready) and grants what waited for it.
+    pub fn set_task_standby(
+        &mut self,
+        task_type: &str,
+        load_allowance: Option<Micros>,
+        now: Micros,
+        out: &mut Vec<Resolution>,
+    ) {
+        match load_allowance {
+            Some(allowance) => {
+                self.standby.insert(task_type.to_string(), allowance);
+            }
+            None => {
+                self.demanded.remove(task_type);
+                if self.standby.remove(task_type).is_some() {
+                    for g in 0..self.gpus.len() {
+                        self.pump(g, now, out);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The service for standby `task_type` could not be started: its waiting requests settle
+    /// `SKIPPED` (`FALLBACK_CPU` under that policy) with `SERVICE_UNAVAILABLE`, and the next
+    /// request asks again.
+    pub fn fail_task_type(&mut self, task_type: &str, now: Micros, out: &mut Vec<Resolution>) {
+        self.demanded.remove(task_type);
+        let mut ids: Vec<WaiterId> =
+            self.waiters.iter().filter(|(_, w)| &*w.task_type == task_type).map(|(id, _)| *id).collect();
+        ids.sort_unstable();
+        for id in ids {
+            let w = self.dequeue(id).expect("waiter exists");
+            let status = if w.busy == BusyPolicy::FallbackCpu { Status::FallbackCpu } else { Status::Skipped };
+            let reason = Reason::ServiceUnavailable;
+            self.settle_unqueued(w.gpu, &w.task_type, status, reason, false, now);
+            out.push(Resolution { waiter: id, outcome: Outcome::NotAcquired { status, reason } });
+        }
+    }
+
+    /// Each task type's policy priority, where its policy sets one.
+    pub fn task_priorities(&self) -> Vec<(String, u64)> {
+        self.config.policies.iter().filter_map(|(t, p)| Some((t.clone(), p.priority?.get()))).collect()
+    }
+
+    /// Standby task types requested since the last call, each once per standby period.
+    pub fn take_demands(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.demands)
+    }
+
     /// Whether lease `id` is held now (not released, revoked or never issued).
     pub fn holds_lease(&self, id: LeaseId) -> bool {
         self.leases.contains_key(&id)
@@ -239,7 +304,11 @@ impl Arbiter {
                 )));
             }
         }
-        let r = self.resolve(&req);
+        let mut r = self.resolve(&req);
+        let standby = self.standby.get(&*req.task_type).copied();
+        if standby.is_some() && self.demanded.insert(req.task_type.to_string()) {
+            self.demands.push(req.task_type.to_string());
+        }
         let routed = match &req.gpu_key {
             None => self.task_gpus.get(&*req.task_type).and_then(|key| self.gpus.iter().position(|g| g.key == *key)),
             Some(_) => None,
@@ -261,6 +330,12 @@ impl Arbiter {
             })));
         }
         let blocked = match self.check(g, r.priority, r.vram_mb, now) {
+            // Its model is not loaded: nothing to grant until the service is ready. A waiting
+            // request may wait through the load too.
+            _ if standby.is_some() => {
+                r.max_wait = r.max_wait.saturating_add(standby.unwrap_or(0)).min(MAX_REQUEST_MS * MICROS_PER_MS * 2);
+                Block::Standby
+            }
             Ok(()) => {
                 let lease_id = self.fresh_id();
                 let grant =
@@ -750,7 +825,8 @@ impl Arbiter {
             }
             let next = self.gpus[g].queue.values().copied().find(|id| {
                 let w = &self.waiters[id];
-                self.check(g, w.priority, w.vram_mb, now).is_ok()
+                (self.standby.is_empty() || !self.standby.contains_key(&*w.task_type))
+                    && self.check(g, w.priority, w.vram_mb, now).is_ok()
             });
             let Some(id) = next else { return };
             let w = self.dequeue(id).expect("queued waiter exists");
@@ -770,8 +846,17 @@ impl Arbiter {
         if !self.waiters.contains_key(&id) {
             return;
         }
-        let block = self.check(g, priority, vram, now).err().unwrap_or(Block::Capacity);
-        let (status, reason) = self.wait_ran_out(g, priority, busy, block, now);
+        let on_standby = self.standby.contains_key(&*self.waiters[&id].task_type);
+        let (status, reason) = if on_standby {
+            // Its service was still loading when even the load allowance ran out.
+            (
+                if busy == BusyPolicy::FallbackCpu { Status::FallbackCpu } else { Status::Skipped },
+                Reason::ServiceUnavailable,
+            )
+        } else {
+            let block = self.check(g, priority, vram, now).err().unwrap_or(Block::Capacity);
+            self.wait_ran_out(g, priority, busy, block, now)
+        };
         let w = self.dequeue(id).expect("waiter exists");
         let key = self.gpus[g].key.clone();
         let stats = self.task_stats(&key, &w.task_type);
@@ -793,6 +878,7 @@ impl Arbiter {
         let reason = match block {
             _ if pressure => Reason::GpuUsageHigh,
             Block::Vram => Reason::VramLow,
+            Block::Standby => Reason::ServiceUnavailable,
             _ => Reason::Timeout,
         };
         let status = if busy == BusyPolicy::FallbackCpu { Status::FallbackCpu } else { Status::Skipped };

@@ -671,3 +671,60 @@ fn a_task_type_claimed_by_a_service_goes_to_its_gpu() {
     fresh.set_task_gpus([]);
     assert_eq!(granted(fresh.acquire(req("ASR"), 0).unwrap()).gpu, 0, "routes cleared: least-loaded again");
 }
+
+#[test]
+fn a_standby_task_type_waits_through_its_load_asks_once_and_is_granted_when_ready() {
+    let mut a = arbiter(json!({"policies": {"NMT": {"maxWaitMs": 100}}}));
+    let mut out = vec![];
+    a.set_task_standby("NMT", Some(2_000 * MS), 0, &mut out);
+    // A free GPU, but the model is not loaded: queued, and the service is asked for once.
+    let w1 = queued(a.acquire(req("NMT"), 0).unwrap());
+    let w2 = queued(a.acquire(req("NMT"), 10 * MS).unwrap());
+    assert_eq!(a.take_demands(), ["NMT"]);
+    assert!(a.take_demands().is_empty());
+    // Other task types are not held back.
+    let other = granted(a.acquire(req("ASR"), 20 * MS).unwrap());
+    a.release(other.lease_id, 30 * MS, &mut out);
+    assert!(out.is_empty());
+    // Past maxWaitMs, within the load allowance: still waiting.
+    a.tick(500 * MS, &mut out);
+    assert!(out.is_empty());
+    a.set_task_standby("NMT", None, 800 * MS, &mut out);
+    let waited: Vec<(WaiterId, Micros)> = out
+        .iter()
+        .map(|r| match &r.outcome {
+            Outcome::Acquired(g) => (r.waiter, g.queue_wait),
+            o => panic!("{o:?}"),
+        })
+        .collect();
+    assert_eq!(waited[0], (w1, 800 * MS), "the real wait is reported");
+    assert_eq!(waited.len(), 1, "one lease slot");
+    assert_eq!(a.waiter_count(), 1);
+    let _ = w2;
+    // Loaded: no more demands, and new requests are granted as usual.
+    assert!(a.take_demands().is_empty());
+}
+
+#[test]
+fn a_failed_on_demand_start_settles_its_waiters_service_unavailable() {
+    let mut a = arbiter(json!({"policies": {"NMT": {"maxWaitMs": 100}}}));
+    let mut out = vec![];
+    a.set_task_standby("NMT", Some(1_000 * MS), 0, &mut out);
+    let _w = queued(a.acquire(req("NMT"), 0).unwrap());
+    let mut fallback = req("NMT");
+    fallback.busy_policy = Some(BusyPolicy::FallbackCpu);
+    assert_eq!(not_acquired(a.acquire(fallback, 0).unwrap()), (Status::FallbackCpu, Reason::ServiceUnavailable));
+    assert_eq!(a.take_demands(), ["NMT"]);
+    a.fail_task_type("NMT", 50 * MS, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].outcome, Outcome::NotAcquired { status: Status::Skipped, reason: Reason::ServiceUnavailable });
+    assert_eq!(a.waiter_count(), 0);
+    // Still on standby: the next request asks again, and times out after wait + allowance.
+    let _w = queued(a.acquire(req("NMT"), 100 * MS).unwrap());
+    assert_eq!(a.take_demands(), ["NMT"]);
+    out.clear();
+    a.tick(1_099 * MS, &mut out);
+    assert!(out.is_empty());
+    a.tick(1_200 * MS, &mut out);
+    assert_eq!(out[0].outcome, Outcome::NotAcquired { status: Status::Skipped, reason: Reason::ServiceUnavailable });
+}

@@ -84,11 +84,14 @@ pub enum Reason {
     VramLow,
     Aborted,
     Shutdown,
+    /// The on-demand service that serves the task type could not be started (or its load took
+    /// longer than the wait allowed).
+    ServiceUnavailable,
 }
 
 impl Reason {
     /// In the order of their numeric codes (`reason as u8`), which the binding passes to JS.
-    pub const ALL: [Reason; 7] = [
+    pub const ALL: [Reason; 8] = [
         Reason::GpuBusy,
         Reason::QueueFull,
         Reason::Timeout,
@@ -96,6 +99,7 @@ impl Reason {
         Reason::VramLow,
         Reason::Aborted,
         Reason::Shutdown,
+        Reason::ServiceUnavailable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -107,6 +111,7 @@ impl Reason {
             Reason::VramLow => "VRAM_LOW",
             Reason::Aborted => "ABORTED",
             Reason::Shutdown => "SHUTDOWN",
+            Reason::ServiceUnavailable => "SERVICE_UNAVAILABLE",
         }
     }
 }

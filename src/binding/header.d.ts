@@ -80,7 +80,7 @@ export interface GpuLeaseAcquired {
 /** A request that did not get a lease. */
 export interface GpuLeaseNotAcquired {
   status: 'SKIPPED' | 'FALLBACK_CPU' | 'TIMEOUT' | 'CANCELLED'
-  reason: 'GPU_BUSY' | 'QUEUE_FULL' | 'TIMEOUT' | 'GPU_USAGE_HIGH' | 'VRAM_LOW' | 'ABORTED' | 'SHUTDOWN'
+  reason: 'GPU_BUSY' | 'QUEUE_FULL' | 'TIMEOUT' | 'GPU_USAGE_HIGH' | 'VRAM_LOW' | 'ABORTED' | 'SHUTDOWN' | 'SERVICE_UNAVAILABLE'
 }
 
 export interface TelemetryGpuProcess {
@@ -223,4 +223,12 @@ export type ServiceEvent = ServiceEventBase & (
   | { type: 'port-reclaimed'; port: number; pid: number }
   /** `stop()` waited `waitedMs` and the port is still held. */
   | { type: 'port-still-held'; port: number; waitedMs: number; pid: number | null }
+  /** An on-demand service is started for a lease request of `taskType`. */
+  | { type: 'demanded'; taskType: string }
+  /** Stopped to make room on `gpuKey` for service `for`'s load; `freedMb`: the free memory telemetry showed come back. */
+  | { type: 'evicted'; gpuKey: string; for: string; expectedMb: number; freedMb: number | null }
+  /** The load ran out of GPU memory (`oomPattern`): `evicted` were stopped and the start is retried once. */
+  | { type: 'oom-retry'; gpuKey: string; evicted: string[] }
+  /** An on-demand service held no lease for `idleMs` (its `keepAliveMs`) and was stopped. */
+  | { type: 'idle-stopped'; idleMs: number }
 )

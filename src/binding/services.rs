@@ -30,7 +30,7 @@ use crate::arbiter::{AcquireRequest, BusyPolicy, LeaseId, Trace};
 use crate::error::{ErrorCode, SidecarError, SidecarResult};
 use crate::services::{
     ExitInfo, LeaseChange, LeaseFuture, LeaseGuard, OutputStream, ServiceEvent, ServiceEventKind, ServiceOutcome,
-    ServicesConfig, StartOutcome, StartupLease, Supervisor, SupervisorHooks, VramReading, VramSource,
+    ServicesConfig, StartOutcome, StartupLease, Supervisor, SupervisorHooks, TaskRoutes, VramReading, VramSource,
 };
 use crate::telemetry::{LatestSample, ProcessRegistry};
 
@@ -278,8 +278,22 @@ const STARTUP_TASK_TYPE: &str = "SERVICE_STARTUP";
 
 /// A request from a tokio thread to the JS thread, where the arbiter lives.
 enum LeaseCall {
-    Acquire { service: String, gpu_key: String, reply: NativeReply },
-    Release { lease_id: LeaseId },
+    Acquire {
+        service: String,
+        gpu_key: String,
+        reply: NativeReply,
+    },
+    Release {
+        lease_id: LeaseId,
+    },
+    /// On-demand task types lost (`Some(load allowance ms)`) or regained (`None`) their service.
+    Standby {
+        task_types: Vec<String>,
+        load_allowance_ms: Option<u64>,
+    },
+    Unavailable {
+        task_types: Vec<String>,
+    },
 }
 
 /// Startup leases from an attached `GpuArbiter`: requests queue here and the JS thread is woken
@@ -314,6 +328,22 @@ impl Drop for HeldLease {
     fn drop(&mut self) {
         // Detached meanwhile: the arbiter is no longer ours to release into.
         let _ = self.bridge.send(LeaseCall::Release { lease_id: self.lease_id });
+    }
+}
+
+impl TaskRoutes for ArbiterLease {
+    fn standby(&self, task_types: &[String], load_allowance_ms: u64) {
+        let _ = self
+            .0
+            .send(LeaseCall::Standby { task_types: task_types.to_vec(), load_allowance_ms: Some(load_allowance_ms) });
+    }
+
+    fn ready(&self, task_types: &[String]) {
+        let _ = self.0.send(LeaseCall::Standby { task_types: task_types.to_vec(), load_allowance_ms: None });
+    }
+
+    fn unavailable(&self, task_types: &[String]) {
+        let _ = self.0.send(LeaseCall::Unavailable { task_types: task_types.to_vec() });
     }
 }
 
@@ -423,6 +453,7 @@ impl ServiceSupervisor {
         let hooks = SupervisorHooks {
             vram: Some(link.clone() as Arc<dyn VramSource>),
             startup_lease: Some(Arc::new(ArbiterLease(leases.clone())) as Arc<dyn StartupLease>),
+            task_routes: Some(Arc::new(ArbiterLease(leases.clone())) as Arc<dyn TaskRoutes>),
         };
         let (core, events) = Supervisor::new(config, hooks);
         let inbox = Arc::new(Inbox::default());
@@ -465,6 +496,21 @@ impl ServiceSupervisor {
             let outcome = core.start(&name).await?;
             Ok(outcome_to_json(&ServiceOutcome { service: name, outcome }))
         })
+    }
+
+    /// Starts a service (on-demand or not) and what it depends on if it is not running, and
+    /// resolves with its status once it is ready. Counts as use for `keepAliveMs`. Rejects with
+    /// the start's error (`VRAM_TIMEOUT`, `VRAM_OOM`, `SERVICE_EXITED`, ...), `UNKNOWN_SERVICE`
+    /// or `CLOSED`.
+    #[napi(catch_unwind, ts_return_type = "Promise<ServiceStatus>", ts_args_type = "name: string")]
+    pub fn ensure<'env>(
+        &self,
+        env: &'env Env,
+        name: Option<Unknown>,
+    ) -> Result<PromiseRaw<'env, ServiceStatusView>, Code> {
+        let name = args::string(env, name, "name")?;
+        let core = self.core.clone();
+        promise(env, &self.state, async move { Ok(status_view(&core.ensure(&name).await?)) })
     }
 
     /// Stops one service: `stopSignal` to its process group, SIGKILL after `stopTimeoutMs`;
@@ -624,27 +670,54 @@ impl ServiceSupervisor {
             }
             if let Some(new) = shared.upgrade() {
                 new.borrow_mut().core.set_task_gpus(self.core.task_type_gpus());
+                self.core.set_task_priorities(new.borrow().core.task_priorities());
             }
-            s.arbiter = Some((id, shared));
+            s.arbiter = Some((id, shared.clone()));
             *s.leases.wake.lock().unwrap_or_else(|e| e.into_inner()) = Some(wake);
             id
         };
+        // On-demand services: their task types wait for a load while not ready, and the first
+        // request starts them (in Rust: the arbiter calls the supervisor directly).
+        let routes = self.core.on_demand_routes();
+        if !routes.is_empty() {
+            if let Some(arbiter_state) = shared.upgrade() {
+                let core = Arc::downgrade(&self.core);
+                arbiter_state.borrow_mut().demand_sink = Some(Box::new(move |task_type: String| {
+                    if let Some(core) = core.upgrade() {
+                        napi::bindgen_prelude::spawn(async move { core.demand(&task_type).await });
+                    }
+                }));
+                for (task_type, allowance) in routes {
+                    native_leases::set_standby(env, &arbiter_state, &[task_type], allowance)?;
+                }
+            }
+        }
         let weak = Rc::downgrade(&self.state);
         let core = Arc::downgrade(&self.core);
         env.create_function_from_closure::<(), (), _>("detachArbiter", move |ctx| {
-            if let Some(state) = weak.upgrade() {
-                let mut s = state.borrow_mut();
-                if s.arbiter.as_ref().is_some_and(|(a, _)| *a == id) {
-                    s.unsubscribe_lease_events(ctx.env);
-                    if let Some(core) = core.upgrade() {
-                        core.forget_active_leases();
+            let Some(state) = weak.upgrade() else { return Ok(()) };
+            let mut s = state.borrow_mut();
+            if !s.arbiter.as_ref().is_some_and(|(a, _)| *a == id) {
+                return Ok(());
+            }
+            s.unsubscribe_lease_events(ctx.env);
+            if let Some(core) = core.upgrade() {
+                core.forget_active_leases();
+            }
+            let detached = s.arbiter.take().and_then(|(_, a)| a.upgrade());
+            *s.leases.wake.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            // Waiting acquires see their reply dropped and fail.
+            s.leases.calls.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            drop(s); // the arbiter's listeners may call this supervisor
+            if let Some(arbiter_state) = detached {
+                arbiter_state.borrow_mut().core.set_task_gpus([]);
+                arbiter_state.borrow_mut().demand_sink = None;
+                // What waited for an on-demand service is granted as usual from now on.
+                if let Some(core) = core.upgrade() {
+                    let task_types: Vec<String> = core.on_demand_routes().into_iter().map(|(t, _)| t).collect();
+                    if let Err(e) = native_leases::set_standby(ctx.env, &arbiter_state, &task_types, None) {
+                        tracing::warn!(error = %e.reason, "could not take on-demand task types off standby");
                     }
-                    if let Some(arbiter_state) = s.arbiter.take().and_then(|(_, a)| a.upgrade()) {
-                        arbiter_state.borrow_mut().core.set_task_gpus([]);
-                    }
-                    *s.leases.wake.lock().unwrap_or_else(|e| e.into_inner()) = None;
-                    // Waiting acquires see their reply dropped and fail.
-                    s.leases.calls.lock().unwrap_or_else(|e| e.into_inner()).clear();
                 }
             }
             Ok(())
@@ -666,11 +739,21 @@ fn serve_leases(env: &Env, state: &Rc<RefCell<State>>) {
             let Some(arbiter) = s.arbiter.as_ref().and_then(|(_, a)| a.upgrade()) else { return };
             let limits = match &call {
                 LeaseCall::Acquire { service, .. } => s.lease_limits.get(service).copied(),
-                LeaseCall::Release { .. } => None,
+                _ => None,
             };
             (arbiter, limits)
         };
         match call {
+            LeaseCall::Standby { task_types, load_allowance_ms } => {
+                if let Err(e) = native_leases::set_standby(env, &arbiter, &task_types, load_allowance_ms) {
+                    tracing::warn!(error = %e.reason, "could not update on-demand task types in the arbiter");
+                }
+            }
+            LeaseCall::Unavailable { task_types } => {
+                if let Err(e) = native_leases::fail_task_types(env, &arbiter, &task_types) {
+                    tracing::warn!(error = %e.reason, "could not settle requests for an unavailable service");
+                }
+            }
             LeaseCall::Release { lease_id } => {
                 if let Err(e) = native_leases::release(env, &arbiter, lease_id) {
                     tracing::warn!(lease_id, error = %e.reason, "could not release a service startup lease");
@@ -1035,6 +1118,15 @@ fn event_to_json(event: &ServiceEvent) -> Value {
         ServiceEventKind::PortStillHeld { port, waited_ms, pid } => {
             ("port-still-held", json!({ "port": port, "waitedMs": waited_ms, "pid": pid }))
         }
+        ServiceEventKind::Demanded { task_type } => ("demanded", json!({ "taskType": task_type })),
+        ServiceEventKind::Evicted { gpu_key, for_service, expected_mb, freed_mb } => (
+            "evicted",
+            json!({ "gpuKey": gpu_key, "for": for_service, "expectedMb": expected_mb, "freedMb": freed_mb }),
+        ),
+        ServiceEventKind::OomRetry { gpu_key, evicted } => {
+            ("oom-retry", json!({ "gpuKey": gpu_key, "evicted": evicted }))
+        }
+        ServiceEventKind::IdleStopped { idle_ms } => ("idle-stopped", json!({ "idleMs": idle_ms })),
     };
     let mut object = json!({ "type": kind, "service": event.service, "at": event.timestamp_ms });
     if let (Value::Object(object), Value::Object(fields)) = (&mut object, fields) {

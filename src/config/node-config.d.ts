@@ -276,6 +276,13 @@ stateFile?: (string | null)
  */
 vramHeadroomMb?: number
 /**
+ * After an eviction, how long the freed memory may take to show up in telemetry before the
+ * gate goes on waiting as usual.
+ * 
+ * Default: `5000`. Range: 0-86400000.
+ */
+vramRecoveryMs?: number
+/**
  * How long a GPU service waits for enough free VRAM before it fails with `VRAM_TIMEOUT`.
  * 
  * Default: `120000`. Range: 0-86400000.
@@ -311,6 +318,13 @@ env?: {
 [k: string]: string
 }
 /**
+ * May be stopped, while it holds no lease, to make room for another GPU service's load
+ * (on-demand services always may).
+ * 
+ * Default: `false`.
+ */
+evictable?: boolean
+/**
  * Set for a service that loads onto a GPU: it is then VRAM-gated (and leased).
  */
 gpu?: (GpuNeed | null)
@@ -325,6 +339,13 @@ hangAfterRevokes?: number
  * Default: `60000`. Range: 1-86400000.
  */
 hangWindowMs?: number
+/**
+ * An on-demand service that has held no lease (and had no `ensure`) for this long is
+ * stopped, with an `idle-stopped` event. Unset: it stays until evicted or stopped.
+ * 
+ * Range: 1-86400000.
+ */
+keepAliveMs?: (number | null)
 /**
  * How to tell the service is still alive once it is ready.
  */
@@ -357,6 +378,25 @@ maxReadinessTimeoutMs?: (number | null)
  */
 name: string
 /**
+ * Not started by `startAll()`: a lease request for one of its `gpu.taskTypes` (with
+ * `attachArbiter`), or `ensure(name)`, starts it. Evictable.
+ * 
+ * Default: `false`.
+ */
+onDemand?: boolean
+/**
+ * An exit during startup with an output line matching this is a GPU out-of-memory error:
+ * every evictable service on its GPU is stopped and the start retried once. Default: CUDA,
+ * PyTorch and cuBLAS out-of-memory messages (see `DEFAULT_OOM_PATTERN`).
+ */
+oomPattern?: string
+/**
+ * Never evicted, whatever `onDemand` and `evictable` say.
+ * 
+ * Default: `false`.
+ */
+pinned?: boolean
+/**
  * Checked free before each start; a taken port fails the start with `PORT_IN_USE`.
  * 
  * Range: 1-65535.
@@ -369,6 +409,13 @@ port?: (number | null)
  * Default: `5000`. Range: 0-86400000.
  */
 portReleaseTimeoutMs?: number
+/**
+ * Eviction order: the lowest goes first. Default: the highest arbiter policy priority of its
+ * `gpu.taskTypes` (50 without an arbiter or task types).
+ * 
+ * Range: 0-100.
+ */
+priority?: (number | null)
 /**
  * Pause between HTTP/TCP probes (and between VRAM readings while gated).
  * 

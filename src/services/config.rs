@@ -35,6 +35,9 @@ pub struct ServicesConfig {
     pub state_file: Option<PathBuf>,
     /// Take a startup lease (see [`super::StartupLease`]) around each GPU service's model load.
     pub gpu_startup_lease: bool,
+    /// After an eviction, how long the freed memory may take to show up in telemetry before the
+    /// gate goes on waiting as usual.
+    pub vram_recovery_ms: Millis,
     /// The managed services, in config order (the tie-break of the start order).
     pub services: Vec<ServiceSpec>,
 }
@@ -47,6 +50,7 @@ impl Default for ServicesConfig {
             vram_timeout_ms: Int(120_000),
             state_file: None,
             gpu_startup_lease: false,
+            vram_recovery_ms: Int(5_000),
             services: Vec::new(),
         }
     }
@@ -130,6 +134,38 @@ pub struct ServiceSpec {
     /// anyway (with a `port-still-held` event).
     #[serde(default = "default_port_release_timeout")]
     pub port_release_timeout_ms: Millis,
+    /// Not started by `startAll()`: a lease request for one of its `gpu.taskTypes` (with
+    /// `attachArbiter`), or `ensure(name)`, starts it. Evictable.
+    #[serde(default)]
+    pub on_demand: bool,
+    /// An on-demand service that has held no lease (and had no `ensure`) for this long is
+    /// stopped, with an `idle-stopped` event. Unset: it stays until evicted or stopped.
+    #[serde(default)]
+    pub keep_alive_ms: Option<Int<1, 86_400_000>>,
+    /// May be stopped, while it holds no lease, to make room for another GPU service's load
+    /// (on-demand services always may).
+    #[serde(default)]
+    pub evictable: bool,
+    /// Never evicted, whatever `onDemand` and `evictable` say.
+    #[serde(default)]
+    pub pinned: bool,
+    /// Eviction order: the lowest goes first. Default: the highest arbiter policy priority of its
+    /// `gpu.taskTypes` (50 without an arbiter or task types).
+    #[serde(default)]
+    pub priority: Option<Int<0, 100>>,
+    /// An exit during startup with an output line matching this is a GPU out-of-memory error:
+    /// every evictable service on its GPU is stopped and the start retried once. Default: CUDA,
+    /// PyTorch and cuBLAS out-of-memory messages (see `DEFAULT_OOM_PATTERN`).
+    #[serde(default = "default_oom_pattern")]
+    pub oom_pattern: Pattern,
+}
+
+/// What CUDA, PyTorch and cuBLAS print when a load runs out of GPU memory.
+pub const DEFAULT_OOM_PATTERN: &str =
+    r"CUDA out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED|cudaErrorMemoryAllocation";
+
+fn default_oom_pattern() -> Pattern {
+    Pattern(Regex::new(DEFAULT_OOM_PATTERN).expect("the default OOM pattern compiles"))
 }
 
 impl ServiceSpec {
@@ -147,6 +183,11 @@ impl ServiceSpec {
             found.push(p.pattern.0.clone());
         }
         found
+    }
+
+    /// Whether an eviction may stop it (when it holds no lease).
+    pub fn is_evictable(&self) -> bool {
+        (self.on_demand || self.evictable) && !self.pinned && self.gpu.is_some()
     }
 
     /// Whether the service gets a notify pipe (`GPU_SIDECAR_NOTIFY_FD`).
@@ -600,6 +641,25 @@ impl ServicesConfig {
                 if gpu.key.trim().is_empty() {
                     return Err(err(i, "gpu.key", "expected a non-empty string".into()));
                 }
+            }
+            if s.keep_alive_ms.is_some() && !s.on_demand {
+                return Err(err(
+                    i,
+                    "keepAliveMs",
+                    "only an onDemand service is stopped when idle; set \"onDemand\": true".into(),
+                ));
+            }
+            if s.on_demand && s.gpu.is_none() {
+                return Err(err(i, "onDemand", "an on-demand service needs \"gpu\" (its task types start it)".into()));
+            }
+            if let Some(dependent) =
+                self.services.iter().find(|o| s.on_demand && o.depends_on.contains(&s.name) && !o.on_demand)
+            {
+                return Err(err(
+                    i,
+                    "onDemand",
+                    format!("{:?} depends on it and is started by startAll(); an on-demand service may only be a dependency of on-demand services", dependent.name),
+                ));
             }
             if s.restart.max_backoff_ms < s.restart.backoff_ms {
                 return Err(err(

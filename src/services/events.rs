@@ -94,6 +94,16 @@ pub enum ServiceEventKind {
     PortReclaimed { port: u16, pid: u32 },
     /// `stop()` waited `waited_ms` and the port is still held (by `pid`, when known).
     PortStillHeld { port: u16, waited_ms: u64, pid: Option<u32> },
+    /// An on-demand service is started for a lease request of `task_type`.
+    Demanded { task_type: String },
+    /// Stopped to make room on `gpu_key` for `for_service`'s load: it was expected to free
+    /// `expected_mb`; telemetry showed `freed_mb` more free memory after its stop.
+    Evicted { gpu_key: String, for_service: String, expected_mb: u64, freed_mb: Option<u64> },
+    /// The load ran out of GPU memory (its output matched `oomPattern`): `evicted` were stopped
+    /// and the start is retried once.
+    OomRetry { gpu_key: String, evicted: Vec<String> },
+    /// An on-demand service held no lease for `idle_ms` (its `keepAliveMs`) and was stopped.
+    IdleStopped { idle_ms: u64 },
 }
 
 /// An event about one service.

@@ -42,3 +42,16 @@ pub trait StartupLease: Send + Sync {
     /// Resolves once `service` may load onto `gpu_key`; an error fails that start.
     fn acquire<'a>(&'a self, service: &'a str, gpu_key: &'a str) -> LeaseFuture<'a>;
 }
+
+/// Tells the arbiter which task types have no loaded service, so their requests wait for it
+/// (the binding backs it with the attached arbiter). Calls may arrive with no arbiter attached;
+/// they are then dropped.
+pub trait TaskRoutes: Send + Sync {
+    /// `task_types` are served by an on-demand service that is not loaded: their requests queue,
+    /// may wait `load_allowance_ms` longer than their `maxWaitMs`, and the first one asks for it.
+    fn standby(&self, task_types: &[String], load_allowance_ms: u64);
+    /// Their service is ready: what waited for it may be granted.
+    fn ready(&self, task_types: &[String]);
+    /// Their service could not be started: what waits settles with `SERVICE_UNAVAILABLE`.
+    fn unavailable(&self, task_types: &[String]);
+}

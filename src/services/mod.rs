@@ -30,7 +30,7 @@ pub use config::{
 };
 pub(crate) use events::epoch_ms;
 pub use events::{ExitInfo, OutputStream, ServiceEvent, ServiceEventKind};
-pub use hooks::{LeaseFuture, LeaseGuard, StartupLease, VramReading, VramSource};
+pub use hooks::{LeaseFuture, LeaseGuard, StartupLease, TaskRoutes, VramReading, VramSource};
 pub use lease_ledger::{AttributedLease, ServiceLeases};
 pub use notify::NOTIFY_FD_ENV;
 pub use port::{port_holder, port_is_free, PortHolder};

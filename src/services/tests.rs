@@ -471,7 +471,7 @@ async fn the_vram_gate_waits_for_free_memory_under_a_startup_lease() {
     let lease = Arc::new(FakeLease::default());
     let mut asr = sb.service("asr", &["--log-ready"], log_ready());
     asr["gpu"] = json!({"key": "gpu:0", "vramMb": 1000});
-    let hooks = SupervisorHooks { vram: Some(vram.clone()), startup_lease: Some(lease.clone()) };
+    let hooks = SupervisorHooks { vram: Some(vram.clone()), startup_lease: Some(lease.clone()), ..Default::default() };
     let (sup, mut rx) = supervisor(
         json!({"vramHeadroomMb": 500, "vramTimeoutMs": 10000, "gpuStartupLease": true, "services": [asr]}),
         hooks,
@@ -524,7 +524,7 @@ async fn the_vram_gate_counts_a_load_spawned_after_the_reading() {
     a["gpu"] = json!({"key": "gpu:0", "vramMb": 1000});
     let mut b = sb.service("b", &["--log-ready"], log_ready());
     b["gpu"] = json!({"key": "gpu:0", "vramMb": 1000});
-    let hooks = SupervisorHooks { vram: Some(vram.clone()), startup_lease: None };
+    let hooks = SupervisorHooks { vram: Some(vram.clone()), startup_lease: None, ..Default::default() };
     let (sup, mut rx) = supervisor(json!({"vramHeadroomMb": 500, "vramTimeoutMs": 10000, "services": [a, b]}), hooks);
     let sup = Arc::new(sup);
     // Once `a` is ready, telemetry samples again, later: `a` holds 400 MB (under its estimate).
@@ -565,7 +565,7 @@ async fn the_vram_gate_times_out() {
     vram.free_mb.store(100, Ordering::SeqCst);
     let mut asr = sb.service("asr", &["--log-ready"], log_ready());
     asr["gpu"] = json!({"key": "gpu:0", "vramMb": 1000});
-    let hooks = SupervisorHooks { vram: Some(vram), startup_lease: None };
+    let hooks = SupervisorHooks { vram: Some(vram), startup_lease: None, ..Default::default() };
     let (sup, mut rx) = supervisor(json!({"vramTimeoutMs": 300, "services": [asr]}), hooks);
     let outcome = sup.start("asr").await.unwrap();
     let (error, _) = failure(&outcome);
@@ -584,7 +584,7 @@ async fn a_second_run_gates_on_what_the_first_run_learned() {
     let mut asr = sb.service("asr", &["--load", "0.2", "--log-ready"], log_ready());
     asr["gpu"] = json!({"key": "gpu:0"});
     let config = json!({"stateFile": state_file, "vramHeadroomMb": 100, "services": [asr]});
-    let hooks = SupervisorHooks { vram: Some(vram.clone()), startup_lease: None };
+    let hooks = SupervisorHooks { vram: Some(vram.clone()), startup_lease: None, ..Default::default() };
 
     let (first, mut rx) = supervisor(config.clone(), hooks.clone());
     ready_ms(&first.start("asr").await.unwrap());
@@ -857,7 +857,7 @@ async fn a_panic_in_a_runner_fails_the_service_with_internal_instead_of_hanging(
     let sb = Sandbox::new("runner-panic");
     let mut svc = sb.service("gpu", &["--log-ready"], log_ready());
     svc["gpu"] = json!({"key": "gpu:0", "vramMb": 100});
-    let hooks = SupervisorHooks { vram: Some(Arc::new(PanickingVram)), startup_lease: None };
+    let hooks = SupervisorHooks { vram: Some(Arc::new(PanickingVram)), startup_lease: None, ..Default::default() };
     let (sup, mut rx) = supervisor(json!({"services": [svc, sb.service("cpu", &["--log-ready"], log_ready())]}), hooks);
     let outcomes =
         tokio::time::timeout(Duration::from_secs(20), sup.start_all()).await.expect("start_all settles").unwrap();

@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 
 use super::super::JsResult;
 use super::state::{after_call, Caller, State};
-use crate::arbiter::{AcquireRequest, Admission, LeaseId, Outcome};
+use crate::arbiter::{AcquireRequest, Admission, LeaseId, Outcome, MICROS_PER_MS};
 
 /// How a native request ended: its lease id, or why it was not granted (`SKIPPED (TIMEOUT)`, or
 /// the error that refused the request).
@@ -70,4 +70,39 @@ pub fn release(env: &Env, state: &Rc<RefCell<State>>, lease_id: LeaseId) -> JsRe
     };
     after_call(env, state, out, Caller::Native)?;
     Ok(released)
+}
+
+/// Puts on-demand `task_types` on standby (`Some`: their service is not loaded; requests wait up
+/// to that many ms longer and the first one asks for it) or off it (`None`: it is ready).
+pub fn set_standby(
+    env: &Env,
+    state: &Rc<RefCell<State>>,
+    task_types: &[String],
+    load_allowance_ms: Option<u64>,
+) -> JsResult<()> {
+    let out = {
+        let mut s = state.borrow_mut();
+        let mut out = s.lend_resolutions();
+        let now = s.now();
+        let allowance = load_allowance_ms.map(|ms| ms.saturating_mul(MICROS_PER_MS));
+        for task_type in task_types {
+            s.core.set_task_standby(task_type, allowance, now, &mut out);
+        }
+        out
+    };
+    after_call(env, state, out, Caller::Native)
+}
+
+/// Settles what waits for `task_types` with `SERVICE_UNAVAILABLE` (their service did not start).
+pub fn fail_task_types(env: &Env, state: &Rc<RefCell<State>>, task_types: &[String]) -> JsResult<()> {
+    let out = {
+        let mut s = state.borrow_mut();
+        let mut out = s.lend_resolutions();
+        let now = s.now();
+        for task_type in task_types {
+            s.core.fail_task_type(task_type, now, &mut out);
+        }
+        out
+    };
+    after_call(env, state, out, Caller::Native)
 }

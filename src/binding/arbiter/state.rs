@@ -75,6 +75,9 @@ pub struct State {
     /// Waiters and leases per GPU for attached Telemetries' sampler threads; kept only once one
     /// asked (see `backlog_board`).
     backlog_board: Option<Arc<BacklogBoard>>,
+    /// Starts the on-demand service of a standby task type that was just requested (set by a
+    /// `ServiceSupervisor` attached to this arbiter).
+    pub demand_sink: Option<Box<dyn Fn(String)>>,
 }
 
 /// Who made the change: a hot call's JS caller reads the mailbox itself; anything else (a
@@ -102,6 +105,7 @@ impl State {
             native_waiters: FxHashMap::default(),
             task_types: FxHashMap::default(),
             backlog_board: None,
+            demand_sink: None,
         }
     }
 
@@ -197,6 +201,13 @@ impl State {
 /// and tells the JS half when the change did not come from it.
 pub fn after_call(env: &Env, state: &Rc<RefCell<State>>, out: Vec<Resolution>, caller: Caller) -> JsResult<()> {
     state.borrow_mut().collect(out);
+    let demands = state.borrow_mut().core.take_demands();
+    if !demands.is_empty() {
+        let s = state.borrow();
+        if let Some(sink) = &s.demand_sink {
+            demands.into_iter().for_each(sink);
+        }
+    }
     dispatch_events(env, state);
     let notify = {
         let mut s = state.borrow_mut();

@@ -14,7 +14,9 @@
 //! - `vram_gate`: free VRAM before a GPU load, and the VRAM a service uses.
 
 mod attempt;
+mod evict;
 mod liveness;
+mod on_demand;
 mod ports;
 mod readiness;
 mod restart;
@@ -30,7 +32,7 @@ use tokio::task::JoinHandle;
 
 use super::config::{ServiceSpec, ServicesConfig};
 use super::events::{epoch_ms, ExitInfo, ServiceEvent, ServiceEventKind};
-use super::hooks::{StartupLease, VramSource};
+use super::hooks::{StartupLease, TaskRoutes, VramSource};
 use super::host_death::HostDeathWatchdog;
 use super::lease_ledger::{AttributedLease, ServiceLeases};
 use super::notify::NotifySeen;
@@ -153,6 +155,8 @@ pub struct SupervisorHooks {
     pub vram: Option<Arc<dyn VramSource>>,
     /// Taken around each GPU service's load when `gpuStartupLease` is set.
     pub startup_lease: Option<Arc<dyn StartupLease>>,
+    /// Told when on-demand services' task types lose or regain their loaded service.
+    pub task_routes: Option<Arc<dyn TaskRoutes>>,
 }
 
 /// Starts, watches and stops the configured services. Dropping it kills every service it runs;
@@ -176,6 +180,8 @@ struct Shared {
     /// Kills the services' process groups if the host dies; started with the first service and
     /// let go by `close` (each running service holds it too, until its group is killed).
     host_death_watchdog: Mutex<Option<Arc<HostDeathWatchdog>>>,
+    /// The arbiter's policy priority per task type (as of `attachArbiter`), for eviction order.
+    task_priorities: Mutex<std::collections::HashMap<String, u64>>,
 }
 
 /// Why a ready service was declared hung.
@@ -206,6 +212,9 @@ struct Cell {
     hung: Option<HungReport>,
     alarm: Arc<Notify>,
     runner: Option<Runner>,
+    /// When it last became ready, held or gave back a lease, or was ensured (epoch ms): its
+    /// idle time for `keepAliveMs`, and its recency for eviction.
+    last_used_ms: u64,
 }
 
 impl Cell {
@@ -228,6 +237,7 @@ impl Cell {
             hung: None,
             alarm: Arc::new(Notify::new()),
             runner: None,
+            last_used_ms: 0,
         }
     }
 
@@ -288,15 +298,18 @@ impl Supervisor {
             changes: watch::channel(0).0,
             closed: AtomicBool::new(false),
             host_death_watchdog: Mutex::new(None),
+            task_priorities: Mutex::new(Default::default()),
         };
         (Self { shared: Arc::new(shared) }, receiver)
     }
 
-    /// Starts every service, dependencies first, and resolves when each is ready or has
-    /// definitively failed (after its restarts), with one outcome per service in start order.
+    /// Starts every service but the on-demand ones, dependencies first, and resolves when each
+    /// is ready or has definitively failed (after its restarts), with one outcome per service in
+    /// start order.
     pub async fn start_all(&self) -> SidecarResult<Vec<ServiceOutcome>> {
         self.shared.check_open()?;
-        let targets = self.shared.order.clone();
+        let targets: Vec<usize> =
+            self.shared.order.iter().copied().filter(|&i| !self.shared.spec(i).on_demand).collect();
         Ok(self.shared.schedule(&targets).await)
     }
 
@@ -455,8 +468,11 @@ impl Shared {
     }
 
     fn set_state(&self, i: usize, state: ServiceState) {
-        self.cell(i).state = state;
+        let was = std::mem::replace(&mut self.cell(i).state, state);
         self.changes.send_modify(|n| *n += 1);
+        if was != state {
+            self.announce_route(i, state);
+        }
     }
 
     fn state(&self, i: usize) -> ServiceState {
@@ -501,12 +517,16 @@ impl Shared {
         match change {
             LeaseChange::Acquired { lease_id, task_type, gpu_key } => {
                 if let Some(i) = serves(&task_type, &gpu_key) {
-                    self.cell(i).leases.acquired(AttributedLease { lease_id, task_type, acquired_at_ms: now_ms });
+                    let mut cell = self.cell(i);
+                    cell.leases.acquired(AttributedLease { lease_id, task_type, acquired_at_ms: now_ms });
+                    cell.last_used_ms = cell.last_used_ms.max(now_ms);
                 }
             }
             LeaseChange::Released { lease_id } => {
                 for i in 0..self.cells.len() {
-                    if self.cell(i).leases.released(&lease_id) {
+                    let mut cell = self.cell(i);
+                    if cell.leases.released(&lease_id) {
+                        cell.last_used_ms = cell.last_used_ms.max(now_ms);
                         break;
                     }
                 }

@@ -18,6 +18,8 @@ enum RunEnd {
     /// Stopped after `failureThreshold` liveness failures (their reasons).
     Unhealthy(Vec<String>),
     Hung(HungReport),
+    /// An on-demand service idle for its `keepAliveMs` (ms idle); stopped, not a failure.
+    Idle(u64),
 }
 
 impl RunEnd {
@@ -25,6 +27,7 @@ impl RunEnd {
         match self {
             RunEnd::Exited(exit) => !exit.success(),
             RunEnd::Unhealthy(_) | RunEnd::Hung(_) => true,
+            RunEnd::Idle(_) => false,
         }
     }
 }
@@ -64,6 +67,8 @@ impl Shared {
         let spec = self.spec(i);
         let mut permit = Some(permit);
         let mut attempt = 0u32;
+        // One retry per start after a load ran out of GPU memory.
+        let mut oom_retried = false;
         let end = loop {
             if permit.is_none() {
                 tokio::select! {
@@ -85,6 +90,24 @@ impl Shared {
                 }
                 Attempt::Exited { exit, last_lines, ran } => {
                     self.emit(i, ServiceEventKind::Exited { exit });
+                    if let Some(gpu) = spec.gpu.as_ref().filter(|_| ran_out_of_vram(&spec.oom_pattern.0, &last_lines)) {
+                        if oom_retried {
+                            let error = SidecarError::new(
+                                ErrorCode::VramOom,
+                                format!(
+                                    "{}: ran out of GPU memory on {} while loading, again after evicting what could be evicted",
+                                    spec.name, gpu.key
+                                ),
+                            );
+                            self.record_failure(i, &error);
+                            break Some((error, last_lines));
+                        }
+                        oom_retried = true;
+                        self.cell(i).clear_process();
+                        let evicted = self.evict_all(i, &gpu.key).await;
+                        self.emit(i, ServiceEventKind::OomRetry { gpu_key: gpu.key.clone(), evicted });
+                        continue;
+                    }
                     (RunEnd::Exited(exit), last_lines, false, ran)
                 }
                 Attempt::Failed { error, last_lines } => {
@@ -187,12 +210,19 @@ impl Shared {
             exit = process.wait() => Some(RunEnd::Exited(exit)),
             failures = self.watch_liveness(i, &sink, notify) => Some(RunEnd::Unhealthy(failures)),
             report = self.hung(i) => Some(RunEnd::Hung(report)),
+            idle_ms = self.idle_out(i) => Some(RunEnd::Idle(idle_ms)),
             _ = stop_requested(stop) => None,
         };
         let grace = ms(spec.stop_timeout_ms.get());
         let ended = match ended {
             None => {
                 self.set_state(i, ServiceState::Stopping);
+                process.stop(spec.stop_signal, grace).await;
+                None
+            }
+            Some(RunEnd::Idle(idle_ms)) => {
+                self.set_state(i, ServiceState::Stopping);
+                self.emit(i, ServiceEventKind::IdleStopped { idle_ms });
                 process.stop(spec.stop_signal, grace).await;
                 None
             }
@@ -233,6 +263,7 @@ impl Shared {
         let after = if restarts > 0 { format!(" after {restarts} restarts") } else { String::new() };
         match ended {
             RunEnd::Exited(exit) if exit.success() => None,
+            RunEnd::Idle(_) => None,
             RunEnd::Exited(exit) => Some(self.exited_error(i, exit, was_ready)),
             RunEnd::Unhealthy(failures) => Some(SidecarError::new(
                 ErrorCode::LivenessFailed,
@@ -260,4 +291,9 @@ impl Shared {
         let during = if was_ready { "" } else { " during startup" };
         SidecarError::new(ErrorCode::ServiceExited, format!("{}: exited with {exit}{during}{after}", self.spec(i).name))
     }
+}
+
+/// Whether a load's last output lines say it ran out of GPU memory.
+fn ran_out_of_vram(pattern: &regex::Regex, last_lines: &[String]) -> bool {
+    last_lines.iter().any(|line| pattern.is_match(line))
 }

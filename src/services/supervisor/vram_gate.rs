@@ -57,6 +57,7 @@ impl Shared {
         let deadline = Instant::now() + ms(limit_ms);
         let poll = ms(self.spec(i).probe_interval_ms.get());
         let mut announced = false;
+        let mut tried_eviction = false;
         loop {
             let Some(reading) = source.free_mb(&gpu.key) else {
                 return gate_off("no VRAM telemetry for this GPU");
@@ -65,6 +66,12 @@ impl Shared {
             let free_mb = reading.free_mb.saturating_sub(unseen_mb);
             if free_mb >= needed_mb {
                 return Ok(());
+            }
+            if !tried_eviction {
+                tried_eviction = true;
+                if self.make_room(i, &gpu.key, needed_mb - free_mb).await {
+                    continue;
+                }
             }
             if !announced {
                 self.emit(i, ServiceEventKind::VramWait { gpu_key: gpu.key.clone(), needed_mb, free_mb });
