@@ -43,7 +43,7 @@ impl Histogram {
         if self.recent.is_empty() {
             return None;
         }
-        let mut sorted: Vec<f64> = self.recent.iter().copied().collect();
+        let mut sorted: Vec<f64> = self.recent.to_vec();
         sorted.sort_by(f64::total_cmp);
         let rank = |q: f64| sorted[((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1];
         Some(Percentiles { p50: rank(0.50), p95: rank(0.95), p99: rank(0.99) })

@@ -697,7 +697,7 @@ impl ServiceSupervisor {
         env.create_function_from_closure::<(), (), _>("detachArbiter", move |ctx| {
             let Some(state) = weak.upgrade() else { return Ok(()) };
             let mut s = state.borrow_mut();
-            if !s.arbiter.as_ref().is_some_and(|(a, _)| *a == id) {
+            if s.arbiter.as_ref().is_none_or(|(a, _)| *a != id) {
                 return Ok(());
             }
             s.unsubscribe_lease_events(ctx.env);
