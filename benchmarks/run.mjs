@@ -3,8 +3,10 @@ import { benchArbiter } from './arbiter.mjs'
 import { benchTelemetry } from './telemetry.mjs'
 import { benchServices } from './services.mjs'
 import { benchFlood } from './flood.mjs'
+import { benchVram } from './vram.mjs'
 
 await benchArbiter()
 await benchTelemetry()
 await benchServices()
 await benchFlood()
+await benchVram()

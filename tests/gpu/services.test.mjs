@@ -12,7 +12,7 @@ import { spawnSync } from 'node:child_process'
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { firstSample, sidecar, skipWithoutNvml, sleep } from './support.mjs'
+import { firstSample, probeSample, sidecar, skipWithoutNvml, sleep } from './support.mjs'
 
 const { Telemetry, ServiceSupervisor } = sidecar
 const INTERVAL_MS = 100
@@ -52,7 +52,7 @@ function torchService(name, gib, gpuKey) {
 }
 
 test('three 3/8-of-the-GPU PyTorch services: two run together, the third waits for memory, no OOM; the profile learns each', { skip, timeout: 300000 }, async () => {
-  const gpu = probeSample.gpus[0]
+  const gpu = (await probeSample()).gpus[0]
   const gib = Math.floor(((gpu.totalMb / 1024) * 3) / 8) // 30 on an 80 GB H100
   if (gpu.freeMb < gpu.totalMb * 0.9) {
     console.log(`gpu:0 has only ${gpu.freeMb} of ${gpu.totalMb} MiB free: something else uses it; skipped`)

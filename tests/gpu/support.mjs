@@ -21,3 +21,13 @@ export async function skipWithoutNvml() {
   probe.close()
   return sample.nvml.available && sample.gpus.length > 0 ? false : `no NVML here (${sample.nvml.reason})`
 }
+
+/** One sample from a short-lived Telemetry: the GPUs as they are before a test starts. */
+export async function probeSample() {
+  const probe = new sidecar.Telemetry({ intervalMs: 50 })
+  try {
+    return await firstSample(probe)
+  } finally {
+    probe.close()
+  }
+}
