@@ -202,6 +202,8 @@ export type ServiceEvent = ServiceEventBase & (
   | { type: 'blocked'; dependency: string }
   /** Waiting until `gpuKey` has `neededMb` (need plus headroom) free. */
   | { type: 'vram-wait'; gpuKey: string; neededMb: number; freeMb: number }
+  /** A `gpu.key: 'auto'` service was placed on `gpuKey`, which had `freeMb` free less the loads on their way there (`null`: no GPU had a free-memory reading; the first was taken). */
+  | { type: 'placed'; gpuKey: string; freeMb: number | null }
   /** Started without the VRAM gate (no telemetry with NVML figures, or no estimate). */
   | { type: 'vram-gate-off'; gpuKey: string; reason: string }
   | { type: 'stopped' }
@@ -734,7 +736,7 @@ export interface RecommendConcurrencyOptions {
 
 /** A core error as data: a stable `code` and a message saying what was wrong and where. */
 export interface ServiceError {
-  code: 'PORT_IN_USE' | 'READINESS_TIMEOUT' | 'READINESS_STALLED' | 'VRAM_TIMEOUT' | 'SPAWN_FAILED' | 'SERVICE_EXITED' | 'LIVENESS_FAILED' | 'SERVICE_HUNG' | 'GPU_LEASE_NOT_GRANTED' | 'UNKNOWN_SERVICE' | 'CLOSED' | 'INTERNAL' | (string & {})
+  code: 'PORT_IN_USE' | 'READINESS_TIMEOUT' | 'READINESS_STALLED' | 'VRAM_TIMEOUT' | 'SPAWN_FAILED' | 'SERVICE_EXITED' | 'LIVENESS_FAILED' | 'SERVICE_HUNG' | 'GPU_LEASE_NOT_GRANTED' | 'NO_GPU' | 'UNKNOWN_SERVICE' | 'CLOSED' | 'INTERNAL' | (string & {})
   message: string
 }
 
@@ -749,6 +751,13 @@ export interface ServiceFailure {
 export interface ServiceLearned {
   timeToReadyMs: number | null
   peakVramMb: number | null
+  /**
+   * How `peakVramMb` was measured: `process`, the service's processes' own GPU memory;
+   * `gpu-delta`, the rise in its GPU's used memory while it loaded alone there (where NVML
+   * has no per-process figures, as on Windows in WDDM mode). `null` in state files from
+   * before it was kept.
+   */
+  peakVramMethod: 'process' | 'gpu-delta' | null
 }
 
 /** A lease of one of the service's `gpu.taskTypes`. */
@@ -791,6 +800,11 @@ export interface ServiceStatus {
   notifyStatus: string | null
   /** The last 50 output lines of this (or the last) run. */
   lastLines: Array<string>
+  /**
+   * The GPU of this (or the last) run: its `gpu.key`, or where `'auto'` placed it; `null`
+   * for a CPU service and an `'auto'` one not placed yet.
+   */
+  gpuKey: string | null
   /** Leases of its `gpu.taskTypes` in the attached arbiter. */
   leases: ServiceLeases
   learned: ServiceLearned

@@ -35,6 +35,9 @@ pub enum ErrorCode {
     /// The arbiter's watchdog revoked `hangAfterRevokes` of a service's leases within
     /// `hangWindowMs`, and the service was not restarted.
     ServiceHung,
+    /// A GPU service with `gpu.key: 'auto'` had no GPU to be placed on: no telemetry is
+    /// attached, or its samples list no GPU.
+    NoGpu,
 }
 
 impl ErrorCode {
@@ -56,6 +59,7 @@ impl ErrorCode {
             ErrorCode::LivenessFailed => "LIVENESS_FAILED",
             ErrorCode::ReadinessStalled => "READINESS_STALLED",
             ErrorCode::ServiceHung => "SERVICE_HUNG",
+            ErrorCode::NoGpu => "NO_GPU",
         }
     }
 }

@@ -30,7 +30,7 @@ use crate::arbiter::{AcquireRequest, BusyPolicy, LeaseId, Trace};
 use crate::error::{ErrorCode, SidecarError, SidecarResult};
 use crate::services::{
     ExitInfo, LeaseChange, LeaseFuture, LeaseGuard, OutputStream, ServiceEvent, ServiceEventKind, ServiceOutcome,
-    ServicesConfig, StartOutcome, StartupLease, Supervisor, SupervisorHooks, VramReading, VramSource,
+    ServicesConfig, StartOutcome, StartupLease, Supervisor, SupervisorHooks, TaskRoutes, VramReading, VramSource,
 };
 use crate::telemetry::{LatestSample, ProcessRegistry};
 
@@ -243,8 +243,13 @@ impl TelemetryLink {
 impl VramSource for TelemetryLink {
     fn free_mb(&self, gpu_key: &str) -> Option<VramReading> {
         let (sample, _) = self.sample()?;
-        let free_mb = sample.gpu(gpu_key).filter(|g| !g.lost)?.free_mb?;
-        Some(VramReading { free_mb, sampled_at_ms: sample.at as u64 })
+        let gpu = sample.gpu(gpu_key).filter(|g| !g.lost)?;
+        Some(VramReading { free_mb: gpu.free_mb?, used_mb: gpu.used_mb, sampled_at_ms: sample.at as u64 })
+    }
+
+    fn gpu_keys(&self) -> Vec<String> {
+        let Some((sample, _)) = self.sample() else { return Vec::new() };
+        sample.gpus.iter().filter(|g| !g.lost).map(|g| g.key.clone()).collect()
     }
 
     fn gpu_uuid(&self, gpu_key: &str) -> Option<String> {
@@ -278,8 +283,16 @@ const STARTUP_TASK_TYPE: &str = "SERVICE_STARTUP";
 
 /// A request from a tokio thread to the JS thread, where the arbiter lives.
 enum LeaseCall {
-    Acquire { service: String, gpu_key: String, reply: NativeReply },
-    Release { lease_id: LeaseId },
+    Acquire {
+        service: String,
+        gpu_key: String,
+        reply: NativeReply,
+    },
+    Release {
+        lease_id: LeaseId,
+    },
+    /// The task-type routes changed (an `auto` service was placed).
+    Routes(Vec<(String, String)>),
 }
 
 /// Startup leases from an attached `GpuArbiter`: requests queue here and the JS thread is woken
@@ -340,6 +353,16 @@ impl StartupLease for ArbiterLease {
                 Err(why) => Err(not_granted(service, &why)),
             }
         })
+    }
+}
+
+/// The core's [`TaskRoutes`]: new routes go to the attached arbiter, if any (one attached
+/// later gets them when it is attached).
+struct ArbiterRoutes(Arc<LeaseBridge>);
+
+impl TaskRoutes for ArbiterRoutes {
+    fn routes_changed(&self, routes: Vec<(String, String)>) {
+        let _ = self.0.send(LeaseCall::Routes(routes));
     }
 }
 
@@ -423,6 +446,7 @@ impl ServiceSupervisor {
         let hooks = SupervisorHooks {
             vram: Some(link.clone() as Arc<dyn VramSource>),
             startup_lease: Some(Arc::new(ArbiterLease(leases.clone())) as Arc<dyn StartupLease>),
+            routes: Some(Arc::new(ArbiterRoutes(leases.clone())) as Arc<dyn TaskRoutes>),
         };
         let (core, events) = Supervisor::new(config, hooks);
         let inbox = Arc::new(Inbox::default());
@@ -666,11 +690,12 @@ fn serve_leases(env: &Env, state: &Rc<RefCell<State>>) {
             let Some(arbiter) = s.arbiter.as_ref().and_then(|(_, a)| a.upgrade()) else { return };
             let limits = match &call {
                 LeaseCall::Acquire { service, .. } => s.lease_limits.get(service).copied(),
-                LeaseCall::Release { .. } => None,
+                LeaseCall::Release { .. } | LeaseCall::Routes(_) => None,
             };
             (arbiter, limits)
         };
         match call {
+            LeaseCall::Routes(routes) => arbiter.borrow_mut().core.set_task_gpus(routes),
             LeaseCall::Release { lease_id } => {
                 if let Err(e) = native_leases::release(env, &arbiter, lease_id) {
                     tracing::warn!(lease_id, error = %e.reason, "could not release a service startup lease");
@@ -1012,6 +1037,7 @@ fn event_to_json(event: &ServiceEvent) -> Value {
         ServiceEventKind::VramWait { gpu_key, needed_mb, free_mb } => {
             ("vram-wait", json!({ "gpuKey": gpu_key, "neededMb": needed_mb, "freeMb": free_mb }))
         }
+        ServiceEventKind::Placed { gpu_key, free_mb } => ("placed", json!({ "gpuKey": gpu_key, "freeMb": free_mb })),
         ServiceEventKind::VramGateOff { gpu_key, reason } => {
             ("vram-gate-off", json!({ "gpuKey": gpu_key, "reason": reason }))
         }

@@ -1,5 +1,6 @@
-//! What the supervisor needs from the rest of the addon: free VRAM readings (from telemetry) and
-//! an optional startup lease (from the arbiter). Both are traits so the core stays testable.
+//! What the supervisor needs from the rest of the addon: VRAM readings (from telemetry), an
+//! optional startup lease and a place to send task-type routes (both from the arbiter). All are
+//! traits so the core stays testable.
 
 use std::any::Any;
 use std::future::Future;
@@ -7,11 +8,14 @@ use std::pin::Pin;
 
 use crate::error::SidecarResult;
 
-/// Free memory on one GPU as of one telemetry sample.
+/// Free (and used) memory on one GPU as of one telemetry sample.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VramReading {
     /// Free memory (MB) on the GPU when the sample was taken.
     pub free_mb: u64,
+    /// Memory (MB) in use on the GPU, all processes together, when the source reports it: a
+    /// load's peak is learned from its rise where per-process figures do not exist.
+    pub used_mb: Option<u64>,
     /// When the sample was taken, ms since the Unix epoch: memory allocated after it is not in
     /// `free_mb` yet.
     pub sampled_at_ms: u64,
@@ -21,6 +25,11 @@ pub struct VramReading {
 pub trait VramSource: Send + Sync {
     /// The latest free-memory reading for the GPU named `gpu_key`.
     fn free_mb(&self, gpu_key: &str) -> Option<VramReading>;
+    /// The keys of the GPUs the source knows now (not lost), in its order: where a service with
+    /// `gpu.key: 'auto'` may be placed.
+    fn gpu_keys(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// GPU memory (MB) used by process `pid`.
     fn process_used_mb(&self, pid: u32) -> Option<u64>;
     /// The UUID of the GPU named `gpu_key` (`GPU-…`), when the source knows it.
@@ -41,4 +50,11 @@ pub type LeaseFuture<'a> = Pin<Box<dyn Future<Output = SidecarResult<LeaseGuard>
 pub trait StartupLease: Send + Sync {
     /// Resolves once `service` may load onto `gpu_key`; an error fails that start.
     fn acquire<'a>(&'a self, service: &'a str, gpu_key: &'a str) -> LeaseFuture<'a>;
+}
+
+/// Where requests of each task type go (`(task type, GPU key)` pairs, as
+/// [`crate::services::Supervisor::task_type_gpus`] gives them); the binding hands them to the
+/// attached arbiter. Told again whenever a service with `gpu.key: 'auto'` is placed.
+pub trait TaskRoutes: Send + Sync {
+    fn routes_changed(&self, routes: Vec<(String, String)>);
 }

@@ -11,15 +11,19 @@
 //! - `readiness`: one method per readiness kind;
 //! - `liveness`: checks after ready, and the hang seen through the service's leases;
 //! - `ports`: a stale port reclaimed, a port waited free after a stop;
-//! - `vram_gate`: free VRAM before a GPU load, and the VRAM a service uses.
+//! - `placement`: which GPU a service runs on (`gpu.key: 'auto'` is placed at each start);
+//! - `vram_gate`: free VRAM before a GPU load;
+//! - `vram_peak`: the VRAM a service uses (per process, or its GPU's rise over a lone load).
 
 mod attempt;
 mod liveness;
+mod placement;
 mod ports;
 mod readiness;
 mod restart;
 mod schedule;
 mod vram_gate;
+mod vram_peak;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -30,7 +34,7 @@ use tokio::task::JoinHandle;
 
 use super::config::{ServiceSpec, ServicesConfig};
 use super::events::{epoch_ms, ExitInfo, ServiceEvent, ServiceEventKind};
-use super::hooks::{StartupLease, VramSource};
+use super::hooks::{StartupLease, TaskRoutes, VramSource};
 use super::host_death::HostDeathWatchdog;
 use super::lease_ledger::{AttributedLease, ServiceLeases};
 use super::notify::NotifySeen;
@@ -39,7 +43,7 @@ use super::profile::{LearnedProfile, ProfileStore};
 use super::restart_budget::RestartBudget;
 use crate::error::{ErrorCode, SidecarError, SidecarResult};
 
-use vram_gate::VramSampler;
+use vram_peak::{GpuLoads, VramSampler};
 
 /// How long to wait for the rest of a dead process's output before reporting its last lines.
 const OUTPUT_DRAIN: Duration = Duration::from_millis(500);
@@ -100,6 +104,9 @@ pub struct ServiceStatus {
     pub notify_status: Option<String>,
     /// The last output lines of the current (or last) run, oldest first.
     pub last_lines: Vec<String>,
+    /// The GPU of the current (or last) run: its `gpu.key`, or where `auto` placed it (`None`
+    /// before an `auto` service is first placed, and for CPU services).
+    pub gpu_key: Option<String>,
     /// Leases of its `gpu.taskTypes`, with an attached arbiter.
     pub leases: ServiceLeases,
     /// What it took on earlier runs.
@@ -146,13 +153,16 @@ pub enum LeaseChange {
     },
 }
 
-/// What the supervisor uses from the rest of the addon; both are optional.
+/// What the supervisor uses from the rest of the addon; all are optional.
 #[derive(Clone, Default)]
 pub struct SupervisorHooks {
-    /// Free VRAM readings; without it the VRAM gate is off (and says so in events).
+    /// Free VRAM readings; without it the VRAM gate is off (and says so in events), and
+    /// `gpu.key: 'auto'` services cannot be placed.
     pub vram: Option<Arc<dyn VramSource>>,
     /// Taken around each GPU service's load when `gpuStartupLease` is set.
     pub startup_lease: Option<Arc<dyn StartupLease>>,
+    /// Told the task-type routes again when an `auto` service that claims task types is placed.
+    pub routes: Option<Arc<dyn TaskRoutes>>,
 }
 
 /// Starts, watches and stops the configured services. Dropping it kills every service it runs;
@@ -173,6 +183,10 @@ struct Shared {
     /// Bumped on every state change, so schedulers can wait for "something changed".
     changes: watch::Sender<u64>,
     closed: AtomicBool,
+    /// Loads under way on each GPU (for learning peak VRAM from a lone load).
+    gpu_loads: Arc<GpuLoads>,
+    /// Held while an `auto` service is placed, so placements see each other.
+    placing: Mutex<()>,
     /// Kills the services' process groups if the host dies; started with the first service and
     /// let go by `close` (each running service holds it too, until its group is killed).
     host_death_watchdog: Mutex<Option<Arc<HostDeathWatchdog>>>,
@@ -190,6 +204,8 @@ struct Cell {
     /// When the running process was spawned (ms since the Unix epoch), so the VRAM gate can tell
     /// whether a reading already shows its memory; `u64::MAX` while the spawn is under way.
     spawned_at_ms: Option<u64>,
+    /// Where `gpu.key: 'auto'` placed the service for its current (or last) run.
+    gpu_key: Option<String>,
     restarts: u32,
     budget: RestartBudget,
     next_restart_at_ms: Option<u64>,
@@ -214,6 +230,7 @@ impl Cell {
             state: ServiceState::Idle,
             pid: None,
             spawned_at_ms: None,
+            gpu_key: None,
             restarts: 0,
             budget: RestartBudget::default(),
             next_restart_at_ms: None,
@@ -287,6 +304,8 @@ impl Supervisor {
             events,
             changes: watch::channel(0).0,
             closed: AtomicBool::new(false),
+            gpu_loads: Arc::default(),
+            placing: Mutex::new(()),
             host_death_watchdog: Mutex::new(None),
         };
         (Self { shared: Arc::new(shared) }, receiver)
@@ -357,13 +376,10 @@ impl Supervisor {
     }
 
     /// `(task type, GPU key)` for each task type a GPU service claims: where requests of that
-    /// type belong, since the model that serves them is loaded there.
+    /// type belong, since the model that serves them is loaded there. A service with
+    /// `gpu.key: 'auto'` has no routes until it is first placed.
     pub fn task_type_gpus(&self) -> Vec<(String, String)> {
-        let mut routes = Vec::new();
-        for gpu in self.shared.config.services.iter().filter_map(|s| s.gpu.as_ref()) {
-            routes.extend(gpu.task_types.iter().map(|t| (t.clone(), gpu.key.clone())));
-        }
-        routes
+        self.shared.task_type_gpus()
     }
 
     /// Whether any service claims task types (so lease changes are worth reporting).
@@ -465,6 +481,7 @@ impl Shared {
 
     fn status(&self, i: usize) -> ServiceStatus {
         let learned = self.profiles.lock().expect("profiles lock").get(&self.spec(i).name);
+        let gpu_key = self.gpu_key(i);
         let cell = self.cell(i);
         let last_lines = cell.sink.as_ref().map_or_else(|| cell.last_lines.clone(), |sink| sink.tail());
         ServiceStatus {
@@ -480,6 +497,7 @@ impl Shared {
             blocked_by: cell.blocked_by.clone(),
             notify_status: cell.notify_status.clone(),
             last_lines,
+            gpu_key,
             leases: cell.leases.clone(),
             learned,
         }
@@ -490,10 +508,11 @@ impl Shared {
         // (a lease placed on another GPU than its service's is still that service's work).
         let serves = |task_type: &str, gpu_key: &str| {
             let serving = |on_gpu: bool| {
-                self.config.services.iter().position(|s| {
-                    s.gpu
-                        .as_ref()
-                        .is_some_and(|g| g.task_types.iter().any(|t| t == task_type) && (!on_gpu || g.key == gpu_key))
+                (0..self.config.services.len()).find(|&j| {
+                    self.spec(j).gpu.as_ref().is_some_and(|g| {
+                        g.task_types.iter().any(|t| t == task_type)
+                            && (!on_gpu || self.gpu_key(j).as_deref() == Some(gpu_key))
+                    })
                 })
             };
             serving(true).or_else(|| serving(false))
