@@ -347,9 +347,10 @@ export declare class ServiceSupervisor {
   /** Calls `listener(event)` for every service event; returns a function that unsubscribes. */
   onEvent(listener: (event: ServiceEvent) => void): () => void
   /**
-   * Reads free VRAM for the VRAM gate (and per-process VRAM for the learned profile) from
-   * `telemetry`'s latest sample, live or replayed, and registers every service pid in it
-   * (`processes[].service` is the service name). Replaces an earlier one; returns a function
+   * Reads free VRAM for the VRAM gate and `gpu.key: 'auto'` placement (and per-process VRAM,
+   * else the GPU's used memory, for the learned profile) from `telemetry`'s latest sample, live
+   * or replayed, and registers every service pid in it (`processes[].service` is the service
+   * name). Replaces an earlier one; returns a function
    * that detaches. Without a sample with NVML figures for a service's GPU, that service starts
    * ungated with a `vram-gate-off` event. Throws `CLOSED` for a closed Telemetry.
    */

@@ -570,9 +570,10 @@ impl ServiceSupervisor {
         .js()
     }
 
-    /// Reads free VRAM for the VRAM gate (and per-process VRAM for the learned profile) from
-    /// `telemetry`'s latest sample, live or replayed, and registers every service pid in it
-    /// (`processes[].service` is the service name). Replaces an earlier one; returns a function
+    /// Reads free VRAM for the VRAM gate and `gpu.key: 'auto'` placement (and per-process VRAM,
+    /// else the GPU's used memory, for the learned profile) from `telemetry`'s latest sample, live
+    /// or replayed, and registers every service pid in it (`processes[].service` is the service
+    /// name). Replaces an earlier one; returns a function
     /// that detaches. Without a sample with NVML figures for a service's GPU, that service starts
     /// ungated with a `vram-gate-off` event. Throws `CLOSED` for a closed Telemetry.
     #[napi(catch_unwind, ts_args_type = "telemetry: Telemetry", ts_return_type = "() => void")]
