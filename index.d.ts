@@ -202,6 +202,8 @@ export type ServiceEvent = ServiceEventBase & (
   | { type: 'blocked'; dependency: string }
   /** Waiting until `gpuKey` has `neededMb` (need plus headroom) free. */
   | { type: 'vram-wait'; gpuKey: string; neededMb: number; freeMb: number }
+  /** A `gpu.key: 'auto'` service was placed on `gpuKey`, which had `freeMb` free less the loads on their way there (`null`: no GPU had a free-memory reading; the first was taken). */
+  | { type: 'placed'; gpuKey: string; freeMb: number | null }
   /** Started without the VRAM gate (no telemetry with NVML figures, or no estimate). */
   | { type: 'vram-gate-off'; gpuKey: string; reason: string }
   | { type: 'stopped' }
@@ -360,9 +362,10 @@ export declare class ServiceSupervisor {
   /** Calls `listener(event)` for every service event; returns a function that unsubscribes. */
   onEvent(listener: (event: ServiceEvent) => void): () => void
   /**
-   * Reads free VRAM for the VRAM gate (and per-process VRAM for the learned profile) from
-   * `telemetry`'s latest sample, live or replayed, and registers every service pid in it
-   * (`processes[].service` is the service name). Replaces an earlier one; returns a function
+   * Reads free VRAM for the VRAM gate and `gpu.key: 'auto'` placement (and per-process VRAM,
+   * else the GPU's used memory, for the learned profile) from `telemetry`'s latest sample, live
+   * or replayed, and registers every service pid in it (`processes[].service` is the service
+   * name). Replaces an earlier one; returns a function
    * that detaches. Without a sample with NVML figures for a service's GPU, that service starts
    * ungated with a `vram-gate-off` event. Throws `CLOSED` for a closed Telemetry.
    */
@@ -749,7 +752,7 @@ export interface RecommendConcurrencyOptions {
 
 /** A core error as data: a stable `code` and a message saying what was wrong and where. */
 export interface ServiceError {
-  code: 'PORT_IN_USE' | 'READINESS_TIMEOUT' | 'READINESS_STALLED' | 'VRAM_TIMEOUT' | 'SPAWN_FAILED' | 'SERVICE_EXITED' | 'LIVENESS_FAILED' | 'SERVICE_HUNG' | 'VRAM_OOM' | 'GPU_LEASE_NOT_GRANTED' | 'UNKNOWN_SERVICE' | 'CLOSED' | 'INTERNAL' | (string & {})
+  code: 'PORT_IN_USE' | 'READINESS_TIMEOUT' | 'READINESS_STALLED' | 'VRAM_TIMEOUT' | 'SPAWN_FAILED' | 'SERVICE_EXITED' | 'LIVENESS_FAILED' | 'SERVICE_HUNG' | 'VRAM_OOM' | 'GPU_LEASE_NOT_GRANTED' | 'NO_GPU' | 'UNKNOWN_SERVICE' | 'CLOSED' | 'INTERNAL' | (string & {})
   message: string
 }
 
@@ -764,6 +767,13 @@ export interface ServiceFailure {
 export interface ServiceLearned {
   timeToReadyMs: number | null
   peakVramMb: number | null
+  /**
+   * How `peakVramMb` was measured: `process`, the service's processes' own GPU memory;
+   * `gpu-delta`, the rise in its GPU's used memory while it loaded alone there (where NVML
+   * has no per-process figures, as on Windows in WDDM mode). `null` in state files from
+   * before it was kept.
+   */
+  peakVramMethod: 'process' | 'gpu-delta' | null
 }
 
 /** A lease of one of the service's `gpu.taskTypes`. */
@@ -806,6 +816,11 @@ export interface ServiceStatus {
   notifyStatus: string | null
   /** The last 50 output lines of this (or the last) run. */
   lastLines: Array<string>
+  /**
+   * The GPU of this (or the last) run: its `gpu.key`, or where `'auto'` placed it; `null`
+   * for a CPU service and an `'auto'` one not placed yet.
+   */
+  gpuKey: string | null
   /** Leases of its `gpu.taskTypes` in the attached arbiter. */
   leases: ServiceLeases
   learned: ServiceLearned

@@ -38,6 +38,9 @@ pub enum ErrorCode {
     /// A GPU service ran out of GPU memory during its load twice: once, then again after every
     /// evictable service on its GPU was stopped (its output matched `oomPattern`).
     VramOom,
+    /// A GPU service with `gpu.key: 'auto'` had no GPU to be placed on: no telemetry is
+    /// attached, or its samples list no GPU.
+    NoGpu,
 }
 
 impl ErrorCode {
@@ -60,6 +63,7 @@ impl ErrorCode {
             ErrorCode::ReadinessStalled => "READINESS_STALLED",
             ErrorCode::ServiceHung => "SERVICE_HUNG",
             ErrorCode::VramOom => "VRAM_OOM",
+            ErrorCode::NoGpu => "NO_GPU",
         }
     }
 }

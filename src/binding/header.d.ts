@@ -202,6 +202,8 @@ export type ServiceEvent = ServiceEventBase & (
   | { type: 'blocked'; dependency: string }
   /** Waiting until `gpuKey` has `neededMb` (need plus headroom) free. */
   | { type: 'vram-wait'; gpuKey: string; neededMb: number; freeMb: number }
+  /** A `gpu.key: 'auto'` service was placed on `gpuKey`, which had `freeMb` free less the loads on their way there (`null`: no GPU had a free-memory reading; the first was taken). */
+  | { type: 'placed'; gpuKey: string; freeMb: number | null }
   /** Started without the VRAM gate (no telemetry with NVML figures, or no estimate). */
   | { type: 'vram-gate-off'; gpuKey: string; reason: string }
   | { type: 'stopped' }

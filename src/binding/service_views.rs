@@ -7,13 +7,13 @@ use napi::bindgen_prelude::{Either, Null};
 use napi_derive::napi;
 
 use crate::error::SidecarError;
-use crate::services::{AttributedLease, LearnedProfile, ServiceLeases, ServiceState, ServiceStatus};
+use crate::services::{AttributedLease, LearnedProfile, PeakVramMethod, ServiceLeases, ServiceState, ServiceStatus};
 
 /// A core error as data: a stable `code` and a message saying what was wrong and where.
 #[napi(object, js_name = "ServiceError")]
 pub struct ServiceErrorView {
     #[napi(
-        ts_type = "'PORT_IN_USE' | 'READINESS_TIMEOUT' | 'READINESS_STALLED' | 'VRAM_TIMEOUT' | 'SPAWN_FAILED' | 'SERVICE_EXITED' | 'LIVENESS_FAILED' | 'SERVICE_HUNG' | 'VRAM_OOM' | 'GPU_LEASE_NOT_GRANTED' | 'UNKNOWN_SERVICE' | 'CLOSED' | 'INTERNAL' | (string & {})"
+        ts_type = "'PORT_IN_USE' | 'READINESS_TIMEOUT' | 'READINESS_STALLED' | 'VRAM_TIMEOUT' | 'SPAWN_FAILED' | 'SERVICE_EXITED' | 'LIVENESS_FAILED' | 'SERVICE_HUNG' | 'VRAM_OOM' | 'GPU_LEASE_NOT_GRANTED' | 'NO_GPU' | 'UNKNOWN_SERVICE' | 'CLOSED' | 'INTERNAL' | (string & {})"
     )]
     pub code: String,
     pub message: String,
@@ -50,6 +50,12 @@ pub struct ServiceLeasesView {
 pub struct LearnedView {
     pub time_to_ready_ms: Either<f64, Null>,
     pub peak_vram_mb: Either<f64, Null>,
+    /// How `peakVramMb` was measured: `process`, the service's processes' own GPU memory;
+    /// `gpu-delta`, the rise in its GPU's used memory while it loaded alone there (where NVML
+    /// has no per-process figures, as on Windows in WDDM mode). `null` in state files from
+    /// before it was kept.
+    #[napi(ts_type = "'process' | 'gpu-delta' | null")]
+    pub peak_vram_method: Either<String, Null>,
 }
 
 /// A snapshot of one service.
@@ -78,6 +84,9 @@ pub struct ServiceStatusView {
     pub notify_status: Either<String, Null>,
     /// The last 50 output lines of this (or the last) run.
     pub last_lines: Vec<String>,
+    /// The GPU of this (or the last) run: its `gpu.key`, or where `'auto'` placed it; `null`
+    /// for a CPU service and an `'auto'` one not placed yet.
+    pub gpu_key: Either<String, Null>,
     /// Leases of its `gpu.taskTypes` in the attached arbiter.
     pub leases: ServiceLeasesView,
     pub learned: LearnedView,
@@ -111,6 +120,14 @@ pub fn learned_view(learned: &LearnedProfile) -> LearnedView {
     LearnedView {
         time_to_ready_ms: or_null(learned.time_to_ready_ms.map(|ms| ms as f64)),
         peak_vram_mb: or_null(learned.peak_vram_mb.map(|mb| mb as f64)),
+        peak_vram_method: or_null(learned.peak_vram_method.map(|m| peak_vram_method_name(m).to_string())),
+    }
+}
+
+fn peak_vram_method_name(method: PeakVramMethod) -> &'static str {
+    match method {
+        PeakVramMethod::Process => "process",
+        PeakVramMethod::GpuDelta => "gpu-delta",
     }
 }
 
@@ -146,6 +163,7 @@ pub fn status_view(status: &ServiceStatus) -> ServiceStatusView {
         blocked_by: or_null(status.blocked_by.clone()),
         notify_status: or_null(status.notify_status.clone()),
         last_lines: status.last_lines.clone(),
+        gpu_key: or_null(status.gpu_key.clone()),
         leases: leases_view(&status.leases),
         learned: learned_view(&status.learned),
     }

@@ -243,8 +243,13 @@ impl TelemetryLink {
 impl VramSource for TelemetryLink {
     fn free_mb(&self, gpu_key: &str) -> Option<VramReading> {
         let (sample, _) = self.sample()?;
-        let free_mb = sample.gpu(gpu_key).filter(|g| !g.lost)?.free_mb?;
-        Some(VramReading { free_mb, sampled_at_ms: sample.at as u64 })
+        let gpu = sample.gpu(gpu_key).filter(|g| !g.lost)?;
+        Some(VramReading { free_mb: gpu.free_mb?, used_mb: gpu.used_mb, sampled_at_ms: sample.at as u64 })
+    }
+
+    fn gpu_keys(&self) -> Vec<String> {
+        let Some((sample, _)) = self.sample() else { return Vec::new() };
+        sample.gpus.iter().filter(|g| !g.lost).map(|g| g.key.clone()).collect()
     }
 
     fn gpu_uuid(&self, gpu_key: &str) -> Option<String> {
@@ -294,6 +299,8 @@ enum LeaseCall {
     Unavailable {
         task_types: Vec<String>,
     },
+    /// The task-type routes changed (an `auto` service was placed).
+    Routes(Vec<(String, String)>),
 }
 
 /// Startup leases from an attached `GpuArbiter`: requests queue here and the JS thread is woken
@@ -332,6 +339,10 @@ impl Drop for HeldLease {
 }
 
 impl TaskRoutes for ArbiterLease {
+    fn routes_changed(&self, routes: Vec<(String, String)>) {
+        let _ = self.0.send(LeaseCall::Routes(routes));
+    }
+
     fn standby(&self, task_types: &[String], load_allowance_ms: u64) {
         let _ = self
             .0
@@ -372,6 +383,9 @@ impl StartupLease for ArbiterLease {
         })
     }
 }
+
+/// The core's [`TaskRoutes`]: new routes go to the attached arbiter, if any (one attached
+/// later gets them when it is attached).
 
 struct State {
     closed: bool,
@@ -592,9 +606,10 @@ impl ServiceSupervisor {
         .js()
     }
 
-    /// Reads free VRAM for the VRAM gate (and per-process VRAM for the learned profile) from
-    /// `telemetry`'s latest sample, live or replayed, and registers every service pid in it
-    /// (`processes[].service` is the service name). Replaces an earlier one; returns a function
+    /// Reads free VRAM for the VRAM gate and `gpu.key: 'auto'` placement (and per-process VRAM,
+    /// else the GPU's used memory, for the learned profile) from `telemetry`'s latest sample, live
+    /// or replayed, and registers every service pid in it (`processes[].service` is the service
+    /// name). Replaces an earlier one; returns a function
     /// that detaches. Without a sample with NVML figures for a service's GPU, that service starts
     /// ungated with a `vram-gate-off` event. Throws `CLOSED` for a closed Telemetry.
     #[napi(catch_unwind, ts_args_type = "telemetry: Telemetry", ts_return_type = "() => void")]
@@ -754,6 +769,7 @@ fn serve_leases(env: &Env, state: &Rc<RefCell<State>>) {
                     tracing::warn!(error = %e.reason, "could not settle requests for an unavailable service");
                 }
             }
+            LeaseCall::Routes(routes) => arbiter.borrow_mut().core.set_task_gpus(routes),
             LeaseCall::Release { lease_id } => {
                 if let Err(e) = native_leases::release(env, &arbiter, lease_id) {
                     tracing::warn!(lease_id, error = %e.reason, "could not release a service startup lease");
@@ -1095,6 +1111,7 @@ fn event_to_json(event: &ServiceEvent) -> Value {
         ServiceEventKind::VramWait { gpu_key, needed_mb, free_mb } => {
             ("vram-wait", json!({ "gpuKey": gpu_key, "neededMb": needed_mb, "freeMb": free_mb }))
         }
+        ServiceEventKind::Placed { gpu_key, free_mb } => ("placed", json!({ "gpuKey": gpu_key, "freeMb": free_mb })),
         ServiceEventKind::VramGateOff { gpu_key, reason } => {
             ("vram-gate-off", json!({ "gpuKey": gpu_key, "reason": reason }))
         }

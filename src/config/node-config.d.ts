@@ -481,7 +481,9 @@ stopTimeoutMs?: number
  */
 export interface GpuNeed {
 /**
- * The GPU, as the VRAM source and the arbiter name it (`gpu:0`).
+ * The GPU, as the VRAM source and the arbiter name it (`gpu:0`), or `auto`: at each start,
+ * the GPU of the attached telemetry with the most free memory, less the loads already on
+ * their way there.
  */
 key: string
 /**

@@ -476,11 +476,16 @@ impl<'de> Deserialize<'de> for HttpUrl {
     }
 }
 
+/// The `gpu.key` that places the service at each start on the GPU with the most free memory.
+pub const AUTO_GPU_KEY: &str = "auto";
+
 /// `gpu`: which GPU the service loads onto, and how much memory it needs there.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GpuNeed {
-    /// The GPU, as the VRAM source and the arbiter name it (`gpu:0`).
+    /// The GPU, as the VRAM source and the arbiter name it (`gpu:0`), or `auto`: at each start,
+    /// the GPU of the attached telemetry with the most free memory, less the loads already on
+    /// their way there.
     pub key: String,
     /// Without it the gate uses the peak learned on earlier runs, or is off.
     #[serde(default)]

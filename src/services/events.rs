@@ -70,6 +70,9 @@ pub enum ServiceEventKind {
     Blocked { dependency: String },
     /// Waiting for `needed_mb` (the service's need plus headroom) free on `gpu_key`.
     VramWait { gpu_key: String, needed_mb: u64, free_mb: u64 },
+    /// A service with `gpu.key: 'auto'` was placed on `gpu_key`, which had `free_mb` free less the
+    /// loads on their way there (`None`: no GPU had a free-memory reading, the first was taken).
+    Placed { gpu_key: String, free_mb: Option<u64> },
     /// Started without the VRAM gate, for the reason given (no telemetry, no estimate).
     VramGateOff { gpu_key: String, reason: String },
     /// Stopped on request, or exited cleanly with no restart due.

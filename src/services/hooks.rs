@@ -1,5 +1,6 @@
-//! What the supervisor needs from the rest of the addon: free VRAM readings (from telemetry) and
-//! an optional startup lease (from the arbiter). Both are traits so the core stays testable.
+//! What the supervisor needs from the rest of the addon: VRAM readings (from telemetry), an
+//! optional startup lease and a place to send task-type routes (both from the arbiter). All are
+//! traits so the core stays testable.
 
 use std::any::Any;
 use std::future::Future;
@@ -7,11 +8,14 @@ use std::pin::Pin;
 
 use crate::error::SidecarResult;
 
-/// Free memory on one GPU as of one telemetry sample.
+/// Free (and used) memory on one GPU as of one telemetry sample.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VramReading {
     /// Free memory (MB) on the GPU when the sample was taken.
     pub free_mb: u64,
+    /// Memory (MB) in use on the GPU, all processes together, when the source reports it: a
+    /// load's peak is learned from its rise where per-process figures do not exist.
+    pub used_mb: Option<u64>,
     /// When the sample was taken, ms since the Unix epoch: memory allocated after it is not in
     /// `free_mb` yet.
     pub sampled_at_ms: u64,
@@ -21,6 +25,11 @@ pub struct VramReading {
 pub trait VramSource: Send + Sync {
     /// The latest free-memory reading for the GPU named `gpu_key`.
     fn free_mb(&self, gpu_key: &str) -> Option<VramReading>;
+    /// The keys of the GPUs the source knows now (not lost), in its order: where a service with
+    /// `gpu.key: 'auto'` may be placed.
+    fn gpu_keys(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// GPU memory (MB) used by process `pid`.
     fn process_used_mb(&self, pid: u32) -> Option<u64>;
     /// The UUID of the GPU named `gpu_key` (`GPU-…`), when the source knows it.
@@ -43,15 +52,19 @@ pub trait StartupLease: Send + Sync {
     fn acquire<'a>(&'a self, service: &'a str, gpu_key: &'a str) -> LeaseFuture<'a>;
 }
 
-/// Tells the arbiter which task types have no loaded service, so their requests wait for it
-/// (the binding backs it with the attached arbiter). Calls may arrive with no arbiter attached;
-/// they are then dropped.
+/// How the supervisor tells the attached arbiter where task types go, and whether their service
+/// is loaded (the binding backs it with the attached arbiter). Calls may arrive with no arbiter
+/// attached; they are then dropped. Each method does nothing by default.
 pub trait TaskRoutes: Send + Sync {
+    /// Where requests of each task type go (`(task type, GPU key)` pairs, as
+    /// [`crate::services::Supervisor::task_type_gpus`] gives them). Told again whenever a service
+    /// with `gpu.key: 'auto'` is placed.
+    fn routes_changed(&self, _routes: Vec<(String, String)>) {}
     /// `task_types` are served by an on-demand service that is not loaded: their requests queue,
     /// may wait `load_allowance_ms` longer than their `maxWaitMs`, and the first one asks for it.
-    fn standby(&self, task_types: &[String], load_allowance_ms: u64);
+    fn standby(&self, _task_types: &[String], _load_allowance_ms: u64) {}
     /// Their service is ready: what waited for it may be granted.
-    fn ready(&self, task_types: &[String]);
+    fn ready(&self, _task_types: &[String]) {}
     /// Their service could not be started: what waits settles with `SERVICE_UNAVAILABLE`.
-    fn unavailable(&self, task_types: &[String]);
+    fn unavailable(&self, _task_types: &[String]) {}
 }

@@ -26,7 +26,7 @@ mod tests;
 
 pub use config::{
     GpuNeed, HttpProbe, HttpUrl, LivenessCheck, LivenessConfig, LogLineProbe, Megabytes, Millis, NoProbe, Pattern,
-    Port, Readiness, RestartConfig, RestartPolicy, ServiceSpec, ServicesConfig, StopSignal, TcpProbe,
+    Port, Readiness, RestartConfig, RestartPolicy, ServiceSpec, ServicesConfig, StopSignal, TcpProbe, AUTO_GPU_KEY,
 };
 pub(crate) use events::epoch_ms;
 pub use events::{ExitInfo, OutputStream, ServiceEvent, ServiceEventKind};
@@ -34,7 +34,7 @@ pub use hooks::{LeaseFuture, LeaseGuard, StartupLease, TaskRoutes, VramReading, 
 pub use lease_ledger::{AttributedLease, ServiceLeases};
 pub use notify::NOTIFY_FD_ENV;
 pub use port::{port_holder, port_is_free, PortHolder};
-pub use profile::LearnedProfile;
+pub use profile::{LearnedProfile, PeakVram, PeakVramMethod};
 pub use supervisor::{
     FailureRecord, LeaseChange, ServiceOutcome, ServiceState, ServiceStatus, StartOutcome, Supervisor, SupervisorHooks,
 };

@@ -6,6 +6,24 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+/// How a learned peak VRAM figure was measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PeakVramMethod {
+    /// The service's processes' own GPU memory (NVML per-process figures).
+    Process,
+    /// The rise in its GPU's used memory while it loaded alone there (no per-process figures,
+    /// as on Windows in WDDM mode).
+    GpuDelta,
+}
+
+/// A run's peak VRAM and how it was measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeakVram {
+    pub mb: u64,
+    pub method: PeakVramMethod,
+}
+
 /// One service's learned numbers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -14,6 +32,9 @@ pub struct LearnedProfile {
     pub time_to_ready_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peak_vram_mb: Option<u64>,
+    /// How `peak_vram_mb` was measured; absent in state files written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_vram_method: Option<PeakVramMethod>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -50,11 +71,14 @@ impl ProfileStore {
     }
 
     /// Records a run's numbers and saves the file when they changed.
-    pub fn record(&mut self, service: &str, time_to_ready_ms: Option<u64>, peak_vram_mb: Option<u64>) {
+    pub fn record(&mut self, service: &str, time_to_ready_ms: Option<u64>, peak_vram: Option<PeakVram>) {
         let entry = self.services.entry(service.to_string()).or_default();
         let before = *entry;
         entry.time_to_ready_ms = time_to_ready_ms.or(entry.time_to_ready_ms);
-        entry.peak_vram_mb = peak_vram_mb.or(entry.peak_vram_mb);
+        if let Some(peak) = peak_vram {
+            entry.peak_vram_mb = Some(peak.mb);
+            entry.peak_vram_method = Some(peak.method);
+        }
         if *entry != before {
             self.save();
         }
@@ -84,10 +108,25 @@ mod tests {
         let path = dir.join("state.json");
         let mut store = ProfileStore::load(Some(&path));
         assert_eq!(store.get("asr"), LearnedProfile::default());
-        store.record("asr", Some(1200), Some(900));
+        store.record("asr", Some(1200), Some(PeakVram { mb: 900, method: PeakVramMethod::GpuDelta }));
         store.record("asr", Some(1000), None);
         let again = ProfileStore::load(Some(&path));
-        assert_eq!(again.get("asr"), LearnedProfile { time_to_ready_ms: Some(1000), peak_vram_mb: Some(900) });
+        assert_eq!(
+            again.get("asr"),
+            LearnedProfile {
+                time_to_ready_ms: Some(1000),
+                peak_vram_mb: Some(900),
+                peak_vram_method: Some(PeakVramMethod::GpuDelta)
+            }
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(r#""peakVramMethod": "gpu-delta""#), "{text}");
+        // A state file written before the method was kept still loads.
+        std::fs::write(&path, r#"{"services":{"asr":{"timeToReadyMs":5,"peakVramMb":7}}}"#).unwrap();
+        assert_eq!(
+            ProfileStore::load(Some(&path)).get("asr"),
+            LearnedProfile { time_to_ready_ms: Some(5), peak_vram_mb: Some(7), peak_vram_method: None }
+        );
         std::fs::write(&path, "not json").unwrap();
         assert_eq!(ProfileStore::load(Some(&path)).get("asr"), LearnedProfile::default());
         std::fs::remove_dir_all(&dir).unwrap();

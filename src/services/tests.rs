@@ -416,12 +416,14 @@ async fn max_concurrent_starts_bounds_overlapping_loads() {
     sup.close().await;
 }
 
-/// A GPU whose free memory the test sets, and whose processes all use `used_mb`. Readings are
-/// taken at `sampled_at_ms`, or when read while that is 0.
+/// A GPU whose free memory the test sets, and whose processes all use `used_mb` (0: the source
+/// has no per-process figures). The GPU's used memory is `gpu_used_mb` (0: not reported).
+/// Readings are taken at `sampled_at_ms`, or when read while that is 0.
 #[derive(Default)]
 struct FakeVram {
     free_mb: AtomicU64,
     used_mb: AtomicU64,
+    gpu_used_mb: AtomicU64,
     sampled_at_ms: AtomicU64,
 }
 
@@ -431,7 +433,14 @@ impl VramSource for FakeVram {
             0 => now_ms(),
             at => at,
         };
-        (gpu_key == "gpu:0").then(|| VramReading { free_mb: self.free_mb.load(Ordering::SeqCst), sampled_at_ms })
+        (gpu_key == "gpu:0").then(|| VramReading {
+            free_mb: self.free_mb.load(Ordering::SeqCst),
+            used_mb: Some(self.gpu_used_mb.load(Ordering::SeqCst)).filter(|&mb| mb > 0),
+            sampled_at_ms,
+        })
+    }
+    fn gpu_keys(&self) -> Vec<String> {
+        vec!["gpu:0".into()]
     }
     fn process_used_mb(&self, _pid: u32) -> Option<u64> {
         Some(self.used_mb.load(Ordering::SeqCst)).filter(|&mb| mb > 0)
@@ -598,6 +607,7 @@ async fn a_second_run_gates_on_what_the_first_run_learned() {
     );
     let learned = learned_profile(&state_file);
     assert_eq!(learned.peak_vram_mb, Some(3_000));
+    assert_eq!(learned.peak_vram_method, Some(PeakVramMethod::Process));
     assert!(learned.time_to_ready_ms.unwrap() >= 200);
 
     vram.free_mb.store(2_000, Ordering::SeqCst);
@@ -945,4 +955,177 @@ async fn a_lease_is_attributed_to_the_service_of_its_task_type_on_its_gpu() {
     let active = |name: &str| sup.status(name).unwrap().leases.active.into_keys().collect::<Vec<_>>();
     assert_eq!(active("asr0"), ["b", "c"]);
     assert_eq!(active("asr1"), ["a"]);
+}
+
+/// Waits until every one of `names` has a running process.
+async fn until_spawned(sup: &Supervisor, names: &[&str]) {
+    while !names.iter().all(|n| sup.status(n).unwrap().pid.is_some()) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_per_process_figures_a_lone_load_learns_the_rise_in_its_gpus_used_memory() {
+    let sb = Sandbox::new("gpudelta");
+    let state_file = sb.path("state.json");
+    let vram = Arc::new(FakeVram::default());
+    vram.free_mb.store(8_000, Ordering::SeqCst);
+    vram.gpu_used_mb.store(10_000, Ordering::SeqCst);
+    let mut asr = sb.service("asr", &["--load", "1.5", "--log-ready"], log_ready());
+    asr["gpu"] = json!({"key": "gpu:0"});
+    let hooks = SupervisorHooks { vram: Some(vram.clone()), ..Default::default() };
+    let (sup, _rx) = supervisor(json!({"stateFile": state_file, "services": [asr]}), hooks);
+    let sup = Arc::new(sup);
+    // The load allocates in steps; the GPU's reading follows (no process lists, as under WDDM).
+    let load = tokio::spawn({
+        let (sup, vram) = (sup.clone(), vram.clone());
+        async move {
+            until_spawned(&sup, &["asr"]).await;
+            vram.gpu_used_mb.store(11_000, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            vram.gpu_used_mb.store(12_500, Ordering::SeqCst);
+        }
+    });
+    ready_ms(&sup.start("asr").await.unwrap());
+    load.await.unwrap();
+    let learned = sup.status("asr").unwrap().learned;
+    assert_eq!((learned.peak_vram_mb, learned.peak_vram_method), (Some(2_500), Some(PeakVramMethod::GpuDelta)));
+    assert_eq!(learned_profile(&state_file), learned);
+    sup.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loads_that_overlap_on_a_gpu_learn_nothing_from_its_used_memory() {
+    let sb = Sandbox::new("gpudelta-overlap");
+    let vram = Arc::new(FakeVram::default());
+    vram.free_mb.store(8_000, Ordering::SeqCst);
+    vram.gpu_used_mb.store(10_000, Ordering::SeqCst);
+    let mut a = sb.service("a", &["--load", "3", "--log-ready"], log_ready());
+    a["gpu"] = json!({"key": "gpu:0"});
+    let mut b = sb.service("b", &["--load", "3", "--log-ready"], log_ready());
+    b["gpu"] = json!({"key": "gpu:0"});
+    let hooks = SupervisorHooks { vram: Some(vram.clone()), ..Default::default() };
+    let (sup, _rx) = supervisor(json!({"maxConcurrentStarts": 2, "services": [a, b]}), hooks);
+    let sup = Arc::new(sup);
+    let load = tokio::spawn({
+        let (sup, vram) = (sup.clone(), vram.clone());
+        async move {
+            until_spawned(&sup, &["a", "b"]).await;
+            // Both are still loading (neither said ready yet): the rise is theirs together.
+            assert!(["a", "b"].iter().all(|n| sup.status(n).unwrap().state == ServiceState::Starting));
+            vram.gpu_used_mb.store(14_000, Ordering::SeqCst);
+        }
+    });
+    for o in sup.start_all().await.unwrap() {
+        ready_ms(&o.outcome);
+    }
+    load.await.unwrap();
+    for name in ["a", "b"] {
+        assert_eq!(sup.status(name).unwrap().learned.peak_vram_mb, None, "{name}");
+    }
+    sup.close().await;
+}
+
+/// Two GPUs with fixed readings taken before the test began (so loads spawned during it are not
+/// in them); records the task-type routes it is told.
+struct TwoGpus {
+    free_mb: [u64; 2],
+    routes: std::sync::Mutex<Vec<Vec<(String, String)>>>,
+}
+
+impl TwoGpus {
+    fn new(free_mb: [u64; 2]) -> Self {
+        Self { free_mb, routes: Default::default() }
+    }
+}
+
+impl VramSource for TwoGpus {
+    fn free_mb(&self, gpu_key: &str) -> Option<VramReading> {
+        let i = ["gpu:0", "gpu:1"].iter().position(|k| *k == gpu_key)?;
+        Some(VramReading { free_mb: self.free_mb[i], used_mb: None, sampled_at_ms: now_ms() - 60_000 })
+    }
+    fn gpu_keys(&self) -> Vec<String> {
+        vec!["gpu:0".into(), "gpu:1".into()]
+    }
+    fn process_used_mb(&self, _pid: u32) -> Option<u64> {
+        None
+    }
+    fn gpu_uuid(&self, gpu_key: &str) -> Option<String> {
+        Some(format!("GPU-{gpu_key}"))
+    }
+}
+
+impl TaskRoutes for TwoGpus {
+    fn routes_changed(&self, routes: Vec<(String, String)>) {
+        self.routes.lock().unwrap().push(routes);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_places_each_start_on_the_gpu_with_most_free_memory_less_loads_on_their_way() {
+    let sb = Sandbox::new("auto");
+    let gpus = Arc::new(TwoGpus::new([10_000, 8_000]));
+    let mut a = sb.service("a", &["--log-ready"], log_ready());
+    a["gpu"] = json!({"key": "auto", "vramMb": 5000, "taskTypes": ["ASR"]});
+    let mut b = sb.service("b", &["--log-ready"], log_ready());
+    b["gpu"] = json!({"key": "auto", "vramMb": 5000});
+    let hooks = SupervisorHooks { vram: Some(gpus.clone()), task_routes: Some(gpus.clone()), ..Default::default() };
+    let (sup, mut rx) = supervisor(json!({"maxConcurrentStarts": 2, "vramHeadroomMb": 100, "services": [a, b]}), hooks);
+    assert_eq!(sup.status("a").unwrap().gpu_key, None);
+    assert_eq!(sup.task_type_gpus(), []);
+    for o in sup.start_all().await.unwrap() {
+        ready_ms(&o.outcome);
+    }
+    // Both load at once, so either may be placed first: it gets gpu:0 (most free); the second
+    // sees gpu:0 less the first one's 5000 MB on its way there, and takes gpu:1.
+    let placed: Vec<(String, ServiceEventKind)> = drain(&mut rx)
+        .into_iter()
+        .filter(|e| matches!(e.kind, ServiceEventKind::Placed { .. }))
+        .map(|e| (e.service, e.kind))
+        .collect();
+    assert_eq!(placed.len(), 2, "{placed:?}");
+    assert_ne!(placed[0].0, placed[1].0);
+    assert_eq!(placed[0].1, ServiceEventKind::Placed { gpu_key: "gpu:0".into(), free_mb: Some(10_000) });
+    assert_eq!(placed[1].1, ServiceEventKind::Placed { gpu_key: "gpu:1".into(), free_mb: Some(8_000) });
+    let a_key = if placed[0].0 == "a" { "gpu:0" } else { "gpu:1" };
+    let b_key = if a_key == "gpu:0" { "gpu:1" } else { "gpu:0" };
+    assert_eq!(sup.status("a").unwrap().gpu_key.as_deref(), Some(a_key));
+    assert_eq!(sup.status("b").unwrap().gpu_key.as_deref(), Some(b_key));
+    let routes = vec![("ASR".to_string(), a_key.to_string())];
+    assert_eq!(sup.task_type_gpus(), routes);
+    assert_eq!(*gpus.routes.lock().unwrap(), [routes], "told once, when `a` (which claims ASR) was placed");
+    sup.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_without_telemetry_fails_with_no_gpu() {
+    let sb = Sandbox::new("auto-nogpu");
+    let mut asr = sb.service("asr", &["--log-ready"], log_ready());
+    asr["gpu"] = json!({"key": "auto"});
+    let (sup, mut rx) = supervisor(json!({"services": [asr.clone()]}), SupervisorHooks::default());
+    let outcome = sup.start("asr").await.unwrap();
+    let (error, _) = failure(&outcome);
+    assert_eq!(error.code, ErrorCode::NoGpu);
+    assert!(
+        error.message.starts_with("asr: gpu.key is \"auto\" but the supervisor has no VRAM telemetry"),
+        "{}",
+        error.message
+    );
+    assert!(spawned_pids(&drain(&mut rx)).is_empty());
+
+    struct NoGpus;
+    impl VramSource for NoGpus {
+        fn free_mb(&self, _gpu_key: &str) -> Option<VramReading> {
+            None
+        }
+        fn process_used_mb(&self, _pid: u32) -> Option<u64> {
+            None
+        }
+    }
+    let hooks = SupervisorHooks { vram: Some(Arc::new(NoGpus)), ..Default::default() };
+    let (sup, _rx) = supervisor(json!({"services": [asr]}), hooks);
+    let outcome = sup.start("asr").await.unwrap();
+    let (error, _) = failure(&outcome);
+    assert_eq!(error.code, ErrorCode::NoGpu);
+    assert!(error.message.contains("no attached telemetry lists a GPU"), "{}", error.message);
 }

@@ -2,7 +2,6 @@
 //! hard one, pushed out by `EXTEND_TIMEOUT_MS` up to its cap, and the stall timer), an early
 //! exit, or a stop request.
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -34,10 +33,14 @@ impl Shared {
         self.emit(i, ServiceEventKind::Starting { attempt, expected_ready_ms: learned.time_to_ready_ms });
         let failed = |error| Attempt::Failed { error, last_lines: Vec::new() };
 
+        let gpu_key = match self.place(i) {
+            Ok(key) => key,
+            Err(error) => return failed(error),
+        };
         // Dropped when this attempt ends: the lease covers the load, not the service's life.
-        let _lease = match (&spec.gpu, &self.hooks.startup_lease) {
-            (Some(gpu), Some(lease)) if self.config.gpu_startup_lease => tokio::select! {
-                guard = lease.acquire(&spec.name, &gpu.key) => match guard {
+        let _lease = match (&gpu_key, &self.hooks.startup_lease) {
+            (Some(gpu_key), Some(lease)) if self.config.gpu_startup_lease => tokio::select! {
+                guard = lease.acquire(&spec.name, gpu_key) => match guard {
                     Ok(guard) => Some(guard),
                     Err(error) => return failed(error),
                 },
@@ -45,9 +48,9 @@ impl Shared {
             },
             _ => None,
         };
-        if let Some(gpu) = &spec.gpu {
+        if let (Some(gpu), Some(gpu_key)) = (&spec.gpu, &gpu_key) {
             tokio::select! {
-                gate = self.vram_gate(i, gpu, learned) => if let Err(error) = gate { return failed(error) },
+                gate = self.vram_gate(i, gpu, gpu_key, learned) => if let Err(error) = gate { return failed(error) },
                 _ = stop_requested(stop) => return Attempt::Stopped,
             }
         }
@@ -80,7 +83,9 @@ impl Shared {
         }
         let (notify_read, notify_write) = split_pipe(pipe);
         let watchdog = self.host_death_watchdog();
-        let placement = self.gpu_placement_env(spec);
+        let placement = self.gpu_placement_env(gpu_key.as_deref());
+        // Ends (dropped) at ready, or when this attempt fails.
+        let load = gpu_key.as_deref().and_then(|key| self.begin_load(key));
         let mut process =
             match ServiceProcess::spawn(spec, &placement, sink.clone(), watchdog.as_ref(), notify_write).await {
                 Ok(process) => process,
@@ -101,7 +106,7 @@ impl Shared {
             }
             None => (None, None),
         };
-        let vram_peak = self.sample_vram(i, pid);
+        let mut vram_peak = self.sample_vram(i, pid, load);
 
         let last_probe_failure = Mutex::new(None::<String>);
         let watch = ReadyWatch { sink: &sink, notify: notify.clone(), last_failure: &last_probe_failure };
@@ -110,10 +115,7 @@ impl Shared {
             result = self.until_deadline(i, ready, spawned, &sink, notify.clone()) => match result {
                 Ok(()) => {
                     let time_to_ready_ms = spawned.elapsed().as_millis() as u64;
-                    if let Some(sampler) = &vram_peak {
-                        sampler.loaded.store(true, Ordering::Relaxed);
-                    }
-                    let peak = vram_peak.as_ref().and_then(|s| s.peak());
+                    let peak = vram_peak.as_mut().and_then(|s| s.loaded(&spec.name));
                     self.profiles.lock().expect("profiles lock").record(&spec.name, Some(time_to_ready_ms), peak);
                     self.cell(i).time_to_ready_ms = Some(time_to_ready_ms);
                     Attempt::Ready(Box::new(Launched { process, sink, vram_peak, notify, _notify_reader: notify_reader, spawned }))
@@ -208,20 +210,20 @@ impl Shared {
         }
     }
 
-    /// Starts reading the service's notify pipe: `STATUS=` goes to its status and a `status`
-    /// event, `STOPPING=1` to a `notify-stopping` event.
-    /// What a GPU service is told about its GPU: `GPU_SIDECAR_GPU_KEY`, and `CUDA_VISIBLE_DEVICES`
-    /// set to the GPU's UUID when telemetry knows it (NVIDIA recommends UUIDs: NVML's and CUDA's
+    /// What a GPU service is told about its GPU (`gpu_key`, as placed): `GPU_SIDECAR_GPU_KEY`,
+    /// and `CUDA_VISIBLE_DEVICES` set to the GPU's UUID when telemetry knows it (NVIDIA recommends UUIDs: NVML's and CUDA's
     /// indices can differ). The service's own `env` wins over both.
-    fn gpu_placement_env(&self, spec: &crate::services::ServiceSpec) -> Vec<(String, String)> {
-        let Some(gpu) = &spec.gpu else { return Vec::new() };
-        let mut env = vec![(GPU_KEY_ENV.to_string(), gpu.key.clone())];
-        if let Some(uuid) = self.hooks.vram.as_ref().and_then(|v| v.gpu_uuid(&gpu.key)) {
+    fn gpu_placement_env(&self, gpu_key: Option<&str>) -> Vec<(String, String)> {
+        let Some(gpu_key) = gpu_key else { return Vec::new() };
+        let mut env = vec![(GPU_KEY_ENV.to_string(), gpu_key.to_string())];
+        if let Some(uuid) = self.hooks.vram.as_ref().and_then(|v| v.gpu_uuid(gpu_key)) {
             env.push((CUDA_VISIBLE_DEVICES_ENV.to_string(), uuid));
         }
         env
     }
 
+    /// Starts reading the service's notify pipe: `STATUS=` goes to its status and a `status`
+    /// event, `STOPPING=1` to a `notify-stopping` event.
     fn read_notify(self: &Arc<Self>, i: usize, read: PipeEnd) -> (watch::Receiver<NotifySeen>, AbortOnDrop) {
         let (seen, receiver) = watch::channel(NotifySeen::default());
         let shared = self.clone();

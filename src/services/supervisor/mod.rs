@@ -11,17 +11,21 @@
 //! - `readiness`: one method per readiness kind;
 //! - `liveness`: checks after ready, and the hang seen through the service's leases;
 //! - `ports`: a stale port reclaimed, a port waited free after a stop;
-//! - `vram_gate`: free VRAM before a GPU load, and the VRAM a service uses.
+//! - `placement`: which GPU a service runs on (`gpu.key: 'auto'` is placed at each start);
+//! - `vram_gate`: free VRAM before a GPU load;
+//! - `vram_peak`: the VRAM a service uses (per process, or its GPU's rise over a lone load).
 
 mod attempt;
 mod evict;
 mod liveness;
 mod on_demand;
+mod placement;
 mod ports;
 mod readiness;
 mod restart;
 mod schedule;
 mod vram_gate;
+mod vram_peak;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -41,7 +45,7 @@ use super::profile::{LearnedProfile, ProfileStore};
 use super::restart_budget::RestartBudget;
 use crate::error::{ErrorCode, SidecarError, SidecarResult};
 
-use vram_gate::VramSampler;
+use vram_peak::{GpuLoads, VramSampler};
 
 /// How long to wait for the rest of a dead process's output before reporting its last lines.
 const OUTPUT_DRAIN: Duration = Duration::from_millis(500);
@@ -102,6 +106,9 @@ pub struct ServiceStatus {
     pub notify_status: Option<String>,
     /// The last output lines of the current (or last) run, oldest first.
     pub last_lines: Vec<String>,
+    /// The GPU of the current (or last) run: its `gpu.key`, or where `auto` placed it (`None`
+    /// before an `auto` service is first placed, and for CPU services).
+    pub gpu_key: Option<String>,
     /// Leases of its `gpu.taskTypes`, with an attached arbiter.
     pub leases: ServiceLeases,
     /// What it took on earlier runs.
@@ -148,14 +155,16 @@ pub enum LeaseChange {
     },
 }
 
-/// What the supervisor uses from the rest of the addon; both are optional.
+/// What the supervisor uses from the rest of the addon; all are optional.
 #[derive(Clone, Default)]
 pub struct SupervisorHooks {
-    /// Free VRAM readings; without it the VRAM gate is off (and says so in events).
+    /// Free VRAM readings; without it the VRAM gate is off (and says so in events), and
+    /// `gpu.key: 'auto'` services cannot be placed.
     pub vram: Option<Arc<dyn VramSource>>,
     /// Taken around each GPU service's load when `gpuStartupLease` is set.
     pub startup_lease: Option<Arc<dyn StartupLease>>,
-    /// Told when on-demand services' task types lose or regain their loaded service.
+    /// Told where task types go when an `auto` service is placed, and when on-demand services'
+    /// task types lose or regain their loaded service.
     pub task_routes: Option<Arc<dyn TaskRoutes>>,
 }
 
@@ -177,6 +186,10 @@ struct Shared {
     /// Bumped on every state change, so schedulers can wait for "something changed".
     changes: watch::Sender<u64>,
     closed: AtomicBool,
+    /// Loads under way on each GPU (for learning peak VRAM from a lone load).
+    gpu_loads: Arc<GpuLoads>,
+    /// Held while an `auto` service is placed, so placements see each other.
+    placing: Mutex<()>,
     /// Kills the services' process groups if the host dies; started with the first service and
     /// let go by `close` (each running service holds it too, until its group is killed).
     host_death_watchdog: Mutex<Option<Arc<HostDeathWatchdog>>>,
@@ -196,6 +209,8 @@ struct Cell {
     /// When the running process was spawned (ms since the Unix epoch), so the VRAM gate can tell
     /// whether a reading already shows its memory; `u64::MAX` while the spawn is under way.
     spawned_at_ms: Option<u64>,
+    /// Where `gpu.key: 'auto'` placed the service for its current (or last) run.
+    gpu_key: Option<String>,
     restarts: u32,
     budget: RestartBudget,
     next_restart_at_ms: Option<u64>,
@@ -223,6 +238,7 @@ impl Cell {
             state: ServiceState::Idle,
             pid: None,
             spawned_at_ms: None,
+            gpu_key: None,
             restarts: 0,
             budget: RestartBudget::default(),
             next_restart_at_ms: None,
@@ -297,6 +313,8 @@ impl Supervisor {
             events,
             changes: watch::channel(0).0,
             closed: AtomicBool::new(false),
+            gpu_loads: Arc::default(),
+            placing: Mutex::new(()),
             host_death_watchdog: Mutex::new(None),
             task_priorities: Mutex::new(Default::default()),
         };
@@ -370,13 +388,10 @@ impl Supervisor {
     }
 
     /// `(task type, GPU key)` for each task type a GPU service claims: where requests of that
-    /// type belong, since the model that serves them is loaded there.
+    /// type belong, since the model that serves them is loaded there. A service with
+    /// `gpu.key: 'auto'` has no routes until it is first placed.
     pub fn task_type_gpus(&self) -> Vec<(String, String)> {
-        let mut routes = Vec::new();
-        for gpu in self.shared.config.services.iter().filter_map(|s| s.gpu.as_ref()) {
-            routes.extend(gpu.task_types.iter().map(|t| (t.clone(), gpu.key.clone())));
-        }
-        routes
+        self.shared.task_type_gpus()
     }
 
     /// Whether any service claims task types (so lease changes are worth reporting).
@@ -481,6 +496,7 @@ impl Shared {
 
     fn status(&self, i: usize) -> ServiceStatus {
         let learned = self.profiles.lock().expect("profiles lock").get(&self.spec(i).name);
+        let gpu_key = self.gpu_key(i);
         let cell = self.cell(i);
         let last_lines = cell.sink.as_ref().map_or_else(|| cell.last_lines.clone(), |sink| sink.tail());
         ServiceStatus {
@@ -496,6 +512,7 @@ impl Shared {
             blocked_by: cell.blocked_by.clone(),
             notify_status: cell.notify_status.clone(),
             last_lines,
+            gpu_key,
             leases: cell.leases.clone(),
             learned,
         }
@@ -506,10 +523,11 @@ impl Shared {
         // (a lease placed on another GPU than its service's is still that service's work).
         let serves = |task_type: &str, gpu_key: &str| {
             let serving = |on_gpu: bool| {
-                self.config.services.iter().position(|s| {
-                    s.gpu
-                        .as_ref()
-                        .is_some_and(|g| g.task_types.iter().any(|t| t == task_type) && (!on_gpu || g.key == gpu_key))
+                (0..self.config.services.len()).find(|&j| {
+                    self.spec(j).gpu.as_ref().is_some_and(|g| {
+                        g.task_types.iter().any(|t| t == task_type)
+                            && (!on_gpu || self.gpu_key(j).as_deref() == Some(gpu_key))
+                    })
                 })
             };
             serving(true).or_else(|| serving(false))

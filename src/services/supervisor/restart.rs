@@ -248,7 +248,7 @@ impl Shared {
                 Some((RunEnd::Hung(report), exit))
             }
         };
-        let peak = vram_peak.as_ref().and_then(|s| s.peak());
+        let peak = vram_peak.as_ref().and_then(|s| s.process_peak());
         self.profiles.lock().expect("profiles lock").record(&spec.name, None, peak);
         let (ended, exit) = ended?;
         process.drain_output(super::OUTPUT_DRAIN).await;

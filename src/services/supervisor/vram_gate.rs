@@ -1,10 +1,6 @@
-//! The VRAM gate before a GPU load, and the VRAM a running service uses.
+//! The VRAM gate before a GPU load.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use tokio::task::JoinHandle;
+use std::time::Instant;
 
 use super::{ms, Shared};
 use crate::error::{ErrorCode, SidecarError, SidecarResult};
@@ -13,37 +9,20 @@ use crate::services::events::ServiceEventKind;
 use crate::services::hooks::VramReading;
 use crate::services::profile::LearnedProfile;
 
-/// How often a running GPU service's VRAM use is sampled after it is ready.
-const RUNNING_VRAM_SAMPLE: Duration = Duration::from_secs(1);
-
-/// Samples a process's VRAM use in the background; dropping it stops sampling.
-pub(super) struct VramSampler {
-    peak_mb: Arc<AtomicU64>,
-    /// Sampling slows down once the service is ready (and the model is loaded).
-    pub loaded: Arc<AtomicBool>,
-    task: JoinHandle<()>,
-}
-
-impl VramSampler {
-    pub fn peak(&self) -> Option<u64> {
-        Some(self.peak_mb.load(Ordering::Relaxed)).filter(|&mb| mb > 0)
-    }
-}
-
-impl Drop for VramSampler {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 impl Shared {
-    /// Waits until `gpu` has room for the service plus headroom. A reading taken before another
+    /// Waits until `gpu_key` (the service's GPU, as placed) has room for the service plus headroom. A reading taken before another
     /// service on that GPU was spawned does not show that service's memory yet, so its expected
     /// need is taken off the reading (as the arbiter does for leases granted after a sample). Off
     /// (with an event saying why) when there is no telemetry or no estimate of the service's need.
-    pub(super) async fn vram_gate(&self, i: usize, gpu: &GpuNeed, learned: LearnedProfile) -> SidecarResult<()> {
+    pub(super) async fn vram_gate(
+        &self,
+        i: usize,
+        gpu: &GpuNeed,
+        gpu_key: &str,
+        learned: LearnedProfile,
+    ) -> SidecarResult<()> {
         let gate_off = |reason: &str| {
-            self.emit(i, ServiceEventKind::VramGateOff { gpu_key: gpu.key.clone(), reason: reason.to_string() });
+            self.emit(i, ServiceEventKind::VramGateOff { gpu_key: gpu_key.to_string(), reason: reason.to_string() });
             Ok(())
         };
         let Some(source) = &self.hooks.vram else {
@@ -59,10 +38,10 @@ impl Shared {
         let mut announced = false;
         let mut tried_eviction = false;
         loop {
-            let Some(reading) = source.free_mb(&gpu.key) else {
+            let Some(reading) = source.free_mb(gpu_key) else {
                 return gate_off("no VRAM telemetry for this GPU");
             };
-            let unseen_mb = self.unseen_vram_mb(i, &gpu.key, reading);
+            let unseen_mb = self.unseen_vram_mb(i, gpu_key, reading);
             let free_mb = reading.free_mb.saturating_sub(unseen_mb);
             if free_mb >= needed_mb {
                 return Ok(());
@@ -74,7 +53,7 @@ impl Shared {
                 }
             }
             if !announced {
-                self.emit(i, ServiceEventKind::VramWait { gpu_key: gpu.key.clone(), needed_mb, free_mb });
+                self.emit(i, ServiceEventKind::VramWait { gpu_key: gpu_key.to_string(), needed_mb, free_mb });
                 announced = true;
             }
             if Instant::now() >= deadline {
@@ -83,7 +62,7 @@ impl Shared {
                     format!(
                         "{}: {} had {free_mb} MB free after {limit_ms} ms{}, needs {needed_mb} MB ({need} MB + {} MB headroom)",
                         self.spec(i).name,
-                        gpu.key,
+                        gpu_key,
                         if unseen_mb > 0 {
                             format!(" (the reading less {unseen_mb} MB expected for services spawned after it)")
                         } else {
@@ -97,45 +76,29 @@ impl Shared {
         }
     }
 
-    /// The expected VRAM (MB: `vramMb`, else the learned peak, else 0) of the other services on
-    /// `gpu_key` whose running process was spawned at or after `reading` was taken. Ties count,
-    /// because both times are whole ms.
+    /// The expected VRAM of the other services on `gpu_key` whose running process was spawned at
+    /// or after `reading` was taken. Ties count, because both times are whole ms.
     fn unseen_vram_mb(&self, i: usize, gpu_key: &str, reading: VramReading) -> u64 {
         let mut unseen_mb = 0u64;
-        for (j, spec) in self.config.services.iter().enumerate() {
-            let Some(gpu) = spec.gpu.as_ref().filter(|g| j != i && g.key == gpu_key) else { continue };
+        for j in (0..self.config.services.len()).filter(|&j| j != i) {
+            if self.gpu_key(j).as_deref() != Some(gpu_key) {
+                continue;
+            }
             let spawned_at_ms = self.cell(j).spawned_at_ms;
             if spawned_at_ms.is_none_or(|at| at < reading.sampled_at_ms) {
                 continue;
             }
-            let expected = gpu
-                .vram_mb
-                .map(|mb| mb.get())
-                .or_else(|| self.profiles.lock().expect("profiles lock").get(&spec.name).peak_vram_mb);
-            unseen_mb = unseen_mb.saturating_add(expected.unwrap_or(0));
+            unseen_mb = unseen_mb.saturating_add(self.expected_vram_mb(j));
         }
         unseen_mb
     }
 
-    /// Starts sampling the VRAM a GPU service's process uses, when telemetry is there.
-    pub(super) fn sample_vram(&self, i: usize, pid: u32) -> Option<VramSampler> {
-        let source = self.hooks.vram.clone()?;
-        self.spec(i).gpu.as_ref()?;
-        let peak_mb = Arc::new(AtomicU64::new(0));
-        let loaded = Arc::new(AtomicBool::new(false));
-        let loading_interval = ms(self.spec(i).probe_interval_ms.get());
-        let task = tokio::spawn({
-            let (peak_mb, loaded) = (peak_mb.clone(), loaded.clone());
-            async move {
-                loop {
-                    if let Some(mb) = source.process_used_mb(pid) {
-                        peak_mb.fetch_max(mb, Ordering::Relaxed);
-                    }
-                    let pause = if loaded.load(Ordering::Relaxed) { RUNNING_VRAM_SAMPLE } else { loading_interval };
-                    tokio::time::sleep(pause).await;
-                }
-            }
-        });
-        Some(VramSampler { peak_mb, loaded, task })
+    /// The VRAM (MB) service `j` is expected to take: its `vramMb`, else its learned peak, else 0.
+    pub(super) fn expected_vram_mb(&self, j: usize) -> u64 {
+        let Some(gpu) = &self.spec(j).gpu else { return 0 };
+        gpu.vram_mb
+            .map(|mb| mb.get())
+            .or_else(|| self.profiles.lock().expect("profiles lock").get(&self.spec(j).name).peak_vram_mb)
+            .unwrap_or(0)
     }
 }
