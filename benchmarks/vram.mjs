@@ -40,7 +40,7 @@ export async function benchVram(rounds = 3) {
   const push = () => {
     const used = [...holding.values()].reduce((a, b) => a + b, 0)
     const at = Date.now()
-    telemetry.push({ at, nvml: { available: true }, gpus: [{ index: 0, key: 'gpu:0', uuid: 'GPU-0', name: 'bench', totalMb: TOTAL_MB, usedMb: used, freeMb: TOTAL_MB - used, utilizationGpu: 0, utilizationMemory: 0, temperatureC: 40, powerW: 100, processes: [], lost: false }] })
+    telemetry.push({ at, nvml: { available: true }, gpus: [{ index: 0, key: 'gpu:0', uuid: 'GPU-0', name: 'bench', totalMb: TOTAL_MB, usedMb: used, freeMb: TOTAL_MB - used, utilizationGpu: 0, utilizationMemory: 0, temperatureC: 40, powerW: 100, processes: [], lost: false }], host: { totalMb: 24000, availableMb: 20000, swapTotalMb: 0, swapUsedMb: 0, cpuPercent: 5, processes: [], zombieChildren: 0 } })
   }
   supervisor.onEvent((e) => {
     if (e.type === 'spawned') holding.set(e.service, 6000)
