@@ -305,7 +305,7 @@ impl Arbiter {
             }
         }
         let mut r = self.resolve(&req);
-        let standby = self.standby.get(&*req.task_type).copied();
+        let standby = if self.standby.is_empty() { None } else { self.standby.get(&*req.task_type).copied() };
         if standby.is_some() && self.demanded.insert(req.task_type.to_string()) {
             self.demands.push(req.task_type.to_string());
         }
@@ -846,7 +846,7 @@ impl Arbiter {
         if !self.waiters.contains_key(&id) {
             return;
         }
-        let on_standby = self.standby.contains_key(&*self.waiters[&id].task_type);
+        let on_standby = !self.standby.is_empty() && self.standby.contains_key(&*self.waiters[&id].task_type);
         let (status, reason) = if on_standby {
             // Its service was still loading when even the load allowance ran out.
             (
