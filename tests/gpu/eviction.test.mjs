@@ -12,36 +12,13 @@ import { spawnSync } from 'node:child_process'
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { firstSample, probeSample, sidecar, skipWithoutNvml } from './support.mjs'
+import { firstSample, probeSample, sidecar, skipWithoutNvml, torchModel } from './support.mjs'
 
 const { Telemetry, ServiceSupervisor } = sidecar
 const INTERVAL_MS = 100
 const nvmlSkip = await skipWithoutNvml()
 const torch = nvmlSkip ? null : spawnSync('python3', ['-c', 'import torch; assert torch.cuda.is_available()'], { encoding: 'utf8' })
 const skip = nvmlSkip || (torch.status !== 0 ? 'no PyTorch with CUDA here' : false)
-
-/** A model that allocates `gib` GiB on cuda:0, then says it is ready after three samples. */
-function torchModel(name, gib, gpuKey, rest) {
-  const code = [
-    'import torch, time',
-    `x = torch.empty(${gib} * 2**30, dtype=torch.uint8, device='cuda:0')`,
-    'torch.cuda.synchronize()',
-    `time.sleep(${(3 * INTERVAL_MS) / 1000})`,
-    "print('[SERVICE_READY]', flush=True)",
-    'time.sleep(600)',
-  ].join('\n')
-  return {
-    name,
-    command: 'python3',
-    args: ['-c', code],
-    readiness: { logLine: { pattern: '\\[SERVICE_READY\\]' } },
-    readinessTimeoutMs: 120000,
-    probeIntervalMs: 50,
-    stopTimeoutMs: 5000,
-    gpu: { key: gpuKey },
-    ...rest,
-  }
-}
 
 test('four 3/8-of-the-GPU models: the lowest priority idle one is evicted for each load, never an OOM; peaks learned within 10%', { skip, timeout: 300000 }, async () => {
   const gpu = (await probeSample()).gpus[0]
@@ -60,10 +37,10 @@ test('four 3/8-of-the-GPU models: the lowest priority idle one is evicted for ea
     vramTimeoutMs: 120000,
     stateFile,
     services: [
-      torchModel('asr', gib, gpu.key, { evictable: true, priority: 90, gpu: { key: gpu.key, ...need } }),
-      torchModel('nmt', gib, gpu.key, { evictable: true, priority: 60, gpu: { key: gpu.key, ...need } }),
-      torchModel('tts', gib, gpu.key, { onDemand: true, priority: 70, gpu: { key: gpu.key, ...need } }),
-      torchModel('repair', gib, gpu.key, { onDemand: true, priority: 20, gpu: { key: gpu.key, ...need } }),
+      torchModel('asr', gib, INTERVAL_MS, { evictable: true, priority: 90, gpu: { key: gpu.key, ...need } }),
+      torchModel('nmt', gib, INTERVAL_MS, { evictable: true, priority: 60, gpu: { key: gpu.key, ...need } }),
+      torchModel('tts', gib, INTERVAL_MS, { onDemand: true, priority: 70, gpu: { key: gpu.key, ...need } }),
+      torchModel('repair', gib, INTERVAL_MS, { onDemand: true, priority: 20, gpu: { key: gpu.key, ...need } }),
     ],
   })
   supervisor.attachTelemetry(telemetry)

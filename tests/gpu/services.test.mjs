@@ -12,7 +12,7 @@ import { spawnSync } from 'node:child_process'
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { firstSample, probeSample, sidecar, skipWithoutNvml, sleep } from './support.mjs'
+import { firstSample, probeSample, sidecar, skipWithoutNvml, sleep, torchModel } from './support.mjs'
 
 const { Telemetry, ServiceSupervisor } = sidecar
 const INTERVAL_MS = 100
@@ -24,31 +24,9 @@ const skip = nvmlSkip
     ? 'no PyTorch with CUDA here'
     : false
 
-/**
- * A service that allocates `gib` GiB on cuda:0, then waits three telemetry intervals before it
- * says it is ready: the gate reads the latest sample, and the next service's check must see this
- * allocation (a model server warms up after its load in the same way).
- */
+/** A 3/8-of-the-GPU model gated on what it allocates plus 1 GiB. */
 function torchService(name, gib, gpuKey) {
-  const code = [
-    'import torch, time',
-    `x = torch.empty(${gib} * 2**30, dtype=torch.uint8, device='cuda:0')`,
-    'torch.cuda.synchronize()',
-    `print('allocated ${gib} GiB', flush=True)`,
-    `time.sleep(${(3 * INTERVAL_MS) / 1000})`,
-    "print('[SERVICE_READY]', flush=True)",
-    'time.sleep(600)',
-  ].join('\n')
-  return {
-    name,
-    command: 'python3',
-    args: ['-c', code],
-    readiness: { logLine: { pattern: '\\[SERVICE_READY\\]' } },
-    readinessTimeoutMs: 120000,
-    probeIntervalMs: 50,
-    gpu: { key: gpuKey, vramMb: gib * 1024 + 1024 },
-    stopTimeoutMs: 5000,
-  }
+  return torchModel(name, gib, INTERVAL_MS, { gpu: { key: gpuKey, vramMb: gib * 1024 + 1024 } })
 }
 
 test('three 3/8-of-the-GPU PyTorch services: two run together, the third waits for memory, no OOM; the profile learns each', { skip, timeout: 300000 }, async () => {

@@ -31,3 +31,31 @@ export async function probeSample() {
     probe.close()
   }
 }
+
+/**
+ * A PyTorch "model" service that allocates `gib` GiB on cuda:0, then waits three telemetry
+ * intervals (`intervalMs`) before it says it is ready: the gate reads the latest sample, and the
+ * next service's check must see this allocation (a model server warms up after its load in the
+ * same way). `rest` is merged into the service config (its `gpu`, eviction settings).
+ */
+export function torchModel(name, gib, intervalMs, rest) {
+  const code = [
+    'import torch, time',
+    `x = torch.empty(${gib} * 2**30, dtype=torch.uint8, device='cuda:0')`,
+    'torch.cuda.synchronize()',
+    `print('allocated ${gib} GiB', flush=True)`,
+    `time.sleep(${(3 * intervalMs) / 1000})`,
+    "print('[SERVICE_READY]', flush=True)",
+    'time.sleep(600)',
+  ].join('\n')
+  return {
+    name,
+    command: 'python3',
+    args: ['-c', code],
+    readiness: { logLine: { pattern: '\\[SERVICE_READY\\]' } },
+    readinessTimeoutMs: 120000,
+    probeIntervalMs: 50,
+    stopTimeoutMs: 5000,
+    ...rest,
+  }
+}
