@@ -13,7 +13,11 @@ use napi::{check_status, sys, Env, Result, ValueType};
 use super::{IntoJsResult, JsResult};
 use crate::error::{ErrorCode, SidecarError};
 
-/// A strong reference that keeps a JS value alive until dropped.
+/// A reference to a JS value: strong (`new`: keeps it alive until dropped) or weak (`weak`).
+///
+/// A strong reference is a GC root. Held by a native object whose JS wrapper the value can reach
+/// (a callback closing over its owner), it makes a cycle V8 cannot see through, and neither is
+/// ever collected. Such values are held weakly here and strongly by the owner's JS side.
 pub struct JsRef {
     env: sys::napi_env,
     raw: sys::napi_ref,
@@ -21,15 +25,30 @@ pub struct JsRef {
 
 impl JsRef {
     pub fn new(env: &Env, value: sys::napi_value) -> Result<Self> {
+        Self::with_count(env, value, 1)
+    }
+
+    /// A reference that does not keep `value` alive: `get_live` gives `None` once it is collected.
+    pub fn weak(env: &Env, value: sys::napi_value) -> Result<Self> {
+        Self::with_count(env, value, 0)
+    }
+
+    fn with_count(env: &Env, value: sys::napi_value, count: u32) -> Result<Self> {
         let mut raw = ptr::null_mut();
-        check_status!(unsafe { sys::napi_create_reference(env.raw(), value, 1, &mut raw) })?;
+        check_status!(unsafe { sys::napi_create_reference(env.raw(), value, count, &mut raw) })?;
         Ok(Self { env: env.raw(), raw })
     }
 
+    /// The value of a strong reference.
     pub fn get(&self) -> Result<sys::napi_value> {
         let mut value = ptr::null_mut();
         check_status!(unsafe { sys::napi_get_reference_value(self.env, self.raw, &mut value) })?;
         Ok(value)
+    }
+
+    /// The value, unless it was collected (only a weak reference's can be).
+    pub fn get_live(&self) -> Result<Option<sys::napi_value>> {
+        self.get().map(|value| (!value.is_null()).then_some(value))
     }
 }
 
@@ -37,6 +56,30 @@ impl Drop for JsRef {
     fn drop(&mut self) {
         // Only ever dropped on the JS thread of the env that made it (the owner is !Send).
         unsafe { sys::napi_delete_reference(self.env, self.raw) };
+    }
+}
+
+/// Native memory a JS object owns, told to V8 so that it counts toward when the GC runs: V8 only
+/// sees the small wrapper, and without this lets thousands of dead arbiters (and the native state
+/// their finalizers would free) pile up between collections.
+pub struct ExternalMemory {
+    env: sys::napi_env,
+    bytes: i64,
+}
+
+impl ExternalMemory {
+    pub fn new(env: &Env, bytes: i64) -> Result<Self> {
+        let mut total = 0;
+        check_status!(unsafe { sys::napi_adjust_external_memory(env.raw(), bytes, &mut total) })?;
+        Ok(Self { env: env.raw(), bytes })
+    }
+}
+
+impl Drop for ExternalMemory {
+    fn drop(&mut self) {
+        let mut total = 0;
+        // Dropped on the JS thread of the env that made it (the owner is !Send).
+        unsafe { sys::napi_adjust_external_memory(self.env, -self.bytes, &mut total) };
     }
 }
 
@@ -109,9 +152,17 @@ pub fn display(env: &Env, value: sys::napi_value) -> Result<String> {
 pub struct Listeners {
     next_id: u32,
     entries: Vec<(u32, JsRef)>,
+    /// The owner's JS side keeps the listeners alive; these references are weak (see [`JsRef`]).
+    held_by_js: bool,
 }
 
 impl Listeners {
+    /// Listeners whose owner's JS side holds them: a listener that closes over its owner then
+    /// does not keep the owner from being collected.
+    pub fn held_by_js() -> Self {
+        Self { held_by_js: true, ..Self::default() }
+    }
+
     /// Keeps `listener` (`INVALID_ARGUMENT` unless it is a function) and returns its id.
     pub fn add(&mut self, env: &Env, listener: sys::napi_value) -> JsResult<u32> {
         let mut kind = 0;
@@ -121,7 +172,8 @@ impl Listeners {
         }
         let id = self.next_id;
         self.next_id += 1;
-        self.entries.push((id, JsRef::new(env, listener).js()?));
+        let held = if self.held_by_js { JsRef::weak(env, listener) } else { JsRef::new(env, listener) };
+        self.entries.push((id, held.js()?));
         Ok(id)
     }
 
@@ -140,7 +192,7 @@ impl Listeners {
     /// The listeners as they are now, to call once the owner's state is no longer borrowed (a
     /// listener may call back into it).
     pub fn current(&self) -> Vec<sys::napi_value> {
-        self.entries.iter().filter_map(|(_, l)| l.get().ok()).collect()
+        self.entries.iter().filter_map(|(_, l)| l.get_live().ok().flatten()).collect()
     }
 }
 

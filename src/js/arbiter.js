@@ -42,8 +42,10 @@ const INSTALLED = Symbol.for('gpu-sidecar.arbiterJsHalf')
  * @typedef {{ id: number, resolve: (value: unknown) => void, taskType: string, signal: AbortSignal | null, onAbort: (() => void) | null }} Waiter
  */
 
-/** Slots in the waiter table's array part (a power of two). */
-const WAITER_SLOTS = 4096
+/** Slots in the waiter table's array part: it starts small (most arbiters seldom queue, and a
+ * test suite or hot reload makes thousands) and doubles on a clash up to the most (powers of two). */
+const WAITER_SLOTS_FIRST = 8
+const WAITER_SLOTS_MOST = 4096
 
 /**
  * Queued requests by id. Ids come from one increasing counter, so an array indexed by the id's
@@ -53,21 +55,34 @@ const WAITER_SLOTS = 4096
 class WaiterTable {
   constructor() {
     /** @type {(Waiter | undefined)[]} */
-    this.slots = new Array(WAITER_SLOTS).fill(undefined)
+    this.slots = new Array(WAITER_SLOTS_FIRST).fill(undefined)
     /** @type {Map<number, Waiter>} */
     this.overflow = new Map()
   }
 
   /** @param {Waiter} waiter */
   add(waiter) {
-    const at = waiter.id & (WAITER_SLOTS - 1)
+    let at = waiter.id & (this.slots.length - 1)
+    while (this.slots[at] !== undefined && this.slots.length < WAITER_SLOTS_MOST) {
+      this.grow()
+      at = waiter.id & (this.slots.length - 1)
+    }
     if (this.slots[at] === undefined) this.slots[at] = waiter
     else this.overflow.set(waiter.id, waiter)
   }
 
+  /** Doubles the array part; each waiter moves to its slot under the wider mask. */
+  grow() {
+    const old = this.slots
+    this.slots = new Array(old.length * 2).fill(undefined)
+    for (const waiter of old) {
+      if (waiter !== undefined) this.slots[waiter.id & (this.slots.length - 1)] = waiter
+    }
+  }
+
   /** Removes and returns the waiter with this id, if any. @param {number} id */
   take(id) {
-    const at = id & (WAITER_SLOTS - 1)
+    const at = id & (this.slots.length - 1)
     const waiter = this.slots[at]
     if (waiter !== undefined && waiter.id === id) {
       this.slots[at] = undefined
@@ -143,7 +158,13 @@ class ArbiterSide {
       this.arbiter.tick()
       this.sync()
     }
-    this.mailbox = arbiter.bindSide(() => this.sync())
+    // The native side holds this function and the event listeners weakly (each reaches the
+    // arbiter's JS object, so a strong native reference would keep the arbiter forever); the JS
+    // half holds them for as long as the arbiter lives.
+    this.notify = () => this.sync()
+    /** @type {Set<{ listener: unknown }>} */
+    this.listeners = new Set()
+    this.mailbox = arbiter.bindSide(this.notify)
     this.generation = -1
     /** @type {string[]} */
     this.gpuKeys = []
@@ -166,6 +187,11 @@ class ArbiterSide {
     const next = m[Slot.NextDeadline]
     if (next >= 0 && (this.timer === null || next < this.timerAt)) {
       this.arm(next, m[Slot.Now])
+    } else if (next < 0 && this.timer !== null) {
+      // Nothing left to time: a pending timer would keep this arbiter from being collected.
+      timers.clearTimeout(this.timer)
+      this.timer = null
+      this.timerAt = -1
     } else if (this.timer !== null && m[Slot.Waiters] > 0 !== this.timerKeepsAlive) {
       this.timerKeepsAlive = !this.timerKeepsAlive
       if (this.timerKeepsAlive) this.timer.ref()
@@ -298,6 +324,7 @@ class ArbiterSide {
     if (this.timer !== null) timers.clearTimeout(this.timer)
     this.timer = null
     this.timerAt = -1
+    this.listeners.clear()
     const controllers = [...this.signals.values()]
     this.signals.clear()
     for (const c of controllers) c.abort(closedReason())
@@ -409,7 +436,21 @@ function install() {
   }
 
 
-  for (const [name, value] of Object.entries({ acquire, release, close })) {
+  const nativeOnEvent = native.GpuArbiter.prototype.onEvent
+
+  /** @this {NativeArbiter} @param {any} listener */
+  function onEvent(listener) {
+    const side = sideOf(this)
+    const unsubscribe = nativeOnEvent.call(this, listener)
+    const held = { listener }
+    side.listeners.add(held)
+    return () => {
+      side.listeners.delete(held)
+      unsubscribe()
+    }
+  }
+
+  for (const [name, value] of Object.entries({ acquire, release, close, onEvent })) {
     Object.defineProperty(native.GpuArbiter.prototype, name, { value, writable: true, configurable: true })
   }
 
@@ -428,7 +469,7 @@ function install() {
       configurable: true,
     })
   }
-  for (const name of ['observeGpu', 'notifyAsrTaskHint', 'setConfig', 'onEvent']) {
+  for (const name of ['observeGpu', 'notifyAsrTaskHint', 'setConfig']) {
     bindingFirst(native.GpuArbiter.prototype, name, (self) => self)
   }
   bindingFirst(native.Telemetry.prototype, 'attachArbiter', (_self, args) => args[0])

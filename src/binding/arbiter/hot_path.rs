@@ -31,9 +31,19 @@ type Handler = fn(&Env, &Rc<RefCell<State>>, &[sys::napi_value; MAX_ARGS]) -> Js
 
 const MAX_ARGS: usize = 2;
 
+/// About what an arbiter costs outside the JS heap once used: its core and config, the mailbox,
+/// the eight bound hot functions with their finalizers and the wrapper (measured: 54 KB of RSS
+/// per arbiter after an acquire and a release). Told to V8 so that dead arbiters are collected
+/// before thousands pile up (`tests/arbiter-leak.test.ts`).
+const NATIVE_FOOTPRINT_BYTES: i64 = 64 * 1024;
+
 /// Defines the hot calls on `this` (an arbiter instance) and makes its mailbox.
 pub fn install(env: &Env, this: sys::napi_value, state: &Rc<RefCell<State>>) -> Result<()> {
-    state.borrow_mut().mailbox = Some(Mailbox::new(env)?);
+    {
+        let mut s = state.borrow_mut();
+        s.mailbox = Some(Mailbox::new(env)?);
+        s.footprint = Some(js::ExternalMemory::new(env, NATIVE_FOOTPRINT_BYTES)?);
+    }
     let methods: [(&str, Handler); 8] = [
         ("acquireTask", acquire_task),
         ("acquireRequest", acquire_request),
@@ -251,7 +261,8 @@ fn bind_side(env: &Env, state: &Rc<RefCell<State>>, args: &[sys::napi_value; MAX
         return Err(SidecarError::invalid_argument("notify: expected a function").into());
     }
     let mut s = state.borrow_mut();
-    s.notify = Some(JsRef::new(env, args[0]).js()?);
+    // Weak: the JS half holds its notify function, and it reaches this arbiter's JS object.
+    s.notify = Some(JsRef::weak(env, args[0]).js()?);
     s.publish();
     s.mailbox.as_ref().expect("made at install").array().js()
 }

@@ -56,7 +56,10 @@ pub struct State {
     pub clock: Clock,
     /// Shared with the JS half; made with the first hot call's env (see `hot_path::install`).
     pub mailbox: Option<Mailbox>,
-    /// The JS half's "look at the mailbox" function, once it has bound itself.
+    /// This arbiter's native footprint, as V8 is told it (see `ExternalMemory`).
+    pub footprint: Option<js::ExternalMemory>,
+    /// The JS half's "look at the mailbox" function, once it has bound itself. Weak: the JS half
+    /// holds it (a strong reference would keep the arbiter from ever being collected).
     pub notify: Option<JsRef>,
     outbox: VecDeque<Record>,
     pub listeners: Listeners,
@@ -94,9 +97,10 @@ impl State {
             core: Arbiter::new(config),
             clock: Clock::new(),
             mailbox: None,
+            footprint: None,
             notify: None,
             outbox: VecDeque::new(),
-            listeners: Listeners::default(),
+            listeners: Listeners::held_by_js(),
             watch: None,
             file_changes: Arc::default(),
             config_generation: 0,
@@ -213,7 +217,7 @@ pub fn after_call(env: &Env, state: &Rc<RefCell<State>>, out: Vec<Resolution>, c
         let mut s = state.borrow_mut();
         s.publish();
         match (&s.notify, caller) {
-            (Some(f), Caller::Native) => Some(f.get().js()?),
+            (Some(f), Caller::Native) => f.get_live().js()?,
             _ => None,
         }
     };
