@@ -106,6 +106,39 @@ describe('on demand', () => {
     expect(of(events, 'nmt', 'spawned')).toHaveLength(1)
   })
 
+  test('a request waits for the start on its way, eviction and a load slower than learned included, and is granted', async () => {
+    // Two 6000 MB models on a 10000 MB GPU: every request for the other one is a swap. The
+    // driver frees an evicted model's memory 400 ms after its exit.
+    const config: ServicesConfig = {
+      vramHeadroomMb: 0,
+      vramTimeoutMs: 10_000,
+      services: [
+        model('first', 6000, { onDemand: true, gpu: { key: 'gpu:0', taskTypes: ['FIRST'] } }, 300),
+        model('second', 6000, { onDemand: true, gpu: { key: 'gpu:0', taskTypes: ['SECOND'] } }, 300),
+      ],
+    }
+    const { supervisor, events } = setUp(config, 400)
+    const arbiter = withArbiter(supervisor, { FIRST: { maxWaitMs: 50 }, SECOND: { maxWaitMs: 50 } })
+    for (const taskType of ['FIRST', 'SECOND']) {
+      const lease = await arbiter.acquire({ taskType })
+      expect(lease).toMatchObject({ status: 'ACQUIRED' })
+      ;(lease as GpuLeaseAcquired).release()
+    }
+    // 'first' was evicted for 'second'. Now its load (learned: ~300 ms) comes after an eviction
+    // (400 ms): past maxWaitMs + the learned load time, and still no reason to give up.
+    expect(supervisor.status('first').state).not.toBe('ready')
+    const asked = Date.now()
+    const lease = await arbiter.acquire({ taskType: 'FIRST' })
+    expect(lease).toMatchObject({ status: 'ACQUIRED' })
+    expect(Date.now() - asked).toBeGreaterThanOrEqual(50 + 300 + 300)
+    expect((lease as GpuLeaseAcquired).queueWaitMs).toBeGreaterThanOrEqual(600)
+    ;(lease as GpuLeaseAcquired).release()
+    expect(events.filter((e) => e.type === 'evicted').map((e) => [e.service, (e as Extract<ServiceEvent, { type: 'evicted' }>).for])).toEqual([
+      ['first', 'second'],
+      ['second', 'first'],
+    ])
+  })
+
   test('keepAliveMs: idle for that long, it is stopped with idle-stopped; the next request brings it back', async () => {
     const config: ServicesConfig = { services: [model('tts', 1000, { onDemand: true, keepAliveMs: 300, gpu: { key: 'gpu:0', taskTypes: ['TTS'] } })] }
     const { supervisor, events } = setUp(config)

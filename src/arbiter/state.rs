@@ -46,6 +46,16 @@ impl Block {
     }
 }
 
+/// Where an on-demand task type's service stands while it is not loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Standby {
+    /// No start on its way: a request may wait this much longer than its `maxWaitMs` for one.
+    Unloaded { load_allowance: Micros },
+    /// A start is on its way (waiting for memory, evicting, loading): requests wait for it to
+    /// end, however long it takes; the supervisor bounds it (VRAM wait, readiness timeout).
+    Starting,
+}
+
 pub(super) struct Gpu {
     pub key: String,
     pub active: usize,
@@ -76,6 +86,9 @@ pub(super) struct Waiter {
     pub task_type: TaskType,
     pub priority: u64,
     pub deadline: Option<Micros>,
+    /// The request's own wait (its policy's `maxWaitMs`), without any load allowance: what it
+    /// may wait again while its service's start is on its way.
+    pub max_wait: Micros,
     pub enqueued_at: Micros,
     pub hold_max: Micros,
     pub vram_mb: u64,
@@ -109,9 +122,9 @@ pub struct Arbiter {
     marks_boost_until: Option<Micros>,
     /// GPU keys where task types' services run: a request without a `gpuKey` goes there.
     task_gpus: HashMap<String, String>,
-    /// Task types whose on-demand service is not loaded, with the extra wait their requests get
-    /// while it loads: their requests queue, are not granted, and ask for the service.
-    standby: HashMap<String, Micros>,
+    /// Task types whose on-demand service is not loaded: their requests queue, are not granted,
+    /// and ask for the service.
+    standby: HashMap<String, Standby>,
     /// Standby task types requested since the caller last asked (`take_demands`), once each
     /// until the service is loaded or its start failed.
     demands: Vec<String>,
@@ -239,8 +252,8 @@ impl Arbiter {
         out: &mut Vec<Resolution>,
     ) {
         match load_allowance {
-            Some(allowance) => {
-                self.standby.insert(task_type.to_string(), allowance);
+            Some(load_allowance) => {
+                self.standby.insert(task_type.to_string(), Standby::Unloaded { load_allowance });
             }
             None => {
                 self.demanded.remove(task_type);
@@ -248,9 +261,28 @@ impl Arbiter {
                     for g in 0..self.gpus.len() {
                         self.pump(g, now, out);
                     }
+                    // What the load left waiting (the GPU is busy) waits its own `maxWaitMs` on.
+                    let mut rearm = Vec::new();
+                    for (id, w) in self.waiters.iter_mut().filter(|(_, w)| &*w.task_type == task_type) {
+                        let at = now.saturating_add(w.max_wait);
+                        if w.deadline != Some(at) {
+                            w.deadline = Some(at);
+                            rearm.push((at, *id));
+                        }
+                    }
+                    for (at, id) in rearm {
+                        self.add_deadline(at, Deadline::WaitTimeout(id));
+                    }
                 }
             }
         }
+    }
+
+    /// `task_type`'s on-demand service is being started: its requests wait for the start to end
+    /// (ready: granted in queue order; failed: [`Arbiter::fail_task_type`]), never timing out
+    /// while it is on its way.
+    pub fn set_task_starting(&mut self, task_type: &str) {
+        self.standby.insert(task_type.to_string(), Standby::Starting);
     }
 
     /// The service for standby `task_type` could not be started: its waiting requests settle
@@ -306,6 +338,7 @@ impl Arbiter {
         }
         let mut r = self.resolve(&req);
         let standby = if self.standby.is_empty() { None } else { self.standby.get(&*req.task_type).copied() };
+        let policy_wait = r.max_wait;
         if standby.is_some() && self.demanded.insert(req.task_type.to_string()) {
             self.demands.push(req.task_type.to_string());
         }
@@ -333,7 +366,14 @@ impl Arbiter {
             // Its model is not loaded: nothing to grant until the service is ready. A waiting
             // request may wait through the load too.
             _ if standby.is_some() => {
-                r.max_wait = r.max_wait.saturating_add(standby.unwrap_or(0)).min(MAX_REQUEST_MS * MICROS_PER_MS * 2);
+                r.max_wait = match standby {
+                    Some(Standby::Unloaded { load_allowance }) => {
+                        r.max_wait.saturating_add(load_allowance).min(MAX_REQUEST_MS * MICROS_PER_MS * 2)
+                    }
+                    // Waits for the start however long it takes; a request with no wait of its
+                    // own still queues for it.
+                    _ => r.max_wait.max(1),
+                };
                 Block::Standby
             }
             Ok(()) => {
@@ -352,7 +392,7 @@ impl Arbiter {
             (BusyPolicy::FallbackCpu, false) => (Status::FallbackCpu, blocked.reason_now()),
             (BusyPolicy::Wait, false) if r.max_wait == 0 => self.wait_ran_out(g, r.priority, r.busy, blocked, now),
             (BusyPolicy::Wait, false) => {
-                return Ok(Admission::Queued(self.enqueue(g, req, r, now)));
+                return Ok(Admission::Queued(self.enqueue(g, req, r, policy_wait, now)));
             }
         };
         // Only a WAIT request with no wait left gets here without a full queue: its wait ran out.
@@ -774,7 +814,8 @@ impl Arbiter {
         (Reverse(score), seq)
     }
 
-    fn enqueue(&mut self, g: usize, req: AcquireRequest, r: Resolved, now: Micros) -> WaiterId {
+    /// Queues a request; `policy_wait` is its own wait (`r.max_wait` may include a load allowance).
+    fn enqueue(&mut self, g: usize, req: AcquireRequest, r: Resolved, policy_wait: Micros, now: Micros) -> WaiterId {
         let id = self.fresh_id();
         let key = self.queue_key(r.priority, now, id);
         let deadline = now + r.max_wait;
@@ -795,6 +836,7 @@ impl Arbiter {
                 task_type: req.task_type,
                 priority: r.priority,
                 deadline: Some(deadline),
+                max_wait: policy_wait,
                 enqueued_at: now,
                 hold_max: r.hold_max,
                 vram_mb: r.vram_mb,
@@ -857,7 +899,17 @@ impl Arbiter {
         if !self.waiters.contains_key(&id) {
             return;
         }
-        let on_standby = !self.standby.is_empty() && self.standby.contains_key(&*self.waiters[&id].task_type);
+        let standby = if self.standby.is_empty() { None } else { self.standby.get(&*self.waiters[&id].task_type) };
+        if standby == Some(&Standby::Starting) {
+            // Its service's start is on its way: the request waits for it to end.
+            let w = self.waiters.get_mut(&id).expect("waiter exists");
+            // Looked at again after its own wait (at least a second: the timer need not spin).
+            let at = now.saturating_add(w.max_wait.max(1_000 * MICROS_PER_MS));
+            w.deadline = Some(at);
+            self.add_deadline(at, Deadline::WaitTimeout(id));
+            return;
+        }
+        let on_standby = standby.is_some();
         let (status, reason) = if on_standby {
             // Its service was still loading when even the load allowance ran out.
             (

@@ -748,3 +748,56 @@ fn an_idle_arbiter_publishes_no_deadline_left_by_leases_given_back_or_requests_w
     assert!(a.release(lease.lease_id, 6 * MS, &mut out));
     assert!(a.next_deadline_hint().is_some_and(|at| at > 6 * MS));
 }
+
+#[test]
+fn a_waiter_waits_for_a_start_on_its_way_however_long_and_then_its_own_wait() {
+    let mut a = arbiter(json!({"policies": {"NMT": {"maxWaitMs": 100}}}));
+    let mut out = vec![];
+    // Unloaded, allowance 1 s: a request no start is on its way for waits 100 ms + 1 s.
+    a.set_task_standby("NMT", Some(1_000 * MS), 0, &mut out);
+    let first = queued(a.acquire(req("NMT"), 0).unwrap());
+    assert_eq!(a.take_demands(), ["NMT"]);
+    // The start begins (evicting, then loading): nothing times out while it is on its way, far
+    // past wait + allowance (the learned load time is a median; a slower load must not fail).
+    a.set_task_starting("NMT");
+    let second = queued(a.acquire(req("NMT"), 50 * MS).unwrap());
+    let mut zero_wait = req("NMT");
+    zero_wait.max_wait_ms = Some(0);
+    let third = queued(a.acquire(zero_wait, 60 * MS).unwrap());
+    for t in (1..=30).map(|s| s * 1_000 * MS) {
+        a.tick(t, &mut out);
+        assert!(out.is_empty(), "settled at {t}: {out:?}");
+    }
+    // Ready: granted in queue order (one slot), the rest wait their own maxWaitMs from now.
+    a.set_task_standby("NMT", None, 30_500 * MS, &mut out);
+    assert_eq!(out.iter().map(|r| r.waiter).collect::<Vec<_>>(), [first]);
+    assert!(matches!(out[0].outcome, Outcome::Acquired(_)));
+    out.clear();
+    a.tick(30_599 * MS, &mut out);
+    assert_eq!(out.iter().map(|r| r.waiter).collect::<Vec<_>>(), [third], "no wait of its own left");
+    assert_eq!(out[0].outcome, Outcome::NotAcquired { status: Status::Skipped, reason: Reason::Timeout });
+    out.clear();
+    a.tick(30_600 * MS, &mut out);
+    assert_eq!(out.iter().map(|r| r.waiter).collect::<Vec<_>>(), [second]);
+    assert_eq!(
+        out[0].outcome,
+        Outcome::NotAcquired { status: Status::Skipped, reason: Reason::Timeout },
+        "slow after the load is the GPU's business, never SERVICE_UNAVAILABLE"
+    );
+}
+
+#[test]
+fn a_start_that_fails_settles_what_waited_for_it_service_unavailable() {
+    let mut a = arbiter(json!({"policies": {"NMT": {"maxWaitMs": 100}}}));
+    let mut out = vec![];
+    a.set_task_standby("NMT", Some(1_000 * MS), 0, &mut out);
+    a.set_task_starting("NMT");
+    let w = queued(a.acquire(req("NMT"), 0).unwrap());
+    a.tick(5_000 * MS, &mut out);
+    assert!(out.is_empty());
+    // The supervisor gives up (readiness timeout, VRAM timeout): back to unloaded, then failed.
+    a.set_task_standby("NMT", Some(1_000 * MS), 6_000 * MS, &mut out);
+    a.fail_task_type("NMT", 6_000 * MS, &mut out);
+    assert_eq!(out.iter().map(|r| r.waiter).collect::<Vec<_>>(), [w]);
+    assert_eq!(out[0].outcome, Outcome::NotAcquired { status: Status::Skipped, reason: Reason::ServiceUnavailable });
+}

@@ -296,6 +296,10 @@ enum LeaseCall {
         task_types: Vec<String>,
         load_allowance_ms: Option<u64>,
     },
+    /// Their service is being started: what waits for them waits for the start to end.
+    Starting {
+        task_types: Vec<String>,
+    },
     Unavailable {
         task_types: Vec<String>,
     },
@@ -347,6 +351,10 @@ impl TaskRoutes for ArbiterLease {
         let _ = self
             .0
             .send(LeaseCall::Standby { task_types: task_types.to_vec(), load_allowance_ms: Some(load_allowance_ms) });
+    }
+
+    fn starting(&self, task_types: &[String]) {
+        let _ = self.0.send(LeaseCall::Starting { task_types: task_types.to_vec() });
     }
 
     fn ready(&self, task_types: &[String]) {
@@ -763,6 +771,10 @@ fn serve_leases(env: &Env, state: &Rc<RefCell<State>>) {
                 if let Err(e) = native_leases::set_standby(env, &arbiter, &task_types, load_allowance_ms) {
                     tracing::warn!(error = %e.reason, "could not update on-demand task types in the arbiter");
                 }
+            }
+            LeaseCall::Starting { task_types } => {
+                let mut arbiter = arbiter.borrow_mut();
+                task_types.iter().for_each(|t| arbiter.core.set_task_starting(t));
             }
             LeaseCall::Unavailable { task_types } => {
                 if let Err(e) = native_leases::fail_task_types(env, &arbiter, &task_types) {

@@ -63,6 +63,9 @@ pub trait TaskRoutes: Send + Sync {
     /// `task_types` are served by an on-demand service that is not loaded: their requests queue,
     /// may wait `load_allowance_ms` longer than their `maxWaitMs`, and the first one asks for it.
     fn standby(&self, _task_types: &[String], _load_allowance_ms: u64) {}
+    /// Their service is being started (waiting for memory, evicting, loading): their requests
+    /// wait for the start to end, however long it takes; the start bounds itself.
+    fn starting(&self, _task_types: &[String]) {}
     /// Their service is ready: what waited for it may be granted.
     fn ready(&self, _task_types: &[String]) {}
     /// Their service could not be started: what waits settles with `SERVICE_UNAVAILABLE`.

@@ -1129,3 +1129,37 @@ async fn auto_without_telemetry_fails_with_no_gpu() {
     assert_eq!(error.code, ErrorCode::NoGpu);
     assert!(error.message.contains("no attached telemetry lists a GPU"), "{}", error.message);
 }
+
+/// Records what the supervisor tells the arbiter about on-demand task types.
+#[derive(Default)]
+struct RouteLog(std::sync::Mutex<Vec<String>>);
+
+impl TaskRoutes for RouteLog {
+    fn standby(&self, task_types: &[String], _load_allowance_ms: u64) {
+        self.0.lock().unwrap().push(format!("standby {}", task_types.join(",")));
+    }
+    fn starting(&self, task_types: &[String]) {
+        self.0.lock().unwrap().push(format!("starting {}", task_types.join(",")));
+    }
+    fn ready(&self, task_types: &[String]) {
+        self.0.lock().unwrap().push(format!("ready {}", task_types.join(",")));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_on_demand_start_tells_the_arbiter_it_is_on_its_way_then_ready_then_gone() {
+    let sb = Sandbox::new("routes-starting");
+    let mut nmt = sb.service("nmt", &["--log-ready"], log_ready());
+    nmt["onDemand"] = json!(true);
+    nmt["gpu"] = json!({"key": "gpu:0", "taskTypes": ["NMT"]});
+    let routes = Arc::new(RouteLog::default());
+    let hooks = SupervisorHooks { task_routes: Some(routes.clone()), ..Default::default() };
+    let (sup, _rx) = supervisor(json!({"services": [nmt]}), hooks);
+    sup.demand("NMT").await;
+    assert_eq!(sup.status("nmt").unwrap().state, ServiceState::Ready);
+    sup.stop("nmt").await.unwrap();
+    // Waiters wait through "starting" however long it takes (the start bounds itself); only
+    // "standby" gives them a load allowance.
+    assert_eq!(*routes.0.lock().unwrap(), ["starting NMT", "ready NMT", "standby NMT"]);
+    sup.close().await;
+}

@@ -91,17 +91,21 @@ impl Shared {
     }
 
     /// Tells the arbiter (through the `TaskRoutes` hook) whether an on-demand service's task
-    /// types have a loaded service, as its state changes.
+    /// types have a loaded service, one on its way, or none, as its state changes.
     pub(super) fn announce_route(&self, i: usize, state: ServiceState) {
         if !self.spec(i).on_demand {
             return;
         }
-        if state == ServiceState::Ready {
-            self.cell(i).last_used_ms = epoch_ms();
-            self.tell_routes(i, |routes, task_types| routes.ready(task_types));
-        } else {
-            let allowance = self.load_allowance_ms(i);
-            self.tell_routes(i, |routes, task_types| routes.standby(task_types, allowance));
+        match state {
+            ServiceState::Ready => {
+                self.cell(i).last_used_ms = epoch_ms();
+                self.tell_routes(i, |routes, task_types| routes.ready(task_types));
+            }
+            ServiceState::Starting => self.tell_routes(i, |routes, task_types| routes.starting(task_types)),
+            _ => {
+                let allowance = self.load_allowance_ms(i);
+                self.tell_routes(i, |routes, task_types| routes.standby(task_types, allowance));
+            }
         }
     }
 

@@ -153,12 +153,16 @@ impl Shared {
         cell.last_lines.clear();
         cell.blocked_by = None;
         cell.time_to_ready_ms = None;
-        cell.state = ServiceState::Starting;
+        let was = std::mem::replace(&mut cell.state, ServiceState::Starting);
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(self.clone().run_guarded(i, permit, stop_rx));
         cell.runner = Some(Runner { stop, task });
         drop(cell);
         self.changes.send_modify(|n| *n += 1);
+        if was != ServiceState::Starting {
+            // What waits for an on-demand service now waits for this start to end.
+            self.announce_route(i, ServiceState::Starting);
+        }
     }
 
     /// Stops service `i` and waits for its runner to end, then for its port to be free.
