@@ -3,7 +3,8 @@
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
-use super::{Code, IntoJsResult};
+use super::{args, Code, IntoJsResult};
+use crate::error::ErrorCode;
 use crate::telemetry::{analyze_recording, TelemetryOptions};
 
 #[derive(serde::Serialize)]
@@ -21,7 +22,13 @@ struct Recording<'a> {
     ts_args_type = "path: string, options?: TelemetryOptions",
     ts_return_type = "{ samples: TelemetrySample[]; alerts: TelemetryAlert[] }"
 )]
-pub fn read_recording(env: &Env, path: String, options: Option<serde_json::Value>) -> Result<Unknown<'_>, Code> {
+pub fn read_recording<'env>(
+    env: &'env Env,
+    path: Option<Unknown<'env>>,
+    options: Option<Unknown<'env>>,
+) -> Result<Unknown<'env>, Code> {
+    let path = args::string(env, path, "path")?;
+    let options = args::optional_json(env, options, "telemetry", ErrorCode::InvalidConfig)?;
     let mut warnings = Vec::new();
     let options = TelemetryOptions::from_json(&options.unwrap_or(serde_json::Value::Null), &mut warnings)?;
     let analysis = analyze_recording(std::path::Path::new(&path), options.thresholds)?;

@@ -12,15 +12,23 @@ const { invalidArgument } = require('./errors.js')
 const CONFIG_ENV = 'GPU_SIDECAR_CONFIG'
 
 /** Error thrown by the helpers when a lease is not granted; its message is the old arbiter's. */
+/** How each status of a lease that was not granted reads in a GpuLeaseError's message. */
+const NOT_GRANTED = /** @type {Record<string, string>} */ ({
+  SKIPPED: 'skipped',
+  FALLBACK_CPU: 'fallback to CPU',
+  TIMEOUT: 'timeout',
+  CANCELLED: 'cancelled',
+})
+
 class GpuLeaseError extends Error {
   /** @param {{ status: string, reason: string }} result @param {string} taskType */
   constructor(result, taskType) {
-    const what = /** @type {Record<string, string>} */ ({
-      SKIPPED: 'skipped',
-      FALLBACK_CPU: 'fallback to CPU',
-      TIMEOUT: 'timeout',
-      CANCELLED: 'cancelled',
-    })[result.status]
+    if (result === null || typeof result !== 'object') throw invalidArgument('result: expected a lease result { status, reason }')
+    const { status, reason } = result
+    const what = typeof status === 'string' && Object.hasOwn(NOT_GRANTED, status) ? NOT_GRANTED[status] : undefined
+    if (what === undefined) throw invalidArgument(`result.status: expected one of ${Object.keys(NOT_GRANTED).join(', ')}`)
+    if (typeof reason !== 'string') throw invalidArgument('result.reason: expected a string')
+    if (typeof taskType !== 'string') throw invalidArgument('taskType: expected a string')
     super(`GPU lease ${what}: ${result.reason} (${taskType})`)
     this.name = 'GpuLeaseError'
     this.code = `GPU_LEASE_${result.status}`
