@@ -33,6 +33,8 @@ export interface FakeNvmlOptions {
   oldDriver?: boolean
   env?: Record<string, string>
   timeoutMs?: number
+  /** `false`: the output is text; `out` is null. */
+  json?: boolean
 }
 
 /** Writes `scenario` to a file and returns its path. */
@@ -52,7 +54,7 @@ export function fakeNvmlEnv(scenarioPath: string, options: FakeNvmlOptions = {})
 
 /**
  * Runs `node <args>` with the fake NVML playing `scenario` (a path, or the text), and parses the
- * last stdout line as JSON.
+ * last stdout line as JSON (or the whole stdout, for pretty-printed JSON).
  */
 export function runWithFakeNvml<T = unknown>(scenario: string, args: string[], options: FakeNvmlOptions = {}): Promise<FakeNvmlRun<T>> {
   const path = scenario.includes('\n') ? scenarioFile(scenario) : scenario
@@ -66,8 +68,9 @@ export function runWithFakeNvml<T = unknown>(scenario: string, args: string[], o
     child.on('close', (code) => {
       clearTimeout(timer)
       const last = stdout.trim().split('\n').pop() ?? ''
+      if (options.json === false) return resolve({ code, out: null as T, stdout, stderr })
       try {
-        resolve({ code, out: JSON.parse(last) as T, stdout, stderr })
+        resolve({ code, out: JSON.parse(last.startsWith('}') ? stdout : last) as T, stdout, stderr })
       } catch {
         reject(new Error(`the child printed no JSON (exit ${code}):\n${stdout}\n${stderr}`))
       }

@@ -150,3 +150,29 @@ gpu 1 uuid=GPU-b total=10000 used=2000 util=20
     expect(out.inventory.nvml).toEqual({ available: false, reason: 'DRIVER_NOT_LOADED' })
   })
 })
+
+describeFakeNvml('gpu-sidecar doctor on the fake driver', () => {
+  const bin = join(__dirname, '..', 'src', 'cli', 'main.js')
+  const scenario = `driver 550.54.15\ngpu 0 uuid=GPU-11111111-aaaa name="${A100}" total=81920 used=4096 util=30 temp=41\ngpu 1 uuid=GPU-22222222-bbbb name="${A100}" total=81920 used=0 util=0 compute=2\n`
+
+  test('prints each GPU with its name, UUID, memory and modes, and the driver versions', async () => {
+    const run = await runWithFakeNvml<unknown>(scenario, [bin, 'doctor', '--json'])
+    const report = run.out as { healthy: boolean; checks: Array<{ check: string; status: string; detail: string }> }
+    const check = (name: string) => report.checks.find((c) => c.check === name)
+    expect(check('nvml')).toMatchObject({ status: 'ok', detail: 'available' })
+    expect(check('versions')?.detail).toBe('driver 550.54.15, NVML 12.550.54.15, CUDA driver 12.4')
+    expect(check('gpu:0')).toMatchObject({ status: 'ok', detail: expect.stringContaining(`${A100} GPU-11111111-aaaa`) })
+    expect(check('gpu:0')?.detail).toContain('30 % busy, 41 °C, persistence on, compute DEFAULT')
+    // Compute mode PROHIBITED: no CUDA context can be made, so the check fails with a hint.
+    expect(check('gpu:1')).toMatchObject({ status: 'fail', detail: expect.stringContaining('GPU-22222222-bbbb') })
+    expect(report.healthy).toBe(false)
+    expect(run.code).toBe(1)
+  })
+
+  test('the text report lists the GPUs too', async () => {
+    const run = await runWithFakeNvml<null>(scenario.replace(' compute=2', ''), [bin, 'doctor'], { json: false })
+    expect(run.code).toBe(0)
+    expect(run.stdout).toMatch(/gpu:0.*NVIDIA A100-SXM4-80GB GPU-11111111-aaaa/)
+    expect(run.stdout).toMatch(/gpu:1.*GPU-22222222-bbbb/)
+  })
+})
