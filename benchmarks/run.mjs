@@ -4,9 +4,11 @@ import { benchTelemetry } from './telemetry.mjs'
 import { benchServices } from './services.mjs'
 import { benchFlood } from './flood.mjs'
 import { benchVram } from './vram.mjs'
+import { benchNvml } from './nvml.mjs'
 
 await benchArbiter()
 await benchTelemetry()
 await benchServices()
 await benchFlood()
 await benchVram()
+await benchNvml()

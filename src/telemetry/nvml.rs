@@ -6,9 +6,9 @@ use std::sync::OnceLock;
 
 use nvml_wrapper::enum_wrappers::device::TemperatureSensor;
 use nvml_wrapper::enums::device::UsedGpuMemory;
-use nvml_wrapper::error::NvmlError;
-use nvml_wrapper::struct_wrappers::device::ProcessInfo;
-use nvml_wrapper::Nvml;
+use nvml_wrapper::error::{nvml_sym, nvml_try, NvmlError};
+use nvml_wrapper::struct_wrappers::device::{MemoryInfo, ProcessInfo};
+use nvml_wrapper::{Device, Nvml};
 
 use super::host::ProcessRegistry;
 use super::sample::{mb, GpuProcess, GpuSample, NvmlStatus, NvmlUnavailable, XidEvent};
@@ -118,7 +118,7 @@ fn read_gpu(nvml: &Nvml, index: u32, registry: &ProcessRegistry, with_processes:
     let mut lost = false;
     gpu.uuid = take(device.uuid(), &mut lost);
     gpu.name = take(device.name(), &mut lost);
-    if let Some(memory) = take(device.memory_info(), &mut lost) {
+    if let Some(memory) = take(or_older_driver(device.memory_info(), || memory_info_v1(nvml, &device)), &mut lost) {
         gpu.total_mb = Some(mb(memory.total));
         gpu.used_mb = Some(mb(memory.used));
         gpu.free_mb = Some(mb(memory.free));
@@ -130,12 +130,60 @@ fn read_gpu(nvml: &Nvml, index: u32, registry: &ProcessRegistry, with_processes:
     gpu.temperature_c = take(device.temperature(TemperatureSensor::Gpu), &mut lost).map(f64::from);
     gpu.power_w = take(device.power_usage(), &mut lost).map(|milliwatts| f64::from(milliwatts) / 1_000.0);
     if with_processes {
-        let compute = take(device.running_compute_processes(), &mut lost).unwrap_or_default();
-        let graphics = take(device.running_graphics_processes(), &mut lost).unwrap_or_default();
+        let compute = process_list(|| {
+            or_older_driver(device.running_compute_processes(), || device.running_compute_processes_v2())
+        });
+        let graphics = process_list(|| {
+            or_older_driver(device.running_graphics_processes(), || device.running_graphics_processes_v2())
+        });
+        let compute = take(compute, &mut lost).unwrap_or_default();
+        let graphics = take(graphics, &mut lost).unwrap_or_default();
         gpu.processes = merge_processes(compute.into_iter().chain(graphics), registry);
     }
     gpu.lost = lost;
     gpu
+}
+
+/// `current`, or on a driver that lacks its entry point (NVML versions its calls: R470 has no
+/// `nvmlDeviceGetMemoryInfo_v2` nor `*RunningProcesses_v3`) what the older entry point says.
+fn or_older_driver<T>(
+    current: Result<T, NvmlError>,
+    older: impl FnOnce() -> Result<T, NvmlError>,
+) -> Result<T, NvmlError> {
+    match current {
+        Err(NvmlError::FailedToLoadSymbol(_)) => older(),
+        other => other,
+    }
+}
+
+/// Memory through `nvmlDeviceGetMemoryInfo`, the call drivers before R510 have (nvml-wrapper
+/// only makes the `_v2` one). `reserved` is unknown there (0).
+fn memory_info_v1(nvml: &Nvml, device: &Device) -> Result<MemoryInfo, NvmlError> {
+    let sym = nvml_sym(nvml.lib().nvmlDeviceGetMemoryInfo.as_ref())?;
+    // SAFETY: the signature is nvml.h's; `memory` is a valid, writable nvmlMemory_t and `device`
+    // a live handle from this NVML session.
+    let memory = unsafe {
+        let mut memory: nvml_wrapper_sys::bindings::nvmlMemory_t = std::mem::zeroed();
+        nvml_try(sym(device.handle(), &mut memory))?;
+        memory
+    };
+    Ok(MemoryInfo { free: memory.free, reserved: 0, total: memory.total, used: memory.used, version: 1 })
+}
+
+/// How many times a process list is read when processes keep appearing between NVML's count call
+/// and its fetch (nvml-wrapper leaves 5 spare entries; more new ones fail INSUFFICIENT_SIZE).
+const PROCESS_LIST_TRIES: usize = 3;
+
+/// A process list, read again when it outgrew its buffer: a list that failed is not "no processes".
+fn process_list(mut read: impl FnMut() -> Result<Vec<ProcessInfo>, NvmlError>) -> Result<Vec<ProcessInfo>, NvmlError> {
+    let mut result = read();
+    for _ in 1..PROCESS_LIST_TRIES {
+        if !matches!(result, Err(NvmlError::InsufficientSize(_))) {
+            break;
+        }
+        result = read();
+    }
+    result
 }
 
 /// The figure, or `None` when the GPU cannot give it; notes a lost GPU.
@@ -271,6 +319,48 @@ mod tests {
         assert_eq!(take::<u32>(Err(NvmlError::GpuLost), &mut lost), None);
         assert_eq!(take(Ok(4), &mut lost), Some(4));
         assert!(lost);
+    }
+
+    #[test]
+    fn a_process_list_that_outgrew_its_buffer_is_read_again_a_few_times() {
+        let one = vec![ProcessInfo {
+            pid: 7,
+            used_gpu_memory: UsedGpuMemory::Used(1),
+            gpu_instance_id: None,
+            compute_instance_id: None,
+        }];
+        let mut calls = 0;
+        let grew_once = process_list(|| {
+            calls += 1;
+            if calls == 1 {
+                Err(NvmlError::InsufficientSize(Some(12)))
+            } else {
+                Ok(one.clone())
+            }
+        });
+        assert_eq!((grew_once.unwrap(), calls), (one.clone(), 2));
+        let mut calls = 0;
+        let always = process_list(|| {
+            calls += 1;
+            Err(NvmlError::InsufficientSize(None))
+        });
+        assert!(matches!(always, Err(NvmlError::InsufficientSize(None))));
+        assert_eq!(calls, PROCESS_LIST_TRIES);
+        let mut calls = 0;
+        let unsupported = process_list(|| {
+            calls += 1;
+            Err(NvmlError::NotSupported)
+        });
+        assert!(matches!(unsupported, Err(NvmlError::NotSupported)));
+        assert_eq!(calls, 1, "only a list that outgrew its buffer is read again");
+    }
+
+    #[test]
+    fn an_entry_point_the_driver_lacks_falls_back_to_the_older_one() {
+        let older = || Ok(2);
+        assert_eq!(or_older_driver(Err(NvmlError::FailedToLoadSymbol("x_v3".into())), older).unwrap(), 2);
+        assert_eq!(or_older_driver(Ok(1), older).unwrap(), 1);
+        assert!(matches!(or_older_driver(Err(NvmlError::GpuLost), older), Err(NvmlError::GpuLost)));
     }
 
     #[test]
