@@ -39,7 +39,7 @@ use crate::telemetry::{LatestSample, ProcessRegistry};
 /// next line of that service is delivered; lifecycle events are never dropped. The `logFile`
 /// gets every line regardless: it is written before this queue.
 const MAX_QUEUED_LOG_LINES: usize = 10_000;
-const MAX_QUEUED_LOG_BYTES: usize = 8 << 20;
+const MAX_QUEUED_LOG_BYTES: usize = 4 << 20;
 
 /// One turn of the event loop delivers at most this many events, or for at most this long,
 /// then yields (`setImmediate`) so timers and I/O run between slices of a log flood.

@@ -28,6 +28,8 @@ use super::log_file::RotatingLog;
 
 /// How many output lines `status().lastLines` and a failure report carry.
 const TAIL_LINES: usize = 50;
+/// Bytes of each tail line kept (the rest of a longer one is dropped from the tail only).
+const TAIL_LINE_BYTES: usize = 8 * 1024;
 
 /// Where a process's output lines go: events, the log file, the tail kept for status and
 /// failure reports, the `logLine` patterns, and the count of lines (progress, for the stall timer).
@@ -110,7 +112,9 @@ impl OutputSink {
             if tail.len() == TAIL_LINES {
                 tail.pop_front();
             }
-            tail.push_back(line.clone());
+            // A tail line is for error messages and the OOM check, which read a line's start: a
+            // long one (a 64 KiB piece of an endless line) is kept short, so 50 of them stay small.
+            tail.push_back(line[..char_boundary_at(&line, TAIL_LINE_BYTES)].to_string());
         }
         let _ = self.events.send(ServiceEvent::now(&self.service, ServiceEventKind::Log { stream, line }));
     }
@@ -439,6 +443,14 @@ impl LineSplitter {
     }
 }
 
+/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
+fn char_boundary_at(text: &str, max: usize) -> usize {
+    if text.len() <= max {
+        return text.len();
+    }
+    (0..=max).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0)
+}
+
 /// Where a UTF-8 character cut short at the end of `bytes` starts (`bytes.len()` when none is).
 fn char_boundary(bytes: &[u8]) -> usize {
     let len = bytes.len();
@@ -525,5 +537,14 @@ mod line_tests {
         }
         // The last piece waits for more of its line.
         assert_eq!(count, 20 * 16 - 1);
+    }
+
+    #[test]
+    fn tail_lines_keep_a_bounded_start_cut_at_a_character_boundary() {
+        assert_eq!(char_boundary_at("short", TAIL_LINE_BYTES), 5);
+        let long = format!("{}\u{e9}rest", "x".repeat(TAIL_LINE_BYTES - 1));
+        // "\u{e9}" straddles the cap: the cut moves before it.
+        assert_eq!(char_boundary_at(&long, TAIL_LINE_BYTES), TAIL_LINE_BYTES - 1);
+        assert_eq!(char_boundary_at(&"y".repeat(MAX_LINE_BYTES), TAIL_LINE_BYTES), TAIL_LINE_BYTES);
     }
 }
