@@ -90,7 +90,7 @@ async function diagnose(values) {
   checks.push({ check: 'swap', status: h.swapUsedMb > 512 ? 'warn' : 'ok', detail: `${formatMb(h.swapUsedMb)} used of ${formatMb(h.swapTotalMb)}`, ...(h.swapUsedMb > 512 ? { hint: 'the host is swapping: fewer or smaller workers (see recommendConcurrency)' } : {}) })
   checks.push({ check: 'zombies', status: h.zombieChildren > 0 ? 'warn' : 'ok', detail: `${h.zombieChildren} zombie children of this process` })
 
-  /** @type {{ gpus: GpuFit[], host: HostFit } | null} */
+  /** @type {{ gpus: GpuFit[], host: HostFit | null } | null} */
   let plan = null
   if (values.config) plan = await checkConfig(values.config, sample, checks)
   return {
@@ -142,7 +142,7 @@ function lastRecordedSample(path) {
 
 /**
  * @param {string} path @param {TelemetrySample} sample @param {Check[]} checks
- * @returns {Promise<GpuFit[] | null>}
+ * @returns {Promise<{ gpus: GpuFit[], host: HostFit | null } | null>}
  */
 async function checkConfig(path, sample, checks) {
   let config
@@ -155,7 +155,7 @@ async function checkConfig(path, sample, checks) {
   }
   checks.push({ check: 'config', status: config.warnings.length ? 'warn' : 'ok', detail: config.warnings.length ? config.warnings.join('; ') : `${path} is valid` })
   const services = config.services
-  if (!services) return []
+  if (!services) return { gpus: [], host: null }
   const configDir = dirname(resolve(path))
   for (const s of services.services ?? []) {
     const found = findCommand(s.command, s.cwd ? resolve(configDir, s.cwd) : process.cwd(), s.env?.PATH ?? process.env.PATH ?? '')
