@@ -202,6 +202,23 @@ export type ServiceEvent = ServiceEventBase & (
   | { type: 'blocked'; dependency: string }
   /** Waiting until `gpuKey` has `neededMb` (need plus headroom) free. */
   | { type: 'vram-wait'; gpuKey: string; neededMb: number; freeMb: number }
+  /**
+   * The start waits for host memory (the status shows `waiting: 'waiting-host-memory'`); sent
+   * again when the reason changes between low memory and swapping.
+   */
+  | {
+      type: 'host-memory-wait'
+      /** `hostMemMb`, else the learned peak RSS; `null` with neither (only the swap stop applies). */
+      neededMb: number | null
+      availableMb: number
+      headroomMb: number
+      /** What the loads on their way are still expected to take. */
+      inFlightMb: number
+      /** `availableMb - headroomMb - inFlightMb`, never negative. */
+      budgetMb: number
+      /** The attached Telemetry's SWAP_ACTIVE alert is raised: no start begins. */
+      swapActive: boolean
+    }
   /** A `gpu.key: 'auto'` service was placed on `gpuKey`, which had `freeMb` free less the loads on their way there (`null`: no GPU had a free-memory reading; the first was taken). */
   | { type: 'placed'; gpuKey: string; freeMb: number | null }
   /** Started without the VRAM gate (no telemetry with NVML figures, or no estimate). */
@@ -359,6 +376,15 @@ export declare class ServiceSupervisor {
   status(name: string): ServiceStatus
   /** Every service's status, in config order. */
   statuses(): Array<ServiceStatus>
+  /**
+   * What the host can take on now, for the orchestrator's own worker pools: the attached
+   * Telemetry's available memory less `hostMemHeadroomMb` and less what the services loading
+   * are still expected to take; with `perWorkerMb`, how many more workers of that size fit
+   * (0 while SWAP_ACTIVE is raised). Read live at each call. `null` without an attached
+   * Telemetry with a sample. Throws `INVALID_ARGUMENT` for a `perWorkerMb` that is not a
+   * number above 0.
+   */
+  hostBudget(perWorkerMb?: number): HostBudget | null
   /** Calls `listener(event)` for every service event; returns a function that unsubscribes. */
   onEvent(listener: (event: ServiceEvent) => void): () => void
   /**
@@ -703,6 +729,29 @@ export interface GpuWaiterInfo {
   trace: GpuLeaseTrace
 }
 
+/** What the host can take on now (`ServiceSupervisor#hostBudget`). */
+export interface HostBudget {
+  /** The attached Telemetry's latest `host.availableMb`. */
+  availableMb: number
+  /** `hostMemHeadroomMb`. */
+  headroomMb: number
+  /** What the services loading are still expected to take, not in the reading yet. */
+  inFlightMb: number
+  /** `availableMb - headroomMb - inFlightMb`, never negative. */
+  budgetMb: number
+  /** The Telemetry's SWAP_ACTIVE alert is raised: no service start begins, and `workers` is 0. */
+  swapActive: boolean
+  /** When the reading was taken (epoch ms). */
+  sampledAt: number
+  /** The size asked about, or `null`. */
+  perWorkerMb: number | null
+  /**
+   * How many more workers of `perWorkerMb` fit now: `floor(budgetMb / perWorkerMb)`, 0 while
+   * swapping; `null` without `perWorkerMb`.
+   */
+  workers: number | null
+}
+
 export interface LatencyPercentiles {
   p50: number
   p95: number
@@ -752,7 +801,7 @@ export interface RecommendConcurrencyOptions {
 
 /** A core error as data: a stable `code` and a message saying what was wrong and where. */
 export interface ServiceError {
-  code: 'PORT_IN_USE' | 'READINESS_TIMEOUT' | 'READINESS_STALLED' | 'VRAM_TIMEOUT' | 'SPAWN_FAILED' | 'SERVICE_EXITED' | 'LIVENESS_FAILED' | 'SERVICE_HUNG' | 'VRAM_OOM' | 'GPU_LEASE_NOT_GRANTED' | 'NO_GPU' | 'UNKNOWN_SERVICE' | 'CLOSED' | 'INTERNAL' | (string & {})
+  code: 'PORT_IN_USE' | 'READINESS_TIMEOUT' | 'READINESS_STALLED' | 'VRAM_TIMEOUT' | 'SPAWN_FAILED' | 'SERVICE_EXITED' | 'LIVENESS_FAILED' | 'SERVICE_HUNG' | 'VRAM_OOM' | 'GPU_LEASE_NOT_GRANTED' | 'NO_GPU' | 'HOST_MEMORY_LOW' | 'UNKNOWN_SERVICE' | 'CLOSED' | 'INTERNAL' | (string & {})
   message: string
 }
 
@@ -774,6 +823,11 @@ export interface ServiceLearned {
    * before it was kept.
    */
   peakVramMethod: 'process' | 'gpu-delta' | null
+  /**
+   * The highest resident memory (MB) of its whole process tree (the service and everything it
+   * forked) on its last run; the host-memory gate's need without `hostMemMb`.
+   */
+  peakRssMb: number | null
 }
 
 /** A lease of one of the service's `gpu.taskTypes`. */
@@ -824,6 +878,11 @@ export interface ServiceStatus {
   /** Leases of its `gpu.taskTypes` in the attached arbiter. */
   leases: ServiceLeases
   learned: ServiceLearned
+  /**
+   * Why its start waits, while it waits: `'waiting-host-memory'` (too little host memory
+   * available for it, or the host swapping).
+   */
+  waiting: 'waiting-host-memory' | null
 }
 
 /**

@@ -111,7 +111,7 @@ async function risingTelemetry(dir, stepMs) {
         at: t0 + i * stepMs,
         nvml: { available: true },
         gpus: [{ index: 0, key: 'gpu:0', uuid: null, name: 'replayed', totalMb: 81559, usedMb: 81559 - freeMb, freeMb, utilizationGpu: 0, utilizationMemory: 0, temperatureC: null, powerW: null, processes: [], lost: false }],
-        host: { totalMb: 1, availableMb: 1, swapTotalMb: 0, swapUsedMb: 0, cpuPercent: 0, processes: [], zombieChildren: 0 },
+        host: { totalMb: 24000, availableMb: 20000, swapTotalMb: 0, swapUsedMb: 0, cpuPercent: 0, processes: [], zombieChildren: 0 },
       }),
     )
   }

@@ -41,6 +41,9 @@ pub enum ErrorCode {
     /// A GPU service with `gpu.key: 'auto'` had no GPU to be placed on: no telemetry is
     /// attached, or its samples list no GPU.
     NoGpu,
+    /// A service's start found too little host memory available (or the host swapping) for
+    /// `hostMemTimeoutMs`.
+    HostMemoryLow,
 }
 
 impl ErrorCode {
@@ -64,6 +67,7 @@ impl ErrorCode {
             ErrorCode::ServiceHung => "SERVICE_HUNG",
             ErrorCode::VramOom => "VRAM_OOM",
             ErrorCode::NoGpu => "NO_GPU",
+            ErrorCode::HostMemoryLow => "HOST_MEMORY_LOW",
         }
     }
 }

@@ -64,7 +64,7 @@ async function learnFrom(baselineMb: number, whileLoading: (pid: number) => Tele
 
 test("without process lists, the peak is the rise in the GPU's used memory over the service's lone load", async () => {
   const { supervisor, stateFile } = await learnFrom(20000, () => sample(23500))
-  expect(supervisor.status('asr').learned).toEqual({ timeToReadyMs: expect.any(Number), peakVramMb: 3500, peakVramMethod: 'gpu-delta' })
+  expect(supervisor.status('asr').learned).toEqual({ timeToReadyMs: expect.any(Number), peakVramMb: 3500, peakVramMethod: 'gpu-delta', peakRssMb: expect.any(Number) })
   // Kept in the state file for the next start's VRAM gate.
   const again = new ServiceSupervisor({ stateFile, services: [{ name: 'asr', command: 'python3', readiness: { none: {} }, gpu: { key: 'gpu:0' } }] })
   open.push(again)

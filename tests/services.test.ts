@@ -473,14 +473,15 @@ describe('VRAM gate', () => {
     expect(of(run1.events, 'learner', 'vram-gate-off')[0].reason).toContain('no vramMb')
     await run1.supervisor.close()
     const saved = JSON.parse(readFileSync(stateFile, 'utf8'))
-    expect(saved.services.learner).toEqual({ timeToReadyMs: expect.any(Number), peakVramMb: 3000, peakVramMethod: 'process' })
+    // peakRssMb: the host memory its process tree took (the host-memory gate's need).
+    expect(saved.services.learner).toEqual({ timeToReadyMs: expect.any(Number), peakVramMb: 3000, peakVramMethod: 'process', peakRssMb: expect.any(Number) })
 
     // Run 2: a new supervisor reads it back: the gate waits for 3000 + 512 MB.
     const second = await replayed([sampleLine(t0, 1000), sampleLine(t0 + 400, 20000)])
     telemetries.push(second)
     const run2 = supervise({ stateFile, services: [py('learner', 'log', [], { gpu: { key: 'gpu:0' }, probeIntervalMs: 20 })] })
     run2.supervisor.attachTelemetry(second)
-    expect(run2.supervisor.status('learner').learned).toEqual({ timeToReadyMs: saved.services.learner.timeToReadyMs, peakVramMb: 3000, peakVramMethod: 'process' })
+    expect(run2.supervisor.status('learner').learned).toEqual({ timeToReadyMs: saved.services.learner.timeToReadyMs, peakVramMb: 3000, peakVramMethod: 'process', peakRssMb: saved.services.learner.peakRssMb })
     expect(await run2.supervisor.startAll()).toEqual([expect.objectContaining({ status: 'ready' })])
     expect(of(run2.events, 'learner', 'starting')[0].expectedReadyMs).toBe(saved.services.learner.timeToReadyMs)
     expect(of(run2.events, 'learner', 'vram-wait')).toEqual([expect.objectContaining({ neededMb: 3512, freeMb: 1000 })])

@@ -202,6 +202,23 @@ export type ServiceEvent = ServiceEventBase & (
   | { type: 'blocked'; dependency: string }
   /** Waiting until `gpuKey` has `neededMb` (need plus headroom) free. */
   | { type: 'vram-wait'; gpuKey: string; neededMb: number; freeMb: number }
+  /**
+   * The start waits for host memory (the status shows `waiting: 'waiting-host-memory'`); sent
+   * again when the reason changes between low memory and swapping.
+   */
+  | {
+      type: 'host-memory-wait'
+      /** `hostMemMb`, else the learned peak RSS; `null` with neither (only the swap stop applies). */
+      neededMb: number | null
+      availableMb: number
+      headroomMb: number
+      /** What the loads on their way are still expected to take. */
+      inFlightMb: number
+      /** `availableMb - headroomMb - inFlightMb`, never negative. */
+      budgetMb: number
+      /** The attached Telemetry's SWAP_ACTIVE alert is raised: no start begins. */
+      swapActive: boolean
+    }
   /** A `gpu.key: 'auto'` service was placed on `gpuKey`, which had `freeMb` free less the loads on their way there (`null`: no GPU had a free-memory reading; the first was taken). */
   | { type: 'placed'; gpuKey: string; freeMb: number | null }
   /** Started without the VRAM gate (no telemetry with NVML figures, or no estimate). */

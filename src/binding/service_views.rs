@@ -7,13 +7,15 @@ use napi::bindgen_prelude::{Either, Null};
 use napi_derive::napi;
 
 use crate::error::SidecarError;
-use crate::services::{AttributedLease, LearnedProfile, PeakVramMethod, ServiceLeases, ServiceState, ServiceStatus};
+use crate::services::{
+    AttributedLease, HostBudget, LearnedProfile, PeakVramMethod, ServiceLeases, ServiceState, ServiceStatus, WaitReason,
+};
 
 /// A core error as data: a stable `code` and a message saying what was wrong and where.
 #[napi(object, js_name = "ServiceError")]
 pub struct ServiceErrorView {
     #[napi(
-        ts_type = "'PORT_IN_USE' | 'READINESS_TIMEOUT' | 'READINESS_STALLED' | 'VRAM_TIMEOUT' | 'SPAWN_FAILED' | 'SERVICE_EXITED' | 'LIVENESS_FAILED' | 'SERVICE_HUNG' | 'VRAM_OOM' | 'GPU_LEASE_NOT_GRANTED' | 'NO_GPU' | 'UNKNOWN_SERVICE' | 'CLOSED' | 'INTERNAL' | (string & {})"
+        ts_type = "'PORT_IN_USE' | 'READINESS_TIMEOUT' | 'READINESS_STALLED' | 'VRAM_TIMEOUT' | 'SPAWN_FAILED' | 'SERVICE_EXITED' | 'LIVENESS_FAILED' | 'SERVICE_HUNG' | 'VRAM_OOM' | 'GPU_LEASE_NOT_GRANTED' | 'NO_GPU' | 'HOST_MEMORY_LOW' | 'UNKNOWN_SERVICE' | 'CLOSED' | 'INTERNAL' | (string & {})"
     )]
     pub code: String,
     pub message: String,
@@ -56,6 +58,9 @@ pub struct LearnedView {
     /// before it was kept.
     #[napi(ts_type = "'process' | 'gpu-delta' | null")]
     pub peak_vram_method: Either<String, Null>,
+    /// The highest resident memory (MB) of its whole process tree (the service and everything it
+    /// forked) on its last run; the host-memory gate's need without `hostMemMb`.
+    pub peak_rss_mb: Either<f64, Null>,
 }
 
 /// A snapshot of one service.
@@ -90,6 +95,51 @@ pub struct ServiceStatusView {
     /// Leases of its `gpu.taskTypes` in the attached arbiter.
     pub leases: ServiceLeasesView,
     pub learned: LearnedView,
+    /// Why its start waits, while it waits: `'waiting-host-memory'` (too little host memory
+    /// available for it, or the host swapping).
+    #[napi(ts_type = "'waiting-host-memory' | null")]
+    pub waiting: Either<String, Null>,
+}
+
+/// What the host can take on now (`ServiceSupervisor#hostBudget`).
+#[napi(object, js_name = "HostBudget")]
+pub struct HostBudgetView {
+    /// The attached Telemetry's latest `host.availableMb`.
+    pub available_mb: f64,
+    /// `hostMemHeadroomMb`.
+    pub headroom_mb: f64,
+    /// What the services loading are still expected to take, not in the reading yet.
+    pub in_flight_mb: f64,
+    /// `availableMb - headroomMb - inFlightMb`, never negative.
+    pub budget_mb: f64,
+    /// The Telemetry's SWAP_ACTIVE alert is raised: no service start begins, and `workers` is 0.
+    pub swap_active: bool,
+    /// When the reading was taken (epoch ms).
+    pub sampled_at: f64,
+    /// The size asked about, or `null`.
+    pub per_worker_mb: Either<f64, Null>,
+    /// How many more workers of `perWorkerMb` fit now: `floor(budgetMb / perWorkerMb)`, 0 while
+    /// swapping; `null` without `perWorkerMb`.
+    pub workers: Either<f64, Null>,
+}
+
+pub fn host_budget_view(budget: &HostBudget, per_worker_mb: Option<f64>, workers: Option<u64>) -> HostBudgetView {
+    HostBudgetView {
+        available_mb: budget.available_mb as f64,
+        headroom_mb: budget.headroom_mb as f64,
+        in_flight_mb: budget.in_flight_mb as f64,
+        budget_mb: budget.budget_mb as f64,
+        swap_active: budget.swap_active,
+        sampled_at: budget.sampled_at_ms as f64,
+        per_worker_mb: or_null(per_worker_mb),
+        workers: or_null(workers.map(|w| w as f64)),
+    }
+}
+
+fn wait_reason_name(reason: WaitReason) -> &'static str {
+    match reason {
+        WaitReason::HostMemory => "waiting-host-memory",
+    }
 }
 
 fn or_null<T>(value: Option<T>) -> Either<T, Null> {
@@ -121,6 +171,7 @@ pub fn learned_view(learned: &LearnedProfile) -> LearnedView {
         time_to_ready_ms: or_null(learned.time_to_ready_ms.map(|ms| ms as f64)),
         peak_vram_mb: or_null(learned.peak_vram_mb.map(|mb| mb as f64)),
         peak_vram_method: or_null(learned.peak_vram_method.map(|m| peak_vram_method_name(m).to_string())),
+        peak_rss_mb: or_null(learned.peak_rss_mb.map(|mb| mb as f64)),
     }
 }
 
@@ -166,5 +217,6 @@ pub fn status_view(status: &ServiceStatus) -> ServiceStatusView {
         gpu_key: or_null(status.gpu_key.clone()),
         leases: leases_view(&status.leases),
         learned: learned_view(&status.learned),
+        waiting: or_null(status.waiting.map(|w| wait_reason_name(w).to_string())),
     }
 }

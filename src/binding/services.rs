@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::arbiter::native_leases::{self, NativeReply};
 use super::arbiter::{GpuArbiter, State as ArbiterState};
 use super::js::{self, JsRef, Listeners, WakeFn};
-use super::service_views::{status_view, ServiceStatusView};
+use super::service_views::{host_budget_view, status_view, HostBudgetView, ServiceStatusView};
 use super::telemetry::Telemetry;
 use super::{args, Code, IntoJsResult};
 use crate::arbiter::{AcquireRequest, BusyPolicy, LeaseId, Trace};
@@ -32,6 +32,7 @@ use crate::services::{
     ExitInfo, LeaseChange, LeaseFuture, LeaseGuard, OutputStream, ServiceEvent, ServiceEventKind, ServiceOutcome,
     ServicesConfig, StartOutcome, StartupLease, Supervisor, SupervisorHooks, TaskRoutes, VramReading, VramSource,
 };
+use crate::services::{HostMemReading, HostMemorySource};
 use crate::telemetry::{LatestSample, ProcessRegistry};
 
 /// Log lines queued for JS at most, by count and by bytes. While the listener is that far
@@ -278,6 +279,22 @@ impl VramSource for TelemetryLink {
     }
 }
 
+/// The host-memory gate's readings: the attached Telemetry's latest host figures (NVML or not)
+/// and whether its SWAP_ACTIVE alert is raised.
+impl HostMemorySource for TelemetryLink {
+    fn host_memory(&self) -> Option<HostMemReading> {
+        let attached = self.attached.lock().unwrap_or_else(|e| e.into_inner());
+        let a = attached.as_ref()?;
+        let sample = a.latest.get()?;
+        Some(HostMemReading {
+            available_mb: sample.host.available_mb,
+            total_mb: sample.host.total_mb,
+            swap_active: a.latest.swap_active(),
+            sampled_at_ms: sample.at as u64,
+        })
+    }
+}
+
 /// The task type a startup lease is requested under (its policy, if the arbiter config has one).
 const STARTUP_TASK_TYPE: &str = "SERVICE_STARTUP";
 
@@ -476,6 +493,7 @@ impl ServiceSupervisor {
             vram: Some(link.clone() as Arc<dyn VramSource>),
             startup_lease: Some(Arc::new(ArbiterLease(leases.clone())) as Arc<dyn StartupLease>),
             task_routes: Some(Arc::new(ArbiterLease(leases.clone())) as Arc<dyn TaskRoutes>),
+            host_memory: Some(link.clone() as Arc<dyn HostMemorySource>),
         };
         let (core, events) = Supervisor::new(config, hooks);
         let inbox = Arc::new(Inbox::default());
@@ -594,6 +612,28 @@ impl ServiceSupervisor {
     #[napi(catch_unwind)]
     pub fn statuses(&self) -> Vec<ServiceStatusView> {
         self.core.statuses().iter().map(status_view).collect()
+    }
+
+    /// What the host can take on now, for the orchestrator's own worker pools: the attached
+    /// Telemetry's available memory less `hostMemHeadroomMb` and less what the services loading
+    /// are still expected to take; with `perWorkerMb`, how many more workers of that size fit
+    /// (0 while SWAP_ACTIVE is raised). Read live at each call. `null` without an attached
+    /// Telemetry with a sample. Throws `INVALID_ARGUMENT` for a `perWorkerMb` that is not a
+    /// number above 0.
+    #[napi(catch_unwind, ts_args_type = "perWorkerMb?: number")]
+    pub fn host_budget(&self, env: &Env, per_worker_mb: Option<Unknown>) -> Result<Option<HostBudgetView>, Code> {
+        let per_worker_mb = match args::optional_json(env, per_worker_mb, "perWorkerMb", ErrorCode::InvalidArgument)? {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) => n.as_f64(),
+            Some(other) => {
+                return Err(
+                    SidecarError::invalid_argument(format!("perWorkerMb: expected a number, got {other}")).into()
+                )
+            }
+        };
+        let Some(budget) = self.core.host_budget() else { return Ok(None) };
+        let workers = per_worker_mb.map(|mb| budget.workers_checked(mb)).transpose()?;
+        Ok(Some(host_budget_view(&budget, per_worker_mb, workers)))
     }
 
     /// Calls `listener(event)` for every service event; returns a function that unsubscribes.
@@ -1156,6 +1196,20 @@ fn event_to_json(event: &ServiceEvent) -> Value {
             ("oom-retry", json!({ "gpuKey": gpu_key, "evicted": evicted }))
         }
         ServiceEventKind::IdleStopped { idle_ms } => ("idle-stopped", json!({ "idleMs": idle_ms })),
+        ServiceEventKind::HostMemoryWait {
+            needed_mb,
+            available_mb,
+            headroom_mb,
+            in_flight_mb,
+            budget_mb,
+            swap_active,
+        } => (
+            "host-memory-wait",
+            json!({
+                "neededMb": needed_mb, "availableMb": available_mb, "headroomMb": headroom_mb,
+                "inFlightMb": in_flight_mb, "budgetMb": budget_mb, "swapActive": swap_active
+            }),
+        ),
     };
     let mut object = json!({ "type": kind, "service": event.service, "at": event.timestamp_ms });
     if let (Value::Object(object), Value::Object(fields)) = (&mut object, fields) {

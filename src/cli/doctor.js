@@ -6,12 +6,13 @@ const { existsSync, readFileSync, accessSync, constants, statSync } = require('n
 const { createServer } = require('node:net')
 const { delimiter, dirname, isAbsolute, join, resolve } = require('node:path')
 const sidecar = require('../../gpu-sidecar.js')
-const { fitPlan } = require('./fit-plan.js')
+const { fitPlan, hostFit } = require('./fit-plan.js')
 const { formatMb } = require('../status/render.js')
 
 /** @typedef {import('../../index').TelemetrySample} TelemetrySample */
 /** @typedef {import('../../index').GpuInventory} GpuInventory */
 /** @typedef {import('./fit-plan.js').GpuFit} GpuFit */
+/** @typedef {import('./fit-plan.js').HostFit} HostFit */
 /** @typedef {{ check: string, status: 'ok' | 'warn' | 'fail', detail: string, hint?: string }} Check */
 
 const FIX_HINTS = {
@@ -29,7 +30,8 @@ each GPU (name, UUID, memory, utilization, temperature, persistence, compute and
 model), host memory, swap and zombie children. With --config it also validates the file (errors
 name their JSON path), checks that each service's command exists and its port is free, and prints
 a fit plan per GPU: whether the services' vramMb (or learned peaks from stateFile) fit together,
-only when started in sequence, only with eviction, or not at all.
+only when started in sequence, only with eviction, or not at all; and for the host, whether every
+service's hostMemMb (or learned peak RSS) plus hostMemHeadroomMb fits in the available memory.
 
 Options:
   --config <file>   a node config file (gpuArbiter, services, telemetry sections)
@@ -88,7 +90,7 @@ async function diagnose(values) {
   checks.push({ check: 'swap', status: h.swapUsedMb > 512 ? 'warn' : 'ok', detail: `${formatMb(h.swapUsedMb)} used of ${formatMb(h.swapTotalMb)}`, ...(h.swapUsedMb > 512 ? { hint: 'the host is swapping: fewer or smaller workers (see recommendConcurrency)' } : {}) })
   checks.push({ check: 'zombies', status: h.zombieChildren > 0 ? 'warn' : 'ok', detail: `${h.zombieChildren} zombie children of this process` })
 
-  /** @type {GpuFit[] | null} */
+  /** @type {{ gpus: GpuFit[], host: HostFit | null } | null} */
   let plan = null
   if (values.config) plan = await checkConfig(values.config, sample, checks)
   return {
@@ -97,7 +99,8 @@ async function diagnose(values) {
     inventory,
     host: h,
     gpus,
-    fitPlan: plan,
+    fitPlan: plan?.gpus ?? null,
+    hostFit: plan?.host ?? null,
   }
 }
 
@@ -139,7 +142,7 @@ function lastRecordedSample(path) {
 
 /**
  * @param {string} path @param {TelemetrySample} sample @param {Check[]} checks
- * @returns {Promise<GpuFit[] | null>}
+ * @returns {Promise<{ gpus: GpuFit[], host: HostFit | null } | null>}
  */
 async function checkConfig(path, sample, checks) {
   let config
@@ -152,7 +155,7 @@ async function checkConfig(path, sample, checks) {
   }
   checks.push({ check: 'config', status: config.warnings.length ? 'warn' : 'ok', detail: config.warnings.length ? config.warnings.join('; ') : `${path} is valid` })
   const services = config.services
-  if (!services) return []
+  if (!services) return { gpus: [], host: null }
   const configDir = dirname(resolve(path))
   for (const s of services.services ?? []) {
     const found = findCommand(s.command, s.cwd ? resolve(configDir, s.cwd) : process.cwd(), s.env?.PATH ?? process.env.PATH ?? '')
@@ -162,16 +165,21 @@ async function checkConfig(path, sample, checks) {
       checks.push({ check: `${s.name} port`, status: free ? 'ok' : 'fail', detail: free ? `${s.port} is free` : `${s.port} is taken by another process (PORT_IN_USE at start)` })
     }
   }
-  const plan = fitPlan(services, learnedPeaks(services.stateFile ?? undefined, configDir), sample)
+  const learned = learnedPeaks(services.stateFile ?? undefined, configDir)
+  const plan = fitPlan(services, learned, sample)
   const sequential = (services.maxConcurrentStarts ?? 1) === 1
   for (const fit of plan) {
     const status = fit.verdict === 'together' || (fit.verdict === 'sequence' && sequential) ? 'ok' : fit.verdict === 'sequence' || fit.verdict === 'unknown' ? 'warn' : 'fail'
     checks.push({ check: `fit ${fit.gpuKey}`, status, detail: `${fit.verdict}: ${fit.explanation}` })
   }
-  return plan
+  const host = hostFit(services, learned, sample)
+  if (host.services.length) {
+    checks.push({ check: 'fit host', status: host.verdict === 'together' ? 'ok' : host.verdict === 'no-fit' ? 'fail' : 'warn', detail: `${host.verdict}: ${host.explanation}` })
+  }
+  return { gpus: plan, host }
 }
 
-/** @param {string | undefined} stateFile @param {string} configDir @returns {Record<string, { peakVramMb?: number }>} */
+/** @param {string | undefined} stateFile @param {string} configDir @returns {Record<string, { peakVramMb?: number, peakRssMb?: number }>} */
 function learnedPeaks(stateFile, configDir) {
   if (!stateFile) return {}
   const path = isAbsolute(stateFile) ? stateFile : resolve(process.cwd(), stateFile)
@@ -227,6 +235,12 @@ function formatReport(report) {
       for (const s of fit.services) {
         out += `    ${s.name.padEnd(18)} ${s.needMb === null ? '?' : formatMb(s.needMb)}${s.peakMb !== null && s.peakMb !== s.needMb ? ` (peak ${formatMb(s.peakMb)})` : ''}  from ${s.source}\n`
       }
+    }
+  }
+  if (report.hostFit && report.hostFit.services.length) {
+    out += `${report.fitPlan && report.fitPlan.length ? '' : '\nfit plan\n'}  host: ${report.hostFit.verdict.toUpperCase()}, ${report.hostFit.explanation}\n`
+    for (const s of report.hostFit.services) {
+      out += `    ${s.name.padEnd(18)} ${s.needMb === null ? '?' : formatMb(s.needMb)}  from ${s.source}\n`
     }
   }
   out += `\n${report.healthy ? 'healthy' : 'NOT healthy'}\n`

@@ -1,7 +1,7 @@
 // @ts-check
 // The fit plan `gpu-sidecar doctor --config` prints: per GPU, whether the configured services'
 // memory fits together, only when loaded one at a time, only by evicting what else holds the GPU,
-// or not at all.
+// or not at all; and for the host, whether the services' host memory fits beside each other.
 
 /** @typedef {import('../../index').ServicesConfig} ServicesConfig */
 /** @typedef {import('../../index').TelemetrySample} TelemetrySample */
@@ -13,6 +13,12 @@
  *   gpuKey: string, services: ServiceNeed[], sumMb: number, sumPeakMb: number, headroomMb: number,
  *   totalMb: number | null, freeMb: number | null, ownMb: number, verdict: FitVerdict, explanation: string,
  * }} GpuFit
+ * @typedef {{ name: string, needMb: number | null, source: 'hostMemMb' | 'learned' | 'unknown' }} HostNeed
+ * @typedef {'together' | 'wait' | 'no-fit' | 'unknown'} HostVerdict
+ * @typedef {{
+ *   services: HostNeed[], sumMb: number, headroomMb: number, totalMb: number | null, availableMb: number | null,
+ *   verdict: HostVerdict, explanation: string,
+ * }} HostFit
  */
 
 /**
@@ -79,4 +85,43 @@ function judge(gpuKey, needs, headroomMb, gpu, sample) {
   return { ...base, verdict: 'no-fit', explanation: `${mb(sequentialPeakMb + headroomMb)} needed but ${gpuKey} has ${mb(totalMb)} in total` }
 }
 
-module.exports = { fitPlan }
+/**
+ * Host memory: every service's `hostMemMb`, else its learned peak RSS, all resident at once (a
+ * loaded service keeps its memory), plus `hostMemHeadroomMb`, against the host's available and
+ * total memory.
+ * @param {ServicesConfig} services the validated `services` section
+ * @param {Record<string, { peakRssMb?: number }>} learned per service, from the state file
+ * @param {TelemetrySample | null} sample the host figures to plan against
+ * @returns {HostFit}
+ */
+function hostFit(services, learned, sample) {
+  const headroomMb = services.hostMemHeadroomMb ?? 1024
+  /** @type {HostNeed[]} */
+  const needs = (services.services ?? []).map((s) => {
+    const configured = s.hostMemMb ?? null
+    const peak = learned[s.name]?.peakRssMb ?? null
+    return { name: s.name, needMb: configured ?? peak, source: configured !== null ? 'hostMemMb' : peak !== null ? 'learned' : 'unknown' }
+  })
+  const sumMb = needs.reduce((s, n) => s + (n.needMb ?? 0), 0)
+  const totalMb = sample?.host.totalMb ?? null
+  const availableMb = sample?.host.availableMb ?? null
+  const base = { services: needs, sumMb, headroomMb, totalMb, availableMb }
+  const unknown = needs.filter((n) => n.needMb === null).map((n) => n.name)
+  if (unknown.length) {
+    return { ...base, verdict: 'unknown', explanation: `no hostMemMb and no peak RSS learned for ${unknown.join(', ')}: their starts wait only for swapping to stop` }
+  }
+  if (totalMb === null || availableMb === null) {
+    return { ...base, verdict: 'unknown', explanation: `no host figures: cannot compare ${sumMb} MiB with the host's memory` }
+  }
+  const mb = (/** @type {number} */ v) => `${Math.round(v)} MiB`
+  const needed = sumMb + headroomMb
+  if (needed <= availableMb) {
+    return { ...base, verdict: 'together', explanation: `${mb(sumMb)} + ${mb(headroomMb)} headroom fits in the ${mb(availableMb)} available` }
+  }
+  if (needed <= totalMb) {
+    return { ...base, verdict: 'wait', explanation: `${mb(needed)} needed, ${mb(availableMb)} available of ${mb(totalMb)}: the last starts wait for memory (HOST_MEMORY_LOW after hostMemTimeoutMs) unless other processes give up ${mb(needed - availableMb)}` }
+  }
+  return { ...base, verdict: 'no-fit', explanation: `${mb(needed)} needed but the host has ${mb(totalMb)} in total` }
+}
+
+module.exports = { fitPlan, hostFit }

@@ -256,6 +256,20 @@ export interface ServicesConfig {
  */
 gpuStartupLease?: boolean
 /**
+ * Host memory (MB) kept available on top of a starting service's `hostMemMb` (or its
+ * learned peak RSS) and the loads already on their way.
+ * 
+ * Default: `1024`. At least 0.
+ */
+hostMemHeadroomMb?: number
+/**
+ * How long a start waits for enough host memory (or for swap to stop growing) before it
+ * fails with `HOST_MEMORY_LOW`.
+ * 
+ * Default: `120000`. Range: 0-86400000.
+ */
+hostMemTimeoutMs?: number
+/**
  * How many services may be loading (between spawn and ready) at once.
  * 
  * Default: `1`. Range: 1-64.
@@ -339,6 +353,14 @@ hangAfterRevokes?: number
  * Default: `60000`. Range: 1-86400000.
  */
 hangWindowMs?: number
+/**
+ * Host memory (MB) the service's whole process tree takes at its peak: its start waits
+ * until the host has this much available (plus `hostMemHeadroomMb`, less the loads on their
+ * way). Without it the gate uses the peak RSS learned on earlier runs.
+ * 
+ * At least 0.
+ */
+hostMemMb?: (number | null)
 /**
  * An on-demand service that has held no lease (and had no `ensure`) for this long is
  * stopped, with an `idle-stopped` event. Unset: it stays until evicted or stopped.

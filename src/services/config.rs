@@ -38,6 +38,12 @@ pub struct ServicesConfig {
     /// After an eviction, how long the freed memory may take to show up in telemetry before the
     /// gate goes on waiting as usual.
     pub vram_recovery_ms: Millis,
+    /// Host memory (MB) kept available on top of a starting service's `hostMemMb` (or its
+    /// learned peak RSS) and the loads already on their way.
+    pub host_mem_headroom_mb: Megabytes,
+    /// How long a start waits for enough host memory (or for swap to stop growing) before it
+    /// fails with `HOST_MEMORY_LOW`.
+    pub host_mem_timeout_ms: Millis,
     /// The managed services, in config order (the tie-break of the start order).
     pub services: Vec<ServiceSpec>,
 }
@@ -51,6 +57,8 @@ impl Default for ServicesConfig {
             state_file: None,
             gpu_startup_lease: false,
             vram_recovery_ms: Int(5_000),
+            host_mem_headroom_mb: Int(1_024),
+            host_mem_timeout_ms: Int(120_000),
             services: Vec::new(),
         }
     }
@@ -92,6 +100,11 @@ pub struct ServiceSpec {
     /// Set for a service that loads onto a GPU: it is then VRAM-gated (and leased).
     #[serde(default)]
     pub gpu: Option<GpuNeed>,
+    /// Host memory (MB) the service's whole process tree takes at its peak: its start waits
+    /// until the host has this much available (plus `hostMemHeadroomMb`, less the loads on their
+    /// way). Without it the gate uses the peak RSS learned on earlier runs.
+    #[serde(default)]
+    pub host_mem_mb: Option<Megabytes>,
     #[serde(default)]
     pub restart: RestartConfig,
     /// Sent to the process group first on stop.

@@ -107,6 +107,17 @@ pub enum ServiceEventKind {
     OomRetry { gpu_key: String, evicted: Vec<String> },
     /// An on-demand service held no lease for `idle_ms` (its `keepAliveMs`) and was stopped.
     IdleStopped { idle_ms: u64 },
+    /// The start waits for host memory: `needed_mb` (its `hostMemMb` or learned peak RSS;
+    /// `None` without either) did not fit in `budget_mb` (available, less headroom, less
+    /// `in_flight_mb` for the loads on their way), or the host is swapping (`swap_active`).
+    HostMemoryWait {
+        needed_mb: Option<u64>,
+        available_mb: u64,
+        headroom_mb: u64,
+        in_flight_mb: u64,
+        budget_mb: u64,
+        swap_active: bool,
+    },
 }
 
 /// An event about one service.

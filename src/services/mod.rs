@@ -12,6 +12,7 @@ mod descendants;
 mod events;
 mod hooks;
 mod host_death;
+mod host_memory;
 mod lease_ledger;
 mod log_file;
 mod notify;
@@ -31,10 +32,12 @@ pub use config::{
 pub(crate) use events::epoch_ms;
 pub use events::{ExitInfo, OutputStream, ServiceEvent, ServiceEventKind};
 pub use hooks::{LeaseFuture, LeaseGuard, StartupLease, TaskRoutes, VramReading, VramSource};
+pub use host_memory::{tree_rss_mb, Admission, HostBudget, HostMemReading, HostMemorySource};
 pub use lease_ledger::{AttributedLease, ServiceLeases};
 pub use notify::NOTIFY_FD_ENV;
 pub use port::{port_holder, port_is_free, PortHolder};
 pub use profile::{LearnedProfile, PeakVram, PeakVramMethod};
 pub use supervisor::{
     FailureRecord, LeaseChange, ServiceOutcome, ServiceState, ServiceStatus, StartOutcome, Supervisor, SupervisorHooks,
+    WaitReason,
 };

@@ -1,4 +1,4 @@
-//! What each service took on earlier runs (time to ready, peak VRAM), kept in a small JSON file
+//! What each service took on earlier runs (time to ready, peak VRAM, peak host RSS), kept in a small JSON file
 //! so that a GPU service with no configured `vramMb` can still be gated.
 
 use std::collections::BTreeMap;
@@ -35,6 +35,10 @@ pub struct LearnedProfile {
     /// How `peak_vram_mb` was measured; absent in state files written before it was kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peak_vram_method: Option<PeakVramMethod>,
+    /// The highest resident memory (MB) of the service's whole process tree on its last run
+    /// (as of ready, then of the run's end); absent in older state files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_rss_mb: Option<u64>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -84,6 +88,16 @@ impl ProfileStore {
         }
     }
 
+    /// Records a run's peak resident memory (its process tree's) and saves the file when it
+    /// changed.
+    pub fn record_rss(&mut self, service: &str, peak_rss_mb: u64) {
+        let entry = self.services.entry(service.to_string()).or_default();
+        if entry.peak_rss_mb != Some(peak_rss_mb) {
+            entry.peak_rss_mb = Some(peak_rss_mb);
+            self.save();
+        }
+    }
+
     fn save(&self) {
         let Some(path) = &self.path else { return };
         let state = StateFile { services: self.services.clone() };
@@ -116,16 +130,24 @@ mod tests {
             LearnedProfile {
                 time_to_ready_ms: Some(1000),
                 peak_vram_mb: Some(900),
-                peak_vram_method: Some(PeakVramMethod::GpuDelta)
+                peak_vram_method: Some(PeakVramMethod::GpuDelta),
+                peak_rss_mb: None,
             }
         );
+        store.record_rss("asr", 310);
+        assert_eq!(ProfileStore::load(Some(&path)).get("asr").peak_rss_mb, Some(310));
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains(r#""peakVramMethod": "gpu-delta""#), "{text}");
         // A state file written before the method was kept still loads.
         std::fs::write(&path, r#"{"services":{"asr":{"timeToReadyMs":5,"peakVramMb":7}}}"#).unwrap();
         assert_eq!(
             ProfileStore::load(Some(&path)).get("asr"),
-            LearnedProfile { time_to_ready_ms: Some(5), peak_vram_mb: Some(7), peak_vram_method: None }
+            LearnedProfile {
+                time_to_ready_ms: Some(5),
+                peak_vram_mb: Some(7),
+                peak_vram_method: None,
+                peak_rss_mb: None
+            }
         );
         std::fs::write(&path, "not json").unwrap();
         assert_eq!(ProfileStore::load(Some(&path)).get("asr"), LearnedProfile::default());

@@ -14,6 +14,8 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use super::*;
 use crate::error::{ErrorCode, SidecarError, SidecarResult};
 
+mod host_memory;
+
 const SERVICE_PY: &str = r#"
 import argparse, http.server, json, os, socket, subprocess, sys, threading, time
 

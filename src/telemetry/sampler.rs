@@ -8,7 +8,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::alerts::{Alert, AlertEngine, Backlog};
+use super::alerts::{Alert, AlertCode, AlertEngine, Backlog};
 use super::host::{HostReader, ProcessRegistry};
 use super::metrics;
 use super::nvml::{GpuRead, GpuReader, GpuSource};
@@ -283,6 +283,11 @@ impl LatestSample {
     pub fn want_processes(&self) {
         self.0.want_processes();
     }
+
+    /// Whether the SWAP_ACTIVE alert is raised as of the last sample.
+    pub fn swap_active(&self) -> bool {
+        self.0.swap_active.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 /// What other threads ask of the sampler thread; one lock, so the thread's wait sees every change.
@@ -298,6 +303,9 @@ struct Control {
 #[derive(Default)]
 struct Shared {
     latest: Mutex<Option<Arc<Sample>>>,
+    /// Whether the SWAP_ACTIVE alert is raised as of `latest` (the host-memory gate holds starts
+    /// meanwhile).
+    swap_active: std::sync::atomic::AtomicBool,
     control: Mutex<Control>,
     wake: Condvar,
 }
@@ -478,6 +486,9 @@ impl Worker {
                 None => BTreeMap::new(),
             };
             let alerts = self.engine.observe(&sample, &backlog);
+            if let Some(swap) = alerts.iter().rev().find(|a| a.code == AlertCode::SwapActive) {
+                self.shared.swap_active.store(swap.active, std::sync::atomic::Ordering::SeqCst);
+            }
             let sample = Arc::new(sample);
             *lock(&self.shared.latest) = Some(sample.clone());
             // Once stop() is asked for, nothing new reaches the sink.

@@ -1,4 +1,4 @@
-//! One start attempt: lease, VRAM gate, port, spawn, then readiness against its deadlines (the
+//! One start attempt: host-memory gate, lease, VRAM gate, port, spawn, then readiness against its deadlines (the
 //! hard one, pushed out by `EXTEND_TIMEOUT_MS` up to its cap, and the stall timer), an early
 //! exit, or a stop request.
 
@@ -33,6 +33,15 @@ impl Shared {
         self.emit(i, ServiceEventKind::Starting { attempt, expected_ready_ms: learned.time_to_ready_ms });
         let failed = |error| Attempt::Failed { error, last_lines: Vec::new() };
 
+        // First, before anything is held on a GPU: a start that waits for host memory holds no
+        // lease meanwhile. Counted against later starts from here until a reading shows it.
+        let host_admission = tokio::select! {
+            gate = self.host_memory_gate(i, learned) => match gate {
+                Ok(admission) => admission,
+                Err(error) => return failed(error),
+            },
+            _ = stop_requested(stop) => return Attempt::Stopped,
+        };
         let gpu_key = match self.place(i) {
             Ok(key) => key,
             Err(error) => return failed(error),
@@ -107,6 +116,7 @@ impl Shared {
             None => (None, None),
         };
         let mut vram_peak = self.sample_vram(i, pid, load);
+        let rss_peak = self.sample_rss(i, pid);
 
         let last_probe_failure = Mutex::new(None::<String>);
         let watch = ReadyWatch { sink: &sink, notify: notify.clone(), last_failure: &last_probe_failure };
@@ -116,9 +126,19 @@ impl Shared {
                 Ok(()) => {
                     let time_to_ready_ms = spawned.elapsed().as_millis() as u64;
                     let peak = vram_peak.as_mut().and_then(|s| s.loaded(&spec.name));
-                    self.profiles.lock().expect("profiles lock").record(&spec.name, Some(time_to_ready_ms), peak);
+                    let mut profiles = self.profiles.lock().expect("profiles lock");
+                    profiles.record(&spec.name, Some(time_to_ready_ms), peak);
+                    if let Some(rss) = rss_peak.peak() {
+                        profiles.record_rss(&spec.name, rss);
+                    }
+                    drop(profiles);
+                    rss_peak.loaded();
+                    if let Some(admission) = host_admission {
+                        admission.ready();
+                    }
                     self.cell(i).time_to_ready_ms = Some(time_to_ready_ms);
-                    Attempt::Ready(Box::new(Launched { process, sink, vram_peak, notify, _notify_reader: notify_reader, spawned }))
+                    let rss_peak = Some(rss_peak);
+                    Attempt::Ready(Box::new(Launched { process, sink, vram_peak, rss_peak, notify, _notify_reader: notify_reader, spawned }))
                 }
                 Err(not_ready) => {
                     let error = match not_ready {

@@ -13,10 +13,13 @@
 //! - `ports`: a stale port reclaimed, a port waited free after a stop;
 //! - `placement`: which GPU a service runs on (`gpu.key: 'auto'` is placed at each start);
 //! - `vram_gate`: free VRAM before a GPU load;
-//! - `vram_peak`: the VRAM a service uses (per process, or its GPU's rise over a lone load).
+//! - `vram_peak`: the VRAM a service uses (per process, or its GPU's rise over a lone load);
+//! - `host_gate`: available host memory (and no swapping) before any start, and the peak RSS of
+//!   each service's process tree, learned.
 
 mod attempt;
 mod evict;
+mod host_gate;
 mod liveness;
 mod on_demand;
 mod placement;
@@ -38,6 +41,7 @@ use super::config::{ServiceSpec, ServicesConfig};
 use super::events::{epoch_ms, ExitInfo, ServiceEvent, ServiceEventKind};
 use super::hooks::{StartupLease, TaskRoutes, VramSource};
 use super::host_death::HostDeathWatchdog;
+use super::host_memory::{HostBudget, HostMemorySource};
 use super::lease_ledger::{AttributedLease, ServiceLeases};
 use super::notify::NotifySeen;
 use super::process::{OutputSink, ServiceProcess};
@@ -45,6 +49,7 @@ use super::profile::{LearnedProfile, ProfileStore};
 use super::restart_budget::RestartBudget;
 use crate::error::{ErrorCode, SidecarError, SidecarResult};
 
+use host_gate::{HostLoad, RssSampler};
 use vram_peak::{GpuLoads, VramSampler};
 
 /// How long to wait for the rest of a dead process's output before reporting its last lines.
@@ -72,6 +77,13 @@ impl ServiceState {
     fn is_settled(self) -> bool {
         !matches!(self, ServiceState::Starting | ServiceState::Restarting | ServiceState::Stopping)
     }
+}
+
+/// What a start is waiting for, shown in its status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitReason {
+    /// The host-memory gate: too little available, or the host is swapping.
+    HostMemory,
 }
 
 /// A failure the service had, restarted from or not.
@@ -113,6 +125,8 @@ pub struct ServiceStatus {
     pub leases: ServiceLeases,
     /// What it took on earlier runs.
     pub learned: LearnedProfile,
+    /// Why its start is waiting, while it waits.
+    pub waiting: Option<WaitReason>,
 }
 
 /// How one service's start ended.
@@ -166,6 +180,8 @@ pub struct SupervisorHooks {
     /// Told where task types go when an `auto` service is placed, and when on-demand services'
     /// task types lose or regain their loaded service.
     pub task_routes: Option<Arc<dyn TaskRoutes>>,
+    /// Host memory readings; without it the host-memory gate is off.
+    pub host_memory: Option<Arc<dyn HostMemorySource>>,
 }
 
 /// Starts, watches and stops the configured services. Dropping it kills every service it runs;
@@ -195,6 +211,9 @@ struct Shared {
     host_death_watchdog: Mutex<Option<Arc<HostDeathWatchdog>>>,
     /// The arbiter's policy priority per task type (as of `attachArbiter`), for eviction order.
     task_priorities: Mutex<std::collections::HashMap<String, u64>>,
+    /// Held while a start is checked against the host-memory budget and counted in it, so two
+    /// starts never both take the same memory.
+    host_gating: Mutex<()>,
 }
 
 /// Why a ready service was declared hung.
@@ -230,6 +249,11 @@ struct Cell {
     /// When it last became ready, held or gave back a lease, or was ensured (epoch ms): its
     /// idle time for `keepAliveMs`, and its recency for eviction.
     last_used_ms: u64,
+    /// The host memory its start was admitted with, counted against later starts until a reading
+    /// taken after it was ready shows it.
+    host_load: Option<HostLoad>,
+    /// Why its start is waiting, while it waits.
+    waiting: Option<WaitReason>,
 }
 
 impl Cell {
@@ -254,6 +278,8 @@ impl Cell {
             alarm: Arc::new(Notify::new()),
             runner: None,
             last_used_ms: 0,
+            host_load: None,
+            waiting: None,
         }
     }
 
@@ -291,6 +317,8 @@ struct Launched {
     process: ServiceProcess,
     sink: Arc<OutputSink>,
     vram_peak: Option<VramSampler>,
+    /// Its process tree's resident memory, sampled.
+    rss_peak: Option<RssSampler>,
     /// What the service said on its notify pipe, when it has one.
     notify: Option<watch::Receiver<NotifySeen>>,
     _notify_reader: Option<AbortOnDrop>,
@@ -317,6 +345,7 @@ impl Supervisor {
             placing: Mutex::new(()),
             host_death_watchdog: Mutex::new(None),
             task_priorities: Mutex::new(Default::default()),
+            host_gating: Mutex::new(()),
         };
         (Self { shared: Arc::new(shared) }, receiver)
     }
@@ -385,6 +414,13 @@ impl Supervisor {
     /// Every service's status, in config order.
     pub fn statuses(&self) -> Vec<ServiceStatus> {
         (0..self.shared.cells.len()).map(|i| self.shared.status(i)).collect()
+    }
+
+    /// What the host can take on now: available memory (the attached telemetry's latest
+    /// reading) less `hostMemHeadroomMb` and less what the loads on their way are still expected
+    /// to take. `None` without a host memory reading.
+    pub fn host_budget(&self) -> Option<HostBudget> {
+        self.shared.host_budget()
     }
 
     /// `(task type, GPU key)` for each task type a GPU service claims: where requests of that
@@ -515,6 +551,7 @@ impl Shared {
             gpu_key,
             leases: cell.leases.clone(),
             learned,
+            waiting: cell.waiting,
         }
     }
 

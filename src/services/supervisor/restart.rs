@@ -192,7 +192,7 @@ impl Shared {
         stop: &mut watch::Receiver<bool>,
     ) -> Option<(RunEnd, Vec<String>)> {
         let spec = self.spec(i);
-        let Launched { mut process, sink, vram_peak, notify, _notify_reader, spawned: _ } = launched;
+        let Launched { mut process, sink, vram_peak, rss_peak, notify, _notify_reader, spawned: _ } = launched;
         {
             let mut cell = self.cell(i);
             cell.hung = None;
@@ -250,6 +250,9 @@ impl Shared {
         };
         let peak = vram_peak.as_ref().and_then(|s| s.process_peak());
         self.profiles.lock().expect("profiles lock").record(&spec.name, None, peak);
+        if let Some(rss) = rss_peak.as_ref().and_then(|s| s.peak()) {
+            self.profiles.lock().expect("profiles lock").record_rss(&spec.name, rss);
+        }
         let (ended, exit) = ended?;
         process.drain_output(super::OUTPUT_DRAIN).await;
         self.emit(i, ServiceEventKind::Exited { exit });
