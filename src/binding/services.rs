@@ -409,9 +409,6 @@ impl StartupLease for ArbiterLease {
     }
 }
 
-/// The core's [`TaskRoutes`]: new routes go to the attached arbiter, if any (one attached
-/// later gets them when it is attached).
-
 struct State {
     closed: bool,
     /// A `setImmediate` for the next slice of events is pending.

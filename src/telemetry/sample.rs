@@ -280,14 +280,14 @@ mod tests {
         assert_eq!(from_value.message, "sample.gpus[0].freeMb: expected u64, got \"lots\"");
         let from_line = parse_sample_line(&v.to_string()).unwrap_err();
         assert_eq!(from_line.message, "gpus[0].freeMb: expected u64, got \"lots\" (at line 1 column 34)");
-        let e = parse_sample(&json!({"at": 1}), "sample").unwrap_err();
+        let e = parse_sample(json!({"at": 1}), "sample").unwrap_err();
         assert_eq!(e.message, "sample: missing field \"nvml\"");
         assert_eq!(
-            parse_sample(&json!(null), "sample").unwrap_err().message,
+            parse_sample(json!(null), "sample").unwrap_err().message,
             "sample: expected a telemetry sample (an object with at, nvml, gpus, host), got null"
         );
         assert_eq!(
-            parse_sample(&json!({"at": 1, "nvml": {"available": false}, "gpus": [7], "host": {}}), "sample")
+            parse_sample(json!({"at": 1, "nvml": {"available": false}, "gpus": [7], "host": {}}), "sample")
                 .unwrap_err()
                 .message,
             "sample.gpus[0]: expected one GPU's figures (an object with index, key, ...), got 7"
