@@ -45,6 +45,7 @@ const DOCUMENTED_CODES = new Set([
   'SERVICE_HUNG',
   'VRAM_OOM',
   'NO_GPU',
+  'HOST_MEMORY_LOW',
 ])
 
 const SEED = Number(process.env.FUZZ_SEED ?? 0x8badf00d)
@@ -194,6 +195,7 @@ const EXPORTS: Export[] = [
   { name: 'arbiter.metrics()', member: 'GpuArbiter#metrics', call: (a) => junk(arbiter, 'metrics', a) },
   { name: 'arbiter.snapshotAll()', member: 'GpuArbiter#snapshotAll', call: (a) => junk(arbiter, 'snapshotAll', a) },
   { name: 'supervisor.ensure(name)', member: 'ServiceSupervisor#ensure', call: (a) => supervisor.ensure(a as string) },
+  { name: 'supervisor.hostBudget(perWorkerMb)', member: 'ServiceSupervisor#hostBudget', call: (a) => supervisor.hostBudget(a as number) },
   { name: 'supervisor.statuses()', member: 'ServiceSupervisor#statuses', call: (a) => junk(supervisor, 'statuses', a) },
   { name: 'supervisor.startAll()', member: 'ServiceSupervisor#startAll', call: async (a) => { const s = new ServiceSupervisor({ services: [] }); try { await junk(s, 'startAll', a) } finally { await s.close() } } },
   { name: 'supervisor.stopAll()', member: 'ServiceSupervisor#stopAll', call: async (a) => { const s = new ServiceSupervisor({ services: [] }); try { await junk(s, 'stopAll', a) } finally { await s.close() } } },
