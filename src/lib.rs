@@ -8,6 +8,7 @@
 pub mod arbiter;
 pub mod config;
 pub mod error;
+pub mod link;
 pub mod services;
 pub mod telemetry;
 

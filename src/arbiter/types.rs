@@ -247,3 +247,11 @@ impl ArbiterEvent {
         }
     }
 }
+
+/// The prefix of the lease ids JS sees (`lease-42`).
+pub const LEASE_PREFIX: &str = "lease-";
+
+/// The id JS sees for lease `id`.
+pub fn lease_id_text(id: LeaseId) -> String {
+    format!("{LEASE_PREFIX}{id}")
+}

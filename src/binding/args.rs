@@ -271,18 +271,3 @@ pub fn class_ref<'env, T: 'env + MaybeTypeTag>(
         other => Err(wrong(other)),
     }
 }
-
-/// An object argument, else `INVALID_ARGUMENT`.
-pub fn object<'env>(
-    env: &Env,
-    value: Option<Unknown<'env>>,
-    name: &str,
-    expected: &str,
-) -> std::result::Result<Unknown<'env>, SidecarError> {
-    match value {
-        Some(v) if v.get_type().ok() == Some(ValueType::Object) => Ok(v),
-        other => {
-            Err(SidecarError::invalid_argument(format!("{name}: expected {expected}, got {}", describe(env, other))))
-        }
-    }
-}

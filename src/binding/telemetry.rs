@@ -1,33 +1,27 @@
 //! `Telemetry`: the JS class over [`crate::telemetry::Sampler`].
 //!
-//! The sampler thread never calls into JS directly: it queues each event (dropping the oldest when
-//! JS falls behind) and wakes the JS thread through a weak threadsafe function, so a slow listener
-//! never blocks sampling and a running Telemetry never keeps Node alive. On the JS thread the
-//! queued events feed attached arbiters, then the listeners. The arbiters' backlog goes the other
-//! way without the JS thread: each attached arbiter keeps a board the sampler thread reads.
+//! The sampler thread never calls into JS directly: it queues each event
+//! ([`crate::link::sampler_events`]) and wakes the JS thread through a weak threadsafe function,
+//! so a running Telemetry never keeps Node alive. On the JS thread the queued events feed attached
+//! arbiters, then the listeners. The arbiters' backlog goes the other way, on the sampler thread.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, VecDeque};
 use std::rc::{Rc, Weak};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{self, Arc, Mutex};
+use std::sync::Arc;
 
 use napi::bindgen_prelude::*;
 use napi::sys;
 use napi::threadsafe_function::ThreadsafeFunctionCallMode;
 use napi_derive::napi;
 
-use super::arbiter::{self, GpuArbiter};
+use super::arbiter::{self, ArbiterBinding, GpuArbiter};
 use super::js::{self, Listeners};
 use super::{args, Code, IntoJsResult};
 use crate::error::{ErrorCode, SidecarError};
+use crate::link::sampler_events::{BacklogBoards, SamplerEventQueue};
 use crate::telemetry::{
-    advice, sample_once, BacklogBoard, LatestSample, ProcessRegistry, Sample, Sampler, SamplerEvent, SamplerHandle,
-    TelemetryOptions,
+    advice, sample_once, LatestSample, ProcessRegistry, Sample, Sampler, SamplerEvent, SamplerHandle, TelemetryOptions,
 };
-
-/// Events kept while the JS thread is busy; older ones are dropped first.
-const MAX_QUEUED_EVENTS: usize = 256;
 
 #[napi(object)]
 pub struct RecommendConcurrencyOptions {
@@ -39,18 +33,7 @@ pub struct RecommendConcurrencyOptions {
     pub on: Option<String>,
 }
 
-type ArbiterState = Weak<RefCell<arbiter::State>>;
-
-/// The attached arbiters' backlog boards, read on the sampler thread (a board outlives its
-/// arbiter only until the arbiter is collected).
-type Boards = Arc<Mutex<Vec<(u32, sync::Weak<BacklogBoard>)>>>;
-
-/// Queued on the sampler thread, drained on the JS thread.
-#[derive(Default)]
-struct Inbox {
-    events: Mutex<VecDeque<SamplerEvent>>,
-    wake_pending: AtomicBool,
-}
+type AttachedArbiter = Weak<RefCell<ArbiterBinding>>;
 
 /// The callbacks of `onSample`, `onAlert` and `onEnd`.
 #[derive(Default)]
@@ -60,13 +43,13 @@ struct Subscribers {
     on_end: Listeners,
 }
 
-struct State {
+struct TelemetryBinding {
     sampler: Option<SamplerHandle>,
-    inbox: Arc<Inbox>,
+    events: Arc<SamplerEventQueue>,
     listeners: Subscribers,
     next_arbiter_id: u32,
-    arbiters: Vec<(u32, ArbiterState)>,
-    boards: Boards,
+    arbiters: Vec<(u32, AttachedArbiter)>,
+    boards: Arc<BacklogBoards>,
     registry: Arc<ProcessRegistry>,
 }
 
@@ -75,7 +58,7 @@ struct State {
 /// figures still flow. Callbacks never keep Node alive.
 #[napi]
 pub struct Telemetry {
-    state: Rc<RefCell<State>>,
+    state: Rc<RefCell<TelemetryBinding>>,
 }
 
 #[napi]
@@ -91,43 +74,27 @@ impl Telemetry {
         for w in &warnings {
             tracing::warn!("{w}");
         }
-        let state = Rc::new(RefCell::new(State {
+        let state = Rc::new(RefCell::new(TelemetryBinding {
             sampler: None,
-            inbox: Arc::new(Inbox::default()),
+            events: Arc::default(),
             listeners: Subscribers::default(),
             next_arbiter_id: 0,
             arbiters: vec![],
-            boards: Boards::default(),
+            boards: Arc::default(),
             registry: ProcessRegistry::new(),
         }));
         let wake = js::wake_function(env, &state, "telemetryWake", dispatch).js()?;
-        let (inbox, boards, registry) = {
+        let (events, boards, registry) = {
             let s = state.borrow();
-            (s.inbox.clone(), s.boards.clone(), s.registry.clone())
+            (s.events.clone(), s.boards.clone(), s.registry.clone())
         };
-        let sink_inbox = inbox.clone();
-        let sampler = Sampler::new(options)
-            .registry(registry)
-            .backlog(Box::new(move || {
-                let mut total = BTreeMap::new();
-                for (_, board) in boards.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-                    if let Some(board) = board.upgrade() {
-                        board.add_to(&mut total);
-                    }
-                }
-                total
-            }))
-            .start(Box::new(move |event| {
-                let mut events = sink_inbox.events.lock().unwrap_or_else(|e| e.into_inner());
-                if events.len() == MAX_QUEUED_EVENTS {
-                    events.pop_front();
-                }
-                events.push_back(event);
-                drop(events);
-                if !sink_inbox.wake_pending.swap(true, Ordering::AcqRel) {
+        let sampler = Sampler::new(options).registry(registry).backlog(Box::new(move || boards.total())).start(
+            Box::new(move |event| {
+                if events.push(event) {
                     wake.call((), ThreadsafeFunctionCallMode::NonBlocking);
                 }
-            }))?;
+            }),
+        )?;
         state.borrow_mut().sampler = Some(sampler);
         Ok(Self { state })
     }
@@ -178,20 +145,20 @@ impl Telemetry {
     ) -> Result<Function<'env, (), ()>, Code> {
         let arbiter = args::class_ref::<GpuArbiter>(env, arbiter, "arbiter", "a GpuArbiter")?;
         let shared = arbiter.shared();
-        let board = shared.upgrade().map(|a| arbiter::backlog_board(&a));
+        let board = shared.upgrade().map(|a| a.borrow_mut().host.backlog_board());
         let mut s = self.state.borrow_mut();
         let id = s.next_arbiter_id;
         s.next_arbiter_id += 1;
         s.arbiters.push((id, shared));
         if let Some(board) = board {
-            s.boards.lock().unwrap_or_else(|e| e.into_inner()).push((id, Arc::downgrade(&board)));
+            s.boards.attach(id, &board);
         }
         let weak = Rc::downgrade(&self.state);
         env.create_function_from_closure::<(), (), _>("detachArbiter", move |_ctx| {
             if let Some(state) = weak.upgrade() {
                 let mut s = state.borrow_mut();
                 s.arbiters.retain(|(a, _)| *a != id);
-                s.boards.lock().unwrap_or_else(|e| e.into_inner()).retain(|(a, _)| *a != id);
+                s.boards.detach(id);
             }
             Ok(())
         })
@@ -253,11 +220,11 @@ impl Telemetry {
             s.listeners.on_alert.clear();
             s.listeners.on_end.clear();
             s.arbiters.clear();
-            s.boards.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            s.boards.clear();
             s.sampler.take()
         };
         drop(sampler); // joins the thread
-        self.state.borrow().inbox.events.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.state.borrow().events.clear();
     }
 }
 
@@ -362,15 +329,13 @@ fn recommendation_to_js<'env>(
     env.to_js_value(&advice).js()
 }
 
-fn dispatch(env: &Env, state: &Rc<RefCell<State>>) {
+fn dispatch(env: &Env, state: &Rc<RefCell<TelemetryBinding>>) {
     let events: Vec<SamplerEvent> = {
         let s = state.borrow();
-        s.inbox.wake_pending.store(false, Ordering::Release);
         if s.sampler.is_none() {
             return; // closed: nothing fires after close()
         }
-        let mut queue = s.inbox.events.lock().unwrap_or_else(|e| e.into_inner());
-        queue.drain(..).collect()
+        s.events.take()
     };
     for event in events {
         if state.borrow().sampler.is_none() {
@@ -404,17 +369,23 @@ fn dispatch(env: &Env, state: &Rc<RefCell<State>>) {
 }
 
 /// Gives the sample to every attached arbiter.
-fn feed_arbiters(env: &Env, state: &Rc<RefCell<State>>, sample: &Sample) {
-    let arbiters: Vec<Rc<RefCell<arbiter::State>>> =
+fn feed_arbiters(env: &Env, state: &Rc<RefCell<TelemetryBinding>>, sample: &Sample) {
+    let arbiters: Vec<Rc<RefCell<ArbiterBinding>>> =
         state.borrow().arbiters.iter().filter_map(|(_, a)| a.upgrade()).collect();
     for a in &arbiters {
-        if let Err(e) = arbiter::observe_sample(env, a, sample) {
+        let out = a.borrow_mut().host.observe_sample(sample);
+        if let Err(e) = arbiter::after_call(env, a, out, arbiter::Caller::Native) {
             tracing::warn!(error = %e.reason, "could not feed a telemetry sample to an arbiter");
         }
     }
 }
 
-fn call_listeners(env: &Env, state: &Rc<RefCell<State>>, list: fn(&Subscribers) -> &Listeners, arg: sys::napi_value) {
+fn call_listeners(
+    env: &Env,
+    state: &Rc<RefCell<TelemetryBinding>>,
+    list: fn(&Subscribers) -> &Listeners,
+    arg: sys::napi_value,
+) {
     let listeners = list(&state.borrow().listeners).current();
     js::call_listeners(env, &listeners, arg, "Telemetry");
 }

@@ -13,46 +13,14 @@ use napi::Env;
 
 use super::super::js;
 use super::super::{IntoJsResult, JsResult};
-use super::state::{after_call, Caller, State};
-use crate::config::watch::{watch_config_file, ConfigFileChange};
-use crate::config::{self};
-
-pub enum ConfigChange {
-    Patch(serde_json::Value),
-    File(ConfigFileChange, String),
-}
+use super::state::{after_call, ArbiterBinding, Caller};
+use crate::config::watch::watch_config_file;
+pub use crate::link::arbiter_host::ConfigChange;
 
 /// Applies a change, or keeps the config and emits `config-rejected` (`config-file-missing` for
 /// a file that went away). A bad patch also throws; a bad file edit is only logged.
-pub fn apply(env: &Env, state: &Rc<RefCell<State>>, change: ConfigChange) -> JsResult<()> {
-    let mut warnings = vec![];
-    let mut out = Vec::new();
-    let result = {
-        let mut s = state.borrow_mut();
-        let now = s.clock.now();
-        let parsed = match &change {
-            ConfigChange::Patch(patch) => s.core.config().patched(patch, &mut warnings),
-            ConfigChange::File(ConfigFileChange::Edited(text), source) => {
-                config::parse_node_config(text, source).map(|node| {
-                    warnings = node.warnings;
-                    node.gpu_arbiter
-                })
-            }
-            ConfigChange::File(ConfigFileChange::Unusable(e), _) => Err(e.clone()),
-            ConfigChange::File(ConfigFileChange::Missing, source) => {
-                tracing::warn!(path = %source, "the watched config file is gone; keeping the last good config");
-                s.core.note_config_file_missing(now);
-                drop(s);
-                return after_call(env, state, out, Caller::Native);
-            }
-        };
-        let applied = parsed.and_then(|cfg| s.core.set_config(cfg, now, &mut out));
-        match &applied {
-            Ok(()) => s.config_generation += 1,
-            Err(e) => s.core.note_config_rejected(e, now),
-        }
-        applied
-    };
+pub fn apply(env: &Env, state: &Rc<RefCell<ArbiterBinding>>, change: ConfigChange) -> JsResult<()> {
+    let (result, warnings, out) = state.borrow_mut().host.change_config(&change);
     for w in &warnings {
         tracing::warn!("{w}");
     }
@@ -69,7 +37,7 @@ pub fn apply(env: &Env, state: &Rc<RefCell<State>>, change: ConfigChange) -> JsR
 
 /// Applies every change of the file at `path` on the JS thread while the arbiter lives: the
 /// watcher thread queues the change and wakes the JS thread.
-pub fn watch(env: &Env, state: &Rc<RefCell<State>>, path: PathBuf) -> JsResult<()> {
+pub fn watch(env: &Env, state: &Rc<RefCell<ArbiterBinding>>, path: PathBuf) -> JsResult<()> {
     let wake = js::wake_function(env, state, "onConfigFileChange", take_file_changes).js()?;
     let inbox = Arc::clone(&state.borrow().file_changes);
     let source = path.display().to_string();
@@ -81,7 +49,7 @@ pub fn watch(env: &Env, state: &Rc<RefCell<State>>, path: PathBuf) -> JsResult<(
     Ok(())
 }
 
-fn take_file_changes(env: &Env, state: &Rc<RefCell<State>>) {
+fn take_file_changes(env: &Env, state: &Rc<RefCell<ArbiterBinding>>) {
     let changes: Vec<_> = {
         let inbox = Arc::clone(&state.borrow().file_changes);
         let mut queue = inbox.lock().unwrap_or_else(|p| p.into_inner());

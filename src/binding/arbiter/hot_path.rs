@@ -20,14 +20,11 @@ use napi::{check_status, sys, Env, JsError, Result, ValueType};
 use super::super::js::{self, JsRef};
 use super::super::{IntoJsResult, JsResult};
 use super::mailbox::{ArbiterRecordKind, Mailbox, OutcomeRecord};
-use super::state::{after_call, undefined, Caller, State};
-use crate::arbiter::{AcquireRequest, Admission, BusyPolicy, Resolution, Trace};
+use super::state::{after_call, undefined, ArbiterBinding, Caller};
+use crate::arbiter::{AcquireRequest, Admission, BusyPolicy, Resolution, Trace, LEASE_PREFIX};
 use crate::error::SidecarError;
 
-/// The prefix of the lease ids JS sees (`lease-42`).
-pub const LEASE_PREFIX: &str = "lease-";
-
-type Handler = fn(&Env, &Rc<RefCell<State>>, &[sys::napi_value; MAX_ARGS]) -> JsResult<sys::napi_value>;
+type Handler = fn(&Env, &Rc<RefCell<ArbiterBinding>>, &[sys::napi_value; MAX_ARGS]) -> JsResult<sys::napi_value>;
 
 const MAX_ARGS: usize = 2;
 
@@ -38,7 +35,7 @@ const MAX_ARGS: usize = 2;
 const NATIVE_FOOTPRINT_BYTES: i64 = 64 * 1024;
 
 /// Defines the hot calls on `this` (an arbiter instance) and makes its mailbox.
-pub fn install(env: &Env, this: sys::napi_value, state: &Rc<RefCell<State>>) -> Result<()> {
+pub fn install(env: &Env, this: sys::napi_value, state: &Rc<RefCell<ArbiterBinding>>) -> Result<()> {
     {
         let mut s = state.borrow_mut();
         s.mailbox = Some(Mailbox::new(env)?);
@@ -63,11 +60,16 @@ pub fn install(env: &Env, this: sys::napi_value, state: &Rc<RefCell<State>>) -> 
 
 /// What a hot function's data pointer holds.
 struct Bound {
-    state: Weak<RefCell<State>>,
+    state: Weak<RefCell<ArbiterBinding>>,
     handler: Handler,
 }
 
-fn native_function(env: &Env, name: &str, handler: Handler, state: Weak<RefCell<State>>) -> Result<sys::napi_value> {
+fn native_function(
+    env: &Env,
+    name: &str,
+    handler: Handler,
+    state: Weak<RefCell<ArbiterBinding>>,
+) -> Result<sys::napi_value> {
     let data = Box::into_raw(Box::new(Bound { state, handler }));
     let mut function = ptr::null_mut();
     check_status!(unsafe {
@@ -128,11 +130,11 @@ fn kind_value(env: &Env, kind: ArbiterRecordKind) -> JsResult<sys::napi_value> {
 
 fn acquire_task(
     env: &Env,
-    state: &Rc<RefCell<State>>,
+    state: &Rc<RefCell<ArbiterBinding>>,
     args: &[sys::napi_value; MAX_ARGS],
 ) -> JsResult<sys::napi_value> {
     let task_type = match js::value_type(env, args[0]).js()? {
-        ValueType::String => js::with_str(env, args[0], |text| state.borrow_mut().intern_task_type(text)).js()?,
+        ValueType::String => js::with_str(env, args[0], |text| state.borrow_mut().host.intern_task_type(text)).js()?,
         _ => return Err(SidecarError::invalid_argument("request.taskType: expected a string").into()),
     };
     let request = AcquireRequest { task_type, trace: read_trace(env, args[1])?, ..AcquireRequest::default() };
@@ -141,18 +143,18 @@ fn acquire_task(
 
 fn acquire_request(
     env: &Env,
-    state: &Rc<RefCell<State>>,
+    state: &Rc<RefCell<ArbiterBinding>>,
     args: &[sys::napi_value; MAX_ARGS],
 ) -> JsResult<sys::napi_value> {
     let request = read_request(env, args[0])?;
     acquire(env, state, request)
 }
 
-fn acquire(env: &Env, state: &Rc<RefCell<State>>, request: AcquireRequest) -> JsResult<sys::napi_value> {
+fn acquire(env: &Env, state: &Rc<RefCell<ArbiterBinding>>, request: AcquireRequest) -> JsResult<sys::napi_value> {
     let admission = {
         let mut s = state.borrow_mut();
-        let now = s.now();
-        s.core.acquire(request, now)?
+        let now = s.host.now();
+        s.host.core.acquire(request, now)?
     };
     after_call(env, state, Vec::new(), Caller::Js)?;
     let s = state.borrow();
@@ -161,10 +163,13 @@ fn acquire(env: &Env, state: &Rc<RefCell<State>>, request: AcquireRequest) -> Js
         Admission::Queued(id) => mailbox.write_queued(*id),
         Admission::Settled(outcome) => {
             let (id, acquired_at) = match outcome {
-                crate::arbiter::Outcome::Acquired(g) => (g.lease_id, s.clock.epoch_ms(g.acquired_at)),
+                crate::arbiter::Outcome::Acquired(g) => (g.lease_id, s.host.clock.epoch_ms(g.acquired_at)),
                 crate::arbiter::Outcome::NotAcquired { .. } => (0, 0.0),
             };
-            mailbox.write_outcome(OutcomeRecord { id, outcome, acquired_at_epoch_ms: acquired_at }, super::state::ms)
+            mailbox.write_outcome(
+                OutcomeRecord { id, outcome, acquired_at_epoch_ms: acquired_at },
+                crate::arbiter::clock::ms,
+            )
         }
     };
     kind_value(env, kind)
@@ -172,7 +177,7 @@ fn acquire(env: &Env, state: &Rc<RefCell<State>>, request: AcquireRequest) -> Js
 
 fn release_lease(
     env: &Env,
-    state: &Rc<RefCell<State>>,
+    state: &Rc<RefCell<ArbiterBinding>>,
     args: &[sys::napi_value; MAX_ARGS],
 ) -> JsResult<sys::napi_value> {
     let (released, out) = release_value(env, state, args[0])?;
@@ -184,7 +189,7 @@ fn release_lease(
 /// an id this arbiter never issued: ignored, as the old arbiter did.
 pub fn release_value(
     env: &Env,
-    state: &Rc<RefCell<State>>,
+    state: &Rc<RefCell<ArbiterBinding>>,
     value: sys::napi_value,
 ) -> JsResult<(bool, Vec<Resolution>)> {
     let id = match js::value_type(env, value).js()? {
@@ -204,9 +209,9 @@ pub fn release_value(
     let Some(id) = id else { return Ok((false, Vec::new())) };
     let released = {
         let mut s = state.borrow_mut();
-        let mut out = s.lend_resolutions();
-        let now = s.now();
-        (s.core.release(id, now, &mut out), out)
+        let mut out = s.host.lend_resolutions();
+        let now = s.host.now();
+        (s.host.core.release(id, now, &mut out), out)
     };
     let (released, out) = released;
     if !released {
@@ -215,17 +220,25 @@ pub fn release_value(
     Ok((released, out))
 }
 
-fn lease_held(env: &Env, state: &Rc<RefCell<State>>, args: &[sys::napi_value; MAX_ARGS]) -> JsResult<sys::napi_value> {
+fn lease_held(
+    env: &Env,
+    state: &Rc<RefCell<ArbiterBinding>>,
+    args: &[sys::napi_value; MAX_ARGS],
+) -> JsResult<sys::napi_value> {
     let id = js::number_value(env, args[0]).js()?;
-    js::boolean(env, state.borrow().core.holds_lease(id as u64)).js()
+    js::boolean(env, state.borrow().host.core.holds_lease(id as u64)).js()
 }
 
-fn tick(env: &Env, state: &Rc<RefCell<State>>, _args: &[sys::napi_value; MAX_ARGS]) -> JsResult<sys::napi_value> {
+fn tick(
+    env: &Env,
+    state: &Rc<RefCell<ArbiterBinding>>,
+    _args: &[sys::napi_value; MAX_ARGS],
+) -> JsResult<sys::napi_value> {
     let out = {
         let mut s = state.borrow_mut();
-        let mut out = s.lend_resolutions();
-        let now = s.now();
-        s.core.tick(now, &mut out);
+        let mut out = s.host.lend_resolutions();
+        let now = s.host.now();
+        s.host.core.tick(now, &mut out);
         out
     };
     after_call(env, state, out, Caller::Js)?;
@@ -234,14 +247,14 @@ fn tick(env: &Env, state: &Rc<RefCell<State>>, _args: &[sys::napi_value; MAX_ARG
 
 fn cancel_waiter(
     env: &Env,
-    state: &Rc<RefCell<State>>,
+    state: &Rc<RefCell<ArbiterBinding>>,
     args: &[sys::napi_value; MAX_ARGS],
 ) -> JsResult<sys::napi_value> {
     let id = js::number_value(env, args[0]).js()?;
     let resolution = {
         let mut s = state.borrow_mut();
-        let now = s.now();
-        s.core.cancel(id as u64, now)
+        let now = s.host.now();
+        s.host.core.cancel(id as u64, now)
     };
     after_call(env, state, resolution.into_iter().collect(), Caller::Js)?;
     undefined(env)
@@ -249,20 +262,25 @@ fn cancel_waiter(
 
 fn take_records(
     env: &Env,
-    state: &Rc<RefCell<State>>,
+    state: &Rc<RefCell<ArbiterBinding>>,
     _args: &[sys::napi_value; MAX_ARGS],
 ) -> JsResult<sys::napi_value> {
     state.borrow_mut().publish();
     undefined(env)
 }
 
-fn bind_side(env: &Env, state: &Rc<RefCell<State>>, args: &[sys::napi_value; MAX_ARGS]) -> JsResult<sys::napi_value> {
+fn bind_side(
+    env: &Env,
+    state: &Rc<RefCell<ArbiterBinding>>,
+    args: &[sys::napi_value; MAX_ARGS],
+) -> JsResult<sys::napi_value> {
     if js::value_type(env, args[0]).js()? != ValueType::Function {
         return Err(SidecarError::invalid_argument("notify: expected a function").into());
     }
     let mut s = state.borrow_mut();
     // Weak: the JS half holds its notify function, and it reaches this arbiter's JS object.
     s.notify = Some(JsRef::weak(env, args[0]).js()?);
+    s.host.js_half_bound = true;
     s.publish();
     s.mailbox.as_ref().expect("made at install").array().js()
 }

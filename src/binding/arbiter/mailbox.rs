@@ -13,8 +13,8 @@ use napi::{check_status, sys, Env, Result};
 use napi_derive::napi;
 
 use super::super::js::JsRef;
-use super::hot_path::LEASE_PREFIX;
-use crate::arbiter::{LeaseId, Outcome, Reason, Resolution, Status, WaiterId};
+use crate::arbiter::{Outcome, Reason, Status, WaiterId, LEASE_PREFIX};
+use crate::link::arbiter_host::Outbound;
 
 /// Header slots of the arbiter mailbox.
 #[napi]
@@ -97,12 +97,6 @@ pub fn arbiter_code_names() -> ArbiterCodeNames {
     }
 }
 
-/// Something a call caused that JS must hear about.
-pub enum Record {
-    Settled(Resolution),
-    Revoked(LeaseId),
-}
-
 /// The header as of the end of a call.
 pub struct Header {
     pub now_ms: f64,
@@ -172,19 +166,24 @@ impl Mailbox {
     }
 
     /// Moves up to one batch of records out of `outbox`; `epoch_ms` converts the arbiter clock.
-    pub fn write_records(&self, outbox: &mut VecDeque<Record>, epoch_ms: impl Fn(u64) -> f64, ms: impl Fn(u64) -> f64) {
+    pub fn write_records(
+        &self,
+        outbox: &mut VecDeque<Outbound>,
+        epoch_ms: impl Fn(u64) -> f64,
+        ms: impl Fn(u64) -> f64,
+    ) {
         let count = outbox.len().min(RECORD_CAPACITY);
         for i in 0..count {
             let at = ArbiterMailboxSlot::Records as usize + i * ArbiterRecordField::Size as usize;
             match outbox.pop_front().expect("counted above") {
-                Record::Settled(r) => {
+                Outbound::Settled(r) => {
                     let acquired_at = match &r.outcome {
                         Outcome::Acquired(g) => epoch_ms(g.acquired_at),
                         Outcome::NotAcquired { .. } => 0.0,
                     };
                     self.write_record(at, r.waiter, Some(&r.outcome), acquired_at, &ms);
                 }
-                Record::Revoked(id) => {
+                Outbound::Revoked(id) => {
                     self.write_record(at, id, None, 0.0, &ms);
                 }
             }

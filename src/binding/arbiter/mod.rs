@@ -33,7 +33,7 @@ use crate::config::{self, ArbiterConfig};
 use crate::error::ErrorCode;
 use crate::error::SidecarError;
 
-pub(super) use state::{backlog_board, observe_sample, State};
+pub(super) use state::{after_call, update_event_recording, ArbiterBinding, Caller};
 pub use views::*;
 
 #[napi(object)]
@@ -47,7 +47,7 @@ pub struct FromFileOptions {
 /// request is granted or definitively answered; every request resolves exactly once.
 #[napi]
 pub struct GpuArbiter {
-    state: Rc<RefCell<State>>,
+    state: Rc<RefCell<ArbiterBinding>>,
 }
 
 #[napi]
@@ -106,33 +106,38 @@ impl GpuArbiter {
     pub fn snapshot(&self, env: &Env, gpu_key: Option<Unknown>) -> Result<Option<GpuArbiterSnapshot>, Code> {
         let gpu_key = args::string(env, gpu_key, "gpuKey")?;
         let s = self.state.borrow();
-        Ok(s.core.snapshot(&gpu_key, s.clock.now()).map(|snap| views::snapshot_value(&s.clock, snap)))
+        Ok(s.host.core.snapshot(&gpu_key, s.host.clock.now()).map(|snap| views::snapshot_value(&s.host.clock, snap)))
     }
 
     /// Snapshots of every configured GPU.
     #[napi(catch_unwind)]
     pub fn snapshot_all(&self) -> Vec<GpuArbiterSnapshot> {
         let s = self.state.borrow();
-        s.core.snapshot_all(s.clock.now()).into_iter().map(|snap| views::snapshot_value(&s.clock, snap)).collect()
+        s.host
+            .core
+            .snapshot_all(s.host.clock.now())
+            .into_iter()
+            .map(|snap| views::snapshot_value(&s.host.clock, snap))
+            .collect()
     }
 
     /// Prometheus text exposition (serve it next to prom-client's output).
     #[napi(catch_unwind)]
     pub fn metrics(&self) -> String {
-        self.state.borrow().core.metrics()
+        self.state.borrow().host.core.metrics()
     }
 
     /// The effective config, defaults applied.
     #[napi(catch_unwind, ts_return_type = "GpuArbiterConfig")]
     pub fn config(&self) -> Result<serde_json::Value, Code> {
-        Ok(serde_json::to_value(self.state.borrow().core.config())
+        Ok(serde_json::to_value(self.state.borrow().host.core.config())
             .map_err(|e| SidecarError::new(crate::error::ErrorCode::Internal, e.to_string()))?)
     }
 
     /// The configured GPU keys, in order (records name a GPU by its index here).
     #[napi(catch_unwind)]
     pub fn gpu_keys(&self) -> Vec<String> {
-        self.state.borrow().core.config().gpu_keys.clone()
+        self.state.borrow().host.core.config().gpu_keys.clone()
     }
 
     /// Applies a JSON merge patch to the config (`{ policies: { ASR: { priority: 95 } } }`),
@@ -144,8 +149,8 @@ impl GpuArbiter {
             Ok(patch) => patch,
             Err(e) => {
                 let mut s = self.state.borrow_mut();
-                let now = s.clock.now();
-                s.core.note_config_rejected(&e, now);
+                let now = s.host.clock.now();
+                s.host.core.note_config_rejected(&e, now);
                 drop(s);
                 state::after_call(env, &self.state, Vec::new(), state::Caller::Native)?;
                 return Err(e.into());
@@ -166,9 +171,9 @@ impl GpuArbiter {
         let mut out = Vec::new();
         {
             let mut s = self.state.borrow_mut();
-            let now = s.clock.now();
+            let now = s.host.clock.now();
             let reading = GpuReading { at: now, ..reading };
-            s.core.observe_gpu(&gpu_key, reading, now, &mut out);
+            s.host.core.observe_gpu(&gpu_key, reading, now, &mut out);
         }
         state::after_call(env, &self.state, out, state::Caller::Native)
     }
@@ -184,8 +189,8 @@ impl GpuArbiter {
         let mut out = Vec::new();
         let raised = {
             let mut s = self.state.borrow_mut();
-            let now = s.clock.now();
-            s.core.notify_asr_task_hint(audio, hold, now, &mut out)
+            let now = s.host.clock.now();
+            s.host.core.notify_asr_task_hint(audio, hold, now, &mut out)
         };
         state::after_call(env, &self.state, out, state::Caller::Native)?;
         Ok(raised)
@@ -202,14 +207,13 @@ impl GpuArbiter {
         let listener = listener.ok_or_else(|| SidecarError::invalid_argument("listener: expected a function"))?;
         let mut s = self.state.borrow_mut();
         let id = s.listeners.add(env, listener.raw())?;
-        s.core.set_record_events(true);
+        state::update_event_recording(&mut s);
         let weak = Rc::downgrade(&self.state);
         env.create_function_from_closure::<(), (), _>("unsubscribe", move |_ctx| {
             if let Some(state) = weak.upgrade() {
                 let mut s = state.borrow_mut();
                 s.listeners.remove(id);
-                let listening = !s.listeners.is_empty();
-                s.core.set_record_events(listening);
+                state::update_event_recording(&mut s);
             }
             Ok(())
         })
@@ -224,31 +228,32 @@ impl GpuArbiter {
         let mut out = Vec::new();
         {
             let mut s = self.state.borrow_mut();
-            let now = s.clock.now();
-            s.core.close(now, &mut out);
+            let now = s.host.clock.now();
+            s.host.core.close(now, &mut out);
             s.watch = None;
         }
         state::after_call(env, &self.state, out, state::Caller::Native)?;
         let mut s = self.state.borrow_mut();
         s.listeners.clear();
-        s.core.set_record_events(false);
+        s.host.lease_sinks.clear();
+        state::update_event_recording(&mut s);
         Ok(())
     }
 
     /// Whether `close()` was called.
     #[napi(getter, catch_unwind)]
     pub fn closed(&self) -> bool {
-        self.state.borrow().core.is_closed()
+        self.state.borrow().host.core.is_closed()
     }
 }
 
 impl GpuArbiter {
     /// For a `Telemetry` that feeds this arbiter without keeping it alive.
-    pub(super) fn shared(&self) -> Weak<RefCell<State>> {
+    pub(super) fn shared(&self) -> Weak<RefCell<ArbiterBinding>> {
         Rc::downgrade(&self.state)
     }
 
     fn with_config(config: ArbiterConfig) -> Self {
-        Self { state: Rc::new(RefCell::new(State::new(config))) }
+        Self { state: Rc::new(RefCell::new(ArbiterBinding::new(config))) }
     }
 }

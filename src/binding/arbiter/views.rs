@@ -5,8 +5,7 @@ use napi::bindgen_prelude::{Either, Null};
 use napi_derive::napi;
 use serde_json::Value;
 
-use super::hot_path::LEASE_PREFIX;
-use super::state::{ms, Clock};
+use crate::arbiter::clock::{ms, Clock};
 use crate::arbiter::{ArbiterEvent, GpuReading, GpuSnapshot, Percentiles, Trace};
 use crate::error::{SidecarError, SidecarResult};
 
@@ -202,7 +201,7 @@ fn percentiles_value(p: Option<Percentiles>) -> Option<LatencyPercentiles> {
 }
 
 pub fn lease_id(id: u64) -> String {
-    format!("{LEASE_PREFIX}{id}")
+    crate::arbiter::lease_id_text(id)
 }
 
 /// The old arbiter's snapshot has `null`, not a missing field, where there is nothing.

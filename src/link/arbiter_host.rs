@@ -1,0 +1,447 @@
+//! The arbiter core as a binding hosts it, with what the other parts hang on it: its clock, the
+//! leases Rust code asks for (startup leases, answered on channels), the shared task type names,
+//! the on-demand start hook, the lease-attribution sinks and the backlog board a Telemetry's
+//! sampler thread reads. Everything here is decided without JS: the binding reads the clock once
+//! per call, hands results to JS and tells the JS half to look.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
+
+use super::arbiter_calls::{ArbiterCall, NativeReply};
+use super::lease_attribution::LeaseSinks;
+use crate::arbiter::{
+    AcquireRequest, Admission, Arbiter, ArbiterEvent, Clock, LeaseId, Micros, Outcome, Resolution, TaskType, WaiterId,
+    MICROS_PER_MS,
+};
+use crate::config::watch::ConfigFileChange;
+use crate::config::{self, ArbiterConfig};
+use crate::error::SidecarResult;
+use crate::telemetry::{BacklogBoard, Sample};
+
+/// Distinct task type names kept for sharing; a node has a handful.
+pub const MAX_INTERNED_TASK_TYPES: usize = 256;
+
+/// A change of the arbiter's config while it runs.
+pub enum ConfigChange {
+    /// A JSON merge patch (`setConfig`).
+    Patch(serde_json::Value),
+    /// What the watcher saw of the config file, and the file's path for messages.
+    File(ConfigFileChange, String),
+}
+
+/// Something a call caused that the JS half must hear about.
+#[derive(Debug)]
+pub enum Outbound {
+    Settled(Resolution),
+    Revoked(LeaseId),
+}
+
+/// The refusal's text for a Rust requester.
+pub fn refusal(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::NotAcquired { status, reason } => format!("{} ({})", status.as_str(), reason.as_str()),
+        Outcome::Acquired(_) => "granted".to_string(),
+    }
+}
+
+pub struct ArbiterHost {
+    pub core: Arbiter,
+    pub clock: Clock,
+    /// Resolutions and revocations for the JS half, oldest first.
+    pub outbox: VecDeque<Outbound>,
+    /// Whether a JS half listens (revocations matter only to one).
+    pub js_half_bound: bool,
+    /// The clock as the current call read it.
+    call_now: Option<Micros>,
+    /// An empty vector with capacity, lent to each call for its resolutions (no allocation per call).
+    spare_resolutions: Vec<Resolution>,
+    /// Requests made from Rust, answered on their channel, not in the mailbox.
+    native_waiters: FxHashMap<WaiterId, NativeReply>,
+    /// Task type names seen, shared by every request of the type (no allocation per request).
+    task_types: FxHashMap<Box<str>, TaskType>,
+    /// Waiters and leases per GPU for attached Telemetries' sampler threads; kept only once one
+    /// asked (see [`ArbiterHost::backlog_board`]).
+    backlog_board: Option<Arc<BacklogBoard>>,
+    /// Starts the on-demand service of a standby task type that was just requested (set by a
+    /// supervisor attached to this arbiter).
+    pub demand_sink: Option<Box<dyn Fn(String)>>,
+    /// Attached supervisors attributing leases to their services.
+    pub lease_sinks: LeaseSinks,
+    /// Bumped on every config change, so the JS half knows when to re-read the GPU keys.
+    pub config_generation: u32,
+}
+
+impl ArbiterHost {
+    pub fn new(config: ArbiterConfig) -> Self {
+        Self {
+            core: Arbiter::new(config),
+            clock: Clock::new(),
+            outbox: VecDeque::new(),
+            js_half_bound: false,
+            call_now: None,
+            spare_resolutions: Vec::new(),
+            native_waiters: FxHashMap::default(),
+            task_types: FxHashMap::default(),
+            backlog_board: None,
+            demand_sink: None,
+            lease_sinks: LeaseSinks::default(),
+            config_generation: 0,
+        }
+    }
+
+    /// Applies a config change, or keeps the config and records `config-rejected`
+    /// (`config-file-missing` for a file that went away, which is no error). Returns the
+    /// outcome, the warnings (unknown keys) and what the change resolved.
+    pub fn change_config(&mut self, change: &ConfigChange) -> (SidecarResult<()>, Vec<String>, Vec<Resolution>) {
+        let mut warnings = vec![];
+        let mut out = Vec::new();
+        let now = self.now();
+        let parsed = match change {
+            ConfigChange::Patch(patch) => self.core.config().patched(patch, &mut warnings),
+            ConfigChange::File(ConfigFileChange::Edited(text), source) => {
+                config::parse_node_config(text, source).map(|node| {
+                    warnings = node.warnings;
+                    node.gpu_arbiter
+                })
+            }
+            ConfigChange::File(ConfigFileChange::Unusable(e), _) => Err(e.clone()),
+            ConfigChange::File(ConfigFileChange::Missing, source) => {
+                tracing::warn!(path = %source, "the watched config file is gone; keeping the last good config");
+                self.core.note_config_file_missing(now);
+                return (Ok(()), warnings, out);
+            }
+        };
+        let applied = parsed.and_then(|cfg| self.core.set_config(cfg, now, &mut out));
+        match &applied {
+            Ok(()) => self.config_generation += 1,
+            Err(e) => self.core.note_config_rejected(e, now),
+        }
+        (applied, warnings, out)
+    }
+
+    /// Feeds a telemetry sample's GPUs (those still on the bus) to the core, as of now.
+    pub fn observe_sample(&mut self, sample: &Sample) -> Vec<Resolution> {
+        let mut out = Vec::new();
+        let now = self.now();
+        for gpu in sample.gpus.iter().filter(|g| !g.lost) {
+            self.core.observe_gpu(&gpu.key, gpu.reading(now), now, &mut out);
+        }
+        out
+    }
+
+    /// The clock, read once per call: [`ArbiterHost::published_now`] reuses this reading.
+    pub fn now(&mut self) -> Micros {
+        let now = self.clock.now();
+        self.call_now = Some(now);
+        now
+    }
+
+    /// The clock as this call read it (or now), for what the call publishes.
+    pub fn published_now(&mut self) -> Micros {
+        self.call_now.take().unwrap_or_else(|| self.clock.now())
+    }
+
+    /// The shared name of a task type. Past `MAX_INTERNED_TASK_TYPES` distinct names (a caller
+    /// inventing one per request) names are no longer kept, so the table cannot grow without bound.
+    pub fn intern_task_type(&mut self, name: &str) -> TaskType {
+        if let Some(shared) = self.task_types.get(name) {
+            return shared.clone();
+        }
+        let shared: TaskType = name.into();
+        if self.task_types.len() < MAX_INTERNED_TASK_TYPES {
+            self.task_types.insert(name.into(), shared.clone());
+        }
+        shared
+    }
+
+    /// An empty vector for a call's resolutions; [`ArbiterHost::collect`] takes it back.
+    pub fn lend_resolutions(&mut self) -> Vec<Resolution> {
+        std::mem::take(&mut self.spare_resolutions)
+    }
+
+    /// Routes what a core call resolved: a Rust requester's answer to its channel (a lease granted
+    /// to one that stopped waiting is released at once, which may grant more), everything else
+    /// to the JS half's outbox, and the watchdog's revocations after them.
+    pub fn collect(&mut self, mut resolutions: Vec<Resolution>) {
+        while !resolutions.is_empty() {
+            let mut orphaned = Vec::new();
+            for r in resolutions.drain(..) {
+                match self.native_waiters.remove(&r.waiter) {
+                    Some(reply) => match r.outcome {
+                        Outcome::Acquired(grant) => {
+                            if reply.send(Ok(grant.lease_id)).is_err() {
+                                orphaned.push(grant.lease_id);
+                            }
+                        }
+                        refused => {
+                            let _ = reply.send(Err(refusal(&refused)));
+                        }
+                    },
+                    None => self.outbox.push_back(Outbound::Settled(r)),
+                }
+            }
+            if !orphaned.is_empty() {
+                let now = self.clock.now();
+                for id in orphaned {
+                    self.core.release(id, now, &mut resolutions);
+                }
+            }
+        }
+        if resolutions.capacity() > self.spare_resolutions.capacity() {
+            self.spare_resolutions = resolutions;
+        }
+        if self.core.has_revoked() {
+            let revoked = self.core.take_revoked();
+            if self.js_half_bound {
+                self.outbox.extend(revoked.into_iter().map(Outbound::Revoked));
+            }
+        }
+    }
+
+    /// Hands the standby task types just requested to the on-demand hook.
+    pub fn dispatch_demands(&mut self) {
+        let demands = self.core.take_demands();
+        if let Some(sink) = &self.demand_sink {
+            demands.into_iter().for_each(sink);
+        }
+    }
+
+    /// Whether the core must record events: JS listens, or a supervisor attributes leases.
+    pub fn want_events(&mut self, js_listening: bool) {
+        self.core.set_record_events(js_listening || !self.lease_sinks.is_empty());
+    }
+
+    /// The events the last calls recorded, told to the lease sinks first; `None` when no JS
+    /// listener wants them.
+    pub fn take_events(&mut self, js_listening: bool) -> Option<Vec<ArbiterEvent>> {
+        if !js_listening && self.lease_sinks.is_empty() {
+            return None;
+        }
+        let events = self.core.take_events();
+        for e in &events {
+            self.lease_sinks.tell(e, self.clock.epoch_ms(e.at) as u64);
+        }
+        (js_listening && !events.is_empty()).then_some(events)
+    }
+
+    /// The board of waiters and leases per GPU, refreshed on every publish.
+    pub fn backlog_board(&mut self) -> Arc<BacklogBoard> {
+        let board = self.backlog_board.get_or_insert_with(Arc::default).clone();
+        board.set(self.core.each_gpu_load());
+        board
+    }
+
+    /// Refreshes the backlog board, if a Telemetry asked for one.
+    pub fn refresh_backlog(&self) {
+        if let Some(board) = &self.backlog_board {
+            board.set(self.core.each_gpu_load());
+        }
+    }
+
+    /// Asks for a lease on behalf of Rust code; `reply` hears the answer, now or when a later call
+    /// settles the request. A request the arbiter refuses to take (closed, unknown GPU) is
+    /// answered with its error. A lease granted after its requester dropped `reply` is released
+    /// at once (the resolutions that release caused are returned).
+    pub fn acquire_native(&mut self, request: AcquireRequest, reply: NativeReply) -> Vec<Resolution> {
+        let now = self.now();
+        let mut out = Vec::new();
+        match self.core.acquire(request, now) {
+            Err(e) => {
+                let _ = reply.send(Err(e.message));
+            }
+            Ok(Admission::Settled(Outcome::Acquired(grant))) => {
+                if reply.send(Ok(grant.lease_id)).is_err() {
+                    // Nobody waits for it any more (the start was stopped).
+                    self.core.release(grant.lease_id, now, &mut out);
+                }
+            }
+            Ok(Admission::Settled(refused)) => {
+                let _ = reply.send(Err(refusal(&refused)));
+            }
+            Ok(Admission::Queued(waiter)) => {
+                self.native_waiters.insert(waiter, reply);
+            }
+        }
+        out
+    }
+
+    /// Gives back a lease; whether it was still held, and what the release resolved.
+    pub fn release(&mut self, lease_id: LeaseId) -> (bool, Vec<Resolution>) {
+        let mut out = self.lend_resolutions();
+        let now = self.now();
+        (self.core.release(lease_id, now, &mut out), out)
+    }
+
+    /// Applies one of a supervisor's asks ([`ArbiterCall`]); returns what it resolved.
+    pub fn apply(&mut self, call: ArbiterCall) -> Vec<Resolution> {
+        let now = self.now();
+        let mut out = self.lend_resolutions();
+        match call {
+            ArbiterCall::Acquire { request, reply, .. } => return self.acquire_native(request, reply),
+            ArbiterCall::Release { lease_id } => {
+                if !self.core.release(lease_id, now, &mut out) {
+                    tracing::debug!(lease_id, "a service startup lease was already gone");
+                }
+            }
+            ArbiterCall::Standby { task_types, load_allowance_ms } => {
+                let allowance = load_allowance_ms.map(|ms| ms.saturating_mul(MICROS_PER_MS));
+                for task_type in &task_types {
+                    self.core.set_task_standby(task_type, allowance, now, &mut out);
+                }
+            }
+            ArbiterCall::Starting { task_types } => task_types.iter().for_each(|t| self.core.set_task_starting(t)),
+            ArbiterCall::Unavailable { task_types } => {
+                for task_type in &task_types {
+                    self.core.fail_task_type(task_type, now, &mut out);
+                }
+            }
+            ArbiterCall::Routes(routes) => self.core.set_task_gpus(routes),
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arbiter::{Reason, Status};
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    use tokio::sync::oneshot;
+
+    fn host(cfg: serde_json::Value) -> ArbiterHost {
+        let mut w = vec![];
+        ArbiterHost::new(ArbiterConfig::from_json(&cfg, &mut w).unwrap())
+    }
+
+    fn request(task: &str) -> AcquireRequest {
+        AcquireRequest::new(task)
+    }
+
+    #[test]
+    fn task_type_names_are_shared_and_the_table_is_bounded() {
+        let mut h = host(serde_json::json!({}));
+        let a = h.intern_task_type("ASR");
+        assert!(Arc::ptr_eq(&a, &h.intern_task_type("ASR")));
+        for i in 0..10_000 {
+            h.intern_task_type(&format!("invented-{i}"));
+        }
+        assert_eq!(h.task_types.len(), MAX_INTERNED_TASK_TYPES);
+        assert_eq!(&*h.intern_task_type("invented-9999"), "invented-9999");
+    }
+
+    #[test]
+    fn a_native_request_is_answered_on_its_channel_and_never_reaches_the_js_half() {
+        let mut h = host(serde_json::json!({"maxConcurrentLeases": 1}));
+        let (reply, mut granted) = oneshot::channel();
+        assert!(h.acquire_native(request("SERVICE_STARTUP"), reply).is_empty());
+        assert_eq!(granted.try_recv().unwrap(), Ok(1));
+        // The next one queues behind it, and is granted on release.
+        let (reply, mut second) = oneshot::channel();
+        h.acquire_native(request("SERVICE_STARTUP"), reply);
+        assert!(second.try_recv().is_err(), "queued");
+        let (released, out) = h.release(1);
+        assert!(released);
+        h.collect(out);
+        assert!(matches!(second.try_recv(), Ok(Ok(_))));
+        assert!(h.outbox.is_empty(), "nothing for JS");
+        // A request the arbiter will not take is answered with why.
+        let (reply, mut refused) = oneshot::channel();
+        let mut bad = request("X");
+        bad.gpu_key = Some("gpu:9".into());
+        h.acquire_native(bad, reply);
+        assert!(refused.try_recv().unwrap().unwrap_err().contains("gpu:9"));
+    }
+
+    #[test]
+    fn a_lease_granted_to_a_requester_that_stopped_waiting_is_released_and_goes_to_the_next() {
+        let mut h = host(serde_json::json!({"maxConcurrentLeases": 1}));
+        let (reply, _held) = oneshot::channel();
+        h.acquire_native(request("A"), reply);
+        let (reply, gone) = oneshot::channel();
+        h.acquire_native(request("A"), reply);
+        drop(gone); // that start was stopped while it waited
+        let now = h.now();
+        let js_waiter = match h.core.acquire(request("A"), now).unwrap() {
+            Admission::Queued(id) => id,
+            other => panic!("{other:?}"),
+        };
+        let (_, out) = h.release(1);
+        h.collect(out);
+        // The orphaned grant was given back at once, and the JS request behind it got the GPU.
+        assert!(matches!(
+            h.outbox.pop_front(),
+            Some(Outbound::Settled(Resolution { waiter, outcome: Outcome::Acquired(_) })) if waiter == js_waiter
+        ));
+        assert_eq!(h.core.lease_count(), 1);
+    }
+
+    #[test]
+    fn supervisor_asks_apply_to_the_core_and_a_failed_start_answers_its_waiters() {
+        let mut h = host(serde_json::json!({"gpuKeys": ["gpu:0", "gpu:1"]}));
+        h.apply(ArbiterCall::Routes(vec![("NMT".into(), "gpu:1".into())]));
+        h.apply(ArbiterCall::Standby { task_types: vec!["NMT".into()], load_allowance_ms: Some(1000) });
+        let now = h.now();
+        let waiter = match h.core.acquire(request("NMT"), now).unwrap() {
+            Admission::Queued(id) => id,
+            other => panic!("{other:?}"),
+        };
+        let demanded = Rc::new(RefCell::new(Vec::new()));
+        let d = demanded.clone();
+        h.demand_sink = Some(Box::new(move |t| d.borrow_mut().push(t)));
+        h.dispatch_demands();
+        assert_eq!(*demanded.borrow(), ["NMT"]);
+        h.apply(ArbiterCall::Starting { task_types: vec!["NMT".into()] });
+        let out = h.apply(ArbiterCall::Unavailable { task_types: vec!["NMT".into()] });
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].waiter, waiter);
+        assert_eq!(
+            out[0].outcome,
+            Outcome::NotAcquired { status: Status::Skipped, reason: Reason::ServiceUnavailable }
+        );
+    }
+
+    #[test]
+    fn lease_sinks_hear_grants_even_with_no_js_listener() {
+        let mut h = host(serde_json::json!({}));
+        let heard = Rc::new(RefCell::new(Vec::new()));
+        let hd = heard.clone();
+        h.lease_sinks.add(Box::new(move |change, _at| hd.borrow_mut().push(change)));
+        h.want_events(false);
+        let now = h.now();
+        h.core.acquire(request("ASR"), now).unwrap();
+        assert!(h.take_events(false).is_none(), "no JS listener: nothing to convert");
+        assert!(
+            matches!(heard.borrow().as_slice(), [crate::services::LeaseChange::Acquired { task_type, .. }] if task_type == "ASR")
+        );
+    }
+
+    #[test]
+    fn a_bad_config_change_keeps_the_config_and_a_good_one_bumps_the_generation() {
+        let mut h = host(serde_json::json!({}));
+        let (applied, _, _) = h.change_config(&ConfigChange::Patch(serde_json::json!({"maxConcurrentLeases": 2})));
+        assert!(applied.is_ok());
+        assert_eq!((h.core.config().max_concurrent_leases.get(), h.config_generation), (2, 1));
+        let (applied, _, _) = h.change_config(&ConfigChange::Patch(serde_json::json!({"maxConcurrentLeases": "x"})));
+        assert!(applied.unwrap_err().message.starts_with("gpuArbiter.maxConcurrentLeases"));
+        assert_eq!((h.core.config().max_concurrent_leases.get(), h.config_generation), (2, 1));
+        let gone = ConfigChange::File(ConfigFileChange::Missing, "/x/config.json".into());
+        assert!(h.change_config(&gone).0.is_ok(), "a missing file keeps the last good config");
+        assert_eq!(h.config_generation, 1);
+    }
+
+    #[test]
+    fn the_backlog_board_follows_each_refresh() {
+        let mut h = host(serde_json::json!({"maxConcurrentLeases": 1}));
+        let board = h.backlog_board();
+        let now = h.now();
+        h.core.acquire(request("ASR"), now).unwrap();
+        h.core.acquire(request("ASR"), now).unwrap();
+        h.refresh_backlog();
+        let mut total = std::collections::BTreeMap::new();
+        board.add_to(&mut total);
+        assert_eq!((total["gpu:0"].leases, total["gpu:0"].waiters), (1, 1));
+    }
+}

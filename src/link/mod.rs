@@ -1,0 +1,21 @@
+//! The glue between the three parts, in plain Rust under `cargo test`: what the binding used to
+//! decide on its own. The binding (`src/binding/`) converts values and errors and wakes JS; each
+//! piece here is driven by it and takes time as an argument where time matters.
+//!
+//! - [`service_events`]: the supervisor's events on their way to JS, log lines bounded;
+//! - [`supervisor_telemetry`]: an attached Telemetry as the supervisor's VRAM and host-memory
+//!   source, and the service pids it labels;
+//! - [`arbiter_calls`]: what a supervisor asks of an attached arbiter from its own threads
+//!   (startup leases, task-type routes, on-demand standby), queued for the arbiter's thread;
+//! - [`lease_attribution`]: an arbiter's grants and releases, typed, for the supervisor;
+//! - [`arbiter_host`]: the arbiter core with its clock, native requesters and the hooks other
+//!   parts set (on-demand starts, lease attribution, the backlog board);
+//! - [`sampler_events`]: telemetry's sampler events queued for JS, oldest dropped first, and the
+//!   attached arbiters' backlog summed for the sampler thread.
+
+pub mod arbiter_calls;
+pub mod arbiter_host;
+pub mod lease_attribution;
+pub mod sampler_events;
+pub mod service_events;
+pub mod supervisor_telemetry;

@@ -1,0 +1,117 @@
+//! Telemetry's two roads across threads. Samples, alerts and ends go from the sampler thread to
+//! JS through a queue that drops the oldest when JS falls behind (a slow listener never blocks
+//! sampling). The attached arbiters' waiters and leases go the other way without the JS thread:
+//! each arbiter keeps a board, and the sampler thread sums the boards for GPU_IDLE_WITH_BACKLOG.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use crate::telemetry::{Backlog, BacklogBoard, SamplerEvent};
+
+/// Events kept while the JS thread is busy; older ones are dropped first.
+pub const MAX_QUEUED_EVENTS: usize = 256;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Sampler events on their way to JS.
+#[derive(Default)]
+pub struct SamplerEventQueue {
+    events: Mutex<VecDeque<SamplerEvent>>,
+    /// The JS thread was asked to look and has not looked yet.
+    wake_pending: AtomicBool,
+}
+
+impl SamplerEventQueue {
+    /// Queues `event` (dropping the oldest past [`MAX_QUEUED_EVENTS`]); returns whether the JS
+    /// thread must be woken (it was not asked already).
+    pub fn push(&self, event: SamplerEvent) -> bool {
+        let mut events = lock(&self.events);
+        if events.len() == MAX_QUEUED_EVENTS {
+            events.pop_front();
+        }
+        events.push_back(event);
+        drop(events);
+        !self.wake_pending.swap(true, Ordering::AcqRel)
+    }
+
+    /// Everything queued, oldest first; the next push wakes the JS thread again.
+    pub fn take(&self) -> Vec<SamplerEvent> {
+        self.wake_pending.store(false, Ordering::Release);
+        lock(&self.events).drain(..).collect()
+    }
+
+    pub fn clear(&self) {
+        lock(&self.events).clear();
+    }
+}
+
+/// The boards of the arbiters attached to one Telemetry, by the id their detach function holds.
+/// A board outlives its arbiter only until the arbiter is collected.
+#[derive(Default)]
+pub struct BacklogBoards(Mutex<Vec<(u32, Weak<BacklogBoard>)>>);
+
+impl BacklogBoards {
+    pub fn attach(&self, id: u32, board: &Arc<BacklogBoard>) {
+        lock(&self.0).push((id, Arc::downgrade(board)));
+    }
+
+    pub fn detach(&self, id: u32) {
+        lock(&self.0).retain(|(a, _)| *a != id);
+    }
+
+    pub fn clear(&self) {
+        lock(&self.0).clear();
+    }
+
+    /// Waiters and leases per GPU key, over every live attached arbiter (several may share a GPU).
+    pub fn total(&self) -> BTreeMap<String, Backlog> {
+        let mut total = BTreeMap::new();
+        for (_, board) in lock(&self.0).iter() {
+            if let Some(board) = board.upgrade() {
+                board.add_to(&mut total);
+            }
+        }
+        total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn end() -> SamplerEvent {
+        SamplerEvent::Ended(None)
+    }
+
+    #[test]
+    fn the_queue_wakes_once_per_look_and_drops_the_oldest_when_js_falls_behind() {
+        let q = SamplerEventQueue::default();
+        assert!(q.push(end()), "the first event wakes JS");
+        assert!(!q.push(end()), "JS was asked already");
+        assert_eq!(q.take().len(), 2);
+        assert!(q.push(end()), "after a look, the next event wakes it again");
+        for _ in 0..MAX_QUEUED_EVENTS + 10 {
+            q.push(end());
+        }
+        assert_eq!(q.take().len(), MAX_QUEUED_EVENTS);
+    }
+
+    #[test]
+    fn the_backlog_sums_live_boards_and_forgets_detached_and_collected_ones() {
+        let boards = BacklogBoards::default();
+        let (a, b) = (Arc::new(BacklogBoard::default()), Arc::new(BacklogBoard::default()));
+        a.set([("gpu:0", 2, 1)]);
+        b.set([("gpu:0", 1, 0), ("gpu:1", 0, 3)]);
+        boards.attach(0, &a);
+        boards.attach(1, &b);
+        let total = boards.total();
+        assert_eq!((total["gpu:0"].waiters, total["gpu:0"].leases, total["gpu:1"].leases), (3, 1, 3));
+        boards.detach(0);
+        assert_eq!(boards.total()["gpu:0"].waiters, 1);
+        drop(b); // its arbiter was collected
+        assert!(boards.total().is_empty());
+    }
+}
