@@ -22,10 +22,11 @@ pub type NativeReply = oneshot::Sender<Result<LeaseId, String>>;
 
 /// One ask of the arbiter.
 pub enum ArbiterCall {
-    /// A startup lease; `reply` hears the answer.
+    /// A startup lease; `reply` hears the answer. (The request is boxed: it is large, and the
+    /// other asks are small.)
     Acquire {
         service: String,
-        request: AcquireRequest,
+        request: Box<AcquireRequest>,
         reply: NativeReply,
     },
     Release {
@@ -156,7 +157,11 @@ impl StartupLease for ArbiterLease {
         Box::pin(async move {
             let (reply, granted) = oneshot::channel();
             let request = self.policy.request(service, gpu_key);
-            if !self.calls.send(ArbiterCall::Acquire { service: service.to_string(), request, reply }) {
+            if !self.calls.send(ArbiterCall::Acquire {
+                service: service.to_string(),
+                request: Box::new(request),
+                reply,
+            }) {
                 tracing::warn!(
                     service,
                     "gpuStartupLease is set but no GpuArbiter is attached: loading without a lease"

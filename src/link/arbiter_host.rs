@@ -279,7 +279,7 @@ impl ArbiterHost {
         let now = self.now();
         let mut out = self.lend_resolutions();
         match call {
-            ArbiterCall::Acquire { request, reply, .. } => return self.acquire_native(request, reply),
+            ArbiterCall::Acquire { request, reply, .. } => return self.acquire_native(*request, reply),
             ArbiterCall::Release { lease_id } => {
                 if !self.core.release(lease_id, now, &mut out) {
                     tracing::debug!(lease_id, "a service startup lease was already gone");
