@@ -154,8 +154,8 @@ pub struct GpuArbiterSnapshot {
     pub queue_length: u32,
     pub tasks: Vec<GpuTaskStats>,
     pub admission: GpuAdmission,
-    /// The old arbiter's fields, kept for its callers (the orchestrator's heartbeat reads
-    /// `queueLength`, `gpuUsage` and `gpuAdmissionState`).
+    // From here on, the old arbiter's fields, kept for its callers (the orchestrator's heartbeat
+    // reads `queueLength`, `gpuUsage` and `gpuAdmissionState`).
     /// The oldest active lease, or `null`.
     #[napi(ts_type = "GpuCurrentLease | null")]
     pub current_lease: Either<GpuCurrentLease, Null>,
