@@ -4,7 +4,7 @@ import Ajv2020 from 'ajv/dist/2020'
 import { spawnSync } from 'node:child_process'
 import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { loadConfig } from '../gpu-sidecar'
+import { loadConfig, readRecording, ServiceEvent, ServiceSupervisor } from '../gpu-sidecar'
 import { tempDir } from './support'
 
 const root = join(__dirname, '..')
@@ -90,5 +90,65 @@ describe('the config types, generated from the same schema', () => {
       gpuUsage: { baseHighWater: 85, dynamicAdjustment: { longAudioThresholdMs: 8000 } },
     }
     expect(validate({ gpuArbiter: seed })).toBe(true)
+  })
+})
+
+describe('the event, sample and alert types, generated from the Rust types that serialize them', () => {
+  const events = JSON.parse(readFileSync(join(root, 'src/binding/events.schema.json'), 'utf8'))
+  const ajv = new Ajv2020({ allErrors: true, strict: false, validateFormats: false })
+  ajv.addSchema(events, 'events')
+  const check = (def: string, value: unknown) => {
+    const ok = ajv.validate(`events#/$defs/${def}`, value)
+    return ok ? [] : (ajv.errors ?? []).map((e) => `${e.instancePath} ${e.message}`)
+  }
+
+  // With the cargo test that checks events.schema.json against the types (`cargo test --lib
+  // config::schema`), this fails whenever the Rust types and the TypeScript differ.
+  test('src/binding/events.d.ts is what the schema gives (npm run schema)', () => {
+    const run = spawnSync(process.execPath, [join(root, 'scripts/event-types.mjs'), '--check'], { encoding: 'utf8' })
+    expect(run.stdout).toContain('is current')
+    expect(run.status).toBe(0)
+  })
+
+  test('index.d.ts takes them from there, not from a hand-written copy', () => {
+    const index = readFileSync(join(root, 'index.d.ts'), 'utf8')
+    expect(index).toContain("export type * from './src/binding/events'")
+    expect(index).not.toMatch(/export (interface|type) (ServiceEvent|TelemetrySample|TelemetryAlert|TelemetryGpu)\b/)
+    const types = readFileSync(join(root, 'src/binding/events.d.ts'), 'utf8')
+    for (const name of ['type ServiceEvent', 'interface TelemetrySample', 'interface TelemetryAlert', 'interface TelemetryGpu', 'interface TelemetryGpuProcess']) {
+      expect(types).toContain(`export ${name} `)
+    }
+    expect(types).toContain('type: "host-memory-wait"')
+    expect(types).toContain('type: "log-dropped"')
+  })
+
+  test('recorded samples and their alerts are valid against the schema', () => {
+    const { samples, alerts } = readRecording(join(root, 'examples/node-recording.jsonl'))
+    expect(samples.length).toBeGreaterThan(0)
+    expect(alerts.length).toBeGreaterThan(0)
+    for (const sample of samples) expect(check('TelemetrySample', sample)).toEqual([])
+    for (const alert of alerts) expect(check('TelemetryAlert', alert)).toEqual([])
+    expect(check('TelemetrySample', { ...samples[0], host: { ...samples[0].host, totalMb: 'lots' } })).not.toEqual([])
+  })
+
+  test("a service's events are valid against the schema", async () => {
+    const script = "console.log('UP'); console.error('warn'); setTimeout(() => process.exit(3), 100)"
+    const supervisor = new ServiceSupervisor({
+      services: [{ name: 'a', command: process.execPath, args: ['-e', script], readiness: { logLine: { pattern: 'UP' } }, restart: { policy: 'no' } }],
+    })
+    const seen: ServiceEvent[] = []
+    supervisor.onEvent((e) => seen.push(e))
+    try {
+      await supervisor.start('a')
+      const deadline = Date.now() + 10_000
+      while (!seen.some((e) => e.type === 'exited') && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20))
+    } finally {
+      await supervisor.close()
+    }
+    const types = new Set(seen.map((e) => e.type))
+    for (const type of ['starting', 'spawned', 'log', 'ready', 'exited'] as const) expect(types).toContain(type)
+    for (const event of seen) expect([event.type, check('ServiceEvent', event)]).toEqual([event.type, []])
+    expect(check('ServiceEvent', { ...seen[0], type: 'no-such-event' })).not.toEqual([])
+    expect(check('ServiceEvent', { type: 'log-dropped', service: 'a', at: 1, count: 2 })).toEqual([])
   })
 })

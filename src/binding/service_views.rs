@@ -1,7 +1,8 @@
 //! What `ServiceSupervisor#status` returns, as generated JS types (`#[napi(object)]`): the
 //! declarations in `index.d.ts` come from these structs, so they cannot drift from the values.
-//! Events stay a hand-written union in `header.d.ts`: napi-rs cannot express a union
-//! discriminated by `type`.
+//! Events are not here: listeners get their serde form, and their `ServiceEvent` type is
+//! generated from the same Rust types through a JSON Schema (`src/binding/events.d.ts`, from
+//! `src/config/schema.rs`).
 
 use napi::bindgen_prelude::{Either, Null};
 use napi_derive::napi;

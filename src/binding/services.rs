@@ -29,7 +29,7 @@ use crate::link::arbiter_calls::{ArbiterCall, ArbiterCalls, ArbiterLease, Startu
 use crate::link::service_events::{QueuedEvent, ServiceEventFeed};
 use crate::link::supervisor_telemetry::SupervisorTelemetry;
 use crate::services::{
-    ExitInfo, HostMemorySource, OutputStream, ServiceEvent, ServiceEventKind, ServiceOutcome, ServicesConfig,
+    HostMemorySource, ListenerNote, OutputStream, ServiceEvent, ServiceEventKind, ServiceOutcome, ServicesConfig,
     StartOutcome, StartupLease, Supervisor, SupervisorHooks, TaskRoutes, VramSource,
 };
 
@@ -540,10 +540,8 @@ fn deliver_one(env: &Env, state: &Rc<RefCell<SupervisorBinding>>, events: &Servi
         // Not `env.to_js_value`: its serializer turns epoch-ms `at` into a BigInt.
         QueuedEvent::Event(event) => unsafe { Value::to_napi_value(env.raw(), event_to_json(event)) },
         QueuedEvent::LogDropped { service, count, at } => unsafe {
-            Value::to_napi_value(
-                env.raw(),
-                json!({ "type": "log-dropped", "service": service, "at": at, "count": count }),
-            )
+            let note = ListenerNote::LogDropped { service: service.clone(), at: *at, count: *count };
+            Value::to_napi_value(env.raw(), serde_json::to_value(note).unwrap_or(Value::Null))
         },
     };
     if let Ok(value) = value {
@@ -630,108 +628,10 @@ fn error_to_json(error: &SidecarError) -> Value {
     json!({ "code": error.code.as_str(), "message": error.message })
 }
 
-fn signal_name(signal: i32) -> String {
-    match signal {
-        1 => "SIGHUP".into(),
-        2 => "SIGINT".into(),
-        3 => "SIGQUIT".into(),
-        4 => "SIGILL".into(),
-        6 => "SIGABRT".into(),
-        7 => "SIGBUS".into(),
-        8 => "SIGFPE".into(),
-        9 => "SIGKILL".into(),
-        11 => "SIGSEGV".into(),
-        13 => "SIGPIPE".into(),
-        14 => "SIGALRM".into(),
-        15 => "SIGTERM".into(),
-        n => format!("SIG{n}"),
-    }
-}
-
-fn exit_to_json(exit: &ExitInfo) -> Value {
-    json!({ "exitCode": exit.code, "signal": exit.signal.map(signal_name) })
-}
-
+/// The event as listeners get it: its serde form (see [`crate::services::ServiceEvent`]), which
+/// the generated `ServiceEvent` type is derived from.
 fn event_to_json(event: &ServiceEvent) -> Value {
-    let (kind, fields) = match &event.kind {
-        ServiceEventKind::Starting { attempt, expected_ready_ms } => {
-            ("starting", json!({ "attempt": attempt, "expectedReadyMs": expected_ready_ms }))
-        }
-        ServiceEventKind::Spawned { pid } => ("spawned", json!({ "pid": pid })),
-        ServiceEventKind::Log { stream, line } => {
-            let stream = match stream {
-                OutputStream::Stdout => "stdout",
-                OutputStream::Stderr => "stderr",
-            };
-            ("log", json!({ "stream": stream, "line": line }))
-        }
-        ServiceEventKind::ProbeFailed { reason } => ("probe-failed", json!({ "reason": reason })),
-        ServiceEventKind::Ready { time_to_ready_ms } => ("ready", json!({ "timeToReadyMs": time_to_ready_ms })),
-        ServiceEventKind::ReadinessTimeout { timeout_ms } => ("readiness-timeout", json!({ "timeoutMs": timeout_ms })),
-        ServiceEventKind::Exited { exit } => ("exited", exit_to_json(exit)),
-        ServiceEventKind::Restarting { attempt, delay_ms } => {
-            ("restarting", json!({ "attempt": attempt, "delayMs": delay_ms }))
-        }
-        ServiceEventKind::Failed { error, last_lines } => {
-            ("failed", json!({ "error": error_to_json(error), "lastLines": last_lines }))
-        }
-        ServiceEventKind::Blocked { dependency } => ("blocked", json!({ "dependency": dependency })),
-        ServiceEventKind::VramWait { gpu_key, needed_mb, free_mb } => {
-            ("vram-wait", json!({ "gpuKey": gpu_key, "neededMb": needed_mb, "freeMb": free_mb }))
-        }
-        ServiceEventKind::Placed { gpu_key, free_mb } => ("placed", json!({ "gpuKey": gpu_key, "freeMb": free_mb })),
-        ServiceEventKind::VramGateOff { gpu_key, reason } => {
-            ("vram-gate-off", json!({ "gpuKey": gpu_key, "reason": reason }))
-        }
-        ServiceEventKind::Stopped => ("stopped", json!({})),
-        ServiceEventKind::LivenessFailed { reason, consecutive } => {
-            ("liveness-failed", json!({ "reason": reason, "consecutive": consecutive }))
-        }
-        ServiceEventKind::Unhealthy { failures } => ("unhealthy", json!({ "failures": failures })),
-        ServiceEventKind::Hung { revokes, window_ms, lease_ids } => {
-            ("hung", json!({ "revokes": revokes, "windowMs": window_ms, "leaseIds": lease_ids }))
-        }
-        ServiceEventKind::Status { text } => ("status", json!({ "text": text })),
-        ServiceEventKind::NotifyStopping => ("notify-stopping", json!({})),
-        ServiceEventKind::ReadinessExtended { timeout_ms } => {
-            ("readiness-extended", json!({ "timeoutMs": timeout_ms }))
-        }
-        ServiceEventKind::ReadinessStalled { stall_timeout_ms } => {
-            ("readiness-stalled", json!({ "stallTimeoutMs": stall_timeout_ms }))
-        }
-        ServiceEventKind::PortReclaimed { port, pid } => ("port-reclaimed", json!({ "port": port, "pid": pid })),
-        ServiceEventKind::PortStillHeld { port, waited_ms, pid } => {
-            ("port-still-held", json!({ "port": port, "waitedMs": waited_ms, "pid": pid }))
-        }
-        ServiceEventKind::Demanded { task_type } => ("demanded", json!({ "taskType": task_type })),
-        ServiceEventKind::Evicted { gpu_key, for_service, expected_mb, freed_mb } => (
-            "evicted",
-            json!({ "gpuKey": gpu_key, "for": for_service, "expectedMb": expected_mb, "freedMb": freed_mb }),
-        ),
-        ServiceEventKind::OomRetry { gpu_key, evicted } => {
-            ("oom-retry", json!({ "gpuKey": gpu_key, "evicted": evicted }))
-        }
-        ServiceEventKind::IdleStopped { idle_ms } => ("idle-stopped", json!({ "idleMs": idle_ms })),
-        ServiceEventKind::HostMemoryWait {
-            needed_mb,
-            available_mb,
-            headroom_mb,
-            in_flight_mb,
-            budget_mb,
-            swap_active,
-        } => (
-            "host-memory-wait",
-            json!({
-                "neededMb": needed_mb, "availableMb": available_mb, "headroomMb": headroom_mb,
-                "inFlightMb": in_flight_mb, "budgetMb": budget_mb, "swapActive": swap_active
-            }),
-        ),
-    };
-    let mut object = json!({ "type": kind, "service": event.service, "at": event.timestamp_ms });
-    if let (Value::Object(object), Value::Object(fields)) = (&mut object, fields) {
-        object.extend(fields);
-    }
-    object
+    event.to_json()
 }
 
 fn outcome_to_json(outcome: &ServiceOutcome) -> Value {

@@ -1,13 +1,20 @@
-//! The JSON Schema of a node config file, derived from the types that validate it, so an editor
-//! flags what `loadConfig` would reject. It ships as `src/config/node-config.schema.json`; a test
-//! keeps that file in step with the types (`npm run schema` rewrites it).
+//! JSON Schemas derived from the Rust types, and the TypeScript types generated from them.
+//!
+//! - The node config file's, derived from the types that validate it, so an editor flags what
+//!   `loadConfig` would reject. It ships as `src/config/node-config.schema.json`.
+//! - What listeners receive (service events, telemetry samples and alerts), derived from the
+//!   types whose serde form JS gets: `src/binding/events.schema.json`, for the generated types
+//!   in `src/binding/events.d.ts`.
+//!
+//! Tests keep both files in step with the types (`npm run schema` rewrites them).
 
+use schemars::generate::SchemaSettings;
 use schemars::JsonSchema;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use super::ArbiterConfig;
-use crate::services::ServicesConfig;
-use crate::telemetry::TelemetryOptions;
+use crate::services::{ListenerNote, ServiceEvent, ServicesConfig};
+use crate::telemetry::{Alert, Sample, TelemetryOptions};
 
 /// The file's sections gpu-sidecar reads; other apps' sections are allowed and left alone.
 #[derive(Default, JsonSchema)]
@@ -32,21 +39,65 @@ pub fn node_config_schema() -> Value {
     schemars::schema_for!(NodeConfigFile).to_value()
 }
 
+/// What `ServiceSupervisor#onEvent` listeners receive: the supervisor's events, and the binding's
+/// note of log lines it dropped for them.
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[schemars(rename = "ServiceEvent")]
+#[allow(dead_code)] // only its schema is used
+enum ListenerServiceEvent {
+    Event(ServiceEvent),
+    Note(ListenerNote),
+}
+
+/// The schema of the values JS listeners receive, one `$defs` entry per public type (named as
+/// `index.d.ts` exports it), as they serialize (a field skipped when empty is optional).
+#[cfg_attr(not(test), allow(dead_code))] // the tests write and check the shipped file with it
+pub fn events_schema() -> Value {
+    let mut generator = SchemaSettings::draft2020_12().for_serialize().into_generator();
+    let roots = [
+        ("ServiceEvent", generator.subschema_for::<ListenerServiceEvent>()),
+        ("TelemetrySample", generator.subschema_for::<Sample>()),
+        ("TelemetryAlert", generator.subschema_for::<Alert>()),
+    ];
+    let mut defs = generator.take_definitions(true);
+    for (name, schema) in roots {
+        if !defs.contains_key(name) {
+            defs.insert(name.to_string(), schema.to_value());
+        }
+    }
+    json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "gpu-sidecar listener values",
+        "description": "What onEvent, onSample and onAlert listeners receive.",
+        "$defs": defs,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// The shipped file must be what the types say. `GPU_SIDECAR_UPDATE_SCHEMA=1` (`npm run
-    /// schema`) rewrites it after a config type changes.
-    #[test]
-    fn the_shipped_schema_matches_the_config_types() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/config/node-config.schema.json");
-        let generated = serde_json::to_string_pretty(&node_config_schema()).unwrap() + "\n";
+    /// `path` must hold `schema`. `GPU_SIDECAR_UPDATE_SCHEMA=1` (`npm run schema`) rewrites it
+    /// after a type changes.
+    fn check_shipped(path: &str, schema: Value) {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+        let generated = serde_json::to_string_pretty(&schema).unwrap() + "\n";
         if std::env::var_os("GPU_SIDECAR_UPDATE_SCHEMA").is_some() {
             std::fs::write(&path, &generated).unwrap();
         }
         let shipped = std::fs::read_to_string(&path).unwrap_or_default();
         assert!(shipped == generated, "{} is out of date: run `npm run schema`", path.display());
+    }
+
+    #[test]
+    fn the_shipped_schema_matches_the_config_types() {
+        check_shipped("src/config/node-config.schema.json", node_config_schema());
+    }
+
+    #[test]
+    fn the_events_schema_matches_the_event_sample_and_alert_types() {
+        check_shipped("src/binding/events.schema.json", events_schema());
     }
 
     #[test]

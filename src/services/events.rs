@@ -1,23 +1,75 @@
 //! What the supervisor reports while it works: one event per step of each service's life.
+//!
+//! The serde attributes here are the JS shape of an event (`onEvent` listeners get it as
+//! serialized), and the generated `ServiceEvent` type comes from them through their JSON Schema
+//! (`npm run schema`), so the values and their TypeScript type cannot drift apart.
 
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use schemars::JsonSchema;
+use serde::{Serialize, Serializer};
+use serde_json::{json, Value};
 
 use crate::error::SidecarError;
 
 /// Which output stream a log line came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[schemars(inline)]
+#[serde(rename_all = "lowercase")]
 pub enum OutputStream {
     Stdout,
     Stderr,
 }
 
 /// How a process ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct ExitInfo {
     /// The exit code, when it exited by itself.
+    #[serde(rename = "exitCode")]
     pub code: Option<i32>,
-    /// The signal that ended it, on Unix.
+    /// The signal that ended it, on Unix (JS sees its name, e.g. `'SIGKILL'`).
+    #[serde(serialize_with = "serialize_signal")]
+    #[schemars(with = "Option<String>")]
     pub signal: Option<i32>,
+}
+
+/// A signal's name as JS sees it: `SIGKILL`, or `SIG<n>` for one without a well-known name.
+fn signal_name(signal: i32) -> String {
+    match signal {
+        1 => "SIGHUP".into(),
+        2 => "SIGINT".into(),
+        3 => "SIGQUIT".into(),
+        4 => "SIGILL".into(),
+        6 => "SIGABRT".into(),
+        7 => "SIGBUS".into(),
+        8 => "SIGFPE".into(),
+        9 => "SIGKILL".into(),
+        11 => "SIGSEGV".into(),
+        13 => "SIGPIPE".into(),
+        14 => "SIGALRM".into(),
+        15 => "SIGTERM".into(),
+        n => format!("SIG{n}"),
+    }
+}
+
+fn serialize_signal<S: Serializer>(signal: &Option<i32>, serializer: S) -> Result<S::Ok, S::Error> {
+    signal.map(signal_name).serialize(serializer)
+}
+
+/// A core error as JS sees it: `{ code, message }`, the binding's `ServiceError`.
+fn serialize_error<S: Serializer>(error: &SidecarError, serializer: S) -> Result<S::Ok, S::Error> {
+    json!({ "code": error.code.as_str(), "message": error.message }).serialize(serializer)
+}
+
+/// [`serialize_error`]'s shape; typed as the binding's `ServiceError` (its codes are listed there).
+fn error_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "properties": { "code": { "type": "string" }, "message": { "type": "string" } },
+        "required": ["code", "message"],
+        "additionalProperties": false,
+        "tsType": "ServiceError",
+    })
 }
 
 impl ExitInfo {
@@ -45,35 +97,48 @@ impl std::fmt::Display for ExitInfo {
     }
 }
 
-/// One step in a service's life.
-#[derive(Debug, Clone, PartialEq)]
+/// One step in a service's life. JS sees `type` (the variant's name in kebab-case) and the
+/// fields in camelCase, next to the event's `service` and `at`.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "kebab-case", rename_all_fields = "camelCase")]
 pub enum ServiceEventKind {
-    /// A start attempt begins (`attempt` 0 is the first, later ones are restarts).
+    /// A start attempt begins: `attempt` 0 is the first start, later ones are restarts;
+    /// `expectedReadyMs` was learned on an earlier run.
     Starting { attempt: u32, expected_ready_ms: Option<u64> },
     /// The process is running with this pid.
     Spawned { pid: u32 },
-    /// One line of output.
+    /// One line of output. `\n`, `\r\n` and a lone `\r` end a line; a line over 64 KiB is split
+    /// into pieces, each but the last ending in `' [line split: over 64 KiB]'`.
     Log { stream: OutputStream, line: String },
     /// A readiness probe did not pass yet.
     ProbeFailed { reason: String },
-    /// Readiness passed, `time_to_ready_ms` after spawn.
+    /// Readiness passed, `timeToReadyMs` after spawn.
     Ready { time_to_ready_ms: u64 },
     /// The service was stopped because it was not ready in time.
     ReadinessTimeout { timeout_ms: u64 },
-    /// The process exited on its own.
-    Exited { exit: ExitInfo },
-    /// The service will be started again after `delay_ms`.
+    /// The process exited on its own: `exitCode`, or `signal` (e.g. `'SIGKILL'`).
+    Exited {
+        #[serde(flatten)]
+        exit: ExitInfo,
+    },
+    /// The service will be started again after `delayMs`.
     Restarting { attempt: u32, delay_ms: u64 },
-    /// The service gave up; `last_lines` is the end of its output.
-    Failed { error: SidecarError, last_lines: Vec<String> },
-    /// Not started because a dependency is not ready.
+    /// The service gave up; `lastLines` is the end of its output.
+    Failed {
+        #[serde(serialize_with = "serialize_error")]
+        #[schemars(schema_with = "error_schema")]
+        error: SidecarError,
+        last_lines: Vec<String>,
+    },
+    /// Not started: `dependency` is not ready.
     Blocked { dependency: String },
-    /// Waiting for `needed_mb` (the service's need plus headroom) free on `gpu_key`.
+    /// Waiting until `gpuKey` has `neededMb` (the service's need plus headroom) free.
     VramWait { gpu_key: String, needed_mb: u64, free_mb: u64 },
-    /// A service with `gpu.key: 'auto'` was placed on `gpu_key`, which had `free_mb` free less the
-    /// loads on their way there (`None`: no GPU had a free-memory reading, the first was taken).
+    /// A service with `gpu.key: 'auto'` was placed on `gpuKey`, which had `freeMb` free less the
+    /// loads on their way there (`null`: no GPU had a free-memory reading, the first was taken).
     Placed { gpu_key: String, free_mb: Option<u64> },
-    /// Started without the VRAM gate, for the reason given (no telemetry, no estimate).
+    /// Started without the VRAM gate, for the reason given (no telemetry with NVML figures, or no
+    /// estimate).
     VramGateOff { gpu_key: String, reason: String },
     /// Stopped on request, or exited cleanly with no restart due.
     Stopped,
@@ -82,52 +147,87 @@ pub enum ServiceEventKind {
     /// `failureThreshold` liveness checks failed in a row: the service is stopped, then restarted
     /// by its policy. `failures` are their reasons, oldest first.
     Unhealthy { failures: Vec<String> },
-    /// The arbiter's watchdog revoked `revokes` of the service's leases within `window_ms`: the
+    /// The arbiter's watchdog revoked `revokes` of the service's leases within `windowMs`: the
     /// service is stopped, then restarted by its policy.
     Hung { revokes: u32, window_ms: u64, lease_ids: Vec<String> },
     /// A notify `STATUS=` message.
     Status { text: String },
     /// A notify `STOPPING=1` message: the service says it is shutting down.
     NotifyStopping,
-    /// `EXTEND_TIMEOUT_MS` moved the readiness deadline to `timeout_ms` after spawn.
+    /// `EXTEND_TIMEOUT_MS` moved the readiness deadline to `timeoutMs` after spawn.
     ReadinessExtended { timeout_ms: u64 },
-    /// No output line or notify message for `stall_timeout_ms` during the load.
+    /// No output line or notify message for `stallTimeoutMs` during the load.
     ReadinessStalled { stall_timeout_ms: u64 },
-    /// The port was held by a leftover of this service (pid `pid`), which was stopped.
+    /// The port was held by a leftover of this service (`pid`), which was stopped.
     PortReclaimed { port: u16, pid: u32 },
-    /// `stop()` waited `waited_ms` and the port is still held (by `pid`, when known).
+    /// `stop()` waited `waitedMs` and the port is still held (by `pid`, when known).
     PortStillHeld { port: u16, waited_ms: u64, pid: Option<u32> },
-    /// An on-demand service is started for a lease request of `task_type`.
+    /// An on-demand service is started for a lease request of `taskType`.
     Demanded { task_type: String },
-    /// Stopped to make room on `gpu_key` for `for_service`'s load: it was expected to free
-    /// `expected_mb`; telemetry showed `freed_mb` more free memory after its stop.
-    Evicted { gpu_key: String, for_service: String, expected_mb: u64, freed_mb: Option<u64> },
+    /// Stopped to make room on `gpuKey` for service `for`'s load: it was expected to free
+    /// `expectedMb`; telemetry showed `freedMb` more free memory after its stop.
+    Evicted {
+        gpu_key: String,
+        #[serde(rename = "for")]
+        for_service: String,
+        expected_mb: u64,
+        freed_mb: Option<u64>,
+    },
     /// The load ran out of GPU memory (its output matched `oomPattern`): `evicted` were stopped
     /// and the start is retried once.
     OomRetry { gpu_key: String, evicted: Vec<String> },
-    /// An on-demand service held no lease for `idle_ms` (its `keepAliveMs`) and was stopped.
+    /// An on-demand service held no lease for `idleMs` (its `keepAliveMs`) and was stopped.
     IdleStopped { idle_ms: u64 },
-    /// The start waits for host memory: `needed_mb` (its `hostMemMb` or learned peak RSS;
-    /// `None` without either) did not fit in `budget_mb` (available, less headroom, less
-    /// `in_flight_mb` for the loads on their way), or the host is swapping (`swap_active`).
+    /// The start waits for host memory (the status shows `waiting: 'waiting-host-memory'`); sent
+    /// again when the reason changes between low memory and swapping.
     HostMemoryWait {
+        /// `hostMemMb`, else the learned peak RSS; `null` with neither (only the swap stop applies).
         needed_mb: Option<u64>,
         available_mb: u64,
         headroom_mb: u64,
+        /// What the loads on their way are still expected to take.
         in_flight_mb: u64,
+        /// `availableMb - headroomMb - inFlightMb`, never negative.
         budget_mb: u64,
+        /// The attached Telemetry's SWAP_ACTIVE alert is raised: no start begins.
         swap_active: bool,
     },
 }
 
 /// An event about one service.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[schemars(inline)]
 pub struct ServiceEvent {
     /// The service's name.
     pub service: String,
     /// Milliseconds since the Unix epoch.
+    #[serde(rename = "at")]
     pub timestamp_ms: u64,
+    #[serde(flatten)]
     pub kind: ServiceEventKind,
+}
+
+/// What the binding tells `onEvent` listeners itself, in the same stream as the
+/// [`ServiceEvent`]s.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[schemars(inline)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum ListenerNote {
+    /// `count` log lines of this service were not delivered because the listeners fell behind
+    /// (more than 10,000 lines or 4 MiB queued). Its `logFile` still has every line.
+    LogDropped {
+        service: String,
+        /// Milliseconds since the Unix epoch.
+        at: u64,
+        count: u64,
+    },
+}
+
+impl ServiceEvent {
+    /// The event as JS listeners get it.
+    pub fn to_json(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null) // cannot fail: no map keys but strings
+    }
 }
 
 impl ServiceEvent {
@@ -139,4 +239,119 @@ impl ServiceEvent {
 /// Now, in ms since the Unix epoch (0 if the clock is before it).
 pub(crate) fn epoch_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorCode;
+
+    fn event(kind: ServiceEventKind) -> Value {
+        ServiceEvent { service: "asr".into(), timestamp_ms: 1_700_000_000_123, kind }.to_json()
+    }
+
+    /// Each variant serializes to the object the binding built by hand before (`type`, `service`,
+    /// `at` and the variant's fields in camelCase, `null` for a missing figure).
+    #[test]
+    fn events_serialize_as_js_has_always_seen_them() {
+        use ServiceEventKind::*;
+        let error = SidecarError::new(ErrorCode::ReadinessTimeout, "not ready in 5000 ms");
+        let lines = || vec!["a".to_string(), "b".to_string()];
+        let cases = [
+            (
+                Starting { attempt: 2, expected_ready_ms: None },
+                json!({"type": "starting", "attempt": 2, "expectedReadyMs": null}),
+            ),
+            (
+                Starting { attempt: 0, expected_ready_ms: Some(900) },
+                json!({"type": "starting", "attempt": 0, "expectedReadyMs": 900}),
+            ),
+            (Spawned { pid: 42 }, json!({"type": "spawned", "pid": 42})),
+            (
+                Log { stream: OutputStream::Stderr, line: "x".into() },
+                json!({"type": "log", "stream": "stderr", "line": "x"}),
+            ),
+            (ProbeFailed { reason: "r".into() }, json!({"type": "probe-failed", "reason": "r"})),
+            (Ready { time_to_ready_ms: 12 }, json!({"type": "ready", "timeToReadyMs": 12})),
+            (ReadinessTimeout { timeout_ms: 5 }, json!({"type": "readiness-timeout", "timeoutMs": 5})),
+            (
+                Exited { exit: ExitInfo { code: Some(3), signal: None } },
+                json!({"type": "exited", "exitCode": 3, "signal": null}),
+            ),
+            (
+                Exited { exit: ExitInfo { code: None, signal: Some(9) } },
+                json!({"type": "exited", "exitCode": null, "signal": "SIGKILL"}),
+            ),
+            (
+                Exited { exit: ExitInfo { code: None, signal: Some(40) } },
+                json!({"type": "exited", "exitCode": null, "signal": "SIG40"}),
+            ),
+            (Restarting { attempt: 1, delay_ms: 250 }, json!({"type": "restarting", "attempt": 1, "delayMs": 250})),
+            (
+                Failed { error, last_lines: lines() },
+                json!({"type": "failed", "error": {"code": "READINESS_TIMEOUT", "message": "not ready in 5000 ms"}, "lastLines": ["a", "b"]}),
+            ),
+            (Blocked { dependency: "db".into() }, json!({"type": "blocked", "dependency": "db"})),
+            (
+                VramWait { gpu_key: "gpu:0".into(), needed_mb: 9, free_mb: 3 },
+                json!({"type": "vram-wait", "gpuKey": "gpu:0", "neededMb": 9, "freeMb": 3}),
+            ),
+            (
+                Placed { gpu_key: "gpu:1".into(), free_mb: None },
+                json!({"type": "placed", "gpuKey": "gpu:1", "freeMb": null}),
+            ),
+            (
+                VramGateOff { gpu_key: "gpu:0".into(), reason: "no telemetry".into() },
+                json!({"type": "vram-gate-off", "gpuKey": "gpu:0", "reason": "no telemetry"}),
+            ),
+            (Stopped, json!({"type": "stopped"})),
+            (
+                LivenessFailed { reason: "r".into(), consecutive: 2 },
+                json!({"type": "liveness-failed", "reason": "r", "consecutive": 2}),
+            ),
+            (Unhealthy { failures: lines() }, json!({"type": "unhealthy", "failures": ["a", "b"]})),
+            (
+                Hung { revokes: 3, window_ms: 60_000, lease_ids: lines() },
+                json!({"type": "hung", "revokes": 3, "windowMs": 60000, "leaseIds": ["a", "b"]}),
+            ),
+            (Status { text: "t".into() }, json!({"type": "status", "text": "t"})),
+            (NotifyStopping, json!({"type": "notify-stopping"})),
+            (ReadinessExtended { timeout_ms: 7 }, json!({"type": "readiness-extended", "timeoutMs": 7})),
+            (ReadinessStalled { stall_timeout_ms: 8 }, json!({"type": "readiness-stalled", "stallTimeoutMs": 8})),
+            (PortReclaimed { port: 8080, pid: 5 }, json!({"type": "port-reclaimed", "port": 8080, "pid": 5})),
+            (
+                PortStillHeld { port: 8080, waited_ms: 100, pid: None },
+                json!({"type": "port-still-held", "port": 8080, "waitedMs": 100, "pid": null}),
+            ),
+            (Demanded { task_type: "ASR".into() }, json!({"type": "demanded", "taskType": "ASR"})),
+            (
+                Evicted { gpu_key: "gpu:0".into(), for_service: "tts".into(), expected_mb: 4, freed_mb: Some(3) },
+                json!({"type": "evicted", "gpuKey": "gpu:0", "for": "tts", "expectedMb": 4, "freedMb": 3}),
+            ),
+            (
+                OomRetry { gpu_key: "gpu:0".into(), evicted: lines() },
+                json!({"type": "oom-retry", "gpuKey": "gpu:0", "evicted": ["a", "b"]}),
+            ),
+            (IdleStopped { idle_ms: 30_000 }, json!({"type": "idle-stopped", "idleMs": 30000})),
+            (
+                HostMemoryWait {
+                    needed_mb: None,
+                    available_mb: 1,
+                    headroom_mb: 2,
+                    in_flight_mb: 3,
+                    budget_mb: 0,
+                    swap_active: true,
+                },
+                json!({"type": "host-memory-wait", "neededMb": null, "availableMb": 1, "headroomMb": 2,
+                       "inFlightMb": 3, "budgetMb": 0, "swapActive": true}),
+            ),
+        ];
+        for (kind, mut expected) in cases {
+            expected["service"] = json!("asr");
+            expected["at"] = json!(1_700_000_000_123u64);
+            assert_eq!(event(kind), expected);
+        }
+        let note = serde_json::to_value(ListenerNote::LogDropped { service: "asr".into(), at: 5, count: 7 }).unwrap();
+        assert_eq!(note, json!({"type": "log-dropped", "service": "asr", "at": 5, "count": 7}));
+    }
 }

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
@@ -11,7 +12,8 @@ use super::options::AlertThresholds;
 use super::sample::{GpuSample, HostSample, Sample};
 
 /// How serious an alert is. Clearing is always `info`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(inline)]
 #[serde(rename_all = "lowercase")]
 pub enum AlertLevel {
     Info,
@@ -20,7 +22,8 @@ pub enum AlertLevel {
 }
 
 /// What an alert is about. The strings are part of the public contract.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[schemars(inline)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum AlertCode {
     /// A GPU's utilization is at or above `highWater`.
@@ -54,14 +57,17 @@ impl AlertCode {
     }
 }
 
-/// An alert raised (`active: true`) or cleared (`active: false`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// An alert raised (`active: true`) or cleared (`active: false`). Its serde form is what
+/// `onAlert` listeners get, and the generated `TelemetryAlert` type comes from it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(rename = "TelemetryAlert")]
 #[serde(rename_all = "camelCase")]
 pub struct Alert {
     /// The `at` of the sample that raised or cleared it.
     pub at: f64,
     pub level: AlertLevel,
     pub code: AlertCode,
+    /// Raised (`true`) or cleared (`false`).
     pub active: bool,
     /// The GPU it is about; `null` for host alerts.
     pub gpu_key: Option<String>,

@@ -1,5 +1,6 @@
 //! One telemetry sample: what the sampler hands to JS and what a recording holds, one per line.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::arbiter::{GpuReading, Micros};
@@ -10,8 +11,10 @@ use crate::error::{SidecarError, SidecarResult};
 pub const BYTES_PER_MB: u64 = 1024 * 1024;
 
 /// GPU and host figures at one instant. Serialized in camelCase; this is also the JSONL record
-/// format, so fields added later must default when absent.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// format, so fields added later must default when absent. Its serde form is what `onSample`
+/// listeners get, and the generated `TelemetrySample` type comes from it (`npm run schema`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(rename = "TelemetrySample")]
 #[serde(rename_all = "camelCase", expecting = "a telemetry sample (an object with at, nvml, gpus, host)")]
 pub struct Sample {
     /// Wall-clock time of the sample, ms since the Unix epoch.
@@ -27,17 +30,20 @@ pub struct Sample {
 }
 
 /// Whether GPU figures could be read at all.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(inline)]
 #[serde(rename_all = "camelCase")]
 pub struct NvmlStatus {
     pub available: bool,
     /// Why NVML is unavailable; absent when it is available.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "NvmlUnavailable")] // absent, never `null`
     pub reason: Option<NvmlUnavailable>,
 }
 
 /// Why NVML gave no GPU figures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[schemars(inline)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum NvmlUnavailable {
     /// The NVML shared library (libnvidia-ml.so / nvml.dll) is not installed or lacks a symbol.
@@ -66,7 +72,8 @@ impl NvmlUnavailable {
 }
 
 /// One GPU's figures. A reading the GPU does not support (or that failed) is `null`.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[schemars(rename = "TelemetryGpu")]
 #[serde(rename_all = "camelCase", expecting = "one GPU's figures (an object with index, key, ...)")]
 pub struct GpuSample {
     /// NVML device index.
@@ -88,9 +95,10 @@ pub struct GpuSample {
     #[serde(default)]
     pub processes: Vec<GpuProcess>,
     /// When `processes` was read (epoch ms). A live sample reads the process lists only every
-    /// `processIntervalMs` and carries the last ones in between, so this is `at` or earlier;
-    /// `null` (absent) where no list was read (a pushed or older recorded sample).
+    /// `processIntervalMs` and carries the last ones in between, so this is `at` or earlier.
+    /// Absent where no list was read (a pushed or older recorded sample).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "f64")] // absent, never `null`
     pub processes_at: Option<f64>,
     /// The GPU fell off the bus or became inaccessible; its figures are `null`.
     #[serde(default)]
@@ -110,7 +118,8 @@ impl GpuSample {
 }
 
 /// A process with memory on a GPU.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(rename = "TelemetryGpuProcess")]
 #[serde(rename_all = "camelCase")]
 pub struct GpuProcess {
     pub pid: u32,
@@ -121,7 +130,8 @@ pub struct GpuProcess {
 }
 
 /// A critical XID error reported by the driver.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(inline)]
 #[serde(rename_all = "camelCase")]
 pub struct XidEvent {
     pub gpu_key: String,
@@ -130,7 +140,8 @@ pub struct XidEvent {
 }
 
 /// Host memory, CPU and process figures.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[schemars(inline)]
 #[serde(rename_all = "camelCase", expecting = "host figures (an object with totalMb, availableMb, ...)")]
 pub struct HostSample {
     pub total_mb: u64,
@@ -148,7 +159,8 @@ pub struct HostSample {
 }
 
 /// A registered process's resident memory.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(inline)]
 #[serde(rename_all = "camelCase")]
 pub struct HostProcess {
     pub pid: u32,
