@@ -464,11 +464,7 @@ export interface GpuArbiterSnapshot {
   queueLength: number
   tasks: Array<GpuTaskStats>
   admission: GpuAdmission
-  /**
-   * The old arbiter's fields, kept for its callers (the orchestrator's heartbeat reads
-   * `queueLength`, `gpuUsage` and `gpuAdmissionState`).
-   * The oldest active lease, or `null`.
-   */
+  /** The oldest active lease, or `null`. */
   currentLease: GpuCurrentLease | null
   metrics: GpuArbiterMetrics
   gpuAdmissionState: 'UNKNOWN' | 'NORMAL' | 'HIGH_PRESSURE'
