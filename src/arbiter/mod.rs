@@ -5,12 +5,14 @@
 //! watched while held. Telemetry readings, when fed in, add per-GPU pressure and VRAM admission.
 //! The caller drives time: it calls [`Arbiter::tick`] at [`Arbiter::next_deadline`].
 
+pub mod config;
 mod deadlines;
 mod snapshot;
 mod state;
 mod stats;
 pub mod types;
 
+pub use config::ArbiterConfig;
 pub use snapshot::{AdmissionView, GpuMetricsView, GpuSnapshot, LeaseView, TaskStatsView, WaiterView};
 pub use state::{Arbiter, WaterMarks};
 pub use stats::Percentiles;

@@ -15,7 +15,7 @@ use super::super::js;
 use super::super::{IntoJsResult, JsResult};
 use super::state::{after_call, Caller, State};
 use crate::config::watch::{watch_config_file, ConfigFileChange};
-use crate::config::{self};
+use crate::node_config as config;
 
 pub enum ConfigChange {
     Patch(serde_json::Value),

@@ -18,12 +18,11 @@ use super::views::{event_value, GpuArbiterEvent};
 use rustc_hash::FxHashMap;
 
 use super::native_leases::NativeReply;
-use crate::arbiter::{Arbiter, Micros, Outcome, Resolution, TaskType, WaiterId, MICROS_PER_MS};
+use crate::arbiter::{Arbiter, ArbiterConfig, Micros, Outcome, Resolution, TaskType, WaiterId, MICROS_PER_MS};
 
 /// Distinct task type names kept for sharing; a node has a handful.
 const MAX_INTERNED_TASK_TYPES: usize = 256;
 use crate::config::watch::{ConfigFileChange, ConfigFileWatch};
-use crate::config::ArbiterConfig;
 use crate::telemetry::{BacklogBoard, Sample};
 
 /// The arbiter's monotonic clock (microseconds since creation), and its epoch for results.

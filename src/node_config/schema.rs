@@ -5,7 +5,7 @@
 use schemars::JsonSchema;
 use serde_json::Value;
 
-use super::ArbiterConfig;
+use crate::arbiter::ArbiterConfig;
 use crate::services::ServicesConfig;
 use crate::telemetry::TelemetryOptions;
 
