@@ -8,6 +8,7 @@
 mod arbiter;
 mod args;
 mod config;
+mod gpu_reading;
 mod inventory;
 mod js;
 mod logging;

@@ -17,6 +17,7 @@ use super::mailbox::{Header, Mailbox, Record};
 use super::views::{event_value, GpuArbiterEvent};
 use rustc_hash::FxHashMap;
 
+use super::super::gpu_reading::SampleReading;
 use super::native_leases::NativeReply;
 use crate::arbiter::{Arbiter, ArbiterConfig, Micros, Outcome, Resolution, TaskType, WaiterId, MICROS_PER_MS};
 
