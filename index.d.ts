@@ -400,6 +400,14 @@ export interface AsrTaskHint {
   estimatedGpuHoldMs?: number
 }
 
+/**
+ * What the VRAM and host-memory gates would wait for, per service of `services` (validated like
+ * `new ServiceSupervisor`, so a bad section is `INVALID_CONFIG`), with `learned` the state file's
+ * `services` entries (`{ asr: { peakVramMb, peakRssMb } }`; one the supervisor could not read
+ * counts as nothing learned, as it does there). Used by `gpu-sidecar doctor`.
+ */
+export declare function fitNeeds(services: ServicesConfig, learned?: Record<string, { peakVramMb?: number, peakRssMb?: number }> | null): { vramHeadroomMb: number, hostMemHeadroomMb: number, services: Array<{ name: string, gpuKey: string | null, vramNeedMb: number | null, hostNeedMb: number | null }> }
+
 export interface FromFileOptions {
   /** Apply edits of the file while running (policies, limits; leases and queue are kept). */
   watch?: boolean

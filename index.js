@@ -842,6 +842,7 @@ module.exports.arbiterCodeNames = nativeBinding.arbiterCodeNames
 module.exports.ArbiterMailboxSlot = nativeBinding.ArbiterMailboxSlot
 module.exports.ArbiterRecordField = nativeBinding.ArbiterRecordField
 module.exports.ArbiterRecordKind = nativeBinding.ArbiterRecordKind
+module.exports.fitNeeds = nativeBinding.fitNeeds
 module.exports.gpuInventory = nativeBinding.gpuInventory
 module.exports.loadConfig = nativeBinding.loadConfig
 module.exports.readRecording = nativeBinding.readRecording

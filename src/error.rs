@@ -100,3 +100,12 @@ impl fmt::Display for SidecarError {
 impl std::error::Error for SidecarError {}
 
 pub type SidecarResult<T> = Result<T, SidecarError>;
+
+/// The text a panic was raised with.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_string())
+}

@@ -17,6 +17,7 @@ import {
   Telemetry,
   ServiceSupervisor,
   configureGpuArbiter,
+  fitNeeds,
   loadConfig,
   recommendConcurrency,
   setGpuArbiter,
@@ -152,6 +153,7 @@ const junk = (target: object, method: string, arg: unknown): unknown => (target 
 /** Every export of Telemetry, ServiceSupervisor and the free functions, called with junk. */
 const EXPORTS: Export[] = [
   { name: 'loadConfig(path)', member: 'loadConfig', call: (a) => loadConfig(a as string) },
+  { name: 'fitNeeds(services, learned)', member: 'fitNeeds', call: (a, b) => fitNeeds(a as never, b as never) },
   { name: 'recommendConcurrency(options)', member: 'recommendConcurrency', call: (a) => recommendConcurrency(a as never) },
   { name: 'setLogger(logger, minLevel)', member: 'setLogger', call: (a, b) => { try { setLogger(a as never, b as never) } finally { setLogger(quiet) } } },
   { name: 'new Telemetry(options)', member: 'Telemetry#constructor', call: (a) => new Telemetry(a as never).close() },

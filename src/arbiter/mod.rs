@@ -6,6 +6,7 @@
 //! The caller drives time: it calls [`Arbiter::tick`] at [`Arbiter::next_deadline`].
 
 pub mod clock;
+pub mod config;
 mod deadlines;
 mod snapshot;
 mod state;
@@ -13,6 +14,7 @@ mod stats;
 pub mod types;
 
 pub use clock::Clock;
+pub use config::ArbiterConfig;
 pub use snapshot::{AdmissionView, GpuMetricsView, GpuSnapshot, LeaseView, TaskStatsView, WaiterView};
 pub use state::{Arbiter, WaterMarks};
 pub use stats::Percentiles;

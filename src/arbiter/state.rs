@@ -3,10 +3,10 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use rustc_hash::FxHashMap;
 
+use super::config::{ArbiterConfig, WatchdogAction};
 use super::deadlines::{Deadline, Deadlines};
 use super::stats::{render_prometheus, StatsTable, TaskStats};
 use super::types::*;
-use crate::config::{ArbiterConfig, WatchdogAction};
 use crate::error::{ErrorCode, SidecarError, SidecarResult};
 
 /// Queue order: higher score first, then arrival order. With aging on, the score is
@@ -699,7 +699,7 @@ impl Arbiter {
     fn resolve(&self, req: &AcquireRequest) -> Resolved {
         let c = &self.config;
         let p = c.policies.get(&*req.task_type);
-        let pick = |f: fn(&crate::config::TaskPolicy) -> Option<u64>| p.and_then(f);
+        let pick = |f: fn(&super::config::TaskPolicy) -> Option<u64>| p.and_then(f);
         Resolved {
             priority: req.priority.or(pick(|p| p.priority.map(|v| v.get()))).unwrap_or(c.default_priority.get()),
             max_wait: req

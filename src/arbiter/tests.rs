@@ -6,7 +6,6 @@ use proptest::prelude::*;
 use serde_json::json;
 
 use super::*;
-use crate::config::ArbiterConfig;
 use crate::error::ErrorCode;
 
 const MS: Micros = MICROS_PER_MS;

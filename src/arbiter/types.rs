@@ -1,6 +1,6 @@
 //! Values that go in and out of the arbiter.
 
-pub use crate::config::BusyPolicy;
+pub use super::config::BusyPolicy;
 
 /// Microseconds on the arbiter's clock. The core never reads a clock itself: every call takes
 /// `now`, so tests drive time by hand and the binding feeds a monotonic clock.

@@ -4,8 +4,8 @@ use napi::bindgen_prelude::{Env, Unknown};
 use napi_derive::napi;
 
 use super::{args, Code};
-use crate::config;
 use crate::error::{ErrorCode, SidecarError};
+use crate::node_config;
 
 /// The sections of a node config file that gpu-sidecar owns, validated, with defaults applied.
 #[napi(object)]
@@ -27,7 +27,7 @@ pub struct NodeConfig {
 #[napi(catch_unwind, ts_args_type = "path: string")]
 pub fn load_config(env: &Env, path: Option<Unknown>) -> napi::Result<NodeConfig, Code> {
     let path = args::string(env, path, "path")?;
-    let node = config::load_node_config(std::path::Path::new(&path))?;
+    let node = node_config::load_node_config(std::path::Path::new(&path))?;
     let gpu_arbiter =
         serde_json::to_value(&node.gpu_arbiter).map_err(|e| SidecarError::new(ErrorCode::Internal, e.to_string()))?;
     Ok(NodeConfig { gpu_arbiter, services: node.services, warnings: node.warnings })

@@ -8,6 +8,7 @@
 mod arbiter;
 mod args;
 mod config;
+mod fit;
 mod inventory;
 mod js;
 mod logging;

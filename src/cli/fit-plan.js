@@ -2,6 +2,10 @@
 // The fit plan `gpu-sidecar doctor --config` prints: per GPU, whether the configured services'
 // memory fits together, only when loaded one at a time, only by evicting what else holds the GPU,
 // or not at all; and for the host, whether the services' host memory fits beside each other.
+// What each service needs and the headroom defaults come from the core (`fitNeeds`), the same
+// rules the supervisor's VRAM and host-memory gates apply; this file only judges and explains.
+
+const { fitNeeds } = require('../../gpu-sidecar.js')
 
 /** @typedef {import('../../index').ServicesConfig} ServicesConfig */
 /** @typedef {import('../../index').TelemetrySample} TelemetrySample */
@@ -28,18 +32,19 @@
  * @returns {GpuFit[]}
  */
 function fitPlan(services, learned, sample) {
-  const headroomMb = services.vramHeadroomMb ?? 512
+  const core = fitNeeds(services, learned)
+  const headroomMb = core.vramHeadroomMb
   /** @type {Map<string, ServiceNeed[]>} */
   const byGpu = new Map()
-  for (const s of services.services ?? []) {
+  for (const [i, s] of (services.services ?? []).entries()) {
     if (!s.gpu) continue
     const configured = s.gpu.vramMb ?? null
     const peak = learned[s.name]?.peakVramMb ?? null
     /** @type {ServiceNeed} */
     const need = {
       name: s.name,
-      // What the VRAM gate waits for: the configured need, else the peak learned last time.
-      needMb: configured ?? peak,
+      // What the VRAM gate waits for (the core's rule).
+      needMb: core.services[i].vramNeedMb,
       peakMb: configured === null ? peak : Math.max(configured, peak ?? 0),
       source: configured !== null ? (peak !== null ? 'vramMb+learned' : 'vramMb') : peak !== null ? 'learned' : 'unknown',
     }
@@ -95,12 +100,13 @@ function judge(gpuKey, needs, headroomMb, gpu, sample) {
  * @returns {HostFit}
  */
 function hostFit(services, learned, sample) {
-  const headroomMb = services.hostMemHeadroomMb ?? 1024
+  const core = fitNeeds(services, learned)
+  const headroomMb = core.hostMemHeadroomMb
   /** @type {HostNeed[]} */
-  const needs = (services.services ?? []).map((s) => {
+  const needs = (services.services ?? []).map((s, i) => {
     const configured = s.hostMemMb ?? null
-    const peak = learned[s.name]?.peakRssMb ?? null
-    return { name: s.name, needMb: configured ?? peak, source: configured !== null ? 'hostMemMb' : peak !== null ? 'learned' : 'unknown' }
+    const needMb = core.services[i].hostNeedMb
+    return { name: s.name, needMb, source: configured !== null ? 'hostMemMb' : needMb !== null ? 'learned' : 'unknown' }
   })
   const sumMb = needs.reduce((s, n) => s + (n.needMb ?? 0), 0)
   const totalMb = sample?.host.totalMb ?? null

@@ -152,6 +152,15 @@ pub fn describe_size(bytes: u64) -> String {
     }
 }
 
+/// A fresh path under the system temp dir, unique per test and per process.
+#[cfg(test)]
+pub(crate) fn temp_path(name: &str) -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir().join(format!("gpu-sidecar-{}-{n}-{name}", std::process::id()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,7 +168,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     fn temp(name: &str) -> std::path::PathBuf {
-        crate::telemetry::record::temp_path(name)
+        temp_path(name)
     }
 
     #[test]

@@ -10,14 +10,15 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 
 use super::arbiter_calls::{ArbiterCall, NativeReply};
+use super::gpu_reading::SampleReading;
 use super::lease_attribution::LeaseSinks;
 use crate::arbiter::{
-    AcquireRequest, Admission, Arbiter, ArbiterEvent, Clock, LeaseId, Micros, Outcome, Resolution, TaskType, WaiterId,
-    MICROS_PER_MS,
+    AcquireRequest, Admission, Arbiter, ArbiterConfig, ArbiterEvent, Clock, LeaseId, Micros, Outcome, Resolution,
+    TaskType, WaiterId, MICROS_PER_MS,
 };
 use crate::config::watch::ConfigFileChange;
-use crate::config::{self, ArbiterConfig};
 use crate::error::SidecarResult;
+use crate::node_config as config;
 use crate::telemetry::{BacklogBoard, Sample};
 
 /// Distinct task type names kept for sharing; a node has a handful.

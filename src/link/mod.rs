@@ -10,11 +10,13 @@
 //! - [`lease_attribution`]: an arbiter's grants and releases, typed, for the supervisor;
 //! - [`arbiter_host`]: the arbiter core with its clock, native requesters and the hooks other
 //!   parts set (on-demand starts, lease attribution, the backlog board);
+//! - [`gpu_reading`]: a telemetry GPU sample as an arbiter reading;
 //! - [`sampler_events`]: telemetry's sampler events queued for JS, oldest dropped first, and the
 //!   attached arbiters' backlog summed for the sampler thread.
 
 pub mod arbiter_calls;
 pub mod arbiter_host;
+pub mod gpu_reading;
 pub mod lease_attribution;
 pub mod sampler_events;
 pub mod service_events;

@@ -192,7 +192,7 @@ impl ServiceSpec {
     pub fn line_patterns(&self) -> Vec<Regex> {
         let mut found = Vec::new();
         self.readiness.line_patterns(&mut found);
-        if let Some(LivenessCheck::LogLine(p)) = self.liveness.as_ref().map(LivenessConfig::check) {
+        if let Some(LivenessCheck::LogLine(p)) = self.liveness.as_ref().and_then(LivenessConfig::check) {
             found.push(p.pattern.0.clone());
         }
         found
@@ -206,7 +206,7 @@ impl ServiceSpec {
     /// Whether the service gets a notify pipe (`GPU_SIDECAR_NOTIFY_FD`).
     pub fn uses_notify(&self) -> bool {
         self.readiness.uses_notify()
-            || matches!(self.liveness.as_ref().map(LivenessConfig::check), Some(LivenessCheck::Notify))
+            || matches!(self.liveness.as_ref().and_then(LivenessConfig::check), Some(LivenessCheck::Notify))
     }
 }
 
@@ -215,7 +215,7 @@ impl Readiness {
         match self {
             Readiness::LogLine(p) => found.push(p.pattern.0.clone()),
             Readiness::AnyOf(all) => all.iter().for_each(|r| r.line_patterns(found)),
-            _ => {}
+            Readiness::Http(_) | Readiness::Tcp(_) | Readiness::Immediate(_) | Readiness::Notify(_) => {}
         }
     }
 
@@ -223,7 +223,7 @@ impl Readiness {
         match self {
             Readiness::Notify(_) => true,
             Readiness::AnyOf(all) => all.iter().any(Readiness::uses_notify),
-            _ => false,
+            Readiness::Http(_) | Readiness::Tcp(_) | Readiness::LogLine(_) | Readiness::Immediate(_) => false,
         }
     }
 }
@@ -290,21 +290,16 @@ pub enum LivenessCheck<'a> {
 }
 
 impl LivenessConfig {
-    /// The one check set (validation guarantees exactly one).
-    pub fn check(&self) -> LivenessCheck<'_> {
+    /// The one check set; `None` unless exactly one is (validation refuses that, so a validated
+    /// config always has one). Never guesses: an empty `liveness` is not a notify check.
+    pub fn check(&self) -> Option<LivenessCheck<'_>> {
         match (&self.http, &self.tcp, &self.log_line, &self.notify) {
-            (Some(h), ..) => LivenessCheck::Http(h),
-            (_, Some(t), ..) => LivenessCheck::Tcp(t),
-            (_, _, Some(l), _) => LivenessCheck::LogLine(l),
-            _ => LivenessCheck::Notify,
+            (Some(h), None, None, None) => Some(LivenessCheck::Http(h)),
+            (None, Some(t), None, None) => Some(LivenessCheck::Tcp(t)),
+            (None, None, Some(l), None) => Some(LivenessCheck::LogLine(l)),
+            (None, None, None, Some(_)) => Some(LivenessCheck::Notify),
+            _ => None,
         }
-    }
-
-    fn kinds_set(&self) -> usize {
-        [self.http.is_some(), self.tcp.is_some(), self.log_line.is_some(), self.notify.is_some()]
-            .iter()
-            .filter(|&&b| b)
-            .count()
     }
 }
 
@@ -354,7 +349,11 @@ impl Readiness {
                 }
                 Ok(())
             }
-            _ => Ok(()),
+            Readiness::Http(_)
+            | Readiness::Tcp(_)
+            | Readiness::LogLine(_)
+            | Readiness::Immediate(_)
+            | Readiness::Notify(_) => Ok(()),
         }
     }
 }
@@ -458,7 +457,9 @@ impl HttpUrl {
         };
         let (host, port) = match authority.rsplit_once(':') {
             Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (h, p.parse::<u16>().map_err(|_| bad())?),
-            _ => (authority, 80),
+            // `a]:80`: a closing bracket with no opening one is no host, not a host with port 80.
+            Some(_) => return Err(bad()),
+            None => (authority, 80),
         };
         let host = host.trim_start_matches('[').trim_end_matches(']');
         if host.is_empty() || port == 0 {
@@ -635,7 +636,7 @@ impl ServicesConfig {
             }
             s.readiness.validate(s.port.is_some(), "readiness").map_err(|(field, msg)| err(i, &field, msg))?;
             if let Some(liveness) = &s.liveness {
-                if liveness.kinds_set() != 1 {
+                if liveness.check().is_none() {
                     return Err(err(
                         i,
                         "liveness",
@@ -808,6 +809,10 @@ mod tests {
         ]}))
         .unwrap_err();
         assert!(e.message.starts_with("services.services[0].readiness.http.url: expected an http://"), "{}", e.message);
+        assert_eq!(HttpUrl::parse("http://h:81/x").unwrap().to_string(), "http://h:81/x");
+        assert_eq!(HttpUrl::parse("http://[::1]:81").unwrap().to_string(), "http://::1:81/");
+        assert_eq!(HttpUrl::parse("http://h").unwrap().port, 80);
+        assert!(HttpUrl::parse("http://h]:81/x").is_err(), "a stray bracket is no host on port 80");
         let e = parse(json!({"maxConcurrentStarts": 0})).unwrap_err();
         assert!(e.message.starts_with("services.maxConcurrentStarts: expected an integer 1-64"), "{}", e.message);
         let e = parse(json!({"services": [
@@ -825,6 +830,21 @@ mod tests {
         assert_eq!(e.message, "services.services[1].dependsOn[1]: unknown service \"zz\"");
         let e = parse(json!({"services": [{"name": "a", "command": "x", "readiness": {"tcp": {}}}]})).unwrap_err();
         assert!(e.message.starts_with("services.services[0].readiness.tcp.port:"), "{}", e.message);
+    }
+
+    #[test]
+    fn a_liveness_with_no_check_or_two_is_refused_not_taken_for_notify() {
+        for liveness in [json!({}), json!({"notify": {}, "logLine": {"pattern": "x"}})] {
+            let e = parse(
+                json!({"services": [{"name": "a", "command": "x", "readiness": {"none": {}}, "liveness": liveness}]}),
+            )
+            .unwrap_err();
+            assert!(e.message.starts_with("services.services[0].liveness: expected exactly one of"), "{}", e.message);
+        }
+        let none: LivenessConfig = serde_json::from_value(json!({})).unwrap();
+        assert!(none.check().is_none());
+        let notify: LivenessConfig = serde_json::from_value(json!({"notify": {}})).unwrap();
+        assert!(matches!(notify.check(), Some(LivenessCheck::Notify)));
     }
 
     #[test]

@@ -15,6 +15,7 @@ mod host_death;
 mod host_memory;
 mod lease_ledger;
 mod log_file;
+pub mod needs;
 mod notify;
 mod port;
 mod probe;

@@ -171,14 +171,8 @@ fn io_error(message: String) -> SidecarError {
     SidecarError::new(ErrorCode::Io, message)
 }
 
-/// A fresh path under the system temp dir, unique per test and per process.
 #[cfg(test)]
-pub(crate) fn temp_path(name: &str) -> PathBuf {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    std::env::temp_dir().join(format!("gpu-sidecar-{}-{n}-{name}", std::process::id()))
-}
+pub(crate) use crate::config::file::temp_path;
 
 #[cfg(test)]
 mod tests {

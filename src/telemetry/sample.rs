@@ -3,7 +3,6 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::arbiter::{GpuReading, Micros};
 use crate::config::readable_serde_message;
 use crate::error::{SidecarError, SidecarResult};
 
@@ -110,11 +109,6 @@ impl GpuSample {
     pub fn key_for(index: u32) -> String {
         format!("gpu:{index}")
     }
-
-    /// This GPU's figures as the arbiter takes them; `at` is on the arbiter's clock.
-    pub fn reading(&self, at: Micros) -> GpuReading {
-        GpuReading { at, utilization_gpu: self.utilization_gpu, free_mb: self.free_mb, total_mb: self.total_mb }
-    }
 }
 
 /// A process with memory on a GPU.
@@ -170,13 +164,6 @@ pub struct HostProcess {
 }
 
 impl Sample {
-    /// Each GPU's reading for the arbiter, keyed by GPU key; `to_arbiter_clock` maps the sample's
-    /// epoch ms onto the arbiter's micros clock.
-    pub fn gpu_readings(&self, to_arbiter_clock: impl Fn(f64) -> Micros) -> Vec<(String, GpuReading)> {
-        let at = to_arbiter_clock(self.at);
-        self.gpus.iter().map(|gpu| (gpu.key.clone(), gpu.reading(at))).collect()
-    }
-
     /// The GPU with this key, if the sample has it.
     pub fn gpu(&self, key: &str) -> Option<&GpuSample> {
         self.gpus.iter().find(|gpu| gpu.key == key)
@@ -307,18 +294,5 @@ mod tests {
         let line = serde_json::to_string(&fixtures::sample(2.0)).unwrap();
         assert_eq!(parse_sample_line(&line).unwrap(), fixtures::sample(2.0));
         assert!(parse_sample_line(&format!("{line} x")).is_err());
-    }
-
-    #[test]
-    fn converts_a_gpu_into_an_arbiter_reading() {
-        let s = fixtures::sample(2_000.0);
-        let readings = s.gpu_readings(|ms| (ms * 1_000.0) as Micros + 7);
-        assert_eq!(
-            readings,
-            vec![(
-                "gpu:0".to_string(),
-                GpuReading { at: 2_000_007, utilization_gpu: Some(50.0), free_mb: Some(8_000), total_mb: Some(16_000) }
-            )]
-        );
     }
 }

@@ -15,7 +15,7 @@ use super::nvml::{GpuRead, GpuReader, GpuSource};
 use super::options::{ReplaySpeed, TelemetryOptions, TelemetrySource};
 use super::record::{replay_delay, Recorder, Replay};
 use super::sample::{parse_sample, GpuProcess, Sample};
-use crate::error::{ErrorCode, SidecarError, SidecarResult};
+use crate::error::{panic_message, ErrorCode, SidecarError, SidecarResult};
 
 /// The sampler thread's name, as it shows in debuggers and `top -H`.
 pub const THREAD_NAME: &str = "gpu-sidecar-telemetry";
@@ -503,15 +503,6 @@ impl Worker {
         let sink = &mut self.sink;
         guarded("sink", || sink(event));
     }
-}
-
-/// The text a panic was raised with.
-pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "(no message)".to_string())
 }
 
 /// Runs caller-supplied code so that its panic is logged instead of ending sampling.

@@ -28,10 +28,10 @@ use napi_derive::napi;
 
 use super::args;
 use super::{Code, IntoJsResult};
-use crate::arbiter::GpuReading;
-use crate::config::{self, ArbiterConfig};
+use crate::arbiter::{ArbiterConfig, GpuReading};
 use crate::error::ErrorCode;
 use crate::error::SidecarError;
+use crate::node_config as config;
 
 pub(super) use state::{after_call, update_event_recording, ArbiterBinding, Caller};
 pub use views::*;

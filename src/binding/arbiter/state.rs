@@ -16,9 +16,8 @@ use super::super::{IntoJsResult, JsResult};
 use super::mailbox::{Header, Mailbox};
 use super::views::{event_value, GpuArbiterEvent};
 use crate::arbiter::clock::ms;
-use crate::arbiter::Resolution;
+use crate::arbiter::{ArbiterConfig, Resolution};
 use crate::config::watch::{ConfigFileChange, ConfigFileWatch};
-use crate::config::ArbiterConfig;
 use crate::link::arbiter_host::ArbiterHost;
 
 pub struct ArbiterBinding {

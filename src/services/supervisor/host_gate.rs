@@ -12,6 +12,7 @@ use super::{ms, Shared, WaitReason};
 use crate::error::{ErrorCode, SidecarError, SidecarResult};
 use crate::services::events::{epoch_ms, ServiceEventKind};
 use crate::services::host_memory::{still_to_come_mb, tree_rss_mb, Admission, HostBudget, HostMemReading};
+use crate::services::needs::host_need_mb;
 use crate::services::profile::LearnedProfile;
 
 /// How often a ready service's process tree is measured (while it loads: `probeIntervalMs`).
@@ -106,7 +107,7 @@ impl Shared {
     ) -> SidecarResult<Option<HostAdmission>> {
         let Some(source) = self.hooks.host_memory.clone() else { return Ok(None) };
         let spec = self.spec(i);
-        let need = spec.host_mem_mb.map(|mb| mb.get()).or(learned.peak_rss_mb);
+        let need = host_need_mb(spec, &learned);
         let headroom_mb = self.config.host_mem_headroom_mb.get();
         let limit_ms = self.config.host_mem_timeout_ms.get();
         let deadline = Instant::now() + ms(limit_ms);

@@ -23,7 +23,9 @@ impl Shared {
         notify: Option<watch::Receiver<NotifySeen>>,
     ) -> Vec<String> {
         let Some(config) = &self.spec(i).liveness else { return std::future::pending().await };
-        match config.check() {
+        // A validated config has exactly one check; with none (or several) nothing is watched.
+        let Some(check) = config.check() else { return std::future::pending().await };
+        match check {
             LivenessCheck::Http(probe) => {
                 let timeout = ms(config.timeout_ms.get());
                 self.live_by_probe(i, config, || probe_http(probe, timeout)).await

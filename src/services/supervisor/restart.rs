@@ -46,7 +46,7 @@ impl Shared {
         let mut runner = AbortOnDrop(tokio::spawn(self.clone().run(i, permit, stop)));
         let Err(error) = (&mut runner.0).await else { return };
         let Ok(payload) = error.try_into_panic() else { return };
-        let detail = crate::telemetry::sampler::panic_message(payload.as_ref());
+        let detail = crate::error::panic_message(payload.as_ref());
         tracing::error!(service = %self.spec(i).name, %detail, "the service runner panicked");
         let error = SidecarError::new(
             ErrorCode::Internal,

@@ -7,6 +7,7 @@ use crate::error::{ErrorCode, SidecarError, SidecarResult};
 use crate::services::config::GpuNeed;
 use crate::services::events::ServiceEventKind;
 use crate::services::hooks::VramReading;
+use crate::services::needs::vram_need_mb;
 use crate::services::profile::LearnedProfile;
 
 impl Shared {
@@ -28,7 +29,7 @@ impl Shared {
         let Some(source) = &self.hooks.vram else {
             return gate_off("no VRAM telemetry source");
         };
-        let Some(need) = gpu.vram_mb.map(|mb| mb.get()).or(learned.peak_vram_mb) else {
+        let Some(need) = vram_need_mb(gpu, &learned) else {
             return gate_off("no vramMb configured and none learned from an earlier run");
         };
         let needed_mb = need.saturating_add(self.config.vram_headroom_mb.get());

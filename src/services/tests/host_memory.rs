@@ -3,7 +3,7 @@
 
 use std::sync::atomic::AtomicBool;
 
-use super::*;
+use super::support::*;
 
 /// Host memory the test sets; readings are taken at `sampled_at_ms`, or when read while it is 0.
 #[derive(Default)]

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{parse_section, Int};
+use crate::config::{parse_section, Int};
 use crate::error::{SidecarError, SidecarResult};
 
 /// 0-100, higher is served first.

@@ -12,7 +12,7 @@ use schemars::generate::SchemaSettings;
 use schemars::JsonSchema;
 use serde_json::{json, Value};
 
-use super::ArbiterConfig;
+use crate::arbiter::ArbiterConfig;
 use crate::services::{ListenerNote, ServiceEvent, ServicesConfig};
 use crate::telemetry::{Alert, Sample, TelemetryOptions};
 

@@ -1,0 +1,121 @@
+//! The node config file: the `gpuArbiter`, `services` and `telemetry` sections assembled from the
+//! config types each component owns, and the JSON Schema derived from them ([`node_config_schema`]).
+//! It sits above the components (the binding and, through it, the CLI use it); no component imports
+//! it. The shared rules (JSON paths in errors, unknown keys as warnings) live in `crate::config`.
+
+mod schema;
+
+use std::path::Path;
+
+use serde_json::Value;
+
+pub use schema::node_config_schema;
+
+use crate::arbiter::ArbiterConfig;
+use crate::config::read_config_text;
+use crate::error::{SidecarError, SidecarResult};
+use crate::services::ServicesConfig;
+
+/// The sections of a node config file that gpu-sidecar owns, validated, with defaults applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeConfig {
+    pub gpu_arbiter: ArbiterConfig,
+    /// The `services` section as written, once it has passed validation (the supervisor takes it
+    /// as is); `None` when the file has none.
+    pub services: Option<Value>,
+    /// Unknown keys inside our sections, as JSON paths.
+    pub warnings: Vec<String>,
+}
+
+/// Reads a whole node config file (other apps' sections are left alone) and validates our sections.
+/// Anything but a regular file of at most [`MAX_CONFIG_BYTES`](crate::config::MAX_CONFIG_BYTES) in
+/// UTF-8 is `INVALID_CONFIG`.
+pub fn load_node_config(path: &Path) -> SidecarResult<NodeConfig> {
+    let text = read_config_text(path)?;
+    parse_node_config(&text, &path.display().to_string())
+}
+
+/// Parses the text of a node config file; `source` names it in error messages.
+pub fn parse_node_config(text: &str, source: &str) -> SidecarResult<NodeConfig> {
+    let root: Value = serde_json::from_str(text)
+        .map_err(|e| SidecarError::invalid_config(format!("{source}: not valid JSON: {e}")))?;
+    if !root.is_object() {
+        return Err(SidecarError::invalid_config(format!("{source}: expected a JSON object at the top level")));
+    }
+    let mut warnings = Vec::new();
+    let gpu_arbiter = match root.get("gpuArbiter") {
+        Some(section) => ArbiterConfig::from_json(section, &mut warnings)?,
+        None => ArbiterConfig::default(),
+    };
+    let services = match root.get("services") {
+        Some(section) => {
+            ServicesConfig::from_json(section, &mut warnings)?;
+            Some(section.clone())
+        }
+        None => None,
+    };
+    Ok(NodeConfig { gpu_arbiter, services, warnings })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MAX_CONFIG_BYTES;
+
+    #[test]
+    fn reports_the_json_path_and_the_bad_value() {
+        let err =
+            parse_node_config(r#"{"gpuArbiter":{"policies":{"ASR":{"priority":"high"}}}}"#, "test.json").unwrap_err();
+        assert_eq!(err.code, crate::error::ErrorCode::InvalidConfig);
+        assert_eq!(err.message, r#"gpuArbiter.policies.ASR.priority: expected an integer 0-100, got "high""#);
+    }
+
+    #[test]
+    fn out_of_range_and_bad_enum_values_name_the_field() {
+        let err = parse_node_config(r#"{"gpuArbiter":{"defaultQueueLimit":-1}}"#, "t").unwrap_err();
+        assert!(err.message.starts_with("gpuArbiter.defaultQueueLimit: expected an integer"), "{}", err.message);
+        let err = parse_node_config(r#"{"gpuArbiter":{"policies":{"TTS":{"busyPolicy":"MAYBE"}}}}"#, "t").unwrap_err();
+        assert!(err.message.starts_with("gpuArbiter.policies.TTS.busyPolicy: expected one of"), "{}", err.message);
+        assert!(err.message.contains("\"MAYBE\""), "{}", err.message);
+    }
+
+    #[test]
+    fn unknown_keys_are_warnings_and_other_sections_are_ignored() {
+        let cfg = parse_node_config(
+            r#"{"servicePreferences":{"x":1},"gpuArbiter":{"enabled":true,"colour":"red","policies":{"ASR":{"priorty":3}}}}"#,
+            "t",
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.warnings,
+            vec![
+                "gpuArbiter.colour: unknown key, ignored".to_string(),
+                "gpuArbiter.policies.ASR.priorty: unknown key, ignored".to_string()
+            ]
+        );
+    }
+
+    #[test]
+    fn devices_oversized_and_non_utf8_files_are_invalid_config() {
+        let e = load_node_config(Path::new("/dev/zero")).unwrap_err();
+        assert_eq!(e.code, crate::error::ErrorCode::InvalidConfig);
+        assert_eq!(e.message, "cannot read config file: /dev/zero: not a regular file (a character device)");
+        let big = crate::config::file::temp_path("big-config.json");
+        let file = std::fs::File::create(&big).unwrap();
+        file.set_len(MAX_CONFIG_BYTES + 1).unwrap();
+        let e = load_node_config(&big).unwrap_err();
+        assert_eq!(e.code, crate::error::ErrorCode::InvalidConfig);
+        assert!(e.message.ends_with("too large: 16777217 bytes, the limit is 16 MiB"), "{}", e.message);
+        std::fs::write(&big, b"{\"gpuArbiter\": \"\xff\"}").unwrap();
+        let e = load_node_config(&big).unwrap_err();
+        assert_eq!(e.message, format!("{}: not valid UTF-8 (at byte 16)", big.display()));
+        std::fs::remove_file(&big).unwrap();
+    }
+
+    #[test]
+    fn invalid_json_is_an_invalid_config_error() {
+        let err = parse_node_config("{ not json", "node.json").unwrap_err();
+        assert_eq!(err.code, crate::error::ErrorCode::InvalidConfig);
+        assert!(err.message.starts_with("node.json: not valid JSON"), "{}", err.message);
+    }
+}
