@@ -137,6 +137,22 @@ class Lease {
   }
 }
 
+/** Sides with requests waiting: kept alive until each is settled (see `ArbiterSide#keepAlive`). */
+const waitingSides = new Set()
+/** Clears the pending timer of a side that was collected. */
+const collectedTimers = new FinalizationRegistry((/** @type {{ timer: any }} */ holder) => {
+  if (holder.timer !== null) timers.clearTimeout(holder.timer)
+})
+
+/**
+ * The deadline timer's callback. Made out here: a closure made in the constructor would share its
+ * context with the ones that use `this`, and so hold the side strongly after all.
+ * @param {WeakRef<ArbiterSide>} side
+ */
+function weakCallback(side) {
+  return () => side.deref()?.fire()
+}
+
 class ArbiterSide {
   /** @param {NativeArbiter} arbiter */
   constructor(arbiter) {
@@ -151,13 +167,13 @@ class ArbiterSide {
     this.timerAt = -1
     this.timerKeepsAlive = false
     this.closed = false
-    this.onTimer = () => {
-      this.timer = null
-      this.timerAt = -1
-      if (this.closed) return
-      this.arbiter.tick()
-      this.sync()
-    }
+    // The timer holds this side weakly: a lease watchdog's pending timer must not keep a dropped
+    // arbiter alive (while requests wait, `waitingSides` keeps it). A collected side's timer is
+    // cleared through `collectedTimers`.
+    this.onTimer = weakCallback(new WeakRef(this))
+    /** @type {{ timer: ReturnType<typeof timers.setTimeout> | null }} */
+    this.timerHolder = { timer: null }
+    collectedTimers.register(this, this.timerHolder)
     // The native side holds this function and the event listeners weakly (each reaches the
     // arbiter's JS object, so a strong native reference would keep the arbiter forever); the JS
     // half holds them for as long as the arbiter lives.
@@ -187,16 +203,33 @@ class ArbiterSide {
     const next = m[Slot.NextDeadline]
     if (next >= 0 && (this.timer === null || next < this.timerAt)) {
       this.arm(next, m[Slot.Now])
-    } else if (next < 0 && this.timer !== null) {
-      // Nothing left to time: a pending timer would keep this arbiter from being collected.
-      timers.clearTimeout(this.timer)
-      this.timer = null
-      this.timerAt = -1
-    } else if (this.timer !== null && m[Slot.Waiters] > 0 !== this.timerKeepsAlive) {
-      this.timerKeepsAlive = !this.timerKeepsAlive
+    } else if (m[Slot.Waiters] > 0 !== this.timerKeepsAlive) {
+      this.keepAlive(!this.timerKeepsAlive)
+      if (this.timer === null) return
       if (this.timerKeepsAlive) this.timer.ref()
       else this.timer.unref()
     }
+  }
+
+  /** The deadline timer fired. */
+  fire() {
+    this.timer = null
+    this.timerHolder.timer = null
+    this.timerAt = -1
+    if (this.closed) return
+    this.arbiter.tick()
+    this.sync()
+  }
+
+  /**
+   * Whether waiting requests keep this arbiter (and Node) alive: a promise is owed to each, and
+   * only the deadline timer can settle it once the app has dropped the arbiter.
+   * @param {boolean} waiting
+   */
+  keepAlive(waiting) {
+    this.timerKeepsAlive = waiting
+    if (waiting) waitingSides.add(this)
+    else waitingSides.delete(this)
   }
 
   /** @param {number} next @param {number} now */
@@ -206,8 +239,9 @@ class ArbiterSide {
     const delay = Math.min(Math.max(1, Math.ceil(next - now)), MAX_TIMER_MS)
     this.timerAt = now + delay
     this.timer = timers.setTimeout(this.onTimer, delay)
+    this.timerHolder.timer = this.timer
     // Only waiting requests keep Node alive; a lease watchdog alone does not.
-    this.timerKeepsAlive = this.mailbox[Slot.Waiters] > 0
+    this.keepAlive(this.mailbox[Slot.Waiters] > 0)
     if (!this.timerKeepsAlive) this.timer.unref()
   }
 
@@ -323,7 +357,9 @@ class ArbiterSide {
     this.closed = true
     if (this.timer !== null) timers.clearTimeout(this.timer)
     this.timer = null
+    this.timerHolder.timer = null
     this.timerAt = -1
+    this.keepAlive(false)
     this.listeners.clear()
     const controllers = [...this.signals.values()]
     this.signals.clear()
