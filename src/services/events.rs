@@ -33,23 +33,35 @@ pub struct ExitInfo {
     pub signal: Option<i32>,
 }
 
-/// A signal's name as JS sees it: `SIGKILL`, or `SIG<n>` for one without a well-known name.
+/// A signal's name as JS sees it: `SIGKILL`, or `SIG<n>` for one without a well-known name. The
+/// numbers are the platform's own (`SIGBUS` is 7 on Linux and 10 on macOS).
+#[cfg(unix)]
 fn signal_name(signal: i32) -> String {
-    match signal {
-        1 => "SIGHUP".into(),
-        2 => "SIGINT".into(),
-        3 => "SIGQUIT".into(),
-        4 => "SIGILL".into(),
-        6 => "SIGABRT".into(),
-        7 => "SIGBUS".into(),
-        8 => "SIGFPE".into(),
-        9 => "SIGKILL".into(),
-        11 => "SIGSEGV".into(),
-        13 => "SIGPIPE".into(),
-        14 => "SIGALRM".into(),
-        15 => "SIGTERM".into(),
-        n => format!("SIG{n}"),
-    }
+    const NAMES: [(i32, &str); 16] = [
+        (libc::SIGHUP, "SIGHUP"),
+        (libc::SIGINT, "SIGINT"),
+        (libc::SIGQUIT, "SIGQUIT"),
+        (libc::SIGILL, "SIGILL"),
+        (libc::SIGTRAP, "SIGTRAP"),
+        (libc::SIGABRT, "SIGABRT"),
+        (libc::SIGBUS, "SIGBUS"),
+        (libc::SIGFPE, "SIGFPE"),
+        (libc::SIGKILL, "SIGKILL"),
+        (libc::SIGUSR1, "SIGUSR1"),
+        (libc::SIGSEGV, "SIGSEGV"),
+        (libc::SIGUSR2, "SIGUSR2"),
+        (libc::SIGPIPE, "SIGPIPE"),
+        (libc::SIGALRM, "SIGALRM"),
+        (libc::SIGTERM, "SIGTERM"),
+        (libc::SIGXCPU, "SIGXCPU"),
+    ];
+    NAMES.iter().find(|(n, _)| *n == signal).map_or_else(|| format!("SIG{signal}"), |(_, name)| name.to_string())
+}
+
+/// No process ends on a signal there.
+#[cfg(not(unix))]
+fn signal_name(signal: i32) -> String {
+    format!("SIG{signal}")
 }
 
 fn serialize_signal<S: Serializer>(signal: &Option<i32>, serializer: S) -> Result<S::Ok, S::Error> {
@@ -243,6 +255,19 @@ pub(crate) fn epoch_ms() -> u64 {
 
 #[cfg(test)]
 mod tests {
+    #[cfg(unix)]
+    #[test]
+    fn signal_names_follow_the_platforms_own_numbers() {
+        assert_eq!(super::signal_name(libc::SIGBUS), "SIGBUS");
+        assert_eq!(super::signal_name(libc::SIGUSR1), "SIGUSR1");
+        // 10 is SIGUSR1 on Linux and SIGBUS on macOS: read from the platform, not assumed.
+        #[cfg(target_os = "linux")]
+        assert_eq!(super::signal_name(10), "SIGUSR1");
+        #[cfg(target_os = "macos")]
+        assert_eq!(super::signal_name(10), "SIGBUS");
+        assert_eq!(super::signal_name(64), "SIG64");
+    }
+
     use super::*;
     use crate::error::ErrorCode;
 
