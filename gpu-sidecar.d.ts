@@ -41,6 +41,8 @@ export type GpuLeaseOptions = Omit<GpuLeaseRequest, 'taskType' | 'trace'>
  * `GPU lease timeout: GPU_USAGE_HIGH (ASR)`.
  */
 export declare class GpuLeaseError extends Error {
+  /** Throws `INVALID_ARGUMENT` for a `result` that is not a refused lease. */
+  constructor(result: GpuLeaseNotAcquired, taskType: string)
   readonly code: 'GPU_LEASE_SKIPPED' | 'GPU_LEASE_FALLBACK_CPU' | 'GPU_LEASE_TIMEOUT' | 'GPU_LEASE_CANCELLED'
   readonly status: GpuLeaseNotAcquired['status']
   readonly reason: GpuLeaseNotAcquired['reason']
