@@ -4,9 +4,10 @@
 // schema; tests/schema.test.ts fails when the file is out of date.
 //
 // Uses json-schema-to-typescript (a devDependency: the generated file ships, the generator does not).
-import { readFileSync, writeFileSync } from 'node:fs'
+import { readFileSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import { compile } from 'json-schema-to-typescript'
+import { writeOrCheck } from './generated-file.mjs'
 
 const root = new URL('..', import.meta.url)
 export const SCHEMA = fileURLToPath(new URL('src/config/node-config.schema.json', root))
@@ -70,13 +71,5 @@ function documentDefaultsAndBounds(node) {
 
 // `node scripts/config-types.mjs` writes the file; with `--check` it only says whether it is current.
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
-  const generated = await configTypes(JSON.parse(readFileSync(SCHEMA, 'utf8')))
-  if (process.argv.includes('--check')) {
-    const current = readFileSync(TYPES, 'utf8') === generated
-    console.log(current ? `${TYPES} is current` : `${TYPES} is out of date: run \`npm run schema\``)
-    process.exitCode = current ? 0 : 1
-  } else {
-    writeFileSync(TYPES, generated)
-    console.log(`wrote ${TYPES}`)
-  }
+  writeOrCheck(TYPES, await configTypes(JSON.parse(readFileSync(SCHEMA, 'utf8'))))
 }

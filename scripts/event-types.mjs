@@ -3,9 +3,10 @@
 // (src/binding/events.schema.json), which cargo derives from the Rust types whose serde form JS
 // gets: one source for the values and their types. `npm run schema` runs it after cargo writes
 // the schema; tests/schema.test.ts fails when the file is out of date.
-import { readFileSync, writeFileSync } from 'node:fs'
+import { readFileSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import { compile } from 'json-schema-to-typescript'
+import { writeOrCheck } from './generated-file.mjs'
 
 const root = new URL('..', import.meta.url)
 export const SCHEMA = fileURLToPath(new URL('src/binding/events.schema.json', root))
@@ -68,13 +69,5 @@ function declarationOrder(node) {
 
 // `node scripts/event-types.mjs` writes the file; with `--check` it only says whether it is current.
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
-  const generated = await eventTypes(JSON.parse(readFileSync(SCHEMA, 'utf8')))
-  if (process.argv.includes('--check')) {
-    const current = readFileSync(TYPES, 'utf8') === generated
-    console.log(current ? `${TYPES} is current` : `${TYPES} is out of date: run \`npm run schema\``)
-    process.exitCode = current ? 0 : 1
-  } else {
-    writeFileSync(TYPES, generated)
-    console.log(`wrote ${TYPES}`)
-  }
+  writeOrCheck(TYPES, await eventTypes(JSON.parse(readFileSync(SCHEMA, 'utf8'))))
 }

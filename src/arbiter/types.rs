@@ -196,6 +196,21 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// Every kind (a test in this file fails to compile when one is added and not listed here).
+    pub const ALL: [EventKind; 11] = [
+        EventKind::Acquired,
+        EventKind::Released,
+        EventKind::Queued,
+        EventKind::Timeout,
+        EventKind::Skipped,
+        EventKind::Cancelled,
+        EventKind::Watchdog,
+        EventKind::AdmissionState,
+        EventKind::ConfigReloaded,
+        EventKind::ConfigRejected,
+        EventKind::ConfigFileMissing,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             EventKind::Acquired => "acquired",
@@ -254,4 +269,31 @@ pub const LEASE_PREFIX: &str = "lease-";
 /// The id JS sees for lease `id`.
 pub fn lease_id_text(id: LeaseId) -> String {
     format!("{LEASE_PREFIX}{id}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_event_kind_is_in_all() {
+        for kind in EventKind::ALL {
+            // Stops compiling when a kind is added: add it to ALL too, then here.
+            match kind {
+                EventKind::Acquired
+                | EventKind::Released
+                | EventKind::Queued
+                | EventKind::Timeout
+                | EventKind::Skipped
+                | EventKind::Cancelled
+                | EventKind::Watchdog
+                | EventKind::AdmissionState
+                | EventKind::ConfigReloaded
+                | EventKind::ConfigRejected
+                | EventKind::ConfigFileMissing => {}
+            }
+        }
+        let names: std::collections::BTreeSet<&str> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(names.len(), EventKind::ALL.len(), "each kind once");
+    }
 }

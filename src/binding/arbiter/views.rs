@@ -367,31 +367,6 @@ pub fn asr_hint(value: &Value) -> SidecarResult<(Option<u64>, Option<u64>)> {
 mod tests {
     use crate::arbiter::EventKind;
 
-    /// Every kind, with a match that stops compiling when a kind is added and not listed here.
-    fn every_kind() -> Vec<EventKind> {
-        use EventKind::*;
-        let kinds = vec![
-            Acquired,
-            Released,
-            Queued,
-            Timeout,
-            Skipped,
-            Cancelled,
-            Watchdog,
-            AdmissionState,
-            ConfigReloaded,
-            ConfigRejected,
-            ConfigFileMissing,
-        ];
-        for kind in &kinds {
-            match kind {
-                Acquired | Released | Queued | Timeout | Skipped | Cancelled | Watchdog | AdmissionState
-                | ConfigReloaded | ConfigRejected | ConfigFileMissing => {}
-            }
-        }
-        kinds
-    }
-
     /// `GpuArbiterEvent.type`'s `ts_type` is written by hand (napi types the field as a string):
     /// the union in index.d.ts must list exactly the names the events carry.
     #[test]
@@ -401,7 +376,7 @@ mod tests {
         let interface = &index[index.find("export interface GpuArbiterEvent {").unwrap()..];
         let line = interface.lines().find_map(|l| l.trim().strip_prefix("type: ")).unwrap();
         let mut listed: Vec<&str> = line.split(" | ").map(|name| name.trim_matches('\'')).collect();
-        let mut kinds: Vec<&str> = every_kind().into_iter().map(EventKind::as_str).collect();
+        let mut kinds: Vec<&str> = EventKind::ALL.into_iter().map(EventKind::as_str).collect();
         listed.sort_unstable();
         kinds.sort_unstable();
         assert_eq!(listed, kinds, "GpuArbiterEvent.type in views.rs (then `npx napi build --platform`)");
