@@ -421,17 +421,7 @@ impl Arbiter {
             self.events.push(ev);
         }
         self.pump(g, now, out);
-        self.forget_stale_deadlines_when_idle();
         true
-    }
-
-    /// When nothing is held and nothing waits, drops the stale deadlines on top of the heap, so
-    /// the next deadline published is a live one or none: a JS timer left armed for a lease given
-    /// back or a request withdrawn would keep the arbiter's JS object from being collected.
-    fn forget_stale_deadlines_when_idle(&mut self) {
-        if self.leases.is_empty() && self.waiters.is_empty() {
-            self.next_live_deadline();
-        }
     }
 
     /// Withdraws a queued request (its AbortSignal fired). `None` if it is no longer queued.
@@ -440,7 +430,6 @@ impl Arbiter {
         let key = self.gpus[w.gpu].key.clone();
         self.task_stats(&key, &w.task_type).count(Status::Cancelled);
         self.emit_settled(EventKind::Cancelled, w.gpu, &w.task_type, Status::Cancelled, Reason::Aborted, now);
-        self.forget_stale_deadlines_when_idle();
         Some(Resolution {
             waiter,
             outcome: Outcome::NotAcquired { status: Status::Cancelled, reason: Reason::Aborted },

@@ -729,26 +729,6 @@ fn a_failed_on_demand_start_settles_its_waiters_service_unavailable() {
 }
 
 #[test]
-fn an_idle_arbiter_publishes_no_deadline_left_by_leases_given_back_or_requests_withdrawn() {
-    // A stale deadline published to JS keeps a timer armed, and the timer keeps the arbiter.
-    let mut a = arbiter(json!({ "gpuKeys": ["gpu:0"] }));
-    let mut out = vec![];
-    let first = granted(a.acquire(req("ASR"), 0).unwrap());
-    let waiter = queued(a.acquire(req("ASR"), MS).unwrap());
-    assert!(a.next_deadline_hint().is_some());
-    assert!(a.cancel(waiter, 2 * MS).is_some());
-    assert!(a.next_deadline_hint().is_some(), "the held lease's watchdog still stands");
-    assert!(a.release(first.lease_id, 3 * MS, &mut out));
-    assert_eq!(a.next_deadline_hint(), None);
-
-    // A live deadline that is no lease's (a GPU reading going stale) stays published.
-    a.observe_gpu("gpu:0", reading(4 * MS, 10.0, 40_000), 4 * MS, &mut out);
-    let lease = granted(a.acquire(req("ASR"), 5 * MS).unwrap());
-    assert!(a.release(lease.lease_id, 6 * MS, &mut out));
-    assert!(a.next_deadline_hint().is_some_and(|at| at > 6 * MS));
-}
-
-#[test]
 fn a_waiter_waits_for_a_start_on_its_way_however_long_and_then_its_own_wait() {
     let mut a = arbiter(json!({"policies": {"NMT": {"maxWaitMs": 100}}}));
     let mut out = vec![];

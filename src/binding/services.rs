@@ -538,7 +538,7 @@ fn deliver_one(env: &Env, state: &Rc<RefCell<SupervisorBinding>>, events: &Servi
             log_event_object(env, service, *timestamp_ms, *stream, line)
         }
         // Not `env.to_js_value`: its serializer turns epoch-ms `at` into a BigInt.
-        QueuedEvent::Event(event) => unsafe { Value::to_napi_value(env.raw(), event_to_json(event)) },
+        QueuedEvent::Event(event) => unsafe { Value::to_napi_value(env.raw(), event.to_json()) },
         QueuedEvent::LogDropped { service, count, at } => unsafe {
             let note = ListenerNote::LogDropped { service: service.clone(), at: *at, count: *count };
             Value::to_napi_value(env.raw(), serde_json::to_value(note).unwrap_or(Value::Null))
@@ -550,7 +550,7 @@ fn deliver_one(env: &Env, state: &Rc<RefCell<SupervisorBinding>>, events: &Servi
     true
 }
 
-/// `{ type: 'log', service, at, stream, line }`, as [`event_to_json`] would give it.
+/// `{ type: 'log', service, at, stream, line }`, as `ServiceEvent::to_json` would give it.
 fn log_event_object(
     env: &Env,
     service: &str,
@@ -624,16 +624,6 @@ fn schedule_next_slice(env: &Env, state: &Rc<RefCell<SupervisorBinding>>, events
     }
 }
 
-fn error_to_json(error: &SidecarError) -> Value {
-    json!({ "code": error.code.as_str(), "message": error.message })
-}
-
-/// The event as listeners get it: its serde form (see [`crate::services::ServiceEvent`]), which
-/// the generated `ServiceEvent` type is derived from.
-fn event_to_json(event: &ServiceEvent) -> Value {
-    event.to_json()
-}
-
 fn outcome_to_json(outcome: &ServiceOutcome) -> Value {
     let service = &outcome.service;
     match &outcome.outcome {
@@ -641,7 +631,7 @@ fn outcome_to_json(outcome: &ServiceOutcome) -> Value {
             json!({ "service": service, "status": "ready", "timeToReadyMs": time_to_ready_ms })
         }
         StartOutcome::Failed { error, last_lines } => {
-            json!({ "service": service, "status": "failed", "error": error_to_json(error), "lastLines": last_lines })
+            json!({ "service": service, "status": "failed", "error": crate::services::error_json(error), "lastLines": last_lines })
         }
         StartOutcome::Blocked { dependency } => {
             json!({ "service": service, "status": "blocked", "dependency": dependency })

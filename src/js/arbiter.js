@@ -162,8 +162,12 @@ class ArbiterSide {
     this.signals = new Map()
     /** @type {Set<number>} */
     this.revoked = new Set()
-    /** @type {ReturnType<typeof timers.setTimeout> | null} */
-    this.timer = null
+    /**
+     * The deadline timer, in an object of its own: `collectedTimers` holds that object (not this
+     * side) to clear the timer once this side is collected.
+     * @type {{ timer: ReturnType<typeof timers.setTimeout> | null }}
+     */
+    this.pending = { timer: null }
     this.timerAt = -1
     this.timerKeepsAlive = false
     this.closed = false
@@ -171,9 +175,7 @@ class ArbiterSide {
     // arbiter alive (while requests wait, `waitingSides` keeps it). A collected side's timer is
     // cleared through `collectedTimers`.
     this.onTimer = weakCallback(new WeakRef(this))
-    /** @type {{ timer: ReturnType<typeof timers.setTimeout> | null }} */
-    this.timerHolder = { timer: null }
-    collectedTimers.register(this, this.timerHolder)
+    collectedTimers.register(this, this.pending)
     // The native side holds this function and the event listeners weakly (each reaches the
     // arbiter's JS object, so a strong native reference would keep the arbiter forever); the JS
     // half holds them for as long as the arbiter lives.
@@ -201,20 +203,19 @@ class ArbiterSide {
     const m = this.mailbox
     if (m[RECORD_COUNT] > 0) this.takeRecords()
     const next = m[Slot.NextDeadline]
-    if (next >= 0 && (this.timer === null || next < this.timerAt)) {
+    if (next >= 0 && (this.pending.timer === null || next < this.timerAt)) {
       this.arm(next, m[Slot.Now])
     } else if (m[Slot.Waiters] > 0 !== this.timerKeepsAlive) {
       this.keepAlive(!this.timerKeepsAlive)
-      if (this.timer === null) return
-      if (this.timerKeepsAlive) this.timer.ref()
-      else this.timer.unref()
+      if (this.pending.timer === null) return
+      if (this.timerKeepsAlive) this.pending.timer.ref()
+      else this.pending.timer.unref()
     }
   }
 
   /** The deadline timer fired. */
   fire() {
-    this.timer = null
-    this.timerHolder.timer = null
+    this.pending.timer = null
     this.timerAt = -1
     if (this.closed) return
     this.arbiter.tick()
@@ -234,15 +235,14 @@ class ArbiterSide {
 
   /** @param {number} next @param {number} now */
   arm(next, now) {
-    if (this.timer !== null) timers.clearTimeout(this.timer)
+    if (this.pending.timer !== null) timers.clearTimeout(this.pending.timer)
     // Capped: a later deadline is met by re-arming when this one fires.
     const delay = Math.min(Math.max(1, Math.ceil(next - now)), MAX_TIMER_MS)
     this.timerAt = now + delay
-    this.timer = timers.setTimeout(this.onTimer, delay)
-    this.timerHolder.timer = this.timer
+    this.pending.timer = timers.setTimeout(this.onTimer, delay)
     // Only waiting requests keep Node alive; a lease watchdog alone does not.
     this.keepAlive(this.mailbox[Slot.Waiters] > 0)
-    if (!this.timerKeepsAlive) this.timer.unref()
+    if (!this.timerKeepsAlive) this.pending.timer.unref()
   }
 
   takeRecords() {
@@ -355,9 +355,8 @@ class ArbiterSide {
   /** After `close()`: no timer, and every lease's signal aborts. */
   shutdown() {
     this.closed = true
-    if (this.timer !== null) timers.clearTimeout(this.timer)
-    this.timer = null
-    this.timerHolder.timer = null
+    if (this.pending.timer !== null) timers.clearTimeout(this.pending.timer)
+    this.pending.timer = null
     this.timerAt = -1
     this.keepAlive(false)
     this.listeners.clear()

@@ -277,28 +277,43 @@ impl ArbiterHost {
 
     /// Applies one of a supervisor's asks ([`ArbiterCall`]); returns what it resolved.
     pub fn apply(&mut self, call: ArbiterCall) -> Vec<Resolution> {
-        let now = self.now();
-        let mut out = self.lend_resolutions();
         match call {
-            ArbiterCall::Acquire { request, reply, .. } => return self.acquire_native(*request, reply),
+            ArbiterCall::Acquire { request, reply, .. } => self.acquire_native(*request, reply),
             ArbiterCall::Release { lease_id } => {
-                if !self.core.release(lease_id, now, &mut out) {
+                let (held, out) = self.release(lease_id);
+                if !held {
                     tracing::debug!(lease_id, "a service startup lease was already gone");
                 }
+                out
             }
             ArbiterCall::Standby { task_types, load_allowance_ms } => {
                 let allowance = load_allowance_ms.map(|ms| ms.saturating_mul(MICROS_PER_MS));
-                for task_type in &task_types {
-                    self.core.set_task_standby(task_type, allowance, now, &mut out);
-                }
+                self.for_each_task_type(&task_types, |core, t, now, out| core.set_task_standby(t, allowance, now, out))
             }
-            ArbiterCall::Starting { task_types } => task_types.iter().for_each(|t| self.core.set_task_starting(t)),
+            ArbiterCall::Starting { task_types } => {
+                task_types.iter().for_each(|t| self.core.set_task_starting(t));
+                Vec::new()
+            }
             ArbiterCall::Unavailable { task_types } => {
-                for task_type in &task_types {
-                    self.core.fail_task_type(task_type, now, &mut out);
-                }
+                self.for_each_task_type(&task_types, |core, t, now, out| core.fail_task_type(t, now, out))
             }
-            ArbiterCall::Routes(routes) => self.core.set_task_gpus(routes),
+            ArbiterCall::Routes(routes) => {
+                self.core.set_task_gpus(routes);
+                Vec::new()
+            }
+        }
+    }
+
+    /// Runs `f` on the core for each task type, as of one clock reading; returns what it resolved.
+    fn for_each_task_type(
+        &mut self,
+        task_types: &[String],
+        f: impl Fn(&mut Arbiter, &str, Micros, &mut Vec<Resolution>),
+    ) -> Vec<Resolution> {
+        let now = self.now();
+        let mut out = self.lend_resolutions();
+        for task_type in task_types {
+            f(&mut self.core, task_type, now, &mut out);
         }
         out
     }

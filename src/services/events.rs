@@ -70,7 +70,12 @@ fn serialize_signal<S: Serializer>(signal: &Option<i32>, serializer: S) -> Resul
 
 /// A core error as JS sees it: `{ code, message }`, the binding's `ServiceError`.
 fn serialize_error<S: Serializer>(error: &SidecarError, serializer: S) -> Result<S::Ok, S::Error> {
-    json!({ "code": error.code.as_str(), "message": error.message }).serialize(serializer)
+    error_json(error).serialize(serializer)
+}
+
+/// A core error as JS sees it in events and outcomes: `{ code, message }`.
+pub fn error_json(error: &SidecarError) -> Value {
+    json!({ "code": error.code.as_str(), "message": error.message })
 }
 
 /// [`serialize_error`]'s shape; typed as the binding's `ServiceError` (its codes are listed there).

@@ -207,13 +207,7 @@ pub fn release_value(
         _ => None,
     };
     let Some(id) = id else { return Ok((false, Vec::new())) };
-    let released = {
-        let mut s = state.borrow_mut();
-        let mut out = s.host.lend_resolutions();
-        let now = s.host.now();
-        (s.host.core.release(id, now, &mut out), out)
-    };
-    let (released, out) = released;
+    let (released, out) = state.borrow_mut().host.release(id);
     if !released {
         tracing::debug!(lease_id = id, "release of an unknown, released or revoked lease: ignored");
     }
