@@ -35,7 +35,13 @@ function gpuFollowing(supervisor: ServiceSupervisor, config: ServicesConfig, rel
   const telemetry = new Telemetry({ source: 'manual' })
   const need = new Map((config.services ?? []).map((s) => [s.name, s.gpu?.vramMb ?? 0]))
   const holding = new Map<string, number>()
+  // A release timer may come due after the test closed the telemetry (the supervisor's last
+  // 'stopped' event arrives during shutdown): it must then do nothing, not throw into the next
+  // suite that shares this Jest worker.
+  const releases = new Set<NodeJS.Timeout>()
+  let closed = false
   const push = () => {
+    if (closed) return
     const used = [...holding.values()].reduce((a, b) => a + b, 0)
     telemetry.push(oneGpuSample({ totalMb: TOTAL_MB, freeMb: TOTAL_MB - used }))
   }
@@ -46,10 +52,12 @@ function gpuFollowing(supervisor: ServiceSupervisor, config: ServicesConfig, rel
     }
     // A stop on request ends with 'stopped' (no 'exited'); a process that ended by itself has both.
     if ((e.type === 'exited' || e.type === 'stopped') && holding.has(e.service)) {
-      setTimeout(() => {
+      const release = setTimeout(() => {
+        releases.delete(release)
         holding.delete(e.service)
         push()
       }, releaseDelayMs)
+      releases.add(release)
     }
   })
   push()
@@ -58,7 +66,10 @@ function gpuFollowing(supervisor: ServiceSupervisor, config: ServicesConfig, rel
   return {
     telemetry,
     close: () => {
+      closed = true
       clearInterval(timer)
+      for (const release of releases) clearTimeout(release)
+      releases.clear()
       telemetry.close()
     },
   }
