@@ -43,7 +43,7 @@ export type GpuLeaseOptions = Omit<GpuLeaseRequest, 'taskType' | 'trace'>
 export declare class GpuLeaseError extends Error {
   /** Throws `INVALID_ARGUMENT` for a `result` that is not a refused lease. */
   constructor(result: GpuLeaseNotAcquired, taskType: string)
-  readonly code: 'GPU_LEASE_SKIPPED' | 'GPU_LEASE_FALLBACK_CPU' | 'GPU_LEASE_TIMEOUT' | 'GPU_LEASE_CANCELLED'
+  readonly code: `GPU_LEASE_${GpuLeaseNotAcquired['status']}`
   readonly status: GpuLeaseNotAcquired['status']
   readonly reason: GpuLeaseNotAcquired['reason']
   readonly taskType: string

@@ -1,32 +1,39 @@
-// The arbiter's status and reason names live in the Rust core (arbiter::types). The TypeScript
-// union of a refused request and GpuLeaseError's messages are written by hand: these tests fail
-// when a status or reason is added in Rust and not there.
+// The arbiter's status and reason names live in the Rust core (arbiter::types). JS gets them at
+// run time from arbiterCodeNames(); their TypeScript unions (GpuLeaseStatus, GpuLeaseReason) are
+// generated from the same enums' serde names (a Rust test holds the two equal). These tests hold
+// the run-time names, the generated unions and the types built on them together.
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import * as sidecar from '../gpu-sidecar'
+import type { GpuLeaseError, GpuLeaseNotAcquired, GpuLeaseReason, GpuLeaseStatus } from '../gpu-sidecar'
 
 const { statuses, reasons } = (sidecar as unknown as { arbiterCodeNames(): { statuses: string[]; reasons: string[] } }).arbiterCodeNames()
-const header = readFileSync(join(__dirname, '../src/binding/header.d.ts'), 'utf8')
-const entry = readFileSync(join(__dirname, '../gpu-sidecar.d.ts'), 'utf8')
+const generated = readFileSync(join(__dirname, '../src/binding/events.d.ts'), 'utf8')
 const refusals = statuses.filter((s) => s !== 'ACQUIRED')
 
-/** The string literals of `field:` in `interface name { ... }` of header.d.ts. */
-function union(name: string, field: string): string[] {
-  const body = header.match(new RegExp(`interface ${name} \\{([^}]*)\\}`))?.[1] ?? ''
-  const line = body.match(new RegExp(`\\b${field}: ([^\\n]*)`))?.[1] ?? ''
-  return [...line.matchAll(/'([A-Z_]+)'/g)].map((m) => m[1])
+/** The string literals of `export type name = ...` in the generated events.d.ts. */
+function union(name: string): string[] {
+  const line = generated.match(new RegExp(`export type ${name} = ([^\\n]*)`))?.[1] ?? ''
+  return [...line.matchAll(/"([A-Z_]+)"/g)].map((m) => m[1])
 }
 
-test("GpuLeaseNotAcquired's status and reason unions are the core's names", () => {
-  expect(union('GpuLeaseNotAcquired', 'status').sort()).toEqual([...refusals].sort())
-  expect(union('GpuLeaseNotAcquired', 'reason').sort()).toEqual([...reasons].sort())
+// Compile-time checks: ts-jest fails this file when the declared types drift apart.
+type Equal<A, B> = (<T>() => T extends A ? 1 : 2) extends <T>() => T extends B ? 1 : 2 ? true : false
+const refusedIsEveryStatusButAcquired: Equal<GpuLeaseNotAcquired['status'] | 'ACQUIRED', GpuLeaseStatus> = true
+const reasonIsGenerated: Equal<GpuLeaseNotAcquired['reason'], GpuLeaseReason> = true
+const errorCodeFollowsStatus: Equal<GpuLeaseError['code'], `GPU_LEASE_${Exclude<GpuLeaseStatus, 'ACQUIRED'>}`> = true
+
+test('the generated GpuLeaseStatus and GpuLeaseReason unions list the names JS gets at run time', () => {
+  expect(union('GpuLeaseStatus').sort()).toEqual([...statuses].sort())
+  expect(union('GpuLeaseReason').sort()).toEqual([...reasons].sort())
+  expect([refusedIsEveryStatusButAcquired, reasonIsGenerated, errorCodeFollowsStatus]).toEqual([true, true, true])
 })
 
-test('GpuLeaseError has a message and a declared code for every status but ACQUIRED, and refuses others', () => {
+test('GpuLeaseError has a message and the code GPU_LEASE_<status> for every status but ACQUIRED, and refuses others', () => {
   for (const status of refusals) {
-    expect(new sidecar.GpuLeaseError({ status, reason: reasons[0] } as never, 'ASR').code).toBe(`GPU_LEASE_${status}`)
+    const error = new sidecar.GpuLeaseError({ status, reason: reasons[0] } as GpuLeaseNotAcquired, 'ASR')
+    expect(error.code).toBe(`GPU_LEASE_${status}`)
+    expect(error.message).toContain('ASR')
   }
-  const declared = entry.match(/class GpuLeaseError[^}]*readonly code: ([^\n]*)/)?.[1] ?? ''
-  expect([...declared.matchAll(/'GPU_LEASE_([A-Z_]+)'/g)].map((m) => m[1]).sort()).toEqual([...refusals].sort())
   expect(() => new sidecar.GpuLeaseError({ status: 'ACQUIRED', reason: 'x' } as never, 'ASR')).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }))
 })

@@ -45,7 +45,11 @@ impl AcquireRequest {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// How a lease request ended.
+// index.d.ts's `GpuLeaseStatus` is generated from the serde names, which equal `as_str`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[schemars(rename = "GpuLeaseStatus")]
 pub enum Status {
     Acquired,
     Skipped,
@@ -70,7 +74,11 @@ impl Status {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Why a request got no lease.
+// index.d.ts's `GpuLeaseReason` is generated from the serde names, which equal `as_str`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[schemars(rename = "GpuLeaseReason")]
 pub enum Reason {
     /// Every lease slot of the GPU is taken.
     GpuBusy,
@@ -160,7 +168,9 @@ pub struct GpuReading {
 }
 
 /// A GPU's admission state, from its own utilization.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[schemars(rename = "GpuAdmissionState")]
 pub enum AdmissionState {
     /// No usable telemetry: logical leases only.
     Unknown,
@@ -169,6 +179,7 @@ pub enum AdmissionState {
 }
 
 impl AdmissionState {
+    /// Its name in snapshots and events: its serde name, which `GpuAdmissionState` lists.
     pub fn as_str(self) -> &'static str {
         match self {
             AdmissionState::Unknown => "UNKNOWN",
@@ -295,5 +306,44 @@ mod tests {
         }
         let names: std::collections::BTreeSet<&str> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
         assert_eq!(names.len(), EventKind::ALL.len(), "each kind once");
+    }
+
+    /// JS gets `as_str` (through `arbiterCodeNames()`); the TS unions are generated from the
+    /// serde names.
+    #[test]
+    fn status_and_reason_names_are_their_serde_names() {
+        for status in Status::ALL {
+            // Stops compiling when a status is added: add it to ALL too, then here.
+            match status {
+                Status::Acquired | Status::Skipped | Status::FallbackCpu | Status::Timeout | Status::Cancelled => {}
+            }
+            assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
+        }
+        for reason in Reason::ALL {
+            match reason {
+                Reason::GpuBusy
+                | Reason::QueueFull
+                | Reason::Timeout
+                | Reason::GpuUsageHigh
+                | Reason::VramLow
+                | Reason::Aborted
+                | Reason::Shutdown
+                | Reason::ServiceUnavailable => {}
+            }
+            assert_eq!(serde_json::to_value(reason).unwrap(), reason.as_str());
+        }
+    }
+
+    /// Snapshots and `admission-state` events carry `as_str`; `GpuAdmissionState` in index.d.ts is
+    /// generated from the serde names.
+    #[test]
+    fn admission_state_names_are_their_serde_names() {
+        for state in [AdmissionState::Unknown, AdmissionState::Normal, AdmissionState::HighPressure] {
+            // Stops compiling when a state is added: add it to the list above too.
+            match state {
+                AdmissionState::Unknown | AdmissionState::Normal | AdmissionState::HighPressure => {}
+            }
+            assert_eq!(serde_json::to_value(state).unwrap(), state.as_str());
+        }
     }
 }

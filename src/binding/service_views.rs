@@ -8,9 +8,7 @@ use napi::bindgen_prelude::{Either, Null};
 use napi_derive::napi;
 
 use crate::error::SidecarError;
-use crate::services::{
-    AttributedLease, HostBudget, LearnedProfile, PeakVramMethod, ServiceLeases, ServiceState, ServiceStatus, WaitReason,
-};
+use crate::services::{AttributedLease, HostBudget, LearnedProfile, ServiceLeases, ServiceStatus};
 
 /// A core error as data: a stable `code` and a message saying what was wrong and where.
 #[napi(object, js_name = "ServiceError")]
@@ -57,7 +55,7 @@ pub struct LearnedView {
     /// `gpu-delta`, the rise in its GPU's used memory while it loaded alone there (where NVML
     /// has no per-process figures, as on Windows in WDDM mode). `null` in state files from
     /// before it was kept.
-    #[napi(ts_type = "'process' | 'gpu-delta' | null")]
+    #[napi(ts_type = "PeakVramMethod | null")]
     pub peak_vram_method: Either<String, Null>,
     /// The highest resident memory (MB) of its whole process tree (the service and everything it
     /// forked) on its last run; the host-memory gate's need without `hostMemMb`.
@@ -98,7 +96,7 @@ pub struct ServiceStatusView {
     pub learned: LearnedView,
     /// Why its start waits, while it waits: `'waiting-host-memory'` (too little host memory
     /// available for it, or the host swapping).
-    #[napi(ts_type = "'waiting-host-memory' | null")]
+    #[napi(ts_type = "ServiceWaitReason | null")]
     pub waiting: Either<String, Null>,
 }
 
@@ -137,9 +135,12 @@ pub fn host_budget_view(budget: &HostBudget, per_worker_mb: Option<f64>, workers
     }
 }
 
-fn wait_reason_name(reason: WaitReason) -> &'static str {
-    match reason {
-        WaitReason::HostMemory => "waiting-host-memory",
+/// A unit variant's serde name: the name the generated TS union lists (`ServiceStateName`,
+/// `ServiceWaitReason`, `PeakVramMethod`), so the two cannot differ.
+fn serde_name<T: serde::Serialize>(value: T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(name)) => name,
+        other => unreachable!("a unit variant serializes as its name, not {other:?}"),
     }
 }
 
@@ -171,35 +172,15 @@ pub fn learned_view(learned: &LearnedProfile) -> LearnedView {
     LearnedView {
         time_to_ready_ms: or_null(learned.time_to_ready_ms.map(|ms| ms as f64)),
         peak_vram_mb: or_null(learned.peak_vram_mb.map(|mb| mb as f64)),
-        peak_vram_method: or_null(learned.peak_vram_method.map(|m| peak_vram_method_name(m).to_string())),
+        peak_vram_method: or_null(learned.peak_vram_method.map(serde_name)),
         peak_rss_mb: or_null(learned.peak_rss_mb.map(|mb| mb as f64)),
-    }
-}
-
-fn peak_vram_method_name(method: PeakVramMethod) -> &'static str {
-    match method {
-        PeakVramMethod::Process => "process",
-        PeakVramMethod::GpuDelta => "gpu-delta",
-    }
-}
-
-pub fn state_name(state: ServiceState) -> &'static str {
-    match state {
-        ServiceState::Idle => "idle",
-        ServiceState::Starting => "starting",
-        ServiceState::Ready => "ready",
-        ServiceState::Restarting => "restarting",
-        ServiceState::Stopping => "stopping",
-        ServiceState::Stopped => "stopped",
-        ServiceState::Failed => "failed",
-        ServiceState::Blocked => "blocked",
     }
 }
 
 pub fn status_view(status: &ServiceStatus) -> ServiceStatusView {
     ServiceStatusView {
         name: status.name.clone(),
-        state: state_name(status.state).to_string(),
+        state: serde_name(status.state),
         pid: or_null(status.pid),
         restarts: status.restarts,
         attempt: status.attempt,
@@ -218,6 +199,6 @@ pub fn status_view(status: &ServiceStatus) -> ServiceStatusView {
         gpu_key: or_null(status.gpu_key.clone()),
         leases: leases_view(&status.leases),
         learned: learned_view(&status.learned),
-        waiting: or_null(status.waiting.map(|w| wait_reason_name(w).to_string())),
+        waiting: or_null(status.waiting.map(serde_name)),
     }
 }

@@ -16,7 +16,7 @@ use std::sync::{Arc, OnceLock};
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::ThreadsafeFunctionCallMode;
 use napi_derive::napi;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::arbiter::native_leases;
 use super::arbiter::{ArbiterBinding, GpuArbiter};
@@ -30,7 +30,7 @@ use crate::link::service_events::{QueuedEvent, ServiceEventFeed};
 use crate::link::supervisor_telemetry::SupervisorTelemetry;
 use crate::services::{
     HostMemorySource, ListenerNote, OutputStream, ServiceEvent, ServiceEventKind, ServiceOutcome, ServicesConfig,
-    StartOutcome, StartupLease, Supervisor, SupervisorHooks, TaskRoutes, VramSource,
+    StartupLease, Supervisor, SupervisorHooks, TaskRoutes, VramSource,
 };
 
 /// One turn of the event loop delivers at most this many events, or for at most this long,
@@ -144,9 +144,7 @@ impl ServiceSupervisor {
     #[napi(catch_unwind, ts_return_type = "Promise<ServiceOutcome[]>")]
     pub fn start_all<'env>(&self, env: &'env Env) -> Result<PromiseRaw<'env, Value>, Code> {
         let core = self.core.clone();
-        promise(env, &self.state, async move {
-            Ok(Value::Array(core.start_all().await?.iter().map(outcome_to_json).collect()))
-        })
+        promise(env, &self.state, async move { as_json(&core.start_all().await?) })
     }
 
     /// Starts one service and what it depends on; resolves with its outcome. Rejects with
@@ -157,7 +155,7 @@ impl ServiceSupervisor {
         let core = self.core.clone();
         promise(env, &self.state, async move {
             let outcome = core.start(&name).await?;
-            Ok(outcome_to_json(&ServiceOutcome { service: name, outcome }))
+            as_json(&ServiceOutcome { service: name, outcome })
         })
     }
 
@@ -192,7 +190,7 @@ impl ServiceSupervisor {
         let core = self.core.clone();
         promise(env, &self.state, async move {
             let outcome = core.restart(&name).await?;
-            Ok(outcome_to_json(&ServiceOutcome { service: name, outcome }))
+            as_json(&ServiceOutcome { service: name, outcome })
         })
     }
 
@@ -624,18 +622,7 @@ fn schedule_next_slice(env: &Env, state: &Rc<RefCell<SupervisorBinding>>, events
     }
 }
 
-fn outcome_to_json(outcome: &ServiceOutcome) -> Value {
-    let service = &outcome.service;
-    match &outcome.outcome {
-        StartOutcome::Ready { time_to_ready_ms } => {
-            json!({ "service": service, "status": "ready", "timeToReadyMs": time_to_ready_ms })
-        }
-        StartOutcome::Failed { error, last_lines } => {
-            json!({ "service": service, "status": "failed", "error": crate::services::error_json(error), "lastLines": last_lines })
-        }
-        StartOutcome::Blocked { dependency } => {
-            json!({ "service": service, "status": "blocked", "dependency": dependency })
-        }
-        StartOutcome::Stopped => json!({ "service": service, "status": "stopped" }),
-    }
+/// A value whose TS type is generated from its serde form (`ServiceOutcome`), as JSON for a promise.
+fn as_json<T: serde::Serialize>(value: &T) -> SidecarResult<Value> {
+    serde_json::to_value(value).map_err(|e| SidecarError::new(ErrorCode::Internal, e.to_string()))
 }

@@ -11,21 +11,26 @@ const { invalidArgument } = require('./errors.js')
 /** The environment variable naming the node config file the default arbiter reads. */
 const CONFIG_ENV = 'GPU_SIDECAR_CONFIG'
 
-/** Error thrown by the helpers when a lease is not granted; its message is the old arbiter's. */
-/** How each status of a lease that was not granted reads in a GpuLeaseError's message. */
-const NOT_GRANTED = /** @type {Record<string, string>} */ ({
+/**
+ * How each status of a lease that was not granted reads in a GpuLeaseError's message. Typed by
+ * the generated status union, so `npm run typecheck` fails when the core gains a status this
+ * lacks.
+ * @type {Record<import('../../index').GpuLeaseNotAcquired['status'], string>}
+ */
+const NOT_GRANTED = {
   SKIPPED: 'skipped',
   FALLBACK_CPU: 'fallback to CPU',
   TIMEOUT: 'timeout',
   CANCELLED: 'cancelled',
-})
+}
 
+/** Error thrown by the helpers when a lease is not granted; its message is the old arbiter's. */
 class GpuLeaseError extends Error {
   /** @param {{ status: string, reason: string }} result @param {string} taskType */
   constructor(result, taskType) {
     if (result === null || typeof result !== 'object') throw invalidArgument('result: expected a lease result { status, reason }')
     const { status, reason } = result
-    const what = typeof status === 'string' && Object.hasOwn(NOT_GRANTED, status) ? NOT_GRANTED[status] : undefined
+    const what = typeof status === 'string' && Object.hasOwn(NOT_GRANTED, status) ? NOT_GRANTED[/** @type {keyof NOT_GRANTED} */ (status)] : undefined
     if (what === undefined) throw invalidArgument(`result.status: expected one of ${Object.keys(NOT_GRANTED).join(', ')}`)
     if (typeof reason !== 'string') throw invalidArgument('result.reason: expected a string')
     if (typeof taskType !== 'string') throw invalidArgument('taskType: expected a string')

@@ -12,9 +12,11 @@ use schemars::generate::SchemaSettings;
 use schemars::JsonSchema;
 use serde_json::{json, Value};
 
-use crate::arbiter::ArbiterConfig;
-use crate::services::{ListenerNote, ServiceEvent, ServicesConfig};
-use crate::telemetry::{Alert, Sample, TelemetryOptions};
+use crate::arbiter::{AdmissionState, ArbiterConfig, Reason, Status};
+use crate::services::{
+    ListenerNote, PeakVramMethod, ServiceEvent, ServiceOutcome, ServiceState, ServicesConfig, WaitReason,
+};
+use crate::telemetry::{Alert, Inventory, Recommendation, Sample, TelemetryOptions};
 
 /// The file's sections gpu-sidecar reads; other apps' sections are allowed and left alone.
 #[derive(Default, JsonSchema)]
@@ -50,8 +52,10 @@ enum ListenerServiceEvent {
     Note(ListenerNote),
 }
 
-/// The schema of the values JS listeners receive, one `$defs` entry per public type (named as
-/// `index.d.ts` exports it), as they serialize (a field skipped when empty is optional).
+/// The schema of the values JS receives from listeners and methods, one `$defs` entry per public
+/// type (named as `index.d.ts` exports it), as they serialize (a field skipped when empty is
+/// optional). The names of core enums that snapshot views carry as strings are here too, so no
+/// string union in `index.d.ts` is written by hand.
 #[cfg_attr(not(test), allow(dead_code))] // the tests write and check the shipped file with it
 pub fn events_schema() -> Value {
     let mut generator = SchemaSettings::draft2020_12().for_serialize().into_generator();
@@ -59,6 +63,15 @@ pub fn events_schema() -> Value {
         ("ServiceEvent", generator.subschema_for::<ListenerServiceEvent>()),
         ("TelemetrySample", generator.subschema_for::<Sample>()),
         ("TelemetryAlert", generator.subschema_for::<Alert>()),
+        ("ServiceOutcome", generator.subschema_for::<ServiceOutcome>()),
+        ("ConcurrencyRecommendation", generator.subschema_for::<Recommendation>()),
+        ("GpuInventory", generator.subschema_for::<Inventory>()),
+        ("ServiceStateName", generator.subschema_for::<ServiceState>()),
+        ("ServiceWaitReason", generator.subschema_for::<WaitReason>()),
+        ("PeakVramMethod", generator.subschema_for::<PeakVramMethod>()),
+        ("GpuAdmissionState", generator.subschema_for::<AdmissionState>()),
+        ("GpuLeaseStatus", generator.subschema_for::<Status>()),
+        ("GpuLeaseReason", generator.subschema_for::<Reason>()),
     ];
     let mut defs = generator.take_definitions(true);
     for (name, schema) in roots {
@@ -68,8 +81,8 @@ pub fn events_schema() -> Value {
     }
     json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "title": "gpu-sidecar listener values",
-        "description": "What onEvent, onSample and onAlert listeners receive.",
+        "title": "gpu-sidecar listener and result values",
+        "description": "What onEvent, onSample and onAlert listeners receive, what some methods return, and the names snapshots carry.",
         "$defs": defs,
     })
 }
@@ -96,7 +109,7 @@ mod tests {
     }
 
     #[test]
-    fn the_events_schema_matches_the_event_sample_and_alert_types() {
+    fn the_events_schema_matches_the_types_js_receives() {
         check_shipped("src/binding/events.schema.json", events_schema());
     }
 

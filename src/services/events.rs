@@ -69,7 +69,7 @@ fn serialize_signal<S: Serializer>(signal: &Option<i32>, serializer: S) -> Resul
 }
 
 /// A core error as JS sees it: `{ code, message }`, the binding's `ServiceError`.
-fn serialize_error<S: Serializer>(error: &SidecarError, serializer: S) -> Result<S::Ok, S::Error> {
+pub(super) fn serialize_error<S: Serializer>(error: &SidecarError, serializer: S) -> Result<S::Ok, S::Error> {
     error_json(error).serialize(serializer)
 }
 
@@ -79,7 +79,7 @@ pub fn error_json(error: &SidecarError) -> Value {
 }
 
 /// [`serialize_error`]'s shape; typed as the binding's `ServiceError` (its codes are listed there).
-fn error_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+pub(super) fn error_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "object",
         "properties": { "code": { "type": "string" }, "message": { "type": "string" } },

@@ -8,8 +8,9 @@ use super::sample::Sample;
 use crate::error::{SidecarError, SidecarResult};
 
 /// How many workers fit, and the figures behind the answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(rename = "ConcurrencyRecommendation")]
 pub struct Recommendation {
     /// `floor((availableMb - reserveMb) / perWorkerMb)`, never negative.
     pub workers: u64,

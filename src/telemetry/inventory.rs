@@ -5,43 +5,83 @@
 use nvml_wrapper::enum_wrappers::device::ComputeMode;
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::{cuda_driver_version_major, cuda_driver_version_minor, Device, Nvml};
+use schemars::JsonSchema;
 use serde::Serialize;
 
 use super::nvml::nvml_with_devices;
 use super::sample::{GpuSample, NvmlStatus};
 
-/// What NVML says about the driver and every GPU. Any single figure NVML cannot give is `None`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// What NVML says about the driver and every GPU (`gpu-sidecar doctor` prints it). A figure NVML
+/// cannot give on this system or GPU is absent (never `null`).
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(rename = "GpuInventory")]
 pub struct Inventory {
     pub nvml: NvmlStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
     pub driver_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
     pub nvml_version: Option<String>,
     /// `major.minor` of the CUDA version the driver supports (`12.4`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
     pub cuda_driver_version: Option<String>,
     pub gpus: Vec<GpuInfo>,
 }
 
-/// One GPU's identity and administrative modes.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// One GPU's identity and administrative modes; a figure NVML cannot give is absent.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(rename = "GpuInventoryEntry")]
 pub struct GpuInfo {
     pub index: u32,
     /// `gpu:<index>`, the arbiter's key.
     pub key: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
     pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
     pub uuid: Option<String>,
     /// Linux only: the driver stays loaded with no client (faster first CUDA call).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "bool")]
     pub persistence_mode: Option<bool>,
-    /// `DEFAULT`, `EXCLUSIVE_PROCESS`, `EXCLUSIVE_THREAD` or `PROHIBITED`.
-    pub compute_mode: Option<&'static str>,
-    /// Whether MIG is on now, and after the next reset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "GpuComputeMode")]
+    pub compute_mode: Option<GpuComputeMode>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "MigState")]
     pub mig_mode: Option<MigState>,
-    /// Windows only: `WDDM` (display driver) or `TCC` (compute driver).
-    pub driver_model: Option<&'static str>,
+    /// Windows only: the driver model NVML reports.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "GpuDriverModel")]
+    pub driver_model: Option<GpuDriverModel>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// Who may use the GPU, named as `nvidia-smi` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum GpuComputeMode {
+    Default,
+    ExclusiveProcess,
+    ExclusiveThread,
+    Prohibited,
+}
+
+/// A Windows driver model: `WDDM` (display driver) or `TCC` (compute driver).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum GpuDriverModel {
+    Wddm,
+    Tcc,
+}
+
+/// Whether MIG is on now (`current`), and after the next GPU reset (`pending`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[schemars(rename = "GpuMigMode")]
 pub struct MigState {
     pub current: bool,
     pub pending: bool,
@@ -105,28 +145,28 @@ fn persistence_mode(_device: &Device) -> Result<bool, NvmlError> {
     Err(NvmlError::NotSupported)
 }
 
-fn compute_mode_name(mode: ComputeMode) -> &'static str {
+fn compute_mode_name(mode: ComputeMode) -> GpuComputeMode {
     match mode {
-        ComputeMode::Default => "DEFAULT",
-        ComputeMode::ExclusiveThread => "EXCLUSIVE_THREAD",
-        ComputeMode::Prohibited => "PROHIBITED",
-        ComputeMode::ExclusiveProcess => "EXCLUSIVE_PROCESS",
+        ComputeMode::Default => GpuComputeMode::Default,
+        ComputeMode::ExclusiveThread => GpuComputeMode::ExclusiveThread,
+        ComputeMode::Prohibited => GpuComputeMode::Prohibited,
+        ComputeMode::ExclusiveProcess => GpuComputeMode::ExclusiveProcess,
     }
 }
 
 /// NVML calls the TCC model `WDM`; NVIDIA's tools and documentation say TCC.
 #[cfg(target_os = "windows")]
-fn driver_model(device: &Device) -> Option<&'static str> {
+fn driver_model(device: &Device) -> Option<GpuDriverModel> {
     use nvml_wrapper::enum_wrappers::device::DriverModel;
     device.driver_model().ok().map(|m| match m.current {
-        DriverModel::WDDM => "WDDM",
-        DriverModel::WDM => "TCC",
+        DriverModel::WDDM => GpuDriverModel::Wddm,
+        DriverModel::WDM => GpuDriverModel::Tcc,
     })
 }
 
 /// Driver models exist on Windows only.
 #[cfg(not(target_os = "windows"))]
-fn driver_model(_device: &Device) -> Option<&'static str> {
+fn driver_model(_device: &Device) -> Option<GpuDriverModel> {
     None
 }
 
@@ -142,7 +182,11 @@ mod tests {
 
     #[test]
     fn names_modes_as_nvidia_smi_does() {
-        assert_eq!(compute_mode_name(ComputeMode::ExclusiveProcess), "EXCLUSIVE_PROCESS");
+        let name = |mode| serde_json::to_value(compute_mode_name(mode)).unwrap();
+        assert_eq!(name(ComputeMode::ExclusiveProcess), "EXCLUSIVE_PROCESS");
+        assert_eq!(name(ComputeMode::Default), "DEFAULT");
+        assert_eq!(serde_json::to_value(GpuDriverModel::Tcc).unwrap(), "TCC");
+        assert_eq!(serde_json::to_value(GpuDriverModel::Wddm).unwrap(), "WDDM");
     }
 
     /// This machine has no NVIDIA library; where one is installed the other path is checked.

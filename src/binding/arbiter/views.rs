@@ -104,7 +104,7 @@ pub struct GpuAdmissionSample {
 
 #[napi(object)]
 pub struct GpuAdmission {
-    #[napi(ts_type = "'UNKNOWN' | 'NORMAL' | 'HIGH_PRESSURE'")]
+    #[napi(ts_type = "GpuAdmissionState")]
     pub state: String,
     pub sample: Option<GpuAdmissionSample>,
 }
@@ -160,7 +160,7 @@ pub struct GpuArbiterSnapshot {
     #[napi(ts_type = "GpuCurrentLease | null")]
     pub current_lease: Either<GpuCurrentLease, Null>,
     pub metrics: GpuArbiterMetrics,
-    #[napi(ts_type = "'UNKNOWN' | 'NORMAL' | 'HIGH_PRESSURE'")]
+    #[napi(ts_type = "GpuAdmissionState")]
     pub gpu_admission_state: String,
     /// The last sampled utilization, %, or `null` without a sample.
     #[napi(ts_type = "number | null")]

@@ -34,11 +34,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use schemars::JsonSchema;
+use serde::Serialize;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 
 use super::config::{ServiceSpec, ServicesConfig};
-use super::events::{epoch_ms, ExitInfo, ServiceEvent, ServiceEventKind};
+use super::events::{epoch_ms, error_schema, serialize_error, ExitInfo, ServiceEvent, ServiceEventKind};
 use super::hooks::{StartupLease, TaskRoutes, VramSource};
 use super::host_death::HostDeathWatchdog;
 use super::host_memory::{HostBudget, HostMemorySource};
@@ -55,8 +57,10 @@ use vram_peak::{GpuLoads, VramSampler};
 /// How long to wait for the rest of a dead process's output before reporting its last lines.
 const OUTPUT_DRAIN: Duration = Duration::from_millis(500);
 
-/// Where a service is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a service is in its life (`ServiceStatus.state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+#[schemars(rename = "ServiceStateName")]
 pub enum ServiceState {
     /// Never started.
     Idle,
@@ -80,9 +84,11 @@ impl ServiceState {
 }
 
 /// What a start is waiting for, shown in its status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[schemars(rename = "ServiceWaitReason")]
 pub enum WaitReason {
     /// The host-memory gate: too little available, or the host is swapping.
+    #[serde(rename = "waiting-host-memory")]
     HostMemory,
 }
 
@@ -129,23 +135,31 @@ pub struct ServiceStatus {
     pub waiting: Option<WaitReason>,
 }
 
-/// How one service's start ended.
-#[derive(Debug, Clone, PartialEq)]
+/// How one service's start ended. JS sees `status` (the variant's name in lowercase) and the
+/// fields in camelCase, next to the outcome's `service`.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(tag = "status", rename_all = "lowercase", rename_all_fields = "camelCase")]
 pub enum StartOutcome {
-    /// Ready, `time_to_ready_ms` after its (last) spawn.
+    /// Ready, `timeToReadyMs` after its (last) spawn.
     Ready { time_to_ready_ms: u64 },
-    /// Failed for good; `last_lines` is the end of its output, when it ran.
-    Failed { error: SidecarError, last_lines: Vec<String> },
+    /// Failed for good; `lastLines` is the end of its output, when it ran.
+    Failed {
+        #[serde(serialize_with = "serialize_error")]
+        #[schemars(schema_with = "error_schema")]
+        error: SidecarError,
+        last_lines: Vec<String>,
+    },
     /// Not started: `dependency` did not become ready.
     Blocked { dependency: String },
     /// Stopped before it became ready (or the supervisor was closed).
     Stopped,
 }
 
-/// A service's name and how its start ended.
-#[derive(Debug, Clone, PartialEq)]
+/// How one service's start ended: what `startAll`, `start` and `restart` resolve with.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct ServiceOutcome {
     pub service: String,
+    #[serde(flatten)]
     pub outcome: StartOutcome,
 }
 
