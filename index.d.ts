@@ -18,11 +18,10 @@ import type {
   GpuInventory,
   GpuLeaseReason,
   GpuLeaseStatus,
-  PeakVramMethod,
+  HostBudget,
   ServiceEvent,
   ServiceOutcome,
-  ServiceStateName,
-  ServiceWaitReason,
+  ServiceStatus,
   TelemetryAlert,
   TelemetrySample,
 } from './src/binding/events'
@@ -223,7 +222,7 @@ export declare class ServiceSupervisor {
   /** One service's status. Throws `UNKNOWN_SERVICE`. */
   status(name: string): ServiceStatus
   /** Every service's status, in config order. */
-  statuses(): Array<ServiceStatus>
+  statuses(): ServiceStatus[]
   /**
    * What the host can take on now, for the orchestrator's own worker pools: the attached
    * Telemetry's available memory less `hostMemHeadroomMb` and less what the services loading
@@ -547,29 +546,6 @@ export interface GpuWaiterInfo {
   trace: GpuLeaseTrace
 }
 
-/** What the host can take on now (`ServiceSupervisor#hostBudget`). */
-export interface HostBudget {
-  /** The attached Telemetry's latest `host.availableMb`. */
-  availableMb: number
-  /** `hostMemHeadroomMb`. */
-  headroomMb: number
-  /** What the services loading are still expected to take, not in the reading yet. */
-  inFlightMb: number
-  /** `availableMb - headroomMb - inFlightMb`, never negative. */
-  budgetMb: number
-  /** The Telemetry's SWAP_ACTIVE alert is raised: no service start begins, and `workers` is 0. */
-  swapActive: boolean
-  /** When the reading was taken (epoch ms). */
-  sampledAt: number
-  /** The size asked about, or `null`. */
-  perWorkerMb: number | null
-  /**
-   * How many more workers of `perWorkerMb` fit now: `floor(budgetMb / perWorkerMb)`, 0 while
-   * swapping; `null` without `perWorkerMb`.
-   */
-  workers: number | null
-}
-
 export interface LatencyPercentiles {
   p50: number
   p95: number
@@ -615,92 +591,6 @@ export interface RecommendConcurrencyOptions {
   reserveFraction?: number
   /** `'host'` (default) or a GPU key such as `'gpu:0'`. */
   on?: string
-}
-
-/** A core error as data: a stable `code` and a message saying what was wrong and where. */
-export interface ServiceError {
-  code: 'PORT_IN_USE' | 'READINESS_TIMEOUT' | 'READINESS_STALLED' | 'VRAM_TIMEOUT' | 'SPAWN_FAILED' | 'SERVICE_EXITED' | 'LIVENESS_FAILED' | 'SERVICE_HUNG' | 'VRAM_OOM' | 'GPU_LEASE_NOT_GRANTED' | 'NO_GPU' | 'HOST_MEMORY_LOW' | 'UNKNOWN_SERVICE' | 'CLOSED' | 'INTERNAL' | (string & {})
-  message: string
-}
-
-/** A failure a service had, restarted from or not. */
-export interface ServiceFailure {
-  /** Epoch ms. */
-  at: number
-  error: ServiceError
-}
-
-/** What it took on earlier runs (kept in `stateFile`). */
-export interface ServiceLearned {
-  timeToReadyMs: number | null
-  peakVramMb: number | null
-  /**
-   * How `peakVramMb` was measured: `process`, the service's processes' own GPU memory;
-   * `gpu-delta`, the rise in its GPU's used memory while it loaded alone there (where NVML
-   * has no per-process figures, as on Windows in WDDM mode). `null` in state files from
-   * before it was kept.
-   */
-  peakVramMethod: PeakVramMethod | null
-  /**
-   * The highest resident memory (MB) of its whole process tree (the service and everything it
-   * forked) on its last run; the host-memory gate's need without `hostMemMb`.
-   */
-  peakRssMb: number | null
-}
-
-/** A lease of one of the service's `gpu.taskTypes`. */
-export interface ServiceLease {
-  leaseId: string
-  taskType: string
-  /** Epoch ms. */
-  acquiredAt: number
-}
-
-/** The service's leases in the attached arbiter. */
-export interface ServiceLeases {
-  active: Array<ServiceLease>
-  /** Revoked by the arbiter's hold watchdog, since the supervisor was made. */
-  watchdogRevokes: number
-  lastGrant: ServiceLease | null
-}
-
-/** A snapshot of one service. */
-export interface ServiceStatus {
-  name: string
-  state: ServiceStateName
-  /** The process (and process group) id while it runs. */
-  pid: number | null
-  /** Restarts since the last explicit start. */
-  restarts: number
-  /** The backoff step: restarts since the start or the last stable run (`resetAfterMs`). */
-  attempt: number
-  /** When the pending restart is due (epoch ms), while restarting. */
-  nextRestartAt: number | null
-  /** The latest failure (an exit, failed liveness, a hang, a failed start). */
-  lastFailure: ServiceFailure | null
-  /** Spawn to ready, for the current run. */
-  timeToReadyMs: number | null
-  /** Why it failed, while `failed`. */
-  error: ServiceError | null
-  /** The dependency that was not ready, while `blocked`. */
-  blockedBy: string | null
-  /** The latest notify `STATUS=` text of this run. */
-  notifyStatus: string | null
-  /** The last 50 output lines of this (or the last) run. */
-  lastLines: Array<string>
-  /**
-   * The GPU of this (or the last) run: its `gpu.key`, or where `'auto'` placed it; `null`
-   * for a CPU service and an `'auto'` one not placed yet.
-   */
-  gpuKey: string | null
-  /** Leases of its `gpu.taskTypes` in the attached arbiter. */
-  leases: ServiceLeases
-  learned: ServiceLearned
-  /**
-   * Why its start waits, while it waits: `'waiting-host-memory'` (too little host memory
-   * available for it, or the host swapping).
-   */
-  waiting: ServiceWaitReason | null
 }
 
 /**

@@ -3,13 +3,20 @@
 
 use std::fmt;
 
+use schemars::JsonSchema;
+use serde::Serialize;
+
 /// Stable error codes. The strings are part of the public contract.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+// index.d.ts's `SidecarErrorCode` is generated from the serde names, which equal `as_str`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[schemars(rename = "SidecarErrorCode")]
 pub enum ErrorCode {
     InvalidConfig,
     InvalidGpuKey,
     InvalidArgument,
     Closed,
+    #[serde(rename = "IO_ERROR")]
     Io,
     Internal,
     /// A service's port is already bound by another process.
@@ -47,6 +54,28 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    pub const ALL: [ErrorCode; 19] = [
+        ErrorCode::InvalidConfig,
+        ErrorCode::InvalidGpuKey,
+        ErrorCode::InvalidArgument,
+        ErrorCode::Closed,
+        ErrorCode::Io,
+        ErrorCode::Internal,
+        ErrorCode::PortInUse,
+        ErrorCode::ReadinessTimeout,
+        ErrorCode::VramTimeout,
+        ErrorCode::SpawnFailed,
+        ErrorCode::ServiceExited,
+        ErrorCode::UnknownService,
+        ErrorCode::GpuLeaseNotGranted,
+        ErrorCode::LivenessFailed,
+        ErrorCode::ReadinessStalled,
+        ErrorCode::ServiceHung,
+        ErrorCode::VramOom,
+        ErrorCode::NoGpu,
+        ErrorCode::HostMemoryLow,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::InvalidConfig => "INVALID_CONFIG",
@@ -72,8 +101,10 @@ impl ErrorCode {
     }
 }
 
-/// An error with a stable code and a message that says what was wrong and where.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An error with a stable code and a message that says what was wrong and where. As data (in
+/// service events, start outcomes and statuses) JS sees it as `{ code, message }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[schemars(rename = "ServiceError")]
 pub struct SidecarError {
     pub code: ErrorCode,
     pub message: String,
@@ -108,4 +139,47 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .map(|s| s.to_string())
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "(no message)".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Thrown errors carry `as_str`; the `code` of an error as data is the serde name, and the
+    /// generated `SidecarErrorCode` lists the serde names.
+    #[test]
+    fn every_code_is_in_all_once_and_its_serde_name_is_as_str() {
+        for code in ErrorCode::ALL {
+            // Stops compiling when a code is added: add it to ALL too, then here.
+            match code {
+                ErrorCode::InvalidConfig
+                | ErrorCode::InvalidGpuKey
+                | ErrorCode::InvalidArgument
+                | ErrorCode::Closed
+                | ErrorCode::Io
+                | ErrorCode::Internal
+                | ErrorCode::PortInUse
+                | ErrorCode::ReadinessTimeout
+                | ErrorCode::VramTimeout
+                | ErrorCode::SpawnFailed
+                | ErrorCode::ServiceExited
+                | ErrorCode::UnknownService
+                | ErrorCode::GpuLeaseNotGranted
+                | ErrorCode::LivenessFailed
+                | ErrorCode::ReadinessStalled
+                | ErrorCode::ServiceHung
+                | ErrorCode::VramOom
+                | ErrorCode::NoGpu
+                | ErrorCode::HostMemoryLow => {}
+            }
+            assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
+        }
+        let names: std::collections::BTreeSet<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(names.len(), ErrorCode::ALL.len(), "each code once");
+        let error = SidecarError::new(ErrorCode::Io, "disk gone");
+        assert_eq!(
+            serde_json::to_value(error).unwrap(),
+            serde_json::json!({ "code": "IO_ERROR", "message": "disk gone" })
+        );
+    }
 }

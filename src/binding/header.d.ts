@@ -18,11 +18,10 @@ import type {
   GpuInventory,
   GpuLeaseReason,
   GpuLeaseStatus,
-  PeakVramMethod,
+  HostBudget,
   ServiceEvent,
   ServiceOutcome,
-  ServiceStateName,
-  ServiceWaitReason,
+  ServiceStatus,
   TelemetryAlert,
   TelemetrySample,
 } from './src/binding/events'

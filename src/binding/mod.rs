@@ -13,7 +13,6 @@ mod inventory;
 mod js;
 mod logging;
 mod recording;
-mod service_views;
 mod services;
 mod telemetry;
 

@@ -21,7 +21,6 @@ use serde_json::Value;
 use super::arbiter::native_leases;
 use super::arbiter::{ArbiterBinding, GpuArbiter};
 use super::js::{self, Listeners, WakeFn};
-use super::service_views::{host_budget_view, status_view, HostBudgetView, ServiceStatusView};
 use super::telemetry::Telemetry;
 use super::{args, Code, IntoJsResult};
 use crate::error::{ErrorCode, SidecarError, SidecarResult};
@@ -164,14 +163,10 @@ impl ServiceSupervisor {
     /// the start's error (`VRAM_TIMEOUT`, `VRAM_OOM`, `SERVICE_EXITED`, ...), `UNKNOWN_SERVICE`
     /// or `CLOSED`.
     #[napi(catch_unwind, ts_return_type = "Promise<ServiceStatus>", ts_args_type = "name: string")]
-    pub fn ensure<'env>(
-        &self,
-        env: &'env Env,
-        name: Option<Unknown>,
-    ) -> Result<PromiseRaw<'env, ServiceStatusView>, Code> {
+    pub fn ensure<'env>(&self, env: &'env Env, name: Option<Unknown>) -> Result<PromiseRaw<'env, Value>, Code> {
         let name = args::string(env, name, "name")?;
         let core = self.core.clone();
-        promise(env, &self.state, async move { Ok(status_view(&core.ensure(&name).await?)) })
+        promise(env, &self.state, async move { as_json(&core.ensure(&name).await?) })
     }
 
     /// Stops one service: `stopSignal` to its process group, SIGKILL after `stopTimeoutMs`;
@@ -225,16 +220,16 @@ impl ServiceSupervisor {
     }
 
     /// One service's status. Throws `UNKNOWN_SERVICE`.
-    #[napi(catch_unwind, ts_args_type = "name: string")]
-    pub fn status(&self, env: &Env, name: Option<Unknown>) -> Result<ServiceStatusView, Code> {
+    #[napi(catch_unwind, ts_args_type = "name: string", ts_return_type = "ServiceStatus")]
+    pub fn status(&self, env: &Env, name: Option<Unknown>) -> Result<Value, Code> {
         let name = args::string(env, name, "name")?;
-        Ok(status_view(&self.core.status(&name)?))
+        Ok(as_json(&self.core.status(&name)?)?)
     }
 
     /// Every service's status, in config order.
-    #[napi(catch_unwind)]
-    pub fn statuses(&self) -> Vec<ServiceStatusView> {
-        self.core.statuses().iter().map(status_view).collect()
+    #[napi(catch_unwind, ts_return_type = "ServiceStatus[]")]
+    pub fn statuses(&self) -> Result<Value, Code> {
+        Ok(as_json(&self.core.statuses())?)
     }
 
     /// What the host can take on now, for the orchestrator's own worker pools: the attached
@@ -243,8 +238,8 @@ impl ServiceSupervisor {
     /// (0 while SWAP_ACTIVE is raised). Read live at each call. `null` without an attached
     /// Telemetry with a sample. Throws `INVALID_ARGUMENT` for a `perWorkerMb` that is not a
     /// number above 0.
-    #[napi(catch_unwind, ts_args_type = "perWorkerMb?: number")]
-    pub fn host_budget(&self, env: &Env, per_worker_mb: Option<Unknown>) -> Result<Option<HostBudgetView>, Code> {
+    #[napi(catch_unwind, ts_args_type = "perWorkerMb?: number", ts_return_type = "HostBudget | null")]
+    pub fn host_budget(&self, env: &Env, per_worker_mb: Option<Unknown>) -> Result<Value, Code> {
         let per_worker_mb = match args::optional_json(env, per_worker_mb, "perWorkerMb", ErrorCode::InvalidArgument)? {
             None | Some(Value::Null) => None,
             Some(Value::Number(n)) => n.as_f64(),
@@ -254,9 +249,8 @@ impl ServiceSupervisor {
                 )
             }
         };
-        let Some(budget) = self.core.host_budget() else { return Ok(None) };
-        let workers = per_worker_mb.map(|mb| budget.workers_checked(mb)).transpose()?;
-        Ok(Some(host_budget_view(&budget, per_worker_mb, workers)))
+        let Some(budget) = self.core.host_budget() else { return Ok(Value::Null) };
+        Ok(as_json(&budget.answer(per_worker_mb)?)?)
     }
 
     /// Calls `listener(event)` for every service event; returns a function that unsubscribes.
@@ -622,7 +616,8 @@ fn schedule_next_slice(env: &Env, state: &Rc<RefCell<SupervisorBinding>>, events
     }
 }
 
-/// A value whose TS type is generated from its serde form (`ServiceOutcome`), as JSON for a promise.
+/// A value whose TS type is generated from its serde form (`ServiceOutcome`, `ServiceStatus`,
+/// `HostBudget`), as JSON: napi makes every number of it a JS number.
 fn as_json<T: serde::Serialize>(value: &T) -> SidecarResult<Value> {
     serde_json::to_value(value).map_err(|e| SidecarError::new(ErrorCode::Internal, e.to_string()))
 }

@@ -14,7 +14,8 @@ use serde_json::{json, Value};
 
 use crate::arbiter::{AdmissionState, ArbiterConfig, Reason, Status};
 use crate::services::{
-    ListenerNote, PeakVramMethod, ServiceEvent, ServiceOutcome, ServiceState, ServicesConfig, WaitReason,
+    HostBudgetAnswer, ListenerNote, PeakVramMethod, ServiceEvent, ServiceOutcome, ServiceState, ServiceStatus,
+    ServicesConfig, WaitReason,
 };
 use crate::telemetry::{Alert, Inventory, Recommendation, Sample, TelemetryOptions};
 
@@ -64,6 +65,8 @@ pub fn events_schema() -> Value {
         ("TelemetrySample", generator.subschema_for::<Sample>()),
         ("TelemetryAlert", generator.subschema_for::<Alert>()),
         ("ServiceOutcome", generator.subschema_for::<ServiceOutcome>()),
+        ("ServiceStatus", generator.subschema_for::<ServiceStatus>()),
+        ("HostBudget", generator.subschema_for::<HostBudgetAnswer>()),
         ("ConcurrencyRecommendation", generator.subschema_for::<Recommendation>()),
         ("GpuInventory", generator.subschema_for::<Inventory>()),
         ("ServiceStateName", generator.subschema_for::<ServiceState>()),

@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use schemars::JsonSchema;
 use serde::{Serialize, Serializer};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::error::SidecarError;
 
@@ -68,27 +68,6 @@ fn serialize_signal<S: Serializer>(signal: &Option<i32>, serializer: S) -> Resul
     signal.map(signal_name).serialize(serializer)
 }
 
-/// A core error as JS sees it: `{ code, message }`, the binding's `ServiceError`.
-pub(super) fn serialize_error<S: Serializer>(error: &SidecarError, serializer: S) -> Result<S::Ok, S::Error> {
-    error_json(error).serialize(serializer)
-}
-
-/// A core error as JS sees it in events and outcomes: `{ code, message }`.
-pub fn error_json(error: &SidecarError) -> Value {
-    json!({ "code": error.code.as_str(), "message": error.message })
-}
-
-/// [`serialize_error`]'s shape; typed as the binding's `ServiceError` (its codes are listed there).
-pub(super) fn error_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    schemars::json_schema!({
-        "type": "object",
-        "properties": { "code": { "type": "string" }, "message": { "type": "string" } },
-        "required": ["code", "message"],
-        "additionalProperties": false,
-        "tsType": "ServiceError",
-    })
-}
-
 impl ExitInfo {
     /// Whether it exited with code 0.
     pub fn success(&self) -> bool {
@@ -141,12 +120,7 @@ pub enum ServiceEventKind {
     /// The service will be started again after `delayMs`.
     Restarting { attempt: u32, delay_ms: u64 },
     /// The service gave up; `lastLines` is the end of its output.
-    Failed {
-        #[serde(serialize_with = "serialize_error")]
-        #[schemars(schema_with = "error_schema")]
-        error: SidecarError,
-        last_lines: Vec<String>,
-    },
+    Failed { error: SidecarError, last_lines: Vec<String> },
     /// Not started: `dependency` is not ready.
     Blocked { dependency: String },
     /// Waiting until `gpuKey` has `neededMb` (the service's need plus headroom) free.
@@ -275,6 +249,7 @@ mod tests {
 
     use super::*;
     use crate::error::ErrorCode;
+    use serde_json::json;
 
     fn event(kind: ServiceEventKind) -> Value {
         ServiceEvent { service: "asr".into(), timestamp_ms: 1_700_000_000_123, kind }.to_json()

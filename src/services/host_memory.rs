@@ -23,17 +23,38 @@ pub trait HostMemorySource: Send + Sync {
 }
 
 /// What the host can take on now, and the figures behind it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(inline)]
 pub struct HostBudget {
+    /// The attached Telemetry's latest `host.availableMb`.
     pub available_mb: u64,
     /// `hostMemHeadroomMb`: kept free whatever starts.
     pub headroom_mb: u64,
-    /// Memory the loads already on their way are still expected to take (not in the reading yet).
+    /// What the services loading are still expected to take, not in the reading yet.
     pub in_flight_mb: u64,
-    /// `available - headroom - in flight`, never negative.
+    /// `availableMb - headroomMb - inFlightMb`, never negative.
     pub budget_mb: u64,
+    /// The Telemetry's SWAP_ACTIVE alert is raised: no service start begins, and `workers` is 0.
     pub swap_active: bool,
+    /// When the reading was taken (epoch ms).
+    #[serde(rename = "sampledAt")]
     pub sampled_at_ms: u64,
+}
+
+/// What `ServiceSupervisor#hostBudget(perWorkerMb?)` returns: the budget, and how many more
+/// workers of a size fit.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(rename = "HostBudget")]
+pub struct HostBudgetAnswer {
+    #[serde(flatten)]
+    pub budget: HostBudget,
+    /// The size asked about, or `null`.
+    pub per_worker_mb: Option<f64>,
+    /// How many more workers of `perWorkerMb` fit now: `floor(budgetMb / perWorkerMb)`, 0 while
+    /// swapping; `null` without `perWorkerMb`.
+    pub workers: Option<u64>,
 }
 
 impl HostBudget {
@@ -70,6 +91,13 @@ impl HostBudget {
             )));
         }
         Ok(self.workers(per_worker_mb))
+    }
+
+    /// The answer to a worker pool that asks about workers of `per_worker_mb` (or about nothing):
+    /// `INVALID_ARGUMENT` for a size that is not a number above 0.
+    pub fn answer(&self, per_worker_mb: Option<f64>) -> crate::error::SidecarResult<HostBudgetAnswer> {
+        let workers = per_worker_mb.map(|mb| self.workers_checked(mb)).transpose()?;
+        Ok(HostBudgetAnswer { budget: *self, per_worker_mb, workers })
     }
 
     /// How many more workers of `per_worker_mb` fit now: none while swap is active.

@@ -5,24 +5,39 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-/// A lease held by (attributed to) a service.
-#[derive(Debug, Clone, PartialEq, Eq)]
+use schemars::JsonSchema;
+use serde::{Serialize, Serializer};
+
+/// A lease of one of the service's `gpu.taskTypes`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(rename = "ServiceLease")]
 pub struct AttributedLease {
     pub lease_id: String,
     pub task_type: String,
     /// Epoch ms.
+    #[serde(rename = "acquiredAt")]
     pub acquired_at_ms: u64,
 }
 
-/// One service's view of its leases.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The service's leases in the attached arbiter.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct ServiceLeases {
+    /// The leases it holds now, by lease id (JS gets them as a list).
+    #[serde(serialize_with = "serialize_values")]
+    #[schemars(with = "Vec<AttributedLease>")]
     pub active: BTreeMap<String, AttributedLease>,
-    /// Watchdog revokes since the supervisor was made.
+    /// Revoked by the arbiter's hold watchdog, since the supervisor was made.
     pub watchdog_revokes: u64,
     pub last_grant: Option<AttributedLease>,
     /// Time (ms) and lease id of the revokes that still count toward a hang.
+    #[serde(skip)]
     recent_revokes: VecDeque<(u64, String)>,
+}
+
+fn serialize_values<S: Serializer>(map: &BTreeMap<String, AttributedLease>, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(map.values())
 }
 
 impl ServiceLeases {

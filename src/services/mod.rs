@@ -31,9 +31,9 @@ pub use config::{
     Port, Readiness, RestartConfig, RestartPolicy, ServiceSpec, ServicesConfig, StopSignal, TcpProbe, AUTO_GPU_KEY,
 };
 pub(crate) use events::epoch_ms;
-pub use events::{error_json, ExitInfo, ListenerNote, OutputStream, ServiceEvent, ServiceEventKind};
+pub use events::{ExitInfo, ListenerNote, OutputStream, ServiceEvent, ServiceEventKind};
 pub use hooks::{LeaseFuture, LeaseGuard, StartupLease, TaskRoutes, VramReading, VramSource};
-pub use host_memory::{tree_rss_mb, Admission, HostBudget, HostMemReading, HostMemorySource};
+pub use host_memory::{tree_rss_mb, Admission, HostBudget, HostBudgetAnswer, HostMemReading, HostMemorySource};
 pub use lease_ledger::{AttributedLease, ServiceLeases};
 pub use notify::NOTIFY_FD_ENV;
 pub use port::{port_holder, port_is_free, PortHolder};

@@ -25,19 +25,24 @@ pub struct PeakVram {
 }
 
 /// One service's learned numbers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+/// What a service took on earlier runs (kept in `stateFile`); `null` where nothing was learned.
+/// The state file and JS get the same form; a file written before a field was kept lacks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(rename = "ServiceLearned")]
 pub struct LearnedProfile {
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub time_to_ready_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub peak_vram_mb: Option<u64>,
-    /// How `peak_vram_mb` was measured; absent in state files written before it was kept.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// How `peakVramMb` was measured: `process`, the service's processes' own GPU memory;
+    /// `gpu-delta`, the rise in its GPU's used memory while it loaded alone there (where NVML
+    /// has no per-process figures, as on Windows in WDDM mode).
+    #[serde(default)]
     pub peak_vram_method: Option<PeakVramMethod>,
-    /// The highest resident memory (MB) of the service's whole process tree on its last run
-    /// (as of ready, then of the run's end); absent in older state files.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The highest resident memory (MB) of its whole process tree (the service and everything it
+    /// forked) on its last run; the host-memory gate's need without `hostMemMb`.
+    #[serde(default)]
     pub peak_rss_mb: Option<u64>,
 }
 

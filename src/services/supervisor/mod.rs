@@ -40,7 +40,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 
 use super::config::{ServiceSpec, ServicesConfig};
-use super::events::{epoch_ms, error_schema, serialize_error, ExitInfo, ServiceEvent, ServiceEventKind};
+use super::events::{epoch_ms, ExitInfo, ServiceEvent, ServiceEventKind};
 use super::hooks::{StartupLease, TaskRoutes, VramSource};
 use super::host_death::HostDeathWatchdog;
 use super::host_memory::{HostBudget, HostMemorySource};
@@ -92,46 +92,52 @@ pub enum WaitReason {
     HostMemory,
 }
 
-/// A failure the service had, restarted from or not.
-#[derive(Debug, Clone, PartialEq)]
+/// A failure a service had, restarted from or not.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[schemars(rename = "ServiceFailure")]
 pub struct FailureRecord {
     /// Epoch ms.
+    #[serde(rename = "at")]
     pub at_ms: u64,
     pub error: SidecarError,
 }
 
-/// A snapshot of one service.
-#[derive(Debug, Clone, PartialEq)]
+/// A snapshot of one service (`ServiceSupervisor#status`); `null` where a field does not apply.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct ServiceStatus {
     pub name: String,
     pub state: ServiceState,
-    /// The service process's pid (also its process group id) while it runs.
+    /// The process (and process group) id while it runs.
     pub pid: Option<u32>,
     /// Restarts since the last explicit start.
     pub restarts: u32,
-    /// The backoff step: restarts since the last explicit start or the last stable run.
+    /// The backoff step: restarts since the start or the last stable run (`resetAfterMs`).
     pub attempt: u32,
-    /// When the pending restart is due (epoch ms), while `Restarting`.
+    /// When the pending restart is due (epoch ms), while restarting.
+    #[serde(rename = "nextRestartAt")]
     pub next_restart_at_ms: Option<u64>,
+    /// The latest failure (an exit, failed liveness, a hang, a failed start).
     pub last_failure: Option<FailureRecord>,
-    /// Spawn to ready, for the current run once it was ready.
+    /// Spawn to ready, for the current run.
     pub time_to_ready_ms: Option<u64>,
-    /// Why it failed, when `state` is `Failed`.
+    /// Why it failed, while `failed`.
     pub error: Option<SidecarError>,
-    /// The dependency that was not ready, when `state` is `Blocked`.
+    /// The dependency that was not ready, while `blocked`.
     pub blocked_by: Option<String>,
-    /// The latest notify `STATUS=` text of the current run.
+    /// The latest notify `STATUS=` text of this run.
     pub notify_status: Option<String>,
-    /// The last output lines of the current (or last) run, oldest first.
+    /// The last 50 output lines of this (or the last) run, oldest first.
     pub last_lines: Vec<String>,
-    /// The GPU of the current (or last) run: its `gpu.key`, or where `auto` placed it (`None`
-    /// before an `auto` service is first placed, and for CPU services).
+    /// The GPU of this (or the last) run: its `gpu.key`, or where `'auto'` placed it; `null`
+    /// for a CPU service and an `'auto'` one not placed yet.
     pub gpu_key: Option<String>,
-    /// Leases of its `gpu.taskTypes`, with an attached arbiter.
+    // Leases of its `gpu.taskTypes` in the attached arbiter (no doc here: json-schema-to-typescript
+    // would make a second `ServiceLeases` type for a documented reference).
     pub leases: ServiceLeases,
-    /// What it took on earlier runs.
     pub learned: LearnedProfile,
-    /// Why its start is waiting, while it waits.
+    /// Why its start waits, while it waits: `'waiting-host-memory'` (too little host memory
+    /// available for it, or the host swapping).
     pub waiting: Option<WaitReason>,
 }
 
@@ -143,12 +149,7 @@ pub enum StartOutcome {
     /// Ready, `timeToReadyMs` after its (last) spawn.
     Ready { time_to_ready_ms: u64 },
     /// Failed for good; `lastLines` is the end of its output, when it ran.
-    Failed {
-        #[serde(serialize_with = "serialize_error")]
-        #[schemars(schema_with = "error_schema")]
-        error: SidecarError,
-        last_lines: Vec<String>,
-    },
+    Failed { error: SidecarError, last_lines: Vec<String> },
     /// Not started: `dependency` did not become ready.
     Blocked { dependency: String },
     /// Stopped before it became ready (or the supervisor was closed).
