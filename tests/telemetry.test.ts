@@ -122,6 +122,31 @@ describe('replayed telemetry', () => {
     arbiter.close()
   })
 
+  test('what the turn that made a Telemetry attaches is in place for its first sample, however long that turn runs', async () => {
+    const arbiter = new GpuArbiter({ maxConcurrentLeases: 1, defaultHoldMaxMs: 0 })
+    const held = await arbiter.acquire({ taskType: 'ASR' })
+    const lines = Array.from({ length: 12 }, (_, i) => sampleLine(t0 + i * 500, [{ util: 0 }]))
+    const thresholds = { ...fastThresholds, gpuIdle: { idleForMs: 2000 } }
+    const telemetry = new Telemetry({ replay: recording(lines), replaySpeed: 'asFastAsPossible', thresholds })
+    // A replay's thread would have played every line by the end of this; sampling starts after the turn.
+    const busyUntil = Date.now() + 300
+    while (Date.now() < busyUntil) {}
+    telemetry.attachArbiter(arbiter)
+    const samples: TelemetrySample[] = []
+    const alerts: TelemetryAlert[] = []
+    telemetry.onSample((s) => samples.push(s))
+    telemetry.onAlert((a) => alerts.push(a))
+    const keepAlive = setInterval(() => {}, 1000)
+    const error = await new Promise<Error | null>((r) => telemetry.onEnd(r))
+    clearInterval(keepAlive)
+    telemetry.close()
+    expect(error).toBeNull()
+    expect(samples).toHaveLength(12)
+    expect(alerts.find((a) => a.code === 'GPU_IDLE_WITH_BACKLOG')).toMatchObject({ active: true, figures: expect.objectContaining({ leases: 1 }) })
+    arbiter.release((held as { leaseId: string }).leaseId)
+    arbiter.close()
+  })
+
   test('no backlog, no GPU_IDLE_WITH_BACKLOG', async () => {
     const lines = Array.from({ length: 12 }, (_, i) => sampleLine(t0 + i * 500, [{ util: 0 }]))
     const { alerts } = await replay(recording(lines), { replaySpeed: 25, thresholds: { ...fastThresholds, gpuIdle: { idleForMs: 2000 } } })

@@ -63,7 +63,8 @@ pub struct Telemetry {
 
 #[napi]
 impl Telemetry {
-    /// Starts sampling. Throws `INVALID_CONFIG` (JSON path under `telemetry`) for bad options,
+    /// Starts sampling, from the end of this turn of the event loop: listeners, arbiters and
+    /// supervisors attached in the same turn are in place for the first sample. Throws `INVALID_CONFIG` (JSON path under `telemetry`) for bad options,
     /// and `INVALID_ARGUMENT` / `IO_ERROR` for a bad replay or record file (a replay must be a
     /// regular file of at most 1 GiB, with lines of at most 1 MiB).
     #[napi(constructor, catch_unwind, ts_args_type = "options?: TelemetryOptions")]
@@ -88,7 +89,7 @@ impl Telemetry {
             let s = state.borrow();
             (s.events.clone(), s.boards.clone(), s.registry.clone())
         };
-        let sampler = Sampler::new(options).registry(registry).backlog(Box::new(move || boards.total())).start(
+        let sampler = Sampler::new(options).registry(registry).backlog(Box::new(move || boards.total())).held().start(
             Box::new(move |event| {
                 if events.push(event) {
                     wake.call((), ThreadsafeFunctionCallMode::NonBlocking);
@@ -96,6 +97,7 @@ impl Telemetry {
             }),
         )?;
         state.borrow_mut().sampler = Some(sampler);
+        release_after_this_turn(env, &state);
         Ok(Self { state })
     }
 
@@ -225,6 +227,34 @@ impl Telemetry {
         };
         drop(sampler); // joins the thread
         self.state.borrow().events.clear();
+    }
+}
+
+/// Lets the sampler take its first sample once this JS turn is over (`setImmediate`): an arbiter
+/// attached, or a supervisor or listener added, right after `new Telemetry(...)` is in place for
+/// it, even for a replay played as fast as possible (its thread would otherwise race the turn).
+fn release_after_this_turn(env: &Env, state: &Rc<RefCell<TelemetryBinding>>) {
+    let weak = Rc::downgrade(state);
+    let scheduled = env
+        .create_function_from_closure::<(), (), _>("telemetryRelease", move |_ctx| {
+            js::no_panic("telemetryRelease", || {
+                if let Some(state) = weak.upgrade() {
+                    if let Some(sampler) = state.borrow().sampler.as_ref() {
+                        sampler.release();
+                    }
+                }
+                Ok(())
+            })
+        })
+        .and_then(|release| {
+            let global = js::global(env)?;
+            js::call_method(env, global, "setImmediate", &[release.raw()])
+        });
+    if let Err(e) = scheduled {
+        tracing::warn!(error = %e.reason, "could not defer the telemetry's first sample; it starts now");
+        if let Some(sampler) = state.borrow().sampler.as_ref() {
+            sampler.release();
+        }
     }
 }
 

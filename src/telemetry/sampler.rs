@@ -112,12 +112,22 @@ pub struct Sampler {
     options: TelemetryOptions,
     registry: Arc<ProcessRegistry>,
     backlog: Option<BacklogFn>,
+    held: bool,
 }
 
 impl Sampler {
     /// A sampler with an empty process registry and no arbiter backlog.
     pub fn new(options: TelemetryOptions) -> Self {
-        Self { options, registry: ProcessRegistry::new(), backlog: None }
+        Self { options, registry: ProcessRegistry::new(), backlog: None, held: false }
+    }
+
+    /// Starts the thread held: it takes no sample until [`SamplerHandle::release`]. The binding
+    /// releases it at the end of the JS turn that made it, so what that turn attaches (an
+    /// arbiter's backlog, listeners) is in place for the first sample, even for a replay played
+    /// as fast as possible.
+    pub fn held(mut self) -> Self {
+        self.held = true;
+        self
     }
 
     /// Shares a registry of processes whose memory to report and whose GPU use to label.
@@ -155,6 +165,7 @@ impl Sampler {
         };
         let manual = matches!(source, Source::Manual);
         let shared = Arc::new(Shared::default());
+        lock(&shared.control).held = self.held;
         let worker = Worker {
             shared: shared.clone(),
             source,
@@ -242,6 +253,12 @@ impl SamplerHandle {
         self.thread.as_ref().is_none_or(|t| t.is_finished())
     }
 
+    /// Lets a thread started [`held`](Sampler::held) take its first sample. Idempotent.
+    pub fn release(&self) {
+        lock(&self.shared.control).held = false;
+        self.shared.wake.notify_all();
+    }
+
     /// Stops the thread and waits for it; it wakes at once from its wait between samples. Safe to
     /// call twice, and from the sink (it then does not wait for itself).
     pub fn stop(&mut self) {
@@ -294,6 +311,8 @@ impl LatestSample {
 #[derive(Default)]
 struct Control {
     stopped: bool,
+    /// No sample is taken yet (see [`Sampler::held`]).
+    held: bool,
     /// Samples pushed to a manual source, oldest first.
     pushed: VecDeque<Sample>,
     /// The next live sample reads the process lists.
@@ -311,6 +330,15 @@ struct Shared {
 }
 
 impl Shared {
+    /// Waits while the sampler is held; returns whether it was stopped meanwhile.
+    fn wait_released(&self) -> bool {
+        let mut control = lock(&self.control);
+        while control.held && !control.stopped {
+            control = self.wake.wait(control).unwrap_or_else(|e| e.into_inner());
+        }
+        control.stopped
+    }
+
     /// Sleeps until `deadline` unless stopped first; returns whether it was stopped.
     fn wait_until(&self, deadline: Instant) -> bool {
         let mut control = lock(&self.control);
@@ -465,6 +493,9 @@ impl Worker {
     }
 
     fn run_loop(&mut self) {
+        if self.shared.wait_released() {
+            return;
+        }
         loop {
             let sample = match self.source.next(&self.shared, &self.registry) {
                 Next::Sample(sample) => sample,
@@ -585,6 +616,27 @@ mod tests {
         );
         assert_eq!(handle.latest().as_deref(), Some(&samples[4]));
         assert!(handle.metrics().contains("gpu_sidecar_host_cpu_percent 10\n"));
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_held_sampler_takes_no_sample_until_released_and_stops_while_held() {
+        let path = temp_path("sampler-held.jsonl");
+        write_recording(&path, &[sample(0.0), sample(1_000.0)]);
+        let (sink, events) = channel_sink();
+        let handle = Sampler::new(replay_options(&path, ReplaySpeed::AsFastAsPossible)).held().start(sink).unwrap();
+        // A replay played as fast as possible would be over long before this.
+        assert!(events.recv_timeout(Duration::from_millis(300)).is_err(), "sampled while held");
+        assert!(handle.latest().is_none());
+        handle.release();
+        let first = events.recv_timeout(Duration::from_secs(10)).expect("released, it samples");
+        assert!(matches!(first, SamplerEvent::Sample(ref o) if o.sample.at == 0.0));
+        // Stopped before it was ever released: the thread ends without a sample.
+        let (sink, events) = channel_sink();
+        let mut never = Sampler::new(replay_options(&path, ReplaySpeed::AsFastAsPossible)).held().start(sink).unwrap();
+        never.stop();
+        assert!(never.is_finished());
+        assert!(events.try_recv().is_err());
         std::fs::remove_file(&path).unwrap();
     }
 
