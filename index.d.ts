@@ -262,9 +262,10 @@ export declare class ServiceSupervisor {
 export declare class Telemetry {
   /**
    * Starts sampling, from the end of this turn of the event loop: listeners, arbiters and
-   * supervisors attached in the same turn are in place for the first sample. Throws `INVALID_CONFIG` (JSON path under `telemetry`) for bad options,
-   * and `INVALID_ARGUMENT` / `IO_ERROR` for a bad replay or record file (a replay must be a
-   * regular file of at most 1 GiB, with lines of at most 1 MiB).
+   * supervisors attached in the same turn are in place for the first sample. Throws
+   * `INVALID_CONFIG` (JSON path under `telemetry`) for bad options, and `INVALID_ARGUMENT` /
+   * `IO_ERROR` for a bad replay or record file (a replay must be a regular file of at most
+   * 1 GiB, with lines of at most 1 MiB).
    */
   constructor(options?: TelemetryOptions)
   /** Calls `listener(sample)` for every sample; returns a function that unsubscribes. */

@@ -229,6 +229,19 @@ pub fn wake_function<S: 'static>(
     drain.build_threadsafe_function::<()>().weak::<true>().callee_handled::<false>().build()
 }
 
+/// Calls `f` on a later turn of the event loop (`setImmediate`: after pending I/O), a panic in it
+/// caught as [`no_panic`] does. `name` is the JS function's name, as stacks show it.
+pub fn set_immediate(env: &Env, name: &'static str, f: impl Fn(&Env) + 'static) -> Result<()> {
+    let callback = env.create_function_from_closure::<(), (), _>(name, move |ctx| {
+        no_panic(name, || {
+            f(ctx.env);
+            Ok(())
+        })
+    })?;
+    call_method(env, global(env)?, "setImmediate", &[napi::JsValue::raw(&callback)])?;
+    Ok(())
+}
+
 /// Runs `f`, turning a Rust panic into an error instead of unwinding into Node.
 pub fn no_panic<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|payload| {

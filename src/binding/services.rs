@@ -593,19 +593,11 @@ fn schedule_next_slice(env: &Env, state: &Rc<RefCell<SupervisorBinding>>, events
         return;
     }
     let weak = Rc::downgrade(state);
-    let scheduled = env
-        .create_function_from_closure::<(), (), _>("servicesNextSlice", move |ctx| {
-            js::no_panic("servicesNextSlice", || {
-                if let Some(state) = weak.upgrade() {
-                    dispatch(ctx.env, &state);
-                }
-                Ok(())
-            })
-        })
-        .and_then(|next| {
-            let global = js::global(env)?;
-            js::call_method(env, global, "setImmediate", &[next.raw()])
-        });
+    let scheduled = js::set_immediate(env, "servicesNextSlice", move |env| {
+        if let Some(state) = weak.upgrade() {
+            dispatch(env, &state);
+        }
+    });
     match scheduled {
         Ok(_) => state.borrow_mut().slice_scheduled = true,
         Err(e) => {

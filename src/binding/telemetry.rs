@@ -64,9 +64,10 @@ pub struct Telemetry {
 #[napi]
 impl Telemetry {
     /// Starts sampling, from the end of this turn of the event loop: listeners, arbiters and
-    /// supervisors attached in the same turn are in place for the first sample. Throws `INVALID_CONFIG` (JSON path under `telemetry`) for bad options,
-    /// and `INVALID_ARGUMENT` / `IO_ERROR` for a bad replay or record file (a replay must be a
-    /// regular file of at most 1 GiB, with lines of at most 1 MiB).
+    /// supervisors attached in the same turn are in place for the first sample. Throws
+    /// `INVALID_CONFIG` (JSON path under `telemetry`) for bad options, and `INVALID_ARGUMENT` /
+    /// `IO_ERROR` for a bad replay or record file (a replay must be a regular file of at most
+    /// 1 GiB, with lines of at most 1 MiB).
     #[napi(constructor, catch_unwind, ts_args_type = "options?: TelemetryOptions")]
     pub fn new(env: &Env, options: Option<Unknown>) -> Result<Self, Code> {
         let mut warnings = vec![];
@@ -235,21 +236,13 @@ impl Telemetry {
 /// it, even for a replay played as fast as possible (its thread would otherwise race the turn).
 fn release_after_this_turn(env: &Env, state: &Rc<RefCell<TelemetryBinding>>) {
     let weak = Rc::downgrade(state);
-    let scheduled = env
-        .create_function_from_closure::<(), (), _>("telemetryRelease", move |_ctx| {
-            js::no_panic("telemetryRelease", || {
-                if let Some(state) = weak.upgrade() {
-                    if let Some(sampler) = state.borrow().sampler.as_ref() {
-                        sampler.release();
-                    }
-                }
-                Ok(())
-            })
-        })
-        .and_then(|release| {
-            let global = js::global(env)?;
-            js::call_method(env, global, "setImmediate", &[release.raw()])
-        });
+    let scheduled = js::set_immediate(env, "telemetryRelease", move |_env| {
+        if let Some(state) = weak.upgrade() {
+            if let Some(sampler) = state.borrow().sampler.as_ref() {
+                sampler.release();
+            }
+        }
+    });
     if let Err(e) = scheduled {
         tracing::warn!(error = %e.reason, "could not defer the telemetry's first sample; it starts now");
         if let Some(sampler) = state.borrow().sampler.as_ref() {
