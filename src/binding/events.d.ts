@@ -136,6 +136,14 @@ gpuKey: string
 freeMb: (number | null)
 } | {
 /**
+ * A gate waits for the attached Telemetry's first reading (at most `timeoutMs`, the gate's own
+ * timeout): before it, "no reading" would wrongly turn the gate off or fail `'auto'`.
+ */
+type: "telemetry-wait"
+gate: ServiceReadingGate
+timeoutMs: number
+} | {
+/**
  * Started without the VRAM gate, for the reason given (no telemetry with NVML figures, or no
  * estimate).
  */
@@ -276,6 +284,10 @@ at: number
 count: number
 })
 /**
+ * The decision that waits for a reading (`telemetry-wait`'s `gate`).
+ */
+export type ServiceReadingGate = ("host-memory" | "placement" | "vram")
+/**
  * How one service's start ended: what `startAll`, `start` and `restart` resolve with.
  */
 export type ServiceOutcome = ({
@@ -300,7 +312,7 @@ export type ServiceStateName = ("ready" | "stopping" | "stopped" | "failed" | "i
 /**
  * What a start is waiting for, shown in its status.
  */
-export type ServiceWaitReason = "waiting-host-memory"
+export type ServiceWaitReason = ("waiting-host-memory" | "waiting-telemetry")
 
 /**
  * How many workers fit, and the figures behind the answer.
@@ -537,7 +549,8 @@ leases: ServiceLeases
 learned: ServiceLearned
 /**
  * Why its start waits, while it waits: `'waiting-host-memory'` (too little host memory
- * available for it, or the host swapping).
+ * available for it, or the host swapping), `'waiting-telemetry'` (a gate waits for the
+ * attached Telemetry's first reading).
  */
 waiting: (ServiceWaitReason | null)
 }

@@ -19,11 +19,18 @@ pub trait SampleSource: Send + Sync {
     fn swap_active(&self) -> bool {
         false
     }
+    /// Whether the first sample is still to come (the source runs and has produced none).
+    fn first_pending(&self) -> bool {
+        false
+    }
 }
 
 impl SampleSource for LatestSample {
     fn latest(&self) -> Option<Arc<Sample>> {
         self.get()
+    }
+    fn first_pending(&self) -> bool {
+        LatestSample::first_pending(self)
     }
     fn want_processes(&self) {
         LatestSample::want_processes(self)
@@ -111,6 +118,11 @@ impl SupervisorTelemetry {
         }
     }
 
+    /// Whether a Telemetry is attached and its first sample is still to come.
+    fn first_pending(&self) -> bool {
+        lock(&self.attached).as_ref().is_some_and(|a| a.samples.first_pending())
+    }
+
     /// The latest sample with NVML figures, and the registry that labels its processes.
     fn gpu_sample(&self) -> Option<(Arc<Sample>, Arc<ProcessRegistry>)> {
         let attached = lock(&self.attached);
@@ -136,6 +148,31 @@ impl VramSource for SupervisorTelemetry {
     fn gpu_uuid(&self, gpu_key: &str) -> Option<String> {
         let (sample, _) = self.gpu_sample()?;
         sample.gpu(gpu_key)?.uuid.clone().filter(|uuid| !uuid.is_empty())
+    }
+
+    fn first_reading_pending(&self) -> bool {
+        self.first_pending()
+    }
+
+    /// Only a reading says there is no GPU: no Telemetry, NVML unavailable (with its reason), or a
+    /// GPU that the reading does not list (or lists as lost).
+    fn no_reading_reason(&self, gpu_key: &str) -> String {
+        let attached = lock(&self.attached);
+        let Some(a) = attached.as_ref() else { return "no Telemetry is attached".into() };
+        let Some(sample) = a.samples.latest() else { return "the attached Telemetry has no sample".into() };
+        if !sample.nvml.available {
+            let why = sample.nvml.reason.map(|r| format!(" ({})", r.as_str())).unwrap_or_default();
+            return format!("NVML is unavailable{why} in the attached Telemetry's reading");
+        }
+        let listed: Vec<&str> = sample.gpus.iter().filter(|g| !g.lost).map(|g| g.key.as_str()).collect();
+        match sample.gpu(gpu_key) {
+            Some(gpu) if gpu.lost => format!("{gpu_key} is lost (fell off the bus) in the attached Telemetry's reading"),
+            Some(_) => format!("the attached Telemetry's reading has no free-memory figure for {gpu_key}"),
+            None if gpu_key == crate::services::AUTO_GPU_KEY || listed.is_empty() => {
+                "the attached Telemetry's reading lists no GPU".into()
+            }
+            None => format!("the attached Telemetry's reading does not list {gpu_key} (it lists {})", listed.join(", ")),
+        }
     }
 
     /// The pid's own GPU memory plus that of processes labelled with its service (its workers).
@@ -172,6 +209,10 @@ impl HostMemorySource for SupervisorTelemetry {
             swap_active: a.samples.swap_active(),
             sampled_at_ms: sample.at as u64,
         })
+    }
+
+    fn first_reading_pending(&self) -> bool {
+        self.first_pending()
     }
 }
 

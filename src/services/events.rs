@@ -128,6 +128,9 @@ pub enum ServiceEventKind {
     /// A service with `gpu.key: 'auto'` was placed on `gpuKey`, which had `freeMb` free less the
     /// loads on their way there (`null`: no GPU had a free-memory reading, the first was taken).
     Placed { gpu_key: String, free_mb: Option<u64> },
+    /// A gate waits for the attached Telemetry's first reading (at most `timeoutMs`, the gate's own
+    /// timeout): before it, "no reading" would wrongly turn the gate off or fail `'auto'`.
+    TelemetryWait { gate: crate::services::ReadingGate, timeout_ms: u64 },
     /// Started without the VRAM gate, for the reason given (no telemetry with NVML figures, or no
     /// estimate).
     VramGateOff { gpu_key: String, reason: String },
@@ -308,6 +311,10 @@ mod tests {
             (
                 VramGateOff { gpu_key: "gpu:0".into(), reason: "no telemetry".into() },
                 json!({"type": "vram-gate-off", "gpuKey": "gpu:0", "reason": "no telemetry"}),
+            ),
+            (
+                TelemetryWait { gate: crate::services::ReadingGate::Vram, timeout_ms: 9 },
+                json!({"type": "telemetry-wait", "gate": "vram", "timeoutMs": 9}),
             ),
             (Stopped, json!({"type": "stopped"})),
             (

@@ -36,6 +36,20 @@ pub trait VramSource: Send + Sync {
     fn gpu_uuid(&self, _gpu_key: &str) -> Option<String> {
         None
     }
+    /// Whether a reading is on its way: a Telemetry is attached and has not taken (or been pushed)
+    /// its first sample yet. The gates wait for it instead of turning off: at boot, "no reading
+    /// yet" is not "no GPU" (seed 000 happens at boot).
+    fn first_reading_pending(&self) -> bool {
+        false
+    }
+    /// Why there is no reading for `gpu_key`, for the `vram-gate-off` event and `NO_GPU`.
+    fn no_reading_reason(&self, gpu_key: &str) -> String {
+        if gpu_key == crate::services::AUTO_GPU_KEY {
+            "the VRAM telemetry lists no GPU".into()
+        } else {
+            "no VRAM telemetry for this GPU".into()
+        }
+    }
 }
 
 /// Held while a GPU service loads; dropping it releases the lease.

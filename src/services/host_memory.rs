@@ -20,6 +20,11 @@ pub struct HostMemReading {
 /// reading, so the host-memory gate is off.
 pub trait HostMemorySource: Send + Sync {
     fn host_memory(&self) -> Option<HostMemReading>;
+    /// Whether a reading is on its way (an attached Telemetry has not sampled yet): the gate
+    /// waits for it rather than turning off.
+    fn first_reading_pending(&self) -> bool {
+        false
+    }
 }
 
 /// What the host can take on now, and the figures behind it.

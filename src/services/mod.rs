@@ -39,6 +39,6 @@ pub use notify::NOTIFY_FD_ENV;
 pub use port::{port_holder, port_is_free, PortHolder};
 pub use profile::{LearnedProfile, PeakVram, PeakVramMethod};
 pub use supervisor::{
-    FailureRecord, LeaseChange, ServiceOutcome, ServiceState, ServiceStatus, StartOutcome, Supervisor, SupervisorHooks,
-    WaitReason,
+    FailureRecord, LeaseChange, ReadingGate, ServiceOutcome, ServiceState, ServiceStatus, StartOutcome, Supervisor,
+    SupervisorHooks, WaitReason,
 };

@@ -294,6 +294,12 @@ impl LatestSample {
         lock(&self.0.latest).clone()
     }
 
+    /// Whether the first sample is still to come: the sampler runs (or waits for its first
+    /// push) and has produced none yet.
+    pub fn first_pending(&self) -> bool {
+        !lock(&self.0.control).stopped && lock(&self.0.latest).is_none()
+    }
+
     /// Asks for the per-process lists in the next live sample, whatever `processIntervalMs` says:
     /// for a decision (a VRAM gate, an eviction) that needs fresh per-process figures. Wait for a
     /// sample whose GPUs' `processes_at` is its `at`. No effect on a replay or a manual source.

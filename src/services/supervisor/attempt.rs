@@ -42,9 +42,12 @@ impl Shared {
             },
             _ = stop_requested(stop) => return Attempt::Stopped,
         };
-        let gpu_key = match self.place(i) {
-            Ok(key) => key,
-            Err(error) => return failed(error),
+        let gpu_key = tokio::select! {
+            placed = self.place(i) => match placed {
+                Ok(key) => key,
+                Err(error) => return failed(error),
+            },
+            _ = stop_requested(stop) => return Attempt::Stopped,
         };
         // Dropped when this attempt ends: the lease covers the load, not the service's life.
         let _lease = match (&gpu_key, &self.hooks.startup_lease) {

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 
+use super::first_reading::{ReadingGate, Waiting};
 use super::{ms, Shared, WaitReason};
 use crate::error::{ErrorCode, SidecarError, SidecarResult};
 use crate::services::events::{epoch_ms, ServiceEventKind};
@@ -49,18 +50,6 @@ impl Drop for HostAdmission {
     }
 }
 
-/// Shows the start as waiting for host memory in its status until dropped.
-struct Waiting<'a> {
-    shared: &'a Shared,
-    i: usize,
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.shared.cell(self.i).waiting = None;
-    }
-}
-
 impl Shared {
     /// What the admitted loads other than `except` are still expected to take that `reading` does
     /// not show: all of a load spawned at or after it (or not spawned yet); for one spawned
@@ -99,7 +88,8 @@ impl Shared {
     /// Waits until the host can take service `i`'s start: no swapping, and its `hostMemMb` (else
     /// its learned peak RSS) within the available memory less `hostMemHeadroomMb` less the loads
     /// on their way; then counts it among those loads. Fails with `HOST_MEMORY_LOW` after
-    /// `hostMemTimeoutMs`. Off (`None`) without a host memory reading.
+    /// `hostMemTimeoutMs`. Waits (within that time) for an attached Telemetry's first reading; off
+    /// (`None`) without a Telemetry.
     pub(super) async fn host_memory_gate(
         self: &Arc<Self>,
         i: usize,
@@ -114,6 +104,7 @@ impl Shared {
         let poll = ms(spec.probe_interval_ms.get());
         let mut announced = None;
         let mut waiting = None;
+        self.await_first_reading(i, ReadingGate::HostMemory, limit_ms, || source.first_reading_pending()).await?;
         loop {
             let Some(reading) = source.host_memory() else { return Ok(None) };
             let budget = {
@@ -127,8 +118,7 @@ impl Shared {
             };
             let why = budget.admits(need);
             if waiting.is_none() {
-                self.cell(i).waiting = Some(WaitReason::HostMemory);
-                waiting = Some(Waiting { shared: self, i });
+                waiting = Some(Waiting::new(self, i, WaitReason::HostMemory));
             }
             if announced != Some(why) {
                 announced = Some(why);

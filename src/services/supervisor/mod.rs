@@ -19,6 +19,7 @@
 
 mod attempt;
 mod evict;
+mod first_reading;
 mod host_gate;
 mod liveness;
 mod on_demand;
@@ -38,6 +39,8 @@ use schemars::JsonSchema;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
+
+pub use first_reading::ReadingGate;
 
 use super::config::{ServiceSpec, ServicesConfig};
 use super::events::{epoch_ms, ExitInfo, ServiceEvent, ServiceEventKind};
@@ -90,6 +93,9 @@ pub enum WaitReason {
     /// The host-memory gate: too little available, or the host is swapping.
     #[serde(rename = "waiting-host-memory")]
     HostMemory,
+    /// A gate waits for the attached Telemetry's first reading (see the `telemetry-wait` event).
+    #[serde(rename = "waiting-telemetry")]
+    Telemetry,
 }
 
 /// A failure a service had, restarted from or not.
@@ -137,7 +143,8 @@ pub struct ServiceStatus {
     pub leases: ServiceLeases,
     pub learned: LearnedProfile,
     /// Why its start waits, while it waits: `'waiting-host-memory'` (too little host memory
-    /// available for it, or the host swapping).
+    /// available for it, or the host swapping), `'waiting-telemetry'` (a gate waits for the
+    /// attached Telemetry's first reading).
     pub waiting: Option<WaitReason>,
 }
 

@@ -1,6 +1,7 @@
 //! Which GPU a service runs on: its configured `gpu.key`, or for `auto`, the GPU with the most
 //! free memory at each start, less the loads already on their way there.
 
+use super::first_reading::ReadingGate;
 use super::{ServiceState, Shared};
 use crate::error::{ErrorCode, SidecarError, SidecarResult};
 use crate::services::config::AUTO_GPU_KEY;
@@ -21,9 +22,10 @@ impl Shared {
 
     /// The GPU this start of service `i` loads onto: its configured key, or for `auto` the
     /// GPU of the telemetry with the most free memory less the loads on their way there (ties:
-    /// the first). Without any free-memory reading, the first GPU the telemetry lists. Fails
-    /// with `NO_GPU` without telemetry or GPUs in it.
-    pub(super) fn place(&self, i: usize) -> SidecarResult<Option<String>> {
+    /// the first). Without any free-memory reading, the first GPU the telemetry lists. Waits
+    /// (within `vramTimeoutMs`) for an attached Telemetry's first reading; fails with `NO_GPU`
+    /// without a Telemetry, or when its reading lists no GPU.
+    pub(super) async fn place(&self, i: usize) -> SidecarResult<Option<String>> {
         let Some(gpu) = &self.spec(i).gpu else { return Ok(None) };
         if gpu.key != AUTO_GPU_KEY {
             return Ok(Some(gpu.key.clone()));
@@ -35,9 +37,14 @@ impl Shared {
             )
         };
         let Some(source) = &self.hooks.vram else { return Err(no_gpu("the supervisor has no VRAM telemetry source")) };
+        let limit_ms = self.config.vram_timeout_ms.get();
+        self.await_first_reading(i, ReadingGate::Placement, limit_ms, || source.first_reading_pending()).await?;
         let keys = source.gpu_keys();
         if keys.is_empty() {
-            return Err(no_gpu("no attached telemetry lists a GPU (attach a Telemetry with NVML figures)"));
+            return Err(no_gpu(&format!(
+                "{} (attach a Telemetry with NVML figures)",
+                source.no_reading_reason(AUTO_GPU_KEY)
+            )));
         }
         // One placement at a time: each one sees the GPU the one before it chose.
         let placing = self.placing.lock().expect("placing lock");

@@ -2,6 +2,7 @@
 
 use std::time::Instant;
 
+use super::first_reading::ReadingGate;
 use super::{ms, Shared};
 use crate::error::{ErrorCode, SidecarError, SidecarResult};
 use crate::services::config::GpuNeed;
@@ -13,8 +14,10 @@ use crate::services::profile::LearnedProfile;
 impl Shared {
     /// Waits until `gpu_key` (the service's GPU, as placed) has room for the service plus headroom. A reading taken before another
     /// service on that GPU was spawned does not show that service's memory yet, so its expected
-    /// need is taken off the reading (as the arbiter does for leases granted after a sample). Off
-    /// (with an event saying why) when there is no telemetry or no estimate of the service's need.
+    /// need is taken off the reading (as the arbiter does for leases granted after a sample). An
+    /// attached Telemetry's first reading is waited for (within `vramTimeoutMs`); off (with an
+    /// event saying why) when a reading shows no NVML or not this GPU, with no Telemetry, or with
+    /// no estimate of the service's need.
     pub(super) async fn vram_gate(
         &self,
         i: usize,
@@ -29,18 +32,19 @@ impl Shared {
         let Some(source) = &self.hooks.vram else {
             return gate_off("no VRAM telemetry source");
         };
+        let limit_ms = self.config.vram_timeout_ms.get();
+        self.await_first_reading(i, ReadingGate::Vram, limit_ms, || source.first_reading_pending()).await?;
         let Some(need) = vram_need_mb(gpu, &learned) else {
             return gate_off("no vramMb configured and none learned from an earlier run");
         };
         let needed_mb = need.saturating_add(self.config.vram_headroom_mb.get());
-        let limit_ms = self.config.vram_timeout_ms.get();
         let deadline = Instant::now() + ms(limit_ms);
         let poll = ms(self.spec(i).probe_interval_ms.get());
         let mut announced = false;
         let mut tried_eviction = false;
         loop {
             let Some(reading) = source.free_mb(gpu_key) else {
-                return gate_off("no VRAM telemetry for this GPU");
+                return gate_off(&source.no_reading_reason(gpu_key));
             };
             let unseen_mb = self.unseen_vram_mb(i, gpu_key, reading);
             let free_mb = reading.free_mb.saturating_sub(unseen_mb);

@@ -125,7 +125,7 @@ async fn auto_without_telemetry_fails_with_no_gpu() {
     let outcome = sup.start("asr").await.unwrap();
     let (error, _) = failure(&outcome);
     assert_eq!(error.code, ErrorCode::NoGpu);
-    assert!(error.message.contains("no attached telemetry lists a GPU"), "{}", error.message);
+    assert!(error.message.contains("the VRAM telemetry lists no GPU"), "{}", error.message);
 }
 
 /// Records what the supervisor tells the arbiter about on-demand task types.
