@@ -239,8 +239,9 @@ export declare class ServiceSupervisor {
    * else the GPU's used memory, for the learned profile) from `telemetry`'s latest sample, live
    * or replayed, and registers every service pid in it (`processes[].service` is the service
    * name). Replaces an earlier one; returns a function
-   * that detaches. Without a sample with NVML figures for a service's GPU, that service starts
-   * ungated with a `vram-gate-off` event. Throws `CLOSED` for a closed Telemetry.
+   * that detaches. Until the Telemetry's first sample, the gates wait for it (`telemetry-wait`,
+   * within each gate's timeout); when a sample has no NVML figures for a service's GPU, that
+   * service starts ungated with a `vram-gate-off` event. Throws `CLOSED` for a closed Telemetry.
    */
   attachTelemetry(telemetry: Telemetry): () => void
   /**

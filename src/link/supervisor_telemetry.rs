@@ -158,20 +158,32 @@ impl VramSource for SupervisorTelemetry {
     /// GPU that the reading does not list (or lists as lost).
     fn no_reading_reason(&self, gpu_key: &str) -> String {
         let attached = lock(&self.attached);
-        let Some(a) = attached.as_ref() else { return "no Telemetry is attached".into() };
-        let Some(sample) = a.samples.latest() else { return "the attached Telemetry has no sample".into() };
+        // "no VRAM telemetry" / "no attached telemetry lists a GPU" open the reasons JS matched on
+        // before the first-reading wait; the detail follows.
+        let none = if gpu_key == crate::services::AUTO_GPU_KEY {
+            "no attached telemetry lists a GPU"
+        } else {
+            "no VRAM telemetry"
+        };
+        let Some(a) = attached.as_ref() else { return format!("{none}: no Telemetry is attached") };
+        let Some(sample) = a.samples.latest() else { return format!("{none}: the attached Telemetry has no sample") };
         if !sample.nvml.available {
             let why = sample.nvml.reason.map(|r| format!(" ({})", r.as_str())).unwrap_or_default();
-            return format!("NVML is unavailable{why} in the attached Telemetry's reading");
+            return format!("{none}: NVML is unavailable{why} in the attached Telemetry's reading");
         }
         let listed: Vec<&str> = sample.gpus.iter().filter(|g| !g.lost).map(|g| g.key.as_str()).collect();
         match sample.gpu(gpu_key) {
-            Some(gpu) if gpu.lost => format!("{gpu_key} is lost (fell off the bus) in the attached Telemetry's reading"),
-            Some(_) => format!("the attached Telemetry's reading has no free-memory figure for {gpu_key}"),
-            None if gpu_key == crate::services::AUTO_GPU_KEY || listed.is_empty() => {
-                "the attached Telemetry's reading lists no GPU".into()
+            Some(gpu) if gpu.lost => {
+                format!("{none}: {gpu_key} is lost (fell off the bus) in the attached Telemetry's reading")
             }
-            None => format!("the attached Telemetry's reading does not list {gpu_key} (it lists {})", listed.join(", ")),
+            Some(_) => format!("{none}: the attached Telemetry's reading has no free-memory figure for {gpu_key}"),
+            None if gpu_key == crate::services::AUTO_GPU_KEY || listed.is_empty() => {
+                format!("{none}: the attached Telemetry's reading lists no GPU")
+            }
+            None => format!(
+                "{none}: the attached Telemetry's reading does not list {gpu_key} (it lists {})",
+                listed.join(", ")
+            ),
         }
     }
 

@@ -95,7 +95,11 @@ async fn the_vram_gate_waits_for_the_first_reading_and_then_holds() {
     let events = drain(&mut rx);
     let kinds = steps(&events, "asr");
     assert!(kinds.iter().all(|k| !matches!(k, ServiceEventKind::VramGateOff { .. })), "{kinds:?}");
-    assert!(kinds.contains(&&ServiceEventKind::VramWait { gpu_key: "gpu:0".into(), needed_mb: 30_512, free_mb: 24_000 }));
+    assert!(kinds.contains(&&ServiceEventKind::VramWait {
+        gpu_key: "gpu:0".into(),
+        needed_mb: 30_512,
+        free_mb: 24_000
+    }));
     assert!(spawned_pids(&events).is_empty(), "a 30000 MB load started on a 24000 MB card");
     sup.close().await;
 }
