@@ -22,6 +22,7 @@ import type {
   ServiceEvent,
   ServiceOutcome,
   ServiceStatus,
+  StartAllOptions,
   TelemetryAlert,
   TelemetrySample,
 } from './src/binding/events'

@@ -14,6 +14,7 @@ mod js;
 mod logging;
 mod recording;
 mod services;
+mod spawn_env;
 mod telemetry;
 
 use napi::Status;
