@@ -22,6 +22,7 @@ import type {
   ServiceEvent,
   ServiceOutcome,
   ServiceStatus,
+  ServicesUpdate,
   StartAllOptions,
   TelemetryAlert,
   TelemetrySample,
@@ -221,6 +222,15 @@ export declare class ServiceSupervisor {
    * fails that start with `SPAWN_FAILED`. `null` removes it.
    */
   beforeSpawn(hook: ((service: string, attempt: number) => Record<string, string> | undefined | Promise<Record<string, string> | undefined>) | null): void
+  /**
+   * Replaces the service list while the node runs, keeping the runtime state of the services
+   * that stay: new ones are added (not started), removed ones stopped then dropped, changed
+   * ones take effect at their next start (a running one keeps running). Resolves with what
+   * changed; events `added`, `changed` and `removed` say it too. An invalid list changes
+   * nothing and rejects with `INVALID_CONFIG` and its JSON path (`services[2].command: ...`);
+   * `CLOSED` after close().
+   */
+  setServices(services: ServiceConfig[]): Promise<ServicesUpdate>
   /** Stops then starts one service; resolves with the new start's outcome. */
   restart(name: string): Promise<ServiceOutcome>
   /** Stops every service, dependents before what they depend on. */

@@ -114,10 +114,12 @@ error: ServiceError
 lastLines: string[]
 } | {
 /**
- * Not started: `dependency` is not ready.
+ * Not started: `dependency` did not become ready, or was removed by an update; `reason`
+ * says which (`"db" failed`, `"db" was removed from the services`).
  */
 type: "blocked"
 dependency: string
+reason: string
 } | {
 /**
  * Waiting until `gpuKey` has `neededMb` (the service's need plus headroom) free.
@@ -150,6 +152,23 @@ timeoutMs: number
 type: "vram-gate-off"
 gpuKey: string
 reason: string
+} | {
+/**
+ * Added by a run-time update (`setServices`, `refresh`, a watched config's edit); not
+ * started unless asked.
+ */
+type: "added"
+} | {
+/**
+ * Its config was changed by a run-time update: the change takes effect at its next start
+ * (a running service keeps running as it is).
+ */
+type: "changed"
+} | {
+/**
+ * Dropped by a run-time update, after it was stopped.
+ */
+type: "removed"
 } | {
 /**
  * A stop began (`stop`, `stopAll`, `close`, an eviction or an idle stop): the service reads
@@ -584,6 +603,23 @@ startedAt: (number | null)
  * How its last process ended (by itself, or stopped), and when; `null` until one has.
  */
 lastExit: (LastExit | null)
+}
+/**
+ * What a run-time update of the services did (`setServices`, `refresh`), by service name.
+ */
+export interface ServicesUpdate {
+/**
+ * New services (not started).
+ */
+added: string[]
+/**
+ * Services whose config changed (in effect at their next start).
+ */
+changed: string[]
+/**
+ * Services stopped and dropped.
+ */
+removed: string[]
 }
 /**
  * What `startAll` starts (`supervisor.startAll({ only: [...] })`).

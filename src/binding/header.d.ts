@@ -22,6 +22,7 @@ import type {
   ServiceEvent,
   ServiceOutcome,
   ServiceStatus,
+  ServicesUpdate,
   StartAllOptions,
   TelemetryAlert,
   TelemetrySample,

@@ -203,6 +203,23 @@ impl ServiceSupervisor {
         self.spawn_env.set(env, hook)
     }
 
+    /// Replaces the service list while the node runs, keeping the runtime state of the services
+    /// that stay: new ones are added (not started), removed ones stopped then dropped, changed
+    /// ones take effect at their next start (a running one keeps running). Resolves with what
+    /// changed; events `added`, `changed` and `removed` say it too. An invalid list changes
+    /// nothing and rejects with `INVALID_CONFIG` and its JSON path (`services[2].command: ...`);
+    /// `CLOSED` after close().
+    #[napi(catch_unwind, ts_return_type = "Promise<ServicesUpdate>", ts_args_type = "services: ServiceConfig[]")]
+    pub fn set_services<'env>(
+        &self,
+        env: &'env Env,
+        services: Option<Unknown>,
+    ) -> Result<PromiseRaw<'env, Value>, Code> {
+        let services = args::required_json(env, services, "services", ErrorCode::InvalidConfig)?;
+        let core = self.core.clone();
+        promise(env, &self.state, async move { as_json(&core.set_services(&services).await?) })
+    }
+
     /// Stops then starts one service; resolves with the new start's outcome.
     #[napi(catch_unwind, ts_return_type = "Promise<ServiceOutcome>", ts_args_type = "name: string")]
     pub fn restart<'env>(&self, env: &'env Env, name: Option<Unknown>) -> Result<PromiseRaw<'env, Value>, Code> {

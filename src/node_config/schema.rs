@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use crate::arbiter::{AdmissionState, ArbiterConfig, Reason, Status};
 use crate::services::{
     HostBudgetAnswer, ListenerNote, PeakVramMethod, ServiceEvent, ServiceOutcome, ServiceState, ServiceStatus,
-    ServicesConfig, StartAllOptions, WaitReason,
+    ServicesConfig, ServicesUpdate, StartAllOptions, WaitReason,
 };
 use crate::telemetry::{Alert, Inventory, Recommendation, Sample, TelemetryOptions};
 
@@ -76,6 +76,7 @@ pub fn events_schema() -> Value {
         ("GpuLeaseStatus", generator.subschema_for::<Status>()),
         ("GpuLeaseReason", generator.subschema_for::<Reason>()),
         ("StartAllOptions", generator.subschema_for::<StartAllOptions>()),
+        ("ServicesUpdate", generator.subschema_for::<ServicesUpdate>()),
     ];
     let mut defs = generator.take_definitions(true);
     for (name, schema) in roots {

@@ -85,7 +85,7 @@ impl Shared {
     /// or after `reading` was taken. Ties count, because both times are whole ms.
     fn unseen_vram_mb(&self, i: usize, gpu_key: &str, reading: VramReading) -> u64 {
         let mut unseen_mb = 0u64;
-        for j in (0..self.config.services.len()).filter(|&j| j != i) {
+        for j in self.listed().into_iter().filter(|&j| j != i) {
             if self.gpu_key(j).as_deref() != Some(gpu_key) {
                 continue;
             }
