@@ -55,7 +55,7 @@ function serveStatus(options) {
     throw invalidArgument(`serveStatus: port must be an integer 0-65535 (0 picks a free one), got ${JSON.stringify(port)}`)
   }
   /** @type {StatusModel} */
-  const model = { title: options.title ?? 'gpu-sidecar status', source: 'live', samples: [], alerts: [], services: null, arbiter: null }
+  const model = { title: options.title ?? 'gpu-sidecar status', source: 'live', samples: [], alerts: [], events: [], services: null, arbiter: null }
   /** @type {Set<http.ServerResponse>} */
   const clients = new Set()
   /** @type {Array<() => void>} */
@@ -86,15 +86,23 @@ function serveStatus(options) {
       }),
     )
   }
+  /** @param {import('./render.js').EventMark | null} mark */
+  const markEvent = (mark) => {
+    if (!mark) return
+    render.addEvent(model, mark)
+    broadcast('mark', mark)
+  }
   if (supervisor) {
     unsubscribe.push(
       supervisor.onEvent((event) => {
         if (event.type === 'log') return
+        markEvent(render.serviceMark(event))
         refreshState()
         broadcast('state', { services: model.services, arbiter: model.arbiter })
       }),
     )
   }
+  if (arbiter) unsubscribe.push(arbiter.onEvent((event) => markEvent(render.arbiterMark(event))))
   // Leases change far too often to push each one; clients get the arbiter's state a few times a second.
   const timer = setInterval(() => {
     if (clients.size === 0) return
@@ -178,6 +186,7 @@ function statusJson(model, telemetry) {
     telemetry: telemetry ? telemetry.latest() : null,
     alerts: model.alerts.filter((a) => a.end === null),
     alertHistory: model.alerts,
+    events: model.events,
   }
 }
 
