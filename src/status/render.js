@@ -266,7 +266,7 @@ function summarize(model) {
   const f = summaryFigures(model)
   const lines = [`${f.overall} (${model.source})`]
   if (!f.host) return lines
-  for (const g of f.gpus) lines.push(`${g.key}${g.name ? ` (${g.name})` : ''}: ${g.util}${g.memory ? ` ${g.memory}` : ''}`)
+  for (const g of f.gpus) lines.push(`${g.key}${g.name ? ` (${g.name})` : ''}: ${g.util}${g.memory ? `, ${g.memory}` : ''}`)
   lines.push(`host: ${f.host.available}, ${f.host.swap}, most zombie children ${f.host.zombies}`)
   if (f.alerts.length === 0) {
     lines.push('alerts: none')
@@ -325,7 +325,7 @@ function frame(o) {
     const v = (o.yMax * i) / 4
     const yy = y(v).toFixed(1)
     svg += `<line x1="${CHART.left}" x2="${CHART.width - CHART.right}" y1="${yy}" y2="${yy}" class="grid"/>`
-    svg += `<text x="${CHART.left - 4}" y="${yy}" class="tick" text-anchor="end" dominant-baseline="middle">${escapeHtml(o.unit === 'MiB' ? formatMb(v) : `${Math.round(v)}${o.unit}`)}</text>`
+    svg += `<text x="${CHART.left - 4}" y="${yy}" class="tick ytick" text-anchor="end" dominant-baseline="middle">${escapeHtml(o.unit === 'MiB' ? formatMb(v) : `${Math.round(v)}${o.unit}`)}</text>`
   }
   for (let i = 0; i <= 4; i++) {
     const t = o.t0 + ((o.t1 - o.t0) * i) / 4
@@ -422,7 +422,7 @@ function alertLanes(alerts, t0, t1, marks) {
   const height = CHART.top + CHART.bottom + Math.max(lanes.length, 1) * 20
   const f = frame({ title: 'Alerts', t0, t1, yMax: 1, unit: '', height })
   // The frame's value gridlines mean nothing here; keep only the title and the time axis.
-  let body = f.svg.replace(/<line[^>]*class="grid"\/>|<text[^>]*text-anchor="end"[^>]*>[^<]*<\/text>/g, '')
+  let body = f.svg.replace(/<line[^>]*class="grid"\/>|<text[^>]*class="tick ytick"[^>]*>[^<]*<\/text>/g, '')
   lanes.forEach((lane, i) => {
     const y = CHART.top + i * 20
     body += `<text x="${CHART.left - 4}" y="${y + 13}" class="tick" text-anchor="end">${escapeHtml(lane.split(' ')[1] ?? '')}</text>`
@@ -581,10 +581,10 @@ function renderBody(model) {
 
 const STYLE = `*{box-sizing:border-box}body{font:14px system-ui,sans-serif;margin:0 auto;max-width:2400px;padding:12px 20px;color:#0f172a;background:#fff}
 h1{font-size:20px;margin:0}h2{font-size:16px;margin:18px 0 6px}.source{color:#475569;margin:2px 0}
-table{border-collapse:collapse;width:100%;font-size:13px}td,th{border-bottom:1px solid #e2e8f0;padding:3px 6px;text-align:left;vertical-align:top;overflow-wrap:anywhere}
+table{border-collapse:collapse;width:100%;font-size:13px}td,th{border-bottom:1px solid #e2e8f0;padding:3px 6px;text-align:left;vertical-align:top;overflow-wrap:break-word}
 th{font-weight:600;color:#334155}figure{margin:4px 0 10px;min-width:0}
 .top{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(100%,480px),1fr));gap:0 24px}
-.charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(100%,420px),1fr));gap:0 16px}
+.charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(100%,560px),1fr));gap:0 20px}
 dl.figures{margin:0}dl.figures div{display:grid;grid-template-columns:minmax(90px,max-content) 1fr;gap:12px;border-bottom:1px solid #e2e8f0;padding:3px 0}
 dl.figures dt{font-weight:600;color:#334155}dl.figures dd{margin:0;overflow-wrap:anywhere}.alert-totals{margin-top:8px}
 .chart{width:100%;height:auto;display:block}.chart-title{font-size:12px;font-weight:600;fill:#0f172a}.tick{font-size:10px;fill:#475569}
@@ -592,7 +592,7 @@ dl.figures dt{font-weight:600;color:#334155}dl.figures dd{margin:0;overflow-wrap
 .legend i,#events i{display:inline-block;width:10px;height:10px;margin-right:4px}
 .mark-n{font-size:9px;font-weight:700}.mark-hit{stroke:transparent;stroke-width:9;pointer-events:stroke}.mark:hover line:first-of-type{stroke-width:2.5}
 .state-ready td:nth-child(2){color:#16a34a}.state-failed td:nth-child(2){color:#dc2626}.level-critical{color:#dc2626}.level-warning{color:#b45309}
-#active-alerts ul{margin:0;padding-left:18px}
+#active-alerts ul{margin:0;padding-left:18px}#services table{font-size:12px}#services td:last-child,#events td:last-child{overflow-wrap:anywhere}
 @media print{body{max-width:none;padding:0}.charts{grid-template-columns:1fr}section{break-inside:avoid}}`
 
 const api = { MAX_SAMPLES, MAX_EVENTS, MARK_KINDS, STYLE, addAlert, addEvent, addSample, alertText, arbiterMark, escapeHtml, formatDuration, formatMb, renderBody, serviceMark, summarize }
