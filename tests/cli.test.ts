@@ -267,6 +267,24 @@ describe('run', () => {
     expect(remote.stderr).toMatch(/INVALID_ARGUMENT: serveStatus: host "0.0.0.0" is not a loopback address; pass allowRemote: true/)
   })
 
+  test('--record keeps the services\' events beside the samples for the report to mark; alert lines name their subject once', () => {
+    const dir = tempDir()
+    const rec = join(dir, 'run.jsonl')
+    const script = join(dir, 'wait.mjs')
+    writeFileSync(script, 'export default () => new Promise((done) => setTimeout(done, 2500))\n')
+    const r = spawnSync(process.execPath, [bin, 'run', configWith([1000]), '--replay', recording, '--replay-speed', '10', '--record', rec, '--script', script], { encoding: 'utf8', timeout: 30_000 })
+    expect(r.status).toBe(0)
+    expect(r.stdout).toMatch(/ alert raised warning GPU_USAGE_HIGH gpu:0: utilization \d+% at or above 85%\n/)
+    expect(r.stdout).toMatch(/ alert raised critical HOST_MEMORY_PRESSURE host: available memory \d+ MB is under 1024 MB\n/)
+    expect(r.stdout).not.toMatch(/\b(gpu:\d+|host): \1:/)
+    const lines = readFileSync(rec, 'utf8').trim().split('\n').map((l) => JSON.parse(l))
+    expect(lines.filter((l) => l.event)).toEqual([{ at: expect.any(Number), event: { kind: 'service-ready', subject: 'svc0', label: expect.stringMatching(/^svc0 ready in \d+ ms$/) } }])
+    expect(lines.filter((l) => l.nvml).length).toBeGreaterThan(10)
+    const out = join(dir, 'run.html')
+    expect(cli(['report', rec, '-o', out]).code).toBe(0)
+    expect(readFileSync(out, 'utf8')).toMatch(/<tr data-kind="service-ready"><td>\d+<\/td><td>[\d:.]+<\/td><td>.*service ready<\/td><td>svc0 ready in \d+ ms<\/td>/)
+  })
+
   test('--script runs after the services start, then the node stops and writes its report', () => {
     const dir = tempDir()
     const script = join(dir, 'probe.mjs')
