@@ -110,13 +110,18 @@ async function main(values, positionals) {
 
   /** @type {StatusModel} */
   const model = { title: `gpu-sidecar run ${positionals[0]}`, source: replay ? `replay of ${replay}` : 'live', samples: [], alerts: [], events: [], services: supervisor.statuses(), arbiter: arbiter.snapshotAll() }
+  const sampleTime = render.sampleClock()
   /** A service or lease event: marked in the report, and kept in the recording beside the samples. @param {import('../status/render.js').EventMark | null} mark */
   const markEvent = (mark) => {
     if (!mark) return
+    mark.at = sampleTime.at(mark.at) // on a replay's time axis, during a replay
     render.addEvent(model, mark)
     if (record) recordEvent(record, mark)
   }
-  telemetry.onSample((s) => render.addSample(model, s))
+  telemetry.onSample((s) => {
+    sampleTime.sample(s.at)
+    render.addSample(model, s)
+  })
   telemetry.onAlert((a) => {
     render.addAlert(model, a)
     say(`${clock(Date.now())} alert ${a.active ? 'raised' : 'cleared'} ${render.alertText(a)}`)

@@ -17,7 +17,7 @@ use crate::services::{
     HostBudgetAnswer, ListenerNote, PeakVramMethod, ServiceEvent, ServiceOutcome, ServiceState, ServiceStatus,
     ServicesConfig, WaitReason,
 };
-use crate::telemetry::{Alert, Inventory, RecordedEvent, Recommendation, Sample, TelemetryOptions};
+use crate::telemetry::{Alert, Inventory, Recommendation, RecordedEvent, Sample, TelemetryOptions};
 
 /// The file's sections gpu-sidecar reads; other apps' sections are allowed and left alone.
 #[derive(Default, JsonSchema)]

@@ -162,6 +162,35 @@ function arbiterMark(e) {
   return { at: e.at, kind: 'lease-revoked', subject: e.gpuKey ?? null, label: `${e.taskType ?? 'lease'} lease${e.leaseId ? ` ${e.leaseId}` : ''} on ${e.gpuKey ?? 'a GPU'} revoked by the hold watchdog${held}` }
 }
 
+/** How far a sample's time may be from the wall clock at its arrival and still be live. */
+const LIVE_SKEW_MS = 60_000
+
+/**
+ * Puts events on the samples' time axis. Live samples carry the wall-clock time they were taken,
+ * so an event's own time is right. A replay's samples carry their recorded times: an event during
+ * a replay is placed after the latest sample by the wall time since that sample came, scaled by
+ * the replay's speed (measured from the last two samples' recorded and arrival times).
+ * Call `sample(at)` for each sample as it arrives, and `at(eventAt)` for each event.
+ */
+function sampleClock() {
+  /** @type {Array<{ at: number, wall: number }>} */
+  let last = []
+  return {
+    /** @param {number} at @param {number} [wall] */
+    sample(at, wall = Date.now()) {
+      last = [...last.slice(-1), { at, wall }]
+    },
+    /** @param {number} eventAt @param {number} [wall] */
+    at(eventAt, wall = Date.now()) {
+      const latest = last[last.length - 1]
+      if (!latest || Math.abs(latest.at - latest.wall) < LIVE_SKEW_MS) return eventAt
+      const previous = last.length === 2 ? last[0] : null
+      const speed = previous && latest.wall > previous.wall && latest.at > previous.at ? (latest.at - previous.at) / (latest.wall - previous.wall) : 1
+      return latest.at + Math.max(0, Math.min(eventAt, wall) - latest.wall) * speed
+    },
+  }
+}
+
 /**
  * The model's marks in time order, numbered from 1: the numbers on the charts and in the events
  * table.
@@ -595,6 +624,6 @@ dl.figures dt{font-weight:600;color:#334155}dl.figures dd{margin:0;overflow-wrap
 #active-alerts ul{margin:0;padding-left:18px}#services table{font-size:12px}#services td:last-child,#events td:last-child{overflow-wrap:anywhere}
 @media print{body{max-width:none;padding:0}.charts{grid-template-columns:1fr}section{break-inside:avoid}}`
 
-const api = { MAX_SAMPLES, MAX_EVENTS, MARK_KINDS, STYLE, addAlert, addEvent, addSample, alertText, arbiterMark, escapeHtml, formatDuration, formatMb, renderBody, serviceMark, summarize }
+const api = { MAX_SAMPLES, MAX_EVENTS, MARK_KINDS, STYLE, addAlert, addEvent, addSample, alertText, arbiterMark, escapeHtml, formatDuration, formatMb, renderBody, sampleClock, serviceMark, summarize }
 if (typeof module === 'object' && module.exports) module.exports = api
 else /** @type {any} */ (globalThis).GpuSidecarRender = api

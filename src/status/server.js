@@ -58,6 +58,8 @@ function serveStatus(options) {
   const model = { title: options.title ?? 'gpu-sidecar status', source: 'live', samples: [], alerts: [], events: [], services: null, arbiter: null }
   /** @type {Set<http.ServerResponse>} */
   const clients = new Set()
+  // Events go on the samples' time axis (a replay's recorded clock, during a replay).
+  const sampleTime = render.sampleClock()
   /** @type {Array<() => void>} */
   const unsubscribe = []
 
@@ -74,9 +76,13 @@ function serveStatus(options) {
 
   if (telemetry) {
     const latest = telemetry.latest()
-    if (latest) render.addSample(model, latest)
+    if (latest) {
+      sampleTime.sample(latest.at)
+      render.addSample(model, latest)
+    }
     unsubscribe.push(
       telemetry.onSample((sample) => {
+        sampleTime.sample(sample.at)
         render.addSample(model, sample)
         broadcast('sample', sample)
       }),
@@ -89,6 +95,7 @@ function serveStatus(options) {
   /** @param {import('./render.js').EventMark | null} mark */
   const markEvent = (mark) => {
     if (!mark) return
+    mark.at = sampleTime.at(mark.at)
     render.addEvent(model, mark)
     broadcast('mark', mark)
   }

@@ -541,7 +541,10 @@ mod tests {
         // It reads again: GPU_LOST clears at once; its figures raise alerts afresh as usual.
         let mut back = two(99.0, 100, false);
         back.at = 30_000.0;
-        assert_eq!(e.observe(&back, &none()).iter().map(key).collect::<Vec<_>>(), vec![(AlertCode::GpuLost, "gpu:1".into(), false)]);
+        assert_eq!(
+            e.observe(&back, &none()).iter().map(key).collect::<Vec<_>>(),
+            vec![(AlertCode::GpuLost, "gpu:1".into(), false)]
+        );
         let mut again = vec![];
         for i in 31..34 {
             let mut s = two(99.0, 100, false);

@@ -187,9 +187,9 @@ impl Iterator for Replay {
                     self.played += 1;
                     Some(Ok(sample))
                 }
-                Err(_) if kind == BoundedLine::Complete && is_event_line(&line) => Some(Err(
-                    SidecarError::invalid_argument(format!("{where_}: not a recorded event: {event_error}")),
-                )),
+                Err(_) if kind == BoundedLine::Complete && is_event_line(&line) => {
+                    Some(Err(SidecarError::invalid_argument(format!("{where_}: not a recorded event: {event_error}"))))
+                }
                 Err(_) if kind == BoundedLine::Unterminated => {
                     self.cut_last_line = Some(SidecarError::invalid_argument(format!(
                         "{where_}: the last line is cut off (no newline, not a whole sample: a crash while \
@@ -306,12 +306,23 @@ mod tests {
         let events = replay.take_events();
         assert_eq!(
             events.iter().map(|e| (e.at, e.event.kind, e.event.subject.as_deref())).collect::<Vec<_>>(),
-            vec![(2.0, RecordedEventKind::ServiceReady, Some("asr")), (3.0, RecordedEventKind::LeaseRevoked, Some("gpu:0"))]
+            vec![
+                (2.0, RecordedEventKind::ServiceReady, Some("asr")),
+                (3.0, RecordedEventKind::LeaseRevoked, Some("gpu:0"))
+            ]
         );
         // A bad event line is named as one, with its line.
-        std::fs::write(&path, format!("{good}\n{{\"at\":2,\"event\":{{\"kind\":\"exploded\",\"subject\":null,\"label\":\"x\"}}}}\n")).unwrap();
+        std::fs::write(
+            &path,
+            format!("{good}\n{{\"at\":2,\"event\":{{\"kind\":\"exploded\",\"subject\":null,\"label\":\"x\"}}}}\n"),
+        )
+        .unwrap();
         let e = Replay::open(&path).err().unwrap();
-        assert!(e.message.starts_with(&format!("{}:2: not a recorded event: unknown variant `exploded`", path.display())), "{}", e.message);
+        assert!(
+            e.message.starts_with(&format!("{}:2: not a recorded event: unknown variant `exploded`", path.display())),
+            "{}",
+            e.message
+        );
         std::fs::remove_file(&path).unwrap();
     }
 
