@@ -147,7 +147,7 @@ gpu 1 uuid=GPU-b total=10000 used=9800 util=97
       expect(a).toMatchObject({ level: 'info', message: 'gpu:1: cleared because the GPU was lost; its figures can no longer be read', figures: { gpuLost: true } })
       expect(a.t).toBeGreaterThanOrEqual(350)
     }
-    expect(on1.filter((a) => a.code === 'GPU_LOST')).toEqual([expect.objectContaining({ active: true, level: 'critical', figures: { index: 1, uuid: null } })])
+    expect(on1.filter((a) => a.code === 'GPU_LOST')).toEqual([expect.objectContaining({ active: true, level: 'critical', figures: { index: 1, uuid: 'GPU-b' } })])
     expect(lostAt).toBeGreaterThanOrEqual(350)
     // gpu:0 is untouched.
     expect(out.alerts.filter((a) => a.gpuKey === 'gpu:0')).toEqual([])

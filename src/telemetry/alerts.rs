@@ -163,12 +163,14 @@ impl Tracker {
 pub struct AlertEngine {
     thresholds: AlertThresholds,
     trackers: BTreeMap<(AlertCode, Option<String>), Tracker>,
+    /// Each GPU's UUID as last read: a lost GPU no longer gives it, and GPU_LOST names it.
+    uuids: BTreeMap<String, String>,
 }
 
 impl AlertEngine {
     /// An engine with no alert active.
     pub fn new(thresholds: AlertThresholds) -> Self {
-        Self { thresholds, trackers: BTreeMap::new() }
+        Self { thresholds, trackers: BTreeMap::new(), uuids: BTreeMap::new() }
     }
 
     /// Feeds one sample; `backlog` is the arbiter's load per GPU key (missing keys have none).
@@ -187,7 +189,11 @@ impl AlertEngine {
                     self.apply(sample.at, Some(&gpu.key), check, &mut alerts);
                 }
             }
-            self.apply(sample.at, Some(&gpu.key), lost_check(gpu), &mut alerts);
+            if let Some(uuid) = &gpu.uuid {
+                self.uuids.insert(gpu.key.clone(), uuid.clone());
+            }
+            let uuid = self.uuids.get(&gpu.key).cloned();
+            self.apply(sample.at, Some(&gpu.key), lost_check(gpu, uuid), &mut alerts);
         }
         for xid in &sample.xid_errors {
             alerts.push(Alert {
@@ -371,7 +377,8 @@ fn gpu_checks(t: &AlertThresholds, gpu: &GpuSample, load: Backlog) -> [Check; 3]
 
 /// GPU_LOST: raised on the first sample that reads the GPU lost, with no minimum duration (the
 /// driver's answer is final), and cleared by the first one that reads it again.
-fn lost_check(gpu: &GpuSample) -> Check {
+/// `uuid`: the GPU's UUID as last read.
+fn lost_check(gpu: &GpuSample, uuid: Option<String>) -> Check {
     Check {
         code: AlertCode::GpuLost,
         level: AlertLevel::Critical,
@@ -380,7 +387,7 @@ fn lost_check(gpu: &GpuSample) -> Check {
         clear_after_ms: Some(0.0),
         raised: "the GPU is lost (fell off the bus); its services and leases cannot use it".to_string(),
         cleared: "the GPU reads again".to_string(),
-        figures: figures(json!({ "index": gpu.index, "uuid": gpu.uuid })),
+        figures: figures(json!({ "index": gpu.index, "uuid": uuid })),
     }
 }
 
@@ -532,6 +539,7 @@ mod tests {
         }
         assert_eq!(at_loss[2].level, AlertLevel::Critical);
         assert_eq!(at_loss[2].figures["index"], 1);
+        assert_eq!(at_loss[2].figures["uuid"], "GPU-1", "the UUID as last read: a lost GPU gives none");
         // Still lost: nothing more, however long.
         for i in 5..30 {
             let mut s = two(0.0, 0, true);
