@@ -19,6 +19,7 @@ import type {
   GpuLeaseReason,
   GpuLeaseStatus,
   HostBudget,
+  RecordedEvent,
   ServiceEvent,
   ServiceOutcome,
   ServiceStatus,
@@ -596,11 +597,12 @@ export interface NodeConfig {
 
 /**
  * Reads a JSONL recording (as `new Telemetry({ record })` writes it) and runs the alert engine
- * over it with `options.thresholds` (the other options are ignored). Throws `INVALID_ARGUMENT`
+ * over it with `options.thresholds` (the other options are ignored); `events` are its event
+ * lines (service and lease events written beside the samples). Throws `INVALID_ARGUMENT`
  * naming the file and line of a bad sample, `IO_ERROR` for an unreadable file, `INVALID_CONFIG`
  * for bad thresholds.
  */
-export declare function readRecording(path: string, options?: TelemetryOptions): { samples: TelemetrySample[]; alerts: TelemetryAlert[] }
+export declare function readRecording(path: string, options?: TelemetryOptions): { samples: TelemetrySample[]; alerts: TelemetryAlert[]; events: RecordedEvent[] }
 
 /**
  * How many workers of `perWorkerMb` fit now, from a one-off sample taken on this thread (for a

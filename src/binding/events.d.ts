@@ -474,6 +474,31 @@ signal: (string | null)
 at: number
 }
 /**
+ * An event line of a recording: `{"at": <epoch ms>, "event": {kind, subject, label}}`.
+ */
+export interface RecordedEvent {
+at: number
+event: RecordedEventMark
+}
+/**
+ * One event beside the samples.
+ */
+export interface RecordedEventMark {
+/**
+ * What a recorded event line says happened. (Alerts are not recorded: a report raises them
+ * again from the samples.)
+ */
+kind: ("service-ready" | "service-failed" | "service-restarted" | "service-evicted" | "lease-revoked")
+/**
+ * The service or GPU key it is about.
+ */
+subject: (string | null)
+/**
+ * What happened, in words (the report shows it on hover and in its events table).
+ */
+label: string
+}
+/**
  * An error with a stable code and a message that says what was wrong and where. As data (in
  * service events, start outcomes and statuses) JS sees it as `{ code, message }`.
  */
@@ -649,7 +674,7 @@ level: ("info" | "warning" | "critical")
 /**
  * What an alert is about. The strings are part of the public contract.
  */
-code: ("GPU_USAGE_HIGH" | "VRAM_PRESSURE" | "GPU_IDLE_WITH_BACKLOG" | "HOST_MEMORY_PRESSURE" | "SWAP_ACTIVE" | "ZOMBIE_PROCESSES" | "XID_ERROR")
+code: ("GPU_USAGE_HIGH" | "VRAM_PRESSURE" | "GPU_IDLE_WITH_BACKLOG" | "HOST_MEMORY_PRESSURE" | "SWAP_ACTIVE" | "ZOMBIE_PROCESSES" | "XID_ERROR" | "GPU_LOST")
 /**
  * Raised (`true`) or cleared (`false`).
  */

@@ -185,9 +185,13 @@ impl ServiceSupervisor {
     pub fn stop<'env>(&self, env: &'env Env, name: Option<Unknown>) -> Result<PromiseRaw<'env, ()>, Code> {
         let name = args::string(env, name, "name")?;
         let core = self.core.clone();
-        // In this turn: `status(name).state` reads 'stopping' as soon as stop() returns.
-        core.begin_stop(&name)?;
-        promise(env, &self.state, async move { core.stop(&name).await })
+        // In this turn: `status(name).state` reads 'stopping' as soon as stop() returns. An
+        // unknown name rejects (as it always did) rather than throws.
+        let begun = core.begin_stop(&name);
+        promise(env, &self.state, async move {
+            begun?;
+            core.stop(&name).await
+        })
     }
 
     /// Sets the hook asked for extra environment just before each spawn of any service,

@@ -17,7 +17,7 @@ use crate::services::{
     HostBudgetAnswer, ListenerNote, PeakVramMethod, ServiceEvent, ServiceOutcome, ServiceState, ServiceStatus,
     ServicesConfig, ServicesUpdate, StartAllOptions, WaitReason,
 };
-use crate::telemetry::{Alert, Inventory, Recommendation, Sample, TelemetryOptions};
+use crate::telemetry::{Alert, Inventory, Recommendation, RecordedEvent, Sample, TelemetryOptions};
 
 /// The file's sections gpu-sidecar reads; other apps' sections are allowed and left alone.
 #[derive(Default, JsonSchema)]
@@ -64,6 +64,7 @@ pub fn events_schema() -> Value {
         ("ServiceEvent", generator.subschema_for::<ListenerServiceEvent>()),
         ("TelemetrySample", generator.subschema_for::<Sample>()),
         ("TelemetryAlert", generator.subschema_for::<Alert>()),
+        ("RecordedEvent", generator.subschema_for::<RecordedEvent>()),
         ("ServiceOutcome", generator.subschema_for::<ServiceOutcome>()),
         ("ServiceStatus", generator.subschema_for::<ServiceStatus>()),
         ("HostBudget", generator.subschema_for::<HostBudgetAnswer>()),
