@@ -1,4 +1,5 @@
-//! Finding what a service forked, however it forked, so a stop leaves nothing behind.
+//! Finding what a service forked, however it forked, so a stop leaves nothing behind; and how
+//! much memory all of it holds, for the learned peak.
 //!
 //! Killing the service's process group misses a descendant that left it: a daemon-style double
 //! fork with `setsid()` puts the grandchild in a new session and group, and once its parent exits
@@ -13,19 +14,34 @@
 //! they did not spawn, so they would pile up as zombies in the host. The cost: a service that
 //! never waits for adopted children keeps their zombies until it exits (its own descendants only).
 //!
-//! [`EscapedGroups`] walks the service's subtree (every [`SCAN_INTERVAL`] while it runs, and at
-//! each stop) and remembers each process group a descendant leads outside the service's group,
-//! registering it with the host-death watchdog too. A stop signals those groups with the
-//! service's, and kills them once the service is gone (by then they are init's children).
+//! [`ServiceTree`] walks the service's subtree while it runs and remembers each process group a
+//! descendant leads outside the service's group, registering it with the host-death watchdog
+//! too; the same walk measures the tree's resident memory for the learned peak. A stop signals
+//! those groups with the service's, and kills them once the service is gone (by then they are
+//! init's children).
+//!
+//! Cost: the walk goes down from the service through `/proc/<pid>/task/<tid>/children` (Linux
+//! 3.5+), so it reads only the service's own processes, not every process on the machine (a
+//! desktop has 300 to 600). It runs every [`SCAN_INTERVAL`] while the service loads and after its
+//! tree changed, every [`IDLE_SCAN_INTERVAL`] once it is ready and still; the ready moment gets a
+//! walk of its own. The whole process table is read only where it decides something: when a
+//! group not seen before turns up (is another process in it?), at a stop, and where the kernel
+//! lists no children (`CONFIG_PROC_CHILDREN` off).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use super::host_death::{HostDeathWatchdog, WatchedGroup};
 
-/// How often a running service's subtree is walked for escaped process groups.
+/// How often a loading service's subtree is walked, and a ready one's after its tree changed
+/// (or less, with a shorter `probeIntervalMs`).
 pub const SCAN_INTERVAL: Duration = Duration::from_millis(250);
+
+/// How often a ready service whose tree did not change is walked. Bounds how long an escaped
+/// group formed by a ready service goes unknown to the host-death watchdog.
+pub const IDLE_SCAN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A process as `/proc/<pid>/stat` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,39 +52,71 @@ pub struct ProcEntry {
     pub zombie: bool,
 }
 
-/// Every process now running below `root` (not `root` itself), through parent links.
-pub fn descendants(root: u32) -> Vec<ProcEntry> {
-    subtree(&process_table(), root)
+/// Where the facts about processes come from: `/proc` ([`Procfs`]), or a table in tests.
+pub trait ProcSource {
+    /// The children of every thread of `pid`: empty once `pid` is gone; `None` where the kernel
+    /// does not list children.
+    fn children(&self, pid: u32) -> Option<Vec<u32>>;
+    /// `pid`'s entry; `None` once it is gone.
+    fn entry(&self, pid: u32) -> Option<ProcEntry>;
+    /// Resident memory in KiB; `None` once `pid` is gone.
+    fn rss_kb(&self, pid: u32) -> Option<u64>;
+    /// Every process on the machine.
+    fn table(&self) -> Vec<ProcEntry>;
 }
 
-fn subtree(table: &[ProcEntry], root: u32) -> Vec<ProcEntry> {
-    let mut children: BTreeMap<u32, Vec<ProcEntry>> = BTreeMap::new();
-    for entry in table {
-        children.entry(entry.ppid).or_default().push(*entry);
-    }
-    let mut found = Vec::new();
-    let mut next = vec![root];
-    while let Some(pid) = next.pop() {
-        for child in children.get(&pid).into_iter().flatten() {
-            // A cycle is impossible in a real table; the guard keeps a torn read from looping.
-            if child.pid != root && !found.iter().any(|f: &ProcEntry| f.pid == child.pid) {
-                found.push(*child);
-                next.push(child.pid);
-            }
-        }
-    }
-    found
-}
+/// The running system's `/proc` (Linux; elsewhere it shows no processes).
+pub struct Procfs;
 
 #[cfg(target_os = "linux")]
-fn process_table() -> Vec<ProcEntry> {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
-    dir.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok()).filter_map(read_stat).collect()
+impl ProcSource for Procfs {
+    fn children(&self, pid: u32) -> Option<Vec<u32>> {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Some(Vec::new()) };
+        let mut children = Vec::new();
+        for task in tasks.flatten() {
+            match std::fs::read_to_string(task.path().join("children")) {
+                Ok(list) => children.extend(list.split_whitespace().filter_map(|pid| pid.parse::<u32>().ok())),
+                // The thread (or the process) ended between the listing and the read.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && !task.path().exists() => {}
+                Err(_) => return None,
+            }
+        }
+        Some(children)
+    }
+
+    fn entry(&self, pid: u32) -> Option<ProcEntry> {
+        read_stat(pid)
+    }
+
+    fn rss_kb(&self, pid: u32) -> Option<u64> {
+        // `/proc/<pid>/statm`: its second field, in pages.
+        let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+        let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+        // SAFETY: sysconf only reads a system constant.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        Some(pages * (if page > 0 { page as u64 } else { 4096 }) / 1024)
+    }
+
+    fn table(&self) -> Vec<ProcEntry> {
+        let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+        dir.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok()).filter_map(read_stat).collect()
+    }
 }
 
 #[cfg(not(target_os = "linux"))]
-fn process_table() -> Vec<ProcEntry> {
-    Vec::new()
+impl ProcSource for Procfs {
+    fn children(&self, _pid: u32) -> Option<Vec<u32>> {
+        Some(Vec::new())
+    }
+    fn entry(&self, _pid: u32) -> Option<ProcEntry> {
+        None
+    }
+    fn rss_kb(&self, _pid: u32) -> Option<u64> {
+        None
+    }
+    fn table(&self) -> Vec<ProcEntry> {
+        Vec::new()
+    }
 }
 
 /// `/proc/<pid>/stat`: the fields after the command name (which may hold spaces and parens).
@@ -82,48 +130,215 @@ fn read_stat(pid: u32) -> Option<ProcEntry> {
     Some(ProcEntry { pid, ppid, pgid, zombie: state == "Z" })
 }
 
-/// The process groups a service's descendants lead outside the service's own group, each
-/// watched by the host-death watchdog until it is killed.
-pub struct EscapedGroups {
+/// Every process now running below `root` (not `root` itself).
+pub fn descendants(root: u32) -> Vec<ProcEntry> {
+    walk(&Procfs, root)
+}
+
+/// Every process below `root`, walked down its children lists: the reads grow with the subtree,
+/// not with the machine. Where the kernel lists no children, through every process's parent link.
+pub fn walk(source: &impl ProcSource, root: u32) -> Vec<ProcEntry> {
+    let mut found: Vec<ProcEntry> = Vec::new();
+    let mut seen = BTreeSet::from([root]);
+    let mut next = vec![root];
+    while let Some(pid) = next.pop() {
+        let Some(children) = source.children(pid) else { return subtree(&source.table(), root) };
+        for child in children {
+            // A cycle is impossible in a real tree; the guard keeps a torn read from looping.
+            if seen.insert(child) {
+                if let Some(entry) = source.entry(child) {
+                    found.push(entry);
+                    next.push(child);
+                }
+            }
+        }
+    }
+    found
+}
+
+/// The subtree of `root` in a whole process table, through parent links.
+fn subtree(table: &[ProcEntry], root: u32) -> Vec<ProcEntry> {
+    let mut children: BTreeMap<u32, Vec<ProcEntry>> = BTreeMap::new();
+    for entry in table {
+        children.entry(entry.ppid).or_default().push(*entry);
+    }
+    let mut found = Vec::new();
+    let mut seen = BTreeSet::from([root]);
+    let mut next = vec![root];
+    while let Some(pid) = next.pop() {
+        for child in children.get(&pid).into_iter().flatten() {
+            if seen.insert(child.pid) {
+                found.push(*child);
+                next.push(child.pid);
+            }
+        }
+    }
+    found
+}
+
+/// The resident memory (KiB) of `root` and of the live processes `below` it; `None` once `root`
+/// is gone.
+pub fn tree_rss_kb(source: &impl ProcSource, root: u32, below: &[ProcEntry]) -> Option<u64> {
+    let root_kb = source.rss_kb(root)?;
+    Some(root_kb + below.iter().filter(|p| !p.zombie).filter_map(|p| source.rss_kb(p.pid)).sum::<u64>())
+}
+
+/// How long until the next walk: `loading_interval` while the service loads or right after its
+/// tree changed (a fork may be the first of several, an escape may be under way), else
+/// [`IDLE_SCAN_INTERVAL`].
+pub fn next_walk(loaded: bool, changed: bool, loading_interval: Duration) -> Duration {
+    if loaded && !changed {
+        IDLE_SCAN_INTERVAL.max(loading_interval)
+    } else {
+        loading_interval
+    }
+}
+
+/// A running service's tree: the process groups its descendants lead outside the service's own
+/// (each watched by the host-death watchdog until it is killed), and the peak resident memory of
+/// the whole tree. One walk serves both.
+pub struct ServiceTree {
     service_pid: u32,
     /// Weak: the supervisor decides when the watchdog ends (its `close` reaps it).
     watchdog: Weak<HostDeathWatchdog>,
-    groups: Mutex<BTreeMap<u32, Option<WatchedGroup>>>,
+    /// The walk's interval while the service loads.
+    loading_interval: Duration,
+    state: Mutex<TreeState>,
+    loaded: AtomicBool,
+    /// The service was reaped: its pid may be reused, so it is walked no more.
+    ended: AtomicBool,
+    peak_rss_kb: AtomicU64,
 }
 
-impl EscapedGroups {
-    pub fn new(service_pid: u32, watchdog: Option<&Arc<HostDeathWatchdog>>) -> Arc<Self> {
+#[derive(Default)]
+struct TreeState {
+    groups: BTreeMap<u32, Option<WatchedGroup>>,
+    /// Groups a process outside the tree was in at the last whole-table look: not ours to kill
+    /// as a whole, and not looked up again at every walk.
+    shared: BTreeSet<u32>,
+    /// What the last walk found, to tell a changed tree from a still one.
+    pids: BTreeSet<u32>,
+}
+
+impl ServiceTree {
+    /// The tree below `service_pid`, walked every `loading_interval` while it loads.
+    pub fn new(service_pid: u32, watchdog: Option<&Arc<HostDeathWatchdog>>, loading_interval: Duration) -> Arc<Self> {
         let watchdog = watchdog.map_or_else(Weak::new, Arc::downgrade);
-        Arc::new(Self { service_pid, watchdog, groups: Mutex::new(BTreeMap::new()) })
+        Arc::new(Self {
+            service_pid,
+            watchdog,
+            loading_interval,
+            state: Mutex::new(TreeState::default()),
+            loaded: AtomicBool::new(false),
+            ended: AtomicBool::new(false),
+            peak_rss_kb: AtomicU64::new(0),
+        })
     }
 
-    /// Walks the service's subtree and remembers new escaped groups; returns the live
-    /// descendants that are in neither the service's group nor a group of their own (they can
-    /// only be signalled one by one).
-    pub fn scan(&self) -> Vec<u32> {
-        let table = process_table();
-        let found = subtree(&table, self.service_pid);
+    fn state(&self) -> std::sync::MutexGuard<'_, TreeState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One walk of `/proc`; returns how long to wait until the next.
+    pub fn tick(&self) -> Duration {
+        self.tick_in(&Procfs)
+    }
+
+    /// One walk: raises the peak memory, remembers new escaped groups, and says how long to wait
+    /// until the next walk.
+    pub fn tick_in(&self, source: &impl ProcSource) -> Duration {
+        if self.ended.load(Ordering::Relaxed) {
+            return IDLE_SCAN_INTERVAL;
+        }
+        let found = walk(source, self.service_pid);
+        if let Some(kb) = tree_rss_kb(source, self.service_pid, &found) {
+            self.peak_rss_kb.fetch_max(kb, Ordering::Relaxed);
+        }
+        let mut state = self.state();
+        let pids: BTreeSet<u32> = found.iter().map(|p| p.pid).collect();
+        let changed = pids != state.pids;
+        state.pids = pids;
+        let unknown = found.iter().any(|p| {
+            !p.zombie
+                && p.pgid != self.service_pid
+                && !state.groups.contains_key(&p.pgid)
+                && !state.shared.contains(&p.pgid)
+        });
+        if unknown {
+            // Is anyone outside the tree in the new group? Only the whole table says. Whatever
+            // forked since the walk is counted as ours too, not as an outsider.
+            let table = source.table();
+            let mut ours = found;
+            let walked: BTreeSet<u32> = ours.iter().map(|p| p.pid).collect();
+            ours.extend(subtree(&table, self.service_pid).into_iter().filter(|p| !walked.contains(&p.pid)));
+            self.classify(&mut state, &table, &ours);
+        }
+        next_walk(self.loaded.load(Ordering::Relaxed), changed, self.loading_interval)
+    }
+
+    /// Remembers the groups the live processes `found` in the tree lead outside the service's
+    /// group; returns those in a group a process outside the tree is in too (they can only be
+    /// signalled one by one).
+    fn classify(&self, state: &mut TreeState, table: &[ProcEntry], found: &[ProcEntry]) -> Vec<u32> {
         let ours: BTreeSet<u32> = found.iter().map(|p| p.pid).chain([self.service_pid]).collect();
         // A group any other process is in (the host's, say: a descendant that never left the
         // host's session may join it) is not ours to kill as a whole.
         let shared: BTreeSet<u32> = table.iter().filter(|p| !ours.contains(&p.pid)).map(|p| p.pgid).collect();
-        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        state.shared.clear();
         let mut strays = Vec::new();
         for p in found.iter().filter(|p| !p.zombie && p.pgid != self.service_pid) {
             if shared.contains(&p.pgid) {
                 strays.push(p.pid);
+                state.shared.insert(p.pgid);
             } else {
-                groups.entry(p.pgid).or_insert_with(|| self.watchdog.upgrade().map(|w| w.watch(p.pgid)));
+                state.groups.entry(p.pgid).or_insert_with(|| self.watchdog.upgrade().map(|w| w.watch(p.pgid)));
             }
         }
         strays
     }
 
+    /// The service is ready: its tree is walked less often from now on, unless it changes.
+    pub fn loaded(&self) {
+        self.loaded.store(true, Ordering::Relaxed);
+    }
+
+    /// The service was reaped: its pid is no longer its own.
+    pub fn ended(&self) {
+        self.ended.store(true, Ordering::Relaxed);
+    }
+
+    /// The highest resident memory of the whole tree so far, in MB (one more walk first, while
+    /// the tree may still be there); `None` before any was seen.
+    pub fn peak_rss_mb(&self) -> Option<u64> {
+        self.tick();
+        Some(self.peak_rss_kb.load(Ordering::Relaxed) / 1024).filter(|&mb| mb > 0)
+    }
+
+    /// The escaped groups known so far.
+    #[cfg(test)]
+    pub fn escaped_groups(&self) -> Vec<u32> {
+        self.state().groups.keys().copied().collect()
+    }
+
+    /// Reads the whole process table, remembers new escaped groups, and returns the live
+    /// descendants that are in neither the service's group nor a group of their own. For a stop:
+    /// exact whatever the periodic walks saw.
+    pub fn scan(&self) -> Vec<u32> {
+        self.scan_in(&Procfs)
+    }
+
+    pub fn scan_in(&self, source: &impl ProcSource) -> Vec<u32> {
+        let table = source.table();
+        let found = subtree(&table, self.service_pid);
+        let mut state = self.state();
+        self.classify(&mut state, &table, &found)
+    }
+
     /// Sends `signal` to every escaped group, and to `strays`.
     #[cfg(unix)]
     pub fn signal(&self, signal: libc::c_int, strays: &[u32]) {
-        let groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
-        for pgid in groups.keys() {
+        let state = self.state();
+        for pgid in state.groups.keys() {
             // SAFETY: only sends a signal; ESRCH (group gone) is fine.
             unsafe { libc::killpg(*pgid as libc::pid_t, signal) };
         }
@@ -154,7 +369,7 @@ impl EscapedGroups {
     #[cfg(unix)]
     pub fn kill_known(&self) {
         self.signal(libc::SIGKILL, &[]);
-        self.groups.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.state().groups.clear();
     }
 
     #[cfg(not(unix))]
@@ -164,18 +379,270 @@ impl EscapedGroups {
     pub fn kill_known(&self) {}
 }
 
-#[cfg(all(test, target_os = "linux"))]
+#[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A process table in memory that counts what is read from it.
+    #[derive(Default)]
+    struct FakeProcs {
+        procs: Mutex<BTreeMap<u32, (ProcEntry, u64)>>,
+        no_children_lists: bool,
+        /// Pids whose own files were read (children, stat, statm).
+        read: Mutex<BTreeSet<u32>>,
+        tables: AtomicUsize,
+    }
+
+    impl FakeProcs {
+        fn add(&self, pid: u32, ppid: u32, pgid: u32, rss_kb: u64) {
+            self.procs.lock().unwrap().insert(pid, (ProcEntry { pid, ppid, pgid, zombie: false }, rss_kb));
+        }
+        fn remove(&self, pid: u32) {
+            self.procs.lock().unwrap().remove(&pid);
+        }
+        /// `pid`'s parent exits: the kernel hands it to `reaper`.
+        fn reparent(&self, pid: u32, reaper: u32) {
+            self.procs.lock().unwrap().get_mut(&pid).unwrap().0.ppid = reaper;
+        }
+        fn set_rss(&self, pid: u32, kb: u64) {
+            self.procs.lock().unwrap().get_mut(&pid).unwrap().1 = kb;
+        }
+        /// A machine: init, the host (group 50) and `others` unrelated processes.
+        fn machine(others: u32) -> Self {
+            let procs = Self::default();
+            procs.add(1, 0, 1, 10_000);
+            procs.add(50, 1, 50, 100_000);
+            for pid in 1_000..1_000 + others {
+                procs.add(pid, 1, pid, 5_000);
+            }
+            procs
+        }
+        fn take_reads(&self) -> (BTreeSet<u32>, usize) {
+            (std::mem::take(&mut *self.read.lock().unwrap()), self.tables.swap(0, Ordering::Relaxed))
+        }
+    }
+
+    impl ProcSource for FakeProcs {
+        fn children(&self, pid: u32) -> Option<Vec<u32>> {
+            if self.no_children_lists {
+                return None;
+            }
+            self.read.lock().unwrap().insert(pid);
+            Some(self.procs.lock().unwrap().values().filter(|(p, _)| p.ppid == pid).map(|(p, _)| p.pid).collect())
+        }
+        fn entry(&self, pid: u32) -> Option<ProcEntry> {
+            self.read.lock().unwrap().insert(pid);
+            self.procs.lock().unwrap().get(&pid).map(|(p, _)| *p)
+        }
+        fn rss_kb(&self, pid: u32) -> Option<u64> {
+            self.read.lock().unwrap().insert(pid);
+            self.procs.lock().unwrap().get(&pid).map(|(_, kb)| *kb)
+        }
+        fn table(&self) -> Vec<ProcEntry> {
+            self.tables.fetch_add(1, Ordering::Relaxed);
+            self.procs.lock().unwrap().values().map(|(p, _)| *p).collect()
+        }
+    }
+
+    const LOADING: Duration = Duration::from_millis(250);
+
+    /// Service 100 (a child of the host, its own group 100) with a worker 101 in its group.
+    fn service_on(machine: FakeProcs) -> (FakeProcs, Arc<ServiceTree>) {
+        machine.add(100, 50, 100, 200_000);
+        machine.add(101, 100, 100, 300_000);
+        (machine, ServiceTree::new(100, None, LOADING))
+    }
+
+    /// 102 calls setsid() (group 102) and forks 103, then exits: 103 goes to the subreaper.
+    fn double_fork_with_setsid(procs: &FakeProcs) {
+        procs.add(102, 100, 102, 1_000);
+        procs.add(103, 102, 102, 50_000);
+        procs.remove(102);
+        procs.reparent(103, 100);
+    }
 
     #[test]
-    fn finds_the_subtree_of_this_process() {
-        let mut child = std::process::Command::new("sh").args(["-c", "sleep 30 & wait"]).spawn().unwrap();
-        std::thread::sleep(Duration::from_millis(200));
-        let below = descendants(std::process::id());
-        let sh = below.iter().find(|p| p.pid == child.id()).expect("the child is a descendant");
-        assert!(below.iter().any(|p| p.ppid == sh.pid), "the grandchild too: {below:?}");
-        child.kill().unwrap();
-        child.wait().unwrap();
+    fn a_double_forked_setsid_escapee_is_found_under_the_subreaper_and_its_group_kept() {
+        let (procs, tree) = service_on(FakeProcs::machine(20));
+        tree.tick_in(&procs);
+        assert!(tree.escaped_groups().is_empty());
+        double_fork_with_setsid(&procs);
+        tree.tick_in(&procs);
+        assert_eq!(tree.escaped_groups(), [102], "the escapee's group, though its leader is gone");
+        // It stays known after the escapee's group is looked at no more.
+        tree.tick_in(&procs);
+        assert_eq!(tree.escaped_groups(), [102]);
+        // And a stop's whole-table scan finds it too, with no stray to signal one by one.
+        assert!(tree.scan_in(&procs).is_empty());
+    }
+
+    #[test]
+    fn a_group_a_process_outside_the_tree_is_in_is_left_to_single_signals() {
+        let (procs, tree) = service_on(FakeProcs::machine(20));
+        // 104 joined the host's group 50.
+        procs.add(104, 100, 50, 1_000);
+        tree.tick_in(&procs);
+        assert!(tree.escaped_groups().is_empty(), "the host's group is not ours to kill");
+        assert_eq!(tree.scan_in(&procs), [104]);
+    }
+
+    #[test]
+    fn a_still_tree_is_walked_without_reading_the_rest_of_the_machine() {
+        let (procs, tree) = service_on(FakeProcs::machine(500));
+        tree.tick_in(&procs);
+        let (read, tables) = procs.take_reads();
+        assert_eq!((read, tables), (BTreeSet::from([100, 101]), 0));
+        // A new group: one look at the whole table to tell whether anyone else is in it.
+        double_fork_with_setsid(&procs);
+        tree.tick_in(&procs);
+        let (read, tables) = procs.take_reads();
+        assert_eq!((read, tables), (BTreeSet::from([100, 101, 103]), 1));
+        // Known from then on: the tree's own files only, however many processes the machine has.
+        for _ in 0..10 {
+            tree.tick_in(&procs);
+        }
+        let (read, tables) = procs.take_reads();
+        assert_eq!((read, tables), (BTreeSet::from([100, 101, 103]), 0));
+    }
+
+    #[test]
+    fn the_peak_covers_every_process_of_the_tree_and_keeps_a_spike() {
+        let (procs, tree) = service_on(FakeProcs::machine(20));
+        procs.add(105, 101, 100, 400_000); // a grandchild
+        tree.tick_in(&procs);
+        // 200 + 300 + 400 MB: the grandchild counts.
+        assert_eq!(tree.peak_rss_kb.load(Ordering::Relaxed), 900_000);
+        // A spike while loading, then the grandchild frees it and an escapee appears.
+        procs.set_rss(105, 1_400_000);
+        tree.tick_in(&procs);
+        procs.set_rss(105, 10_000);
+        double_fork_with_setsid(&procs);
+        tree.tick_in(&procs);
+        assert_eq!(tree.peak_rss_kb.load(Ordering::Relaxed), 1_900_000);
+        // Zombies hold no memory of their own that counts.
+        procs.procs.lock().unwrap().get_mut(&103).unwrap().0.zombie = true;
+        assert_eq!(tree_rss_kb(&procs, 100, &walk(&procs, 100)), Some(510_000));
+        assert_eq!(tree_rss_kb(&procs, 99, &[]), None, "a gone root has no tree");
+    }
+
+    #[test]
+    fn walks_are_fast_while_loading_or_changing_and_slow_once_ready_and_still() {
+        assert_eq!(next_walk(false, false, LOADING), LOADING);
+        assert_eq!(next_walk(true, true, LOADING), LOADING);
+        assert_eq!(next_walk(true, false, LOADING), IDLE_SCAN_INTERVAL);
+        // A probe interval longer than the idle one is never made shorter.
+        assert_eq!(next_walk(true, false, Duration::from_secs(5)), Duration::from_secs(5));
+        let (procs, tree) = service_on(FakeProcs::machine(20));
+        assert_eq!(tree.tick_in(&procs), LOADING, "loading");
+        tree.loaded();
+        assert_eq!(tree.tick_in(&procs), IDLE_SCAN_INTERVAL, "ready, same tree");
+        double_fork_with_setsid(&procs);
+        assert_eq!(tree.tick_in(&procs), LOADING, "ready, the tree changed");
+        assert_eq!(tree.tick_in(&procs), IDLE_SCAN_INTERVAL, "still again");
+    }
+
+    #[test]
+    fn without_children_lists_the_whole_table_is_walked() {
+        let procs = FakeProcs { no_children_lists: true, ..FakeProcs::machine(20) };
+        procs.add(100, 50, 100, 200_000);
+        procs.add(101, 100, 100, 300_000);
+        procs.add(105, 101, 100, 400_000);
+        let mut found: Vec<u32> = walk(&procs, 100).iter().map(|p| p.pid).collect();
+        found.sort();
+        assert_eq!(found, [101, 105]);
+        assert_eq!(procs.take_reads().1, 1);
+    }
+
+    #[test]
+    fn a_reaped_service_is_walked_no_more() {
+        let (procs, tree) = service_on(FakeProcs::machine(20));
+        tree.ended();
+        // Its pid reused by an unrelated process with an escaped-looking child.
+        double_fork_with_setsid(&procs);
+        tree.tick_in(&procs);
+        assert!(tree.escaped_groups().is_empty());
+        assert_eq!(procs.take_reads(), (BTreeSet::new(), 0));
+    }
+
+    #[cfg(target_os = "linux")]
+    mod linux {
+        use super::*;
+        use std::io::BufRead;
+        use std::os::unix::process::CommandExt;
+        use std::process::{Command, Stdio};
+
+        fn state(pid: u32) -> Option<char> {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            stat.rsplit(')').next()?.trim_start().chars().next()
+        }
+
+        #[test]
+        fn finds_the_subtree_of_this_process() {
+            let mut child = Command::new("sh").args(["-c", "sleep 30 & wait"]).spawn().unwrap();
+            std::thread::sleep(Duration::from_millis(200));
+            let below = descendants(std::process::id());
+            let sh = below.iter().find(|p| p.pid == child.id()).expect("the child is a descendant");
+            assert!(below.iter().any(|p| p.ppid == sh.pid), "the grandchild too: {below:?}");
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+
+        #[test]
+        fn a_real_escapee_is_found_by_the_walk_and_killed() {
+            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/services/escaper.py");
+            let mut command = Command::new("python3");
+            command.arg(script).stdout(Stdio::piped());
+            // SAFETY: prctl only, as the supervisor's own spawn does.
+            unsafe {
+                command.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong);
+                    Ok(())
+                });
+            }
+            let mut service = command.spawn().unwrap();
+            let mut out = std::io::BufReader::new(service.stdout.take().unwrap());
+            let mut line = String::new();
+            out.read_line(&mut line).unwrap();
+            let worker: u32 = line.trim().strip_prefix("ESCAPED ").unwrap().parse().unwrap();
+            let pgid = walk(&Procfs, service.id()).iter().find(|p| p.pid == worker).expect("under the subreaper").pgid;
+            assert_ne!(pgid, service.id(), "it left the service's group");
+            let tree = ServiceTree::new(service.id(), None, LOADING);
+            tree.tick();
+            assert_eq!(tree.escaped_groups(), [pgid]);
+            tree.kill_known();
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while !matches!(state(worker), None | Some('Z')) {
+                assert!(std::time::Instant::now() < deadline, "the escaped worker still runs");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            service.kill().unwrap();
+            service.wait().unwrap();
+        }
+
+        #[test]
+        fn the_tree_peak_counts_a_grandchild() {
+            // sh, and below it python holding 64 MB.
+            let alloc = "import time\nb=bytearray(64<<20)\nfor i in range(0,len(b),4096): b[i]=1\nprint('ok',flush=True)\ntime.sleep(30)";
+            let mut sh = Command::new("sh")
+                .args(["-c", "python3 -c \"$ALLOC\" & wait"])
+                .env("ALLOC", alloc)
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut line = String::new();
+            std::io::BufReader::new(sh.stdout.take().unwrap()).read_line(&mut line).unwrap();
+            assert_eq!(line.trim(), "ok");
+            let tree = ServiceTree::new(sh.id(), None, LOADING);
+            let peak = tree.peak_rss_mb().unwrap();
+            assert!(peak >= 64, "the grandchild's 64 MB: {peak} MB");
+            assert!(crate::services::tree_rss_mb(sh.id()).unwrap() >= 64);
+            for p in walk(&Procfs, sh.id()) {
+                // SAFETY: only signals the python this test started.
+                unsafe { libc::kill(p.pid as libc::pid_t, libc::SIGKILL) };
+            }
+            sh.kill().unwrap();
+            sh.wait().unwrap();
+        }
     }
 }

@@ -7,7 +7,7 @@
 //! not covered by it; they share the service's process group, which every stop (and every exit of
 //! the service) kills as a whole, and which the supervisor's [`HostDeathWatchdog`] kills when the host
 //! dies. Descendants that left the group (double fork and `setsid`) are tracked by
-//! [`EscapedGroups`] (see [`super::descendants`] for how, and why a subreaper).
+//! [`ServiceTree`] (see [`super::descendants`] for how, and why a subreaper).
 use std::collections::VecDeque;
 use std::io;
 use std::process::Stdio;
@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::config::{ServiceSpec, StopSignal};
-use super::descendants::{EscapedGroups, SCAN_INTERVAL};
+use super::descendants::{ServiceTree, SCAN_INTERVAL};
 use super::events::{ExitInfo, OutputStream, ServiceEvent, ServiceEventKind};
 use super::host_death::{HostDeathWatchdog, WatchedGroup};
 use super::log_file::RotatingLog;
@@ -128,9 +128,9 @@ pub struct ServiceProcess {
     exit: Option<ExitInfo>,
     /// Held until the group is killed; dropped after `Drop::drop` has killed it.
     watched: Option<WatchedGroup>,
-    /// Process groups its descendants formed outside its own.
-    escaped: Arc<EscapedGroups>,
-    /// Walks its subtree for escaped groups while it runs.
+    /// Its process tree: the groups its descendants formed outside its own, and its peak memory.
+    tree: Arc<ServiceTree>,
+    /// Walks its tree while it runs.
     scanner: Option<JoinHandle<()>>,
 }
 
@@ -216,13 +216,14 @@ impl ServiceProcess {
         let pid = child.id().ok_or_else(|| io::Error::other("child exited before its pid was read"))?;
         // The group leader's pid is the group id.
         let watched = watchdog.map(|w| w.watch(pid));
-        let escaped = EscapedGroups::new(pid, watchdog);
+        let loading_interval = SCAN_INTERVAL.min(Duration::from_millis(spec.probe_interval_ms.get()));
+        let tree = ServiceTree::new(pid, watchdog, loading_interval);
         let scanner = cfg!(target_os = "linux").then(|| {
-            let escaped = escaped.clone();
+            let tree = tree.clone();
             tokio::spawn(async move {
                 loop {
-                    tokio::time::sleep(SCAN_INTERVAL).await;
-                    escaped.scan();
+                    let next = tree.tick();
+                    tokio::time::sleep(next).await;
                 }
             })
         });
@@ -233,11 +234,16 @@ impl ServiceProcess {
         if let Some(err) = child.stderr().take() {
             readers.push(tokio::spawn(read_lines(err, OutputStream::Stderr, sink)));
         }
-        Ok(Self { child, pid, readers, exit: None, watched, escaped, scanner })
+        Ok(Self { child, pid, readers, exit: None, watched, tree, scanner })
     }
 
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// Its process tree, walked while it runs (the learned peak memory reads it).
+    pub fn tree(&self) -> Arc<ServiceTree> {
+        self.tree.clone()
     }
 
     /// Waits for the process to exit and reaps it; cancel-safe. Whatever is left of its process
@@ -253,11 +259,12 @@ impl ServiceProcess {
         };
         self.exit = Some(exit);
         // Reaped: its pid may be reused, so its subtree is no longer walked.
+        self.tree.ended();
         if let Some(scanner) = self.scanner.take() {
             scanner.abort();
         }
         self.signal_group(Signal::Kill);
-        self.escaped.kill_known();
+        self.tree.kill_known();
         self.watched = None;
         exit
     }
@@ -268,16 +275,16 @@ impl ServiceProcess {
             return exit;
         }
         // Escaped descendants get the stop signal too, and are killed once the service is gone.
-        let strays = self.escaped.scan();
+        let strays = self.tree.scan();
         self.signal_group(Signal::Stop(signal));
         #[cfg(unix)]
-        self.escaped.signal(signal_number(Signal::Stop(signal)), &strays);
+        self.tree.signal(signal_number(Signal::Stop(signal)), &strays);
         #[cfg(not(unix))]
         let _ = strays;
         match tokio::time::timeout(grace, self.wait()).await {
             Ok(exit) => exit,
             Err(_) => {
-                self.escaped.kill_tree();
+                self.tree.kill_tree();
                 self.signal_group(Signal::Kill);
                 self.wait().await
             }
@@ -321,7 +328,7 @@ impl Drop for ServiceProcess {
         if let Some(scanner) = self.scanner.take() {
             scanner.abort();
         }
-        self.escaped.kill_tree();
+        self.tree.kill_tree();
         self.signal_group(Signal::Kill);
         #[cfg(unix)]
         {
@@ -332,7 +339,8 @@ impl Drop for ServiceProcess {
         }
         #[cfg(windows)]
         let _ = self.child.start_kill();
-        self.escaped.kill_known();
+        self.tree.ended();
+        self.tree.kill_known();
     }
 }
 

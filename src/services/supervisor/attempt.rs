@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use tokio::sync::watch;
 
+use super::host_gate::RssSampler;
 use super::readiness::ReadyWatch;
 use super::{ms, stop_requested, AbortOnDrop, Attempt, Launched, Shared, OUTPUT_DRAIN};
 use crate::error::{ErrorCode, SidecarError};
@@ -119,7 +120,7 @@ impl Shared {
             None => (None, None),
         };
         let mut vram_peak = self.sample_vram(i, pid, load);
-        let rss_peak = self.sample_rss(i, pid);
+        let rss_peak = RssSampler::new(process.tree());
 
         let last_probe_failure = Mutex::new(None::<String>);
         let watch = ReadyWatch { sink: &sink, notify: notify.clone(), last_failure: &last_probe_failure };
