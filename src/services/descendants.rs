@@ -50,17 +50,19 @@ pub struct ProcEntry {
     pub ppid: u32,
     pub pgid: u32,
     pub zombie: bool,
+    /// How many threads it has (each lists the children it forked).
+    pub threads: u32,
+    /// Resident memory, KiB.
+    pub rss_kb: u64,
 }
 
 /// Where the facts about processes come from: `/proc` ([`Procfs`]), or a table in tests.
 pub trait ProcSource {
-    /// The children of every thread of `pid`: empty once `pid` is gone; `None` where the kernel
-    /// does not list children.
-    fn children(&self, pid: u32) -> Option<Vec<u32>>;
+    /// The children of every thread of `process`: empty once it is gone; `None` where the
+    /// kernel does not list children.
+    fn children(&self, process: &ProcEntry) -> Option<Vec<u32>>;
     /// `pid`'s entry; `None` once it is gone.
     fn entry(&self, pid: u32) -> Option<ProcEntry>;
-    /// Resident memory in KiB; `None` once `pid` is gone.
-    fn rss_kb(&self, pid: u32) -> Option<u64>;
     /// Every process on the machine.
     fn table(&self) -> Vec<ProcEntry>;
 }
@@ -70,12 +72,29 @@ pub struct Procfs;
 
 #[cfg(target_os = "linux")]
 impl ProcSource for Procfs {
-    fn children(&self, pid: u32) -> Option<Vec<u32>> {
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Some(Vec::new()) };
+    fn children(&self, process: &ProcEntry) -> Option<Vec<u32>> {
+        let pid = process.pid;
+        let mut text = String::new();
         let mut children = Vec::new();
+        let mut add = |list: &str| children.extend(list.split_whitespace().filter_map(|pid| pid.parse::<u32>().ok()));
+        if process.threads <= 1 {
+            // One thread: its list is the process's, with no listing of the task folder first.
+            let task = format!("/proc/{pid}/task/{pid}");
+            return match read_small(&format!("{task}/children"), &mut text) {
+                Ok(()) => {
+                    add(&text);
+                    Some(children)
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && !std::path::Path::new(&task).exists() => {
+                    Some(children)
+                }
+                Err(_) => None,
+            };
+        }
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Some(children) };
         for task in tasks.flatten() {
-            match std::fs::read_to_string(task.path().join("children")) {
-                Ok(list) => children.extend(list.split_whitespace().filter_map(|pid| pid.parse::<u32>().ok())),
+            match read_small(&format!("/proc/{pid}/task/{}/children", task.file_name().to_string_lossy()), &mut text) {
+                Ok(()) => add(&text),
                 // The thread (or the process) ended between the listing and the read.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound && !task.path().exists() => {}
                 Err(_) => return None,
@@ -88,15 +107,6 @@ impl ProcSource for Procfs {
         read_stat(pid)
     }
 
-    fn rss_kb(&self, pid: u32) -> Option<u64> {
-        // `/proc/<pid>/statm`: its second field, in pages.
-        let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-        let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-        // SAFETY: sysconf only reads a system constant.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-        Some(pages * (if page > 0 { page as u64 } else { 4096 }) / 1024)
-    }
-
     fn table(&self) -> Vec<ProcEntry> {
         let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
         dir.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok()).filter_map(read_stat).collect()
@@ -105,13 +115,10 @@ impl ProcSource for Procfs {
 
 #[cfg(not(target_os = "linux"))]
 impl ProcSource for Procfs {
-    fn children(&self, _pid: u32) -> Option<Vec<u32>> {
+    fn children(&self, _process: &ProcEntry) -> Option<Vec<u32>> {
         Some(Vec::new())
     }
     fn entry(&self, _pid: u32) -> Option<ProcEntry> {
-        None
-    }
-    fn rss_kb(&self, _pid: u32) -> Option<u64> {
         None
     }
     fn table(&self) -> Vec<ProcEntry> {
@@ -119,41 +126,76 @@ impl ProcSource for Procfs {
     }
 }
 
+/// A small `/proc` file into `text` (replacing what it held): open, read to the end, close, with
+/// none of the size look-ups `fs::read_to_string` makes first (a `/proc` file has no size).
+#[cfg(target_os = "linux")]
+fn read_small(path: &str, text: &mut String) -> std::io::Result<()> {
+    use std::io::Read;
+    text.clear();
+    let mut file = std::fs::File::open(path)?;
+    let mut buf = [0u8; 1024];
+    loop {
+        match file.read(&mut buf)? {
+            0 => return Ok(()),
+            n => text.push_str(&String::from_utf8_lossy(&buf[..n])),
+        }
+    }
+}
+
 /// `/proc/<pid>/stat`: the fields after the command name (which may hold spaces and parens).
 #[cfg(target_os = "linux")]
 fn read_stat(pid: u32) -> Option<ProcEntry> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let mut fields = text[text.rfind(')')? + 2..].split(' ');
-    let state = fields.next()?;
-    let ppid = fields.next()?.parse().ok()?;
-    let pgid = fields.next()?.parse().ok()?;
-    Some(ProcEntry { pid, ppid, pgid, zombie: state == "Z" })
+    let mut text = String::new();
+    read_small(&format!("/proc/{pid}/stat"), &mut text).ok()?;
+    // After ")": state(3) ppid(4) pgrp(5) ... num_threads(20) ... rss(24, pages).
+    let fields: Vec<&str> = text[text.rfind(')')? + 2..].split(' ').collect();
+    let state = *fields.first()?;
+    let ppid = fields.get(1)?.parse().ok()?;
+    let pgid = fields.get(2)?.parse().ok()?;
+    let threads = fields.get(17)?.parse().ok()?;
+    let rss_pages: u64 = fields.get(21)?.parse().ok()?;
+    Some(ProcEntry { pid, ppid, pgid, zombie: state == "Z", threads, rss_kb: rss_pages * page_kb() })
+}
+
+#[cfg(target_os = "linux")]
+fn page_kb() -> u64 {
+    // SAFETY: sysconf only reads a system constant.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if page > 0 {
+        page as u64 / 1024
+    } else {
+        4
+    }
 }
 
 /// Every process now running below `root` (not `root` itself).
 pub fn descendants(root: u32) -> Vec<ProcEntry> {
-    walk(&Procfs, root)
+    walk(&Procfs, root).map(|(_, below)| below).unwrap_or_default()
 }
 
-/// Every process below `root`, walked down its children lists: the reads grow with the subtree,
-/// not with the machine. Where the kernel lists no children, through every process's parent link.
-pub fn walk(source: &impl ProcSource, root: u32) -> Vec<ProcEntry> {
+/// `root` and every process below it, walked down the children lists: the reads grow with the
+/// subtree, not with the machine. Where the kernel lists no children, through every process's
+/// parent link. `None` once `root` is gone.
+pub fn walk(source: &impl ProcSource, root: u32) -> Option<(ProcEntry, Vec<ProcEntry>)> {
+    let root_entry = source.entry(root)?;
     let mut found: Vec<ProcEntry> = Vec::new();
     let mut seen = BTreeSet::from([root]);
-    let mut next = vec![root];
-    while let Some(pid) = next.pop() {
-        let Some(children) = source.children(pid) else { return subtree(&source.table(), root) };
+    let mut next = vec![root_entry];
+    while let Some(process) = next.pop() {
+        let Some(children) = source.children(&process) else {
+            return Some((root_entry, subtree(&source.table(), root)));
+        };
         for child in children {
             // A cycle is impossible in a real tree; the guard keeps a torn read from looping.
             if seen.insert(child) {
                 if let Some(entry) = source.entry(child) {
                     found.push(entry);
-                    next.push(child);
+                    next.push(entry);
                 }
             }
         }
     }
-    found
+    Some((root_entry, found))
 }
 
 /// The subtree of `root` in a whole process table, through parent links.
@@ -176,11 +218,9 @@ fn subtree(table: &[ProcEntry], root: u32) -> Vec<ProcEntry> {
     found
 }
 
-/// The resident memory (KiB) of `root` and of the live processes `below` it; `None` once `root`
-/// is gone.
-pub fn tree_rss_kb(source: &impl ProcSource, root: u32, below: &[ProcEntry]) -> Option<u64> {
-    let root_kb = source.rss_kb(root)?;
-    Some(root_kb + below.iter().filter(|p| !p.zombie).filter_map(|p| source.rss_kb(p.pid)).sum::<u64>())
+/// The resident memory (KiB) of `root` and of the live processes `below` it.
+pub fn tree_rss_kb(root: &ProcEntry, below: &[ProcEntry]) -> u64 {
+    root.rss_kb + below.iter().filter(|p| !p.zombie).map(|p| p.rss_kb).sum::<u64>()
 }
 
 /// How long until the next walk: `loading_interval` while the service loads or right after its
@@ -250,10 +290,13 @@ impl ServiceTree {
         if self.ended.load(Ordering::Relaxed) {
             return IDLE_SCAN_INTERVAL;
         }
-        let found = walk(source, self.service_pid);
-        if let Some(kb) = tree_rss_kb(source, self.service_pid, &found) {
-            self.peak_rss_kb.fetch_max(kb, Ordering::Relaxed);
-        }
+        let found = match walk(source, self.service_pid) {
+            Some((root, found)) => {
+                self.peak_rss_kb.fetch_max(tree_rss_kb(&root, &found), Ordering::Relaxed);
+                found
+            }
+            None => Vec::new(),
+        };
         let mut state = self.state();
         let pids: BTreeSet<u32> = found.iter().map(|p| p.pid).collect();
         let changed = pids != state.pids;
@@ -396,7 +439,8 @@ mod tests {
 
     impl FakeProcs {
         fn add(&self, pid: u32, ppid: u32, pgid: u32, rss_kb: u64) {
-            self.procs.lock().unwrap().insert(pid, (ProcEntry { pid, ppid, pgid, zombie: false }, rss_kb));
+            let entry = ProcEntry { pid, ppid, pgid, zombie: false, threads: 1, rss_kb };
+            self.procs.lock().unwrap().insert(pid, (entry, rss_kb));
         }
         fn remove(&self, pid: u32) {
             self.procs.lock().unwrap().remove(&pid);
@@ -406,7 +450,7 @@ mod tests {
             self.procs.lock().unwrap().get_mut(&pid).unwrap().0.ppid = reaper;
         }
         fn set_rss(&self, pid: u32, kb: u64) {
-            self.procs.lock().unwrap().get_mut(&pid).unwrap().1 = kb;
+            self.procs.lock().unwrap().get_mut(&pid).unwrap().0.rss_kb = kb;
         }
         /// A machine: init, the host (group 50) and `others` unrelated processes.
         fn machine(others: u32) -> Self {
@@ -424,20 +468,17 @@ mod tests {
     }
 
     impl ProcSource for FakeProcs {
-        fn children(&self, pid: u32) -> Option<Vec<u32>> {
+        fn children(&self, process: &ProcEntry) -> Option<Vec<u32>> {
             if self.no_children_lists {
                 return None;
             }
+            let pid = process.pid;
             self.read.lock().unwrap().insert(pid);
             Some(self.procs.lock().unwrap().values().filter(|(p, _)| p.ppid == pid).map(|(p, _)| p.pid).collect())
         }
         fn entry(&self, pid: u32) -> Option<ProcEntry> {
             self.read.lock().unwrap().insert(pid);
             self.procs.lock().unwrap().get(&pid).map(|(p, _)| *p)
-        }
-        fn rss_kb(&self, pid: u32) -> Option<u64> {
-            self.read.lock().unwrap().insert(pid);
-            self.procs.lock().unwrap().get(&pid).map(|(_, kb)| *kb)
         }
         fn table(&self) -> Vec<ProcEntry> {
             self.tables.fetch_add(1, Ordering::Relaxed);
@@ -522,8 +563,9 @@ mod tests {
         assert_eq!(tree.peak_rss_kb.load(Ordering::Relaxed), 1_900_000);
         // Zombies hold no memory of their own that counts.
         procs.procs.lock().unwrap().get_mut(&103).unwrap().0.zombie = true;
-        assert_eq!(tree_rss_kb(&procs, 100, &walk(&procs, 100)), Some(510_000));
-        assert_eq!(tree_rss_kb(&procs, 99, &[]), None, "a gone root has no tree");
+        let (root, below) = walk(&procs, 100).unwrap();
+        assert_eq!(tree_rss_kb(&root, &below), 510_000);
+        assert_eq!(walk(&procs, 99), None, "a gone root has no tree");
     }
 
     #[test]
@@ -548,7 +590,7 @@ mod tests {
         procs.add(100, 50, 100, 200_000);
         procs.add(101, 100, 100, 300_000);
         procs.add(105, 101, 100, 400_000);
-        let mut found: Vec<u32> = walk(&procs, 100).iter().map(|p| p.pid).collect();
+        let mut found: Vec<u32> = walk(&procs, 100).unwrap().1.iter().map(|p| p.pid).collect();
         found.sort();
         assert_eq!(found, [101, 105]);
         assert_eq!(procs.take_reads().1, 1);
@@ -589,6 +631,23 @@ mod tests {
         }
 
         #[test]
+        fn a_child_forked_by_another_thread_is_found() {
+            // Python forks `sleep` from a second thread, which lives on: the child is listed
+            // under that thread, not the main one.
+            let script = "import subprocess,threading,time\ndef fork():\n    print(subprocess.Popen(['sleep','30']).pid, flush=True)\n    time.sleep(30)\nthreading.Thread(target=fork, daemon=True).start()\ntime.sleep(30)";
+            let mut python = Command::new("python3").args(["-c", script]).stdout(Stdio::piped()).spawn().unwrap();
+            let mut line = String::new();
+            std::io::BufReader::new(python.stdout.take().unwrap()).read_line(&mut line).unwrap();
+            let sleeper: u32 = line.trim().parse().unwrap();
+            let below = descendants(python.id());
+            assert!(below.iter().any(|p| p.pid == sleeper), "{sleeper} below {}: {below:?}", python.id());
+            // SAFETY: only signals the sleep this test started.
+            unsafe { libc::kill(sleeper as libc::pid_t, libc::SIGKILL) };
+            python.kill().unwrap();
+            python.wait().unwrap();
+        }
+
+        #[test]
         fn a_real_escapee_is_found_by_the_walk_and_killed() {
             let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/services/escaper.py");
             let mut command = Command::new("python3");
@@ -605,7 +664,7 @@ mod tests {
             let mut line = String::new();
             out.read_line(&mut line).unwrap();
             let worker: u32 = line.trim().strip_prefix("ESCAPED ").unwrap().parse().unwrap();
-            let pgid = walk(&Procfs, service.id()).iter().find(|p| p.pid == worker).expect("under the subreaper").pgid;
+            let pgid = descendants(service.id()).iter().find(|p| p.pid == worker).expect("under the subreaper").pgid;
             assert_ne!(pgid, service.id(), "it left the service's group");
             let tree = ServiceTree::new(service.id(), None, LOADING);
             tree.tick();
@@ -637,7 +696,7 @@ mod tests {
             let peak = tree.peak_rss_mb().unwrap();
             assert!(peak >= 64, "the grandchild's 64 MB: {peak} MB");
             assert!(crate::services::tree_rss_mb(sh.id()).unwrap() >= 64);
-            for p in walk(&Procfs, sh.id()) {
+            for p in descendants(sh.id()) {
                 // SAFETY: only signals the python this test started.
                 unsafe { libc::kill(p.pid as libc::pid_t, libc::SIGKILL) };
             }

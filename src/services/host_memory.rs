@@ -138,8 +138,9 @@ pub fn still_to_come_mb(expected_mb: u64, spawned_at_ms: Option<u64>, reading_at
 /// worker that left the service's process group is still its descendant: see `descendants`).
 /// `None` once `root` is gone, and where `/proc` is not there to read.
 pub fn tree_rss_mb(root: u32) -> Option<u64> {
-    use super::descendants::{descendants, tree_rss_kb, Procfs};
-    Some(tree_rss_kb(&Procfs, root, &descendants(root))? / 1024)
+    use super::descendants::{tree_rss_kb, walk, Procfs};
+    let (root, below) = walk(&Procfs, root)?;
+    Some(tree_rss_kb(&root, &below) / 1024)
 }
 
 #[cfg(test)]
