@@ -234,6 +234,15 @@ pub fn next_walk(loaded: bool, changed: bool, loading_interval: Duration) -> Dur
     }
 }
 
+/// How long to wait for the next multiple of `interval` since a shared epoch, `since_epoch` ago:
+/// every service's walks then fall on the same instants, and the host wakes once for all of
+/// them rather than once for each. In `(0, interval]`.
+pub fn aligned_wait(since_epoch: Duration, interval: Duration) -> Duration {
+    let step = interval.as_nanos().max(1);
+    let into = since_epoch.as_nanos() % step;
+    Duration::from_nanos((step - into) as u64)
+}
+
 /// A running service's tree: the process groups its descendants lead outside the service's own
 /// (each watched by the host-death watchdog until it is killed), and the peak resident memory of
 /// the whole tree. One walk serves both.
@@ -582,6 +591,18 @@ mod tests {
         double_fork_with_setsid(&procs);
         assert_eq!(tree.tick_in(&procs), LOADING, "ready, the tree changed");
         assert_eq!(tree.tick_in(&procs), IDLE_SCAN_INTERVAL, "still again");
+    }
+
+    #[test]
+    fn waits_end_on_a_shared_grid() {
+        let second = Duration::from_secs(1);
+        assert_eq!(aligned_wait(Duration::from_millis(10_300), second), Duration::from_millis(700));
+        assert_eq!(aligned_wait(Duration::from_millis(10_000), second), second);
+        // Two services a third of a second apart wake at the same moment.
+        let a = Duration::from_millis(4_100);
+        let b = Duration::from_millis(4_433);
+        assert_eq!(a + aligned_wait(a, second), b + aligned_wait(b, second));
+        assert_eq!(aligned_wait(a, Duration::ZERO), Duration::from_nanos(1));
     }
 
     #[test]

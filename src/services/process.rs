@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::config::{ServiceSpec, StopSignal};
-use super::descendants::{ServiceTree, SCAN_INTERVAL};
+use super::descendants::{aligned_wait, ServiceTree, SCAN_INTERVAL};
 use super::events::{ExitInfo, OutputStream, ServiceEvent, ServiceEventKind};
 use super::host_death::{HostDeathWatchdog, WatchedGroup};
 use super::log_file::RotatingLog;
@@ -139,6 +139,12 @@ type SpawnJob = Box<dyn FnOnce() + Send>;
 /// The write end of a notify pipe, handed to the service at spawn.
 pub type NotifyWriteEnd = super::notify::PipeEnd;
 
+/// The moment every service's tree walks are counted from (see `descendants::aligned_wait`).
+fn walk_epoch() -> std::time::Instant {
+    static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
+    *EPOCH.get_or_init(std::time::Instant::now)
+}
+
 /// Runs spawn jobs on a thread that never exits (see the module docs on `PR_SET_PDEATHSIG`).
 fn on_spawner_thread(job: SpawnJob) {
     static SPAWNER: OnceLock<Mutex<std_mpsc::Sender<SpawnJob>>> = OnceLock::new();
@@ -223,7 +229,7 @@ impl ServiceProcess {
             tokio::spawn(async move {
                 loop {
                     let next = tree.tick();
-                    tokio::time::sleep(next).await;
+                    tokio::time::sleep(aligned_wait(walk_epoch().elapsed(), next)).await;
                 }
             })
         });
