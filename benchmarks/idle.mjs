@@ -2,8 +2,9 @@
 // as CPU time of that process (`process.cpuUsage()`) over BENCH_IDLE_S seconds (default 15) and
 // as event-loop utilization, beside a bare Node process measured in the same run. Each row is its
 // own host process: a GpuArbiter; a Telemetry sampling every 1 s; a ServiceSupervisor with 1 and
-// with 8 idle services; and the whole node (arbiter, Telemetry at 1 s attached to both, and a
-// supervisor with 8 idle services). An idle service prints its ready line and sleeps. All rows run
+// with 8 idle services, and with 8 of 32 threads each (a walk reads each thread's children list);
+// and the whole node (arbiter, Telemetry at 1 s attached to both, and a supervisor with 8 idle
+// services). An idle service prints its ready line and sleeps. All rows run
 // at once, first with the machine's own processes (topped up to about 70), then with extra
 // `sleep` processes up to about 500 on the machine; the bench starts and reaps those itself.
 // The window opens BENCH_IDLE_SETTLE_MS (default 10 s) after ready, past the start's one-off GCs.
@@ -14,7 +15,11 @@ import { fileURLToPath } from 'node:url'
 
 const SELF = fileURLToPath(import.meta.url)
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
-const IDLE_SERVICE = ['-c', "import time\nprint('[SERVICE_READY]', flush=True)\nwhile True: time.sleep(3600)"]
+/** An idle service: `threads` threads in all (an inference service has dozens), a ready line, sleep. */
+const idleService = (threads) => [
+  '-c',
+  `import threading,time\nfor _ in range(${threads - 1}): threading.Thread(target=time.sleep, args=(1e6,), daemon=True).start()\nprint('[SERVICE_READY]', flush=True)\nwhile True: time.sleep(3600)`,
+]
 
 function processCount() {
   if (process.platform !== 'linux') return null
@@ -22,7 +27,7 @@ function processCount() {
 }
 
 /** In a host child: sets up `kind`, waits until idle, then measures for `seconds`. */
-async function host(kind, services, seconds) {
+async function host(kind, services, threads, seconds) {
   const { createRequire } = await import('node:module')
   // The bare row never loads the addon.
   const sidecar = kind === 'bare' ? {} : createRequire(import.meta.url)('../gpu-sidecar.js')
@@ -44,7 +49,7 @@ async function host(kind, services, seconds) {
       services: Array.from({ length: services }, (_, n) => ({
         name: `idle-${n}`,
         command: 'python3',
-        args: IDLE_SERVICE,
+        args: idleService(threads),
         readiness: { logLine: { pattern: '\\[SERVICE_READY\\]' } },
       })),
     })
@@ -73,8 +78,8 @@ async function host(kind, services, seconds) {
   process.stdout.write(`${JSON.stringify({ userMs: cpu.user / 1000, systemMs: cpu.system / 1000, wallMs, elu: elu.utilization })}\n`)
 }
 
-function runHost(kind, services, seconds) {
-  const child = spawn(process.execPath, [SELF, '--host', kind, String(services), String(seconds)], { stdio: ['ignore', 'pipe', 'inherit'] })
+function runHost(kind, services, threads, seconds) {
+  const child = spawn(process.execPath, [SELF, '--host', kind, String(services), String(threads), String(seconds)], { stdio: ['ignore', 'pipe', 'inherit'] })
   let out = ''
   let idle
   const idleSeen = new Promise((r) => (idle = r))
@@ -110,14 +115,17 @@ async function fill(target) {
   }
 }
 
+/** [label, kind, services, threads per service] */
 const ROWS = [
-  ['a bare Node process', 'bare', 0],
-  ['a GpuArbiter', 'arbiter', 0],
-  ['a Telemetry sampling every 1 s', 'telemetry', 0],
-  ['a ServiceSupervisor, 1 idle service', 'supervisor', 1],
-  ['a ServiceSupervisor, 8 idle services', 'supervisor', 8],
-  ['whole node: arbiter + Telemetry 1 s + 8 idle services', 'node', 8],
+  ['a bare Node process', 'bare', 0, 1],
+  ['a GpuArbiter', 'arbiter', 0, 1],
+  ['a Telemetry sampling every 1 s', 'telemetry', 0, 1],
+  ['a ServiceSupervisor, 1 idle service', 'supervisor', 1, 1],
+  ['a ServiceSupervisor, 8 idle services', 'supervisor', 8, 1],
+  ['a ServiceSupervisor, 8 idle services of 32 threads', 'supervisor', 8, 32],
+  ['whole node: arbiter + Telemetry 1 s + 8 idle services', 'node', 8, 1],
 ]
+const WHOLE_NODE = ROWS.length - 1
 
 export async function benchIdle() {
   console.log('\n## Idle cost (host process CPU while nothing happens)')
@@ -131,7 +139,7 @@ export async function benchIdle() {
   for (const target of [70, 500]) {
     const filler = await fill(target)
     try {
-      const hosts = ROWS.map(([, kind, services]) => runHost(kind, services, seconds))
+      const hosts = ROWS.map(([, kind, services, threads]) => runHost(kind, services, threads, seconds))
       await Promise.all(hosts.map((h) => h.idleSeen))
       await sleep((seconds * 1000) / 2)
       counts.push(processCount())
@@ -156,7 +164,7 @@ export async function benchIdle() {
     return row
   })
   console.table(table)
-  const node = results.get(`${ROWS[5][0]}@500`)
+  const node = results.get(`${ROWS[WHOLE_NODE][0]}@500`)
   const bare = results.get(`${ROWS[0][0]}@500`)
   console.log(
     `whole node, 8 idle services, ${counts[1]} processes on the machine: ${pct(node).toFixed(3)} % of a core ` +
@@ -166,7 +174,7 @@ export async function benchIdle() {
 }
 
 if (process.argv[2] === '--host') {
-  await host(process.argv[3], Number(process.argv[4]), Number(process.argv[5]))
+  await host(process.argv[3], Number(process.argv[4]), Number(process.argv[5]), Number(process.argv[6]))
 } else if (process.argv[1] === SELF) {
   await benchIdle()
 }
