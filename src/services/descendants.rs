@@ -43,6 +43,13 @@ pub const SCAN_INTERVAL: Duration = Duration::from_millis(250);
 /// group formed by a ready service goes unknown to the host-death watchdog.
 pub const IDLE_SCAN_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Of a ready, still service's walks, every this many reads every thread's children list; the
+/// others read each process's main thread's only. An orphan, an escapee whose parent exited
+/// included, is handed to the subreaper's main thread, so those walks see it; a child of another
+/// thread waits for the next full walk (5 s). A service with dozens of threads (an inference
+/// service) costs dozens of reads a full walk.
+pub const FULL_WALK_EVERY: u32 = 5;
+
 /// A process as `/proc/<pid>/stat` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProcEntry {
@@ -58,9 +65,9 @@ pub struct ProcEntry {
 
 /// Where the facts about processes come from: `/proc` ([`Procfs`]), or a table in tests.
 pub trait ProcSource {
-    /// The children of every thread of `process`: empty once it is gone; `None` where the
-    /// kernel does not list children.
-    fn children(&self, process: &ProcEntry) -> Option<Vec<u32>>;
+    /// The children of every thread of `process` (`all_threads`), or of its main thread only:
+    /// empty once it is gone; `None` where the kernel does not list children.
+    fn children(&self, process: &ProcEntry, all_threads: bool) -> Option<Vec<u32>>;
     /// `pid`'s entry; `None` once it is gone.
     fn entry(&self, pid: u32) -> Option<ProcEntry>;
     /// Every process on the machine.
@@ -72,13 +79,14 @@ pub struct Procfs;
 
 #[cfg(target_os = "linux")]
 impl ProcSource for Procfs {
-    fn children(&self, process: &ProcEntry) -> Option<Vec<u32>> {
+    fn children(&self, process: &ProcEntry, all_threads: bool) -> Option<Vec<u32>> {
         let pid = process.pid;
         let mut text = String::new();
         let mut children = Vec::new();
         let mut add = |list: &str| children.extend(list.split_whitespace().filter_map(|pid| pid.parse::<u32>().ok()));
-        if process.threads <= 1 {
-            // One thread: its list is the process's, with no listing of the task folder first.
+        if process.threads <= 1 || !all_threads {
+            // The main thread's list (with one thread, the process's): no listing of the task
+            // folder first.
             let task = format!("/proc/{pid}/task/{pid}");
             return match read_small(&format!("{task}/children"), &mut text) {
                 Ok(()) => {
@@ -115,7 +123,7 @@ impl ProcSource for Procfs {
 
 #[cfg(not(target_os = "linux"))]
 impl ProcSource for Procfs {
-    fn children(&self, _process: &ProcEntry) -> Option<Vec<u32>> {
+    fn children(&self, _process: &ProcEntry, _all_threads: bool) -> Option<Vec<u32>> {
         Some(Vec::new())
     }
     fn entry(&self, _pid: u32) -> Option<ProcEntry> {
@@ -170,19 +178,19 @@ fn page_kb() -> u64 {
 
 /// Every process now running below `root` (not `root` itself).
 pub fn descendants(root: u32) -> Vec<ProcEntry> {
-    walk(&Procfs, root).map(|(_, below)| below).unwrap_or_default()
+    walk(&Procfs, root, true).map(|(_, below)| below).unwrap_or_default()
 }
 
-/// `root` and every process below it, walked down the children lists: the reads grow with the
-/// subtree, not with the machine. Where the kernel lists no children, through every process's
-/// parent link. `None` once `root` is gone.
-pub fn walk(source: &impl ProcSource, root: u32) -> Option<(ProcEntry, Vec<ProcEntry>)> {
+/// `root` and every process below it, walked down the children lists (of every thread, or of
+/// each main thread only): the reads grow with the subtree, not with the machine. Where the
+/// kernel lists no children, through every process's parent link. `None` once `root` is gone.
+pub fn walk(source: &impl ProcSource, root: u32, all_threads: bool) -> Option<(ProcEntry, Vec<ProcEntry>)> {
     let root_entry = source.entry(root)?;
     let mut found: Vec<ProcEntry> = Vec::new();
     let mut seen = BTreeSet::from([root]);
     let mut next = vec![root_entry];
     while let Some(process) = next.pop() {
-        let Some(children) = source.children(&process) else {
+        let Some(children) = source.children(&process, all_threads) else {
             return Some((root_entry, subtree(&source.table(), root)));
         };
         for child in children {
@@ -223,14 +231,38 @@ pub fn tree_rss_kb(root: &ProcEntry, below: &[ProcEntry]) -> u64 {
     root.rss_kb + below.iter().filter(|p| !p.zombie).map(|p| p.rss_kb).sum::<u64>()
 }
 
-/// How long until the next walk: `loading_interval` while the service loads or right after its
-/// tree changed (a fork may be the first of several, an escape may be under way), else
-/// [`IDLE_SCAN_INTERVAL`].
-pub fn next_walk(loaded: bool, changed: bool, loading_interval: Duration) -> Duration {
-    if loaded && !changed {
-        IDLE_SCAN_INTERVAL.max(loading_interval)
-    } else {
-        loading_interval
+/// When a service's tree is walked next, and how much of it is read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cadence {
+    pub loaded: bool,
+    /// The last walk found a process the one before had not.
+    pub changed: bool,
+    /// Walks of main threads only since the last full one.
+    pub partial_walks: u32,
+}
+
+impl Cadence {
+    /// Whether the next walk reads every thread's children list: while the service loads,
+    /// right after its tree changed, and every [`FULL_WALK_EVERY`]th walk.
+    pub fn full(&self) -> bool {
+        !self.loaded || self.changed || self.partial_walks + 1 >= FULL_WALK_EVERY
+    }
+
+    /// A walk (`full` or not) found the tree `changed` or not.
+    pub fn walked(&mut self, full: bool, changed: bool) {
+        self.changed = changed;
+        self.partial_walks = if full { 0 } else { self.partial_walks + 1 };
+    }
+
+    /// How long until the next walk: `loading_interval` while the service loads or right after
+    /// its tree changed (a fork may be the first of several, an escape may be under way), else
+    /// [`IDLE_SCAN_INTERVAL`].
+    pub fn wait(&self, loading_interval: Duration) -> Duration {
+        if self.loaded && !self.changed {
+            IDLE_SCAN_INTERVAL.max(loading_interval)
+        } else {
+            loading_interval
+        }
     }
 }
 
@@ -253,7 +285,6 @@ pub struct ServiceTree {
     /// The walk's interval while the service loads.
     loading_interval: Duration,
     state: Mutex<TreeState>,
-    loaded: AtomicBool,
     /// The service was reaped: its pid may be reused, so it is walked no more.
     ended: AtomicBool,
     peak_rss_kb: AtomicU64,
@@ -265,8 +296,10 @@ struct TreeState {
     /// Groups a process outside the tree was in at the last whole-table look: not ours to kill
     /// as a whole, and not looked up again at every walk.
     shared: BTreeSet<u32>,
-    /// What the last walk found, to tell a changed tree from a still one.
+    /// What the last full walk found and the partial ones since, to tell a changed tree from a
+    /// still one.
     pids: BTreeSet<u32>,
+    cadence: Cadence,
 }
 
 impl ServiceTree {
@@ -278,7 +311,6 @@ impl ServiceTree {
             watchdog,
             loading_interval,
             state: Mutex::new(TreeState::default()),
-            loaded: AtomicBool::new(false),
             ended: AtomicBool::new(false),
             peak_rss_kb: AtomicU64::new(0),
         })
@@ -288,18 +320,20 @@ impl ServiceTree {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// One walk of `/proc`; returns how long to wait until the next.
+    /// One walk of `/proc`, as much of it as the cadence says; returns how long to wait until
+    /// the next.
     pub fn tick(&self) -> Duration {
-        self.tick_in(&Procfs)
+        self.tick_in(&Procfs, false)
     }
 
-    /// One walk: raises the peak memory, remembers new escaped groups, and says how long to wait
-    /// until the next walk.
-    pub fn tick_in(&self, source: &impl ProcSource) -> Duration {
+    /// One walk (of every thread's children list when `full` or when the cadence says): raises
+    /// the peak memory, remembers new escaped groups, and says how long to wait until the next.
+    pub fn tick_in(&self, source: &impl ProcSource, full: bool) -> Duration {
         if self.ended.load(Ordering::Relaxed) {
             return IDLE_SCAN_INTERVAL;
         }
-        let found = match walk(source, self.service_pid) {
+        let full = full || self.state().cadence.full();
+        let found = match walk(source, self.service_pid, full) {
             Some((root, found)) => {
                 self.peak_rss_kb.fetch_max(tree_rss_kb(&root, &found), Ordering::Relaxed);
                 found
@@ -308,8 +342,14 @@ impl ServiceTree {
         };
         let mut state = self.state();
         let pids: BTreeSet<u32> = found.iter().map(|p| p.pid).collect();
-        let changed = pids != state.pids;
-        state.pids = pids;
+        // A partial walk misses other threads' children: only a process not seen before counts.
+        let changed = if full { pids != state.pids } else { !pids.is_subset(&state.pids) };
+        if full {
+            state.pids = pids;
+        } else {
+            state.pids.extend(pids);
+        }
+        state.cadence.walked(full, changed);
         let unknown = found.iter().any(|p| {
             !p.zombie
                 && p.pgid != self.service_pid
@@ -325,7 +365,7 @@ impl ServiceTree {
             ours.extend(subtree(&table, self.service_pid).into_iter().filter(|p| !walked.contains(&p.pid)));
             self.classify(&mut state, &table, &ours);
         }
-        next_walk(self.loaded.load(Ordering::Relaxed), changed, self.loading_interval)
+        state.cadence.wait(self.loading_interval)
     }
 
     /// Remembers the groups the live processes `found` in the tree lead outside the service's
@@ -351,7 +391,7 @@ impl ServiceTree {
 
     /// The service is ready: its tree is walked less often from now on, unless it changes.
     pub fn loaded(&self) {
-        self.loaded.store(true, Ordering::Relaxed);
+        self.state().cadence.loaded = true;
     }
 
     /// The service was reaped: its pid is no longer its own.
@@ -362,7 +402,7 @@ impl ServiceTree {
     /// The highest resident memory of the whole tree so far, in MB (one more walk first, while
     /// the tree may still be there); `None` before any was seen.
     pub fn peak_rss_mb(&self) -> Option<u64> {
-        self.tick();
+        self.tick_in(&Procfs, true);
         Some(self.peak_rss_kb.load(Ordering::Relaxed) / 1024).filter(|&mb| mb > 0)
     }
 
@@ -441,6 +481,8 @@ mod tests {
     struct FakeProcs {
         procs: Mutex<BTreeMap<u32, (ProcEntry, u64)>>,
         no_children_lists: bool,
+        /// Pids listed under a thread of their parent other than its main one.
+        other_thread_children: Mutex<BTreeSet<u32>>,
         /// Pids whose own files were read (children, stat, statm).
         read: Mutex<BTreeSet<u32>>,
         tables: AtomicUsize,
@@ -477,13 +519,16 @@ mod tests {
     }
 
     impl ProcSource for FakeProcs {
-        fn children(&self, process: &ProcEntry) -> Option<Vec<u32>> {
+        fn children(&self, process: &ProcEntry, all_threads: bool) -> Option<Vec<u32>> {
             if self.no_children_lists {
                 return None;
             }
             let pid = process.pid;
             self.read.lock().unwrap().insert(pid);
-            Some(self.procs.lock().unwrap().values().filter(|(p, _)| p.ppid == pid).map(|(p, _)| p.pid).collect())
+            let elsewhere = self.other_thread_children.lock().unwrap();
+            let procs = self.procs.lock().unwrap();
+            let below = procs.values().filter(|(p, _)| p.ppid == pid);
+            Some(below.filter(|(p, _)| all_threads || !elsewhere.contains(&p.pid)).map(|(p, _)| p.pid).collect())
         }
         fn entry(&self, pid: u32) -> Option<ProcEntry> {
             self.read.lock().unwrap().insert(pid);
@@ -515,13 +560,13 @@ mod tests {
     #[test]
     fn a_double_forked_setsid_escapee_is_found_under_the_subreaper_and_its_group_kept() {
         let (procs, tree) = service_on(FakeProcs::machine(20));
-        tree.tick_in(&procs);
+        tree.tick_in(&procs, false);
         assert!(tree.escaped_groups().is_empty());
         double_fork_with_setsid(&procs);
-        tree.tick_in(&procs);
+        tree.tick_in(&procs, false);
         assert_eq!(tree.escaped_groups(), [102], "the escapee's group, though its leader is gone");
         // It stays known after the escapee's group is looked at no more.
-        tree.tick_in(&procs);
+        tree.tick_in(&procs, false);
         assert_eq!(tree.escaped_groups(), [102]);
         // And a stop's whole-table scan finds it too, with no stray to signal one by one.
         assert!(tree.scan_in(&procs).is_empty());
@@ -532,7 +577,7 @@ mod tests {
         let (procs, tree) = service_on(FakeProcs::machine(20));
         // 104 joined the host's group 50.
         procs.add(104, 100, 50, 1_000);
-        tree.tick_in(&procs);
+        tree.tick_in(&procs, false);
         assert!(tree.escaped_groups().is_empty(), "the host's group is not ours to kill");
         assert_eq!(tree.scan_in(&procs), [104]);
     }
@@ -540,17 +585,17 @@ mod tests {
     #[test]
     fn a_still_tree_is_walked_without_reading_the_rest_of_the_machine() {
         let (procs, tree) = service_on(FakeProcs::machine(500));
-        tree.tick_in(&procs);
+        tree.tick_in(&procs, false);
         let (read, tables) = procs.take_reads();
         assert_eq!((read, tables), (BTreeSet::from([100, 101]), 0));
         // A new group: one look at the whole table to tell whether anyone else is in it.
         double_fork_with_setsid(&procs);
-        tree.tick_in(&procs);
+        tree.tick_in(&procs, false);
         let (read, tables) = procs.take_reads();
         assert_eq!((read, tables), (BTreeSet::from([100, 101, 103]), 1));
         // Known from then on: the tree's own files only, however many processes the machine has.
         for _ in 0..10 {
-            tree.tick_in(&procs);
+            tree.tick_in(&procs, false);
         }
         let (read, tables) = procs.take_reads();
         assert_eq!((read, tables), (BTreeSet::from([100, 101, 103]), 0));
@@ -560,37 +605,76 @@ mod tests {
     fn the_peak_covers_every_process_of_the_tree_and_keeps_a_spike() {
         let (procs, tree) = service_on(FakeProcs::machine(20));
         procs.add(105, 101, 100, 400_000); // a grandchild
-        tree.tick_in(&procs);
+        tree.tick_in(&procs, false);
         // 200 + 300 + 400 MB: the grandchild counts.
         assert_eq!(tree.peak_rss_kb.load(Ordering::Relaxed), 900_000);
         // A spike while loading, then the grandchild frees it and an escapee appears.
         procs.set_rss(105, 1_400_000);
-        tree.tick_in(&procs);
+        tree.tick_in(&procs, false);
         procs.set_rss(105, 10_000);
         double_fork_with_setsid(&procs);
-        tree.tick_in(&procs);
+        tree.tick_in(&procs, false);
         assert_eq!(tree.peak_rss_kb.load(Ordering::Relaxed), 1_900_000);
         // Zombies hold no memory of their own that counts.
         procs.procs.lock().unwrap().get_mut(&103).unwrap().0.zombie = true;
-        let (root, below) = walk(&procs, 100).unwrap();
+        let (root, below) = walk(&procs, 100, true).unwrap();
         assert_eq!(tree_rss_kb(&root, &below), 510_000);
-        assert_eq!(walk(&procs, 99), None, "a gone root has no tree");
+        assert_eq!(walk(&procs, 99, true), None, "a gone root has no tree");
     }
 
     #[test]
-    fn walks_are_fast_while_loading_or_changing_and_slow_once_ready_and_still() {
-        assert_eq!(next_walk(false, false, LOADING), LOADING);
-        assert_eq!(next_walk(true, true, LOADING), LOADING);
-        assert_eq!(next_walk(true, false, LOADING), IDLE_SCAN_INTERVAL);
+    fn walks_are_fast_and_full_while_loading_or_changing_slow_and_mostly_partial_once_still() {
+        let loading = Cadence::default();
+        assert!(loading.full());
+        assert_eq!(loading.wait(LOADING), LOADING);
+        let mut ready = Cadence { loaded: true, ..Cadence::default() };
+        assert_eq!(ready.wait(LOADING), IDLE_SCAN_INTERVAL);
         // A probe interval longer than the idle one is never made shorter.
-        assert_eq!(next_walk(true, false, Duration::from_secs(5)), Duration::from_secs(5));
+        assert_eq!(ready.wait(Duration::from_secs(5)), Duration::from_secs(5));
+        let fulls: Vec<bool> = (0..2 * FULL_WALK_EVERY)
+            .map(|_| {
+                let full = ready.full();
+                ready.walked(full, false);
+                full
+            })
+            .collect();
+        assert_eq!(fulls.iter().filter(|&&f| f).count(), 2, "one full walk in {FULL_WALK_EVERY}: {fulls:?}");
+        ready.walked(false, true);
+        assert!(ready.full(), "right after a change");
+        assert_eq!(ready.wait(LOADING), LOADING);
+
         let (procs, tree) = service_on(FakeProcs::machine(20));
-        assert_eq!(tree.tick_in(&procs), LOADING, "loading");
+        assert_eq!(tree.tick_in(&procs, false), LOADING, "loading");
         tree.loaded();
-        assert_eq!(tree.tick_in(&procs), IDLE_SCAN_INTERVAL, "ready, same tree");
+        assert_eq!(tree.tick_in(&procs, false), IDLE_SCAN_INTERVAL, "ready, same tree");
         double_fork_with_setsid(&procs);
-        assert_eq!(tree.tick_in(&procs), LOADING, "ready, the tree changed");
-        assert_eq!(tree.tick_in(&procs), IDLE_SCAN_INTERVAL, "still again");
+        assert_eq!(tree.tick_in(&procs, false), LOADING, "ready, the tree changed");
+        assert_eq!(tree.tick_in(&procs, false), IDLE_SCAN_INTERVAL, "still again");
+    }
+
+    #[test]
+    fn once_still_an_orphan_is_seen_at_the_next_walk_another_threads_child_at_the_next_full_one() {
+        let (procs, tree) = service_on(FakeProcs::machine(20));
+        tree.tick_in(&procs, false);
+        tree.loaded();
+        tree.tick_in(&procs, false);
+        // 106 calls setsid() but its parent, a second thread of the service, stays.
+        procs.add(106, 100, 106, 1_000);
+        procs.other_thread_children.lock().unwrap().insert(106);
+        let mut walks = 0;
+        while !tree.escaped_groups().contains(&106) {
+            walks += 1;
+            assert!(walks <= FULL_WALK_EVERY, "not found in {FULL_WALK_EVERY} walks");
+            tree.tick_in(&procs, false);
+        }
+        // The double fork's orphan is handed to the main thread: the very next walk has it.
+        for _ in 0..3 {
+            tree.tick_in(&procs, false);
+        }
+        assert!(!tree.state().cadence.full(), "a partial walk comes next");
+        double_fork_with_setsid(&procs);
+        tree.tick_in(&procs, false);
+        assert_eq!(tree.escaped_groups(), [102, 106]);
     }
 
     #[test]
@@ -611,7 +695,7 @@ mod tests {
         procs.add(100, 50, 100, 200_000);
         procs.add(101, 100, 100, 300_000);
         procs.add(105, 101, 100, 400_000);
-        let mut found: Vec<u32> = walk(&procs, 100).unwrap().1.iter().map(|p| p.pid).collect();
+        let mut found: Vec<u32> = walk(&procs, 100, true).unwrap().1.iter().map(|p| p.pid).collect();
         found.sort();
         assert_eq!(found, [101, 105]);
         assert_eq!(procs.take_reads().1, 1);
@@ -623,7 +707,7 @@ mod tests {
         tree.ended();
         // Its pid reused by an unrelated process with an escaped-looking child.
         double_fork_with_setsid(&procs);
-        tree.tick_in(&procs);
+        tree.tick_in(&procs, false);
         assert!(tree.escaped_groups().is_empty());
         assert_eq!(procs.take_reads(), (BTreeSet::new(), 0));
     }
@@ -666,6 +750,33 @@ mod tests {
             unsafe { libc::kill(sleeper as libc::pid_t, libc::SIGKILL) };
             python.kill().unwrap();
             python.wait().unwrap();
+        }
+
+        #[test]
+        fn an_escapee_forked_from_another_thread_is_handed_to_the_main_thread() {
+            // A second thread double-forks with setsid() in between and lives on; the orphan goes
+            // to the subreaper's main thread, so a walk of main threads only finds it.
+            let script = "import os,threading,time\ndef escape():\n    r,w=os.pipe()\n    if os.fork()==0:\n        os.setsid()\n        if os.fork()==0:\n            os.write(w,(str(os.getpid())+'\\n').encode()); time.sleep(30); os._exit(0)\n        os._exit(0)\n    os.wait()\n    print(os.read(r,64).decode().strip(), flush=True)\n    time.sleep(30)\nthreading.Thread(target=escape, daemon=True).start()\ntime.sleep(30)";
+            let mut command = Command::new("python3");
+            command.args(["-W", "ignore", "-c", script]).stdout(Stdio::piped());
+            // SAFETY: prctl only, as the supervisor's own spawn does.
+            unsafe {
+                command.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong);
+                    Ok(())
+                });
+            }
+            let mut service = command.spawn().unwrap();
+            let mut line = String::new();
+            std::io::BufReader::new(service.stdout.take().unwrap()).read_line(&mut line).unwrap();
+            let worker: u32 = line.trim().parse().unwrap();
+            let (root, partial) = walk(&Procfs, service.id(), false).unwrap();
+            assert!(root.threads >= 2, "{root:?}");
+            assert!(partial.iter().any(|p| p.pid == worker), "{worker} in {partial:?}");
+            // SAFETY: only signals the worker this test started.
+            unsafe { libc::kill(worker as libc::pid_t, libc::SIGKILL) };
+            service.kill().unwrap();
+            service.wait().unwrap();
         }
 
         #[test]

@@ -139,7 +139,7 @@ pub fn still_to_come_mb(expected_mb: u64, spawned_at_ms: Option<u64>, reading_at
 /// `None` once `root` is gone, and where `/proc` is not there to read.
 pub fn tree_rss_mb(root: u32) -> Option<u64> {
     use super::descendants::{tree_rss_kb, walk, Procfs};
-    let (root, below) = walk(&Procfs, root)?;
+    let (root, below) = walk(&Procfs, root, true)?;
     Some(tree_rss_kb(&root, &below) / 1024)
 }
 
