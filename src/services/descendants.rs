@@ -40,7 +40,8 @@ use super::host_death::{HostDeathWatchdog, WatchedGroup};
 pub const SCAN_INTERVAL: Duration = Duration::from_millis(250);
 
 /// How often a ready service whose tree did not change is walked. Bounds how long an escaped
-/// group formed by a ready service goes unknown to the host-death watchdog.
+/// group formed by a ready service goes unknown to the host-death watchdog (which still finds
+/// the escapee by the environment marker it inherited: see `host_death`).
 pub const IDLE_SCAN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Of a ready, still service's walks, every this many reads every thread's children list; the

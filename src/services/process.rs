@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 use super::config::{ServiceSpec, StopSignal};
 use super::descendants::{aligned_wait, ServiceTree, SCAN_INTERVAL};
 use super::events::{ExitInfo, OutputStream, ServiceEvent, ServiceEventKind};
-use super::host_death::{HostDeathWatchdog, WatchedGroup};
+use super::host_death::{HostDeathWatchdog, WatchedGroup, TREE_MARKER_ENV};
 use super::log_file::RotatingLog;
 
 /// How many output lines `status().lastLines` and a failure report carry.
@@ -179,8 +179,13 @@ impl ServiceProcess {
         watchdog: Option<&Arc<HostDeathWatchdog>>,
         notify: Option<NotifyWriteEnd>,
     ) -> io::Result<Self> {
+        let marker = watchdog.map(|w| w.marker().to_string());
         let mut command = CommandWrap::with_new(&spec.command, |c| {
             c.args(&spec.args).envs(placement.iter().cloned()).envs(&spec.env);
+            // Inherited by all it forks: the watchdog's last resort at host death.
+            if let Some(marker) = &marker {
+                c.env(TREE_MARKER_ENV, marker);
+            }
             c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
             if let Some(cwd) = &spec.cwd {
                 c.current_dir(cwd);
