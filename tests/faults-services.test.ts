@@ -117,8 +117,13 @@ describe('escaped processes (double fork + setsid)', () => {
     }
   })
 
-  test('a SIGKILLed host takes the escaped worker along', async () => {
-    const host = spawn(process.execPath, [join(FIXTURES, 'escape-host.js'), ROOT], { stdio: ['ignore', 'pipe', 'inherit'] })
+  test.each([
+    ['the escaped worker', 'early'],
+    // Killed within a few ms of the escape, before any walk after ready saw it: only the
+    // environment marker (GPU_SIDECAR_TREE) the watchdog looks for finds it.
+    ['a worker that escaped after the last walk', 'late'],
+  ])('a SIGKILLed host takes %s along', async (_what, when) => {
+    const host = spawn(process.execPath, [join(FIXTURES, 'escape-host.js'), ROOT, when], { stdio: ['ignore', 'pipe', 'inherit'] })
     let out = ''
     host.stdout!.on('data', (d) => (out += d))
     const line = await waitFor(() => out.split('\n').find((l) => l.startsWith('PIDS ')), 15000, 'the host to start its service')

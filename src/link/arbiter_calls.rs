@@ -4,7 +4,7 @@
 //! ([`super::arbiter_host::ArbiterHost::apply`]). With no arbiter attached an ask is dropped:
 //! routes and standby are re-sent on attach, and a startup lease is then not needed.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::oneshot;
@@ -94,25 +94,22 @@ impl ArbiterCalls {
 /// (`vramTimeoutMs`), held at most until the service's readiness times out.
 pub struct StartupLeasePolicy {
     max_wait_ms: u64,
-    hold_max_ms: BTreeMap<String, u64>,
 }
 
 impl StartupLeasePolicy {
     pub fn new(config: &ServicesConfig) -> Self {
-        Self {
-            max_wait_ms: config.vram_timeout_ms.get(),
-            hold_max_ms: config.services.iter().map(|s| (s.name.clone(), s.readiness_timeout_ms.get())).collect(),
-        }
+        Self { max_wait_ms: config.vram_timeout_ms.get() }
     }
 
-    pub fn request(&self, service: &str, gpu_key: &str) -> AcquireRequest {
+    /// The lease `service` loads under, held up to `hold_max_ms` (its readiness timeout: the
+    /// spec it starts with, so a service added or changed at run time gets its own).
+    pub fn request(&self, service: &str, gpu_key: &str, hold_max_ms: u64) -> AcquireRequest {
         AcquireRequest {
             task_type: STARTUP_TASK_TYPE.into(),
             gpu_key: Some(gpu_key.to_string()),
             busy_policy: Some(BusyPolicy::Wait),
             max_wait_ms: Some(self.max_wait_ms),
-            // A service the config does not have (none asks) gets its task type's policy.
-            hold_max_ms: self.hold_max_ms.get(service).copied(),
+            hold_max_ms: Some(hold_max_ms),
             trace: Trace {
                 job_id: Some(service.to_string()),
                 stage: Some("service-startup".into()),
@@ -153,10 +150,10 @@ fn not_granted(service: &str, why: &str) -> SidecarError {
 }
 
 impl StartupLease for ArbiterLease {
-    fn acquire<'a>(&'a self, service: &'a str, gpu_key: &'a str) -> LeaseFuture<'a> {
+    fn acquire<'a>(&'a self, service: &'a str, gpu_key: &'a str, hold_max_ms: u64) -> LeaseFuture<'a> {
         Box::pin(async move {
             let (reply, granted) = oneshot::channel();
-            let request = self.policy.request(service, gpu_key);
+            let request = self.policy.request(service, gpu_key, hold_max_ms);
             if !self.calls.send(ArbiterCall::Acquire {
                 service: service.to_string(),
                 request: Box::new(request),
@@ -235,12 +232,11 @@ mod tests {
     #[test]
     fn a_startup_lease_waits_as_long_as_the_vram_gate_and_is_held_until_readiness_times_out() {
         let policy = StartupLeasePolicy::new(&config());
-        let r = policy.request("asr", "gpu:1");
+        let r = policy.request("asr", "gpu:1", 4000);
         assert_eq!(&*r.task_type, STARTUP_TASK_TYPE);
         assert_eq!(r.gpu_key.as_deref(), Some("gpu:1"));
         assert_eq!((r.busy_policy, r.max_wait_ms, r.hold_max_ms), (Some(BusyPolicy::Wait), Some(9000), Some(4000)));
         assert_eq!(r.trace.job_id.as_deref(), Some("asr"));
-        assert_eq!(policy.request("other", "gpu:0").hold_max_ms, None, "its task type's policy applies");
     }
 
     #[test]
@@ -266,13 +262,13 @@ mod tests {
         let calls = Arc::new(ArbiterCalls::default());
         let lease = Arc::new(ArbiterLease::new(calls.clone(), StartupLeasePolicy::new(&config())));
         // No arbiter: the load goes ahead without a lease.
-        assert!(lease.acquire("asr", "gpu:0").await.is_ok());
+        assert!(lease.acquire("asr", "gpu:0", 4000).await.is_ok());
 
         let (_wakes, waker) = counting_waker();
         calls.set_waker(Some(waker));
         let waiting = tokio::spawn({
             let lease = lease.clone();
-            async move { lease.acquire("asr", "gpu:0").await.map(drop) }
+            async move { lease.acquire("asr", "gpu:0", 4000).await.map(drop) }
         });
         let reply = loop {
             if let Some(ArbiterCall::Acquire { reply, request, .. }) = calls.take().pop() {
@@ -287,7 +283,7 @@ mod tests {
 
         let waiting = tokio::spawn({
             let lease = lease.clone();
-            async move { lease.acquire("asr", "gpu:0").await.map(drop) }
+            async move { lease.acquire("asr", "gpu:0", 4000).await.map(drop) }
         });
         while lock(&calls.calls).is_empty() {
             tokio::task::yield_now().await;

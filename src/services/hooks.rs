@@ -62,8 +62,9 @@ pub type LeaseFuture<'a> = Pin<Box<dyn Future<Output = SidecarResult<LeaseGuard>
 /// acquires it before a GPU service is spawned and drops the guard once the service is ready or
 /// has failed.
 pub trait StartupLease: Send + Sync {
-    /// Resolves once `service` may load onto `gpu_key`; an error fails that start.
-    fn acquire<'a>(&'a self, service: &'a str, gpu_key: &'a str) -> LeaseFuture<'a>;
+    /// Resolves once `service` may load onto `gpu_key`, for at most `hold_max_ms` (its readiness
+    /// timeout); an error fails that start.
+    fn acquire<'a>(&'a self, service: &'a str, gpu_key: &'a str, hold_max_ms: u64) -> LeaseFuture<'a>;
 }
 
 /// How the supervisor tells the attached arbiter where task types go, and whether their service

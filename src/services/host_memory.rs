@@ -134,29 +134,13 @@ pub fn still_to_come_mb(expected_mb: u64, spawned_at_ms: Option<u64>, reading_at
     }
 }
 
-/// The resident memory (MB) of `root` and every process below it, through parent links (a
+/// The resident memory (MB) of `root` and every process below it, walked down from it (a
 /// worker that left the service's process group is still its descendant: see `descendants`).
 /// `None` once `root` is gone, and where `/proc` is not there to read.
 pub fn tree_rss_mb(root: u32) -> Option<u64> {
-    let root_kb = rss_kb(root)?;
-    let below: u64 =
-        super::descendants::descendants(root).iter().filter(|p| !p.zombie).filter_map(|p| rss_kb(p.pid)).sum();
-    Some((root_kb + below) / 1024)
-}
-
-/// Resident memory (KiB) from `/proc/<pid>/statm` (its second field, in pages).
-#[cfg(target_os = "linux")]
-fn rss_kb(pid: u32) -> Option<u64> {
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    // SAFETY: sysconf only reads a system constant.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    Some(pages * (if page > 0 { page as u64 } else { 4096 }) / 1024)
-}
-
-#[cfg(not(target_os = "linux"))]
-fn rss_kb(_pid: u32) -> Option<u64> {
-    None
+    use super::descendants::{tree_rss_kb, walk, Procfs};
+    let (root, below) = walk(&Procfs, root, true)?;
+    Some(tree_rss_kb(&root, &below) / 1024)
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 //! not covered by it; they share the service's process group, which every stop (and every exit of
 //! the service) kills as a whole, and which the supervisor's [`HostDeathWatchdog`] kills when the host
 //! dies. Descendants that left the group (double fork and `setsid`) are tracked by
-//! [`EscapedGroups`] (see [`super::descendants`] for how, and why a subreaper).
+//! [`ServiceTree`] (see [`super::descendants`] for how, and why a subreaper).
 use std::collections::VecDeque;
 use std::io;
 use std::process::Stdio;
@@ -21,9 +21,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::config::{ServiceSpec, StopSignal};
-use super::descendants::{EscapedGroups, SCAN_INTERVAL};
+use super::descendants::{aligned_wait, ServiceTree, SCAN_INTERVAL};
 use super::events::{ExitInfo, OutputStream, ServiceEvent, ServiceEventKind};
-use super::host_death::{HostDeathWatchdog, WatchedGroup};
+use super::host_death::{HostDeathWatchdog, WatchedGroup, TREE_MARKER_ENV};
 use super::log_file::RotatingLog;
 
 /// How many output lines `status().lastLines` and a failure report carry.
@@ -128,9 +128,9 @@ pub struct ServiceProcess {
     exit: Option<ExitInfo>,
     /// Held until the group is killed; dropped after `Drop::drop` has killed it.
     watched: Option<WatchedGroup>,
-    /// Process groups its descendants formed outside its own.
-    escaped: Arc<EscapedGroups>,
-    /// Walks its subtree for escaped groups while it runs.
+    /// Its process tree: the groups its descendants formed outside its own, and its peak memory.
+    tree: Arc<ServiceTree>,
+    /// Walks its tree while it runs.
     scanner: Option<JoinHandle<()>>,
 }
 
@@ -138,6 +138,12 @@ type SpawnJob = Box<dyn FnOnce() + Send>;
 
 /// The write end of a notify pipe, handed to the service at spawn.
 pub type NotifyWriteEnd = super::notify::PipeEnd;
+
+/// The moment every service's tree walks are counted from (see `descendants::aligned_wait`).
+fn walk_epoch() -> std::time::Instant {
+    static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
+    *EPOCH.get_or_init(std::time::Instant::now)
+}
 
 /// Runs spawn jobs on a thread that never exits (see the module docs on `PR_SET_PDEATHSIG`).
 fn on_spawner_thread(job: SpawnJob) {
@@ -174,9 +180,14 @@ impl ServiceProcess {
         watchdog: Option<&Arc<HostDeathWatchdog>>,
         notify: Option<NotifyWriteEnd>,
     ) -> io::Result<Self> {
+        let marker = watchdog.map(|w| w.marker().to_string());
         let mut command = CommandWrap::with_new(&spec.command, |c| {
             // The hook's answer wins: it is what is known at this very spawn.
             c.args(&spec.args).envs(placement.iter().cloned()).envs(&spec.env).envs(hook_env.iter().cloned());
+            // Inherited by all it forks: the watchdog's last resort at host death.
+            if let Some(marker) = &marker {
+                c.env(TREE_MARKER_ENV, marker);
+            }
             c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
             if let Some(cwd) = &spec.cwd {
                 c.current_dir(cwd);
@@ -218,13 +229,14 @@ impl ServiceProcess {
         let pid = child.id().ok_or_else(|| io::Error::other("child exited before its pid was read"))?;
         // The group leader's pid is the group id.
         let watched = watchdog.map(|w| w.watch(pid));
-        let escaped = EscapedGroups::new(pid, watchdog);
+        let loading_interval = SCAN_INTERVAL.min(Duration::from_millis(spec.probe_interval_ms.get()));
+        let tree = ServiceTree::new(pid, watchdog, loading_interval);
         let scanner = cfg!(target_os = "linux").then(|| {
-            let escaped = escaped.clone();
+            let tree = tree.clone();
             tokio::spawn(async move {
                 loop {
-                    tokio::time::sleep(SCAN_INTERVAL).await;
-                    escaped.scan();
+                    let next = tree.tick();
+                    tokio::time::sleep(aligned_wait(walk_epoch().elapsed(), next)).await;
                 }
             })
         });
@@ -235,11 +247,16 @@ impl ServiceProcess {
         if let Some(err) = child.stderr().take() {
             readers.push(tokio::spawn(read_lines(err, OutputStream::Stderr, sink)));
         }
-        Ok(Self { child, pid, readers, exit: None, watched, escaped, scanner })
+        Ok(Self { child, pid, readers, exit: None, watched, tree, scanner })
     }
 
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// Its process tree, walked while it runs (the learned peak memory reads it).
+    pub fn tree(&self) -> Arc<ServiceTree> {
+        self.tree.clone()
     }
 
     /// Waits for the process to exit and reaps it; cancel-safe. Whatever is left of its process
@@ -255,11 +272,12 @@ impl ServiceProcess {
         };
         self.exit = Some(exit);
         // Reaped: its pid may be reused, so its subtree is no longer walked.
+        self.tree.ended();
         if let Some(scanner) = self.scanner.take() {
             scanner.abort();
         }
         self.signal_group(Signal::Kill);
-        self.escaped.kill_known();
+        self.tree.kill_known();
         self.watched = None;
         exit
     }
@@ -270,16 +288,16 @@ impl ServiceProcess {
             return exit;
         }
         // Escaped descendants get the stop signal too, and are killed once the service is gone.
-        let strays = self.escaped.scan();
+        let strays = self.tree.scan();
         self.signal_group(Signal::Stop(signal));
         #[cfg(unix)]
-        self.escaped.signal(signal_number(Signal::Stop(signal)), &strays);
+        self.tree.signal(signal_number(Signal::Stop(signal)), &strays);
         #[cfg(not(unix))]
         let _ = strays;
         match tokio::time::timeout(grace, self.wait()).await {
             Ok(exit) => exit,
             Err(_) => {
-                self.escaped.kill_tree();
+                self.tree.kill_tree();
                 self.signal_group(Signal::Kill);
                 self.wait().await
             }
@@ -323,7 +341,7 @@ impl Drop for ServiceProcess {
         if let Some(scanner) = self.scanner.take() {
             scanner.abort();
         }
-        self.escaped.kill_tree();
+        self.tree.kill_tree();
         self.signal_group(Signal::Kill);
         #[cfg(unix)]
         {
@@ -334,7 +352,8 @@ impl Drop for ServiceProcess {
         }
         #[cfg(windows)]
         let _ = self.child.start_kill();
-        self.escaped.kill_known();
+        self.tree.ended();
+        self.tree.kill_known();
     }
 }
 

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use super::host_gate::RssSampler;
 use super::readiness::ReadyWatch;
 use super::{ms, stop_requested, AbortOnDrop, Attempt, Launched, Shared, OUTPUT_DRAIN};
 use crate::error::{ErrorCode, SidecarError, SidecarResult};
@@ -56,7 +57,7 @@ impl Shared {
         // Dropped when this attempt ends: the lease covers the load, not the service's life.
         let _lease = match (&gpu_key, &self.hooks.startup_lease) {
             (Some(gpu_key), Some(lease)) if self.config.gpu_startup_lease => tokio::select! {
-                guard = lease.acquire(&spec.name, gpu_key) => match guard {
+                guard = lease.acquire(&spec.name, gpu_key, spec.readiness_timeout_ms.get()) => match guard {
                     Ok(guard) => Some(guard),
                     Err(error) => return failed(error),
                 },
@@ -133,7 +134,7 @@ impl Shared {
             None => (None, None),
         };
         let mut vram_peak = self.sample_vram(i, pid, load);
-        let rss_peak = self.sample_rss(i, pid);
+        let rss_peak = RssSampler::new(process.tree());
 
         let last_probe_failure = Mutex::new(None::<String>);
         let watch = ReadyWatch { sink: &sink, notify: notify.clone(), last_failure: &last_probe_failure };

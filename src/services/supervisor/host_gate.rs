@@ -2,22 +2,17 @@
 //! tree, learned. The arithmetic is in `services::host_memory`; this is where it meets the
 //! supervisor's state.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use tokio::task::JoinHandle;
+use std::time::Instant;
 
 use super::first_reading::{ReadingGate, Waiting};
 use super::{ms, Shared, WaitReason};
 use crate::error::{ErrorCode, SidecarError, SidecarResult};
+use crate::services::descendants::ServiceTree;
 use crate::services::events::{epoch_ms, ServiceEventKind};
 use crate::services::host_memory::{still_to_come_mb, tree_rss_mb, Admission, HostBudget, HostMemReading};
 use crate::services::needs::host_need_mb;
 use crate::services::profile::LearnedProfile;
-
-/// How often a ready service's process tree is measured (while it loads: `probeIntervalMs`).
-const RUNNING_RSS_SAMPLE: Duration = Duration::from_secs(1);
 
 /// The host memory a start was admitted with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,53 +146,27 @@ impl Shared {
             tokio::time::sleep(poll.min(deadline.saturating_duration_since(Instant::now()))).await;
         }
     }
-
-    /// Starts measuring the resident memory of service `i`'s process tree (root `pid`).
-    pub(super) fn sample_rss(&self, i: usize, pid: u32) -> RssSampler {
-        let peak_mb = Arc::new(AtomicU64::new(0));
-        let loaded = Arc::new(AtomicBool::new(false));
-        let loading_interval = ms(self.spec(i).probe_interval_ms.get());
-        let task = tokio::spawn({
-            let (peak_mb, loaded) = (peak_mb.clone(), loaded.clone());
-            async move {
-                loop {
-                    if let Some(mb) = tree_rss_mb(pid) {
-                        peak_mb.fetch_max(mb, Ordering::Relaxed);
-                    }
-                    let interval = if loaded.load(Ordering::Relaxed) { RUNNING_RSS_SAMPLE } else { loading_interval };
-                    tokio::time::sleep(interval).await;
-                }
-            }
-        });
-        RssSampler { pid, peak_mb, loaded, task }
-    }
 }
 
-/// Measures a service's process tree in the background; dropping it stops.
+/// The peak resident memory of a service's process tree, learned from the walks its process
+/// makes of that tree (see `services::descendants`): every `probeIntervalMs` (at most 250 ms)
+/// while it loads, less often once it is ready and still.
 pub(super) struct RssSampler {
-    pid: u32,
-    peak_mb: Arc<AtomicU64>,
-    loaded: Arc<AtomicBool>,
-    task: JoinHandle<()>,
+    tree: Arc<ServiceTree>,
 }
 
 impl RssSampler {
+    pub(super) fn new(tree: Arc<ServiceTree>) -> Self {
+        Self { tree }
+    }
+
     /// The highest figure so far (one more look first, while the process may still be there).
     pub(super) fn peak(&self) -> Option<u64> {
-        if let Some(mb) = tree_rss_mb(self.pid) {
-            self.peak_mb.fetch_max(mb, Ordering::Relaxed);
-        }
-        Some(self.peak_mb.load(Ordering::Relaxed)).filter(|&mb| mb > 0)
+        self.tree.peak_rss_mb()
     }
 
     /// The service is ready: measure it less often from now on.
     pub(super) fn loaded(&self) {
-        self.loaded.store(true, Ordering::Relaxed);
-    }
-}
-
-impl Drop for RssSampler {
-    fn drop(&mut self) {
-        self.task.abort();
+        self.tree.loaded();
     }
 }

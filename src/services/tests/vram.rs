@@ -18,7 +18,7 @@ impl Drop for HeldLease {
 }
 
 impl StartupLease for FakeLease {
-    fn acquire<'a>(&'a self, _service: &'a str, _gpu_key: &'a str) -> LeaseFuture<'a> {
+    fn acquire<'a>(&'a self, _service: &'a str, _gpu_key: &'a str, _hold_max_ms: u64) -> LeaseFuture<'a> {
         Box::pin(async move {
             assert_eq!(self.held.fetch_add(1, Ordering::SeqCst), 0, "two loads held the lease");
             self.granted.fetch_add(1, Ordering::SeqCst);
