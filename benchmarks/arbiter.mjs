@@ -1,8 +1,10 @@
 // Acquire+release round trips through each subject's public API, uncontended and with 64
 // concurrent waiters: the native arbiter beside an in-JS arbiter built as seed 003 describes the
 // one it replaces, p-queue (concurrency 1) and async-mutex's Semaphore(1), measured in the same
-// run with the same work per subject (warm-up, then the median of several rounds). Then the
-// native arbiter's memory: heap growth per 100k round trips, and RSS and heap across 1M.
+// run with the same work per subject: after a warm-up, rounds alternate between the subjects (so a
+// noisy neighbour slows them alike) and each figure is the median of its rounds. The summary
+// gives the ratios to each peer beside the goals. Then the native arbiter's memory: heap growth
+// per 100k round trips, and RSS and heap across 1M.
 import { performance } from 'node:perf_hooks'
 import { setFlagsFromString } from 'node:v8'
 import { runInNewContext } from 'node:vm'
@@ -16,6 +18,9 @@ const ROUNDS = 7
 const OPS = Number(process.env.BENCH_OPS ?? 100_000)
 const WAITERS = 64
 const TARGETS_US = { uncontended: 1.0, [`${WAITERS} waiters`]: 1.5 }
+/** Issue 20's goals: the round trip in µs, and its most as a multiple of async-mutex's. */
+const GOALS = { uncontended: { us: 0.5, vsSemaphore: 3 }, [`${WAITERS} waiters`]: { us: 1.0, vsSemaphore: 2 } }
+const SEMAPHORE = 'async-mutex Semaphore'
 
 setFlagsFromString('--expose-gc')
 const gc = runInNewContext('gc')
@@ -67,18 +72,24 @@ async function run(subject, concurrency, total) {
   return perWorker * concurrency
 }
 
-async function measure(make, concurrency) {
-  const subject = make()
-  await run(subject, concurrency, OPS) // warm-up
-  const samples = []
+/** The median µs per round trip of each subject, rounds alternating between them. */
+async function measureAll(concurrency) {
+  const made = Object.entries(subjects).map(([name, make]) => [name, make(), []])
+  for (const [, subject] of made) await run(subject, concurrency, OPS) // warm-up
   for (let round = 0; round < ROUNDS; round++) {
-    const start = performance.now()
-    const ops = await run(subject, concurrency, OPS)
-    samples.push(((performance.now() - start) * 1000) / ops)
+    for (const [, subject, samples] of made) {
+      const start = performance.now()
+      const ops = await run(subject, concurrency, OPS)
+      samples.push(((performance.now() - start) * 1000) / ops)
+    }
   }
-  subject.close()
-  samples.sort((a, b) => a - b)
-  return samples[Math.floor(samples.length / 2)]
+  const results = {}
+  for (const [name, subject, samples] of made) {
+    subject.close()
+    samples.sort((a, b) => a - b)
+    results[name] = samples[Math.floor(samples.length / 2)]
+  }
+  return results
 }
 
 const mb = (bytes) => Number((bytes / 1024 / 1024).toFixed(1))
@@ -105,10 +116,10 @@ async function memory() {
 
 export async function benchArbiter() {
   const rows = []
+  const summary = []
   for (const concurrency of [1, WAITERS]) {
     const scenario = concurrency === 1 ? 'uncontended' : `${WAITERS} waiters`
-    const results = {}
-    for (const [name, make] of Object.entries(subjects)) results[name] = await measure(make, concurrency)
+    const results = await measureAll(concurrency)
     const ours = results['gpu-sidecar']
     for (const [name, us] of Object.entries(results)) {
       rows.push({
@@ -119,9 +130,22 @@ export async function benchArbiter() {
         target: name === 'gpu-sidecar' ? `<= ${TARGETS_US[scenario]} us: ${ours <= TARGETS_US[scenario] ? 'met' : 'MISSED'}` : '',
       })
     }
+    const goal = GOALS[scenario]
+    const vsSemaphore = ours / results[SEMAPHORE]
+    summary.push({
+      scenario,
+      'gpu-sidecar us': Number(ours.toFixed(3)),
+      [`goal <= ${goal.us} us`]: ours <= goal.us ? 'met' : 'MISSED',
+      'x async-mutex': Number(vsSemaphore.toFixed(2)),
+      'goal x async-mutex': `<= ${goal.vsSemaphore}: ${vsSemaphore <= goal.vsSemaphore ? 'met' : 'MISSED'}`,
+      'x in-JS arbiter': Number((ours / results['in-JS arbiter (seed 003 design)']).toFixed(2)),
+      'x p-queue': Number((ours / results['p-queue']).toFixed(2)),
+    })
   }
-  console.log(`\nGPU lease arbiter: acquire+release round trip, ${OPS} ops x ${ROUNDS} rounds (median), node ${process.version}`)
+  console.log(`\nGPU lease arbiter: acquire+release round trip, ${OPS} ops x ${ROUNDS} alternating rounds (median), node ${process.version}`)
   console.table(rows)
+  console.log('gpu-sidecar round trip against its peers (ratio: gpu-sidecar time / peer time, lower is better):')
+  console.table(summary)
   console.log('gpu-sidecar memory:')
   console.table(await memory())
 }

@@ -340,3 +340,10 @@ mod tests {
         );
     }
 }
+
+/// A value's serde form as a JS value, fields in declaration order: the one way the binding hands
+/// a serde value to JS. Integers above `u32::MAX` would arrive as BigInts: the types JS gets carry
+/// such figures as `f64`.
+pub fn to_js<'env, T: serde::Serialize>(env: &'env Env, value: &T) -> JsResult<napi::Unknown<'env>> {
+    env.to_js_value(value).js()
+}

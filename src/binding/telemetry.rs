@@ -127,7 +127,7 @@ impl Telemetry {
     #[napi(catch_unwind, ts_return_type = "TelemetrySample | null")]
     pub fn latest<'env>(&self, env: &'env Env) -> Result<Option<Unknown<'env>>, Code> {
         let latest = self.state.borrow().sampler.as_ref().and_then(|h| h.latest());
-        latest.map(|sample| env.to_js_value(&*sample).js()).transpose()
+        latest.map(|sample| js::to_js(env, &*sample)).transpose()
     }
 
     /// Prometheus text for the last sample: per-GPU memory, utilization, temperature, power,
@@ -349,7 +349,7 @@ fn recommendation_to_js<'env>(
     let on = options.on.as_deref().unwrap_or("host");
     let advice =
         advice::recommend_concurrency(sample, options.per_worker_mb, options.reserve_fraction.unwrap_or(0.1), on)?;
-    env.to_js_value(&advice).js()
+    js::to_js(env, &advice)
 }
 
 fn dispatch(env: &Env, state: &Rc<RefCell<TelemetryBinding>>) {
@@ -367,11 +367,11 @@ fn dispatch(env: &Env, state: &Rc<RefCell<TelemetryBinding>>) {
         match event {
             SamplerEvent::Sample(output) => {
                 feed_arbiters(env, state, &output.sample);
-                if let Ok(value) = env.to_js_value(&*output.sample) {
+                if let Ok(value) = js::to_js(env, &*output.sample) {
                     call_listeners(env, state, |l| &l.on_sample, value.raw());
                 }
                 for alert in &output.alerts {
-                    if let Ok(value) = env.to_js_value(alert) {
+                    if let Ok(value) = js::to_js(env, alert) {
                         call_listeners(env, state, |l| &l.on_alert, value.raw());
                     }
                 }

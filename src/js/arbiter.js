@@ -521,9 +521,10 @@ function isEnabled(arbiter) {
 
 /** Defines the JS half's methods on the native classes, once per native module. */
 function install() {
-  native.bindArbiterHalf(register)
-  // Nobody else may bind: the function is gone from the exports.
-  delete (/** @type {any} */ (native)).bindArbiterHalf
+  // Not in the types: nobody else may bind, and the function is gone from the exports after this.
+  const internal = /** @type {any} */ (native)
+  internal.bindArbiterHalf(register)
+  delete internal.bindArbiterHalf
   const nativeClose = native.GpuArbiter.prototype.close
 
   /** @this {NativeArbiter} */

@@ -13,6 +13,7 @@ use schemars::JsonSchema;
 use serde_json::{json, Value};
 
 use crate::arbiter::{AdmissionState, ArbiterConfig, Reason, Status};
+use crate::link::arbiter_views::{GpuArbiterEvent, GpuArbiterSnapshot};
 use crate::services::{
     HostBudgetAnswer, ListenerNote, PeakVramMethod, ServiceEvent, ServiceOutcome, ServiceState, ServiceStatus,
     ServicesConfig, WaitReason,
@@ -75,6 +76,8 @@ pub fn events_schema() -> Value {
         ("GpuAdmissionState", generator.subschema_for::<AdmissionState>()),
         ("GpuLeaseStatus", generator.subschema_for::<Status>()),
         ("GpuLeaseReason", generator.subschema_for::<Reason>()),
+        ("GpuArbiterSnapshot", generator.subschema_for::<GpuArbiterSnapshot>()),
+        ("GpuArbiterEvent", generator.subschema_for::<GpuArbiterEvent>()),
     ];
     let mut defs = generator.take_definitions(true);
     for (name, schema) in roots {

@@ -193,7 +193,7 @@ fn acquire_task(
         ValueType::String => js::with_str(env, args[0], |text| state.borrow_mut().host.intern_task_type(text)).js()?,
         _ => return Err(SidecarError::invalid_argument("request.taskType: expected a string").into()),
     };
-    let request = AcquireRequest { task_type, trace: read_trace(env, args[1])?, ..AcquireRequest::default() };
+    let request = AcquireRequest::of(task_type, read_trace(env, args[1])?);
     acquire(env, state, request)
 }
 
