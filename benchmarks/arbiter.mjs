@@ -1,9 +1,9 @@
 // Acquire+release round trips through each subject's public API, uncontended and with 64
 // concurrent waiters: the native arbiter beside an in-JS arbiter built as seed 003 describes the
 // one it replaces, p-queue (concurrency 1) and async-mutex's Semaphore(1), measured in the same
-// run with the same work per subject: after a warm-up, rounds alternate between the subjects (so a
-// noisy neighbour slows them alike) and each figure is the median of its rounds. The summary
-// gives the ratios to each peer beside the goals. Then the native arbiter's memory: heap growth
+// run with the same work per subject (warm-up, then the median of several rounds). The summary
+// gives gpu-sidecar's ratios to each peer beside issue 20's goals; on a noisy machine compare the
+// medians of several runs. Then the native arbiter's memory: heap growth
 // per 100k round trips, and RSS and heap across 1M.
 import { performance } from 'node:perf_hooks'
 import { setFlagsFromString } from 'node:v8'
@@ -72,24 +72,19 @@ async function run(subject, concurrency, total) {
   return perWorker * concurrency
 }
 
-/** The median µs per round trip of each subject, rounds alternating between them. */
-async function measureAll(concurrency) {
-  const made = Object.entries(subjects).map(([name, make]) => [name, make(), []])
-  for (const [, subject] of made) await run(subject, concurrency, OPS) // warm-up
+/** The median µs per round trip of one subject, after a warm-up. */
+async function measure(make, concurrency) {
+  const subject = make()
+  await run(subject, concurrency, OPS) // warm-up
+  const samples = []
   for (let round = 0; round < ROUNDS; round++) {
-    for (const [, subject, samples] of made) {
-      const start = performance.now()
-      const ops = await run(subject, concurrency, OPS)
-      samples.push(((performance.now() - start) * 1000) / ops)
-    }
+    const start = performance.now()
+    const ops = await run(subject, concurrency, OPS)
+    samples.push(((performance.now() - start) * 1000) / ops)
   }
-  const results = {}
-  for (const [name, subject, samples] of made) {
-    subject.close()
-    samples.sort((a, b) => a - b)
-    results[name] = samples[Math.floor(samples.length / 2)]
-  }
-  return results
+  subject.close()
+  samples.sort((a, b) => a - b)
+  return samples[Math.floor(samples.length / 2)]
 }
 
 const mb = (bytes) => Number((bytes / 1024 / 1024).toFixed(1))
@@ -119,7 +114,8 @@ export async function benchArbiter() {
   const summary = []
   for (const concurrency of [1, WAITERS]) {
     const scenario = concurrency === 1 ? 'uncontended' : `${WAITERS} waiters`
-    const results = await measureAll(concurrency)
+    const results = {}
+    for (const [name, make] of Object.entries(subjects)) results[name] = await measure(make, concurrency)
     const ours = results['gpu-sidecar']
     for (const [name, us] of Object.entries(results)) {
       rows.push({
@@ -142,7 +138,7 @@ export async function benchArbiter() {
       'x p-queue': Number((ours / results['p-queue']).toFixed(2)),
     })
   }
-  console.log(`\nGPU lease arbiter: acquire+release round trip, ${OPS} ops x ${ROUNDS} alternating rounds (median), node ${process.version}`)
+  console.log(`\nGPU lease arbiter: acquire+release round trip, ${OPS} ops x ${ROUNDS} rounds (median), node ${process.version}`)
   console.table(rows)
   console.log('gpu-sidecar round trip against its peers (ratio: gpu-sidecar time / peer time, lower is better):')
   console.table(summary)
