@@ -128,9 +128,8 @@ impl GpuArbiter {
 
     /// The effective config, defaults applied.
     #[napi(catch_unwind, ts_return_type = "GpuArbiterConfig")]
-    pub fn config(&self) -> Result<serde_json::Value, Code> {
-        Ok(serde_json::to_value(self.state.borrow().host.core.config())
-            .map_err(|e| SidecarError::new(crate::error::ErrorCode::Internal, e.to_string()))?)
+    pub fn config<'env>(&self, env: &'env Env) -> Result<Unknown<'env>, Code> {
+        js::to_js(env, self.state.borrow().host.core.config())
     }
 
     /// The configured GPU keys, in order (records name a GPU by its index here).
