@@ -233,7 +233,8 @@ fn percentiles_view(p: Option<Percentiles>) -> Option<LatencyPercentiles> {
 }
 
 fn lease_view(clock: &Clock, lease: &LeaseView) -> GpuLeaseInfo {
-    let LeaseView { lease_id, task_type, priority, trace, acquired_at, held, hold_max, watchdog_fired, vram_mb } = lease;
+    let LeaseView { lease_id, task_type, priority, trace, acquired_at, held, hold_max, watchdog_fired, vram_mb } =
+        lease;
     GpuLeaseInfo {
         lease_id: lease_id_text(*lease_id),
         task_type: task_type.clone(),
@@ -392,7 +393,9 @@ mod tests {
     #[test]
     fn snapshots_show_epoch_ms_and_lease_ids() {
         let mut w = vec![];
-        let mut core = crate::arbiter::Arbiter::new(crate::arbiter::ArbiterConfig::from_json(&serde_json::json!({}), &mut w).unwrap());
+        let mut core = crate::arbiter::Arbiter::new(
+            crate::arbiter::ArbiterConfig::from_json(&serde_json::json!({}), &mut w).unwrap(),
+        );
         let clock = Clock::new();
         let crate::arbiter::Admission::Settled(crate::arbiter::Outcome::Acquired(grant)) =
             core.acquire(crate::arbiter::AcquireRequest::new("ASR"), 1_000).unwrap()

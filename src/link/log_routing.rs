@@ -113,11 +113,8 @@ impl<S: tracing::Subscriber> Layer<S> for RoutingLayer {
         match &*route {
             Some(r) => (r.sink)(record),
             None => {
-                let extra = if record.fields.is_empty() {
-                    String::new()
-                } else {
-                    format!(" {}", Value::Object(record.fields))
-                };
+                let extra =
+                    if record.fields.is_empty() { String::new() } else { format!(" {}", Value::Object(record.fields)) };
                 eprintln!("[gpu-sidecar] {}: {}{extra}", record.level, record.message);
             }
         }
@@ -158,7 +155,8 @@ mod tests {
             set_route(None);
         });
         let seen = seen.lock().unwrap();
-        let ours: Vec<&LogRecord> = seen.iter().filter(|r| r.fields.get("marker") == Some(&"log-routing-test".into())).collect();
+        let ours: Vec<&LogRecord> =
+            seen.iter().filter(|r| r.fields.get("marker") == Some(&"log-routing-test".into())).collect();
         assert_eq!(ours.len(), 1);
         assert_eq!(ours[0].level, "warn");
         assert_eq!(ours[0].message, "held past holdMaxMs");

@@ -47,7 +47,9 @@ impl ConcurrencyRequest {
         let number = |key: &str| match map.get(key) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Number(n)) => Ok(n.as_f64()),
-            Some(other) => Err(SidecarError::invalid_argument(format!("options.{key}: expected a number, got {other}"))),
+            Some(other) => {
+                Err(SidecarError::invalid_argument(format!("options.{key}: expected a number, got {other}")))
+            }
         };
         let per_worker_mb = number("perWorkerMb")?
             .ok_or_else(|| SidecarError::invalid_argument("options.perWorkerMb: expected a number > 0, got nothing"))?;

@@ -116,7 +116,8 @@ impl GpuArbiter {
     pub fn snapshot_all<'env>(&self, env: &'env Env) -> Result<Unknown<'env>, Code> {
         let s = self.state.borrow();
         let snapshots = s.host.core.snapshot_all(s.host.clock.now());
-        let views: Vec<_> = snapshots.into_iter().map(|snap| arbiter_views::snapshot_view(&s.host.clock, snap)).collect();
+        let views: Vec<_> =
+            snapshots.into_iter().map(|snap| arbiter_views::snapshot_view(&s.host.clock, snap)).collect();
         js::to_js(env, &views)
     }
 
