@@ -1,8 +1,10 @@
 // Acquire+release round trips through each subject's public API, uncontended and with 64
 // concurrent waiters: the native arbiter beside an in-JS arbiter built as seed 003 describes the
 // one it replaces, p-queue (concurrency 1) and async-mutex's Semaphore(1), measured in the same
-// run with the same work per subject (warm-up, then the median of several rounds). Then the
-// native arbiter's memory: heap growth per 100k round trips, and RSS and heap across 1M.
+// run with the same work per subject (warm-up, then the median of several rounds). The summary
+// gives gpu-sidecar's ratios to each peer beside issue 20's goals; on a noisy machine compare the
+// medians of several runs. Then the native arbiter's memory: heap growth
+// per 100k round trips, and RSS and heap across 1M.
 import { performance } from 'node:perf_hooks'
 import { setFlagsFromString } from 'node:v8'
 import { runInNewContext } from 'node:vm'
@@ -16,6 +18,9 @@ const ROUNDS = 7
 const OPS = Number(process.env.BENCH_OPS ?? 100_000)
 const WAITERS = 64
 const TARGETS_US = { uncontended: 1.0, [`${WAITERS} waiters`]: 1.5 }
+/** Issue 20's goals: the round trip in µs, and its most as a multiple of async-mutex's. */
+const GOALS = { uncontended: { us: 0.5, vsSemaphore: 3 }, [`${WAITERS} waiters`]: { us: 1.0, vsSemaphore: 2 } }
+const SEMAPHORE = 'async-mutex Semaphore'
 
 setFlagsFromString('--expose-gc')
 const gc = runInNewContext('gc')
@@ -67,6 +72,7 @@ async function run(subject, concurrency, total) {
   return perWorker * concurrency
 }
 
+/** The median µs per round trip of one subject, after a warm-up. */
 async function measure(make, concurrency) {
   const subject = make()
   await run(subject, concurrency, OPS) // warm-up
@@ -105,6 +111,7 @@ async function memory() {
 
 export async function benchArbiter() {
   const rows = []
+  const summary = []
   for (const concurrency of [1, WAITERS]) {
     const scenario = concurrency === 1 ? 'uncontended' : `${WAITERS} waiters`
     const results = {}
@@ -119,9 +126,22 @@ export async function benchArbiter() {
         target: name === 'gpu-sidecar' ? `<= ${TARGETS_US[scenario]} us: ${ours <= TARGETS_US[scenario] ? 'met' : 'MISSED'}` : '',
       })
     }
+    const goal = GOALS[scenario]
+    const vsSemaphore = ours / results[SEMAPHORE]
+    summary.push({
+      scenario,
+      'gpu-sidecar us': Number(ours.toFixed(3)),
+      'goal us': `<= ${goal.us}: ${ours <= goal.us ? 'met' : 'MISSED'}`,
+      'x async-mutex': Number(vsSemaphore.toFixed(2)),
+      'goal x async-mutex': `<= ${goal.vsSemaphore}: ${vsSemaphore <= goal.vsSemaphore ? 'met' : 'MISSED'}`,
+      'x in-JS arbiter': Number((ours / results['in-JS arbiter (seed 003 design)']).toFixed(2)),
+      'x p-queue': Number((ours / results['p-queue']).toFixed(2)),
+    })
   }
   console.log(`\nGPU lease arbiter: acquire+release round trip, ${OPS} ops x ${ROUNDS} rounds (median), node ${process.version}`)
   console.table(rows)
+  console.log('gpu-sidecar round trip against its peers (ratio: gpu-sidecar time / peer time, lower is better):')
+  console.table(summary)
   console.log('gpu-sidecar memory:')
   console.table(await memory())
 }

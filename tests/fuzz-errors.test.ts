@@ -327,3 +327,47 @@ test('NaN, a cycle and a non-string path name their JSON path or argument', () =
     expect.objectContaining({ code: 'INVALID_CONFIG', message: 'services.services[0].stopTimeoutMs: expected a finite number, got Infinity' }),
   )
 })
+
+/** Every function reachable from `target` through its own keys (symbols too) and those of its
+ * prototypes below Object's (of whichever realm), as [path, holder, key]. */
+function reachableFunctions(target: object, name: string): [string, object, PropertyKey][] {
+  const found: [string, object, PropertyKey][] = []
+  for (let level: object = target; Object.getPrototypeOf(level) !== null; level = Object.getPrototypeOf(level)) {
+    for (const key of Reflect.ownKeys(level)) {
+      if (key === 'constructor') continue
+      const descriptor = Object.getOwnPropertyDescriptor(level, key)
+      if (typeof descriptor?.value === 'function') found.push([`${name}.${String(key)}`, target, key])
+    }
+  }
+  return found
+}
+
+// The JS half's native calls (acquireTask, releaseLease, tick, cancelWaiter, ...) once sat on each
+// arbiter, where junk made them throw napi's own codes (`cancelWaiter(undefined)`: NumberExpected).
+test('no member reachable from an arbiter or its lease throws a code outside the documented list', async () => {
+  const target = new GpuArbiter({ maxConcurrentLeases: 64, defaultQueueLimit: 0 })
+  const lease = (await target.acquire({ taskType: 'ASR' })) as object
+  const members = [...reachableFunctions(target, 'arbiter'), ...reachableFunctions(lease, 'lease')]
+  const names = members.map(([path]) => path)
+  expect(names).toEqual(expect.arrayContaining(['arbiter.acquire', 'arbiter.release', 'lease.release']))
+  for (const internal of ['acquireTask', 'acquireRequest', 'releaseLease', 'leaseHeld', 'tick', 'cancelWaiter', 'takeRecords', 'bindSide', 'taskTypeNumber']) {
+    expect(names).not.toContain(`arbiter.${internal}`)
+  }
+  expect(Object.keys(sidecar)).not.toContain('bindArbiterHalf')
+  const random = rng(SEED ^ 0x5eed)
+  const junk = generator(random)
+  const bad: string[] = []
+  const cycle: Record<string, unknown> = {}
+  cycle.self = cycle
+  for (const [path, holder, key] of members) {
+    if (path === 'arbiter.close') continue // the last call, below
+    const inputs = [[undefined, undefined], [null, null], [NaN, NaN], ['text', 'text'], [cycle, cycle], ...Array.from({ length: 40 }, () => [junk(), junk()])]
+    for (const [a, b] of inputs) {
+      const error = await outcome(() => settle((holder as Record<PropertyKey, (x: unknown, y: unknown) => unknown>)[key](a, b)))
+      const code = (error as { code?: unknown } | null)?.code
+      if (error !== null && !DOCUMENTED_CODES.has(code as string)) bad.push(`${path}: code ${String(code)}, message ${String((error as Error).message)}`)
+    }
+  }
+  target.close()
+  expect(bad.slice(0, 20)).toEqual([])
+})

@@ -36,6 +36,18 @@ function manual(options: TelemetryOptions = {}) {
   return { telemetry, samples, alerts, push }
 }
 
+// Serde values reach JS through JSON (src/binding/js.rs `to_js`); napi's serializer made a
+// BigInt of any integer above 2^32 - 1, which the generated types call a number.
+test('a pushed figure above 2^32 reaches the listener as a number, its fields in declaration order', async () => {
+  const { samples, push } = manual()
+  const big = sample(t0)
+  big.host.totalMb = 6_000_000_000
+  await push(big)
+  expect(typeof samples[0].host.totalMb).toBe('number')
+  expect(samples[0].host.totalMb).toBe(6_000_000_000)
+  expect(Object.keys(samples[0]).slice(0, 2)).toEqual(['at', 'nvml'])
+})
+
 afterEach(() => {
   for (const t of open.splice(0)) t.close()
 })

@@ -1,7 +1,7 @@
 //! The arbiter's clock as a binding runs it: monotonic microseconds since creation (what the core
 //! takes as `now`), and the wall-clock epoch for the times results show.
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::types::{Micros, MICROS_PER_MS};
 
@@ -17,9 +17,24 @@ impl Default for Clock {
 }
 
 impl Clock {
+    /// The wall clock is read between two monotonic reads, and the closest of a few tries kept: a
+    /// thread preempted between the two clocks would otherwise shift every epoch time it shows by
+    /// the preemption (milliseconds on a loaded machine).
     pub fn new() -> Self {
-        let origin_epoch_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64() * 1000.0;
-        Self { origin: Instant::now(), origin_epoch_ms }
+        let mut best: Option<(Duration, Instant, f64)> = None;
+        for _ in 0..4 {
+            let before = Instant::now();
+            let wall_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64() * 1000.0;
+            let gap = before.elapsed();
+            if best.is_none_or(|(closest, ..)| gap < closest) {
+                best = Some((gap, before, wall_ms - gap.as_secs_f64() * 500.0));
+            }
+            if gap < Duration::from_micros(20) {
+                break;
+            }
+        }
+        let (_, origin, origin_epoch_ms) = best.expect("read at least once");
+        Self { origin, origin_epoch_ms }
     }
 
     pub fn now(&self) -> Micros {

@@ -41,7 +41,23 @@ pub struct AcquireRequest {
 
 impl AcquireRequest {
     pub fn new(task_type: &str) -> Self {
-        Self { task_type: task_type.into(), ..Self::default() }
+        Self::of(task_type.into(), Trace::default())
+    }
+
+    /// A request with only its task type and trace. Spelled out rather than `..default()`, which
+    /// would make and drop a default `Arc<str>` (two atomic operations on the lease hot path).
+    pub fn of(task_type: TaskType, trace: Trace) -> Self {
+        Self {
+            task_type,
+            gpu_key: None,
+            priority: None,
+            max_wait_ms: None,
+            hold_max_ms: None,
+            queue_limit: None,
+            busy_policy: None,
+            vram_mb: None,
+            trace,
+        }
     }
 }
 
@@ -189,7 +205,10 @@ impl AdmissionState {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What an arbiter event reports; its serde names are the `as_str` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+#[schemars(rename = "GpuArbiterEventType")]
 pub enum EventKind {
     Acquired,
     Released,

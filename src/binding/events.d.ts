@@ -6,13 +6,9 @@
  */
 export type GpuAdmissionState = ("NORMAL" | "HIGH_PRESSURE" | "UNKNOWN")
 /**
- * Who may use the GPU, named as `nvidia-smi` names it.
+ * What an arbiter event reports; its serde names are the `as_str` names.
  */
-export type GpuComputeMode = ("DEFAULT" | "EXCLUSIVE_PROCESS" | "EXCLUSIVE_THREAD" | "PROHIBITED")
-/**
- * A Windows driver model: `WDDM` (display driver) or `TCC` (compute driver).
- */
-export type GpuDriverModel = ("WDDM" | "TCC")
+export type GpuArbiterEventType = ("acquired" | "released" | "queued" | "timeout" | "cancelled" | "watchdog" | "admission-state" | "config-reloaded" | "config-rejected" | "skipped" | "config-file-missing")
 /**
  * Why a request got no lease.
  */
@@ -21,6 +17,14 @@ export type GpuLeaseReason = ("ABORTED" | "SHUTDOWN" | "GPU_BUSY" | "QUEUE_FULL"
  * How a lease request ended.
  */
 export type GpuLeaseStatus = ("ACQUIRED" | "SKIPPED" | "FALLBACK_CPU" | "TIMEOUT" | "CANCELLED")
+/**
+ * Who may use the GPU, named as `nvidia-smi` names it.
+ */
+export type GpuComputeMode = ("DEFAULT" | "EXCLUSIVE_PROCESS" | "EXCLUSIVE_THREAD" | "PROHIBITED")
+/**
+ * A Windows driver model: `WDDM` (display driver) or `TCC` (compute driver).
+ */
+export type GpuDriverModel = ("WDDM" | "TCC")
 /**
  * How a learned peak VRAM figure was measured.
  */
@@ -366,6 +370,194 @@ on: string
 basis: string
 }
 /**
+ * Requests by status, in the old arbiter's shape.
+ */
+export interface GpuAcquireTotals {
+ACQUIRED: number
+SKIPPED: number
+FALLBACK_CPU: number
+}
+/**
+ * The GPU's admission state and the sample it comes from.
+ */
+export interface GpuAdmission {
+state: GpuAdmissionState
+sample?: GpuAdmissionSample
+}
+/**
+ * The telemetry sample admission decisions are based on.
+ */
+export interface GpuAdmissionSample {
+ageMs: number
+freeMb?: number
+totalMb?: number
+utilizationGpu?: number
+}
+/**
+ * Something that happened in the arbiter.
+ */
+export interface GpuArbiterEvent {
+type: GpuArbiterEventType
+/**
+ * Epoch ms.
+ */
+at: number
+/**
+ * The watchdog action (`warn`/`revoke`), the new admission state, a rejected config's error.
+ */
+detail?: string
+gpuKey?: string
+heldMs?: number
+leaseId?: string
+reason?: GpuLeaseReason
+status?: GpuLeaseStatus
+taskType?: string
+trace?: GpuLeaseTrace
+waitedMs?: number
+}
+/**
+ * Who asked for a lease; shown in snapshots and events.
+ */
+export interface GpuLeaseTrace {
+jobId?: string
+sessionId?: string
+stage?: string
+utteranceIndex?: number
+}
+/**
+ * One GPU's counters in the old arbiter's shape.
+ */
+export interface GpuArbiterMetrics {
+acquireTotal: GpuAcquireTotals
+/**
+ * The latest grants' queue waits, ms, oldest first (at most 100).
+ */
+queueWaitMs: number[]
+/**
+ * The latest leases' hold times, ms, oldest first (at most 100).
+ */
+holdMs: number[]
+/**
+ * Waits that ran out, whatever their status.
+ */
+timeoutsTotal: number
+queueFullTotal: number
+watchdogExceededTotal: number
+}
+/**
+ * One GPU's state: active leases with holder trace and hold time, the queue in dequeue order,
+ * counters and wait/hold percentiles per task type, admission state, and the old arbiter's
+ * snapshot fields.
+ */
+export interface GpuArbiterSnapshot {
+gpuKey: string
+enabled: boolean
+capacity: number
+activeLeases: GpuLeaseInfo[]
+queue: GpuWaiterInfo[]
+queueLength: number
+tasks: GpuTaskStats[]
+admission: GpuAdmission
+/**
+ * The oldest active lease, or `null`.
+ */
+currentLease: (GpuCurrentLease | null)
+metrics: GpuArbiterMetrics
+gpuAdmissionState: GpuAdmissionState
+/**
+ * The last sampled utilization, %, or `null` without a sample.
+ */
+gpuUsage: (number | null)
+/**
+ * The age of that sample, ms, or `null`.
+ */
+gpuUsageCacheAgeMs: (number | null)
+}
+/**
+ * A lease being held.
+ */
+export interface GpuLeaseInfo {
+leaseId: string
+taskType: string
+priority: number
+trace: GpuLeaseTrace
+/**
+ * Epoch ms.
+ */
+acquiredAt: number
+heldMs: number
+holdMaxMs: number
+watchdogFired: boolean
+vramMb: number
+}
+/**
+ * A request waiting in the queue.
+ */
+export interface GpuWaiterInfo {
+/**
+ * The id its lease will have when granted.
+ */
+leaseId: string
+taskType: string
+priority: number
+/**
+ * Priority plus aging so far; the queue is listed in dequeue order.
+ */
+effectivePriority: number
+waitedMs: number
+/**
+ * The old arbiter's name for `waitedMs`.
+ */
+waitTimeMs: number
+vramMb: number
+trace: GpuLeaseTrace
+remainingMs?: number
+}
+/**
+ * What was counted for one task type on this GPU.
+ */
+export interface GpuTaskStats {
+taskType: string
+acquired: number
+skipped: number
+fallbackCpu: number
+timeout: number
+cancelled: number
+queueFull: number
+watchdogExceeded: number
+revoked: number
+holdMs?: LatencyPercentiles
+waitMs?: LatencyPercentiles1
+}
+/**
+ * Hold time, ms, over the most recent leases.
+ */
+export interface LatencyPercentiles {
+p50: number
+p95: number
+p99: number
+}
+/**
+ * Queue wait, ms, over the most recent requests.
+ */
+export interface LatencyPercentiles1 {
+p50: number
+p95: number
+p99: number
+}
+/**
+ * The oldest active lease, as the old arbiter's snapshot showed it.
+ */
+export interface GpuCurrentLease {
+leaseId: string
+taskType: string
+/**
+ * Epoch ms.
+ */
+acquiredAt: number
+holdTimeMs: number
+}
+/**
  * What NVML says about the driver and every GPU (`gpu-sidecar doctor` prints it). A figure NVML
  * cannot give on this system or GPU is absent (never `null`).
  */
@@ -472,6 +664,14 @@ signal: (string | null)
  * When it was seen to end (epoch ms).
  */
 at: number
+}
+/**
+ * Nearest-rank percentiles, ms.
+ */
+export interface LatencyPercentiles2 {
+p50: number
+p95: number
+p99: number
 }
 /**
  * An event line of a recording: `{"at": <epoch ms>, "event": {kind, subject, label}}`.

@@ -5,10 +5,9 @@ use std::collections::BTreeMap;
 
 use napi::bindgen_prelude::{Env, Unknown};
 use napi_derive::napi;
-use serde_json::Value;
 
 use super::{args, Code};
-use crate::error::{ErrorCode, SidecarError};
+use crate::error::ErrorCode;
 use crate::services::needs::fit_needs as needs_of;
 use crate::services::{LearnedProfile, ServicesConfig};
 
@@ -21,13 +20,16 @@ use crate::services::{LearnedProfile, ServicesConfig};
     ts_args_type = "services: ServicesConfig, learned?: Record<string, { peakVramMb?: number, peakRssMb?: number }> | null",
     ts_return_type = "{ vramHeadroomMb: number, hostMemHeadroomMb: number, services: Array<{ name: string, gpuKey: string | null, vramNeedMb: number | null, hostNeedMb: number | null }> }"
 )]
-pub fn fit_needs(env: &Env, services: Option<Unknown>, learned: Option<Unknown>) -> napi::Result<Value, Code> {
+pub fn fit_needs<'env>(
+    env: &'env Env,
+    services: Option<Unknown<'env>>,
+    learned: Option<Unknown<'env>>,
+) -> napi::Result<Unknown<'env>, Code> {
     let section = args::required_json(env, services, "services", ErrorCode::InvalidConfig)?;
     let config = ServicesConfig::from_json(&section, &mut Vec::new())?;
     let learned = args::optional_json(env, learned, "learned", ErrorCode::InvalidArgument)?;
     let profiles: BTreeMap<String, LearnedProfile> =
         learned.and_then(|value| serde_json::from_value(value).ok()).unwrap_or_default();
     let needs = needs_of(&config, |name| profiles.get(name).copied().unwrap_or_default());
-    // As JSON, not `env.to_js_value`, so the u64 figures arrive as numbers (not BigInts).
-    Ok(serde_json::to_value(&needs).map_err(|e| SidecarError::new(ErrorCode::Internal, e.to_string()))?)
+    super::js::to_js(env, &needs)
 }

@@ -3,7 +3,7 @@
 use napi::bindgen_prelude::{Env, Result, Unknown};
 use napi_derive::napi;
 
-use super::{Code, IntoJsResult};
+use super::Code;
 use crate::telemetry::read_inventory;
 
 /// Reads the NVIDIA driver, NVML and CUDA driver versions and each GPU's name, UUID, persistence,
@@ -11,5 +11,5 @@ use crate::telemetry::read_inventory;
 /// missing driver: `nvml.available` is `false` with the reason.
 #[napi(catch_unwind, ts_return_type = "GpuInventory")]
 pub fn gpu_inventory(env: &Env) -> Result<Unknown<'_>, Code> {
-    env.to_js_value(&read_inventory()).js()
+    super::js::to_js(env, &read_inventory())
 }

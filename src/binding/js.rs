@@ -340,3 +340,32 @@ mod tests {
         );
     }
 }
+
+thread_local! {
+    /// This thread's `JSON.parse` (a Node env is one thread), looked up once. Never dropped: a
+    /// thread's locals outlive its env, and deleting the reference then is undefined behaviour.
+    static JSON_PARSE: std::cell::RefCell<Option<std::mem::ManuallyDrop<JsRef>>> = const { std::cell::RefCell::new(None) };
+}
+
+fn json_parse(env: &Env) -> Result<sys::napi_value> {
+    if let Some(parse) = JSON_PARSE.with_borrow(|p| p.as_ref().map(|p| p.get())) {
+        return parse;
+    }
+    let parse = named_property(env, named_property(env, global(env)?, "JSON")?, "parse")?;
+    JSON_PARSE.with_borrow_mut(|p| -> Result<()> {
+        *p = Some(std::mem::ManuallyDrop::new(JsRef::new(env, parse)?));
+        Ok(())
+    })?;
+    Ok(parse)
+}
+
+/// A value's serde form as a JS value: the one way the binding hands a serde value to JS. Through
+/// JSON text and `JSON.parse`, so fields keep their declaration order and every integer arrives
+/// as a number (napi's serializer makes a BigInt of one above `u32::MAX`), as the generated types
+/// say; a non-finite float is `null`, as in JSON.
+pub fn to_js<'env, T: serde::Serialize>(env: &'env Env, value: &T) -> JsResult<napi::Unknown<'env>> {
+    let text = serde_json::to_string(value).map_err(|e| SidecarError::new(ErrorCode::Internal, e.to_string()))?;
+    let recv = unsafe { <() as ToNapiValue>::to_napi_value(env.raw(), ()) }.js()?;
+    let parsed = call(env, recv, json_parse(env).js()?, &[string(env, &text).js()?]).js()?;
+    Ok(unsafe { napi::Unknown::from_raw_unchecked(env.raw(), parsed) })
+}

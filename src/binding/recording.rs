@@ -3,7 +3,7 @@
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
-use super::{args, Code, IntoJsResult};
+use super::{args, Code};
 use crate::error::ErrorCode;
 use crate::telemetry::{analyze_recording, TelemetryOptions};
 
@@ -34,5 +34,5 @@ pub fn read_recording<'env>(
     let mut warnings = Vec::new();
     let options = TelemetryOptions::from_json(&options.unwrap_or(serde_json::Value::Null), &mut warnings)?;
     let analysis = analyze_recording(std::path::Path::new(&path), options.thresholds)?;
-    env.to_js_value(&Recording { samples: &analysis.samples, alerts: &analysis.alerts, events: &analysis.events }).js()
+    super::js::to_js(env, &Recording { samples: &analysis.samples, alerts: &analysis.alerts, events: &analysis.events })
 }

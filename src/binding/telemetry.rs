@@ -19,11 +19,13 @@ use super::js::{self, Listeners};
 use super::{args, Code, IntoJsResult};
 use crate::error::{ErrorCode, SidecarError};
 use crate::link::sampler_events::{BacklogBoards, SamplerEventQueue};
+use crate::telemetry::advice::ConcurrencyRequest;
 use crate::telemetry::{
-    advice, sample_once, LatestSample, ProcessRegistry, Sample, Sampler, SamplerEvent, SamplerHandle, TelemetryOptions,
+    sample_once, LatestSample, ProcessRegistry, Sample, Sampler, SamplerEvent, SamplerHandle, TelemetryOptions,
 };
 
 #[napi(object)]
+#[allow(dead_code)] // declares the argument's TS type; the value is read as JSON
 pub struct RecommendConcurrencyOptions {
     /// Memory one worker takes, MB.
     pub per_worker_mb: f64,
@@ -127,7 +129,7 @@ impl Telemetry {
     #[napi(catch_unwind, ts_return_type = "TelemetrySample | null")]
     pub fn latest<'env>(&self, env: &'env Env) -> Result<Option<Unknown<'env>>, Code> {
         let latest = self.state.borrow().sampler.as_ref().and_then(|h| h.latest());
-        latest.map(|sample| env.to_js_value(&*sample).js()).transpose()
+        latest.map(|sample| js::to_js(env, &*sample)).transpose()
     }
 
     /// Prometheus text for the last sample: per-GPU memory, utilization, temperature, power,
@@ -206,12 +208,12 @@ impl Telemetry {
         ts_return_type = "ConcurrencyRecommendation"
     )]
     pub fn recommend_concurrency<'env>(&self, env: &'env Env, options: Option<Unknown>) -> Result<Unknown<'env>, Code> {
-        let options = concurrency_options(env, options)?;
+        let request = concurrency_request(env, options)?;
         let latest = self.state.borrow().sampler.as_ref().and_then(|h| h.latest());
         let sample = latest.ok_or_else(|| {
             SidecarError::new(ErrorCode::InvalidArgument, "no sample yet: wait for the first onSample")
         })?;
-        recommendation_to_js(env, &sample, options)
+        js::to_js(env, &request.answer(&sample)?)
     }
 
     /// Stops sampling and waits for the thread; no callback fires afterwards. Idempotent.
@@ -288,9 +290,9 @@ impl Telemetry {
     ts_return_type = "ConcurrencyRecommendation"
 )]
 pub fn recommend_concurrency<'env>(env: &'env Env, options: Option<Unknown>) -> napi::Result<Unknown<'env>, Code> {
-    let options = concurrency_options(env, options)?;
+    let request = concurrency_request(env, options)?;
     let sample = sample_once(ProcessRegistry::new())?;
-    recommendation_to_js(env, &sample, options)
+    js::to_js(env, &request.answer(&sample)?)
 }
 
 /// A pid argument: an integer from 1 to 2^32-1, else `INVALID_ARGUMENT`.
@@ -306,50 +308,10 @@ fn pid_argument(env: &Env, pid: Option<Unknown>) -> Result<u32, Code> {
     }
 }
 
-/// `{ perWorkerMb, reserveFraction?, on? }`, each checked with `INVALID_ARGUMENT` naming it.
-fn concurrency_options(env: &Env, options: Option<Unknown>) -> Result<RecommendConcurrencyOptions, Code> {
-    let value = args::optional_json(env, options, "options", ErrorCode::InvalidArgument)?;
-    let Some(serde_json::Value::Object(map)) = value else {
-        return Err(SidecarError::invalid_argument(format!(
-            "options: expected an object such as {{ perWorkerMb: 250 }}, got {}",
-            value.map_or("nothing".to_string(), |v| v.to_string())
-        ))
-        .into());
-    };
-    let number = |key: &str| -> Result<Option<f64>, Code> {
-        match map.get(key) {
-            None | Some(serde_json::Value::Null) => Ok(None),
-            Some(serde_json::Value::Number(n)) => Ok(n.as_f64()),
-            Some(other) => {
-                Err(SidecarError::invalid_argument(format!("options.{key}: expected a number, got {other}")).into())
-            }
-        }
-    };
-    let per_worker_mb = number("perWorkerMb")?
-        .ok_or_else(|| SidecarError::invalid_argument("options.perWorkerMb: expected a number > 0, got nothing"))?;
-    let reserve_fraction = number("reserveFraction")?;
-    let on = match map.get("on") {
-        None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::String(s)) => Some(s.clone()),
-        Some(other) => {
-            return Err(SidecarError::invalid_argument(format!(
-                "options.on: expected \"host\" or a GPU key, got {other}"
-            ))
-            .into())
-        }
-    };
-    Ok(RecommendConcurrencyOptions { per_worker_mb, reserve_fraction, on })
-}
-
-fn recommendation_to_js<'env>(
-    env: &'env Env,
-    sample: &Sample,
-    options: RecommendConcurrencyOptions,
-) -> Result<Unknown<'env>, Code> {
-    let on = options.on.as_deref().unwrap_or("host");
-    let advice =
-        advice::recommend_concurrency(sample, options.per_worker_mb, options.reserve_fraction.unwrap_or(0.1), on)?;
-    env.to_js_value(&advice).js()
+/// `{ perWorkerMb, reserveFraction?, on? }`.
+fn concurrency_request(env: &Env, options: Option<Unknown>) -> Result<ConcurrencyRequest, Code> {
+    let options = args::optional_json(env, options, "options", ErrorCode::InvalidArgument)?;
+    Ok(ConcurrencyRequest::from_json(options.as_ref())?)
 }
 
 fn dispatch(env: &Env, state: &Rc<RefCell<TelemetryBinding>>) {
@@ -367,11 +329,11 @@ fn dispatch(env: &Env, state: &Rc<RefCell<TelemetryBinding>>) {
         match event {
             SamplerEvent::Sample(output) => {
                 feed_arbiters(env, state, &output.sample);
-                if let Ok(value) = env.to_js_value(&*output.sample) {
+                if let Ok(value) = js::to_js(env, &*output.sample) {
                     call_listeners(env, state, |l| &l.on_sample, value.raw());
                 }
                 for alert in &output.alerts {
-                    if let Ok(value) = env.to_js_value(alert) {
+                    if let Ok(value) = js::to_js(env, alert) {
                         call_listeners(env, state, |l| &l.on_alert, value.raw());
                     }
                 }

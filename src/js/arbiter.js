@@ -3,7 +3,9 @@
 // The JS half of GpuArbiter (see src/binding/arbiter/mod.rs). The native core makes every
 // decision; this module holds what JS holds cheaply: the promises, the result objects, AbortSignal
 // listeners and the one deadline timer. Native calls take and return numbers, and leave what they
-// caused in a shared Float64Array (the mailbox), whose layout the native module exports.
+// caused in a shared Float64Array (the mailbox), whose layout the native module exports. The
+// native calls live on an internal handle that only this module gets (`register`): nothing on the
+// arbiter object reaches them.
 
 const timers = require('node:timers')
 const native = require('../../index.js')
@@ -17,19 +19,22 @@ const RECORD_SIZE = Field.Size
 const KIND = Field.Kind
 const ID = Field.Id
 const { statuses: STATUS, reasons: REASON, leaseIdPrefix: LEASE_PREFIX } = native.arbiterCodeNames()
+/** What no caller can pass: the last task type and lease id before there is one. */
+const NONE = Symbol('none')
 /** Node's timers overflow past this (and then fire every millisecond). */
 const MAX_TIMER_MS = 2 ** 31 - 1
 /** Revoked lease ids remembered for a `signal` first asked for after the revocation. */
 const REMEMBERED_REVOCATIONS = 1024
-// Registry symbols: the native module is loaded once per thread, but this file may be evaluated
+// A registry symbol: the native module is loaded once per thread, but this file may be evaluated
 // more than once against it (Jest's per-file module registries, bundles that duplicate it). The
 // first evaluation installs the JS half; later ones reuse it rather than wrap it again.
-const SIDE = Symbol.for('gpu-sidecar.arbiterSide')
 const INSTALLED = Symbol.for('gpu-sidecar.arbiterJsHalf')
 
 /**
- * @typedef {import('../../index').GpuArbiter & {
- *   acquireTask(taskType: unknown, trace: unknown): number,
+ * @typedef {import('../../index').GpuArbiter} NativeArbiter
+ * @typedef {{
+ *   taskTypeNumber(taskType: string): number,
+ *   acquireTask(taskType: number | string, trace: unknown): number,
  *   acquireRequest(request: object): number,
  *   releaseLease(id: number | unknown): boolean,
  *   leaseHeld(id: number): boolean,
@@ -37,8 +42,7 @@ const INSTALLED = Symbol.for('gpu-sidecar.arbiterJsHalf')
  *   cancelWaiter(id: number): void,
  *   takeRecords(): void,
  *   bindSide(notify: () => void): Float64Array,
- *   [SIDE]?: ArbiterSide,
- * }} NativeArbiter
+ * }} ArbiterHandle the native calls of one arbiter (src/binding/arbiter/hot_path.rs)
  * @typedef {{ id: number, resolve: (value: unknown) => void, taskType: string, signal: AbortSignal | null, onAbort: (() => void) | null }} Waiter
  */
 
@@ -154,9 +158,20 @@ function weakCallback(side) {
 }
 
 class ArbiterSide {
-  /** @param {NativeArbiter} arbiter */
-  constructor(arbiter) {
+  /** @param {NativeArbiter} arbiter @param {ArbiterHandle} native */
+  constructor(arbiter, native) {
     this.arbiter = arbiter
+    this.native = native
+    /** @type {Map<string, number>} task type -> the number it crosses as */
+    this.taskTypes = new Map()
+    // The last task type and lease seen: most calls repeat the one before (same string, so `===`
+    // compares pointers), and skip the lookup.
+    /** @type {unknown} */
+    this.lastTaskType = NONE
+    this.lastTaskNumber = -1
+    /** @type {unknown} */
+    this.lastLeaseId = NONE
+    this.lastLeaseNumber = -1
     this.waiters = new WaiterTable()
     /** @type {Map<number, AbortController>} lease id -> controller, for leases whose signal was asked for */
     this.signals = new Map()
@@ -182,7 +197,7 @@ class ArbiterSide {
     this.notify = () => this.sync()
     /** @type {Set<{ listener: unknown }>} */
     this.listeners = new Set()
-    this.mailbox = arbiter.bindSide(this.notify)
+    this.mailbox = native.bindSide(this.notify)
     this.generation = -1
     /** @type {string[]} */
     this.gpuKeys = []
@@ -218,7 +233,7 @@ class ArbiterSide {
     this.pending.timer = null
     this.timerAt = -1
     if (this.closed) return
-    this.arbiter.tick()
+    this.native.tick()
     this.sync()
   }
 
@@ -266,7 +281,7 @@ class ArbiterSide {
         waiter.resolve(kind === Kind.Acquired ? this.lease(at, waiter.taskType) : this.refusal(at))
       }
       if (m[Slot.MoreRecords] !== 1) break
-      this.arbiter.takeRecords()
+      this.native.takeRecords()
     }
     // Last: abort listeners are user code, which may call back into the arbiter.
     for (const id of revoked) this.revoke(id)
@@ -275,7 +290,30 @@ class ArbiterSide {
   /** @param {number} at @param {string} taskType */
   lease(at, taskType) {
     const m = this.mailbox
-    return new Lease(this, m[at + Field.Id], this.gpuKey(m[at + Field.Gpu]), taskType, m[at + Field.AcquiredAt], m[at + Field.QueueWaitMs], m[at + Field.HoldMaxMs])
+    const lease = new Lease(this, m[at + Field.Id], this.gpuKey(m[at + Field.Gpu]), taskType, m[at + Field.AcquiredAt], m[at + Field.QueueWaitMs], m[at + Field.HoldMaxMs])
+    this.lastLeaseId = lease.leaseId
+    this.lastLeaseNumber = m[at + Field.Id]
+    return lease
+  }
+
+  /** The number `taskType` crosses as; its text once the arbiter keeps no more names. @param {unknown} taskType */
+  taskTypeArg(taskType) {
+    if (taskType === this.lastTaskType) return this.lastTaskNumber
+    if (typeof taskType !== 'string') throw invalidArgument('request.taskType: expected a string')
+    let number = this.taskTypes.get(taskType)
+    if (number === undefined) {
+      number = this.native.taskTypeNumber(taskType)
+      if (number < 0) return taskType
+      this.taskTypes.set(taskType, number)
+    }
+    this.lastTaskType = taskType
+    this.lastTaskNumber = number
+    return number
+  }
+
+  /** `lease-42` -> 42; anything else -> -1. @param {unknown} leaseId */
+  leaseNumber(leaseId) {
+    return leaseId === this.lastLeaseId ? this.lastLeaseNumber : leaseNumber(leaseId)
   }
 
   /** @param {number} at */
@@ -303,7 +341,7 @@ class ArbiterSide {
       controller.abort(closedReason())
     } else if (this.revoked.has(id)) {
       controller.abort(revokedReason(id))
-    } else if (this.arbiter.leaseHeld(id)) {
+    } else if (this.native.leaseHeld(id)) {
       this.signals.set(id, controller)
     }
     // A lease already released keeps a signal that never aborts.
@@ -312,7 +350,7 @@ class ArbiterSide {
 
   /** @param {number | unknown} id */
   release(id) {
-    const released = this.arbiter.releaseLease(id)
+    const released = this.native.releaseLease(id)
     if (released && this.signals.size !== 0) this.signals.delete(/** @type {number} */ (id))
     this.sync()
     return released
@@ -343,7 +381,7 @@ class ArbiterSide {
     if (signal !== null) {
       waiter.onAbort = () => {
         if (this.closed) return
-        this.arbiter.cancelWaiter(id)
+        this.native.cancelWaiter(id)
         this.sync()
       }
       signal.addEventListener('abort', waiter.onAbort, { once: true })
@@ -385,17 +423,37 @@ function leaseNumber(leaseId) {
   return Number.isSafeInteger(n) ? n : -1
 }
 
-/** @param {NativeArbiter} arbiter */
-function sideOf(arbiter) {
-  return arbiter[SIDE] ?? bindSide(arbiter)
+/** A base class whose constructor returns the object it is given, so a subclass adds its private
+ * fields to that object: fields only this module can read, and no one can list. */
+class Stamp {
+  /** @param {object} target */
+  constructor(target) {
+    return target
+  }
 }
 
-/** @param {NativeArbiter} arbiter */
-function bindSide(arbiter) {
-  const side = new ArbiterSide(arbiter)
-  Object.defineProperty(arbiter, SIDE, { value: side })
-  return side
+/** An arbiter's side, in a private field of the arbiter itself. */
+class SideSlot extends Stamp {
+  #side
+  /** @param {NativeArbiter} arbiter @param {ArbiterSide} side */
+  constructor(arbiter, side) {
+    super(arbiter)
+    this.#side = side
+  }
+
+  /** @param {any} arbiter @returns {ArbiterSide} */
+  static of(arbiter) {
+    if (arbiter !== null && typeof arbiter === 'object' && #side in arbiter) return arbiter.#side
+    throw invalidArgument('this: expected a GpuArbiter (made after gpu-sidecar was loaded)')
+  }
 }
+
+/** Called by the native constructor with every new arbiter and its handle. @param {NativeArbiter} arbiter @param {ArbiterHandle} handle */
+function register(arbiter, handle) {
+  new SideSlot(arbiter, new ArbiterSide(arbiter, handle))
+}
+
+const sideOf = SideSlot.of
 
 /** A `signal` must be an AbortSignal, or at least look like one (as p-queue accepts). @param {any} signal */
 function checkSignal(signal) {
@@ -440,8 +498,9 @@ function acquire(request) {
       return Promise.resolve({ status: 'CANCELLED', reason: 'ABORTED' })
     }
   }
-  const kind = plain ? this.acquireTask(request.taskType, request.trace) : this.acquireRequest(request)
-  return side.answer(kind, request.taskType, signal)
+  const taskType = request.taskType
+  const kind = plain ? side.native.acquireTask(side.taskTypeArg(taskType), request.trace) : side.native.acquireRequest(request)
+  return side.answer(kind, taskType, signal)
 }
 
 /**
@@ -450,7 +509,7 @@ function acquire(request) {
  */
 function release(leaseId) {
   const side = sideOf(this)
-  const id = leaseNumber(leaseId)
+  const id = side.leaseNumber(leaseId)
   // Not one of ours: the native side logs it and answers false.
   return side.release(id >= 0 ? id : leaseId)
 }
@@ -462,6 +521,10 @@ function isEnabled(arbiter) {
 
 /** Defines the JS half's methods on the native classes, once per native module. */
 function install() {
+  // Not in the types: nobody else may bind, and the function is gone from the exports after this.
+  const internal = /** @type {any} */ (native)
+  internal.bindArbiterHalf(register)
+  delete internal.bindArbiterHalf
   const nativeClose = native.GpuArbiter.prototype.close
 
   /** @this {NativeArbiter} */
@@ -488,29 +551,6 @@ function install() {
   for (const [name, value] of Object.entries({ acquire, release, close, onEvent })) {
     Object.defineProperty(native.GpuArbiter.prototype, name, { value, writable: true, configurable: true })
   }
-
-  // Methods that can set a deadline (a stale reading, a raised water mark) or settle waiters bind
-  // the JS half first, so its timer and promises follow whatever they cause.
-  /** @param {any} prototype @param {string} name @param {(self: any, args: any[]) => NativeArbiter} arbiterOf */
-  function bindingFirst(prototype, name, arbiterOf) {
-    const method = prototype[name]
-    Object.defineProperty(prototype, name, {
-      value: /** @this {any} */ function (/** @type {any[]} */ ...args) {
-        const arbiter = arbiterOf(this, args)
-        if (arbiter instanceof native.GpuArbiter) sideOf(arbiter)
-        return method.apply(this, args)
-      },
-      writable: true,
-      configurable: true,
-    })
-  }
-  for (const name of ['observeGpu', 'notifyAsrTaskHint', 'setConfig']) {
-    bindingFirst(native.GpuArbiter.prototype, name, (self) => self)
-  }
-  bindingFirst(native.Telemetry.prototype, 'attachArbiter', (_self, args) => args[0])
-  // A supervisor's startup leases queue in the Rust arbiter directly; their deadlines still need
-  // the JS half's timer.
-  bindingFirst(native.ServiceSupervisor.prototype, 'attachArbiter', (_self, args) => args[0])
 
   return { Lease, isEnabled, LEASE_PREFIX }
 }

@@ -60,8 +60,10 @@ pub struct ArbiterHost {
     spare_resolutions: Vec<Resolution>,
     /// Requests made from Rust, answered on their channel, not in the mailbox.
     native_waiters: FxHashMap<WaiterId, NativeReply>,
-    /// Task type names seen, shared by every request of the type (no allocation per request).
-    task_types: FxHashMap<Box<str>, TaskType>,
+    /// Task type names seen, shared by every request of the type (no allocation per request),
+    /// by their number: JS sends a known type's number, not its text.
+    task_types: FxHashMap<Box<str>, u32>,
+    task_type_names: Vec<TaskType>,
     /// Waiters and leases per GPU for attached Telemetries' sampler threads; kept only once one
     /// asked (see [`ArbiterHost::backlog_board`]).
     backlog_board: Option<Arc<BacklogBoard>>,
@@ -85,6 +87,7 @@ impl ArbiterHost {
             spare_resolutions: Vec::new(),
             native_waiters: FxHashMap::default(),
             task_types: FxHashMap::default(),
+            task_type_names: Vec::new(),
             backlog_board: None,
             demand_sink: None,
             lease_sinks: LeaseSinks::default(),
@@ -147,14 +150,29 @@ impl ArbiterHost {
     /// The shared name of a task type. Past `MAX_INTERNED_TASK_TYPES` distinct names (a caller
     /// inventing one per request) names are no longer kept, so the table cannot grow without bound.
     pub fn intern_task_type(&mut self, name: &str) -> TaskType {
-        if let Some(shared) = self.task_types.get(name) {
-            return shared.clone();
+        match self.task_type_number(name) {
+            Some(n) => self.task_type_names[n as usize].clone(),
+            None => name.into(),
         }
-        let shared: TaskType = name.into();
-        if self.task_types.len() < MAX_INTERNED_TASK_TYPES {
-            self.task_types.insert(name.into(), shared.clone());
+    }
+
+    /// The number of a task type name, kept from now on; `None` once the table is full.
+    pub fn task_type_number(&mut self, name: &str) -> Option<u32> {
+        if let Some(&n) = self.task_types.get(name) {
+            return Some(n);
         }
-        shared
+        if self.task_types.len() >= MAX_INTERNED_TASK_TYPES {
+            return None;
+        }
+        let n = self.task_type_names.len() as u32;
+        self.task_type_names.push(name.into());
+        self.task_types.insert(name.into(), n);
+        Some(n)
+    }
+
+    /// The name [`ArbiterHost::task_type_number`] gave this number.
+    pub fn task_type_named(&self, number: u32) -> Option<TaskType> {
+        self.task_type_names.get(number as usize).cloned()
     }
 
     /// An empty vector for a call's resolutions; [`ArbiterHost::collect`] takes it back.
@@ -346,6 +364,10 @@ mod tests {
         }
         assert_eq!(h.task_types.len(), MAX_INTERNED_TASK_TYPES);
         assert_eq!(&*h.intern_task_type("invented-9999"), "invented-9999");
+        assert_eq!(h.task_type_number("invented-9999"), None);
+        let asr = h.task_type_number("ASR").unwrap();
+        assert!(Arc::ptr_eq(&a, &h.task_type_named(asr).unwrap()));
+        assert_eq!(h.task_type_named(MAX_INTERNED_TASK_TYPES as u32), None);
     }
 
     #[test]

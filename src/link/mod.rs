@@ -8,16 +8,20 @@
 //! - [`arbiter_calls`]: what a supervisor asks of an attached arbiter from its own threads
 //!   (startup leases, task-type routes, on-demand standby), queued for the arbiter's thread;
 //! - [`lease_attribution`]: an arbiter's grants and releases, typed, for the supervisor;
+//! - [`arbiter_views`]: the arbiter's snapshots and events in the serde form JS gets;
 //! - [`arbiter_host`]: the arbiter core with its clock, native requesters and the hooks other
 //!   parts set (on-demand starts, lease attribution, the backlog board);
 //! - [`gpu_reading`]: a telemetry GPU sample as an arbiter reading;
+//! - [`log_routing`]: the addon's `tracing` events to a JS logger's sink or to stderr;
 //! - [`sampler_events`]: telemetry's sampler events queued for JS, oldest dropped first, and the
 //!   attached arbiters' backlog summed for the sampler thread.
 
 pub mod arbiter_calls;
 pub mod arbiter_host;
+pub mod arbiter_views;
 pub mod gpu_reading;
 pub mod lease_attribution;
+pub mod log_routing;
 pub mod sampler_events;
 pub mod service_events;
 pub mod supervisor_telemetry;

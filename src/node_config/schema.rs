@@ -13,6 +13,7 @@ use schemars::JsonSchema;
 use serde_json::{json, Value};
 
 use crate::arbiter::{AdmissionState, ArbiterConfig, Reason, Status};
+use crate::link::arbiter_views::{GpuArbiterEvent, GpuArbiterSnapshot};
 use crate::services::{
     HostBudgetAnswer, ListenerNote, PeakVramMethod, ServiceEvent, ServiceOutcome, ServiceState, ServiceStatus,
     ServicesConfig, ServicesUpdate, StartAllOptions, WaitReason,
@@ -78,6 +79,8 @@ pub fn events_schema() -> Value {
         ("GpuLeaseReason", generator.subschema_for::<Reason>()),
         ("StartAllOptions", generator.subschema_for::<StartAllOptions>()),
         ("ServicesUpdate", generator.subschema_for::<ServicesUpdate>()),
+        ("GpuArbiterSnapshot", generator.subschema_for::<GpuArbiterSnapshot>()),
+        ("GpuArbiterEvent", generator.subschema_for::<GpuArbiterEvent>()),
     ];
     let mut defs = generator.take_definitions(true);
     for (name, schema) in roots {

@@ -3,6 +3,7 @@
 //! come from the available memory, with a reserve left over.
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::sample::Sample;
 use crate::error::{SidecarError, SidecarResult};
@@ -23,6 +24,52 @@ pub struct Recommendation {
     pub on: String,
     /// The calculation in words, for logs.
     pub basis: String,
+}
+
+/// `recommendConcurrency`'s options, `{ perWorkerMb, reserveFraction?, on? }`, as JS passed them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConcurrencyRequest {
+    pub per_worker_mb: f64,
+    pub reserve_fraction: f64,
+    /// `host` or a GPU key.
+    pub on: String,
+}
+
+impl ConcurrencyRequest {
+    /// Reads the options object, naming a bad field (`options.perWorkerMb: ...`).
+    pub fn from_json(value: Option<&Value>) -> SidecarResult<Self> {
+        let Some(Value::Object(map)) = value else {
+            return Err(SidecarError::invalid_argument(format!(
+                "options: expected an object such as {{ perWorkerMb: 250 }}, got {}",
+                value.map_or("nothing".to_string(), |v| v.to_string())
+            )));
+        };
+        let number = |key: &str| match map.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(n)) => Ok(n.as_f64()),
+            Some(other) => {
+                Err(SidecarError::invalid_argument(format!("options.{key}: expected a number, got {other}")))
+            }
+        };
+        let per_worker_mb = number("perWorkerMb")?
+            .ok_or_else(|| SidecarError::invalid_argument("options.perWorkerMb: expected a number > 0, got nothing"))?;
+        let reserve_fraction = number("reserveFraction")?.unwrap_or(0.1);
+        let on = match map.get("on") {
+            None | Some(Value::Null) => "host".to_string(),
+            Some(Value::String(s)) => s.clone(),
+            Some(other) => {
+                return Err(SidecarError::invalid_argument(format!(
+                    "options.on: expected \"host\" or a GPU key, got {other}"
+                )))
+            }
+        };
+        Ok(Self { per_worker_mb, reserve_fraction, on })
+    }
+
+    /// The advice for this request from `sample`.
+    pub fn answer(&self, sample: &Sample) -> SidecarResult<Recommendation> {
+        recommend_concurrency(sample, self.per_worker_mb, self.reserve_fraction, &self.on)
+    }
 }
 
 /// Recommends a worker count for `on` (`"host"` or a GPU key such as `"gpu:0"`) from a sample:
@@ -82,6 +129,23 @@ mod tests {
     use crate::error::ErrorCode;
     use crate::telemetry::sample::fixtures::sample;
     use crate::telemetry::sample::GpuSample;
+
+    #[test]
+    fn options_read_from_json_default_and_name_a_bad_field() {
+        let read = |v: serde_json::Value| ConcurrencyRequest::from_json(Some(&v));
+        let r = read(serde_json::json!({ "perWorkerMb": 250 })).unwrap();
+        assert_eq!(r, ConcurrencyRequest { per_worker_mb: 250.0, reserve_fraction: 0.1, on: "host".into() });
+        assert_eq!(read(serde_json::json!({ "perWorkerMb": 1, "on": "gpu:0" })).unwrap().on, "gpu:0");
+        for (bad, message) in [
+            (serde_json::json!({}), "options.perWorkerMb: expected a number > 0, got nothing"),
+            (serde_json::json!({ "perWorkerMb": "x" }), "options.perWorkerMb: expected a number, got \"x\""),
+            (serde_json::json!({ "perWorkerMb": 1, "on": 3 }), "options.on: expected \"host\" or a GPU key, got 3"),
+            (serde_json::json!(7), "options: expected an object such as { perWorkerMb: 250 }, got 7"),
+        ] {
+            assert_eq!(read(bad).unwrap_err().message, message);
+        }
+        assert!(ConcurrencyRequest::from_json(None).unwrap_err().message.ends_with("got nothing"));
+    }
 
     #[test]
     fn seed_004_host_with_16_gb_available_fits_64_workers_of_250_mb() {

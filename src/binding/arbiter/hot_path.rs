@@ -1,8 +1,12 @@
-//! The arbiter's hot calls, installed on each instance as plain native functions bound to its
-//! state: napi's generated class methods pay for `this` unwrapping and argument conversion on
-//! every call, several times the cost of the lease logic.
+//! The arbiter's hot calls, plain native functions bound to one arbiter's state: napi's generated
+//! class methods pay for `this` unwrapping and argument conversion on every call, several times
+//! the cost of the lease logic. They live on an internal handle, not on the arbiter: the handle
+//! goes to the JS half's `register` function (given once per thread, `bindArbiterHalf`) with the
+//! arbiter it serves, and no one else can reach it.
 //!
-//! - `acquireTask(taskType, trace?)`: the common request (its task type's policy applies);
+//! - `taskTypeNumber(name)`: the number a task type crosses as from then on (-1: send the text);
+//! - `acquireTask(taskType, trace?)`: the common request (its task type's policy applies), the
+//!   task type as its number or its text;
 //! - `acquireRequest(request)`: a request with any other field, read by name;
 //! - `releaseLease(id)`, `leaseHeld(id)`, `tick()`, `cancelWaiter(id)`, `takeRecords()`;
 //! - `bindSide(notify)`: the JS half registers itself and gets the mailbox.
@@ -12,10 +16,13 @@
 
 use std::cell::RefCell;
 use std::ffi::c_void;
+use std::mem::ManuallyDrop;
 use std::ptr;
 use std::rc::{Rc, Weak};
 
-use napi::{check_status, sys, Env, JsError, Result, ValueType};
+use napi::bindgen_prelude::Unknown;
+use napi::{check_status, sys, Env, JsError, JsValue, Result, ValueType};
+use napi_derive::napi;
 
 use super::super::js::{self, JsRef};
 use super::super::{IntoJsResult, JsResult};
@@ -29,19 +36,44 @@ type Handler = fn(&Env, &Rc<RefCell<ArbiterBinding>>, &[sys::napi_value; MAX_ARG
 const MAX_ARGS: usize = 2;
 
 /// About what an arbiter costs outside the JS heap once used: its core and config, the mailbox,
-/// the eight bound hot functions with their finalizers and the wrapper (measured: 54 KB of RSS
-/// per arbiter after an acquire and a release). Told to V8 so that dead arbiters are collected
+/// the bound hot functions with their finalizers and the wrapper (measured: 54 KB of RSS per
+/// arbiter after an acquire and a release). Told to V8 so that dead arbiters are collected
 /// before thousands pile up (`tests/arbiter-leak.test.ts`).
 const NATIVE_FOOTPRINT_BYTES: i64 = 64 * 1024;
 
-/// Defines the hot calls on `this` (an arbiter instance) and makes its mailbox.
+thread_local! {
+    /// The JS half's `register(arbiter, handle)`, one per thread (a Node env is one thread).
+    /// Never dropped: a thread's locals outlive its env, and deleting the reference then is
+    /// undefined behaviour.
+    static REGISTER: RefCell<Option<ManuallyDrop<JsRef>>> = const { RefCell::new(None) };
+}
+
+/// For the arbiter's JS half (src/js/arbiter.js), once per thread: `register(arbiter, handle)`
+/// is called with every arbiter made from then on and its internal handle. A second call throws.
+#[napi(catch_unwind, skip_typescript)]
+pub fn bind_arbiter_half(env: &Env, register: Option<Unknown>) -> napi::Result<(), super::super::Code> {
+    let register = match register {
+        Some(f) if f.get_type().js()? == ValueType::Function => f,
+        _ => return Err(SidecarError::invalid_argument("register: expected a function").into()),
+    };
+    REGISTER.with_borrow_mut(|slot| {
+        if slot.is_some() {
+            return Err(SidecarError::invalid_argument("register: the arbiter's JS half is bound already").into());
+        }
+        *slot = Some(ManuallyDrop::new(JsRef::new(env, register.raw()).js()?));
+        Ok(())
+    })
+}
+
+/// Makes the arbiter's internal handle (its hot calls and mailbox) and gives it to the JS half.
 pub fn install(env: &Env, this: sys::napi_value, state: &Rc<RefCell<ArbiterBinding>>) -> Result<()> {
     {
         let mut s = state.borrow_mut();
         s.mailbox = Some(Mailbox::new(env)?);
         s.footprint = Some(js::ExternalMemory::new(env, NATIVE_FOOTPRINT_BYTES)?);
     }
-    let methods: [(&str, Handler); 8] = [
+    let methods: [(&str, Handler); 9] = [
+        ("taskTypeNumber", task_type_number),
         ("acquireTask", acquire_task),
         ("acquireRequest", acquire_request),
         ("releaseLease", release_lease),
@@ -55,7 +87,15 @@ pub fn install(env: &Env, this: sys::napi_value, state: &Rc<RefCell<ArbiterBindi
     for (name, handler) in methods {
         functions.push((name, native_function(env, name, handler, Rc::downgrade(state))?));
     }
-    js::define_methods(env, this, &functions)
+    let mut handle = ptr::null_mut();
+    check_status!(unsafe { sys::napi_create_object(env.raw(), &mut handle) })?;
+    js::define_methods(env, handle, &functions)?;
+    let Some(register) = REGISTER.with_borrow(|r| r.as_ref().map(|r| r.get())).transpose()? else {
+        // Only the generated binding was loaded: there is no JS half to serve.
+        return Ok(());
+    };
+    let recv = unsafe { <() as napi::bindgen_prelude::ToNapiValue>::to_napi_value(env.raw(), ()) }?;
+    js::call(env, recv, register, &[this, handle]).map(|_| ())
 }
 
 /// What a hot function's data pointer holds.
@@ -120,12 +160,22 @@ unsafe extern "C" fn trampoline(raw_env: sys::napi_env, info: sys::napi_callback
     }
 }
 
-fn number(env: &Env, n: f64) -> JsResult<sys::napi_value> {
+fn number_js(env: &Env, n: f64) -> JsResult<sys::napi_value> {
     js::number(env, n).js()
 }
 
 fn kind_value(env: &Env, kind: ArbiterRecordKind) -> JsResult<sys::napi_value> {
-    number(env, kind as i32 as f64)
+    number_js(env, kind as i32 as f64)
+}
+
+/// A lease or waiter id from the JS half; anything else is no id this arbiter issued.
+fn id_arg(env: &Env, value: sys::napi_value) -> JsResult<Option<u64>> {
+    Ok(match js::value_type(env, value).js()? {
+        ValueType::Number => {
+            Some(js::number_value(env, value).js()?).filter(|n| n.fract() == 0.0 && *n >= 0.0).map(|n| n as u64)
+        }
+        _ => None,
+    })
 }
 
 fn acquire_task(
@@ -134,11 +184,29 @@ fn acquire_task(
     args: &[sys::napi_value; MAX_ARGS],
 ) -> JsResult<sys::napi_value> {
     let task_type = match js::value_type(env, args[0]).js()? {
+        ValueType::Number => {
+            let number = js::number_value(env, args[0]).js()?;
+            state.borrow().host.task_type_named(number as u32).ok_or_else(|| {
+                SidecarError::invalid_argument(format!("request.taskType: no task type has the number {number}"))
+            })?
+        }
         ValueType::String => js::with_str(env, args[0], |text| state.borrow_mut().host.intern_task_type(text)).js()?,
         _ => return Err(SidecarError::invalid_argument("request.taskType: expected a string").into()),
     };
-    let request = AcquireRequest { task_type, trace: read_trace(env, args[1])?, ..AcquireRequest::default() };
+    let request = AcquireRequest::of(task_type, read_trace(env, args[1])?);
     acquire(env, state, request)
+}
+
+fn task_type_number(
+    env: &Env,
+    state: &Rc<RefCell<ArbiterBinding>>,
+    args: &[sys::napi_value; MAX_ARGS],
+) -> JsResult<sys::napi_value> {
+    if js::value_type(env, args[0]).js()? != ValueType::String {
+        return Err(SidecarError::invalid_argument("request.taskType: expected a string").into());
+    }
+    let number = js::with_str(env, args[0], |text| state.borrow_mut().host.task_type_number(text)).js()?;
+    number_js(env, number.map_or(-1.0, f64::from))
 }
 
 fn acquire_request(
@@ -193,9 +261,7 @@ pub fn release_value(
     value: sys::napi_value,
 ) -> JsResult<(bool, Vec<Resolution>)> {
     let id = match js::value_type(env, value).js()? {
-        ValueType::Number => {
-            Some(js::number_value(env, value).js()?).filter(|n| n.fract() == 0.0 && *n >= 0.0).map(|n| n as u64)
-        }
+        ValueType::Number => id_arg(env, value)?,
         ValueType::String => {
             let text = js::string_value(env, value).js()?;
             let id = text.strip_prefix(LEASE_PREFIX).and_then(|n| n.parse().ok());
@@ -219,8 +285,8 @@ fn lease_held(
     state: &Rc<RefCell<ArbiterBinding>>,
     args: &[sys::napi_value; MAX_ARGS],
 ) -> JsResult<sys::napi_value> {
-    let id = js::number_value(env, args[0]).js()?;
-    js::boolean(env, state.borrow().host.core.holds_lease(id as u64)).js()
+    let held = id_arg(env, args[0])?.is_some_and(|id| state.borrow().host.core.holds_lease(id));
+    js::boolean(env, held).js()
 }
 
 fn tick(
@@ -244,11 +310,11 @@ fn cancel_waiter(
     state: &Rc<RefCell<ArbiterBinding>>,
     args: &[sys::napi_value; MAX_ARGS],
 ) -> JsResult<sys::napi_value> {
-    let id = js::number_value(env, args[0]).js()?;
+    let Some(id) = id_arg(env, args[0])? else { return undefined(env) };
     let resolution = {
         let mut s = state.borrow_mut();
         let now = s.host.now();
-        s.host.core.cancel(id as u64, now)
+        s.host.core.cancel(id, now)
     };
     after_call(env, state, resolution.into_iter().collect(), Caller::Js)?;
     undefined(env)

@@ -9,7 +9,8 @@
 //! - `mod.rs`: the class and its slow-path methods;
 //! - `hot_path.rs`: acquire, release, tick, cancel;
 //! - `state.rs`: the binding state and how a change reaches JS;
-//! - `views.rs`: snapshots and events as generated JS types;
+//! - `views.rs`: the argument objects of its slow-path methods (snapshots and events are the
+//!   serde form of [`crate::link::arbiter_views`]);
 //! - `config_file.rs`: config patches and the watched config file;
 //! - `native_leases.rs`: leases other parts of the addon ask for from Rust (startup leases).
 
@@ -26,15 +27,15 @@ use std::rc::{Rc, Weak};
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
-use super::args;
+use super::{args, js};
 use super::{Code, IntoJsResult};
 use crate::arbiter::{ArbiterConfig, GpuReading};
 use crate::error::ErrorCode;
 use crate::error::SidecarError;
+use crate::link::arbiter_views;
 use crate::node_config as config;
 
 pub(super) use state::{after_call, update_event_recording, ArbiterBinding, Caller};
-pub use views::*;
 
 #[napi(object)]
 #[allow(dead_code)] // declares the argument's TS type; the value is read as JSON
@@ -102,23 +103,22 @@ impl GpuArbiter {
     /// One GPU's state: active leases with holder trace and hold time, the queue in dequeue order,
     /// counters and wait/hold percentiles per task type, admission state, and the old arbiter's
     /// snapshot fields. `null` for an unknown key.
-    #[napi(catch_unwind, ts_args_type = "gpuKey: string")]
-    pub fn snapshot(&self, env: &Env, gpu_key: Option<Unknown>) -> Result<Option<GpuArbiterSnapshot>, Code> {
+    #[napi(catch_unwind, ts_args_type = "gpuKey: string", ts_return_type = "GpuArbiterSnapshot | null")]
+    pub fn snapshot<'env>(&self, env: &'env Env, gpu_key: Option<Unknown<'env>>) -> Result<Unknown<'env>, Code> {
         let gpu_key = args::string(env, gpu_key, "gpuKey")?;
         let s = self.state.borrow();
-        Ok(s.host.core.snapshot(&gpu_key, s.host.clock.now()).map(|snap| views::snapshot_value(&s.host.clock, snap)))
+        let snapshot = s.host.core.snapshot(&gpu_key, s.host.clock.now());
+        js::to_js(env, &snapshot.map(|snap| arbiter_views::snapshot_view(&s.host.clock, snap)))
     }
 
     /// Snapshots of every configured GPU.
-    #[napi(catch_unwind)]
-    pub fn snapshot_all(&self) -> Vec<GpuArbiterSnapshot> {
+    #[napi(catch_unwind, ts_return_type = "GpuArbiterSnapshot[]")]
+    pub fn snapshot_all<'env>(&self, env: &'env Env) -> Result<Unknown<'env>, Code> {
         let s = self.state.borrow();
-        s.host
-            .core
-            .snapshot_all(s.host.clock.now())
-            .into_iter()
-            .map(|snap| views::snapshot_value(&s.host.clock, snap))
-            .collect()
+        let snapshots = s.host.core.snapshot_all(s.host.clock.now());
+        let views: Vec<_> =
+            snapshots.into_iter().map(|snap| arbiter_views::snapshot_view(&s.host.clock, snap)).collect();
+        js::to_js(env, &views)
     }
 
     /// Prometheus text exposition (serve it next to prom-client's output).
@@ -129,9 +129,8 @@ impl GpuArbiter {
 
     /// The effective config, defaults applied.
     #[napi(catch_unwind, ts_return_type = "GpuArbiterConfig")]
-    pub fn config(&self) -> Result<serde_json::Value, Code> {
-        Ok(serde_json::to_value(self.state.borrow().host.core.config())
-            .map_err(|e| SidecarError::new(crate::error::ErrorCode::Internal, e.to_string()))?)
+    pub fn config<'env>(&self, env: &'env Env) -> Result<Unknown<'env>, Code> {
+        js::to_js(env, self.state.borrow().host.core.config())
     }
 
     /// The configured GPU keys, in order (records name a GPU by its index here).

@@ -9,16 +9,16 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
 use napi::bindgen_prelude::ToNapiValue;
-use napi::{sys, Env};
+use napi::{sys, Env, JsValue};
 
 use super::super::js::{self, ExternalMemory, JsRef, Listeners};
 use super::super::{IntoJsResult, JsResult};
 use super::mailbox::{Header, Mailbox};
-use super::views::{event_value, GpuArbiterEvent};
 use crate::arbiter::clock::ms;
 use crate::arbiter::{ArbiterConfig, Resolution};
 use crate::config::watch::{ConfigFileChange, ConfigFileWatch};
 use crate::link::arbiter_host::ArbiterHost;
+use crate::link::arbiter_views::{event_view, GpuArbiterEvent};
 
 pub struct ArbiterBinding {
     pub host: ArbiterHost,
@@ -115,12 +115,12 @@ fn dispatch_events(env: &Env, state: &Rc<RefCell<ArbiterBinding>>) {
         let mut s = state.borrow_mut();
         let listening = !s.listeners.is_empty();
         let Some(events) = s.host.take_events(listening) else { return };
-        let values: Vec<GpuArbiterEvent> = events.into_iter().map(|e| event_value(&s.host.clock, e)).collect();
+        let values: Vec<GpuArbiterEvent> = events.into_iter().map(|e| event_view(&s.host.clock, e)).collect();
         (values, s.listeners.current())
     };
     for event in events {
-        if let Ok(value) = unsafe { ToNapiValue::to_napi_value(env.raw(), event) } {
-            js::call_listeners(env, &listeners, value, "GpuArbiter");
+        if let Ok(value) = js::to_js(env, &event) {
+            js::call_listeners(env, &listeners, value.raw(), "GpuArbiter");
         }
     }
 }
