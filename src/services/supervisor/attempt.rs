@@ -54,8 +54,9 @@ impl Shared {
             },
             _ = stop_requested(stop) => return Attempt::Stopped,
         };
-        // Dropped when this attempt ends: the lease covers the load, not the service's life.
-        let _lease = match (&gpu_key, &self.hooks.startup_lease) {
+        // Held until ready is announced (or this attempt fails): the lease covers the load, not the
+        // service's life.
+        let startup_lease = match (&gpu_key, &self.hooks.startup_lease) {
             (Some(gpu_key), Some(lease)) if self.config.gpu_startup_lease => tokio::select! {
                 guard = lease.acquire(&spec.name, gpu_key, spec.readiness_timeout_ms.get()) => match guard {
                     Ok(guard) => Some(guard),
@@ -156,7 +157,16 @@ impl Shared {
                     }
                     self.cell(i).time_to_ready_ms = Some(time_to_ready_ms);
                     let rss_peak = Some(rss_peak);
-                    Attempt::Ready(Box::new(Launched { process, sink, vram_peak, rss_peak, notify, _notify_reader: notify_reader, spawned }))
+                    Attempt::Ready(Box::new(Launched {
+                        process,
+                        sink,
+                        vram_peak,
+                        rss_peak,
+                        notify,
+                        _notify_reader: notify_reader,
+                        spawned,
+                        startup_lease,
+                    }))
                 }
                 Err(not_ready) => {
                     let error = match not_ready {

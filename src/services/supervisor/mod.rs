@@ -44,7 +44,7 @@ pub use first_reading::ReadingGate;
 
 use super::config::{ServiceSpec, ServicesConfig};
 use super::events::{epoch_ms, ExitInfo, ServiceEvent, ServiceEventKind};
-use super::hooks::{SpawnEnv, StartupLease, TaskRoutes, VramSource};
+use super::hooks::{LeaseGuard, SpawnEnv, StartupLease, TaskRoutes, VramSource};
 use super::host_death::HostDeathWatchdog;
 use super::host_memory::{HostBudget, HostMemorySource};
 use super::lease_ledger::{AttributedLease, ServiceLeases};
@@ -419,6 +419,9 @@ struct Launched {
     notify: Option<watch::Receiver<NotifySeen>>,
     _notify_reader: Option<AbortOnDrop>,
     spawned: Instant,
+    /// The startup lease its load held: given back once `ready` is announced, so the lease's
+    /// release is never stamped before the ready it covers.
+    startup_lease: Option<LeaseGuard>,
 }
 
 impl Supervisor {

@@ -192,7 +192,8 @@ impl Shared {
         stop: &mut watch::Receiver<bool>,
     ) -> Option<(RunEnd, Vec<String>)> {
         let spec = self.spec(i);
-        let Launched { mut process, sink, vram_peak, rss_peak, notify, _notify_reader, spawned: _ } = launched;
+        let Launched { mut process, sink, vram_peak, rss_peak, notify, _notify_reader, spawned: _, startup_lease } =
+            launched;
         {
             let mut cell = self.cell(i);
             cell.hung = None;
@@ -206,6 +207,7 @@ impl Shared {
         // before the state said ready, a scheduler could hand it to a later service while the
         // ones that wait for this one still see it starting.
         drop(start_slot);
+        drop(startup_lease);
         let ended = tokio::select! {
             exit = process.wait() => Some(RunEnd::Exited(exit)),
             failures = self.watch_liveness(i, &sink, notify) => Some(RunEnd::Unhealthy(failures)),
