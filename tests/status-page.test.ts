@@ -7,6 +7,25 @@ import { planBrowserTest } from './browser'
 import { RECORDED_EVENTS, recordingWithEvents } from './recording-events'
 import { sleep, tempDir, waitFor } from './support'
 
+/**
+ * A describe block sharing one headless Chromium (`chromium()`) among its tests. Without a
+ * browser it is skipped on a developer's machine (said above) and failed in CI.
+ */
+function describeInChromium(name: string, body: (chromium: () => Browser) => void) {
+  const block = browser.run || browser.fail ? describe : describe.skip
+  block(name, () => {
+    let chromium: Browser
+    beforeAll(async () => {
+      if (!browser.run) throw new Error(browser.message)
+      chromium = await puppeteer.launch({ executablePath: browser.executablePath, headless: true, args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'] })
+    })
+    afterAll(async () => {
+      await chromium?.close()
+    })
+    body(() => chromium)
+  })
+}
+
 const root = join(__dirname, '..')
 const recording = join(root, 'examples/node-recording.jsonl')
 const fakeService = join(root, 'examples/fake-model-service.mjs')
@@ -104,22 +123,10 @@ describe('serveStatus', () => {
     expect((await fetch(`${server.url}status`, { method: 'POST' })).status).toBe(405)
   })
 
-  // Without a browser: skipped on a developer's machine (said above), failed in CI.
-  const inBrowser = browser.run || browser.fail ? describe : describe.skip
-  inBrowser('in headless Chromium', () => {
-    let chromium: Browser
-
-    beforeAll(async () => {
-      if (!browser.run) throw new Error(browser.message)
-      chromium = await puppeteer.launch({ executablePath: browser.executablePath, headless: true, args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'] })
-    })
-
-    afterAll(async () => {
-      await chromium?.close()
-    })
+  describeInChromium('in headless Chromium', (chromium) => {
 
     test('renders the replayed GPUs and the services, and updates when a new sample arrives', async () => {
-      const page = await chromium.newPage()
+      const page = await chromium().newPage()
       const failed: string[] = []
       page.on('requestfailed', (r) => failed.push(r.url()))
       page.on('pageerror', (e) => failed.push(String(e)))
@@ -197,25 +204,14 @@ async function expectMarksEverywhere(page: Page) {
   }
 }
 
-const inChromium = browser.run || browser.fail ? describe : describe.skip
-inChromium('event marks and layout in headless Chromium', () => {
-  let chromium: Browser
-
-  beforeAll(async () => {
-    if (!browser.run) throw new Error(browser.message)
-    chromium = await puppeteer.launch({ executablePath: browser.executablePath, headless: true, args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'] })
-  })
-
-  afterAll(async () => {
-    await chromium?.close()
-  })
+describeInChromium('event marks and layout in headless Chromium', (chromium) => {
 
   test('the report of a recording with each kind of event: labelled marks on every time axis, a numbered events table, no sideways scroll at 1400 and 800 px', async () => {
     const { reportModel } = require('../src/cli/report.js')
     const { pageHtml } = require('../src/status/page.js')
     const file = join(tempDir('report-marks-'), 'report.html')
     writeFileSync(file, pageHtml(reportModel(recordingWithEvents()), { live: false }))
-    const page = await chromium.newPage()
+    const page = await chromium().newPage()
     await page.setViewport({ width: 1400, height: 900 })
     await page.goto(`file://${file}`, { waitUntil: 'load' })
     await expectMarksEverywhere(page)
@@ -282,7 +278,7 @@ inChromium('event marks and layout in headless Chromium', () => {
     supervisor.attachTelemetry(telemetry)
     supervisor.attachArbiter(arbiter)
     const server = await serveStatus({ arbiter, telemetry, supervisor, port: 0 })
-    const page = await chromium.newPage()
+    const page = await chromium().newPage()
     try {
       const outcomes = await supervisor.startAll()
       expect(outcomes.map((o) => [o.service, o.status])).toEqual([['old', 'ready'], ['broken', 'failed']])

@@ -54,12 +54,17 @@ async fn one_load_at_a_time_in_dependency_order() {
     let order: Vec<&str> = outcomes.iter().map(|o| o.service.as_str()).collect();
     assert_eq!(order, ["db", "web", "cache"]);
     let events = drain(&mut rx);
+    assert_one_after_another(&events, &order);
+    sup.close().await;
+}
+
+/// Each service in `order` started only once the one before it was ready.
+fn assert_one_after_another(events: &[ServiceEvent], order: &[&str]) {
     for pair in order.windows(2) {
-        let ready = first_at(&events, pair[0], is_ready);
-        let next = first_at(&events, pair[1], is_starting);
+        let ready = first_at(events, pair[0], is_ready);
+        let next = first_at(events, pair[1], is_starting);
         assert!(ready <= next, "{} started before {} was ready", pair[1], pair[0]);
     }
-    sup.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,11 +112,7 @@ async fn start_chosen_starts_only_the_named_services_and_their_dependencies_in_o
     assert_eq!(sup.status("lazy").unwrap().state, ServiceState::Idle);
     let events = drain(&mut rx);
     assert!(steps(&events, "cache").is_empty());
-    for pair in order.windows(2) {
-        let ready = first_at(&events, pair[0], is_ready);
-        let next = first_at(&events, pair[1], is_starting);
-        assert!(ready <= next, "{} started before {} was ready (maxConcurrentStarts 1)", pair[1], pair[0]);
-    }
+    assert_one_after_another(&events, &order);
     sup.close().await;
 }
 
