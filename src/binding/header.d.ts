@@ -19,6 +19,7 @@ import type {
   GpuLeaseReason,
   GpuLeaseStatus,
   HostBudget,
+  ManifestReport,
   ServiceEvent,
   ServiceOutcome,
   ServiceStatus,

@@ -27,8 +27,9 @@ use crate::error::{ErrorCode, SidecarError, SidecarResult};
 use crate::link::arbiter_calls::{ArbiterCall, ArbiterCalls, ArbiterLease, StartupLeasePolicy};
 use crate::link::service_events::{QueuedEvent, ServiceEventFeed};
 use crate::link::supervisor_telemetry::SupervisorTelemetry;
+use crate::services::manifest::resolve_services_section;
 use crate::services::{
-    HostMemorySource, ListenerNote, OutputStream, ServiceEvent, ServiceEventKind, ServiceOutcome, ServicesConfig,
+    HostMemorySource, ListenerNote, OutputStream, ServiceEvent, ServiceEventKind, ServiceOutcome,
     StartupLease, Supervisor, SupervisorHooks, TaskRoutes, VramSource,
 };
 
@@ -108,7 +109,7 @@ impl ServiceSupervisor {
     pub fn new(env: &Env, config: Option<Unknown>) -> Result<Self, Code> {
         let config = args::optional_json(env, config, "services", ErrorCode::InvalidConfig)?.unwrap_or(Value::Null);
         let mut warnings = vec![];
-        let config = ServicesConfig::from_json(&config, &mut warnings)?;
+        let config = resolve_services_section(&config, std::path::Path::new(""), &mut warnings)?.config;
         for w in &warnings {
             tracing::warn!("{w}");
         }

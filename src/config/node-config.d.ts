@@ -270,6 +270,21 @@ hostMemHeadroomMb?: number
  */
 hostMemTimeoutMs?: number
 /**
+ * Manifest `type` to arbiter task type, over the defaults (asr: ASR, nmt: NMT, tts: TTS,
+ * semantic: SEMANTIC_REPAIR, phonetic: PHONETIC_CORRECTION, punctuation:
+ * PUNCTUATION_RESTORE; any other: OTHER).
+ */
+manifestTaskTypes?: {
+[k: string]: string
+}
+/**
+ * Folders of the node's service manifests (`<folder>/<service>/service.json`), relative to
+ * the config file (`loadConfig`) or to the working directory (`new ServiceSupervisor`).
+ * Each manifest becomes a service named by its `id`; a `services` entry with that name
+ * overrides its fields. See the README, "The node's service manifests".
+ */
+manifests?: (string[] | null)
+/**
  * How many services may be loading (between spawn and ready) at once.
  * 
  * Default: `1`. Range: 1-64.
@@ -566,19 +581,40 @@ timeoutMs?: number
  */
 export interface HttpProbe {
 /**
- * The status a ready service answers; 200 by default.
+ * The status a ready service answers (`200`), or a class of them (`"2xx"`); 200 by default.
  * 
- * Default: `200`. Range: 100-599.
+ * Default: `200`.
  */
-expectStatus?: number
+expectStatus?: (number | string)
 /**
- * Dotted path into a JSON body (`status` or `health.state`); when set the body must be JSON.
+ * Dotted path into a JSON body (`status` or `health.state`); when set the body must be JSON
+ * (unless `jsonFieldOptional`).
  */
 jsonField?: (string | null)
 /**
- * The value `jsonField` must have; without it the field must exist and be neither false nor null.
+ * A body that is not JSON, or has no `jsonField`, is ready on its status alone.
+ * 
+ * Default: `false`.
+ */
+jsonFieldOptional?: boolean
+/**
+ * The value `jsonField` must have; without it (and without `readyValues` and
+ * `notReadyValues`) the field must exist and be neither false nor null.
  */
 jsonValue?: unknown
+/**
+ * `jsonField` must not have any of these values (strings compare ignoring case): with no
+ * `jsonValue` or `readyValues`, any other value is ready.
+ * 
+ * Default: `[]`.
+ */
+notReadyValues?: unknown[]
+/**
+ * `jsonField` must have one of these values (strings compare ignoring case).
+ * 
+ * Default: `[]`.
+ */
+readyValues?: unknown[]
 url: string
 }
 /**

@@ -17,6 +17,7 @@ use crate::services::{
     HostBudgetAnswer, ListenerNote, PeakVramMethod, ServiceEvent, ServiceOutcome, ServiceState, ServiceStatus,
     ServicesConfig, WaitReason,
 };
+use crate::services::manifest::ManifestReport;
 use crate::telemetry::{Alert, Inventory, Recommendation, Sample, TelemetryOptions};
 
 /// The file's sections gpu-sidecar reads; other apps' sections are allowed and left alone.
@@ -75,6 +76,7 @@ pub fn events_schema() -> Value {
         ("GpuAdmissionState", generator.subschema_for::<AdmissionState>()),
         ("GpuLeaseStatus", generator.subschema_for::<Status>()),
         ("GpuLeaseReason", generator.subschema_for::<Reason>()),
+        ("ManifestReport", generator.subschema_for::<ManifestReport>()),
     ];
     let mut defs = generator.take_definitions(true);
     for (name, schema) in roots {

@@ -15,6 +15,7 @@ mod host_death;
 mod host_memory;
 mod lease_ledger;
 mod log_file;
+pub mod manifest;
 pub mod needs;
 mod notify;
 mod port;
@@ -27,7 +28,7 @@ mod supervisor;
 mod tests;
 
 pub use config::{
-    GpuNeed, HttpProbe, HttpUrl, LivenessCheck, LivenessConfig, LogLineProbe, Megabytes, Millis, NoProbe, Pattern,
+    ExpectStatus, GpuNeed, HttpProbe, HttpUrl, LivenessCheck, LivenessConfig, LogLineProbe, Megabytes, Millis, NoProbe, Pattern,
     Port, Readiness, RestartConfig, RestartPolicy, ServiceSpec, ServicesConfig, StopSignal, TcpProbe, AUTO_GPU_KEY,
 };
 pub(crate) use events::epoch_ms;
