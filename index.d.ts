@@ -19,6 +19,7 @@ import type {
   GpuLeaseReason,
   GpuLeaseStatus,
   HostBudget,
+  ManifestReport,
   ServiceEvent,
   ServiceOutcome,
   ServiceStatus,
@@ -557,18 +558,33 @@ export interface LatencyPercentiles {
 
 /**
  * Reads a whole node config file (like `electron-node-config.json`) and validates the sections
- * gpu-sidecar owns. Throws `INVALID_CONFIG` with the JSON path of a bad field
+ * gpu-sidecar owns, expanding `services.manifests` (folders relative to the file). Throws `INVALID_CONFIG` with the JSON path of a bad field
  * (`gpuArbiter.policies.ASR.priority: expected an integer 0-100, got "high"`), and for a file
  * that is not a regular file (a device, FIFO or directory: refused at once, never blocking),
  * is over 16 MiB, or is not UTF-8. A `path` that is not a string is `INVALID_ARGUMENT`.
  */
 export declare function loadConfig(path: string): NodeConfig
 
+/**
+ * Reads every `<dir>/<folder>/service.json` (one folder or several, relative to the working
+ * directory) with the node's rules, and returns `{ services, manifests, diagnostics }`:
+ * `services` fits `new ServiceSupervisor({ services })`, `manifests` are the manifests kept, and
+ * `diagnostics` say why each other file was skipped (also logged as warnings). `options.taskTypes`
+ * maps manifest `type`s to arbiter task types over the defaults. A missing folder throws
+ * `MANIFESTS_NOT_FOUND`; a bad argument `INVALID_ARGUMENT`.
+ */
+export declare function loadServiceManifests(dir: string | string[], options?: { taskTypes?: Record<string, string> }): { services: ServiceConfig[] } & ManifestReport
+
 /** The sections of a node config file that gpu-sidecar owns, validated, with defaults applied. */
 export interface NodeConfig {
   gpuArbiter: Required<GpuArbiterConfig>
   /** The `services` section, validated (pass it to `new ServiceSupervisor`); absent if the file has none. */
   services?: ServicesConfig
+  /**
+   * What `services.manifests` held: the manifests kept and why each other file was skipped
+   * (their services are in `services.services`); absent without `manifests`.
+   */
+  manifests?: ManifestReport
   /** Unknown keys in our sections, as JSON paths (they are ignored). */
   warnings: Array<string>
 }

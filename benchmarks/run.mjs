@@ -5,6 +5,7 @@ import { benchServices } from './services.mjs'
 import { benchFlood } from './flood.mjs'
 import { benchVram } from './vram.mjs'
 import { benchNvml } from './nvml.mjs'
+import { benchNodeBoot } from './node-boot.mjs'
 
 await benchArbiter()
 await benchTelemetry()
@@ -12,3 +13,4 @@ await benchServices()
 await benchFlood()
 await benchVram()
 await benchNvml()
+await benchNodeBoot()
