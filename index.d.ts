@@ -23,6 +23,7 @@ import type {
   ServiceEvent,
   ServiceOutcome,
   ServiceStatus,
+  StartAllOptions,
   TelemetryAlert,
   TelemetrySample,
 } from './src/binding/events'
@@ -189,11 +190,13 @@ export declare class ServiceSupervisor {
    */
   constructor(config: ServicesConfig)
   /**
-   * Starts every service (dependencies first, then config order) and resolves when each one is
-   * ready or has definitively failed (after its restarts), one outcome per service in start
-   * order. Rejects only with `CLOSED`.
+   * Starts every service that is not on demand (dependencies first, then config order) and
+   * resolves when each one is ready or has definitively failed (after its restarts), one
+   * outcome per service in start order. `{ only }` narrows it to the named services and what
+   * they depend on, with the same order, start slots and gates. Rejects with `CLOSED`,
+   * `UNKNOWN_SERVICE` (an `only` name; nothing starts) or `INVALID_ARGUMENT`.
    */
-  startAll(): Promise<ServiceOutcome[]>
+  startAll(options?: StartAllOptions): Promise<ServiceOutcome[]>
   /**
    * Starts one service and what it depends on; resolves with its outcome. Rejects with
    * `UNKNOWN_SERVICE` or `CLOSED`.
@@ -211,6 +214,14 @@ export declare class ServiceSupervisor {
    * resolves once the group is gone and reaped. Dependents are left running.
    */
   stop(name: string): Promise<void>
+  /**
+   * Sets the hook asked for extra environment just before each spawn of any service,
+   * restarts included: `(service, attempt) => ({ MODEL_DIR: ... })`, or a promise of that
+   * (`undefined` adds nothing). Its variables win over the service's `env`. A hook that
+   * throws, rejects, answers something other than an object of strings, or takes over 30 s
+   * fails that start with `SPAWN_FAILED`. `null` removes it.
+   */
+  beforeSpawn(hook: ((service: string, attempt: number) => Record<string, string> | undefined | Promise<Record<string, string> | undefined>) | null): void
   /** Stops then starts one service; resolves with the new start's outcome. */
   restart(name: string): Promise<ServiceOutcome>
   /** Stops every service, dependents before what they depend on. */

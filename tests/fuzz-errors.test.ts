@@ -173,6 +173,7 @@ const EXPORTS: Export[] = [
   { name: 'supervisor.restart(name)', member: 'ServiceSupervisor#restart', call: (a) => supervisor.restart(a as string) },
   { name: 'supervisor.status(name)', member: 'ServiceSupervisor#status', call: (a) => supervisor.status(a as string) },
   { name: 'supervisor.onEvent(listener)', member: 'ServiceSupervisor#onEvent', call: (a) => (supervisor.onEvent(a as never) as () => void)() },
+  { name: 'supervisor.beforeSpawn(hook)', member: 'ServiceSupervisor#beforeSpawn', call: (a) => { try { supervisor.beforeSpawn(a as never) } finally { supervisor.beforeSpawn(null) } } },
   { name: 'supervisor.attachTelemetry(telemetry)', member: 'ServiceSupervisor#attachTelemetry', call: (a) => supervisor.attachTelemetry(a as never) },
   { name: 'supervisor.attachArbiter(arbiter)', member: 'ServiceSupervisor#attachArbiter', call: (a) => supervisor.attachArbiter(a as never) },
   { name: 'new GpuArbiter(config)', member: 'GpuArbiter#constructor', call: (a) => new GpuArbiter(a as never).close() },

@@ -156,6 +156,12 @@ gpuKey: string
 reason: string
 } | {
 /**
+ * A stop began (`stop`, `stopAll`, `close`, an eviction or an idle stop): the service reads
+ * `stopping` until its process group is gone, then `stopped`.
+ */
+type: "stopping"
+} | {
+/**
  * Stopped on request, or exited cleanly with no restart due.
  */
 type: "stopped"
@@ -436,6 +442,23 @@ perWorkerMb: (number | null)
 workers: (number | null)
 }
 /**
+ * How a service's last process ended (`ServiceStatus.lastExit`).
+ */
+export interface LastExit {
+/**
+ * Its exit code, when it exited by itself.
+ */
+code: (number | null)
+/**
+ * The signal that ended it, on Unix (`'SIGTERM'`, `'SIGKILL'`, ...).
+ */
+signal: (string | null)
+/**
+ * When it was seen to end (epoch ms).
+ */
+at: number
+}
+/**
  * Why a manifest file was skipped.
  */
 export interface ManifestDiagnostic {
@@ -618,6 +641,26 @@ learned: ServiceLearned
  * attached Telemetry's first reading).
  */
 waiting: (ServiceWaitReason | null)
+/**
+ * When its running process was spawned (epoch ms), while it has one.
+ */
+startedAt: (number | null)
+/**
+ * How its last process ended (by itself, or stopped), and when; `null` until one has.
+ */
+lastExit: (LastExit | null)
+}
+/**
+ * What `startAll` starts (`supervisor.startAll({ only: [...] })`).
+ */
+export interface StartAllOptions {
+/**
+ * Only these services (by name) and the services they depend on, for a node that starts
+ * what its user switched on: `{ only: Object.keys(prefs).filter((id) => prefs[id]) }`.
+ * Order, `maxConcurrentStarts` and every gate hold as for a plain `startAll()`; on-demand
+ * services stay on demand. Absent: every service that is not on demand.
+ */
+only?: string[]
 }
 /**
  * An alert raised (`active: true`) or cleared (`active: false`). Its serde form is what

@@ -23,6 +23,7 @@ import type {
   ServiceEvent,
   ServiceOutcome,
   ServiceStatus,
+  StartAllOptions,
   TelemetryAlert,
   TelemetrySample,
 } from './src/binding/events'

@@ -15,6 +15,7 @@ mod logging;
 mod manifests;
 mod recording;
 mod services;
+mod spawn_env;
 mod telemetry;
 
 use napi::Status;

@@ -21,6 +21,7 @@ use serde_json::Value;
 use super::arbiter::native_leases;
 use super::arbiter::{ArbiterBinding, GpuArbiter};
 use super::js::{self, Listeners, WakeFn};
+use super::spawn_env::JsSpawnEnv;
 use super::telemetry::Telemetry;
 use super::{args, Code, IntoJsResult};
 use crate::error::{ErrorCode, SidecarError, SidecarResult};
@@ -30,7 +31,7 @@ use crate::link::supervisor_telemetry::SupervisorTelemetry;
 use crate::services::manifest::resolve_services_section;
 use crate::services::{
     HostMemorySource, ListenerNote, OutputStream, ServiceEvent, ServiceEventKind, ServiceOutcome,
-    StartupLease, Supervisor, SupervisorHooks, TaskRoutes, VramSource,
+    SpawnEnv, StartAllOptions, StartupLease, Supervisor, SupervisorHooks, TaskRoutes, VramSource,
 };
 
 /// One turn of the event loop delivers at most this many events, or for at most this long,
@@ -97,6 +98,7 @@ struct SupervisorBinding {
 pub struct ServiceSupervisor {
     core: Arc<Supervisor>,
     telemetry: Arc<SupervisorTelemetry>,
+    spawn_env: Arc<JsSpawnEnv>,
     state: Rc<RefCell<SupervisorBinding>>,
 }
 
@@ -114,6 +116,7 @@ impl ServiceSupervisor {
             tracing::warn!("{w}");
         }
         let telemetry = Arc::new(SupervisorTelemetry::default());
+        let spawn_env = Arc::new(JsSpawnEnv::default());
         let arbiter_calls = Arc::new(ArbiterCalls::default());
         let asks = Arc::new(ArbiterLease::new(arbiter_calls.clone(), StartupLeasePolicy::new(&config)));
         let hooks = SupervisorHooks {
@@ -121,6 +124,7 @@ impl ServiceSupervisor {
             startup_lease: Some(asks.clone() as Arc<dyn StartupLease>),
             task_routes: Some(asks as Arc<dyn TaskRoutes>),
             host_memory: Some(telemetry.clone() as Arc<dyn HostMemorySource>),
+            spawn_env: Some(spawn_env.clone() as Arc<dyn SpawnEnv>),
         };
         let (core, receiver) = Supervisor::new(config, hooks);
         let events = Arc::new(ServiceEventFeed::new(receiver, telemetry.clone()));
@@ -135,16 +139,22 @@ impl ServiceSupervisor {
         }));
         let wake = js::wake_function(env, &state, "servicesWake", dispatch).js()?;
         napi::bindgen_prelude::spawn(forward(events, wake));
-        Ok(Self { core: Arc::new(core), telemetry, state })
+        Ok(Self { core: Arc::new(core), telemetry, spawn_env, state })
     }
 
-    /// Starts every service (dependencies first, then config order) and resolves when each one is
-    /// ready or has definitively failed (after its restarts), one outcome per service in start
-    /// order. Rejects only with `CLOSED`.
-    #[napi(catch_unwind, ts_return_type = "Promise<ServiceOutcome[]>")]
-    pub fn start_all<'env>(&self, env: &'env Env) -> Result<PromiseRaw<'env, Value>, Code> {
+    /// Starts every service that is not on demand (dependencies first, then config order) and
+    /// resolves when each one is ready or has definitively failed (after its restarts), one
+    /// outcome per service in start order. `{ only }` narrows it to the named services and what
+    /// they depend on, with the same order, start slots and gates. Rejects with `CLOSED`,
+    /// `UNKNOWN_SERVICE` (an `only` name; nothing starts) or `INVALID_ARGUMENT`.
+    #[napi(catch_unwind, ts_return_type = "Promise<ServiceOutcome[]>", ts_args_type = "options?: StartAllOptions")]
+    pub fn start_all<'env>(&self, env: &'env Env, options: Option<Unknown>) -> Result<PromiseRaw<'env, Value>, Code> {
+        let options = match args::optional_json(env, options, "options", ErrorCode::InvalidArgument)? {
+            Some(value) => StartAllOptions::from_json(&value)?,
+            None => StartAllOptions::default(),
+        };
         let core = self.core.clone();
-        promise(env, &self.state, async move { as_json(&core.start_all().await?) })
+        promise(env, &self.state, async move { as_json(&core.start_chosen(&options).await?) })
     }
 
     /// Starts one service and what it depends on; resolves with its outcome. Rejects with
@@ -176,7 +186,22 @@ impl ServiceSupervisor {
     pub fn stop<'env>(&self, env: &'env Env, name: Option<Unknown>) -> Result<PromiseRaw<'env, ()>, Code> {
         let name = args::string(env, name, "name")?;
         let core = self.core.clone();
+        // In this turn: `status(name).state` reads 'stopping' as soon as stop() returns.
+        core.begin_stop(&name)?;
         promise(env, &self.state, async move { core.stop(&name).await })
+    }
+
+    /// Sets the hook asked for extra environment just before each spawn of any service,
+    /// restarts included: `(service, attempt) => ({ MODEL_DIR: ... })`, or a promise of that
+    /// (`undefined` adds nothing). Its variables win over the service's `env`. A hook that
+    /// throws, rejects, answers something other than an object of strings, or takes over 30 s
+    /// fails that start with `SPAWN_FAILED`. `null` removes it.
+    #[napi(
+        catch_unwind,
+        ts_args_type = "hook: ((service: string, attempt: number) => Record<string, string> | undefined | Promise<Record<string, string> | undefined>) | null"
+    )]
+    pub fn before_spawn(&self, env: &Env, hook: Option<Unknown>) -> Result<(), Code> {
+        self.spawn_env.set(env, hook)
     }
 
     /// Stops then starts one service; resolves with the new start's outcome.

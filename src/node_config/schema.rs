@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use crate::arbiter::{AdmissionState, ArbiterConfig, Reason, Status};
 use crate::services::{
     HostBudgetAnswer, ListenerNote, PeakVramMethod, ServiceEvent, ServiceOutcome, ServiceState, ServiceStatus,
-    ServicesConfig, WaitReason,
+    ServicesConfig, StartAllOptions, WaitReason,
 };
 use crate::services::manifest::ManifestReport;
 use crate::telemetry::{Alert, Inventory, Recommendation, Sample, TelemetryOptions};
@@ -77,6 +77,7 @@ pub fn events_schema() -> Value {
         ("GpuLeaseStatus", generator.subschema_for::<Status>()),
         ("GpuLeaseReason", generator.subschema_for::<Reason>()),
         ("ManifestReport", generator.subschema_for::<ManifestReport>()),
+        ("StartAllOptions", generator.subschema_for::<StartAllOptions>()),
     ];
     let mut defs = generator.take_definitions(true);
     for (name, schema) in roots {

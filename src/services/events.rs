@@ -64,7 +64,7 @@ fn signal_name(signal: i32) -> String {
     format!("SIG{signal}")
 }
 
-fn serialize_signal<S: Serializer>(signal: &Option<i32>, serializer: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn serialize_signal<S: Serializer>(signal: &Option<i32>, serializer: S) -> Result<S::Ok, S::Error> {
     signal.map(signal_name).serialize(serializer)
 }
 
@@ -134,6 +134,9 @@ pub enum ServiceEventKind {
     /// Started without the VRAM gate, for the reason given (no telemetry with NVML figures, or no
     /// estimate).
     VramGateOff { gpu_key: String, reason: String },
+    /// A stop began (`stop`, `stopAll`, `close`, an eviction or an idle stop): the service reads
+    /// `stopping` until its process group is gone, then `stopped`.
+    Stopping,
     /// Stopped on request, or exited cleanly with no restart due.
     Stopped,
     /// A liveness check of a ready service failed (`consecutive` in a row so far).

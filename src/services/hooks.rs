@@ -85,3 +85,79 @@ pub trait TaskRoutes: Send + Sync {
     /// Their service could not be started: what waits settles with `SERVICE_UNAVAILABLE`.
     fn unavailable(&self, _task_types: &[String]) {}
 }
+
+/// What a spawn-env hook answered: a JSON object of extra variables, or `null`; `Err` is the
+/// hook's own failure (it threw, or its promise rejected), in words.
+pub type SpawnEnvFuture<'a> = Pin<Box<dyn Future<Output = Result<serde_json::Value, String>> + Send + 'a>>;
+
+/// Extra environment for one spawn of a service, asked for just before each spawn (restarts
+/// included): values only known at that moment, such as a model folder resolved per start.
+pub trait SpawnEnv: Send + Sync {
+    /// `attempt` is the start attempt (0 for the first, then one more per restart). `None`:
+    /// no hook is set, nothing to ask.
+    fn env_for(&self, service: &str, attempt: u32) -> Option<SpawnEnvFuture<'_>>;
+}
+
+/// Reads a spawn-env hook's answer: `null` (JS `undefined`/`null`) adds nothing; an object's
+/// string, number and boolean values are added as text; anything else is an error that names
+/// the key (`env.MODEL_DIR: expected a string, got an object`).
+pub fn spawn_env_from_json(answer: &serde_json::Value) -> Result<Vec<(String, String)>, String> {
+    use serde_json::Value;
+    let map = match answer {
+        Value::Null => return Ok(Vec::new()),
+        Value::Object(map) => map,
+        other => return Err(format!("expected an object of environment variables, got {}", json_kind(other))),
+    };
+    let mut env = Vec::with_capacity(map.len());
+    for (key, value) in map {
+        if key.is_empty() || key.contains('=') || key.contains('\0') {
+            return Err(format!("env[{key:?}]: not a valid environment variable name"));
+        }
+        let text = match value {
+            Value::String(s) if s.contains('\0') => return Err(format!("env.{key}: contains a NUL byte")),
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
+            other => return Err(format!("env.{key}: expected a string, got {}", json_kind(other))),
+        };
+        env.push((key.clone(), text));
+    }
+    Ok(env)
+}
+
+fn json_kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod spawn_env_tests {
+    use super::spawn_env_from_json;
+    use serde_json::json;
+
+    #[test]
+    fn an_answer_becomes_variables_or_an_error_naming_the_key() {
+        assert_eq!(spawn_env_from_json(&json!(null)).unwrap(), Vec::<(String, String)>::new());
+        assert_eq!(
+            spawn_env_from_json(&json!({"MODEL_DIR": "/m/asr", "THREADS": 4, "FP16": true})).unwrap(),
+            vec![("FP16".into(), "true".into()), ("MODEL_DIR".into(), "/m/asr".into()), ("THREADS".into(), "4".into())]
+        );
+        assert_eq!(
+            spawn_env_from_json(&json!({"A": {"b": 1}})).unwrap_err(),
+            "env.A: expected a string, got an object"
+        );
+        assert_eq!(
+            spawn_env_from_json(&json!("x")).unwrap_err(),
+            "expected an object of environment variables, got a string"
+        );
+        assert!(spawn_env_from_json(&json!({"A=B": "1"}))
+            .unwrap_err()
+            .contains("not a valid environment variable name"));
+    }
+}

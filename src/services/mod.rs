@@ -33,13 +33,16 @@ pub use config::{
 };
 pub(crate) use events::epoch_ms;
 pub use events::{ExitInfo, ListenerNote, OutputStream, ServiceEvent, ServiceEventKind};
-pub use hooks::{LeaseFuture, LeaseGuard, StartupLease, TaskRoutes, VramReading, VramSource};
+pub use hooks::{
+    spawn_env_from_json, LeaseFuture, LeaseGuard, SpawnEnv, SpawnEnvFuture, StartupLease, TaskRoutes, VramReading,
+    VramSource,
+};
 pub use host_memory::{tree_rss_mb, Admission, HostBudget, HostBudgetAnswer, HostMemReading, HostMemorySource};
 pub use lease_ledger::{AttributedLease, ServiceLeases};
 pub use notify::NOTIFY_FD_ENV;
 pub use port::{port_holder, port_is_free, PortHolder};
 pub use profile::{LearnedProfile, PeakVram, PeakVramMethod};
 pub use supervisor::{
-    FailureRecord, LeaseChange, ReadingGate, ServiceOutcome, ServiceState, ServiceStatus, StartOutcome, Supervisor,
-    SupervisorHooks, WaitReason,
+    FailureRecord, LastExit, LeaseChange, ReadingGate, ServiceOutcome, ServiceState, ServiceStatus, StartAllOptions,
+    StartOutcome, Supervisor, SupervisorHooks, WaitReason,
 };

@@ -169,12 +169,14 @@ impl ServiceProcess {
     pub async fn spawn(
         spec: &ServiceSpec,
         placement: &[(String, String)],
+        hook_env: &[(String, String)],
         sink: Arc<OutputSink>,
         watchdog: Option<&Arc<HostDeathWatchdog>>,
         notify: Option<NotifyWriteEnd>,
     ) -> io::Result<Self> {
         let mut command = CommandWrap::with_new(&spec.command, |c| {
-            c.args(&spec.args).envs(placement.iter().cloned()).envs(&spec.env);
+            // The hook's answer wins: it is what is known at this very spawn.
+            c.args(&spec.args).envs(placement.iter().cloned()).envs(&spec.env).envs(hook_env.iter().cloned());
             c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
             if let Some(cwd) = &spec.cwd {
                 c.current_dir(cwd);

@@ -3,14 +3,15 @@
 //! exit, or a stop request.
 
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
 use super::readiness::ReadyWatch;
 use super::{ms, stop_requested, AbortOnDrop, Attempt, Launched, Shared, OUTPUT_DRAIN};
-use crate::error::{ErrorCode, SidecarError};
+use crate::error::{ErrorCode, SidecarError, SidecarResult};
 use crate::services::events::{epoch_ms, ServiceEventKind};
+use crate::services::hooks::spawn_env_from_json;
 use crate::services::notify::{NotifyMessage, NotifyPipe, NotifySeen, PipeEnd};
 use crate::services::process::{OutputSink, ServiceProcess};
 
@@ -21,6 +22,9 @@ enum NotReady {
     /// No progress for `readinessStallTimeoutMs`.
     Stalled(u64),
 }
+
+/// How long a spawn-env hook may take to answer.
+const SPAWN_ENV_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Names the GPU key a service runs on.
 pub const GPU_KEY_ENV: &str = "GPU_SIDECAR_GPU_KEY";
@@ -73,6 +77,14 @@ impl Shared {
             }
         }
 
+        // Last before the spawn, so what it resolves (a model folder, say) is current.
+        let hook_env = tokio::select! {
+            env = self.spawn_env(i, attempt) => match env {
+                Ok(env) => env,
+                Err(error) => return failed(error),
+            },
+            _ = stop_requested(stop) => return Attempt::Stopped,
+        };
         let spawn_failed = |e: std::io::Error| {
             SidecarError::new(ErrorCode::SpawnFailed, format!("{}: cannot start {:?}: {e}", spec.name, spec.command))
         };
@@ -99,7 +111,9 @@ impl Shared {
         // Ends (dropped) at ready, or when this attempt fails.
         let load = gpu_key.as_deref().and_then(|key| self.begin_load(key));
         let mut process =
-            match ServiceProcess::spawn(spec, &placement, sink.clone(), watchdog.as_ref(), notify_write).await {
+            match ServiceProcess::spawn(spec, &placement, &hook_env, sink.clone(), watchdog.as_ref(), notify_write)
+                .await
+            {
                 Ok(process) => process,
                 Err(e) => return failed(spawn_failed(e)),
             };
@@ -169,7 +183,8 @@ impl Shared {
                             )
                         }
                     };
-                    process.stop(spec.stop_signal, ms(spec.stop_timeout_ms.get())).await;
+                    let exit = process.stop(spec.stop_signal, ms(spec.stop_timeout_ms.get())).await;
+                    self.record_exit(i, exit);
                     process.drain_output(OUTPUT_DRAIN).await;
                     Attempt::Failed { error, last_lines: sink.tail() }
                 }
@@ -179,9 +194,27 @@ impl Shared {
                 Attempt::Exited { exit, last_lines: sink.tail(), ran: spawned.elapsed() }
             }
             _ = stop_requested(stop) => {
-                process.stop(spec.stop_signal, ms(spec.stop_timeout_ms.get())).await;
+                let exit = process.stop(spec.stop_signal, ms(spec.stop_timeout_ms.get())).await;
+                self.record_exit(i, exit);
                 Attempt::Stopped
             }
+        }
+    }
+
+    /// The spawn-env hook's extra variables for this spawn (none without a hook). A hook that
+    /// throws, answers junk or takes longer than [`SPAWN_ENV_TIMEOUT`] fails the attempt with
+    /// `SPAWN_FAILED`.
+    async fn spawn_env(&self, i: usize, attempt: u32) -> SidecarResult<Vec<(String, String)>> {
+        let name = &self.spec(i).name;
+        let Some(answer) = self.hooks.spawn_env.as_ref().and_then(|hook| hook.env_for(name, attempt)) else {
+            return Ok(Vec::new());
+        };
+        let failed =
+            |why: String| SidecarError::new(ErrorCode::SpawnFailed, format!("{name}: the beforeSpawn hook {why}"));
+        match tokio::time::timeout(SPAWN_ENV_TIMEOUT, answer).await {
+            Err(_) => Err(failed(format!("did not answer within {} ms", SPAWN_ENV_TIMEOUT.as_millis()))),
+            Ok(Err(why)) => Err(failed(why)),
+            Ok(Ok(value)) => spawn_env_from_json(&value).map_err(|e| failed(format!("answered {e}"))),
         }
     }
 

@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use schemars::JsonSchema;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 
@@ -44,7 +44,7 @@ pub use first_reading::ReadingGate;
 
 use super::config::{ServiceSpec, ServicesConfig};
 use super::events::{epoch_ms, ExitInfo, ServiceEvent, ServiceEventKind};
-use super::hooks::{StartupLease, TaskRoutes, VramSource};
+use super::hooks::{SpawnEnv, StartupLease, TaskRoutes, VramSource};
 use super::host_death::HostDeathWatchdog;
 use super::host_memory::{HostBudget, HostMemorySource};
 use super::lease_ledger::{AttributedLease, ServiceLeases};
@@ -146,6 +146,25 @@ pub struct ServiceStatus {
     /// available for it, or the host swapping), `'waiting-telemetry'` (a gate waits for the
     /// attached Telemetry's first reading).
     pub waiting: Option<WaitReason>,
+    /// When its running process was spawned (epoch ms), while it has one.
+    #[serde(rename = "startedAt")]
+    pub started_at_ms: Option<u64>,
+    /// How its last process ended (by itself, or stopped), and when; `null` until one has.
+    pub last_exit: Option<LastExit>,
+}
+
+/// How a service's last process ended (`ServiceStatus.lastExit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct LastExit {
+    /// Its exit code, when it exited by itself.
+    pub code: Option<i32>,
+    /// The signal that ended it, on Unix (`'SIGTERM'`, `'SIGKILL'`, ...).
+    #[serde(serialize_with = "super::events::serialize_signal")]
+    #[schemars(with = "Option<String>")]
+    pub signal: Option<i32>,
+    /// When it was seen to end (epoch ms).
+    #[serde(rename = "at")]
+    pub at_ms: u64,
 }
 
 /// How one service's start ended. JS sees `status` (the variant's name in lowercase) and the
@@ -161,6 +180,29 @@ pub enum StartOutcome {
     Blocked { dependency: String },
     /// Stopped before it became ready (or the supervisor was closed).
     Stopped,
+}
+
+/// What `startAll` starts (`supervisor.startAll({ only: [...] })`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "StartAllOptions")]
+pub struct StartAllOptions {
+    /// Only these services (by name) and the services they depend on, for a node that starts
+    /// what its user switched on: `{ only: Object.keys(prefs).filter((id) => prefs[id]) }`.
+    /// Order, `maxConcurrentStarts` and every gate hold as for a plain `startAll()`; on-demand
+    /// services stay on demand. Absent: every service that is not on demand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Vec<String>")]
+    pub only: Option<Vec<String>>,
+}
+
+impl StartAllOptions {
+    /// Parses `startAll`'s argument; errors are `INVALID_ARGUMENT` with the JSON path
+    /// (`options.only[1]: expected a string, got 3`).
+    pub fn from_json(value: &serde_json::Value) -> SidecarResult<Self> {
+        crate::config::parse_section(value, "options", &mut Vec::new())
+            .map_err(|e| SidecarError::invalid_argument(e.message))
+    }
 }
 
 /// How one service's start ended: what `startAll`, `start` and `restart` resolve with.
@@ -204,6 +246,8 @@ pub struct SupervisorHooks {
     pub task_routes: Option<Arc<dyn TaskRoutes>>,
     /// Host memory readings; without it the host-memory gate is off.
     pub host_memory: Option<Arc<dyn HostMemorySource>>,
+    /// Asked for extra environment just before each spawn.
+    pub spawn_env: Option<Arc<dyn SpawnEnv>>,
 }
 
 /// Starts, watches and stops the configured services. Dropping it kills every service it runs;
@@ -276,6 +320,7 @@ struct Cell {
     host_load: Option<HostLoad>,
     /// Why its start is waiting, while it waits.
     waiting: Option<WaitReason>,
+    last_exit: Option<LastExit>,
 }
 
 impl Cell {
@@ -302,6 +347,7 @@ impl Cell {
             last_used_ms: 0,
             host_load: None,
             waiting: None,
+            last_exit: None,
         }
     }
 
@@ -376,9 +422,36 @@ impl Supervisor {
     /// is ready or has definitively failed (after its restarts), with one outcome per service in
     /// start order.
     pub async fn start_all(&self) -> SidecarResult<Vec<ServiceOutcome>> {
+        self.start_chosen(&StartAllOptions::default()).await
+    }
+
+    /// [`Supervisor::start_all`] narrowed by `options.only`: the named services and what they
+    /// depend on, in the same start order, under the same start slots and gates. On-demand
+    /// services stay on demand even when named. An unknown name fails the whole call with
+    /// `UNKNOWN_SERVICE` before anything starts.
+    pub async fn start_chosen(&self, options: &StartAllOptions) -> SidecarResult<Vec<ServiceOutcome>> {
         self.shared.check_open()?;
-        let targets: Vec<usize> =
-            self.shared.order.iter().copied().filter(|&i| !self.shared.spec(i).on_demand).collect();
+        let chosen = match &options.only {
+            None => None,
+            Some(names) => {
+                let mut chosen = std::collections::HashSet::new();
+                for (n, name) in names.iter().enumerate() {
+                    let i = self
+                        .shared
+                        .index(name)
+                        .map_err(|e| SidecarError::new(e.code, format!("options.only[{n}]: {}", e.message)))?;
+                    chosen.extend(self.shared.with_dependencies(i));
+                }
+                Some(chosen)
+            }
+        };
+        let targets: Vec<usize> = self
+            .shared
+            .order
+            .iter()
+            .copied()
+            .filter(|&i| !self.shared.spec(i).on_demand && chosen.as_ref().is_none_or(|c| c.contains(&i)))
+            .collect();
         Ok(self.shared.schedule(&targets).await)
     }
 
@@ -390,6 +463,16 @@ impl Supervisor {
         let targets = self.shared.with_dependencies(i);
         let outcomes = self.shared.schedule(&targets).await;
         Ok(outcomes.into_iter().find(|o| o.service == name).expect("target has an outcome").outcome)
+    }
+
+    /// The part of [`Supervisor::stop`] that takes effect at once: a running (or starting, or
+    /// restarting) service reads `stopping` from this call on, a `stopping` event is sent, and
+    /// its runner is told to stop. A host calls it in the same turn as the stop it was asked
+    /// for, so its UI never shows a slow-to-exit service as ready; `stop` then waits for the end.
+    pub fn begin_stop(&self, name: &str) -> SidecarResult<()> {
+        let i = self.shared.index(name)?;
+        self.shared.begin_stop(i);
+        Ok(())
     }
 
     /// Stops one service (its stop signal, then SIGKILL after `stopTimeoutMs`) and waits until its
@@ -536,6 +619,9 @@ impl Shared {
     }
 
     fn emit(&self, i: usize, kind: ServiceEventKind) {
+        if let ServiceEventKind::Exited { exit } = kind {
+            self.record_exit(i, exit);
+        }
         // Nobody listening is not an error: the supervisor works the same without a reader.
         let _ = self.events.send(ServiceEvent::now(&self.spec(i).name, kind));
     }
@@ -574,7 +660,14 @@ impl Shared {
             leases: cell.leases.clone(),
             learned,
             waiting: cell.waiting,
+            started_at_ms: cell.spawned_at_ms.filter(|&at| at != u64::MAX),
+            last_exit: cell.last_exit,
         }
+    }
+
+    /// Keeps how a process of service `i` ended, for `status().lastExit`.
+    fn record_exit(&self, i: usize, exit: ExitInfo) {
+        self.cell(i).last_exit = Some(LastExit { code: exit.code, signal: exit.signal, at_ms: epoch_ms() });
     }
 
     fn observe_lease(&self, change: LeaseChange, now_ms: u64) {

@@ -217,13 +217,16 @@ impl Shared {
         let ended = match ended {
             None => {
                 self.set_state(i, ServiceState::Stopping);
-                process.stop(spec.stop_signal, grace).await;
+                let exit = process.stop(spec.stop_signal, grace).await;
+                self.record_exit(i, exit);
                 None
             }
             Some(RunEnd::Idle(idle_ms)) => {
                 self.set_state(i, ServiceState::Stopping);
                 self.emit(i, ServiceEventKind::IdleStopped { idle_ms });
-                process.stop(spec.stop_signal, grace).await;
+                self.emit(i, ServiceEventKind::Stopping);
+                let exit = process.stop(spec.stop_signal, grace).await;
+                self.record_exit(i, exit);
                 None
             }
             Some(RunEnd::Exited(exit)) => Some((RunEnd::Exited(exit), exit)),

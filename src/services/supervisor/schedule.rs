@@ -165,22 +165,29 @@ impl Shared {
         }
     }
 
+    /// What takes effect at once when service `i` is asked to stop: a running one reads
+    /// `stopping` and says so (`stopping` event), and its runner is told. Returns whether a stop
+    /// is under way (begun now or by an earlier call).
+    pub(super) fn begin_stop(&self, i: usize) -> bool {
+        let mut cell = self.cell(i);
+        let Some(runner) = cell.runner.as_ref() else { return false };
+        runner.stop.send_replace(true);
+        let began = matches!(cell.state, ServiceState::Starting | ServiceState::Ready | ServiceState::Restarting);
+        if !began {
+            return cell.state == ServiceState::Stopping;
+        }
+        cell.state = ServiceState::Stopping;
+        drop(cell);
+        self.emit(i, ServiceEventKind::Stopping);
+        self.changes.send_modify(|n| *n += 1);
+        true
+    }
+
     /// Stops service `i` and waits for its runner to end, then for its port to be free.
     pub(super) async fn stop(&self, i: usize) {
+        let running = self.begin_stop(i);
         let runner = self.cell(i).runner.take();
         let Some(runner) = runner else { return };
-        let running = {
-            let mut cell = self.cell(i);
-            let running = matches!(cell.state, ServiceState::Starting | ServiceState::Ready | ServiceState::Restarting);
-            if running {
-                cell.state = ServiceState::Stopping;
-            }
-            running
-        };
-        if running {
-            self.changes.send_modify(|n| *n += 1);
-        }
-        runner.stop.send_replace(true);
         let _ = runner.task.await;
         if running {
             self.wait_port_released(i).await;

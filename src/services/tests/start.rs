@@ -78,3 +78,62 @@ async fn max_concurrent_starts_bounds_overlapping_loads() {
     assert_eq!(most_loading, 2, "{spans:?}");
     sup.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_chosen_starts_only_the_named_services_and_their_dependencies_in_order_under_the_slot_bound() {
+    let sb = Sandbox::new("chosen");
+    let load = ["--load", "0.3", "--log-ready"];
+    let mut web = sb.service("web", &load, log_ready());
+    web["dependsOn"] = json!(["db"]);
+    let mut lazy = sb.service("lazy", &load, log_ready());
+    lazy["onDemand"] = json!(true);
+    lazy["gpu"] = json!({"key": "gpu:0", "taskTypes": ["OTHER"]});
+    let services = json!([
+        web,
+        sb.service("db", &load, log_ready()),
+        sb.service("cache", &load, log_ready()),
+        sb.service("tts", &load, log_ready()),
+        lazy
+    ]);
+    let (sup, mut rx) = supervisor(json!({"maxConcurrentStarts": 1, "services": services}), SupervisorHooks::default());
+    let only = StartAllOptions { only: Some(vec!["tts".into(), "web".into(), "lazy".into()]) };
+    let outcomes = sup.start_chosen(&only).await.unwrap();
+    // Start order (dependencies first, then config order), the unchosen `cache` and the
+    // on-demand `lazy` left alone.
+    let order: Vec<&str> = outcomes.iter().map(|o| o.service.as_str()).collect();
+    assert_eq!(order, ["db", "web", "tts"]);
+    assert!(outcomes.iter().all(|o| matches!(o.outcome, StartOutcome::Ready { .. })), "{outcomes:?}");
+    assert_eq!(sup.status("cache").unwrap().state, ServiceState::Idle);
+    assert_eq!(sup.status("lazy").unwrap().state, ServiceState::Idle);
+    let events = drain(&mut rx);
+    assert!(steps(&events, "cache").is_empty());
+    for pair in order.windows(2) {
+        let ready = first_at(&events, pair[0], is_ready);
+        let next = first_at(&events, pair[1], is_starting);
+        assert!(ready <= next, "{} started before {} was ready (maxConcurrentStarts 1)", pair[1], pair[0]);
+    }
+    sup.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_chosen_with_an_unknown_name_starts_nothing_and_names_it() {
+    let sb = Sandbox::new("chosen-unknown");
+    let (sup, mut rx) =
+        supervisor(json!({"services": [sb.service("asr", &["--log-ready"], log_ready())]}), SupervisorHooks::default());
+    let only = StartAllOptions { only: Some(vec!["asr".into(), "nmt".into()]) };
+    let error = sup.start_chosen(&only).await.unwrap_err();
+    assert_eq!(error.code, ErrorCode::UnknownService);
+    assert_eq!(error.message, "options.only[1]: no service named \"nmt\"");
+    assert!(spawned_pids(&drain(&mut rx)).is_empty());
+    assert_eq!(sup.status("asr").unwrap().state, ServiceState::Idle);
+}
+
+#[test]
+fn start_all_options_name_the_json_path_of_a_bad_value() {
+    let error = StartAllOptions::from_json(&json!({"only": ["asr", 3]})).unwrap_err();
+    assert_eq!(error.code, ErrorCode::InvalidArgument);
+    assert!(error.message.starts_with("options.only[1]: "), "{}", error.message);
+    let error = StartAllOptions::from_json(&json!({"onlyy": []})).unwrap_err();
+    assert!(error.message.starts_with("options"), "{}", error.message);
+    assert_eq!(StartAllOptions::from_json(&json!({})).unwrap(), StartAllOptions::default());
+}

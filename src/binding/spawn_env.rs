@@ -1,0 +1,108 @@
+//! `ServiceSupervisor#beforeSpawn`: the JS hook that gives one spawn its extra environment. The
+//! core asks from its tokio threads ([`crate::services::SpawnEnv`]); the call goes to JS through
+//! a weak threadsafe function (a hook never keeps Node alive), a returned promise is awaited, and
+//! the core reads the answer ([`crate::services::spawn_env_from_json`]).
+
+use std::sync::{Arc, Mutex};
+
+use napi::bindgen_prelude::*;
+use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
+use serde_json::Value;
+
+use super::{args, Code, IntoJsResult};
+use crate::error::{ErrorCode, SidecarError};
+use crate::services::{SpawnEnv, SpawnEnvFuture};
+
+type HookFn = ThreadsafeFunction<FnArgs<(String, u32)>, Unknown<'static>, FnArgs<(String, u32)>, Status, false, true>;
+
+/// What the hook's call gave, read on the JS thread.
+enum Answer {
+    Now(std::result::Result<Value, String>),
+    Later(Promise<Option<Value>>),
+}
+
+/// The hook set with `beforeSpawn`, if any.
+#[derive(Default)]
+pub struct JsSpawnEnv {
+    hook: Mutex<Option<Arc<HookFn>>>,
+}
+
+impl JsSpawnEnv {
+    /// Sets (a function) or clears (`null`/`undefined`) the hook; anything else is
+    /// `INVALID_ARGUMENT`.
+    pub fn set(&self, env: &Env, hook: Option<Unknown>) -> Result<(), Code> {
+        let hook = match hook {
+            Some(h) if h.get_type().js()? == ValueType::Function => {
+                let f: Function<FnArgs<(String, u32)>, Unknown<'static>> =
+                    unsafe { Function::from_napi_value(env.raw(), h.raw()) }.js()?;
+                Some(Arc::new(
+                    f.build_threadsafe_function::<FnArgs<(String, u32)>>()
+                        .weak::<true>()
+                        .callee_handled::<false>()
+                        .build()
+                        .js()?,
+                ))
+            }
+            Some(h) if matches!(h.get_type().js()?, ValueType::Undefined | ValueType::Null) => None,
+            None => None,
+            other => {
+                return Err(SidecarError::invalid_argument(format!(
+                    "hook: expected a function or null, got {}",
+                    args::describe(env, other)
+                ))
+                .into())
+            }
+        };
+        *self.hook.lock().unwrap_or_else(|e| e.into_inner()) = hook;
+        Ok(())
+    }
+}
+
+impl SpawnEnv for JsSpawnEnv {
+    fn env_for(&self, service: &str, attempt: u32) -> Option<SpawnEnvFuture<'_>> {
+        let hook = self.hook.lock().unwrap_or_else(|e| e.into_inner()).clone()?;
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let status = hook.call_with_return_value(
+            FnArgs::from((service.to_string(), attempt)),
+            ThreadsafeFunctionCallMode::NonBlocking,
+            move |returned, env| {
+                let _ = answer.send(read_answer(&env, returned));
+                Ok(())
+            },
+        );
+        Some(Box::pin(async move {
+            if status != Status::Ok {
+                return Err(format!("could not be called ({status})"));
+            }
+            match answered.await {
+                Err(_) => Err("was dropped before it answered (Node is exiting)".to_string()),
+                Ok(Answer::Now(answer)) => answer,
+                Ok(Answer::Later(promise)) => {
+                    promise.await.map(|v| v.unwrap_or(Value::Null)).map_err(|e| format!("rejected: {}", e.reason))
+                }
+            }
+        }))
+    }
+}
+
+/// A thrown error, a promise to await, or the value as JSON (with our own conversion errors).
+fn read_answer(env: &Env, returned: napi::Result<Unknown<'static>>) -> Answer {
+    let value = match returned {
+        Ok(value) => value,
+        Err(e) => return Answer::Now(Err(format!("threw: {}", e.reason))),
+    };
+    // `napi_is_promise`, not `Promise::validate`: that one leaves a pending JS exception behind.
+    let mut is_promise = false;
+    unsafe { napi::sys::napi_is_promise(env.raw(), value.raw(), &mut is_promise) };
+    if is_promise {
+        if let Ok(promise) = unsafe { Promise::<Option<Value>>::from_napi_value(env.raw(), value.raw()) } {
+            return Answer::Later(promise);
+        }
+    }
+    if matches!(value.get_type(), Ok(ValueType::Undefined | ValueType::Null)) {
+        return Answer::Now(Ok(Value::Null));
+    }
+    Answer::Now(
+        args::to_json(env, value, "answer", ErrorCode::InvalidArgument).map_err(|e| format!("answered {}", e.message)),
+    )
+}
