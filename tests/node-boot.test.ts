@@ -29,45 +29,60 @@ interface Boot {
   spawnedAt: Record<string, number>
 }
 
+/** Boots the fixture's CHOSEN subset on a fresh copy, `maxConcurrentStarts` at once. */
+async function boot(maxConcurrentStarts: number) {
+  const root = tempDir('node-boot-')
+  const { dir } = await copyNodeServices(join(root, 'services'))
+  const procdir = join(root, 'procs')
+  mkdirSync(procdir)
+  const section = {
+    maxConcurrentStarts,
+    vramTimeoutMs: 20000,
+    services: Object.entries(PEAKS).map(([name, vramMb]) => ({ name, gpu: { vramMb } })),
+  }
+  const run = await runWithFakeNvml<Boot>(
+    `procdir ${procdir}\ngpu 0 uuid=GPU-node name="NVIDIA RTX 4080" total=${TOTAL_MB} used=${BASE_MB}\n`,
+    [join(FIXTURE, '_fake', 'boot.mjs'), JSON.stringify({ mode: 'gated', dir, only: CHOSEN, section, baseMb: BASE_MB, uuid: 'GPU-node' })],
+    { env: { FAKE_NVML_PROCDIR: procdir }, timeoutMs: 60_000 },
+  )
+  expect(run.code).toBe(0)
+  const { outcomes, events, readyAt, peakDemandMb } = run.out
+  // Only the chosen ones, all ready; the others were never started.
+  expect(outcomes.map((o) => [o.service, o.status]).sort()).toEqual(CHOSEN.map((n) => [n, 'ready']).sort())
+  expect(events.filter((e) => e.type === 'starting').map((e) => e.service).sort()).toEqual([...CHOSEN].sort())
+  // Under the gate: placed on the GPU the reading lists, never gated off, and the GPU was never
+  // asked for more than it has.
+  expect(events.filter((e) => e.type === 'vram-gate-off')).toEqual([])
+  expect(events.filter((e) => e.type === 'placed').map((e) => e.service).sort()).toEqual(Object.keys(PEAKS).sort())
+  expect(peakDemandMb).toBeLessThanOrEqual(TOTAL_MB)
+  // Each ready when its health (or its line) said so, never earlier.
+  for (const name of CHOSEN) {
+    const ready = events.find((e) => e.service === name && e.type === 'ready')
+    expect(readyAt[name]).toBeGreaterThan(0)
+    expect(ready!.at).toBeGreaterThanOrEqual(readyAt[name])
+  }
+  return run.out
+}
+
 describeFakeNvml('the node boots its chosen manifests on the fake NVML', () => {
-  test('in order, under the VRAM gate with no over-commit, each ready when its health says so', async () => {
-    const root = tempDir('node-boot-')
-    const { dir } = await copyNodeServices(join(root, 'services'))
-    const procdir = join(root, 'procs')
-    mkdirSync(procdir)
-    const section = {
-      // Every chosen start may run at once: only the VRAM gate keeps the loads apart.
-      maxConcurrentStarts: 6,
-      vramTimeoutMs: 20000,
-      services: Object.entries(PEAKS).map(([name, vramMb]) => ({ name, gpu: { vramMb } })),
-    }
-    const run = await runWithFakeNvml<Boot>(
-      `procdir ${procdir}\ngpu 0 uuid=GPU-node name="NVIDIA RTX 4080" total=${TOTAL_MB} used=${BASE_MB}\n`,
-      [join(FIXTURE, '_fake', 'boot.mjs'), JSON.stringify({ mode: 'gated', dir, only: CHOSEN, section, baseMb: BASE_MB, uuid: 'GPU-node' })],
-      { env: { FAKE_NVML_PROCDIR: procdir }, timeoutMs: 60_000 },
-    )
-    expect(run.code).toBe(0)
-    const { outcomes, events, readyAt, peakDemandMb } = run.out
-    // Only the chosen ones, all ready; the others were never started.
-    expect(outcomes.map((o) => [o.service, o.status]).sort()).toEqual(CHOSEN.map((n) => [n, 'ready']).sort())
-    expect(events.filter((e) => e.type === 'starting').map((e) => e.service).sort()).toEqual([...CHOSEN].sort())
-    // In order: the manifests' discovery order (folder names), whatever order the choice came in.
+  // All at once the chosen loads would ask for 500 + 4500 + 6000 + 4500 + 3000 = 18500 MB.
+  beforeAll(() => expect(BASE_MB + Object.values(PEAKS).reduce((a, b) => a + b, 0)).toBeGreaterThan(TOTAL_MB))
+
+  test('one start at a time: in the manifests\' order, whatever order the choice came in; each ready when its health says so', async () => {
+    const { events } = await boot(1)
+    // The discovery order (folder names); with one start slot each spawn follows the last ready.
     const order = ['faster-whisper-vad', 'nmt-m2m100', 'phonetic-correction', 'punctuation-restore', 'semantic-repair-zh', 'piper-tts']
-    const firstStarting = events.filter((e) => e.type === 'starting').map((e) => e.service)
-    expect(firstStarting).toEqual(order)
-    // Under the gate: placed on the GPU the reading lists, never gated off; the loads that did
-    // not fit beside the ones on their way waited, and the GPU was never asked for more than it has.
-    expect(events.filter((e) => e.type === 'vram-gate-off')).toEqual([])
-    expect(events.filter((e) => e.type === 'placed').map((e) => e.service).sort()).toEqual(Object.keys(PEAKS).sort())
-    expect(events.some((e) => e.type === 'vram-wait')).toBe(true)
-    expect(peakDemandMb).toBeLessThanOrEqual(TOTAL_MB)
-    // (All at once the same loads would ask for 500 + 4500 + 6000 + 4500 + 3000 = 18500 MB.)
-    expect(BASE_MB + Object.values(PEAKS).reduce((a, b) => a + b, 0)).toBeGreaterThan(TOTAL_MB)
-    // Each ready when its health (or its line) said so, never earlier.
-    for (const name of CHOSEN) {
-      const ready = events.find((e) => e.service === name && e.type === 'ready')
-      expect(readyAt[name]).toBeGreaterThan(0)
-      expect(ready!.at).toBeGreaterThanOrEqual(readyAt[name])
+    expect(events.filter((e) => e.type === 'spawned').map((e) => e.service)).toEqual(order)
+    for (let k = 1; k < order.length; k++) {
+      const spawned = events.find((e) => e.service === order[k] && e.type === 'spawned')!
+      const before = events.find((e) => e.service === order[k - 1] && e.type === 'ready')!
+      expect(spawned.at).toBeGreaterThanOrEqual(before.at)
     }
+  })
+
+  test('every start allowed at once: the VRAM gate alone keeps the loads apart, with no over-commit', async () => {
+    const { events } = await boot(6)
+    // Some load did not fit beside the ones on their way, and waited for room.
+    expect(events.some((e) => e.type === 'vram-wait')).toBe(true)
   })
 })
