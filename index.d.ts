@@ -184,9 +184,12 @@ export declare class GpuArbiter {
  */
 export declare class ServiceSupervisor {
   /**
-   * Validates `config` (the `services` section; `loadConfig(path).services` fits) and starts
-   * nothing yet. Throws `INVALID_CONFIG` with the JSON path of a bad field, or naming a
-   * dependency cycle (`services: dependency cycle: a -> b -> a`).
+   * Validates `config` (the `services` section; `loadConfig(path).services` fits; `manifests`
+   * folders in it, relative to the working directory, are read as `loadServiceManifests`
+   * reads them, with `services[]` entries of the same name as overrides) and starts nothing
+   * yet. Throws `INVALID_CONFIG` with the JSON path of a bad field, or naming a dependency
+   * cycle (`services: dependency cycle: a -> b -> a`); `MANIFESTS_NOT_FOUND` for a missing
+   * manifests folder.
    */
   constructor(config: ServicesConfig)
   /**

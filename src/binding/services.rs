@@ -104,9 +104,12 @@ pub struct ServiceSupervisor {
 
 #[napi]
 impl ServiceSupervisor {
-    /// Validates `config` (the `services` section; `loadConfig(path).services` fits) and starts
-    /// nothing yet. Throws `INVALID_CONFIG` with the JSON path of a bad field, or naming a
-    /// dependency cycle (`services: dependency cycle: a -> b -> a`).
+    /// Validates `config` (the `services` section; `loadConfig(path).services` fits; `manifests`
+    /// folders in it, relative to the working directory, are read as `loadServiceManifests`
+    /// reads them, with `services[]` entries of the same name as overrides) and starts nothing
+    /// yet. Throws `INVALID_CONFIG` with the JSON path of a bad field, or naming a dependency
+    /// cycle (`services: dependency cycle: a -> b -> a`); `MANIFESTS_NOT_FOUND` for a missing
+    /// manifests folder.
     #[napi(constructor, catch_unwind, ts_args_type = "config: ServicesConfig")]
     pub fn new(env: &Env, config: Option<Unknown>) -> Result<Self, Code> {
         let config = args::optional_json(env, config, "services", ErrorCode::InvalidConfig)?.unwrap_or(Value::Null);
