@@ -34,7 +34,7 @@ pub use config::{
 pub(crate) use events::epoch_ms;
 pub use events::{ExitInfo, ListenerNote, OutputStream, ServiceEvent, ServiceEventKind};
 pub use hooks::{
-    spawn_env_from_json, LeaseFuture, LeaseGuard, SpawnEnv, SpawnEnvFuture, StartupLease, TaskRoutes, VramReading,
+    spawn_env_from_json, LeaseFuture, LeaseGuard, LoadSeen, SpawnEnv, SpawnEnvFuture, StartupLease, TaskRoutes, VramReading,
     VramSource,
 };
 pub use host_memory::{tree_rss_mb, Admission, HostBudget, HostBudgetAnswer, HostMemReading, HostMemorySource};

@@ -7,7 +7,7 @@ use super::{ms, Shared};
 use crate::error::{ErrorCode, SidecarError, SidecarResult};
 use crate::services::config::GpuNeed;
 use crate::services::events::ServiceEventKind;
-use crate::services::hooks::{VramReading, VramSource};
+use crate::services::hooks::{LoadSeen, VramReading, VramSource};
 use crate::services::needs::vram_need_mb;
 use crate::services::profile::LearnedProfile;
 
@@ -91,8 +91,9 @@ impl Shared {
     /// The VRAM the other services on `gpu_key` are still to take beyond what `reading` shows:
     /// the expected need of one admitted or spawned at or after the reading (ties count, both
     /// times being whole ms); for one spawned before it and not yet ready when it was taken, the
-    /// rest of its load (its need less what the reading lists for its process; all of its need
-    /// when the source has no per-process figure), since a load grows until it is ready.
+    /// rest of its load, since a load grows until it is ready: its need less what process lists
+    /// read since its spawn show for it, all of its need when none was read since, nothing when
+    /// the source has no process lists (its reading may show all of the load already).
     fn unseen_vram_mb(&self, i: usize, gpu_key: &str, reading: VramReading, source: &dyn VramSource) -> u64 {
         let mut unseen_mb = 0u64;
         for j in (0..self.config.services.len()).filter(|&j| j != i) {
@@ -112,8 +113,13 @@ impl Shared {
             if time_to_ready_ms.is_some_and(|t| spawned_at_ms.saturating_add(t) <= reading.sampled_at_ms) {
                 continue;
             }
-            let shown_mb = pid.and_then(|pid| source.process_used_mb(pid)).unwrap_or(0);
-            unseen_mb = unseen_mb.saturating_add(expected_mb.saturating_sub(shown_mb));
+            let rest_mb = match pid.map(|pid| source.load_seen(gpu_key, pid, spawned_at_ms)) {
+                Some(LoadSeen::Shown(shown_mb)) => expected_mb.saturating_sub(shown_mb),
+                Some(LoadSeen::NotYet) => expected_mb,
+                // The reading may show all of it already (a source with no process lists).
+                Some(LoadSeen::Unknown) | None => 0,
+            };
+            unseen_mb = unseen_mb.saturating_add(rest_mb);
         }
         unseen_mb
     }

@@ -264,10 +264,13 @@ async fn the_vram_gate_counts_the_rest_of_a_load_still_on_its_way_when_the_readi
         json!({"maxConcurrentStarts": 2, "vramHeadroomMb": 0, "vramTimeoutMs": 10000, "services": [a, b]}),
         hooks,
     );
-    let outcomes = sup.start_all().await.unwrap();
-    for o in &outcomes {
-        ready_ms(&o.outcome);
-    }
+    // `b` comes to the gate while `a` loads.
+    let (a_outcome, b_outcome) = tokio::join!(sup.start("a"), async {
+        until_spawned(&sup, &["a"]).await;
+        sup.start("b").await
+    });
+    ready_ms(&a_outcome.unwrap());
+    ready_ms(&b_outcome.unwrap());
     let events = drain(&mut rx);
     // 2000 free less what `a` had still to take (all 1500 before its spawn, 1200 after): short
     // of b's 1000.
