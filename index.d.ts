@@ -20,9 +20,11 @@ import type {
   GpuLeaseStatus,
   HostBudget,
   ManifestReport,
+  RecordedEvent,
   ServiceEvent,
   ServiceOutcome,
   ServiceStatus,
+  ServicesUpdate,
   StartAllOptions,
   TelemetryAlert,
   TelemetrySample,
@@ -225,6 +227,15 @@ export declare class ServiceSupervisor {
    * fails that start with `SPAWN_FAILED`. `null` removes it.
    */
   beforeSpawn(hook: ((service: string, attempt: number) => Record<string, string> | undefined | Promise<Record<string, string> | undefined>) | null): void
+  /**
+   * Replaces the service list while the node runs, keeping the runtime state of the services
+   * that stay: new ones are added (not started), removed ones stopped then dropped, changed
+   * ones take effect at their next start (a running one keeps running). Resolves with what
+   * changed; events `added`, `changed` and `removed` say it too. An invalid list changes
+   * nothing and rejects with `INVALID_CONFIG` and its JSON path (`services[2].command: ...`);
+   * `CLOSED` after close().
+   */
+  setServices(services: ServiceConfig[]): Promise<ServicesUpdate>
   /** Stops then starts one service; resolves with the new start's outcome. */
   restart(name: string): Promise<ServiceOutcome>
   /** Stops every service, dependents before what they depend on. */
@@ -605,11 +616,12 @@ export interface NodeConfig {
 
 /**
  * Reads a JSONL recording (as `new Telemetry({ record })` writes it) and runs the alert engine
- * over it with `options.thresholds` (the other options are ignored). Throws `INVALID_ARGUMENT`
+ * over it with `options.thresholds` (the other options are ignored); `events` are its event
+ * lines (service and lease events written beside the samples). Throws `INVALID_ARGUMENT`
  * naming the file and line of a bad sample, `IO_ERROR` for an unreadable file, `INVALID_CONFIG`
  * for bad thresholds.
  */
-export declare function readRecording(path: string, options?: TelemetryOptions): { samples: TelemetrySample[]; alerts: TelemetryAlert[] }
+export declare function readRecording(path: string, options?: TelemetryOptions): { samples: TelemetrySample[]; alerts: TelemetryAlert[]; events: RecordedEvent[] }
 
 /**
  * How many workers of `perWorkerMb` fit now, from a one-off sample taken on this thread (for a

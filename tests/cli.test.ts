@@ -2,6 +2,7 @@
 import { spawn, spawnSync } from 'node:child_process'
 import { existsSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
+import { RECORDED_EVENTS, recordingWithEvents } from './recording-events'
 import { tempDir, waitFor } from './support'
 
 const root = join(__dirname, '..')
@@ -140,7 +141,7 @@ describe('report', () => {
     expect(r.code).toBe(0)
     expect(r.stdout).toContain('56 samples over 27.5 s')
     expect(r.stdout).toMatch(/gpu:0 \(NVIDIA RTX 6000 Ada Generation\): peak utilization 97 %/)
-    expect(r.stdout).toMatch(/warning GPU_USAGE_HIGH \(gpu:0\): raised 1x, \d+\.\d s in total/)
+    expect(r.stdout).toMatch(/warning GPU_USAGE_HIGH gpu:0: raised 1x, \d+\.\d s in total/)
     expect(r.stdout).toContain(`report: ${out}`)
     const html = readFileSync(out, 'utf8')
     expect(html.startsWith('<!doctype html>')).toBe(true)
@@ -159,6 +160,37 @@ describe('report', () => {
     for (const tag of ['svg', 'section', 'figure', 'table', 'pre']) {
       expect((html.match(new RegExp(`<${tag}[ >]`, 'g')) ?? []).length).toBe((html.match(new RegExp(`</${tag}>`, 'g')) ?? []).length)
     }
+  })
+
+  test('marks every time axis with the recording\'s events and its alerts, each labelled, and lists them numbered in an events table', () => {
+    const out = join(tempDir(), 'events.html')
+    const r = cli(['report', recordingWithEvents(), '-o', out])
+    expect(r.code).toBe(0)
+    const html = readFileSync(out, 'utf8')
+    const charts = html.match(/<svg [\s\S]*?<\/svg>/g) ?? []
+    expect(charts).toHaveLength(2 * 3 + 2)
+    const kinds = ['service-ready', 'service-failed', 'service-restarted', 'service-evicted', 'lease-revoked', 'alert-raised', 'alert-cleared']
+    for (const chart of charts) {
+      // Every time axis carries a mark of each kind, with its label as the hover title.
+      for (const kind of kinds) expect(chart).toMatch(new RegExp(`<g class="mark" data-kind="${kind}" data-n="\\d+"><title>\\d+\\. \\d\\d:\\d\\d:\\d\\d\\.\\d [^<]+</title>`))
+    }
+    for (const [, , , label] of RECORDED_EVENTS) expect(html).toContain(label)
+    // In print: the events table lists each mark by its number.
+    const events = html.slice(html.indexOf('<section id="events">'))
+    const rows = [...events.matchAll(/<tr data-kind="([a-z-]+)"><td>(\d+)<\/td>/g)].map((m) => [m[1], Number(m[2])])
+    expect(rows.map(([, n]) => n)).toEqual(rows.map((_, i) => i + 1))
+    expect(new Set(rows.map(([kind]) => kind))).toEqual(new Set(kinds))
+    expect(events).toContain('raised warning GPU_USAGE_HIGH gpu:0: utilization')
+    expect(events).toContain('asr ready in 1.8 s')
+  })
+
+  test('prints each alert with its subject once, in the summary, the report\'s lists and its hover labels', () => {
+    const out = join(tempDir(), 'once.html')
+    const r = cli(['report', recording, '-o', out])
+    expect(r.code).toBe(0)
+    const html = readFileSync(out, 'utf8')
+    expect(html).toMatch(/<title>warning GPU_USAGE_HIGH gpu:0: utilization \d+% at or above 85%<\/title>/)
+    for (const text of [r.stdout, html]) expect(text).not.toMatch(/\b(gpu:\d+|host):? \1:/)
   })
 
   test('a bad recording fails naming its line, exit 1, and writes nothing', () => {
@@ -233,6 +265,24 @@ describe('run', () => {
     const remote = cli(['run', configWith([1000]), '--replay', recording, '--http', '0.0.0.0:0'])
     expect(remote.code).toBe(1)
     expect(remote.stderr).toMatch(/INVALID_ARGUMENT: serveStatus: host "0.0.0.0" is not a loopback address; pass allowRemote: true/)
+  })
+
+  test('--record keeps the services\' events beside the samples for the report to mark; alert lines name their subject once', () => {
+    const dir = tempDir()
+    const rec = join(dir, 'run.jsonl')
+    const script = join(dir, 'wait.mjs')
+    writeFileSync(script, 'export default () => new Promise((done) => setTimeout(done, 2500))\n')
+    const r = spawnSync(process.execPath, [bin, 'run', configWith([1000]), '--replay', recording, '--replay-speed', '10', '--record', rec, '--script', script], { encoding: 'utf8', timeout: 30_000 })
+    expect(r.status).toBe(0)
+    expect(r.stdout).toMatch(/ alert raised warning GPU_USAGE_HIGH gpu:0: utilization \d+% at or above 85%\n/)
+    expect(r.stdout).toMatch(/ alert raised critical HOST_MEMORY_PRESSURE host: available memory \d+ MB is under 1024 MB\n/)
+    expect(r.stdout).not.toMatch(/\b(gpu:\d+|host): \1:/)
+    const lines = readFileSync(rec, 'utf8').trim().split('\n').map((l) => JSON.parse(l))
+    expect(lines.filter((l) => l.event)).toEqual([{ at: expect.any(Number), event: { kind: 'service-ready', subject: 'svc0', label: expect.stringMatching(/^svc0 ready in \d+ ms$/) } }])
+    expect(lines.filter((l) => l.nvml).length).toBeGreaterThan(10)
+    const out = join(dir, 'run.html')
+    expect(cli(['report', rec, '-o', out]).code).toBe(0)
+    expect(readFileSync(out, 'utf8')).toMatch(/<tr data-kind="service-ready"><td>\d+<\/td><td>[\d:.]+<\/td><td>.*service ready<\/td><td>svc0 ready in \d+ ms<\/td>/)
   })
 
   test('--script runs after the services start, then the node stops and writes its report', () => {

@@ -174,6 +174,7 @@ const EXPORTS: Export[] = [
   { name: 'supervisor.status(name)', member: 'ServiceSupervisor#status', call: (a) => supervisor.status(a as string) },
   { name: 'supervisor.onEvent(listener)', member: 'ServiceSupervisor#onEvent', call: (a) => (supervisor.onEvent(a as never) as () => void)() },
   { name: 'supervisor.beforeSpawn(hook)', member: 'ServiceSupervisor#beforeSpawn', call: (a) => { try { supervisor.beforeSpawn(a as never) } finally { supervisor.beforeSpawn(null) } } },
+  { name: 'supervisor.setServices(services)', member: 'ServiceSupervisor#setServices', call: (a) => supervisor.setServices(a as never) },
   { name: 'supervisor.attachTelemetry(telemetry)', member: 'ServiceSupervisor#attachTelemetry', call: (a) => supervisor.attachTelemetry(a as never) },
   { name: 'supervisor.attachArbiter(arbiter)', member: 'ServiceSupervisor#attachArbiter', call: (a) => supervisor.attachArbiter(a as never) },
   { name: 'new GpuArbiter(config)', member: 'GpuArbiter#constructor', call: (a) => new GpuArbiter(a as never).close() },

@@ -2,9 +2,9 @@
 // machine into swap for 40 hours). A manual Telemetry carries the host figures the test pushes;
 // the services are Python fakes that really allocate RAM, so the learned peaks are real.
 import { spawnSync } from 'node:child_process'
-import { writeFileSync } from 'node:fs'
+import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { ServiceConfig, ServiceEvent, ServiceSupervisor, Telemetry, TelemetrySample } from '../gpu-sidecar'
+import { GpuArbiter, ServiceConfig, ServiceEvent, ServiceSupervisor, Telemetry, TelemetrySample } from '../gpu-sidecar'
 import { of } from './services-support'
 import { sleep, tempDir, waitFor } from './support'
 
@@ -127,6 +127,33 @@ test('while SWAP_ACTIVE is raised no start begins; it begins once swap stops', a
   await push(hostSample(20000, 100))
   expect((await started).status).toBe('ready')
   expect(supervisor.hostBudget(250)).toMatchObject({ swapActive: false, workers: Math.floor((20000 - 1024) / 250) })
+}, 30000)
+
+test('an on-demand lease request waits through its start\'s host-memory wait, past its own maxWaitMs, and the README\'s worst case counts that wait', async () => {
+  const { telemetry, push } = manual()
+  await push(hostSample(1000))
+  const { supervisor, events } = supervise(
+    { hostMemHeadroomMb: 200, hostMemTimeoutMs: 20000, services: [alloc('nmt', 1, { hostMemMb: 2000, onDemand: true, gpu: { key: 'gpu:0', taskTypes: ['NMT'] } })] },
+    telemetry,
+  )
+  const arbiter = new GpuArbiter({ gpuKeys: ['gpu:0'], policies: { NMT: { maxWaitMs: 100 } } })
+  open.push(arbiter)
+  supervisor.attachArbiter(arbiter)
+  const request = arbiter.acquire({ taskType: 'NMT' })
+  await waitFor(() => of(events, 'nmt', 'host-memory-wait').length, 10000, 'the host-memory wait')
+  await sleep(600)
+  expect(of(events, 'nmt', 'spawned')).toEqual([])
+  await push(hostSample(20000))
+  const lease = await request
+  expect(lease.status).toBe('ACQUIRED')
+  if (lease.status === 'ACQUIRED') {
+    expect(lease.queueWaitMs).toBeGreaterThanOrEqual(600)
+    lease.release()
+  }
+  const readme = readFileSync(join(__dirname, '..', 'README.md'), 'utf8').replace(/\s+/g, ' ')
+  const worstCase = /So the longest wait is ([^;]+);/.exec(readme)?.[1] ?? ''
+  expect(worstCase).toMatch(/host-memory wait/)
+  expect(worstCase).toMatch(/maxWaitMs/)
 }, 30000)
 
 test('too little host memory fails the start with HOST_MEMORY_LOW after hostMemTimeoutMs', async () => {

@@ -137,3 +137,45 @@ describe('beforeSpawn', () => {
     expect(() => supervisor.beforeSpawn('yes' as never)).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }))
   })
 })
+
+describe('setServices', () => {
+  test('adds, removes and changes services while the others run: their pids do not change, nothing new starts', async () => {
+    const { supervisor, events } = supervise({ services: [nodeService('asr'), nodeService('nmt'), nodeService('tts')] })
+    await supervisor.startAll()
+    const pids = Object.fromEntries(supervisor.statuses().map((s) => [s.name, s.pid]))
+    const update = await supervisor.setServices([
+      nodeService('asr', { env: { LEVEL: 'changed' } }),
+      nodeService('tts'),
+      nodeService('semantic'),
+    ])
+    expect(update).toEqual({ added: ['semantic'], changed: ['asr'], removed: ['nmt'] })
+    expect(supervisor.statuses().map((s) => [s.name, s.state, s.pid])).toEqual([
+      ['asr', 'ready', pids.asr],
+      ['tts', 'ready', pids.tts],
+      ['semantic', 'idle', null],
+    ])
+    expect(() => supervisor.status('nmt')).toThrow(expect.objectContaining({ code: 'UNKNOWN_SERVICE' }))
+    expect(events.filter((e) => ['added', 'changed', 'removed'].includes(e.type)).map((e) => [e.type, e.service])).toEqual([
+      ['changed', 'asr'],
+      ['added', 'semantic'],
+      ['removed', 'nmt'],
+    ])
+    expect(of(events, 'nmt', 'stopped')).toHaveLength(1)
+    // The change is in effect at the next start.
+    await supervisor.restart('asr')
+    expect(envLines(events, 'asr')).toEqual(['ENV - -', 'ENV - changed'])
+  })
+
+  test('an invalid list changes nothing and rejects with INVALID_CONFIG and its JSON path', async () => {
+    const { supervisor } = supervise({ services: [nodeService('asr')] })
+    await expect(supervisor.setServices([nodeService('asr'), { ...nodeService('x'), command: '' }])).rejects.toMatchObject({
+      code: 'INVALID_CONFIG',
+      message: 'services[1].command: expected a non-empty string',
+    })
+    await expect(supervisor.setServices([{ ...nodeService('b'), dependsOn: ['ghost'] }])).rejects.toMatchObject({
+      code: 'INVALID_CONFIG',
+      message: 'services[0].dependsOn[0]: unknown service "ghost"',
+    })
+    expect(supervisor.statuses().map((s) => s.name)).toEqual(['asr'])
+  })
+})

@@ -94,6 +94,22 @@ gpu 1 uuid=GPU-b total=10000 used=2000 util=20
     expect(raised('VRAM_PRESSURE')[0].t).toBeGreaterThanOrEqual(250)
   })
 
+  test('an XID queued just before its GPU is lost, read in the same interval, names that GPU (nvmlDeviceGetIndex fails GPU_IS_LOST by then)', async () => {
+    const out = await sampled(
+      `gpu 0 uuid=GPU-a total=10000 used=2000
+gpu 1 uuid=GPU-b total=10000 used=2000
+@250 xid 1 79
+@250 fault 1 lost=1
+`,
+      { forMs: 700, thresholds: { minDurationMs: 0, clearDurationMs: 0 } },
+    )
+    const xid = out.alerts.filter((a) => a.code === 'XID_ERROR')
+    expect(xid).toEqual([expect.objectContaining({ gpuKey: 'gpu:1', active: true, level: 'critical', figures: expect.objectContaining({ xid: 79 }) })])
+    expect(xid[0].message).not.toContain('?')
+    // The loss itself was read in that same sample.
+    expect(gpu(out.samples[out.samples.length - 1], 1).lost).toBe(true)
+  })
+
   test('WDDM: processes are listed by pid without per-process memory', async () => {
     const pid = sleeper()
     const out = await sampled(`gpu 0 uuid=GPU-w total=8192 used=3000\nfault 0 wddm=1\nproc 0 ${pid} 2048\n`, { register: [[pid, 'asr']] })
@@ -111,6 +127,30 @@ gpu 1 uuid=GPU-b total=10000 used=2000 util=20
     // Lost from the step on, never before it.
     const lostAt = out.samples.filter((s) => gpu(s, 1).lost).map((s) => s.t)
     expect(Math.min(...lostAt)).toBeGreaterThanOrEqual(300)
+  })
+
+  test('alerts active on a GPU when it is lost clear, saying the GPU was lost, and GPU_LOST is raised once; none stays with stale figures', async () => {
+    const out = await sampled(
+      `gpu 0 uuid=GPU-a total=10000 used=1000 util=10
+gpu 1 uuid=GPU-b total=10000 used=9800 util=97
+@350 fault 1 lost=1
+`,
+      { forMs: 900, thresholds: { minDurationMs: 0, clearDurationMs: 0 } },
+    )
+    const on1 = out.alerts.filter((a) => a.gpuKey === 'gpu:1')
+    const raisedBefore = on1.filter((a) => a.active && a.code !== 'GPU_LOST').map((a) => a.code).sort()
+    expect(raisedBefore).toEqual(['GPU_USAGE_HIGH', 'VRAM_PRESSURE'])
+    const lostAt = Math.min(...out.samples.filter((s) => gpu(s, 1).lost).map((s) => s.t))
+    const cleared = on1.filter((a) => !a.active)
+    expect(cleared.map((a) => a.code).sort()).toEqual(['GPU_USAGE_HIGH', 'VRAM_PRESSURE'])
+    for (const a of cleared) {
+      expect(a).toMatchObject({ level: 'info', message: 'gpu:1: cleared because the GPU was lost; its figures can no longer be read', figures: { gpuLost: true } })
+      expect(a.t).toBeGreaterThanOrEqual(350)
+    }
+    expect(on1.filter((a) => a.code === 'GPU_LOST')).toEqual([expect.objectContaining({ active: true, level: 'critical', figures: { index: 1, uuid: 'GPU-b' } })])
+    expect(lostAt).toBeGreaterThanOrEqual(350)
+    // gpu:0 is untouched.
+    expect(out.alerts.filter((a) => a.gpuKey === 'gpu:0')).toEqual([])
   })
 
   test('INSUFFICIENT_SIZE from a process list (processes started between the count and the fetch): the list is read again, not reported empty', async () => {

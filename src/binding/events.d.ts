@@ -118,10 +118,12 @@ error: ServiceError
 lastLines: string[]
 } | {
 /**
- * Not started: `dependency` is not ready.
+ * Not started: `dependency` did not become ready, or was removed by an update; `reason`
+ * says which (`"db" failed`, `"db" was removed from the services`).
  */
 type: "blocked"
 dependency: string
+reason: string
 } | {
 /**
  * Waiting until `gpuKey` has `neededMb` (the service's need plus headroom) free.
@@ -154,6 +156,23 @@ timeoutMs: number
 type: "vram-gate-off"
 gpuKey: string
 reason: string
+} | {
+/**
+ * Added by a run-time update (`setServices`, `refresh`, a watched config's edit); not
+ * started unless asked.
+ */
+type: "added"
+} | {
+/**
+ * Its config was changed by a run-time update: the change takes effect at its next start
+ * (a running service keeps running as it is).
+ */
+type: "changed"
+} | {
+/**
+ * Dropped by a run-time update, after it was stopped.
+ */
+type: "removed"
 } | {
 /**
  * A stop began (`stop`, `stopAll`, `close`, an eviction or an idle stop): the service reads
@@ -520,6 +539,31 @@ path: string
 taskType: string
 }
 /**
+ * An event line of a recording: `{"at": <epoch ms>, "event": {kind, subject, label}}`.
+ */
+export interface RecordedEvent {
+at: number
+event: RecordedEventMark
+}
+/**
+ * One event beside the samples.
+ */
+export interface RecordedEventMark {
+/**
+ * What a recorded event line says happened. (Alerts are not recorded: a report raises them
+ * again from the samples.)
+ */
+kind: ("service-ready" | "service-failed" | "service-restarted" | "service-evicted" | "lease-revoked")
+/**
+ * The service or GPU key it is about.
+ */
+subject: (string | null)
+/**
+ * What happened, in words (the report shows it on hover and in its events table).
+ */
+label: string
+}
+/**
  * An error with a stable code and a message that says what was wrong and where. As data (in
  * service events, start outcomes and statuses) JS sees it as `{ code, message }`.
  */
@@ -651,6 +695,23 @@ startedAt: (number | null)
 lastExit: (LastExit | null)
 }
 /**
+ * What a run-time update of the services did (`setServices`, `refresh`), by service name.
+ */
+export interface ServicesUpdate {
+/**
+ * New services (not started).
+ */
+added: string[]
+/**
+ * Services whose config changed (in effect at their next start).
+ */
+changed: string[]
+/**
+ * Services stopped and dropped.
+ */
+removed: string[]
+}
+/**
  * What `startAll` starts (`supervisor.startAll({ only: [...] })`).
  */
 export interface StartAllOptions {
@@ -678,7 +739,7 @@ level: ("info" | "warning" | "critical")
 /**
  * What an alert is about. The strings are part of the public contract.
  */
-code: ("GPU_USAGE_HIGH" | "VRAM_PRESSURE" | "GPU_IDLE_WITH_BACKLOG" | "HOST_MEMORY_PRESSURE" | "SWAP_ACTIVE" | "ZOMBIE_PROCESSES" | "XID_ERROR")
+code: ("GPU_USAGE_HIGH" | "VRAM_PRESSURE" | "GPU_IDLE_WITH_BACKLOG" | "HOST_MEMORY_PRESSURE" | "SWAP_ACTIVE" | "ZOMBIE_PROCESSES" | "XID_ERROR" | "GPU_LOST")
 /**
  * Raised (`true`) or cleared (`false`).
  */

@@ -11,16 +11,18 @@ use crate::telemetry::{analyze_recording, TelemetryOptions};
 struct Recording<'a> {
     samples: &'a [crate::telemetry::Sample],
     alerts: &'a [crate::telemetry::Alert],
+    events: &'a [crate::telemetry::RecordedEvent],
 }
 
 /// Reads a JSONL recording (as `new Telemetry({ record })` writes it) and runs the alert engine
-/// over it with `options.thresholds` (the other options are ignored). Throws `INVALID_ARGUMENT`
+/// over it with `options.thresholds` (the other options are ignored); `events` are its event
+/// lines (service and lease events written beside the samples). Throws `INVALID_ARGUMENT`
 /// naming the file and line of a bad sample, `IO_ERROR` for an unreadable file, `INVALID_CONFIG`
 /// for bad thresholds.
 #[napi(
     catch_unwind,
     ts_args_type = "path: string, options?: TelemetryOptions",
-    ts_return_type = "{ samples: TelemetrySample[]; alerts: TelemetryAlert[] }"
+    ts_return_type = "{ samples: TelemetrySample[]; alerts: TelemetryAlert[]; events: RecordedEvent[] }"
 )]
 pub fn read_recording<'env>(
     env: &'env Env,
@@ -32,5 +34,5 @@ pub fn read_recording<'env>(
     let mut warnings = Vec::new();
     let options = TelemetryOptions::from_json(&options.unwrap_or(serde_json::Value::Null), &mut warnings)?;
     let analysis = analyze_recording(std::path::Path::new(&path), options.thresholds)?;
-    env.to_js_value(&Recording { samples: &analysis.samples, alerts: &analysis.alerts }).js()
+    env.to_js_value(&Recording { samples: &analysis.samples, alerts: &analysis.alerts, events: &analysis.events }).js()
 }

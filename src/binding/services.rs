@@ -189,9 +189,13 @@ impl ServiceSupervisor {
     pub fn stop<'env>(&self, env: &'env Env, name: Option<Unknown>) -> Result<PromiseRaw<'env, ()>, Code> {
         let name = args::string(env, name, "name")?;
         let core = self.core.clone();
-        // In this turn: `status(name).state` reads 'stopping' as soon as stop() returns.
-        core.begin_stop(&name)?;
-        promise(env, &self.state, async move { core.stop(&name).await })
+        // In this turn: `status(name).state` reads 'stopping' as soon as stop() returns. An
+        // unknown name rejects (as it always did) rather than throws.
+        let begun = core.begin_stop(&name);
+        promise(env, &self.state, async move {
+            begun?;
+            core.stop(&name).await
+        })
     }
 
     /// Sets the hook asked for extra environment just before each spawn of any service,
@@ -205,6 +209,23 @@ impl ServiceSupervisor {
     )]
     pub fn before_spawn(&self, env: &Env, hook: Option<Unknown>) -> Result<(), Code> {
         self.spawn_env.set(env, hook)
+    }
+
+    /// Replaces the service list while the node runs, keeping the runtime state of the services
+    /// that stay: new ones are added (not started), removed ones stopped then dropped, changed
+    /// ones take effect at their next start (a running one keeps running). Resolves with what
+    /// changed; events `added`, `changed` and `removed` say it too. An invalid list changes
+    /// nothing and rejects with `INVALID_CONFIG` and its JSON path (`services[2].command: ...`);
+    /// `CLOSED` after close().
+    #[napi(catch_unwind, ts_return_type = "Promise<ServicesUpdate>", ts_args_type = "services: ServiceConfig[]")]
+    pub fn set_services<'env>(
+        &self,
+        env: &'env Env,
+        services: Option<Unknown>,
+    ) -> Result<PromiseRaw<'env, Value>, Code> {
+        let services = args::required_json(env, services, "services", ErrorCode::InvalidConfig)?;
+        let core = self.core.clone();
+        promise(env, &self.state, async move { as_json(&core.set_services(&services).await?) })
     }
 
     /// Stops then starts one service; resolves with the new start's outcome.

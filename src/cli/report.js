@@ -15,7 +15,9 @@ const usage = `Usage: gpu-sidecar report <rec.jsonl> [-o report.html] [--config 
 Turns a telemetry recording (new Telemetry({ record }) or gpu-sidecar run --record) into one HTML
 file with inline SVG and no network fetches: per GPU utilization and used memory, memory per
 service or process as stacked areas, host available memory and swap, and alert spans on the same
-time axis, with a short summary (peaks, alerts, time in each), which is also printed here.
+time axis, with numbered event marks on every axis (services ready, failed, restarting or
+evicted, leases revoked by the watchdog, alerts raised and cleared) listed in an events table,
+and a short summary (peaks, alerts, time in each), which is also printed here.
 
 Options:
   -o, --output <file>  where to write the report (default: <rec>.html beside the recording)
@@ -33,10 +35,11 @@ const options = /** @type {const} */ ({
  * @returns {StatusModel}
  */
 function reportModel(path, telemetryOptions) {
-  const { samples, alerts } = sidecar.readRecording(path, /** @type {any} */ (telemetryOptions))
+  const { samples, alerts, events } = sidecar.readRecording(path, /** @type {any} */ (telemetryOptions))
   /** @type {StatusModel} */
-  const model = { title: `gpu-sidecar incident report: ${basename(path)}`, source: `recording ${resolve(path)}`, samples, alerts: [] }
+  const model = { title: `gpu-sidecar incident report: ${basename(path)}`, source: `recording ${resolve(path)}`, samples, alerts: [], events: [] }
   for (const alert of alerts) render.addAlert(model, alert)
+  for (const e of events) render.addEvent(model, { at: e.at, ...e.event })
   return model
 }
 

@@ -2,7 +2,7 @@
 // `gpu-sidecar run`: the node headless. Supervisor, telemetry and arbiter wired as the README's
 // Electron example wires them; a live table in a terminal, one line per event otherwise.
 
-const { readFileSync, writeFileSync } = require('node:fs')
+const { appendFileSync, readFileSync, writeFileSync } = require('node:fs')
 const { dirname, resolve } = require('node:path')
 const { pathToFileURL } = require('node:url')
 const sidecar = require('../../gpu-sidecar.js')
@@ -26,7 +26,8 @@ the config file's folder.
 Options:
   --replay <file>        replay a telemetry recording instead of reading NVML and the host
   --replay-speed <n>     replay speed factor (default 1)
-  --record <file>        append every telemetry sample to this JSONL file
+  --record <file>        append every telemetry sample to this JSONL file, and the services'
+                         and leases' events (ready, failed, restarting, evicted, revoked)
   --http <host:port>     serve the live status page, /metrics and /status (loopback only,
                          unless --allow-remote)
   --allow-remote         allow --http on a non-loopback address
@@ -55,6 +56,21 @@ function parseHostPort(text) {
 
 /** @param {number} at */
 const clock = (at) => new Date(at).toISOString().slice(11, 23)
+
+let recordEventFailed = false
+/**
+ * Appends a service or lease event to the recording as an event line, beside the samples the
+ * Telemetry appends (both append whole lines in one write each), so `gpu-sidecar report` marks it.
+ * @param {string} path @param {import('../status/render.js').EventMark} mark
+ */
+function recordEvent(path, mark) {
+  try {
+    appendFileSync(path, `${JSON.stringify({ at: mark.at, event: { kind: mark.kind, subject: mark.subject, label: mark.label } })}\n`)
+  } catch (error) {
+    if (!recordEventFailed) process.stderr.write(`warning: cannot record events in ${path}: ${/** @type {Error} */ (error).message}\n`)
+    recordEventFailed = true
+  }
+}
 
 /**
  * @param {{ replay?: string, 'replay-speed'?: string, record?: string, http?: string, 'allow-remote'?: boolean, script?: string, report?: string }} values
@@ -93,19 +109,32 @@ async function main(values, positionals) {
   supervisor.attachArbiter(arbiter)
 
   /** @type {StatusModel} */
-  const model = { title: `gpu-sidecar run ${positionals[0]}`, source: replay ? `replay of ${replay}` : 'live', samples: [], alerts: [], services: supervisor.statuses(), arbiter: arbiter.snapshotAll() }
-  telemetry.onSample((s) => render.addSample(model, s))
+  const model = { title: `gpu-sidecar run ${positionals[0]}`, source: replay ? `replay of ${replay}` : 'live', samples: [], alerts: [], events: [], services: supervisor.statuses(), arbiter: arbiter.snapshotAll() }
+  const sampleTime = render.sampleClock()
+  /** A service or lease event: marked in the report, and kept in the recording beside the samples. @param {import('../status/render.js').EventMark | null} mark */
+  const markEvent = (mark) => {
+    if (!mark) return
+    mark.at = sampleTime.at(mark.at) // on a replay's time axis, during a replay
+    render.addEvent(model, mark)
+    if (record) recordEvent(record, mark)
+  }
+  telemetry.onSample((s) => {
+    sampleTime.sample(s.at)
+    render.addSample(model, s)
+  })
   telemetry.onAlert((a) => {
     render.addAlert(model, a)
-    say(`${clock(Date.now())} alert ${a.active ? 'raised' : 'cleared'} ${a.level} ${a.code}${a.gpuKey ? ` ${a.gpuKey}` : ''}: ${a.message}`)
+    say(`${clock(Date.now())} alert ${a.active ? 'raised' : 'cleared'} ${render.alertText(a)}`)
   })
   telemetry.onEnd((error) => say(`${clock(Date.now())} telemetry ${error ? `error: ${error.message}` : 'replay ended'}`))
   supervisor.onEvent((e) => {
     if (e.type === 'log' || e.type === 'probe-failed') return // routine while a service loads
+    markEvent(render.serviceMark(e))
     const { service, type, at, ...rest } = /** @type {any} */ (e)
     say(`${clock(at)} service ${service} ${type}${Object.keys(rest).length ? ` ${JSON.stringify(rest)}` : ''}`)
   })
   arbiter.onEvent((e) => {
+    markEvent(render.arbiterMark(e))
     if (['watchdog', 'admission-state', 'config-reloaded', 'config-rejected', 'timeout'].includes(e.type)) {
       say(`${clock(e.at)} arbiter ${e.type} ${e.gpuKey ?? ''}${e.taskType ? ` ${e.taskType}` : ''}${e.heldMs !== undefined ? ` held ${Math.round(e.heldMs)} ms` : ''}${e.detail ? ` ${e.detail}` : ''}`)
     }

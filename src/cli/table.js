@@ -1,7 +1,7 @@
 // @ts-check
 // The status table `gpu-sidecar run` redraws in a terminal and prints when it stops.
 
-const { formatDuration, formatMb } = require('../status/render.js')
+const { alertText, formatDuration, formatMb } = require('../status/render.js')
 
 /** @typedef {import('../status/render.js').StatusModel} StatusModel */
 
@@ -64,7 +64,7 @@ function statusTable(model) {
   if (latest && !latest.nvml.available && keys.size === 0) lines.push(`(no GPU figures: NVML ${latest.nvml.reason})`)
   const active = model.alerts.filter((a) => a.end === null)
   lines.push('', active.length ? 'ACTIVE ALERTS' : 'ACTIVE ALERTS: none')
-  for (const a of active) lines.push(`  ${a.level} ${a.code}${a.gpuKey ? ` ${a.gpuKey}` : ''}: ${a.message}`)
+  for (const a of active) lines.push(`  ${alertText(a)}`)
   return lines
 }
 

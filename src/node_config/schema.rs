@@ -15,10 +15,10 @@ use serde_json::{json, Value};
 use crate::arbiter::{AdmissionState, ArbiterConfig, Reason, Status};
 use crate::services::{
     HostBudgetAnswer, ListenerNote, PeakVramMethod, ServiceEvent, ServiceOutcome, ServiceState, ServiceStatus,
-    ServicesConfig, StartAllOptions, WaitReason,
+    ServicesConfig, ServicesUpdate, StartAllOptions, WaitReason,
 };
 use crate::services::manifest::ManifestReport;
-use crate::telemetry::{Alert, Inventory, Recommendation, Sample, TelemetryOptions};
+use crate::telemetry::{Alert, Inventory, Recommendation, RecordedEvent, Sample, TelemetryOptions};
 
 /// The file's sections gpu-sidecar reads; other apps' sections are allowed and left alone.
 #[derive(Default, JsonSchema)]
@@ -65,6 +65,7 @@ pub fn events_schema() -> Value {
         ("ServiceEvent", generator.subschema_for::<ListenerServiceEvent>()),
         ("TelemetrySample", generator.subschema_for::<Sample>()),
         ("TelemetryAlert", generator.subschema_for::<Alert>()),
+        ("RecordedEvent", generator.subschema_for::<RecordedEvent>()),
         ("ServiceOutcome", generator.subschema_for::<ServiceOutcome>()),
         ("ServiceStatus", generator.subschema_for::<ServiceStatus>()),
         ("HostBudget", generator.subschema_for::<HostBudgetAnswer>()),
@@ -78,6 +79,7 @@ pub fn events_schema() -> Value {
         ("GpuLeaseReason", generator.subschema_for::<Reason>()),
         ("ManifestReport", generator.subschema_for::<ManifestReport>()),
         ("StartAllOptions", generator.subschema_for::<StartAllOptions>()),
+        ("ServicesUpdate", generator.subschema_for::<ServicesUpdate>()),
     ];
     let mut defs = generator.take_definitions(true);
     for (name, schema) in roots {

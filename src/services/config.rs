@@ -55,6 +55,10 @@ pub struct ServicesConfig {
     pub manifest_task_types: BTreeMap<String, String>,
     /// The managed services, in config order (the tie-break of the start order).
     pub services: Vec<ServiceSpec>,
+    /// The JSON each service was read from (`from_json`), so an update can tell what changed.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub sources: Vec<Value>,
 }
 
 impl Default for ServicesConfig {
@@ -71,6 +75,7 @@ impl Default for ServicesConfig {
             manifests: None,
             manifest_task_types: BTreeMap::new(),
             services: Vec::new(),
+            sources: Vec::new(),
         }
     }
 }
@@ -767,8 +772,27 @@ pub enum StopSignal {
 impl ServicesConfig {
     /// Validates a `services` object; paths in errors and warnings start with `services`.
     pub fn from_json(value: &Value, warnings: &mut Vec<String>) -> SidecarResult<Self> {
-        let config: ServicesConfig = parse_section(value, "services", warnings)?;
-        config.validate()?;
+        let mut config: ServicesConfig = parse_section(value, "services", warnings)?;
+        config.validate(&[])?;
+        config.sources = value.get("services").and_then(Value::as_array).cloned().unwrap_or_default();
+        Ok(config)
+    }
+
+    /// Reads the service list of a run-time update (`setServices`): every rule of `from_json`
+    /// holds, but a dependency may name a service in `removed` (one the update drops, or an
+    /// earlier one dropped). Paths in errors start with `services[`.
+    pub fn update_from_json(services: &Value, removed: &[&str], warnings: &mut Vec<String>) -> SidecarResult<Self> {
+        let rename = |text: String| match text.strip_prefix("services.services") {
+            Some(rest) => format!("services{rest}"),
+            None => text,
+        };
+        let section = serde_json::json!({ "services": services });
+        let mut found = Vec::new();
+        let parsed: SidecarResult<ServicesConfig> = parse_section(&section, "services", &mut found);
+        warnings.extend(found.into_iter().map(rename));
+        let mut config = parsed.map_err(|e| SidecarError::new(e.code, rename(e.message)))?;
+        config.validate(removed).map_err(|e| SidecarError::new(e.code, rename(e.message)))?;
+        config.sources = services.as_array().cloned().unwrap_or_default();
         Ok(config)
     }
 
@@ -797,7 +821,9 @@ impl ServicesConfig {
         self.services[i].depends_on.iter().filter_map(|d| self.index_of(d))
     }
 
-    fn validate(&self) -> SidecarResult<()> {
+    /// Validates a whole config; a dependency on a name in `removed` (a service an update drops)
+    /// is allowed: that dependent is blocked when it starts.
+    fn validate(&self, removed: &[&str]) -> SidecarResult<()> {
         let err = |i: usize, field: &str, msg: String| {
             SidecarError::invalid_config(format!("services.services[{i}].{field}: {msg}"))
         };
@@ -812,7 +838,7 @@ impl ServicesConfig {
                 return Err(err(i, "command", "expected a non-empty string".into()));
             }
             for (j, dep) in s.depends_on.iter().enumerate() {
-                if self.index_of(dep).is_none() {
+                if self.index_of(dep).is_none() && !removed.contains(&dep.as_str()) {
                     return Err(err(i, &format!("dependsOn[{j}]"), format!("unknown service {dep:?}")));
                 }
             }

@@ -121,8 +121,9 @@ pub enum ServiceEventKind {
     Restarting { attempt: u32, delay_ms: u64 },
     /// The service gave up; `lastLines` is the end of its output.
     Failed { error: SidecarError, last_lines: Vec<String> },
-    /// Not started: `dependency` is not ready.
-    Blocked { dependency: String },
+    /// Not started: `dependency` did not become ready, or was removed by an update; `reason`
+    /// says which (`"db" failed`, `"db" was removed from the services`).
+    Blocked { dependency: String, reason: String },
     /// Waiting until `gpuKey` has `neededMb` (the service's need plus headroom) free.
     VramWait { gpu_key: String, needed_mb: u64, free_mb: u64 },
     /// A service with `gpu.key: 'auto'` was placed on `gpuKey`, which had `freeMb` free less the
@@ -134,6 +135,14 @@ pub enum ServiceEventKind {
     /// Started without the VRAM gate, for the reason given (no telemetry with NVML figures, or no
     /// estimate).
     VramGateOff { gpu_key: String, reason: String },
+    /// Added by a run-time update (`setServices`, `refresh`, a watched config's edit); not
+    /// started unless asked.
+    Added,
+    /// Its config was changed by a run-time update: the change takes effect at its next start
+    /// (a running service keeps running as it is).
+    Changed,
+    /// Dropped by a run-time update, after it was stopped.
+    Removed,
     /// A stop began (`stop`, `stopAll`, `close`, an eviction or an idle stop): the service reads
     /// `stopping` until its process group is gone, then `stopped`.
     Stopping,
@@ -302,7 +311,10 @@ mod tests {
                 Failed { error, last_lines: lines() },
                 json!({"type": "failed", "error": {"code": "READINESS_TIMEOUT", "message": "not ready in 5000 ms"}, "lastLines": ["a", "b"]}),
             ),
-            (Blocked { dependency: "db".into() }, json!({"type": "blocked", "dependency": "db"})),
+            (
+                Blocked { dependency: "db".into(), reason: "\"db\" failed".into() },
+                json!({"type": "blocked", "dependency": "db", "reason": "\"db\" failed"}),
+            ),
             (
                 VramWait { gpu_key: "gpu:0".into(), needed_mb: 9, free_mb: 3 },
                 json!({"type": "vram-wait", "gpuKey": "gpu:0", "neededMb": 9, "freeMb": 3}),

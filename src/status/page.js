@@ -50,6 +50,10 @@ function liveClient() {
     R.addAlert(model, JSON.parse(/** @type {MessageEvent} */ (e).data))
     schedule()
   })
+  events.addEventListener('mark', (e) => {
+    R.addEvent(model, JSON.parse(/** @type {MessageEvent} */ (e).data))
+    schedule()
+  })
   events.addEventListener('state', (e) => {
     const state = JSON.parse(/** @type {MessageEvent} */ (e).data)
     model.services = state.services

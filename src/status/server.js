@@ -55,9 +55,11 @@ function serveStatus(options) {
     throw invalidArgument(`serveStatus: port must be an integer 0-65535 (0 picks a free one), got ${JSON.stringify(port)}`)
   }
   /** @type {StatusModel} */
-  const model = { title: options.title ?? 'gpu-sidecar status', source: 'live', samples: [], alerts: [], services: null, arbiter: null }
+  const model = { title: options.title ?? 'gpu-sidecar status', source: 'live', samples: [], alerts: [], events: [], services: null, arbiter: null }
   /** @type {Set<http.ServerResponse>} */
   const clients = new Set()
+  // Events go on the samples' time axis (a replay's recorded clock, during a replay).
+  const sampleTime = render.sampleClock()
   /** @type {Array<() => void>} */
   const unsubscribe = []
 
@@ -74,9 +76,13 @@ function serveStatus(options) {
 
   if (telemetry) {
     const latest = telemetry.latest()
-    if (latest) render.addSample(model, latest)
+    if (latest) {
+      sampleTime.sample(latest.at)
+      render.addSample(model, latest)
+    }
     unsubscribe.push(
       telemetry.onSample((sample) => {
+        sampleTime.sample(sample.at)
         render.addSample(model, sample)
         broadcast('sample', sample)
       }),
@@ -86,15 +92,24 @@ function serveStatus(options) {
       }),
     )
   }
+  /** @param {import('./render.js').EventMark | null} mark */
+  const markEvent = (mark) => {
+    if (!mark) return
+    mark.at = sampleTime.at(mark.at)
+    render.addEvent(model, mark)
+    broadcast('mark', mark)
+  }
   if (supervisor) {
     unsubscribe.push(
       supervisor.onEvent((event) => {
         if (event.type === 'log') return
+        markEvent(render.serviceMark(event))
         refreshState()
         broadcast('state', { services: model.services, arbiter: model.arbiter })
       }),
     )
   }
+  if (arbiter) unsubscribe.push(arbiter.onEvent((event) => markEvent(render.arbiterMark(event))))
   // Leases change far too often to push each one; clients get the arbiter's state a few times a second.
   const timer = setInterval(() => {
     if (clients.size === 0) return
@@ -178,6 +193,7 @@ function statusJson(model, telemetry) {
     telemetry: telemetry ? telemetry.latest() : null,
     alerts: model.alerts.filter((a) => a.end === null),
     alertHistory: model.alerts,
+    events: model.events,
   }
 }
 

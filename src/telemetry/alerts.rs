@@ -40,6 +40,9 @@ pub enum AlertCode {
     ZombieProcesses,
     /// The driver reported a critical XID error (raised only, never cleared).
     XidError,
+    /// The GPU fell off the bus (NVML answers GPU_IS_LOST): raised at once, cleared if it reads
+    /// again. Its other alerts clear as it is raised, saying so.
+    GpuLost,
 }
 
 impl AlertCode {
@@ -53,6 +56,7 @@ impl AlertCode {
             AlertCode::SwapActive => "SWAP_ACTIVE",
             AlertCode::ZombieProcesses => "ZOMBIE_PROCESSES",
             AlertCode::XidError => "XID_ERROR",
+            AlertCode::GpuLost => "GPU_LOST",
         }
     }
 }
@@ -159,12 +163,14 @@ impl Tracker {
 pub struct AlertEngine {
     thresholds: AlertThresholds,
     trackers: BTreeMap<(AlertCode, Option<String>), Tracker>,
+    /// Each GPU's UUID as last read: a lost GPU no longer gives it, and GPU_LOST names it.
+    uuids: BTreeMap<String, String>,
 }
 
 impl AlertEngine {
     /// An engine with no alert active.
     pub fn new(thresholds: AlertThresholds) -> Self {
-        Self { thresholds, trackers: BTreeMap::new() }
+        Self { thresholds, trackers: BTreeMap::new(), uuids: BTreeMap::new() }
     }
 
     /// Feeds one sample; `backlog` is the arbiter's load per GPU key (missing keys have none).
@@ -175,10 +181,19 @@ impl AlertEngine {
             self.apply(sample.at, None, check, &mut alerts);
         }
         for gpu in &sample.gpus {
-            let load = backlog.get(&gpu.key).copied().unwrap_or_default();
-            for check in gpu_checks(&self.thresholds, gpu, load) {
-                self.apply(sample.at, Some(&gpu.key), check, &mut alerts);
+            if gpu.lost {
+                self.clear_lost(sample.at, &gpu.key, &mut alerts);
+            } else {
+                let load = backlog.get(&gpu.key).copied().unwrap_or_default();
+                for check in gpu_checks(&self.thresholds, gpu, load) {
+                    self.apply(sample.at, Some(&gpu.key), check, &mut alerts);
+                }
             }
+            if let Some(uuid) = &gpu.uuid {
+                self.uuids.insert(gpu.key.clone(), uuid.clone());
+            }
+            let uuid = self.uuids.get(&gpu.key).cloned();
+            self.apply(sample.at, Some(&gpu.key), lost_check(gpu, uuid), &mut alerts);
         }
         for xid in &sample.xid_errors {
             alerts.push(Alert {
@@ -197,10 +212,34 @@ impl AlertEngine {
         alerts
     }
 
+    /// Clears every other alert active on a GPU that is lost: its figures are gone, so the alert
+    /// could neither clear on its own nor stay true; the message says why it cleared.
+    fn clear_lost(&mut self, at: f64, gpu_key: &str, alerts: &mut Vec<Alert>) {
+        for ((code, key), tracker) in self.trackers.iter_mut() {
+            if key.as_deref() != Some(gpu_key) || *code == AlertCode::GpuLost {
+                continue;
+            }
+            tracker.pending_since = None;
+            if !tracker.active {
+                continue;
+            }
+            tracker.active = false;
+            alerts.push(Alert {
+                at,
+                level: AlertLevel::Info,
+                code: *code,
+                active: false,
+                gpu_key: Some(gpu_key.to_string()),
+                message: format!("{gpu_key}: cleared because the GPU was lost; its figures can no longer be read"),
+                figures: figures(json!({ "gpuLost": true })),
+            });
+        }
+    }
+
     fn apply(&mut self, at: f64, gpu_key: Option<&String>, check: Check, alerts: &mut Vec<Alert>) {
         let min = self.thresholds.min_duration_ms.get() as f64;
         let raise_after = check.raise_after_ms.unwrap_or(min);
-        let clear_after = self.thresholds.clear_duration_ms.get() as f64;
+        let clear_after = check.clear_after_ms.unwrap_or(self.thresholds.clear_duration_ms.get() as f64);
         let tracker = self.trackers.entry((check.code, gpu_key.cloned())).or_default();
         let Some(active) = tracker.step(at, check.signal, raise_after, clear_after) else { return };
         let subject = gpu_key.map_or("host".to_string(), |k| k.clone());
@@ -223,6 +262,8 @@ struct Check {
     signal: Signal,
     /// Overrides `minDurationMs` (GPU idle uses `idleForMs`).
     raise_after_ms: Option<f64>,
+    /// Overrides `clearDurationMs`.
+    clear_after_ms: Option<f64>,
     raised: String,
     cleared: String,
     figures: Map<String, Value>,
@@ -252,6 +293,7 @@ fn host_checks(t: &AlertThresholds, host: &HostSample) -> [Check; 3] {
             level: AlertLevel::Critical,
             signal: signal(host.available_mb < low, host.available_mb >= clear),
             raise_after_ms: None,
+            clear_after_ms: None,
             raised: format!("available memory {} MB is under {low} MB", host.available_mb),
             cleared: format!("available memory {} MB is back to at least {clear} MB", host.available_mb),
             figures: figures(json!({
@@ -264,6 +306,7 @@ fn host_checks(t: &AlertThresholds, host: &HostSample) -> [Check; 3] {
             level: AlertLevel::Warning,
             signal: signal(host.swap_used_mb > high_swap, host.swap_used_mb <= clear_swap),
             raise_after_ms: None,
+            clear_after_ms: None,
             raised: format!("{} MB of swap in use, above {high_swap} MB", host.swap_used_mb),
             cleared: format!("swap use {} MB is back to at most {clear_swap} MB", host.swap_used_mb),
             figures: figures(json!({
@@ -276,6 +319,7 @@ fn host_checks(t: &AlertThresholds, host: &HostSample) -> [Check; 3] {
             level: AlertLevel::Warning,
             signal: signal(host.zombie_children > 0, host.zombie_children == 0),
             raise_after_ms: None,
+            clear_after_ms: None,
             raised: format!("{} exited child process(es) never reaped", host.zombie_children),
             cleared: "no unreaped child processes".to_string(),
             figures: figures(json!({ "zombieChildren": host.zombie_children })),
@@ -296,6 +340,7 @@ fn gpu_checks(t: &AlertThresholds, gpu: &GpuSample, load: Backlog) -> [Check; 3]
             level: AlertLevel::Warning,
             signal: util.map_or(Signal::Hold, |u| signal(u >= high, u < low)),
             raise_after_ms: None,
+            clear_after_ms: None,
             raised: format!("utilization {util_text} at or above {high}%"),
             cleared: format!("utilization {util_text} back under {low}%"),
             figures: figures(json!({ "utilizationGpu": util, "highWater": high, "lowWater": low })),
@@ -310,6 +355,7 @@ fn gpu_checks(t: &AlertThresholds, gpu: &GpuSample, load: Backlog) -> [Check; 3]
                 None => Signal::Hold,
             },
             raise_after_ms: Some(idle.idle_for_ms.get() as f64),
+            clear_after_ms: None,
             raised: format!(
                 "utilization {util_text} for {} ms while the arbiter holds {} lease(s) and {} waiter(s)",
                 idle.idle_for_ms.get(),
@@ -327,6 +373,22 @@ fn gpu_checks(t: &AlertThresholds, gpu: &GpuSample, load: Backlog) -> [Check; 3]
             })),
         },
     ]
+}
+
+/// GPU_LOST: raised on the first sample that reads the GPU lost, with no minimum duration (the
+/// driver's answer is final), and cleared by the first one that reads it again.
+/// `uuid`: the GPU's UUID as last read.
+fn lost_check(gpu: &GpuSample, uuid: Option<String>) -> Check {
+    Check {
+        code: AlertCode::GpuLost,
+        level: AlertLevel::Critical,
+        signal: signal(gpu.lost, !gpu.lost),
+        raise_after_ms: Some(0.0),
+        clear_after_ms: Some(0.0),
+        raised: "the GPU is lost (fell off the bus); its services and leases cannot use it".to_string(),
+        cleared: "the GPU reads again".to_string(),
+        figures: figures(json!({ "index": gpu.index, "uuid": uuid })),
+    }
 }
 
 fn vram_check(t: &AlertThresholds, gpu: &GpuSample) -> Check {
@@ -352,6 +414,7 @@ fn vram_check(t: &AlertThresholds, gpu: &GpuSample) -> Check {
         level: AlertLevel::Warning,
         signal,
         raise_after_ms: None,
+        clear_after_ms: None,
         raised: format!("free VRAM {free}{pct} under {low_mb} MB or {low_pct}%"),
         cleared: format!("free VRAM {free}{pct} back to at least {clear_mb} MB and {clear_pct}%"),
         figures: figures(json!({
@@ -429,27 +492,77 @@ mod tests {
     }
 
     #[test]
-    fn gpu_alerts_are_per_gpu_and_hold_while_a_gpu_is_lost() {
+    fn a_lost_gpu_clears_its_alerts_saying_why_and_raises_gpu_lost_once() {
         let mut e = engine();
-        let two = |util1: f64, lost: bool| {
-            let mut s = with_util(0.0, 10.0);
-            let mut g1 = gpu(1, util1, 8_000);
+        let two = |util1: f64, free1: u64, lost: bool| {
+            let mut s = with_util(0.0, 95.0);
+            let mut g1 = gpu(1, util1, free1);
             if lost {
                 g1 = GpuSample { index: 1, key: "gpu:1".into(), lost: true, ..GpuSample::default() };
             }
             s.gpus.push(g1);
             s
         };
-        let seen: Vec<(f64, bool)> = run(
-            &mut e,
-            0.0,
-            [two(99.0, false), two(99.0, false), two(99.0, false), two(99.0, false), two(0.0, true), two(0.0, true)]
-                .into_iter()
-                .chain(std::iter::repeat_with(|| two(0.0, true)).take(10)),
-            &none(),
-            AlertCode::GpuUsageHigh,
+        // gpu:0 and gpu:1 busy, gpu:1 also short of memory: raised at 3 s.
+        let mut seen = vec![];
+        for i in 0..4 {
+            let mut s = two(99.0, 100, false);
+            s.at = i as f64 * 1_000.0;
+            seen.extend(e.observe(&s, &none()));
+        }
+        let key = |a: &Alert| (a.code, a.gpu_key.clone().unwrap_or_default(), a.active);
+        assert_eq!(
+            seen.iter().map(key).collect::<Vec<_>>(),
+            vec![
+                (AlertCode::GpuUsageHigh, "gpu:0".into(), true),
+                (AlertCode::GpuUsageHigh, "gpu:1".into(), true),
+                (AlertCode::VramPressure, "gpu:1".into(), true),
+            ]
         );
-        assert_eq!(seen, vec![(3_000.0, true)]);
+        // gpu:1 lost at 4 s: its two alerts clear at once, saying why, and GPU_LOST is raised;
+        // gpu:0's alert stays.
+        let mut lost = two(0.0, 0, true);
+        lost.at = 4_000.0;
+        let at_loss = e.observe(&lost, &none());
+        assert_eq!(
+            at_loss.iter().map(key).collect::<Vec<_>>(),
+            vec![
+                (AlertCode::GpuUsageHigh, "gpu:1".into(), false),
+                (AlertCode::VramPressure, "gpu:1".into(), false),
+                (AlertCode::GpuLost, "gpu:1".into(), true),
+            ]
+        );
+        for cleared in &at_loss[..2] {
+            assert_eq!(cleared.level, AlertLevel::Info);
+            assert_eq!(cleared.message, "gpu:1: cleared because the GPU was lost; its figures can no longer be read");
+            assert_eq!(cleared.figures["gpuLost"], true);
+        }
+        assert_eq!(at_loss[2].level, AlertLevel::Critical);
+        assert_eq!(at_loss[2].figures["index"], 1);
+        assert_eq!(at_loss[2].figures["uuid"], "GPU-1", "the UUID as last read: a lost GPU gives none");
+        // Still lost: nothing more, however long.
+        for i in 5..30 {
+            let mut s = two(0.0, 0, true);
+            s.at = i as f64 * 1_000.0;
+            assert!(e.observe(&s, &none()).is_empty(), "at {i} s");
+        }
+        // It reads again: GPU_LOST clears at once; its figures raise alerts afresh as usual.
+        let mut back = two(99.0, 100, false);
+        back.at = 30_000.0;
+        assert_eq!(
+            e.observe(&back, &none()).iter().map(key).collect::<Vec<_>>(),
+            vec![(AlertCode::GpuLost, "gpu:1".into(), false)]
+        );
+        let mut again = vec![];
+        for i in 31..34 {
+            let mut s = two(99.0, 100, false);
+            s.at = i as f64 * 1_000.0;
+            again.extend(e.observe(&s, &none()).iter().map(key));
+        }
+        assert_eq!(
+            again,
+            vec![(AlertCode::GpuUsageHigh, "gpu:1".into(), true), (AlertCode::VramPressure, "gpu:1".into(), true)]
+        );
     }
 
     #[test]

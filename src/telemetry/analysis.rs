@@ -7,7 +7,7 @@ use std::path::Path;
 
 use super::alerts::{Alert, AlertEngine};
 use super::options::AlertThresholds;
-use super::record::Replay;
+use super::record::{RecordedEvent, Replay};
 use super::sample::Sample;
 use crate::error::SidecarResult;
 
@@ -16,6 +16,8 @@ use crate::error::SidecarResult;
 pub struct RecordingAnalysis {
     pub samples: Vec<Sample>,
     pub alerts: Vec<Alert>,
+    /// The recording's event lines, in file order.
+    pub events: Vec<RecordedEvent>,
 }
 
 /// Reads `path` (checked line by line first, like a replay) and runs the alert engine over it
@@ -23,12 +25,14 @@ pub struct RecordingAnalysis {
 pub fn analyze_recording(path: &Path, thresholds: AlertThresholds) -> SidecarResult<RecordingAnalysis> {
     let mut engine = AlertEngine::new(thresholds);
     let no_backlog = BTreeMap::new();
-    let mut analysis = RecordingAnalysis { samples: Vec::new(), alerts: Vec::new() };
-    for sample in Replay::open(path)? {
+    let mut analysis = RecordingAnalysis { samples: Vec::new(), alerts: Vec::new(), events: Vec::new() };
+    let mut replay = Replay::open(path)?;
+    for sample in &mut replay {
         let sample = sample?;
         analysis.alerts.extend(engine.observe(&sample, &no_backlog));
         analysis.samples.push(sample);
     }
+    analysis.events = replay.take_events();
     Ok(analysis)
 }
 

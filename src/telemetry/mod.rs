@@ -24,7 +24,7 @@ pub use host::{zombie_children, HostReader, ProcessRegistry};
 pub use inventory::{read_inventory, GpuInfo, Inventory};
 pub use nvml::{GpuRead, GpuReader, GpuSource};
 pub use options::{AlertThresholds, ReplaySpeed, TelemetryOptions, TelemetrySource};
-pub use record::{Recorder, Replay};
+pub use record::{RecordedEvent, RecordedEventKind, RecordedEventMark, Recorder, Replay};
 pub use sample::{
     parse_sample, parse_sample_line, GpuProcess, GpuSample, HostProcess, HostSample, NvmlStatus, NvmlUnavailable,
     Sample, XidEvent,

@@ -213,12 +213,15 @@ fn merge_processes(infos: impl Iterator<Item = ProcessInfo>, registry: &ProcessR
 }
 
 /// Critical XID events, where the platform and GPUs support them. Best effort: a GPU whose events
-/// cannot be watched is logged once and skipped. One event set per GPU, because registering a
-/// device consumes the set and drops it on failure, which would lose the GPUs registered before.
+/// cannot be watched is logged once and skipped. One event set per GPU, kept with the GPU's index:
+/// registering a device consumes the set and drops it on failure, which would lose the GPUs
+/// registered before; and an event names its GPU by this index, because asking the driver
+/// (`nvmlDeviceGetIndex`) fails GPU_IS_LOST once the GPU has fallen off the bus, which is just
+/// when its last XID (79) arrives.
 enum XidWatch {
     NotStarted,
     #[cfg(target_os = "linux")]
-    Watching(Vec<nvml_wrapper::EventSet<'static>>),
+    Watching(Vec<(u32, nvml_wrapper::EventSet<'static>)>),
     #[cfg(not(target_os = "linux"))]
     Off,
 }
@@ -235,16 +238,18 @@ impl XidWatch {
         use nvml_wrapper::bitmasks::event::EventTypes;
         use nvml_wrapper::enums::event::XidError;
         if matches!(self, XidWatch::NotStarted) {
-            *self = XidWatch::Watching(indices.iter().filter_map(|&index| watch(nvml, index)).collect());
+            *self = XidWatch::Watching(
+                indices.iter().filter_map(|&index| watch(nvml, index).map(|set| (index, set))).collect(),
+            );
         }
         let XidWatch::Watching(sets) = self else { return Vec::new() };
         let mut events = Vec::new();
-        for set in sets.iter() {
+        for (index, set) in sets.iter() {
             // `wait(0)` returns at once; Timeout means the queue is empty.
             for _ in 0..MAX_XID_PER_SAMPLE {
                 let Ok(data) = set.wait(0) else { break };
                 if data.event_type.contains(EventTypes::CRITICAL_XID_ERROR) {
-                    let gpu_key = data.device.index().map_or_else(|_| "gpu:?".to_string(), GpuSample::key_for);
+                    let gpu_key = GpuSample::key_for(*index);
                     let xid = match data.event_data {
                         Some(XidError::Value(v)) => Some(v),
                         _ => None,

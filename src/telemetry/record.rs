@@ -1,9 +1,15 @@
-//! Recording samples to JSONL (one `Sample` per line) and playing them back.
+//! Recording samples to JSONL (one `Sample` per line) and playing them back. A recording may also
+//! hold event lines (`{"at", "event": {kind, subject, label}}`): what happened beside the samples
+//! (a service ready, a lease revoked), which an incident report marks on its time axes. A replay
+//! checks them and skips them.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 use super::options::ReplaySpeed;
 use super::sample::{parse_sample_line, Sample};
@@ -40,6 +46,40 @@ impl Recorder {
     }
 }
 
+/// What a recorded event line says happened. (Alerts are not recorded: a report raises them
+/// again from the samples.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(inline)]
+#[serde(rename_all = "kebab-case")]
+pub enum RecordedEventKind {
+    ServiceReady,
+    ServiceFailed,
+    ServiceRestarted,
+    ServiceEvicted,
+    /// A lease the arbiter's hold watchdog revoked.
+    LeaseRevoked,
+}
+
+/// One event beside the samples.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecordedEventMark {
+    pub kind: RecordedEventKind,
+    /// The service or GPU key it is about.
+    pub subject: Option<String>,
+    /// What happened, in words (the report shows it on hover and in its events table).
+    pub label: String,
+}
+
+/// An event line of a recording: `{"at": <epoch ms>, "event": {kind, subject, label}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(rename = "RecordedEvent")]
+#[serde(deny_unknown_fields)]
+pub struct RecordedEvent {
+    pub at: f64,
+    pub event: RecordedEventMark,
+}
+
 /// The largest recording replayed. A day recorded at one sample a second on a node with a few
 /// GPUs and a dozen processes is about 200 MB; the cap leaves room for more and refuses
 /// something that is no recording at all.
@@ -58,6 +98,7 @@ pub struct Replay {
     line_number: usize,
     played: usize,
     cut_last_line: Option<SidecarError>,
+    events: Vec<RecordedEvent>,
 }
 
 impl Replay {
@@ -95,12 +136,18 @@ impl Replay {
             line_number: 0,
             played: 0,
             cut_last_line: None,
+            events: Vec::new(),
         })
     }
 
     /// Set once playback reached a cut-off last line: what it was and how many samples played.
     pub fn cut_last_line(&self) -> Option<&SidecarError> {
         self.cut_last_line.as_ref()
+    }
+
+    /// The event lines read so far, in file order (a replay plays samples only).
+    pub fn take_events(&mut self) -> Vec<RecordedEvent> {
+        std::mem::take(&mut self.events)
     }
 }
 
@@ -127,10 +174,21 @@ impl Iterator for Replay {
             if line.trim().is_empty() {
                 continue;
             }
+            // An event line fails as an event at once on a sample's second key ("nvml").
+            let event_error = match serde_json::from_str::<RecordedEvent>(&line) {
+                Ok(event) => {
+                    self.events.push(event);
+                    continue;
+                }
+                Err(e) => e,
+            };
             return match parse_sample_line(&line) {
                 Ok(sample) => {
                     self.played += 1;
                     Some(Ok(sample))
+                }
+                Err(_) if kind == BoundedLine::Complete && is_event_line(&line) => {
+                    Some(Err(SidecarError::invalid_argument(format!("{where_}: not a recorded event: {event_error}"))))
                 }
                 Err(_) if kind == BoundedLine::Unterminated => {
                     self.cut_last_line = Some(SidecarError::invalid_argument(format!(
@@ -147,6 +205,13 @@ impl Iterator for Replay {
             };
         }
     }
+}
+
+/// Whether a line that is no sample was meant as an event: an object whose only keys are `at`
+/// and `event`.
+fn is_event_line(line: &str) -> bool {
+    serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(line)
+        .is_ok_and(|map| map.contains_key("event") && map.keys().all(|k| k == "at" || k == "event"))
 }
 
 /// The longest recorded gap replayed as it was: longer ones (a clock jump, a machine that slept,
@@ -222,6 +287,39 @@ mod tests {
         assert!(
             e.message
                 .starts_with(&format!("{}:3: not a telemetry sample: at: expected f64, got \"soon\"", path.display())),
+            "{}",
+            e.message
+        );
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn event_lines_are_kept_beside_the_samples_and_skipped_by_playback() {
+        let path = temp_path("events.jsonl");
+        let good = serde_json::to_string(&sample(1.0)).unwrap();
+        let ready = r#"{"at":2,"event":{"kind":"service-ready","subject":"asr","label":"asr ready in 1.2 s"}}"#;
+        let revoked = r#"{"at":3,"event":{"kind":"lease-revoked","subject":"gpu:0","label":"ASR lease revoked"}}"#;
+        std::fs::write(&path, format!("{good}\n{ready}\n{good}\n{revoked}\n")).unwrap();
+        let mut replay = Replay::open(&path).unwrap();
+        let played: Vec<Sample> = (&mut replay).map(Result::unwrap).collect();
+        assert_eq!(played, vec![sample(1.0), sample(1.0)]);
+        let events = replay.take_events();
+        assert_eq!(
+            events.iter().map(|e| (e.at, e.event.kind, e.event.subject.as_deref())).collect::<Vec<_>>(),
+            vec![
+                (2.0, RecordedEventKind::ServiceReady, Some("asr")),
+                (3.0, RecordedEventKind::LeaseRevoked, Some("gpu:0"))
+            ]
+        );
+        // A bad event line is named as one, with its line.
+        std::fs::write(
+            &path,
+            format!("{good}\n{{\"at\":2,\"event\":{{\"kind\":\"exploded\",\"subject\":null,\"label\":\"x\"}}}}\n"),
+        )
+        .unwrap();
+        let e = Replay::open(&path).err().unwrap();
+        assert!(
+            e.message.starts_with(&format!("{}:2: not a recorded event: unknown variant `exploded`", path.display())),
             "{}",
             e.message
         );

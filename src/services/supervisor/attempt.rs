@@ -88,7 +88,7 @@ impl Shared {
         let spawn_failed = |e: std::io::Error| {
             SidecarError::new(ErrorCode::SpawnFailed, format!("{}: cannot start {:?}: {e}", spec.name, spec.command))
         };
-        let sink = match OutputSink::new(spec, self.events.clone(), spec.line_patterns()) {
+        let sink = match OutputSink::new(&spec, self.events.clone(), spec.line_patterns()) {
             Ok(sink) => Arc::new(sink),
             Err(e) => return failed(spawn_failed(e)),
         };
@@ -111,7 +111,7 @@ impl Shared {
         // Ends (dropped) at ready, or when this attempt fails.
         let load = gpu_key.as_deref().and_then(|key| self.begin_load(key));
         let mut process =
-            match ServiceProcess::spawn(spec, &placement, &hook_env, sink.clone(), watchdog.as_ref(), notify_write)
+            match ServiceProcess::spawn(&spec, &placement, &hook_env, sink.clone(), watchdog.as_ref(), notify_write)
                 .await
             {
                 Ok(process) => process,

@@ -58,7 +58,8 @@ impl Shared {
     fn eviction_candidates(&self, for_service: usize, gpu_key: &str) -> Vec<Candidate> {
         let priorities = self.task_priorities.lock().expect("priorities lock").clone();
         let mut found: Vec<Candidate> = Vec::new();
-        for (j, spec) in self.config.services.iter().enumerate() {
+        for j in self.listed() {
+            let spec = self.spec(j);
             let Some(gpu) = spec.gpu.as_ref().filter(|g| j != for_service && g.key == gpu_key) else { continue };
             if !spec.is_evictable() {
                 continue;

@@ -57,7 +57,7 @@ impl Shared {
     /// it was ready.
     fn host_in_flight_mb(&self, except: Option<usize>, reading: HostMemReading) -> u64 {
         let mut in_flight_mb = 0u64;
-        for j in (0..self.cells.len()).filter(|&j| Some(j) != except) {
+        for j in self.listed().into_iter().filter(|&j| Some(j) != except) {
             let (load, spawned_at_ms, pid) = {
                 let cell = self.cell(j);
                 (cell.host_load, cell.spawned_at_ms.filter(|&at| at != u64::MAX), cell.pid)
@@ -97,7 +97,7 @@ impl Shared {
     ) -> SidecarResult<Option<HostAdmission>> {
         let Some(source) = self.hooks.host_memory.clone() else { return Ok(None) };
         let spec = self.spec(i);
-        let need = host_need_mb(spec, &learned);
+        let need = host_need_mb(&spec, &learned);
         let headroom_mb = self.config.host_mem_headroom_mb.get();
         let limit_ms = self.config.host_mem_timeout_ms.get();
         let deadline = Instant::now() + ms(limit_ms);

@@ -205,6 +205,18 @@ impl StartAllOptions {
     }
 }
 
+/// What a run-time update of the services did (`setServices`, `refresh`), by service name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, JsonSchema)]
+#[schemars(rename = "ServicesUpdate")]
+pub struct ServicesUpdate {
+    /// New services (not started).
+    pub added: Vec<String>,
+    /// Services whose config changed (in effect at their next start).
+    pub changed: Vec<String>,
+    /// Services stopped and dropped.
+    pub removed: Vec<String>,
+}
+
 /// How one service's start ended: what `startAll`, `start` and `restart` resolve with.
 #[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct ServiceOutcome {
@@ -256,15 +268,31 @@ pub struct Supervisor {
     shared: Arc<Shared>,
 }
 
+/// One service, from the update that added it on: its spec (replaced by an update that changes
+/// it; a runner keeps the one it started with), its runtime state, and whether it was removed.
+/// Slots are never dropped while the supervisor lives, so an index stays valid for its runners.
+struct Slot {
+    spec: Mutex<Arc<ServiceSpec>>,
+    /// The JSON the spec was read from: an update changes a service when this differs.
+    source: Mutex<serde_json::Value>,
+    cell: Mutex<Cell>,
+    removed: AtomicBool,
+}
+
 struct Shared {
+    /// The supervisor-wide settings; its `services` are moved into `slots`.
     config: ServicesConfig,
-    order: Vec<usize>,
+    slots: boxcar::Vec<Slot>,
+    /// The live services in config order, and in start order (dependencies first).
+    listed: Mutex<Vec<usize>>,
+    order: Mutex<Vec<usize>>,
+    /// Held while `set_services` applies an update, so updates apply one at a time.
+    updating: tokio::sync::Mutex<()>,
     hooks: SupervisorHooks,
     events: mpsc::UnboundedSender<ServiceEvent>,
     /// One permit per service allowed to be loading at once.
     start_slots: Arc<tokio::sync::Semaphore>,
     profiles: Mutex<ProfileStore>,
-    cells: Vec<Mutex<Cell>>,
     /// Bumped on every state change, so schedulers can wait for "something changed".
     changes: watch::Sender<u64>,
     closed: AtomicBool,
@@ -400,13 +428,22 @@ impl Supervisor {
     /// A supervisor for `config` (validated by [`ServicesConfig::from_json`]) and the receiver
     /// of its events; events queue up unread until the receiver is read or dropped. Nothing
     /// starts until `start_all` or `start` is called; those need a tokio runtime.
-    pub fn new(config: ServicesConfig, hooks: SupervisorHooks) -> (Self, mpsc::UnboundedReceiver<ServiceEvent>) {
+    pub fn new(mut config: ServicesConfig, hooks: SupervisorHooks) -> (Self, mpsc::UnboundedReceiver<ServiceEvent>) {
         let (events, receiver) = mpsc::unbounded_channel();
+        let order = config.start_order();
+        let services = std::mem::take(&mut config.services);
+        let sources = std::mem::take(&mut config.sources);
+        let slots = boxcar::Vec::new();
+        for (n, spec) in services.into_iter().enumerate() {
+            slots.push(Slot::new(spec, sources.get(n).cloned().unwrap_or_default()));
+        }
         let shared = Shared {
-            order: config.start_order(),
+            listed: Mutex::new((0..slots.count()).collect()),
+            order: Mutex::new(order),
+            slots,
+            updating: tokio::sync::Mutex::new(()),
             start_slots: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_starts.get() as usize)),
             profiles: Mutex::new(ProfileStore::load(config.state_file.as_deref())),
-            cells: config.services.iter().map(|_| Mutex::new(Cell::new())).collect(),
             config,
             hooks,
             events,
@@ -451,9 +488,8 @@ impl Supervisor {
         };
         let targets: Vec<usize> = self
             .shared
-            .order
-            .iter()
-            .copied()
+            .order()
+            .into_iter()
             .filter(|&i| !self.shared.spec(i).on_demand && chosen.as_ref().is_none_or(|c| c.contains(&i)))
             .collect();
         Ok(self.shared.schedule(&targets).await)
@@ -488,6 +524,69 @@ impl Supervisor {
         Ok(())
     }
 
+    /// Replaces the service list at run time, keeping the runtime state of every service that
+    /// stays: a new service is added (not started), a removed one is stopped then dropped, a
+    /// changed one takes effect at its next start (a running one keeps running). Its dependents
+    /// that stay are blocked at their next start, naming it. `services` is the `services` array
+    /// of a config; an invalid one changes nothing and fails with `INVALID_CONFIG` and its JSON
+    /// path (`services[2].command: ...`). The supervisor-wide settings are not changed here.
+    pub async fn set_services(&self, services: &serde_json::Value) -> SidecarResult<ServicesUpdate> {
+        self.shared.check_open()?;
+        let _updating = self.shared.updating.lock().await;
+        let shared = &self.shared;
+        // Any name this supervisor has known may be a dangling dependency: it blocks, not fails.
+        let known: Vec<String> = shared.slots.iter().map(|(i, _)| shared.spec(i).name.clone()).collect();
+        let known: Vec<&str> = known.iter().map(String::as_str).collect();
+        let mut warnings = Vec::new();
+        let config = ServicesConfig::update_from_json(services, &known, &mut warnings)?;
+        for w in &warnings {
+            tracing::warn!("{w}");
+        }
+        let mut update = ServicesUpdate::default();
+        let leaving: Vec<usize> =
+            shared.listed().into_iter().filter(|&i| config.index_of(&shared.spec(i).name).is_none()).collect();
+        for &i in &leaving {
+            shared.stop(i).await;
+        }
+        let mut listed = Vec::with_capacity(config.services.len());
+        for (n, spec) in config.services.iter().enumerate() {
+            let source = config.sources.get(n).cloned().unwrap_or_default();
+            match shared.find(&spec.name) {
+                Some(i) => {
+                    let slot = &shared.slots[i];
+                    let mut was = slot.source.lock().expect("source lock");
+                    if *was != source {
+                        *was = source;
+                        *slot.spec.lock().expect("spec lock") = Arc::new(spec.clone());
+                        drop(was);
+                        update.changed.push(spec.name.clone());
+                        shared.emit(i, ServiceEventKind::Changed);
+                    }
+                    listed.push(i);
+                }
+                None => {
+                    let i = shared.slots.push(Slot::new(spec.clone(), source));
+                    update.added.push(spec.name.clone());
+                    shared.emit(i, ServiceEventKind::Added);
+                    listed.push(i);
+                }
+            }
+        }
+        for &i in &leaving {
+            shared.slots[i].removed.store(true, Ordering::SeqCst);
+            update.removed.push(shared.spec(i).name.clone());
+            shared.emit(i, ServiceEventKind::Removed);
+        }
+        let order = config.start_order().into_iter().map(|n| listed[n]).collect();
+        *shared.listed.lock().expect("listed lock") = listed;
+        *shared.order.lock().expect("order lock") = order;
+        shared.changes.send_modify(|n| *n += 1);
+        if let Some(routes) = &shared.hooks.task_routes {
+            routes.routes_changed(shared.task_type_gpus());
+        }
+        Ok(update)
+    }
+
     /// Stops then starts one service.
     pub async fn restart(&self, name: &str) -> SidecarResult<StartOutcome> {
         self.stop(name).await?;
@@ -497,7 +596,7 @@ impl Supervisor {
     /// Stops every service in reverse dependency order: each one only once everything that
     /// depends on it has stopped.
     pub async fn stop_all(&self) {
-        for &i in self.shared.order.iter().rev() {
+        for &i in self.shared.order().iter().rev() {
             self.shared.stop(i).await;
         }
     }
@@ -522,7 +621,7 @@ impl Supervisor {
 
     /// Every service's status, in config order.
     pub fn statuses(&self) -> Vec<ServiceStatus> {
-        (0..self.shared.cells.len()).map(|i| self.shared.status(i)).collect()
+        self.shared.listed().into_iter().map(|i| self.shared.status(i)).collect()
     }
 
     /// What the host can take on now: available memory (the attached telemetry's latest
@@ -541,7 +640,11 @@ impl Supervisor {
 
     /// Whether any service claims task types (so lease changes are worth reporting).
     pub fn attributes_leases(&self) -> bool {
-        self.shared.config.services.iter().any(|s| s.gpu.as_ref().is_some_and(|g| !g.task_types.is_empty()))
+        // Over every slot, removed ones too: whether to attribute is decided once, at attach.
+        self.shared
+            .slots
+            .iter()
+            .any(|(i, _)| self.shared.spec(i).gpu.as_ref().is_some_and(|g| !g.task_types.is_empty()))
     }
 
     /// Attributes a lease change at `now_ms` (epoch) to the service that serves its task type.
@@ -554,7 +657,7 @@ impl Supervisor {
     /// The arbiter was detached (or replaced): the leases attributed from it are no longer
     /// followed, so none is shown as active. Counts and the last grant stay.
     pub fn forget_active_leases(&self) {
-        for i in 0..self.shared.cells.len() {
+        for (i, _) in self.shared.slots.iter() {
             self.shared.cell(i).leases.active.clear();
         }
     }
@@ -564,8 +667,8 @@ impl Drop for Supervisor {
     fn drop(&mut self) {
         // Aborting a runner drops its process, which kills the process group.
         let mut killed = Vec::new();
-        for (i, cell) in self.shared.cells.iter().enumerate() {
-            let cell = cell.lock().unwrap_or_else(|e| e.into_inner());
+        for (i, slot) in self.shared.slots.iter() {
+            let cell = slot.cell.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(runner) = &cell.runner {
                 if cell.pid.is_some() && !runner.task.is_finished() {
                     killed.push(self.shared.spec(i).name.clone());
@@ -608,18 +711,42 @@ impl Shared {
         }
     }
 
+    /// The live service called `name`.
+    fn find(&self, name: &str) -> Option<usize> {
+        self.listed().into_iter().find(|&i| self.spec(i).name == name)
+    }
+
     fn index(&self, name: &str) -> SidecarResult<usize> {
-        self.config
-            .index_of(name)
+        self.find(name)
             .ok_or_else(|| SidecarError::new(ErrorCode::UnknownService, format!("no service named {name:?}")))
     }
 
-    fn spec(&self, i: usize) -> &ServiceSpec {
-        &self.config.services[i]
+    fn spec(&self, i: usize) -> Arc<ServiceSpec> {
+        self.slots[i].spec.lock().expect("spec lock").clone()
     }
 
     fn cell(&self, i: usize) -> std::sync::MutexGuard<'_, Cell> {
-        self.cells[i].lock().expect("cell lock")
+        self.slots[i].cell.lock().expect("cell lock")
+    }
+
+    /// The live services, in config order.
+    fn listed(&self) -> Vec<usize> {
+        self.listed.lock().expect("listed lock").clone()
+    }
+
+    /// The live services, dependencies first, then config order.
+    fn order(&self) -> Vec<usize> {
+        self.order.lock().expect("order lock").clone()
+    }
+
+    /// The live services that service `i` depends on (a removed dependency has none).
+    fn dependency_indices(&self, i: usize) -> Vec<usize> {
+        self.spec(i).depends_on.iter().filter_map(|d| self.find(d)).collect()
+    }
+
+    /// The dependencies of service `i` that are no longer configured (removed by an update).
+    fn missing_dependency(&self, i: usize) -> Option<String> {
+        self.spec(i).depends_on.iter().find(|d| self.find(d).is_none()).cloned()
     }
 
     fn emit(&self, i: usize, kind: ServiceEventKind) {
@@ -679,7 +806,7 @@ impl Shared {
         // (a lease placed on another GPU than its service's is still that service's work).
         let serves = |task_type: &str, gpu_key: &str| {
             let serving = |on_gpu: bool| {
-                (0..self.config.services.len()).find(|&j| {
+                self.listed().into_iter().find(|&j| {
                     self.spec(j).gpu.as_ref().is_some_and(|g| {
                         g.task_types.iter().any(|t| t == task_type)
                             && (!on_gpu || self.gpu_key(j).as_deref() == Some(gpu_key))
@@ -697,7 +824,7 @@ impl Shared {
                 }
             }
             LeaseChange::Released { lease_id } => {
-                for i in 0..self.cells.len() {
+                for (i, _) in self.slots.iter() {
                     let mut cell = self.cell(i);
                     if cell.leases.released(&lease_id) {
                         cell.last_used_ms = cell.last_used_ms.max(now_ms);
@@ -725,6 +852,17 @@ impl Shared {
 
     fn record_failure(&self, i: usize, error: &SidecarError) {
         self.cell(i).last_failure = Some(FailureRecord { at_ms: epoch_ms(), error: error.clone() });
+    }
+}
+
+impl Slot {
+    fn new(spec: ServiceSpec, source: serde_json::Value) -> Self {
+        Self {
+            spec: Mutex::new(Arc::new(spec)),
+            source: Mutex::new(source),
+            cell: Mutex::new(Cell::new()),
+            removed: AtomicBool::new(false),
+        }
     }
 }
 

@@ -14,7 +14,11 @@ impl Supervisor {
     /// the service is not ready (`None` when it is ready now).
     pub fn on_demand_routes(&self) -> Vec<(String, Option<u64>)> {
         let mut routes = Vec::new();
-        for (i, spec) in self.shared.config.services.iter().enumerate().filter(|(_, s)| s.on_demand) {
+        for i in self.shared.listed() {
+            let spec = self.shared.spec(i);
+            if !spec.on_demand {
+                continue;
+            }
             let allowance = (self.shared.state(i) != ServiceState::Ready).then(|| self.shared.load_allowance_ms(i));
             let task_types = spec.gpu.iter().flat_map(|g| &g.task_types);
             routes.extend(task_types.map(|t| (t.clone(), allowance)));
@@ -26,11 +30,10 @@ impl Supervisor {
     /// serves it. A start that does not end ready settles the waiting requests
     /// `SERVICE_UNAVAILABLE`.
     pub async fn demand(&self, task_type: &str) {
-        let Some(i) =
-            self.shared.config.services.iter().position(|s| {
-                s.on_demand && s.gpu.as_ref().is_some_and(|g| g.task_types.iter().any(|t| t == task_type))
-            })
-        else {
+        let Some(i) = self.shared.listed().into_iter().find(|&i| {
+            let s = self.shared.spec(i);
+            s.on_demand && s.gpu.as_ref().is_some_and(|g| g.task_types.iter().any(|t| t == task_type))
+        }) else {
             return;
         };
         if self.shared.state(i) == ServiceState::Ready {

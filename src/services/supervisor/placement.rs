@@ -12,7 +12,8 @@ impl Shared {
     /// The GPU service `j` runs on: its configured key, or where `auto` placed it last (`None`
     /// for a CPU service, or an `auto` one not placed yet).
     pub(super) fn gpu_key(&self, j: usize) -> Option<String> {
-        let gpu = self.spec(j).gpu.as_ref()?;
+        let spec = self.spec(j);
+        let gpu = spec.gpu.as_ref()?;
         if gpu.key == AUTO_GPU_KEY {
             self.cell(j).gpu_key.clone()
         } else {
@@ -75,7 +76,7 @@ impl Shared {
     /// does not show yet: placed or waiting there and not spawned, or spawned at or after it.
     fn in_flight_vram_mb(&self, i: usize, gpu_key: &str, reading: VramReading) -> u64 {
         let mut in_flight_mb = 0u64;
-        for j in (0..self.config.services.len()).filter(|&j| j != i) {
+        for j in self.listed().into_iter().filter(|&j| j != i) {
             if self.gpu_key(j).as_deref() != Some(gpu_key) {
                 continue;
             }
@@ -98,7 +99,8 @@ impl Shared {
     /// (an `auto` one once placed).
     pub(super) fn task_type_gpus(&self) -> Vec<(String, String)> {
         let mut routes = Vec::new();
-        for (j, spec) in self.config.services.iter().enumerate() {
+        for j in self.listed() {
+            let spec = self.spec(j);
             let (Some(gpu), Some(key)) = (&spec.gpu, self.gpu_key(j)) else { continue };
             routes.extend(gpu.task_types.iter().map(|t| (t.clone(), key.clone())));
         }

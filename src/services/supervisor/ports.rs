@@ -21,7 +21,7 @@ impl Shared {
         }
         let spec = self.spec(i);
         let holder = port_holder(port);
-        let leftover = holder.as_ref().filter(|h| spec.reclaim_stale_port && is_leftover_of(spec, h.pid));
+        let leftover = holder.as_ref().filter(|h| spec.reclaim_stale_port && is_leftover_of(&spec, h.pid));
         let Some(holder) = leftover else {
             return Err(port_in_use(&spec.name, port, holder.map(|h| (h.pid, h.name))));
         };

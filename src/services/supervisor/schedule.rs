@@ -22,18 +22,21 @@ impl Shared {
         let mut found = vec![i];
         let mut next = 0;
         while next < found.len() {
-            for d in self.config.dependency_indices(found[next]) {
+            for d in self.dependency_indices(found[next]) {
                 if !found.contains(&d) {
                     found.push(d);
                 }
             }
             next += 1;
         }
-        self.order.iter().copied().filter(|j| found.contains(j)).collect()
+        self.order().into_iter().filter(|j| found.contains(j)).collect()
     }
 
     fn dependencies(&self, i: usize, pending: &[usize]) -> Dependencies {
-        for d in self.config.dependency_indices(i) {
+        if let Some(removed) = self.missing_dependency(i) {
+            return Dependencies::NotReady(removed);
+        }
+        for d in self.dependency_indices(i) {
             if pending.contains(&d) {
                 return Dependencies::Pending;
             }
@@ -126,7 +129,11 @@ impl Shared {
             cell.blocked_by = Some(dependency.clone());
             cell.error = None;
         }
-        self.emit(i, ServiceEventKind::Blocked { dependency });
+        let reason = match self.find(&dependency) {
+            None => format!("{dependency:?} was removed from the services"),
+            Some(d) => format!("{dependency:?} {}", state_words(self.state(d))),
+        };
+        self.emit(i, ServiceEventKind::Blocked { dependency, reason });
         self.set_state(i, ServiceState::Blocked);
     }
 
@@ -196,5 +203,17 @@ impl Shared {
         if self.state(i) == ServiceState::Stopping {
             self.set_state(i, ServiceState::Stopped);
         }
+    }
+}
+
+/// A dependency's state, as a blocked service's reason says it.
+fn state_words(state: ServiceState) -> &'static str {
+    match state {
+        ServiceState::Idle => "was not started",
+        ServiceState::Failed => "failed",
+        ServiceState::Stopped => "was stopped",
+        ServiceState::Blocked => "is blocked",
+        ServiceState::Stopping => "is stopping",
+        ServiceState::Starting | ServiceState::Restarting | ServiceState::Ready => "is not ready",
     }
 }

@@ -96,7 +96,7 @@ impl Shared {
     /// the source has no process lists (its reading may show all of the load already).
     fn unseen_vram_mb(&self, i: usize, gpu_key: &str, reading: VramReading, source: &dyn VramSource) -> u64 {
         let mut unseen_mb = 0u64;
-        for j in (0..self.config.services.len()).filter(|&j| j != i) {
+        for j in self.listed().into_iter().filter(|&j| j != i) {
             if self.gpu_key(j).as_deref() != Some(gpu_key) {
                 continue;
             }

@@ -10,4 +10,5 @@ mod routes;
 mod start;
 mod stop;
 mod support;
+mod update;
 mod vram;

@@ -101,7 +101,10 @@ async fn a_readiness_timeout_fails_stops_and_blocks_dependents_only() {
     let slow_steps = steps(&events, "slow");
     assert!(slow_steps.contains(&&ServiceEventKind::ReadinessTimeout { timeout_ms: 600 }), "{slow_steps:?}");
     assert!(matches!(slow_steps.last(), Some(ServiceEventKind::Failed { .. })), "{slow_steps:?}");
-    assert_eq!(steps(&events, "dependent"), [&ServiceEventKind::Blocked { dependency: "slow".into() }]);
+    assert_eq!(
+        steps(&events, "dependent"),
+        [&ServiceEventKind::Blocked { dependency: "slow".into(), reason: "\"slow\" failed".into() }]
+    );
     let slow_pid = spawned_pids(&events)[0];
     assert!(reaped(slow_pid));
     assert_eq!(sup.status("slow").unwrap().state, ServiceState::Failed);
