@@ -3,6 +3,7 @@
 // config, the runner's conventions (a folder's virtualenv interpreter, PYTHONIOENCODING), and the
 // default readiness: ready when the service's /health or its [SERVICE_READY] line says so, never
 // earlier, and READINESS_TIMEOUT saying how to configure it when it never does.
+import { spawnSync } from 'node:child_process'
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import type { ServiceConfig, ServiceEvent } from '../gpu-sidecar'
@@ -123,6 +124,17 @@ describe('loading', () => {
     write({ manifests: ['services', 'plugins'] })
     expect(() => loadConfig(path)).toThrow(expect.objectContaining({ code: 'MANIFESTS_NOT_FOUND', message: `services.manifests[1]: no such folder: ${join(root, 'plugins')}` }))
   })
+})
+
+test('gpu-sidecar doctor lists each manifest the node config would skip', () => {
+  const path = join(fixture.dir, '..', 'doctor-config.json')
+  writeFileSync(path, JSON.stringify({ services: { manifests: ['services'] } }))
+  const run = spawnSync(process.execPath, [join(__dirname, '..', 'src', 'cli', 'main.js'), 'doctor', '--config', path, '--json'], { encoding: 'utf8', timeout: 60_000 })
+  const checks = (JSON.parse(run.stdout) as { checks: Array<{ check: string; status: string; detail: string }> }).checks
+  const skipped = checks.filter((c) => c.check === 'manifest skipped')
+  expect(skipped.map((c) => c.status)).toEqual(['warn', 'warn', 'warn', 'warn'])
+  expect(skipped[1].detail).toMatch(new RegExp(`^${join(fixture.dir, 'broken-json', 'service.json').replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} at exec\.args: not valid JSON`))
+  expect(checks.find((c) => c.check === 'faster-whisper-vad command')?.detail).toBe(join(fixture.dir, 'asr-whisper', '.venv', 'bin', 'python'))
 })
 
 describe('running manifest services', () => {
