@@ -31,6 +31,11 @@ import type {
 } from './src/binding/events'
 export type * from './src/binding/events'
 
+/** `loadConfig(path).services`: the section with its `manifests` expanded into whole services. */
+export type ExpandedServicesConfig = Omit<ServicesConfig, 'manifests' | 'manifestTaskTypes' | 'services'> & {
+  services?: ServiceConfig[]
+}
+
 /** How a service tells that it is ready: exactly one key. */
 export type ServiceReadiness = ServiceConfig['readiness']
 
@@ -604,7 +609,7 @@ export declare function loadServiceManifests(dir: string | string[], options?: {
 export interface NodeConfig {
   gpuArbiter: Required<GpuArbiterConfig>
   /** The `services` section, validated (pass it to `new ServiceSupervisor`); absent if the file has none. */
-  services?: ServicesConfig
+  services?: ExpandedServicesConfig
   /**
    * What `services.manifests` held: the manifests kept and why each other file was skipped
    * (their services are in `services.services`); absent without `manifests`.

@@ -6,7 +6,7 @@
 import { spawnSync } from 'node:child_process'
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import type { ServiceConfig, ServiceEvent } from '../gpu-sidecar'
+import type { ServiceEvent, ServiceOverride } from '../gpu-sidecar'
 import { loadConfig, loadServiceManifests, ServiceSupervisor, setLogger } from '../gpu-sidecar'
 import { tempDir } from './support'
 
@@ -40,7 +40,7 @@ function supervise(config: ConstructorParameters<typeof ServiceSupervisor>[0]) {
 }
 
 /** Overrides that take the GPU away (no Telemetry here: `'auto'` would fail NO_GPU). */
-const noGpu = GPU_MANIFESTS.map((name) => ({ name, gpu: null })) as unknown as ServiceConfig[]
+const noGpu: ServiceOverride[] = GPU_MANIFESTS.map((name) => ({ name, gpu: null }))
 
 const lines = (events: ServiceEvent[], service: string) =>
   events.filter((e): e is Extract<ServiceEvent, { type: 'log' }> => e.type === 'log' && e.service === service).map((e) => e.line)
@@ -169,7 +169,7 @@ describe('running manifest services', () => {
   })
 
   test('a service that never says it is ready fails READINESS_TIMEOUT, saying how to set its readiness', async () => {
-    const { supervisor } = supervise({ manifests: [fixture.dir], services: [...noGpu, { name: 'never-ready', readinessTimeoutMs: 1500 } as unknown as ServiceConfig] })
+    const { supervisor } = supervise({ manifests: [fixture.dir], services: [...noGpu, { name: 'never-ready', readinessTimeoutMs: 1500 }] })
     const outcome = await supervisor.start('never-ready')
     expect(outcome).toMatchObject({ status: 'failed', error: { code: 'READINESS_TIMEOUT' } })
     const message = outcome.status === 'failed' ? outcome.error.message : ''

@@ -13,7 +13,7 @@ pub struct NodeConfig {
     #[napi(ts_type = "Required<GpuArbiterConfig>")]
     pub gpu_arbiter: serde_json::Value,
     /// The `services` section, validated (pass it to `new ServiceSupervisor`); absent if the file has none.
-    #[napi(ts_type = "ServicesConfig")]
+    #[napi(ts_type = "ExpandedServicesConfig")]
     pub services: Option<serde_json::Value>,
     /// What `services.manifests` held: the manifests kept and why each other file was skipped
     /// (their services are in `services.services`); absent without `manifests`.

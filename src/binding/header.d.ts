@@ -31,6 +31,11 @@ import type {
 } from './src/binding/events'
 export type * from './src/binding/events'
 
+/** `loadConfig(path).services`: the section with its `manifests` expanded into whole services. */
+export type ExpandedServicesConfig = Omit<ServicesConfig, 'manifests' | 'manifestTaskTypes' | 'services'> & {
+  services?: ServiceConfig[]
+}
+
 /** How a service tells that it is ready: exactly one key. */
 export type ServiceReadiness = ServiceConfig['readiness']
 

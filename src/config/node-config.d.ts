@@ -6,6 +6,11 @@
  */
 export type BusyPolicy = ("WAIT" | "SKIP" | "FALLBACK_CPU")
 /**
+ * A `services[]` entry: a whole service, or (with `manifests`) the fields that override a
+ * manifest service's.
+ */
+export type ServiceEntry = (ServiceConfig | ServiceOverride)
+/**
  * How a service tells that it is ready.
  */
 export type ServiceReadiness = ({
@@ -291,9 +296,10 @@ manifests?: (string[] | null)
  */
 maxConcurrentStarts?: number
 /**
- * The managed services, in config order (the tie-break of the start order).
+ * The managed services, in config order (the tie-break of the start order). With
+ * `manifests`, an entry named by a manifest's `id` holds only the fields it overrides.
  */
-services?: ServiceConfig[]
+services?: ServiceEntry[]
 /**
  * JSON file that keeps each service's learned time-to-ready and peak VRAM between runs.
  */
@@ -691,6 +697,18 @@ resetAfterMs?: number
  * Range: 1-86400000.
  */
 windowMs?: (number | null)
+}
+/**
+ * Fields that override a manifest service's (`services.manifests`), named by the manifest's `id`:
+ * `gpu` (`vramMb`, `key`, `taskTypes`), `onDemand`, `readinessTimeoutMs`, `priority`, `restart`,
+ * ... as in a service entry. An entry with `command` is a service of its own.
+ */
+export interface ServiceOverride {
+/**
+ * The manifest's `id`.
+ */
+name: string
+[k: string]: unknown
 }
 /**
  * Telemetry options as `gpu-sidecar run` passes them to `new Telemetry(...)`.

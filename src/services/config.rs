@@ -53,12 +53,37 @@ pub struct ServicesConfig {
     /// semantic: SEMANTIC_REPAIR, phonetic: PHONETIC_CORRECTION, punctuation:
     /// PUNCTUATION_RESTORE; any other: OTHER).
     pub manifest_task_types: BTreeMap<String, String>,
-    /// The managed services, in config order (the tie-break of the start order).
+    /// The managed services, in config order (the tie-break of the start order). With
+    /// `manifests`, an entry named by a manifest's `id` holds only the fields it overrides.
+    #[schemars(with = "Vec<ServiceEntry>")]
     pub services: Vec<ServiceSpec>,
     /// The JSON each service was read from (`from_json`), so an update can tell what changed.
     #[serde(skip)]
     #[schemars(skip)]
     pub sources: Vec<Value>,
+}
+
+/// A `services[]` entry: a whole service, or (with `manifests`) the fields that override a
+/// manifest service's.
+// Schema only: the validator takes whole specs, once `manifest::resolve_services_section` has
+// merged the overrides.
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // only its schema is used
+enum ServiceEntry {
+    Service(ServiceSpec),
+    ManifestOverride(ServiceOverride),
+}
+
+/// Fields that override a manifest service's (`services.manifests`), named by the manifest's `id`:
+/// `gpu` (`vramMb`, `key`, `taskTypes`), `onDemand`, `readinessTimeoutMs`, `priority`, `restart`,
+/// ... as in a service entry. An entry with `command` is a service of its own.
+#[derive(JsonSchema)]
+#[schemars(extend("not" = { "required": ["command"] }, "additionalProperties" = true))]
+#[allow(dead_code)] // only its schema is used
+struct ServiceOverride {
+    /// The manifest's `id`.
+    name: String,
 }
 
 impl Default for ServicesConfig {
