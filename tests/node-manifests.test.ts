@@ -4,7 +4,8 @@
 // default readiness: ready when the service's /health or its [SERVICE_READY] line says so, never
 // earlier, and READINESS_TIMEOUT saying how to configure it when it never does.
 import { spawnSync } from 'node:child_process'
-import { writeFileSync } from 'node:fs'
+import Ajv2020 from 'ajv/dist/2020'
+import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import type { ServiceEvent, ServiceOverride } from '../gpu-sidecar'
 import { loadConfig, loadServiceManifests, ServiceSupervisor, setLogger } from '../gpu-sidecar'
@@ -107,6 +108,12 @@ describe('loading', () => {
         { name: 'extra', command: 'true', readiness: { none: {} } },
       ],
     })
+    // The shipped schema takes the override entries too (an editor does not flag them), and
+    // still refuses a whole service that lacks its readiness.
+    const schema = JSON.parse(readFileSync(join(__dirname, '..', 'src', 'config', 'node-config.schema.json'), 'utf8'))
+    const validate = new Ajv2020({ strict: false, validateFormats: false }).compile(schema)
+    expect(validate(JSON.parse(readFileSync(path, 'utf8')))).toBe(true)
+    expect(validate({ services: { manifests: ['services'], services: [{ name: 'x', command: 'x' }] } })).toBe(false)
     const config = loadConfig(path)
     expect(config.warnings).toEqual([])
     expect(config.manifests?.diagnostics).toHaveLength(4)
