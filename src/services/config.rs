@@ -75,15 +75,32 @@ enum ServiceEntry {
     ManifestOverride(ServiceOverride),
 }
 
-/// Fields that override a manifest service's (`services.manifests`), named by the manifest's `id`:
-/// `gpu` (`vramMb`, `key`, `taskTypes`), `onDemand`, `readinessTimeoutMs`, `priority`, `restart`,
-/// ... as in a service entry. An entry with `command` is a service of its own.
-#[derive(JsonSchema)]
-#[schemars(extend("not" = { "required": ["command"] }, "additionalProperties" = true))]
-#[allow(dead_code)] // only its schema is used
-struct ServiceOverride {
-    /// The manifest's `id`.
-    name: String,
+/// Schema only: a service entry's fields, all optional but `name`, and no `command`.
+struct ServiceOverride;
+
+impl JsonSchema for ServiceOverride {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ServiceOverride".into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let mut schema = ServiceSpec::json_schema(generator);
+        schema.insert("required".into(), serde_json::json!(["name"]));
+        // `gpu` merges field by field (`{ "vramMb": 3000 }` keeps the manifest's key): none required.
+        let mut gpu = GpuNeed::json_schema(generator);
+        gpu.remove("required");
+        gpu.insert("description".into(), "Merged onto the manifest service's `gpu` (`'auto'` for `device: gpu`); `null` removes it.".into());
+        if let Some(properties) = schema.get_mut("properties").and_then(Value::as_object_mut) {
+            properties.insert("gpu".into(), serde_json::json!({ "anyOf": [gpu, { "type": "null" }] }));
+        }
+        // An entry with `command` is a service of its own, checked as one.
+        schema.insert("not".into(), serde_json::json!({ "required": ["command"] }));
+        schema.insert(
+            "description".into(),
+            "Fields that override a manifest service's (`services.manifests`), named by the manifest's `id`: `gpu` (`vramMb`, `key`, `taskTypes`), `onDemand`, `readinessTimeoutMs`, `priority`, `restart`, ... as in a service entry. `null` removes a field.".into(),
+        );
+        schema
+    }
 }
 
 impl Default for ServicesConfig {
