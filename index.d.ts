@@ -22,6 +22,7 @@ import type {
   GpuLeaseReason,
   GpuLeaseStatus,
   HostBudget,
+  ManifestReport,
   RecordedEvent,
   ServiceEvent,
   ServiceOutcome,
@@ -32,6 +33,11 @@ import type {
   TelemetrySample,
 } from './src/binding/events'
 export type * from './src/binding/events'
+
+/** `loadConfig(path).services`: the section with its `manifests` expanded into whole services. */
+export type ExpandedServicesConfig = Omit<ServicesConfig, 'manifests' | 'manifestTaskTypes' | 'services'> & {
+  services?: ServiceConfig[]
+}
 
 /** How a service tells that it is ready: exactly one key. */
 export type ServiceReadiness = ServiceConfig['readiness']
@@ -188,9 +194,12 @@ export declare class GpuArbiter {
  */
 export declare class ServiceSupervisor {
   /**
-   * Validates `config` (the `services` section; `loadConfig(path).services` fits) and starts
-   * nothing yet. Throws `INVALID_CONFIG` with the JSON path of a bad field, or naming a
-   * dependency cycle (`services: dependency cycle: a -> b -> a`).
+   * Validates `config` (the `services` section; `loadConfig(path).services` fits; `manifests`
+   * folders in it, relative to the working directory, are read as `loadServiceManifests`
+   * reads them, with `services[]` entries of the same name as overrides) and starts nothing
+   * yet. Throws `INVALID_CONFIG` with the JSON path of a bad field, or naming a dependency
+   * cycle (`services: dependency cycle: a -> b -> a`); `MANIFESTS_NOT_FOUND` for a missing
+   * manifests folder.
    */
   constructor(config: ServicesConfig)
   /**
@@ -447,18 +456,33 @@ export interface GpuReadingInput {
 
 /**
  * Reads a whole node config file (like `electron-node-config.json`) and validates the sections
- * gpu-sidecar owns. Throws `INVALID_CONFIG` with the JSON path of a bad field
+ * gpu-sidecar owns, expanding `services.manifests` (folders relative to the file). Throws `INVALID_CONFIG` with the JSON path of a bad field
  * (`gpuArbiter.policies.ASR.priority: expected an integer 0-100, got "high"`), and for a file
  * that is not a regular file (a device, FIFO or directory: refused at once, never blocking),
  * is over 16 MiB, or is not UTF-8. A `path` that is not a string is `INVALID_ARGUMENT`.
  */
 export declare function loadConfig(path: string): NodeConfig
 
+/**
+ * Reads every `<dir>/<folder>/service.json` (one folder or several, relative to the working
+ * directory) with the node's rules, and returns `{ services, manifests, diagnostics }`:
+ * `services` fits `new ServiceSupervisor({ services })`, `manifests` are the manifests kept, and
+ * `diagnostics` say why each other file was skipped (also logged as warnings). `options.taskTypes`
+ * maps manifest `type`s to arbiter task types over the defaults. A missing folder throws
+ * `MANIFESTS_NOT_FOUND`; a bad argument `INVALID_ARGUMENT`.
+ */
+export declare function loadServiceManifests(dir: string | string[], options?: { taskTypes?: Record<string, string> }): { services: ServiceConfig[] } & ManifestReport
+
 /** The sections of a node config file that gpu-sidecar owns, validated, with defaults applied. */
 export interface NodeConfig {
   gpuArbiter: Required<GpuArbiterConfig>
   /** The `services` section, validated (pass it to `new ServiceSupervisor`); absent if the file has none. */
-  services?: ServicesConfig
+  services?: ExpandedServicesConfig
+  /**
+   * What `services.manifests` held: the manifests kept and why each other file was skipped
+   * (their services are in `services.services`); absent without `manifests`.
+   */
+  manifests?: ManifestReport
   /** Unknown keys in our sections, as JSON paths (they are ignored). */
   warnings: Array<string>
 }

@@ -845,6 +845,7 @@ module.exports.ArbiterRecordKind = nativeBinding.ArbiterRecordKind
 module.exports.fitNeeds = nativeBinding.fitNeeds
 module.exports.gpuInventory = nativeBinding.gpuInventory
 module.exports.loadConfig = nativeBinding.loadConfig
+module.exports.loadServiceManifests = nativeBinding.loadServiceManifests
 module.exports.readRecording = nativeBinding.readRecording
 module.exports.recommendConcurrency = nativeBinding.recommendConcurrency
 module.exports.setLogger = nativeBinding.setLogger

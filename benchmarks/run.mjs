@@ -6,6 +6,7 @@ import { benchFlood } from './flood.mjs'
 import { benchVram } from './vram.mjs'
 import { benchNvml } from './nvml.mjs'
 import { benchIdle } from './idle.mjs'
+import { benchNodeBoot } from './node-boot.mjs'
 
 await benchArbiter()
 await benchTelemetry()
@@ -14,3 +15,4 @@ await benchFlood()
 await benchVram()
 await benchNvml()
 await benchIdle()
+await benchNodeBoot()

@@ -51,10 +51,13 @@ pub enum ErrorCode {
     /// A service's start found too little host memory available (or the host swapping) for
     /// `hostMemTimeoutMs`.
     HostMemoryLow,
+    /// A folder of service manifests (`services.manifests`, `loadServiceManifests`) does not
+    /// exist or is not a folder.
+    ManifestsNotFound,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 20] = [
         ErrorCode::InvalidConfig,
         ErrorCode::InvalidGpuKey,
         ErrorCode::InvalidArgument,
@@ -74,6 +77,7 @@ impl ErrorCode {
         ErrorCode::VramOom,
         ErrorCode::NoGpu,
         ErrorCode::HostMemoryLow,
+        ErrorCode::ManifestsNotFound,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -97,6 +101,7 @@ impl ErrorCode {
             ErrorCode::VramOom => "VRAM_OOM",
             ErrorCode::NoGpu => "NO_GPU",
             ErrorCode::HostMemoryLow => "HOST_MEMORY_LOW",
+            ErrorCode::ManifestsNotFound => "MANIFESTS_NOT_FOUND",
         }
     }
 }
@@ -170,7 +175,8 @@ mod tests {
                 | ErrorCode::ServiceHung
                 | ErrorCode::VramOom
                 | ErrorCode::NoGpu
-                | ErrorCode::HostMemoryLow => {}
+                | ErrorCode::HostMemoryLow
+                | ErrorCode::ManifestsNotFound => {}
             }
             assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
         }

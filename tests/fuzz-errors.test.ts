@@ -19,6 +19,7 @@ import {
   configureGpuArbiter,
   fitNeeds,
   loadConfig,
+  loadServiceManifests,
   recommendConcurrency,
   setGpuArbiter,
   setLogger,
@@ -47,6 +48,7 @@ const DOCUMENTED_CODES = new Set([
   'VRAM_OOM',
   'NO_GPU',
   'HOST_MEMORY_LOW',
+  'MANIFESTS_NOT_FOUND',
 ])
 
 const SEED = Number(process.env.FUZZ_SEED ?? 0x8badf00d)
@@ -153,6 +155,7 @@ const junk = (target: object, method: string, arg: unknown): unknown => (target 
 /** Every export of Telemetry, ServiceSupervisor and the free functions, called with junk. */
 const EXPORTS: Export[] = [
   { name: 'loadConfig(path)', member: 'loadConfig', call: (a) => loadConfig(a as string) },
+  { name: 'loadServiceManifests(dir, options)', member: 'loadServiceManifests', call: (a, b) => loadServiceManifests(a as never, b as never) },
   { name: 'fitNeeds(services, learned)', member: 'fitNeeds', call: (a, b) => fitNeeds(a as never, b as never) },
   { name: 'recommendConcurrency(options)', member: 'recommendConcurrency', call: (a) => recommendConcurrency(a as never) },
   { name: 'setLogger(logger, minLevel)', member: 'setLogger', call: (a, b) => { try { setLogger(a as never, b as never) } finally { setLogger(quiet) } } },

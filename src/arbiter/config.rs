@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::config::{parse_section, Int};
+use crate::config::{merge_patch, parse_section, Int};
 use crate::error::{SidecarError, SidecarResult};
 
 /// 0-100, higher is served first.
@@ -324,21 +324,6 @@ fn with_current_key_names(value: &Value) -> SidecarResult<Value> {
         }
     }
     Ok(value)
-}
-
-fn merge_patch(target: &mut Value, patch: &Value) {
-    match (target, patch) {
-        (Value::Object(t), Value::Object(p)) => {
-            for (k, v) in p {
-                if v.is_null() {
-                    t.remove(k);
-                } else {
-                    merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
-                }
-            }
-        }
-        (t, p) => *t = p.clone(),
-    }
 }
 
 #[cfg(test)]

@@ -26,13 +26,17 @@ export type GpuComputeMode = ("DEFAULT" | "EXCLUSIVE_PROCESS" | "EXCLUSIVE_THREA
  */
 export type GpuDriverModel = ("WDDM" | "TCC")
 /**
+ * A manifest's `device`.
+ */
+export type ManifestDevice = ("gpu" | "cpu" | "auto")
+/**
  * How a learned peak VRAM figure was measured.
  */
 export type PeakVramMethod = ("process" | "gpu-delta")
 /**
  * Stable error codes. The strings are part of the public contract.
  */
-export type SidecarErrorCode = ("INVALID_CONFIG" | "INVALID_GPU_KEY" | "INVALID_ARGUMENT" | "CLOSED" | "IO_ERROR" | "INTERNAL" | "PORT_IN_USE" | "READINESS_TIMEOUT" | "VRAM_TIMEOUT" | "SPAWN_FAILED" | "SERVICE_EXITED" | "UNKNOWN_SERVICE" | "GPU_LEASE_NOT_GRANTED" | "LIVENESS_FAILED" | "READINESS_STALLED" | "SERVICE_HUNG" | "VRAM_OOM" | "NO_GPU" | "HOST_MEMORY_LOW")
+export type SidecarErrorCode = ("INVALID_CONFIG" | "INVALID_GPU_KEY" | "INVALID_ARGUMENT" | "CLOSED" | "IO_ERROR" | "INTERNAL" | "PORT_IN_USE" | "READINESS_TIMEOUT" | "VRAM_TIMEOUT" | "SPAWN_FAILED" | "SERVICE_EXITED" | "UNKNOWN_SERVICE" | "GPU_LEASE_NOT_GRANTED" | "LIVENESS_FAILED" | "READINESS_STALLED" | "SERVICE_HUNG" | "VRAM_OOM" | "NO_GPU" | "HOST_MEMORY_LOW" | "MANIFESTS_NOT_FOUND")
 /**
  * What `ServiceSupervisor#onEvent` listeners receive: the supervisor's events, and the binding's
  * note of log lines it dropped for them.
@@ -672,6 +676,67 @@ export interface LatencyPercentiles2 {
 p50: number
 p95: number
 p99: number
+}
+/**
+ * Why a manifest file was skipped.
+ */
+export interface ManifestDiagnostic {
+/**
+ * The manifest file.
+ */
+path: string
+/**
+ * Where in it (`exec.args`, `env.CUDA_HOME`); empty for the file as a whole.
+ */
+jsonPath: string
+message: string
+}
+/**
+ * A manifest's `exec`, as written.
+ */
+export interface ManifestExec {
+command: string
+args: string[]
+cwd: (string | null)
+}
+/**
+ * What manifest folders held besides their specs: each manifest kept (in discovery order), and
+ * a diagnostic per file skipped.
+ */
+export interface ManifestReport {
+manifests: ServiceManifest[]
+diagnostics: ManifestDiagnostic[]
+}
+/**
+ * One manifest as the node wrote it, checked: what its UI shows beside the service.
+ */
+export interface ServiceManifest {
+/**
+ * The service's name in the supervisor (statuses, events, `start(id)`).
+ */
+id: string
+/**
+ * The display name.
+ */
+name: string
+type: string
+device: (ManifestDevice | null)
+port: (number | null)
+exec: ManifestExec
+env: {
+[k: string]: string
+}
+version: (string | null)
+description: (string | null)
+tags: string[]
+/**
+ * The manifest file.
+ */
+path: string
+/**
+ * The arbiter task type its `type` maps to (a GPU service's `gpu.taskTypes`).
+ */
+taskType: string
 }
 /**
  * An event line of a recording: `{"at": <epoch ms>, "event": {kind, subject, label}}`.

@@ -22,6 +22,7 @@ import type {
   GpuLeaseReason,
   GpuLeaseStatus,
   HostBudget,
+  ManifestReport,
   RecordedEvent,
   ServiceEvent,
   ServiceOutcome,
@@ -32,6 +33,11 @@ import type {
   TelemetrySample,
 } from './src/binding/events'
 export type * from './src/binding/events'
+
+/** `loadConfig(path).services`: the section with its `manifests` expanded into whole services. */
+export type ExpandedServicesConfig = Omit<ServicesConfig, 'manifests' | 'manifestTaskTypes' | 'services'> & {
+  services?: ServiceConfig[]
+}
 
 /** How a service tells that it is ready: exactly one key. */
 export type ServiceReadiness = ServiceConfig['readiness']

@@ -12,6 +12,7 @@ mod fit;
 mod inventory;
 mod js;
 mod logging;
+mod manifests;
 mod recording;
 mod services;
 mod spawn_env;

@@ -28,9 +28,10 @@ use crate::error::{ErrorCode, SidecarError, SidecarResult};
 use crate::link::arbiter_calls::{ArbiterCall, ArbiterCalls, ArbiterLease, StartupLeasePolicy};
 use crate::link::service_events::{QueuedEvent, ServiceEventFeed};
 use crate::link::supervisor_telemetry::SupervisorTelemetry;
+use crate::services::manifest::resolve_services_section;
 use crate::services::{
-    HostMemorySource, ListenerNote, OutputStream, ServiceEvent, ServiceEventKind, ServiceOutcome, ServicesConfig,
-    SpawnEnv, StartAllOptions, StartupLease, Supervisor, SupervisorHooks, TaskRoutes, VramSource,
+    HostMemorySource, ListenerNote, OutputStream, ServiceEvent, ServiceEventKind, ServiceOutcome, SpawnEnv,
+    StartAllOptions, StartupLease, Supervisor, SupervisorHooks, TaskRoutes, VramSource,
 };
 
 /// One turn of the event loop delivers at most this many events, or for at most this long,
@@ -103,14 +104,17 @@ pub struct ServiceSupervisor {
 
 #[napi]
 impl ServiceSupervisor {
-    /// Validates `config` (the `services` section; `loadConfig(path).services` fits) and starts
-    /// nothing yet. Throws `INVALID_CONFIG` with the JSON path of a bad field, or naming a
-    /// dependency cycle (`services: dependency cycle: a -> b -> a`).
+    /// Validates `config` (the `services` section; `loadConfig(path).services` fits; `manifests`
+    /// folders in it, relative to the working directory, are read as `loadServiceManifests`
+    /// reads them, with `services[]` entries of the same name as overrides) and starts nothing
+    /// yet. Throws `INVALID_CONFIG` with the JSON path of a bad field, or naming a dependency
+    /// cycle (`services: dependency cycle: a -> b -> a`); `MANIFESTS_NOT_FOUND` for a missing
+    /// manifests folder.
     #[napi(constructor, catch_unwind, ts_args_type = "config: ServicesConfig")]
     pub fn new(env: &Env, config: Option<Unknown>) -> Result<Self, Code> {
         let config = args::optional_json(env, config, "services", ErrorCode::InvalidConfig)?.unwrap_or(Value::Null);
         let mut warnings = vec![];
-        let config = ServicesConfig::from_json(&config, &mut warnings)?;
+        let config = resolve_services_section(&config, std::path::Path::new(""), &mut warnings)?.config;
         for w in &warnings {
             tracing::warn!("{w}");
         }

@@ -154,6 +154,10 @@ async function checkConfig(path, sample, checks) {
     return null
   }
   checks.push({ check: 'config', status: config.warnings.length ? 'warn' : 'ok', detail: config.warnings.length ? config.warnings.join('; ') : `${path} is valid` })
+  // A manifest the node would skip is no service at all: say so beside the config.
+  for (const d of config.manifests?.diagnostics ?? []) {
+    checks.push({ check: 'manifest skipped', status: 'warn', detail: `${d.path}${d.jsonPath ? ` at ${d.jsonPath}` : ''}: ${d.message}` })
+  }
   const services = config.services
   if (!services) return { gpus: [], host: null }
   const configDir = dirname(resolve(path))

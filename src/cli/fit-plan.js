@@ -7,7 +7,7 @@
 
 const { fitNeeds } = require('../../gpu-sidecar.js')
 
-/** @typedef {import('../../index').ServicesConfig} ServicesConfig */
+/** @typedef {import('../../index').ExpandedServicesConfig} ServicesConfig */
 /** @typedef {import('../../index').TelemetrySample} TelemetrySample */
 
 /**

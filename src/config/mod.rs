@@ -67,6 +67,23 @@ pub(crate) fn parse_section<T: DeserializeOwned>(
     }
 }
 
+/// Applies a JSON merge patch (RFC 7386): objects merge key by key, `null` removes a key, any
+/// other value replaces what was there.
+pub(crate) fn merge_patch(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (t, p) => *t = p.clone(),
+    }
+}
+
 pub(crate) fn join_path(prefix: &str, path: &str) -> String {
     match path {
         "" | "." | "?" => prefix.to_string(),

@@ -6,6 +6,11 @@
  */
 export type BusyPolicy = ("WAIT" | "SKIP" | "FALLBACK_CPU")
 /**
+ * A `services[]` entry: a whole service, or (with `manifests`) the fields that override a
+ * manifest service's.
+ */
+export type ServiceEntry = (ServiceConfig | ServiceOverride)
+/**
  * How a service tells that it is ready.
  */
 export type ServiceReadiness = ({
@@ -270,15 +275,31 @@ hostMemHeadroomMb?: number
  */
 hostMemTimeoutMs?: number
 /**
+ * Manifest `type` to arbiter task type, over the defaults (asr: ASR, nmt: NMT, tts: TTS,
+ * semantic: SEMANTIC_REPAIR, phonetic: PHONETIC_CORRECTION, punctuation:
+ * PUNCTUATION_RESTORE; any other: OTHER).
+ */
+manifestTaskTypes?: {
+[k: string]: string
+}
+/**
+ * Folders of the node's service manifests (`<folder>/<service>/service.json`), relative to
+ * the config file (`loadConfig`) or to the working directory (`new ServiceSupervisor`).
+ * Each manifest becomes a service named by its `id`; a `services` entry with that name
+ * overrides its fields. See the README, "The node's service manifests".
+ */
+manifests?: (string[] | null)
+/**
  * How many services may be loading (between spawn and ready) at once.
  * 
  * Default: `1`. Range: 1-64.
  */
 maxConcurrentStarts?: number
 /**
- * The managed services, in config order (the tie-break of the start order).
+ * The managed services, in config order (the tie-break of the start order). With
+ * `manifests`, an entry named by a manifest's `id` holds only the fields it overrides.
  */
-services?: ServiceConfig[]
+services?: ServiceEntry[]
 /**
  * JSON file that keeps each service's learned time-to-ready and peak VRAM between runs.
  */
@@ -566,19 +587,40 @@ timeoutMs?: number
  */
 export interface HttpProbe {
 /**
- * The status a ready service answers; 200 by default.
+ * The status a ready service answers (`200`), or a class of them (`"2xx"`); 200 by default.
  * 
- * Default: `200`. Range: 100-599.
+ * Default: `200`.
  */
-expectStatus?: number
+expectStatus?: (number | string)
 /**
- * Dotted path into a JSON body (`status` or `health.state`); when set the body must be JSON.
+ * Dotted path into a JSON body (`status` or `health.state`); when set the body must be JSON
+ * (unless `jsonFieldOptional`).
  */
 jsonField?: (string | null)
 /**
- * The value `jsonField` must have; without it the field must exist and be neither false nor null.
+ * A body that is not JSON, or has no `jsonField`, is ready on its status alone.
+ * 
+ * Default: `false`.
+ */
+jsonFieldOptional?: boolean
+/**
+ * The value `jsonField` must have; without it (and without `readyValues` and
+ * `notReadyValues`) the field must exist and be neither false nor null.
  */
 jsonValue?: unknown
+/**
+ * `jsonField` must not have any of these values (strings compare ignoring case): with no
+ * `jsonValue` or `readyValues`, any other value is ready.
+ * 
+ * Default: `[]`.
+ */
+notReadyValues?: unknown[]
+/**
+ * `jsonField` must have one of these values (strings compare ignoring case).
+ * 
+ * Default: `[]`.
+ */
+readyValues?: unknown[]
 url: string
 }
 /**
@@ -655,6 +697,218 @@ resetAfterMs?: number
  * Range: 1-86400000.
  */
 windowMs?: (number | null)
+}
+/**
+ * Fields that override a manifest service's (`services.manifests`), named by the manifest's `id`: `gpu` (`vramMb`, `key`, `taskTypes`), `onDemand`, `readinessTimeoutMs`, `priority`, `restart`, ... as in a service entry. `null` removes a field.
+ */
+export interface ServiceOverride {
+/**
+ * Default: `[]`.
+ */
+args?: string[]
+/**
+ * The program to run (looked up on `PATH` when it has no slash).
+ */
+command?: string
+/**
+ * Working directory; the host's when absent.
+ */
+cwd?: (string | null)
+/**
+ * Services that must be ready before this one starts.
+ * 
+ * Default: `[]`.
+ */
+dependsOn?: string[]
+/**
+ * Added to (and overriding) the host's environment.
+ */
+env?: {
+[k: string]: string
+}
+/**
+ * May be stopped, while it holds no lease, to make room for another GPU service's load
+ * (on-demand services always may).
+ * 
+ * Default: `false`.
+ */
+evictable?: boolean
+gpu?: ({
+/**
+ * The GPU, as the VRAM source and the arbiter name it (`gpu:0`), or `auto`: at each start,
+ * the GPU of the attached telemetry with the most free memory, less the loads already on
+ * their way there.
+ */
+key?: string
+/**
+ * Arbiter task types this service serves: with `attachArbiter`, leases of these types are
+ * attributed to it (its status shows them, and their watchdog revokes can declare it hung).
+ * 
+ * Default: `[]`.
+ */
+taskTypes?: string[]
+/**
+ * Without it the gate uses the peak learned on earlier runs, or is off.
+ * 
+ * At least 0.
+ */
+vramMb?: (number | null)
+} | null)
+/**
+ * This many of the service's leases revoked by the arbiter's watchdog within `hangWindowMs`
+ * declare it hung (`gpu.taskTypes` and `attachArbiter` attribute leases to it).
+ * 
+ * Default: `2`. Range: 1-1000.
+ */
+hangAfterRevokes?: number
+/**
+ * Default: `60000`. Range: 1-86400000.
+ */
+hangWindowMs?: number
+/**
+ * Host memory (MB) the service's whole process tree takes at its peak: its start waits
+ * until the host has this much available (plus `hostMemHeadroomMb`, less the loads on their
+ * way). Without it the gate uses the peak RSS learned on earlier runs.
+ * 
+ * At least 0.
+ */
+hostMemMb?: (number | null)
+/**
+ * An on-demand service that has held no lease (and had no `ensure`) for this long is
+ * stopped, with an `idle-stopped` event. Unset: it stays until evicted or stopped.
+ * 
+ * Range: 1-86400000.
+ */
+keepAliveMs?: (number | null)
+/**
+ * How to tell the service is still alive once it is ready.
+ */
+liveness?: (LivenessConfig | null)
+/**
+ * Output lines (stdout and stderr) are appended here.
+ */
+logFile?: (string | null)
+/**
+ * How many rotated log files are kept besides `logFile`.
+ * 
+ * Default: `3`. Range: 0-100.
+ */
+logKeep?: number
+/**
+ * `logFile` is rotated (to `<logFile>.1`, `.2`, ...) before a line would take it past this size.
+ * 
+ * Default: `10485760`. At least 1024.
+ */
+logMaxBytes?: number
+/**
+ * The furthest `EXTEND_TIMEOUT_MS` can push the readiness deadline, from spawn. Default: four
+ * times `readinessTimeoutMs` (at most one day).
+ * 
+ * Range: 0-86400000.
+ */
+maxReadinessTimeoutMs?: (number | null)
+/**
+ * Unique among the services; events and statuses carry it.
+ */
+name: string
+/**
+ * Not started by `startAll()`: a lease request for one of its `gpu.taskTypes` (with
+ * `attachArbiter`), or `ensure(name)`, starts it. Evictable.
+ * 
+ * Default: `false`.
+ */
+onDemand?: boolean
+/**
+ * An exit during startup with an output line matching this is a GPU out-of-memory error:
+ * every evictable service on its GPU is stopped and the start retried once. Default: CUDA,
+ * PyTorch and cuBLAS out-of-memory messages (see `DEFAULT_OOM_PATTERN`).
+ */
+oomPattern?: string
+/**
+ * Never evicted, whatever `onDemand` and `evictable` say.
+ * 
+ * Default: `false`.
+ */
+pinned?: boolean
+/**
+ * Checked free before each start; a taken port fails the start with `PORT_IN_USE`.
+ * 
+ * Range: 1-65535.
+ */
+port?: (number | null)
+/**
+ * How long `stop()` waits for the service's `port` to be free again before it resolves
+ * anyway (with a `port-still-held` event).
+ * 
+ * Default: `5000`. Range: 0-86400000.
+ */
+portReleaseTimeoutMs?: number
+/**
+ * Eviction order: the lowest goes first. Default: the highest arbiter policy priority of its
+ * `gpu.taskTypes` (50 without an arbiter or task types).
+ * 
+ * Range: 0-100.
+ */
+priority?: (number | null)
+/**
+ * Pause between HTTP/TCP probes (and between VRAM readings while gated).
+ * 
+ * Default: `250`. Range: 10-60000.
+ */
+probeIntervalMs?: number
+/**
+ * How to tell the service is ready.
+ */
+readiness?: ({
+http: HttpProbe
+} | {
+tcp: TcpProbe
+} | {
+logLine: LogLineProbe
+} | {
+none: NoProbe
+} | {
+notify: NoProbe
+} | {
+anyOf: ServiceReadiness[]
+})
+/**
+ * When set, a load with no progress (an output line or a notify message) for this long fails
+ * with `READINESS_STALLED`; `readinessTimeoutMs` stays the cap on the whole load.
+ * 
+ * Range: 1-86400000.
+ */
+readinessStallTimeoutMs?: (number | null)
+/**
+ * From spawn; a service not ready by then is stopped and fails with `READINESS_TIMEOUT`.
+ * 
+ * Default: `60000`. Range: 0-86400000.
+ */
+readinessTimeoutMs?: number
+/**
+ * When the port is held by a leftover of this same service (same command line), stop that
+ * process and start; any other holder still fails the start with `PORT_IN_USE`.
+ * 
+ * Default: `false`.
+ */
+reclaimStalePort?: boolean
+restart?: RestartConfig
+/**
+ * HTTP and TCP probes start this long after spawn (a log line counts at any time).
+ * 
+ * Default: `0`. Range: 0-86400000.
+ */
+startPeriodMs?: number
+/**
+ * Sent to the process group first on stop.
+ */
+stopSignal?: (("SIGINT" | "SIGHUP" | "SIGQUIT" | "SIGKILL") | "SIGTERM")
+/**
+ * How long a stop waits after `stopSignal` before it SIGKILLs the group.
+ * 
+ * Default: `5000`. Range: 0-86400000.
+ */
+stopTimeoutMs?: number
 }
 /**
  * Telemetry options as `gpu-sidecar run` passes them to `new Telemetry(...)`.

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::services::{HostMemReading, HostMemorySource, ServiceEvent, ServiceEventKind, VramReading, VramSource};
+use crate::services::{
+    HostMemReading, HostMemorySource, LoadSeen, ServiceEvent, ServiceEventKind, VramReading, VramSource,
+};
 use crate::telemetry::{LatestSample, ProcessRegistry, Sample};
 
 /// Where the latest sample comes from: a Telemetry's sampler ([`LatestSample`]), or a fake.
@@ -143,6 +145,29 @@ impl VramSource for SupervisorTelemetry {
     fn gpu_keys(&self) -> Vec<String> {
         let Some((sample, _)) = self.gpu_sample() else { return Vec::new() };
         sample.gpus.iter().filter(|g| !g.lost).map(|g| g.key.clone()).collect()
+    }
+
+    /// From the latest sample's process lists for the GPU: when they were read at or after the
+    /// spawn, the pid's memory and its labelled workers'; asks for fresh lists when they are older.
+    fn load_seen(&self, gpu_key: &str, pid: u32, spawned_at_ms: u64) -> LoadSeen {
+        let Some((sample, registry)) = self.gpu_sample() else { return LoadSeen::Unknown };
+        let Some(gpu) = sample.gpu(gpu_key) else { return LoadSeen::Unknown };
+        let Some(read_at) = gpu.processes_at else { return LoadSeen::Unknown };
+        if (read_at as u64) < spawned_at_ms {
+            if let Some(a) = lock(&self.attached).as_ref() {
+                a.samples.want_processes();
+            }
+            return LoadSeen::NotYet;
+        }
+        let label = registry.service_of(pid);
+        let mut shown = 0u64;
+        for p in gpu.processes.iter().filter(|p| p.pid == pid || (label.is_some() && p.service == label)) {
+            match p.used_mb {
+                Some(mb) => shown += mb,
+                None => return LoadSeen::Unknown,
+            }
+        }
+        LoadSeen::Shown(shown)
     }
 
     fn gpu_uuid(&self, gpu_key: &str) -> Option<String> {
@@ -303,6 +328,31 @@ mod tests {
         assert_eq!(link.process_used_mb(10), Some(1000), "700 of its own + 300 of a worker labelled asr");
         assert!(fed.asked_for_processes.load(Ordering::SeqCst), "a peak is learned from fresh lists");
         assert_eq!(link.process_used_mb(99), None);
+    }
+
+    #[test]
+    fn how_much_of_a_load_the_process_lists_show_depends_on_when_they_were_read() {
+        let link = SupervisorTelemetry::default();
+        let fed = Arc::new(Fed::default());
+        let with_lists_at = |at: Option<f64>| {
+            let mut sample = (*two_gpus()).clone();
+            sample.gpus[0].processes_at = at;
+            Arc::new(sample)
+        };
+        *lock(&fed.sample) = Some(with_lists_at(Some(4000.0)));
+        let registry = ProcessRegistry::new();
+        link.attach(Box::new(fed.clone()), registry.clone());
+        link.observe(&spawned("asr", 10));
+        // Lists read after the spawn: what they show (its workers' included); 0 for a pid not listed.
+        assert_eq!(link.load_seen("gpu:0", 10, 3000), LoadSeen::Shown(1000));
+        assert_eq!(link.load_seen("gpu:0", 77, 3000), LoadSeen::Shown(0));
+        // Lists older than the spawn cannot show it; fresh ones are asked for.
+        fed.asked_for_processes.store(false, Ordering::SeqCst);
+        assert_eq!(link.load_seen("gpu:0", 10, 4500), LoadSeen::NotYet);
+        assert!(fed.asked_for_processes.load(Ordering::SeqCst));
+        // No lists (a pushed sample): unknown.
+        *lock(&fed.sample) = Some(with_lists_at(None));
+        assert_eq!(link.load_seen("gpu:0", 10, 3000), LoadSeen::Unknown);
     }
 
     #[test]

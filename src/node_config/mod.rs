@@ -14,15 +14,18 @@ pub use schema::node_config_schema;
 use crate::arbiter::ArbiterConfig;
 use crate::config::read_config_text;
 use crate::error::{SidecarError, SidecarResult};
-use crate::services::ServicesConfig;
+use crate::services::manifest::{resolve_services_section, ManifestReport};
 
 /// The sections of a node config file that gpu-sidecar owns, validated, with defaults applied.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeConfig {
     pub gpu_arbiter: ArbiterConfig,
-    /// The `services` section as written, once it has passed validation (the supervisor takes it
-    /// as is); `None` when the file has none.
+    /// The `services` section once it has passed validation (the supervisor takes it as is),
+    /// its `manifests` expanded (see [`resolve_services_section`]); `None` when the file has none.
     pub services: Option<Value>,
+    /// What the `services.manifests` folders held: each manifest kept, and a diagnostic per file
+    /// skipped; `None` without `manifests`.
+    pub manifests: Option<ManifestReport>,
     /// Unknown keys inside our sections, as JSON paths.
     pub warnings: Vec<String>,
 }
@@ -35,7 +38,8 @@ pub fn load_node_config(path: &Path) -> SidecarResult<NodeConfig> {
     parse_node_config(&text, &path.display().to_string())
 }
 
-/// Parses the text of a node config file; `source` names it in error messages.
+/// Parses the text of a node config file; `source` is its path: it names the file in error
+/// messages, and `services.manifests` folders are relative to its folder.
 pub fn parse_node_config(text: &str, source: &str) -> SidecarResult<NodeConfig> {
     let root: Value = serde_json::from_str(text)
         .map_err(|e| SidecarError::invalid_config(format!("{source}: not valid JSON: {e}")))?;
@@ -47,14 +51,17 @@ pub fn parse_node_config(text: &str, source: &str) -> SidecarResult<NodeConfig> 
         Some(section) => ArbiterConfig::from_json(section, &mut warnings)?,
         None => ArbiterConfig::default(),
     };
-    let services = match root.get("services") {
+    let (services, manifests) = match root.get("services") {
         Some(section) => {
-            ServicesConfig::from_json(section, &mut warnings)?;
-            Some(section.clone())
+            let base_dir = Path::new(source).parent().unwrap_or(Path::new(""));
+            let resolved = resolve_services_section(section, base_dir, &mut warnings)?;
+            let manifests =
+                resolved.expanded.map(|e| ManifestReport { manifests: e.manifests, diagnostics: e.diagnostics });
+            (Some(resolved.section), manifests)
         }
-        None => None,
+        None => (None, None),
     };
-    Ok(NodeConfig { gpu_arbiter, services, warnings })
+    Ok(NodeConfig { gpu_arbiter, services, manifests, warnings })
 }
 
 #[cfg(test)]
@@ -110,6 +117,37 @@ mod tests {
         let e = load_node_config(&big).unwrap_err();
         assert_eq!(e.message, format!("{}: not valid UTF-8 (at byte 16)", big.display()));
         std::fs::remove_file(&big).unwrap();
+    }
+
+    #[test]
+    fn manifest_folders_are_relative_to_the_config_file_and_are_expanded_with_their_overrides() {
+        let dir = crate::config::file::temp_path("node-config-manifests");
+        let manifest = r#"{"id":"asr","name":"ASR","type":"asr","device":"gpu","exec":{"command":"python","args":[]}}"#;
+        std::fs::create_dir_all(dir.join("services/asr")).unwrap();
+        std::fs::create_dir_all(dir.join("services/bad")).unwrap();
+        std::fs::write(dir.join("services/asr/service.json"), manifest).unwrap();
+        std::fs::write(dir.join("services/bad/service.json"), "{").unwrap();
+        let path = dir.join("electron-node-config.json");
+        std::fs::write(
+            &path,
+            r#"{"services":{"manifests":["services"],"services":[{"name":"asr","gpu":{"vramMb":2500}}]},"servicePreferences":{"asr":true}}"#,
+        )
+        .unwrap();
+        let cfg = load_node_config(&path).unwrap();
+        let services = cfg.services.unwrap();
+        assert!(services.get("manifests").is_none());
+        assert_eq!(
+            services["services"][0]["gpu"],
+            serde_json::json!({"key": "auto", "taskTypes": ["ASR"], "vramMb": 2500})
+        );
+        assert_eq!(services["services"][0]["cwd"], dir.join("services/asr").display().to_string());
+        let report = cfg.manifests.unwrap();
+        assert_eq!(report.manifests.len(), 1);
+        assert_eq!(report.diagnostics[0].path, dir.join("services/bad/service.json").display().to_string());
+        assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+        std::fs::remove_dir_all(&dir).unwrap();
+        let e = load_node_config(&path).unwrap_err();
+        assert_eq!(e.code, crate::error::ErrorCode::InvalidConfig, "the file itself is gone");
     }
 
     #[test]

@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 
 use crate::arbiter::{AdmissionState, ArbiterConfig, Reason, Status};
 use crate::link::arbiter_views::{GpuArbiterEvent, GpuArbiterSnapshot};
+use crate::services::manifest::ManifestReport;
 use crate::services::{
     HostBudgetAnswer, ListenerNote, PeakVramMethod, ServiceEvent, ServiceOutcome, ServiceState, ServiceStatus,
     ServicesConfig, ServicesUpdate, StartAllOptions, WaitReason,
@@ -77,6 +78,7 @@ pub fn events_schema() -> Value {
         ("GpuAdmissionState", generator.subschema_for::<AdmissionState>()),
         ("GpuLeaseStatus", generator.subschema_for::<Status>()),
         ("GpuLeaseReason", generator.subschema_for::<Reason>()),
+        ("ManifestReport", generator.subschema_for::<ManifestReport>()),
         ("StartAllOptions", generator.subschema_for::<StartAllOptions>()),
         ("ServicesUpdate", generator.subschema_for::<ServicesUpdate>()),
         ("GpuArbiterSnapshot", generator.subschema_for::<GpuArbiterSnapshot>()),

@@ -44,12 +44,66 @@ pub struct ServicesConfig {
     /// How long a start waits for enough host memory (or for swap to stop growing) before it
     /// fails with `HOST_MEMORY_LOW`.
     pub host_mem_timeout_ms: Millis,
-    /// The managed services, in config order (the tie-break of the start order).
+    /// Folders of the node's service manifests (`<folder>/<service>/service.json`), relative to
+    /// the config file (`loadConfig`) or to the working directory (`new ServiceSupervisor`).
+    /// Each manifest becomes a service named by its `id`; a `services` entry with that name
+    /// overrides its fields. See the README, "The node's service manifests".
+    pub manifests: Option<Vec<PathBuf>>,
+    /// Manifest `type` to arbiter task type, over the defaults (asr: ASR, nmt: NMT, tts: TTS,
+    /// semantic: SEMANTIC_REPAIR, phonetic: PHONETIC_CORRECTION, punctuation:
+    /// PUNCTUATION_RESTORE; any other: OTHER).
+    pub manifest_task_types: BTreeMap<String, String>,
+    /// The managed services, in config order (the tie-break of the start order). With
+    /// `manifests`, an entry named by a manifest's `id` holds only the fields it overrides.
+    #[schemars(with = "Vec<ServiceEntry>")]
     pub services: Vec<ServiceSpec>,
     /// The JSON each service was read from (`from_json`), so an update can tell what changed.
     #[serde(skip)]
     #[schemars(skip)]
     pub sources: Vec<Value>,
+}
+
+/// A `services[]` entry: a whole service, or (with `manifests`) the fields that override a
+/// manifest service's.
+// Schema only: the validator takes whole specs, once `manifest::resolve_services_section` has
+// merged the overrides.
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // only its schema is used
+enum ServiceEntry {
+    Service(ServiceSpec),
+    ManifestOverride(ServiceOverride),
+}
+
+/// Schema only: a service entry's fields, all optional but `name`, and no `command`.
+struct ServiceOverride;
+
+impl JsonSchema for ServiceOverride {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ServiceOverride".into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let mut schema = ServiceSpec::json_schema(generator);
+        schema.insert("required".into(), serde_json::json!(["name"]));
+        // `gpu` merges field by field (`{ "vramMb": 3000 }` keeps the manifest's key): none required.
+        let mut gpu = GpuNeed::json_schema(generator);
+        gpu.remove("required");
+        gpu.insert(
+            "description".into(),
+            "Merged onto the manifest service's `gpu` (`'auto'` for `device: gpu`); `null` removes it.".into(),
+        );
+        if let Some(properties) = schema.get_mut("properties").and_then(Value::as_object_mut) {
+            properties.insert("gpu".into(), serde_json::json!({ "anyOf": [gpu, { "type": "null" }] }));
+        }
+        // An entry with `command` is a service of its own, checked as one.
+        schema.insert("not".into(), serde_json::json!({ "required": ["command"] }));
+        schema.insert(
+            "description".into(),
+            "Fields that override a manifest service's (`services.manifests`), named by the manifest's `id`: `gpu` (`vramMb`, `key`, `taskTypes`), `onDemand`, `readinessTimeoutMs`, `priority`, `restart`, ... as in a service entry. `null` removes a field.".into(),
+        );
+        schema
+    }
 }
 
 impl Default for ServicesConfig {
@@ -63,6 +117,8 @@ impl Default for ServicesConfig {
             vram_recovery_ms: Int(5_000),
             host_mem_headroom_mb: Int(1_024),
             host_mem_timeout_ms: Int(120_000),
+            manifests: None,
+            manifest_task_types: BTreeMap::new(),
             services: Vec::new(),
             sources: Vec::new(),
         }
@@ -354,11 +410,35 @@ impl Readiness {
                 }
                 Ok(())
             }
-            Readiness::Http(_)
-            | Readiness::Tcp(_)
-            | Readiness::LogLine(_)
-            | Readiness::Immediate(_)
-            | Readiness::Notify(_) => Ok(()),
+            Readiness::Http(probe) => probe.validate(&format!("{path}.http")),
+            Readiness::Tcp(_) | Readiness::LogLine(_) | Readiness::Immediate(_) | Readiness::Notify(_) => Ok(()),
+        }
+    }
+
+    /// What the service is waited for, in words, for the `READINESS_TIMEOUT` message.
+    pub fn describe(&self, port: Option<u16>) -> String {
+        match self {
+            Readiness::Http(h) => {
+                let mut words = format!("GET {} answering {}", h.url, h.expect_status);
+                if let Some(field) = &h.json_field {
+                    let list = |values: &[Value]| values.iter().map(Value::to_string).collect::<Vec<_>>().join(", ");
+                    match (&h.json_value, h.ready_values.is_empty(), h.not_ready_values.is_empty()) {
+                        (Some(v), _, _) => words += &format!(" with {field} {v}"),
+                        (None, false, _) => words += &format!(" with {field} one of {}", list(&h.ready_values)),
+                        (None, true, false) => words += &format!(" with {field} none of {}", list(&h.not_ready_values)),
+                        (None, true, true) => words += &format!(" with {field} set"),
+                    }
+                }
+                words
+            }
+            Readiness::Tcp(t) => {
+                let port = t.port.map(|p| p.get() as u16).or(port).unwrap_or(0);
+                format!("a TCP connection to {}:{port}", t.host)
+            }
+            Readiness::LogLine(l) => format!("an output line matching /{}/", l.pattern.0.as_str()),
+            Readiness::Immediate(_) => "nothing".into(),
+            Readiness::Notify(_) => "READY=1 on the notify pipe".into(),
+            Readiness::AnyOf(all) => all.iter().map(|r| r.describe(port)).collect::<Vec<_>>().join(" or "),
         }
     }
 }
@@ -368,19 +448,168 @@ impl Readiness {
 #[serde(rename_all = "camelCase")]
 pub struct HttpProbe {
     pub url: HttpUrl,
-    /// The status a ready service answers; 200 by default.
-    #[serde(default = "default_expect_status")]
-    pub expect_status: Int<100, 599>,
-    /// Dotted path into a JSON body (`status` or `health.state`); when set the body must be JSON.
+    /// The status a ready service answers (`200`), or a class of them (`"2xx"`); 200 by default.
+    #[serde(default)]
+    pub expect_status: ExpectStatus,
+    /// Dotted path into a JSON body (`status` or `health.state`); when set the body must be JSON
+    /// (unless `jsonFieldOptional`).
     #[serde(default)]
     pub json_field: Option<String>,
-    /// The value `jsonField` must have; without it the field must exist and be neither false nor null.
+    /// The value `jsonField` must have; without it (and without `readyValues` and
+    /// `notReadyValues`) the field must exist and be neither false nor null.
     #[serde(default)]
     pub json_value: Option<Value>,
+    /// `jsonField` must have one of these values (strings compare ignoring case).
+    #[serde(default)]
+    pub ready_values: Vec<Value>,
+    /// `jsonField` must not have any of these values (strings compare ignoring case): with no
+    /// `jsonValue` or `readyValues`, any other value is ready.
+    #[serde(default)]
+    pub not_ready_values: Vec<Value>,
+    /// A body that is not JSON, or has no `jsonField`, is ready on its status alone.
+    #[serde(default)]
+    pub json_field_optional: bool,
 }
 
-fn default_expect_status() -> Int<100, 599> {
-    Int(200)
+impl HttpProbe {
+    /// What serde cannot check: the value lists need a field, and one way to name ready values.
+    fn validate(&self, path: &str) -> Result<(), (String, String)> {
+        let uses_field = self.json_value.is_some()
+            || !self.ready_values.is_empty()
+            || !self.not_ready_values.is_empty()
+            || self.json_field_optional;
+        if uses_field && self.json_field.is_none() {
+            return Err((
+                format!("{path}.jsonField"),
+                "expected a field name: jsonValue, readyValues, notReadyValues and jsonFieldOptional apply to it"
+                    .into(),
+            ));
+        }
+        if self.json_value.is_some() && !self.ready_values.is_empty() {
+            return Err((format!("{path}.readyValues"), "set either jsonValue or readyValues, not both".into()));
+        }
+        Ok(())
+    }
+
+    /// Whether the `jsonField` value `got` says ready, by `jsonValue`, `readyValues` and
+    /// `notReadyValues`.
+    pub fn field_is_ready(&self, got: &Value) -> bool {
+        if self.not_ready_values.iter().any(|v| same_value(v, got)) {
+            return false;
+        }
+        if let Some(want) = &self.json_value {
+            return got == want;
+        }
+        if !self.ready_values.is_empty() {
+            return self.ready_values.iter().any(|v| same_value(v, got));
+        }
+        !self.not_ready_values.is_empty() || !matches!(got, Value::Null | Value::Bool(false))
+    }
+}
+
+/// JSON equality, strings ignoring ASCII case (`"OK"` is `"ok"`).
+fn same_value(listed: &Value, got: &Value) -> bool {
+    match (listed, got) {
+        (Value::String(a), Value::String(b)) => a.eq_ignore_ascii_case(b),
+        (a, b) => a == b,
+    }
+}
+
+/// `expectStatus`: one HTTP status, or a class of them (`"2xx"`: 200-299).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpectStatus {
+    Code(u16),
+    /// The hundreds digit, 1-5.
+    Class(u16),
+}
+
+impl Default for ExpectStatus {
+    fn default() -> Self {
+        ExpectStatus::Code(200)
+    }
+}
+
+impl ExpectStatus {
+    pub fn matches(self, status: u16) -> bool {
+        match self {
+            ExpectStatus::Code(code) => status == code,
+            ExpectStatus::Class(class) => status / 100 == class,
+        }
+    }
+}
+
+impl fmt::Display for ExpectStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExpectStatus::Code(code) => write!(f, "{code}"),
+            ExpectStatus::Class(class) => write!(f, "{class}xx"),
+        }
+    }
+}
+
+impl serde::Serialize for ExpectStatus {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ExpectStatus::Code(code) => s.serialize_u16(*code),
+            ExpectStatus::Class(_) => s.serialize_str(&self.to_string()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ExpectStatus {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl de::Visitor<'_> for Visitor {
+            type Value = ExpectStatus;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an integer 100-599 or a class \"1xx\"-\"5xx\"")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ExpectStatus, E> {
+                match u16::try_from(v) {
+                    Ok(code @ 100..=599) => Ok(ExpectStatus::Code(code)),
+                    _ => Err(E::invalid_value(de::Unexpected::Unsigned(v), &self)),
+                }
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ExpectStatus, E> {
+                u64::try_from(v)
+                    .map_err(|_| E::invalid_value(de::Unexpected::Signed(v), &self))
+                    .and_then(|u| self.visit_u64(u))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<ExpectStatus, E> {
+                if v.fract() == 0.0 && (100.0..=599.0).contains(&v) {
+                    self.visit_u64(v as u64)
+                } else {
+                    Err(E::invalid_value(de::Unexpected::Float(v), &self))
+                }
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ExpectStatus, E> {
+                match v.as_bytes() {
+                    [d @ b'1'..=b'5', b'x' | b'X', b'x' | b'X'] => Ok(ExpectStatus::Class(u16::from(d - b'0'))),
+                    _ => Err(E::invalid_value(de::Unexpected::Str(v), &self)),
+                }
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+impl JsonSchema for ExpectStatus {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ExpectStatus".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "oneOf": [
+                { "type": "integer", "minimum": 100, "maximum": 599 },
+                { "type": "string", "pattern": "^[1-5][xX][xX]$" }
+            ]
+        })
+    }
 }
 
 /// `readiness.tcp`; the port defaults to the service's `port`.
@@ -669,6 +898,9 @@ impl ServicesConfig {
                         "expected exactly one of \"http\", \"tcp\", \"logLine\" or \"notify\"".into(),
                     ));
                 }
+                if let Some(http) = &liveness.http {
+                    http.validate("liveness.http").map_err(|(field, msg)| err(i, &field, msg))?;
+                }
                 if let Some(TcpProbe { port: None, .. }) = &liveness.tcp {
                     if s.port.is_none() {
                         return Err(err(
@@ -804,7 +1036,7 @@ mod tests {
         match &a.readiness {
             Readiness::Http(h) => {
                 assert_eq!(h.url, HttpUrl { host: "127.0.0.1".into(), port: 8000, path: "/health".into() });
-                assert_eq!(h.expect_status.get(), 200);
+                assert_eq!(h.expect_status, ExpectStatus::Code(200));
             }
             other => panic!("{other:?}"),
         }
@@ -856,6 +1088,40 @@ mod tests {
         assert_eq!(e.message, "services.services[1].dependsOn[1]: unknown service \"zz\"");
         let e = parse(json!({"services": [{"name": "a", "command": "x", "readiness": {"tcp": {}}}]})).unwrap_err();
         assert!(e.message.starts_with("services.services[0].readiness.tcp.port:"), "{}", e.message);
+    }
+
+    #[test]
+    fn http_value_lists_need_a_field_and_expect_status_takes_a_class() {
+        let http =
+            |probe: Value| parse(json!({"services": [{"name": "a", "command": "x", "readiness": {"http": probe}}]}));
+        let url = "http://127.0.0.1:1/health";
+        let e = http(json!({"url": url, "notReadyValues": ["loading"]})).unwrap_err();
+        assert!(
+            e.message.starts_with("services.services[0].readiness.http.jsonField: expected a field name"),
+            "{}",
+            e.message
+        );
+        let e = http(json!({"url": url, "jsonField": "s", "jsonValue": "ok", "readyValues": ["ok"]})).unwrap_err();
+        assert_eq!(
+            e.message,
+            "services.services[0].readiness.http.readyValues: set either jsonValue or readyValues, not both"
+        );
+        let e = http(json!({"url": url, "expectStatus": "2xy"})).unwrap_err();
+        assert_eq!(
+            e.message,
+            "services.services[0].readiness.http.expectStatus: expected an integer 100-599 or a class \"1xx\"-\"5xx\", got \"2xy\""
+        );
+        let e = http(json!({"url": url, "expectStatus": 600})).unwrap_err();
+        assert!(e.message.ends_with("got 600"), "{}", e.message);
+        let e = parse(json!({"services": [{"name": "a", "command": "x", "readiness": {"none": {}},
+            "liveness": {"http": {"url": url, "readyValues": ["ok"]}}}]}))
+        .unwrap_err();
+        assert!(e.message.starts_with("services.services[0].liveness.http.jsonField:"), "{}", e.message);
+        let cfg = http(json!({"url": url, "expectStatus": "2xx", "jsonField": "s", "notReadyValues": ["x"]})).unwrap();
+        let Readiness::Http(h) = &cfg.services[0].readiness else { panic!() };
+        assert_eq!(h.expect_status, ExpectStatus::Class(2));
+        assert!(h.field_is_ready(&json!(null)), "with only notReadyValues, any other value is ready");
+        assert!(!h.field_is_ready(&json!("X")));
     }
 
     #[test]

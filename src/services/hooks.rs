@@ -21,6 +21,19 @@ pub struct VramReading {
     pub sampled_at_ms: u64,
 }
 
+/// How much of a load spawned before the latest reading that reading's process lists show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadSeen {
+    /// A process list read since the spawn: the process's MB (its workers' included), 0 when it
+    /// is not listed (nothing allocated yet).
+    Shown(u64),
+    /// The source reads process lists, but none since the spawn: none can show the load yet.
+    NotYet,
+    /// The source has no process lists (pushed samples) or no per-process figures (WDDM): the
+    /// reading may show all of the load or none of it.
+    Unknown,
+}
+
 /// Live GPU memory readings. `None` means no telemetry for that GPU or process.
 pub trait VramSource: Send + Sync {
     /// The latest free-memory reading for the GPU named `gpu_key`.
@@ -32,6 +45,10 @@ pub trait VramSource: Send + Sync {
     }
     /// GPU memory (MB) used by process `pid`.
     fn process_used_mb(&self, pid: u32) -> Option<u64>;
+    /// What the latest process lists of `gpu_key` show of process `pid`, spawned at `spawned_at_ms`.
+    fn load_seen(&self, _gpu_key: &str, _pid: u32, _spawned_at_ms: u64) -> LoadSeen {
+        LoadSeen::Unknown
+    }
     /// The UUID of the GPU named `gpu_key` (`GPU-…`), when the source knows it.
     fn gpu_uuid(&self, _gpu_key: &str) -> Option<String> {
         None

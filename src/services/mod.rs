@@ -15,6 +15,7 @@ mod host_death;
 mod host_memory;
 mod lease_ledger;
 mod log_file;
+pub mod manifest;
 pub mod needs;
 mod notify;
 mod port;
@@ -27,14 +28,15 @@ mod supervisor;
 mod tests;
 
 pub use config::{
-    GpuNeed, HttpProbe, HttpUrl, LivenessCheck, LivenessConfig, LogLineProbe, Megabytes, Millis, NoProbe, Pattern,
-    Port, Readiness, RestartConfig, RestartPolicy, ServiceSpec, ServicesConfig, StopSignal, TcpProbe, AUTO_GPU_KEY,
+    ExpectStatus, GpuNeed, HttpProbe, HttpUrl, LivenessCheck, LivenessConfig, LogLineProbe, Megabytes, Millis, NoProbe,
+    Pattern, Port, Readiness, RestartConfig, RestartPolicy, ServiceSpec, ServicesConfig, StopSignal, TcpProbe,
+    AUTO_GPU_KEY,
 };
 pub(crate) use events::epoch_ms;
 pub use events::{ExitInfo, ListenerNote, OutputStream, ServiceEvent, ServiceEventKind};
 pub use hooks::{
-    spawn_env_from_json, LeaseFuture, LeaseGuard, SpawnEnv, SpawnEnvFuture, StartupLease, TaskRoutes, VramReading,
-    VramSource,
+    spawn_env_from_json, LeaseFuture, LeaseGuard, LoadSeen, SpawnEnv, SpawnEnvFuture, StartupLease, TaskRoutes,
+    VramReading, VramSource,
 };
 pub use host_memory::{tree_rss_mb, Admission, HostBudget, HostBudgetAnswer, HostMemReading, HostMemorySource};
 pub use lease_ledger::{AttributedLease, ServiceLeases};

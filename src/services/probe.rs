@@ -35,24 +35,22 @@ pub async fn probe_http(probe: &HttpProbe, limit: Duration) -> Result<(), String
         Ok(Err(e)) => return Err(format!("GET {url}: {e}")),
         Err(_) => return Err(format!("GET {url}: no answer within {} ms", limit.as_millis())),
     };
-    if status != probe.expect_status.get() as u16 {
-        return Err(format!("GET {url}: status {status}, expected {}", probe.expect_status.get()));
+    if !probe.expect_status.matches(status) {
+        return Err(format!("GET {url}: status {status}, expected {}", probe.expect_status));
     }
     let Some(field) = &probe.json_field else {
         return Ok(());
     };
-    let json: Value = serde_json::from_slice(&body).map_err(|e| format!("GET {url}: body is not JSON: {e}"))?;
-    let found = field.split('.').try_fold(&json, |v, key| v.get(key));
-    let ok = match (&probe.json_value, found) {
-        (Some(want), Some(got)) => got == want,
-        (None, Some(got)) => !matches!(got, Value::Null | Value::Bool(false)),
-        (_, None) => false,
+    let json: Value = match serde_json::from_slice(&body) {
+        Ok(json) => json,
+        Err(_) if probe.json_field_optional => return Ok(()),
+        Err(e) => return Err(format!("GET {url}: body is not JSON: {e}")),
     };
-    if ok {
-        Ok(())
-    } else {
-        let got = found.map_or("nothing".to_string(), Value::to_string);
-        Err(format!("GET {url}: {field} is {got}"))
+    match field.split('.').try_fold(&json, |v, key| v.get(key)) {
+        Some(got) if probe.field_is_ready(got) => Ok(()),
+        Some(got) => Err(format!("GET {url}: {field} is {got}")),
+        None if probe.json_field_optional => Ok(()),
+        None => Err(format!("GET {url}: {field} is nothing")),
     }
 }
 
@@ -126,6 +124,72 @@ fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+    use tokio::net::TcpListener;
+
+    /// Serves `response` (a status line, then a body) to every connection on a fresh port.
+    async fn serve(response: &'static str) -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut request = [0u8; 1024];
+                let _ = stream.read(&mut request).await;
+                let (status, body) = response.split_once('\n').unwrap();
+                let answer = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+                let _ = stream.write_all(answer.as_bytes()).await;
+            }
+        });
+        port
+    }
+
+    fn probe(port: u16, rest: Value) -> HttpProbe {
+        let mut spec = json!({ "url": format!("http://127.0.0.1:{port}/health") });
+        spec.as_object_mut().unwrap().extend(rest.as_object().unwrap().clone());
+        serde_json::from_value(spec).unwrap()
+    }
+
+    /// The manifest services' check: a 2xx whose `status` is not a not-ready value, a body
+    /// without JSON or without `status` on its status code.
+    #[tokio::test]
+    async fn ready_and_not_ready_values_a_status_class_and_an_optional_field() {
+        let manifest = json!({ "expectStatus": "2xx", "jsonField": "status", "jsonFieldOptional": true,
+            "notReadyValues": ["not_ready", "loading", "starting", "initializing"] });
+        let limit = Duration::from_secs(2);
+        let cases: [(&'static str, bool); 11] = [
+            ("200 OK\n{\"status\":\"ok\"}", true),
+            ("200 OK\n{\"status\":\"healthy\"}", true),
+            ("200 OK\n{\"status\":\"degraded\"}", true),
+            ("204 No Content\n", true),
+            ("200 OK\nOK", true),
+            ("200 OK\n{\"uptime\":3}", true),
+            ("200 OK\n{\"status\":\"not_ready\"}", false),
+            ("200 OK\n{\"status\":\"Loading\"}", false),
+            ("202 Accepted\n{\"status\":\"initializing\"}", false),
+            ("503 Service Unavailable\n{\"status\":\"ok\"}", false),
+            ("301 Moved\n", false),
+        ];
+        for (response, ready) in cases {
+            let port = serve(response).await;
+            let result = probe_http(&probe(port, manifest.clone()), limit).await;
+            assert_eq!(result.is_ok(), ready, "{response}: {result:?}");
+        }
+        let port = serve("200 OK\n{\"status\":\"starting\"}").await;
+        let reason = probe_http(&probe(port, manifest.clone()), limit).await.unwrap_err();
+        assert_eq!(reason, format!("GET http://127.0.0.1:{port}/health: status is \"starting\""));
+
+        // readyValues: only those; a field that is required is required.
+        let strict = json!({ "jsonField": "state.phase", "readyValues": ["ok", "healthy"] });
+        for (response, ready) in [
+            ("200 OK\n{\"state\":{\"phase\":\"HEALTHY\"}}", true),
+            ("200 OK\n{\"state\":{\"phase\":\"degraded\"}}", false),
+            ("200 OK\n{\"state\":{}}", false),
+            ("200 OK\nOK", false),
+        ] {
+            let port = serve(response).await;
+            assert_eq!(probe_http(&probe(port, strict.clone()), limit).await.is_ok(), ready, "{response}");
+        }
+    }
 
     #[test]
     fn parses_plain_and_chunked_responses() {

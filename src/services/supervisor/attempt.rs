@@ -176,7 +176,11 @@ impl Shared {
                             let detail = last.map(|r| format!("; last probe: {r}")).unwrap_or_default();
                             SidecarError::new(
                                 ErrorCode::ReadinessTimeout,
-                                format!("{}: not ready after {timeout_ms} ms{detail}", spec.name),
+                                format!(
+                                    "{name}: not ready after {timeout_ms} ms{detail}. It was waited for on {}; if it tells it is ready another way or needs longer, set \"readiness\" or \"readinessTimeoutMs\" in the services[] entry named {name:?} of the services config",
+                                    spec.readiness.describe(spec.port.map(|p| p.get() as u16)),
+                                    name = spec.name
+                                ),
                             )
                         }
                         NotReady::Stalled(stall_timeout_ms) => {

@@ -308,6 +308,9 @@ struct Shared {
     /// Held while a start is checked against the host-memory budget and counted in it, so two
     /// starts never both take the same memory.
     host_gating: Mutex<()>,
+    /// Held while a GPU start is checked against a VRAM reading and, if it fits, marked as on
+    /// its way, so two starts never both take the same free memory.
+    vram_gating: Mutex<()>,
 }
 
 /// Why a ready service was declared hung.
@@ -454,6 +457,7 @@ impl Supervisor {
             host_death_watchdog: Mutex::new(None),
             task_priorities: Mutex::new(Default::default()),
             host_gating: Mutex::new(()),
+            vram_gating: Mutex::new(()),
         };
         (Self { shared: Arc::new(shared) }, receiver)
     }

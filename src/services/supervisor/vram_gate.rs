@@ -7,7 +7,7 @@ use super::{ms, Shared};
 use crate::error::{ErrorCode, SidecarError, SidecarResult};
 use crate::services::config::GpuNeed;
 use crate::services::events::ServiceEventKind;
-use crate::services::hooks::VramReading;
+use crate::services::hooks::{LoadSeen, VramReading, VramSource};
 use crate::services::needs::vram_need_mb;
 use crate::services::profile::LearnedProfile;
 
@@ -43,14 +43,21 @@ impl Shared {
         let mut announced = false;
         let mut tried_eviction = false;
         loop {
-            let Some(reading) = source.free_mb(gpu_key) else {
-                return gate_off(&source.no_reading_reason(gpu_key));
+            let (unseen_mb, free_mb) = {
+                // Checked and marked under one lock: a start that fits counts against the next
+                // check at once (as spawned after any reading), not only once it is spawned.
+                let _gating = self.vram_gating.lock().expect("vram gating lock");
+                let Some(reading) = source.free_mb(gpu_key) else {
+                    return gate_off(&source.no_reading_reason(gpu_key));
+                };
+                let unseen_mb = self.unseen_vram_mb(i, gpu_key, reading, source.as_ref());
+                let free_mb = reading.free_mb.saturating_sub(unseen_mb);
+                if free_mb >= needed_mb {
+                    self.cell(i).spawned_at_ms = Some(u64::MAX);
+                    return Ok(());
+                }
+                (unseen_mb, free_mb)
             };
-            let unseen_mb = self.unseen_vram_mb(i, gpu_key, reading);
-            let free_mb = reading.free_mb.saturating_sub(unseen_mb);
-            if free_mb >= needed_mb {
-                return Ok(());
-            }
             if !tried_eviction {
                 tried_eviction = true;
                 if self.make_room(i, &gpu.key, needed_mb - free_mb).await {
@@ -81,19 +88,38 @@ impl Shared {
         }
     }
 
-    /// The expected VRAM of the other services on `gpu_key` whose running process was spawned at
-    /// or after `reading` was taken. Ties count, because both times are whole ms.
-    fn unseen_vram_mb(&self, i: usize, gpu_key: &str, reading: VramReading) -> u64 {
+    /// The VRAM the other services on `gpu_key` are still to take beyond what `reading` shows:
+    /// the expected need of one admitted or spawned at or after the reading (ties count, both
+    /// times being whole ms); for one spawned before it and not yet ready when it was taken, the
+    /// rest of its load, since a load grows until it is ready: its need less what process lists
+    /// read since its spawn show for it, all of its need when none was read since, nothing when
+    /// the source has no process lists (its reading may show all of the load already).
+    fn unseen_vram_mb(&self, i: usize, gpu_key: &str, reading: VramReading, source: &dyn VramSource) -> u64 {
         let mut unseen_mb = 0u64;
         for j in self.listed().into_iter().filter(|&j| j != i) {
             if self.gpu_key(j).as_deref() != Some(gpu_key) {
                 continue;
             }
-            let spawned_at_ms = self.cell(j).spawned_at_ms;
-            if spawned_at_ms.is_none_or(|at| at < reading.sampled_at_ms) {
+            let (spawned_at_ms, pid, time_to_ready_ms) = {
+                let cell = self.cell(j);
+                (cell.spawned_at_ms, cell.pid, cell.time_to_ready_ms)
+            };
+            let Some(spawned_at_ms) = spawned_at_ms else { continue };
+            let expected_mb = self.expected_vram_mb(j);
+            if spawned_at_ms >= reading.sampled_at_ms {
+                unseen_mb = unseen_mb.saturating_add(expected_mb);
                 continue;
             }
-            unseen_mb = unseen_mb.saturating_add(self.expected_vram_mb(j));
+            if time_to_ready_ms.is_some_and(|t| spawned_at_ms.saturating_add(t) <= reading.sampled_at_ms) {
+                continue;
+            }
+            let rest_mb = match pid.map(|pid| source.load_seen(gpu_key, pid, spawned_at_ms)) {
+                Some(LoadSeen::Shown(shown_mb)) => expected_mb.saturating_sub(shown_mb),
+                Some(LoadSeen::NotYet) => expected_mb,
+                // The reading may show all of it already (a source with no process lists).
+                Some(LoadSeen::Unknown) | None => 0,
+            };
+            unseen_mb = unseen_mb.saturating_add(rest_mb);
         }
         unseen_mb
     }

@@ -233,6 +233,9 @@ impl VramSource for FakeVram {
     fn process_used_mb(&self, _pid: u32) -> Option<u64> {
         Some(self.used_mb.load(Ordering::SeqCst)).filter(|&mb| mb > 0)
     }
+    fn load_seen(&self, _gpu_key: &str, pid: u32, _spawned_at_ms: u64) -> LoadSeen {
+        self.process_used_mb(pid).map_or(LoadSeen::Unknown, LoadSeen::Shown)
+    }
 }
 
 pub(super) fn now_ms() -> u64 {

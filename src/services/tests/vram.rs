@@ -243,3 +243,88 @@ async fn loads_that_overlap_on_a_gpu_learn_nothing_from_its_used_memory() {
     }
     sup.close().await;
 }
+
+/// A load spawned before the reading and still loading when it was taken has only part of its
+/// memory in it: the rest is still to come, so a second start must not take it (issue 19: the
+/// node's boot with every start allowed at once over-committed its GPU by the loads' growth).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_vram_gate_counts_the_rest_of_a_load_still_on_its_way_when_the_reading_was_taken() {
+    let sb = Sandbox::new("vramgrowing");
+    let vram = Arc::new(FakeVram::default());
+    // Every reading is fresh (taken when read): `a` is spawned before all of them, and the
+    // readings list 300 MB for its process while it loads.
+    vram.free_mb.store(2_000, Ordering::SeqCst);
+    vram.used_mb.store(300, Ordering::SeqCst);
+    let mut a = sb.service("a", &["--load", "1.0", "--log-ready"], log_ready());
+    a["gpu"] = json!({"key": "gpu:0", "vramMb": 1500});
+    let mut b = sb.service("b", &["--log-ready"], log_ready());
+    b["gpu"] = json!({"key": "gpu:0", "vramMb": 1000});
+    let hooks = SupervisorHooks { vram: Some(vram.clone()), startup_lease: None, ..Default::default() };
+    let (sup, mut rx) = supervisor(
+        json!({"maxConcurrentStarts": 2, "vramHeadroomMb": 0, "vramTimeoutMs": 10000, "services": [a, b]}),
+        hooks,
+    );
+    // `b` comes to the gate while `a` loads.
+    let (a_outcome, b_outcome) = tokio::join!(sup.start("a"), async {
+        until_spawned(&sup, &["a"]).await;
+        sup.start("b").await
+    });
+    ready_ms(&a_outcome.unwrap());
+    ready_ms(&b_outcome.unwrap());
+    let events = drain(&mut rx);
+    // 2000 free less what `a` had still to take (all 1500 before its spawn, 1200 after): short
+    // of b's 1000.
+    assert!(
+        steps(&events, "b")
+            .iter()
+            .any(|k| matches!(k, ServiceEventKind::VramWait { needed_mb: 1000, free_mb: 500 | 800, .. })),
+        "{:?}",
+        steps(&events, "b")
+    );
+    let a_ready = first_at(&events, "a", is_ready);
+    let b_spawned = first_at(&events, "b", |k| matches!(k, ServiceEventKind::Spawned { .. }));
+    assert!(b_spawned >= a_ready, "b spawned at {b_spawned}, while a was still loading (ready at {a_ready})");
+    sup.close().await;
+}
+
+/// Two starts at the gate at once never both take the same free memory: the one that fits is
+/// counted against the other from the moment it passes, not only once it is spawned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_starts_at_the_gate_at_once_do_not_both_take_the_same_memory() {
+    let sb = Sandbox::new("vramrace");
+    let vram = Arc::new(FakeVram::default());
+    vram.free_mb.store(2_000, Ordering::SeqCst);
+    // One reading, taken before either start: neither load will ever show in it.
+    vram.sampled_at_ms.store(now_ms().saturating_sub(1_000), Ordering::SeqCst);
+    let mut services = Vec::new();
+    for name in ["a", "b", "c", "d"] {
+        let mut s = sb.service(name, &["--log-ready"], log_ready());
+        s["gpu"] = json!({"key": "gpu:0", "vramMb": 1500});
+        services.push(s);
+    }
+    // A slow beforeSpawn hook (the node resolves a model folder there) holds each start between
+    // the gate and its spawn: where the old gate counted nothing yet.
+    struct SlowEnv;
+    impl crate::services::SpawnEnv for SlowEnv {
+        fn env_for(&self, _service: &str, _attempt: u32) -> Option<crate::services::SpawnEnvFuture<'_>> {
+            Some(Box::pin(async {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                Ok(serde_json::Value::Null)
+            }))
+        }
+    }
+    let hooks = SupervisorHooks {
+        vram: Some(vram.clone()),
+        startup_lease: None,
+        spawn_env: Some(Arc::new(SlowEnv)),
+        ..Default::default()
+    };
+    let (sup, _rx) = supervisor(
+        json!({"maxConcurrentStarts": 4, "vramHeadroomMb": 0, "vramTimeoutMs": 600, "services": services}),
+        hooks,
+    );
+    let outcomes = sup.start_all().await.unwrap();
+    let ready = outcomes.iter().filter(|o| matches!(o.outcome, StartOutcome::Ready { .. })).count();
+    assert_eq!(ready, 1, "{outcomes:?}");
+    sup.close().await;
+}
