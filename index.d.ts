@@ -27,6 +27,7 @@ import type {
   ServiceEvent,
   ServiceOutcome,
   ServiceStatus,
+  ServicesRefresh,
   ServicesUpdate,
   StartAllOptions,
   TelemetryAlert,
@@ -202,6 +203,23 @@ export declare class ServiceSupervisor {
    * manifests folder.
    */
   constructor(config: ServicesConfig)
+  /**
+   * A supervisor for the `services` section of the node config file at `path` (its
+   * `manifests` folders relative to the file's folder), as `new ServiceSupervisor` takes it.
+   * With `{ watch: true }` every later edit of that section is applied as `setServices` applies
+   * a list (services added, removed, changed; what runs keeps running); an edit that cannot be
+   * used changes nothing and is logged with its JSON path. Throws `INVALID_CONFIG` (including a
+   * file without a `services` section), `MANIFESTS_NOT_FOUND`, `IO_ERROR` (cannot watch).
+   */
+  static fromFile(path: string, options?: { watch?: boolean }): ServiceSupervisor
+  /**
+   * Re-reads the services from where this supervisor got them: its `manifests` folders again
+   * (a service package installed or removed) with the config's overrides, and applies the
+   * result as `setServices` does. Resolves with `{ added, changed, removed, diagnostics }`
+   * (a diagnostic per manifest file skipped, also logged). Rejects with `INVALID_CONFIG`,
+   * `MANIFESTS_NOT_FOUND` (nothing changes then) or `CLOSED`.
+   */
+  refresh(): Promise<ServicesRefresh>
   /**
    * Starts every service that is not on demand (dependencies first, then config order) and
    * resolves when each one is ready or has definitively failed (after its restarts), one

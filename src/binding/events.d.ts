@@ -895,6 +895,27 @@ startedAt: (number | null)
 lastExit: (LastExit | null)
 }
 /**
+ * What `refresh` did: the update, and why each manifest file was skipped.
+ */
+export interface ServicesRefresh {
+/**
+ * New services (not started).
+ */
+added: string[]
+/**
+ * Services whose config changed (in effect at their next start).
+ */
+changed: string[]
+/**
+ * Services stopped and dropped.
+ */
+removed: string[]
+/**
+ * One per manifest file skipped (bad JSON, a missing field, a duplicate id, ...).
+ */
+diagnostics: ManifestDiagnostic[]
+}
+/**
  * What a run-time update of the services did (`setServices`, `refresh`), by service name.
  */
 export interface ServicesUpdate {

@@ -27,6 +27,7 @@ import type {
   ServiceEvent,
   ServiceOutcome,
   ServiceStatus,
+  ServicesRefresh,
   ServicesUpdate,
   StartAllOptions,
   TelemetryAlert,

@@ -24,11 +24,14 @@ use super::js::{self, Listeners, WakeFn};
 use super::spawn_env::JsSpawnEnv;
 use super::telemetry::Telemetry;
 use super::{args, Code, IntoJsResult};
+use crate::config::watch::ConfigFileWatch;
 use crate::error::{ErrorCode, SidecarError, SidecarResult};
 use crate::link::arbiter_calls::{ArbiterCall, ArbiterCalls, ArbiterLease, StartupLeasePolicy};
 use crate::link::service_events::{QueuedEvent, ServiceEventFeed};
+use crate::link::services_file;
 use crate::link::supervisor_telemetry::SupervisorTelemetry;
 use crate::services::manifest::resolve_services_section;
+use crate::services::ServicesSource;
 use crate::services::{
     HostMemorySource, ListenerNote, OutputStream, ServiceEvent, ServiceEventKind, ServiceOutcome, SpawnEnv,
     StartAllOptions, StartupLease, Supervisor, SupervisorHooks, TaskRoutes, VramSource,
@@ -87,6 +90,8 @@ struct SupervisorBinding {
     arbiter: Option<AttachedArbiter>,
     next_arbiter: u64,
     arbiter_calls: Arc<ArbiterCalls>,
+    /// The watch of `fromFile(path, { watch: true })`; dropped at close.
+    file_watch: Option<ConfigFileWatch>,
 }
 
 /// Starts the node's services in dependency order, at most `maxConcurrentStarts` loading at
@@ -112,9 +117,53 @@ impl ServiceSupervisor {
     /// manifests folder.
     #[napi(constructor, catch_unwind, ts_args_type = "config: ServicesConfig")]
     pub fn new(env: &Env, config: Option<Unknown>) -> Result<Self, Code> {
-        let config = args::optional_json(env, config, "services", ErrorCode::InvalidConfig)?.unwrap_or(Value::Null);
+        let section = args::optional_json(env, config, "services", ErrorCode::InvalidConfig)?.unwrap_or(Value::Null);
+        let base_dir = std::env::current_dir().unwrap_or_default();
+        Self::with_source(env, ServicesSource { section, base_dir })
+    }
+
+    /// A supervisor for the `services` section of the node config file at `path` (its
+    /// `manifests` folders relative to the file's folder), as `new ServiceSupervisor` takes it.
+    /// With `{ watch: true }` every later edit of that section is applied as `setServices` applies
+    /// a list (services added, removed, changed; what runs keeps running); an edit that cannot be
+    /// used changes nothing and is logged with its JSON path. Throws `INVALID_CONFIG` (including a
+    /// file without a `services` section), `MANIFESTS_NOT_FOUND`, `IO_ERROR` (cannot watch).
+    #[napi(factory, catch_unwind, ts_args_type = "path: string, options?: { watch?: boolean }")]
+    pub fn from_file(env: &Env, path: Option<Unknown>, options: Option<Unknown>) -> Result<Self, Code> {
+        let path = std::path::PathBuf::from(args::string(env, path, "path")?);
+        let options = args::optional_json(env, options, "options", ErrorCode::InvalidArgument)?.unwrap_or_default();
+        let watch = match options.get("watch") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(SidecarError::invalid_argument("options.watch: expected a boolean").into()),
+        };
+        let supervisor = Self::with_source(env, services_file::load_services_source(&path)?)?;
+        if watch {
+            let spawn: services_file::Spawn = Arc::new(|task| {
+                napi::bindgen_prelude::spawn(task);
+            });
+            let watching = services_file::watch_services_file(path, Arc::downgrade(&supervisor.core), spawn)?;
+            supervisor.state.borrow_mut().file_watch = Some(watching);
+        }
+        Ok(supervisor)
+    }
+
+    /// Re-reads the services from where this supervisor got them: its `manifests` folders again
+    /// (a service package installed or removed) with the config's overrides, and applies the
+    /// result as `setServices` does. Resolves with `{ added, changed, removed, diagnostics }`
+    /// (a diagnostic per manifest file skipped, also logged). Rejects with `INVALID_CONFIG`,
+    /// `MANIFESTS_NOT_FOUND` (nothing changes then) or `CLOSED`.
+    #[napi(catch_unwind, ts_return_type = "Promise<ServicesRefresh>")]
+    pub fn refresh<'env>(&self, env: &'env Env) -> Result<PromiseRaw<'env, Value>, Code> {
+        let core = self.core.clone();
+        promise(env, &self.state, async move { as_json(&core.refresh().await?) })
+    }
+}
+
+impl ServiceSupervisor {
+    fn with_source(env: &Env, source: ServicesSource) -> Result<Self, Code> {
         let mut warnings = vec![];
-        let config = resolve_services_section(&config, std::path::Path::new(""), &mut warnings)?.config;
+        let config = resolve_services_section(&source.section, &source.base_dir, &mut warnings)?.config;
         for w in &warnings {
             tracing::warn!("{w}");
         }
@@ -139,12 +188,17 @@ impl ServiceSupervisor {
             arbiter: None,
             next_arbiter: 0,
             arbiter_calls,
+            file_watch: None,
         }));
         let wake = js::wake_function(env, &state, "servicesWake", dispatch).js()?;
         napi::bindgen_prelude::spawn(forward(events, wake));
+        core.set_source(source);
         Ok(Self { core: Arc::new(core), telemetry, spawn_env, state })
     }
+}
 
+#[napi]
+impl ServiceSupervisor {
     /// Starts every service that is not on demand (dependencies first, then config order) and
     /// resolves when each one is ready or has definitively failed (after its restarts), one
     /// outcome per service in start order. `{ only }` narrows it to the named services and what
@@ -256,6 +310,7 @@ impl ServiceSupervisor {
         {
             let mut s = self.state.borrow_mut();
             s.closed = true;
+            s.file_watch = None;
             if let Some(attached) = s.arbiter.as_mut() {
                 attached.stop_attributing();
             }

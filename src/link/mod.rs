@@ -13,6 +13,8 @@
 //!   parts set (on-demand starts, lease attribution, the backlog board);
 //! - [`gpu_reading`]: a telemetry GPU sample as an arbiter reading;
 //! - [`log_routing`]: the addon's `tracing` events to a JS logger's sink or to stderr;
+//! - [`services_file`]: a node config file's `services` section as a supervisor's source, and
+//!   its edits applied while the node runs;
 //! - [`sampler_events`]: telemetry's sampler events queued for JS, oldest dropped first, and the
 //!   attached arbiters' backlog summed for the sampler thread.
 
@@ -24,4 +26,5 @@ pub mod lease_attribution;
 pub mod log_routing;
 pub mod sampler_events;
 pub mod service_events;
+pub mod services_file;
 pub mod supervisor_telemetry;

@@ -17,7 +17,7 @@ use crate::link::arbiter_views::{GpuArbiterEvent, GpuArbiterSnapshot};
 use crate::services::manifest::ManifestReport;
 use crate::services::{
     HostBudgetAnswer, ListenerNote, PeakVramMethod, ServiceEvent, ServiceOutcome, ServiceState, ServiceStatus,
-    ServicesConfig, ServicesUpdate, StartAllOptions, WaitReason,
+    ServicesConfig, ServicesRefresh, ServicesUpdate, StartAllOptions, WaitReason,
 };
 use crate::telemetry::{Alert, Inventory, Recommendation, RecordedEvent, Sample, TelemetryOptions};
 
@@ -81,6 +81,7 @@ pub fn events_schema() -> Value {
         ("ManifestReport", generator.subschema_for::<ManifestReport>()),
         ("StartAllOptions", generator.subschema_for::<StartAllOptions>()),
         ("ServicesUpdate", generator.subschema_for::<ServicesUpdate>()),
+        ("ServicesRefresh", generator.subschema_for::<ServicesRefresh>()),
         ("GpuArbiterSnapshot", generator.subschema_for::<GpuArbiterSnapshot>()),
         ("GpuArbiterEvent", generator.subschema_for::<GpuArbiterEvent>()),
     ];

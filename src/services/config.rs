@@ -819,8 +819,13 @@ pub enum StopSignal {
 impl ServicesConfig {
     /// Validates a `services` object; paths in errors and warnings start with `services`.
     pub fn from_json(value: &Value, warnings: &mut Vec<String>) -> SidecarResult<Self> {
+        Self::from_json_allowing(value, &[], warnings)
+    }
+
+    /// [`ServicesConfig::from_json`], but a dependency may name a service in `removed`.
+    pub fn from_json_allowing(value: &Value, removed: &[&str], warnings: &mut Vec<String>) -> SidecarResult<Self> {
         let mut config: ServicesConfig = parse_section(value, "services", warnings)?;
-        config.validate(&[])?;
+        config.validate(removed)?;
         config.sources = value.get("services").and_then(Value::as_array).cloned().unwrap_or_default();
         Ok(config)
     }

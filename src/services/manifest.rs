@@ -422,6 +422,17 @@ pub fn resolve_services_section(
     base_dir: &Path,
     warnings: &mut Vec<String>,
 ) -> SidecarResult<ResolvedServices> {
+    resolve_services_section_allowing(section, base_dir, &[], warnings)
+}
+
+/// [`resolve_services_section`] for a run-time update: a dependency may name a service in
+/// `removed` (one the supervisor has known), which blocks its dependent instead of failing.
+pub fn resolve_services_section_allowing(
+    section: &Value,
+    base_dir: &Path,
+    removed: &[&str],
+    warnings: &mut Vec<String>,
+) -> SidecarResult<ResolvedServices> {
     let keys = match section {
         Value::Object(map) => {
             let only: Map<String, Value> = map
@@ -434,7 +445,7 @@ pub fn resolve_services_section(
         _ => ManifestKeys::default(),
     };
     let Some(dirs) = keys.manifests else {
-        let config = ServicesConfig::from_json(section, warnings)?;
+        let config = ServicesConfig::from_json_allowing(section, removed, warnings)?;
         return Ok(ResolvedServices { section: section.clone(), config, expanded: None });
     };
     let dirs: Vec<PathBuf> = dirs.iter().map(|d| base_dir.join(d)).collect();
@@ -468,7 +479,7 @@ pub fn resolve_services_section(
         map.remove("manifestTaskTypes");
         map.insert("services".into(), Value::Array(merged));
     }
-    let config = ServicesConfig::from_json(&out, warnings).map_err(|e| with_origin(e, &origins))?;
+    let config = ServicesConfig::from_json_allowing(&out, removed, warnings).map_err(|e| with_origin(e, &origins))?;
     Ok(ResolvedServices { section: out, config, expanded: Some(expanded) })
 }
 

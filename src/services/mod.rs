@@ -44,6 +44,6 @@ pub use notify::NOTIFY_FD_ENV;
 pub use port::{port_holder, port_is_free, PortHolder};
 pub use profile::{LearnedProfile, PeakVram, PeakVramMethod};
 pub use supervisor::{
-    FailureRecord, LastExit, LeaseChange, ReadingGate, ServiceOutcome, ServiceState, ServiceStatus, ServicesUpdate,
-    StartAllOptions, StartOutcome, Supervisor, SupervisorHooks, WaitReason,
+    FailureRecord, LastExit, LeaseChange, ReadingGate, ServiceOutcome, ServiceState, ServiceStatus, ServicesRefresh,
+    ServicesSource, ServicesUpdate, StartAllOptions, StartOutcome, Supervisor, SupervisorHooks, WaitReason,
 };

@@ -217,6 +217,25 @@ pub struct ServicesUpdate {
     pub removed: Vec<String>,
 }
 
+/// Where `refresh` reads the services from: a `services` section as written (its `manifests`
+/// folders and `services[]` overrides, or a plain list) and the folder its relative paths start
+/// from (the config file's, or the working directory at construction).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServicesSource {
+    pub section: serde_json::Value,
+    pub base_dir: std::path::PathBuf,
+}
+
+/// What `refresh` did: the update, and why each manifest file was skipped.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, JsonSchema)]
+#[schemars(rename = "ServicesRefresh")]
+pub struct ServicesRefresh {
+    #[serde(flatten)]
+    pub update: ServicesUpdate,
+    /// One per manifest file skipped (bad JSON, a missing field, a duplicate id, ...).
+    pub diagnostics: Vec<crate::services::manifest::ManifestDiagnostic>,
+}
+
 /// How one service's start ended: what `startAll`, `start` and `restart` resolve with.
 #[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct ServiceOutcome {
@@ -288,6 +307,8 @@ struct Shared {
     order: Mutex<Vec<usize>>,
     /// Held while `set_services` applies an update, so updates apply one at a time.
     updating: tokio::sync::Mutex<()>,
+    /// What `refresh` re-reads.
+    source: Mutex<Option<ServicesSource>>,
     hooks: SupervisorHooks,
     events: mpsc::UnboundedSender<ServiceEvent>,
     /// One permit per service allowed to be loading at once.
@@ -445,6 +466,7 @@ impl Supervisor {
             order: Mutex::new(order),
             slots,
             updating: tokio::sync::Mutex::new(()),
+            source: Mutex::new(None),
             start_slots: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_starts.get() as usize)),
             profiles: Mutex::new(ProfileStore::load(config.state_file.as_deref())),
             config,
@@ -538,7 +560,7 @@ impl Supervisor {
         let _updating = self.shared.updating.lock().await;
         let shared = &self.shared;
         // Any name this supervisor has known may be a dangling dependency: it blocks, not fails.
-        let known: Vec<String> = shared.slots.iter().map(|(i, _)| shared.spec(i).name.clone()).collect();
+        let known = self.known_names();
         let known: Vec<&str> = known.iter().map(String::as_str).collect();
         let mut warnings = Vec::new();
         let config = ServicesConfig::update_from_json(services, &known, &mut warnings)?;
@@ -588,6 +610,58 @@ impl Supervisor {
             routes.routes_changed(shared.task_type_gpus());
         }
         Ok(update)
+    }
+
+    /// Every service name this supervisor has had, removed ones included.
+    fn known_names(&self) -> Vec<String> {
+        self.shared.slots.iter().map(|(i, _)| self.shared.spec(i).name.clone()).collect()
+    }
+
+    /// Sets what [`Supervisor::refresh`] re-reads.
+    pub fn set_source(&self, source: ServicesSource) {
+        *self.shared.source.lock().expect("source lock") = Some(source);
+    }
+
+    /// Re-reads the services: the source's `manifests` folders again (a service package
+    /// installed or removed), with its overrides, then applies the result as
+    /// [`Supervisor::set_services`] does. Without a source (or one with no `manifests`) the list
+    /// is read again as it was given: nothing changes. Errors as `set_services`, and
+    /// `MANIFESTS_NOT_FOUND` for a folder that is gone; nothing changes then.
+    pub async fn refresh(&self) -> SidecarResult<ServicesRefresh> {
+        let source = self.shared.source.lock().expect("source lock").clone();
+        let Some(source) = source else {
+            return Ok(ServicesRefresh::default());
+        };
+        self.apply_source(&source).await
+    }
+
+    /// A new `services` section for the same source (a watched config file was edited): applied
+    /// as `refresh` applies one, and kept as the source only when it applied.
+    pub async fn apply_section(&self, section: serde_json::Value) -> SidecarResult<ServicesRefresh> {
+        let base_dir = self.shared.source.lock().expect("source lock").as_ref().map(|s| s.base_dir.clone());
+        let source = ServicesSource { section, base_dir: base_dir.unwrap_or_default() };
+        let refreshed = self.apply_source(&source).await?;
+        self.set_source(source);
+        Ok(refreshed)
+    }
+
+    async fn apply_source(&self, source: &ServicesSource) -> SidecarResult<ServicesRefresh> {
+        let mut warnings = Vec::new();
+        let known = self.known_names();
+        let known: Vec<&str> = known.iter().map(String::as_str).collect();
+        let resolved = crate::services::manifest::resolve_services_section_allowing(
+            &source.section,
+            &source.base_dir,
+            &known,
+            &mut warnings,
+        )?;
+        for w in &warnings {
+            tracing::warn!("{w}");
+        }
+        let list = resolved.section.get("services").cloned().unwrap_or_else(|| serde_json::Value::Array(Vec::new()));
+        let update = self.set_services(&list).await?;
+        let diagnostics = resolved.expanded.map(|e| e.diagnostics).unwrap_or_default();
+        Ok(ServicesRefresh { update, diagnostics })
     }
 
     /// Stops then starts one service.

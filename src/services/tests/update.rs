@@ -111,3 +111,62 @@ async fn a_dependent_of_a_removed_service_keeps_running_and_is_blocked_at_its_ne
     );
     sup.close().await;
 }
+
+/// A folder of the node's manifests: each `(id, dependsOn)` a `cpu` service running the fake.
+fn write_manifests(sb: &Sandbox, root: &Path, ids: &[&str]) {
+    let _ = std::fs::remove_dir_all(root);
+    for id in ids {
+        let folder = root.join(id);
+        std::fs::create_dir_all(&folder).unwrap();
+        let manifest = json!({
+            "id": id, "name": id, "type": "tone", "device": "cpu",
+            "exec": {"command": "python3", "args": [sb.path("service.py").display().to_string(), "--log-ready"]}
+        });
+        std::fs::write(folder.join("service.json"), manifest.to_string()).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_rereads_the_manifests_keeping_what_runs_and_blocking_dependents_of_a_removed_one() {
+    let sb = Sandbox::new("refresh");
+    let root = sb.path("services");
+    write_manifests(&sb, &root, &["asr", "vad", "tts"]);
+    // The node config's own entries: an override making asr depend on vad.
+    let section = json!({"manifests": ["services"], "services": [{"name": "asr", "dependsOn": ["vad"]}]});
+    let base_dir = sb.path("");
+    let mut warnings = Vec::new();
+    let resolved = crate::services::manifest::resolve_services_section(&section, &base_dir, &mut warnings).unwrap();
+    let (sup, mut rx) = Supervisor::new(resolved.config, SupervisorHooks::default());
+    sup.set_source(ServicesSource { section, base_dir });
+    sup.start_chosen(&StartAllOptions { only: Some(vec!["asr".into(), "tts".into()]) }).await.unwrap();
+    let pids: Vec<Option<u32>> = ["asr", "vad", "tts"].iter().map(|n| sup.status(n).unwrap().pid).collect();
+    assert!(pids.iter().all(Option::is_some), "{pids:?}");
+    drain(&mut rx);
+
+    // A package installed (punct) and one removed (vad); and a bad file that is skipped.
+    write_manifests(&sb, &root, &["asr", "tts", "punct"]);
+    std::fs::create_dir_all(root.join("broken")).unwrap();
+    std::fs::write(root.join("broken/service.json"), "{ not json").unwrap();
+    let refreshed = sup.refresh().await.unwrap();
+    assert_eq!(refreshed.update.added, ["punct"]);
+    assert_eq!(refreshed.update.removed, ["vad"]);
+    assert_eq!(refreshed.update.changed, Vec::<String>::new());
+    assert_eq!(refreshed.diagnostics.len(), 1, "{:?}", refreshed.diagnostics);
+    assert!(refreshed.diagnostics[0].path.ends_with("broken/service.json"));
+    assert_eq!(sup.status("asr").unwrap().pid, pids[0], "asr keeps running");
+    assert_eq!(sup.status("tts").unwrap().pid, pids[2]);
+    assert!(reaped(pids[1].unwrap()), "vad was stopped");
+    assert_eq!(sup.status("punct").unwrap().state, ServiceState::Idle);
+    let again = sup.refresh().await.unwrap();
+    assert_eq!(again.update, ServicesUpdate::default(), "nothing new on disk, nothing changes");
+    // asr still names vad: its next start is blocked, saying so.
+    sup.stop("asr").await.unwrap();
+    assert_eq!(sup.start("asr").await.unwrap(), StartOutcome::Blocked { dependency: "vad".into() });
+
+    // A folder that is gone: an error, and nothing changes.
+    std::fs::remove_dir_all(&root).unwrap();
+    let error = sup.refresh().await.unwrap_err();
+    assert_eq!(error.code, ErrorCode::ManifestsNotFound);
+    assert_eq!(sup.statuses().len(), 3);
+    sup.close().await;
+}
