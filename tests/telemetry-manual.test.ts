@@ -147,6 +147,25 @@ describe('an arbiter attached to a manual Telemetry', () => {
     expect(arbiter.snapshot('gpu:0')!.admission.state).toBe('NORMAL')
   })
 
+  test("before the attached Telemetry's first reading a request naming its VRAM need waits for it, then its own policy answers", async () => {
+    const { arbiter, push } = attached()
+    // The boot: attached in this turn, no sample yet. Before, both were granted blind.
+    const huge = arbiter.acquire({ taskType: 'TTS', vramMb: 30000, busyPolicy: 'SKIP' })
+    const fits = arbiter.acquire({ taskType: 'ASR', vramMb: 2000 })
+    await expect(arbiter.acquire({ taskType: 'OTHER' })).resolves.toMatchObject({ status: 'ACQUIRED' })
+    await sleep(50)
+    expect(arbiter.snapshot('gpu:0')!.queueLength).toBe(2)
+    await push(sample(Date.now(), { freeMb: 24000 }))
+    await expect(huge).resolves.toEqual({ status: 'SKIPPED', reason: 'VRAM_LOW' })
+    await expect(fits).resolves.toMatchObject({ status: 'ACQUIRED', gpuKey: 'gpu:0' })
+  })
+
+  test('a detached Telemetry is not waited for', async () => {
+    const { arbiter, detach } = attached()
+    detach()
+    await expect(arbiter.acquire({ taskType: 'ASR', vramMb: 2000, busyPolicy: 'SKIP' })).resolves.toMatchObject({ status: 'ACQUIRED' })
+  })
+
   test('VRAM admission follows the pushed freeMb', async () => {
     const { arbiter, push } = attached()
     await push(sample(Date.now(), { freeMb: 5000 }))

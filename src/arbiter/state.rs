@@ -24,6 +24,9 @@ const MAX_REQUEST_MS: u64 = 86_400_000;
 
 /// How many recent queue waits and hold times a GPU keeps for its snapshot.
 const RECENT_PER_GPU: usize = 100;
+/// How long a request that names its VRAM need waits for an attached Telemetry's first reading
+/// at the least (a live Telemetry takes its first sample at the end of the turn it was made in).
+const FIRST_READING_WAIT: Micros = 5_000 * MICROS_PER_MS;
 
 /// Why a request cannot be granted right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +36,8 @@ enum Block {
     Vram,
     /// The task type's on-demand service is not loaded.
     Standby,
+    /// It names its VRAM need, and the attached Telemetry's first reading is still to come.
+    Reading,
 }
 
 impl Block {
@@ -42,6 +47,7 @@ impl Block {
             Block::Pressure => Reason::GpuUsageHigh,
             Block::Vram => Reason::VramLow,
             Block::Standby => Reason::ServiceUnavailable,
+            Block::Reading => Reason::Timeout,
         }
     }
 }
@@ -94,6 +100,8 @@ pub(super) struct Waiter {
     pub vram_mb: u64,
     pub busy: BusyPolicy,
     pub trace: Trace,
+    /// Queued for the first reading: once it comes, answered by its own policy.
+    pub awaits_reading: bool,
 }
 
 /// A request with its policy applied.
@@ -130,6 +138,8 @@ pub struct Arbiter {
     demands: Vec<String>,
     demanded: std::collections::HashSet<String>,
     pub(super) stats: StatsTable,
+    /// An attached Telemetry's first reading is on its way ([`Arbiter::await_first_reading`]).
+    awaiting_reading: bool,
 }
 
 impl Arbiter {
@@ -152,6 +162,35 @@ impl Arbiter {
             demands: Vec::new(),
             demanded: std::collections::HashSet::new(),
             stats: StatsTable::new(),
+            awaiting_reading: false,
+        }
+    }
+
+    /// A Telemetry was attached whose first reading is still to come (`true`), or that reading
+    /// came, or the Telemetry went (`false`). Meanwhile a request that names its VRAM need is
+    /// not admitted blind: it waits for the reading (at least 5 s, or its own `maxWaitMs`), and
+    /// is then answered by its own policy, as if it had come with the reading. "No reading yet"
+    /// never turns VRAM admission off (seed 000 happens at boot).
+    pub fn await_first_reading(&mut self, awaiting: bool, now: Micros, out: &mut Vec<Resolution>) {
+        let was = std::mem::replace(&mut self.awaiting_reading, awaiting);
+        if !was || awaiting {
+            return;
+        }
+        for g in 0..self.gpus.len() {
+            self.pump(g, now, out);
+        }
+        let held: Vec<WaiterId> = self.waiters.iter().filter(|(_, w)| w.awaits_reading).map(|(&id, _)| id).collect();
+        for id in held {
+            let Some(w) = self.waiters.get_mut(&id) else { continue };
+            w.awaits_reading = false;
+            // Its own wait, from when it came; a SKIP or FALLBACK_CPU request has none.
+            let due = if w.busy == BusyPolicy::Wait { w.enqueued_at.saturating_add(w.max_wait) } else { now };
+            if due <= now {
+                self.time_out(id, now, out);
+            } else {
+                w.deadline = Some(due);
+                self.add_deadline(due, Deadline::WaitTimeout(id));
+            }
         }
     }
 
@@ -385,6 +424,13 @@ impl Arbiter {
             Err(block) => block,
         };
         let queue_full = self.gpus[g].queue.len() >= r.queue_limit;
+        if blocked == Block::Reading && !queue_full {
+            let mut waiting = r;
+            waiting.max_wait = waiting.max_wait.max(FIRST_READING_WAIT);
+            let id = self.enqueue(g, req, waiting, policy_wait, now);
+            self.waiters.get_mut(&id).expect("just queued").awaits_reading = true;
+            return Ok(Admission::Queued(id));
+        }
         let (status, reason) = match (r.busy, queue_full) {
             (BusyPolicy::Skip, true) | (BusyPolicy::Wait, true) => (Status::Skipped, Reason::QueueFull),
             (BusyPolicy::Skip, false) => (Status::Skipped, blocked.reason_now()),
@@ -726,7 +772,8 @@ impl Arbiter {
             return Err(Block::Capacity);
         }
         let Some(reading) = self.usable_reading(g, now) else {
-            return Ok(());
+            let waits = self.awaiting_reading && vram_mb > 0 && self.config.gpu_usage.enabled;
+            return if waits { Err(Block::Reading) } else { Ok(()) };
         };
         let usage = &self.config.gpu_usage;
         if gpu.state == AdmissionState::HighPressure && priority < usage.priority_floor.get() {
@@ -831,6 +878,7 @@ impl Arbiter {
                 vram_mb: r.vram_mb,
                 busy: r.busy,
                 trace: req.trace,
+                awaits_reading: false,
             },
         );
         self.add_deadline(deadline, Deadline::WaitTimeout(id));

@@ -320,6 +320,69 @@ fn vram_admission_counts_reserve_and_unseen_grants() {
     assert_eq!(not_acquired(a.acquire(skip, 7 * MS).unwrap()), (Status::Skipped, Reason::VramLow));
 }
 
+/// Boot: a Telemetry attached whose first reading is still to come. A request naming its VRAM
+/// need is not admitted blind (before: granted, however large); one that names none is.
+#[test]
+fn before_the_first_reading_a_vram_request_waits_for_it_and_is_then_answered_by_its_policy() {
+    let mut a = arbiter(json!({"maxConcurrentLeases": 4}));
+    let mut out = vec![];
+    a.await_first_reading(true, 0, &mut out);
+    let mut fits = req("ASR");
+    fits.vram_mb = Some(2_000);
+    let mut huge = req("NMT");
+    huge.vram_mb = Some(30_000);
+    huge.max_wait_ms = Some(2_000);
+    let mut skip = req("TTS");
+    skip.vram_mb = Some(30_000);
+    skip.busy_policy = Some(BusyPolicy::Skip);
+    let fits = queued(a.acquire(fits, MS).unwrap());
+    let huge = queued(a.acquire(huge, MS).unwrap());
+    let skip = queued(a.acquire(skip, MS).unwrap());
+    granted(a.acquire(req("OTHER"), MS).unwrap()); // no VRAM need: nothing to wait for
+    a.tick(2 * MS, &mut out);
+    assert!(out.is_empty(), "nothing answered before the reading: {out:?}");
+    // The reading: 24000 MB free.
+    a.observe_gpu("gpu:0", reading(3 * MS, 10.0, 24_000), 3 * MS, &mut out);
+    a.await_first_reading(false, 3 * MS, &mut out);
+    fn answer(out: &[Resolution], id: WaiterId) -> Option<Outcome> {
+        out.iter().find(|r| r.waiter == id).map(|r| r.outcome.clone())
+    }
+    assert!(matches!(answer(&out, fits), Some(Outcome::Acquired(_))), "{out:?}");
+    // SKIP has no wait of its own: answered now, by the reading.
+    assert_eq!(answer(&out, skip), Some(Outcome::NotAcquired { status: Status::Skipped, reason: Reason::VramLow }));
+    // WAIT waits out its own maxWaitMs, from when it came.
+    assert_eq!(answer(&out, huge), None);
+    a.tick(2_001 * MS, &mut out);
+    assert_eq!(answer(&out, huge), Some(Outcome::NotAcquired { status: Status::Skipped, reason: Reason::VramLow }));
+}
+
+#[test]
+fn a_first_reading_that_never_comes_holds_a_vram_request_five_seconds_at_most() {
+    let mut a = arbiter(json!({"maxConcurrentLeases": 4}));
+    let mut out = vec![];
+    a.await_first_reading(true, 0, &mut out);
+    let mut skip = req("TTS");
+    skip.vram_mb = Some(1_000);
+    skip.busy_policy = Some(BusyPolicy::Skip);
+    skip.max_wait_ms = Some(0);
+    let id = queued(a.acquire(skip, 0).unwrap());
+    a.tick(4_999 * MS, &mut out);
+    assert!(out.is_empty());
+    a.tick(5_000 * MS, &mut out);
+    assert_eq!(
+        out,
+        vec![Resolution {
+            waiter: id,
+            outcome: Outcome::NotAcquired { status: Status::Skipped, reason: Reason::Timeout }
+        }]
+    );
+    // Detached (or NVML unavailable): nothing to wait for, admitted as before.
+    a.await_first_reading(false, 5_001 * MS, &mut out);
+    let mut again = req("TTS");
+    again.vram_mb = Some(1_000);
+    granted(a.acquire(again, 5_002 * MS).unwrap());
+}
+
 #[test]
 fn a_stale_reading_falls_back_to_logical_leases() {
     let mut a = arbiter(json!({"maxConcurrentLeases": 4, "gpuUsage": {"staleAfterMs": 1000}}));

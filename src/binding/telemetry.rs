@@ -53,6 +53,8 @@ struct TelemetryBinding {
     arbiters: Vec<(u32, AttachedArbiter)>,
     boards: Arc<BacklogBoards>,
     registry: Arc<ProcessRegistry>,
+    /// A sample has reached the attached arbiters.
+    fed_any: bool,
 }
 
 /// GPU (NVML) and host telemetry sampled on a background thread and pushed to JS as events.
@@ -86,6 +88,7 @@ impl Telemetry {
             arbiters: vec![],
             boards: Arc::default(),
             registry: ProcessRegistry::new(),
+            fed_any: false,
         }));
         let wake = js::wake_function(env, &state, "telemetryWake", dispatch).js()?;
         let (events, boards, registry) = {
@@ -151,6 +154,20 @@ impl Telemetry {
         let arbiter = args::class_ref::<GpuArbiter>(env, arbiter, "arbiter", "a GpuArbiter")?;
         let shared = arbiter.shared();
         let board = shared.upgrade().map(|a| a.borrow_mut().host.backlog_board());
+        // Its first reading on the way (taken, or still to come): the arbiter's VRAM admission
+        // waits for it rather than admitting blind.
+        let pending = {
+            let s = self.state.borrow();
+            !s.fed_any
+                && s.sampler.as_ref().is_some_and(|h| {
+                    let latest = h.latest_source();
+                    latest.first_pending() || latest.get().is_some()
+                })
+        };
+        if let Some(a) = shared.upgrade() {
+            let out = a.borrow_mut().host.telemetry_attached(pending);
+            arbiter::after_call(env, &a, out, arbiter::Caller::Native)?;
+        }
         let mut s = self.state.borrow_mut();
         let id = s.next_arbiter_id;
         s.next_arbiter_id += 1;
@@ -159,11 +176,18 @@ impl Telemetry {
             s.boards.attach(id, &board);
         }
         let weak = Rc::downgrade(&self.state);
-        env.create_function_from_closure::<(), (), _>("detachArbiter", move |_ctx| {
+        env.create_function_from_closure::<(), (), _>("detachArbiter", move |ctx| {
             if let Some(state) = weak.upgrade() {
                 let mut s = state.borrow_mut();
+                let detached: Vec<_> =
+                    s.arbiters.iter().filter(|(a, _)| *a == id).filter_map(|(_, a)| a.upgrade()).collect();
                 s.arbiters.retain(|(a, _)| *a != id);
                 s.boards.detach(id);
+                drop(s);
+                for a in detached {
+                    let out = a.borrow_mut().host.telemetry_attached(false);
+                    let _ = arbiter::after_call(ctx.env, &a, out, arbiter::Caller::Native);
+                }
             }
             Ok(())
         })
@@ -355,6 +379,7 @@ fn dispatch(env: &Env, state: &Rc<RefCell<TelemetryBinding>>) {
 
 /// Gives the sample to every attached arbiter.
 fn feed_arbiters(env: &Env, state: &Rc<RefCell<TelemetryBinding>>, sample: &Sample) {
+    state.borrow_mut().fed_any = true;
     let arbiters: Vec<Rc<RefCell<ArbiterBinding>>> =
         state.borrow().arbiters.iter().filter_map(|(_, a)| a.upgrade()).collect();
     for a in &arbiters {

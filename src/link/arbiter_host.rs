@@ -132,6 +132,17 @@ impl ArbiterHost {
         for gpu in sample.gpus.iter().filter(|g| !g.lost) {
             self.core.observe_gpu(&gpu.key, gpu.reading(now), now, &mut out);
         }
+        // A reading came (one without NVML too: it says there is nothing to wait for).
+        self.core.await_first_reading(false, now, &mut out);
+        out
+    }
+
+    /// A Telemetry was attached (`first_pending`: its first sample is still to come), or
+    /// detached (`false`): requests that name their VRAM need wait for that first reading.
+    pub fn telemetry_attached(&mut self, first_pending: bool) -> Vec<Resolution> {
+        let mut out = Vec::new();
+        let now = self.now();
+        self.core.await_first_reading(first_pending, now, &mut out);
         out
     }
 
