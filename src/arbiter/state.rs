@@ -429,6 +429,11 @@ impl Arbiter {
             waiting.max_wait = waiting.max_wait.max(FIRST_READING_WAIT);
             let id = self.enqueue(g, req, waiting, policy_wait, now);
             self.waiters.get_mut(&id).expect("just queued").awaits_reading = true;
+            // Its `queued` event says what it waits for.
+            if let Some(ev) = self.events.last_mut().filter(|_| self.record_events) {
+                let detail = ev.detail.get_or_insert_with(String::new);
+                detail.push_str("; waiting for the attached Telemetry's first reading");
+            }
             return Ok(Admission::Queued(id));
         }
         let (status, reason) = match (r.busy, queue_full) {

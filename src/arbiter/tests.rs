@@ -339,6 +339,13 @@ fn before_the_first_reading_a_vram_request_waits_for_it_and_is_then_answered_by_
     let huge = queued(a.acquire(huge, MS).unwrap());
     let skip = queued(a.acquire(skip, MS).unwrap());
     granted(a.acquire(req("OTHER"), MS).unwrap()); // no VRAM need: nothing to wait for
+    let queued_events: Vec<String> =
+        a.take_events().into_iter().filter(|e| e.kind == EventKind::Queued).filter_map(|e| e.detail).collect();
+    assert_eq!(queued_events.len(), 3);
+    assert!(
+        queued_events.iter().all(|d| d.ends_with("waiting for the attached Telemetry's first reading")),
+        "{queued_events:?}"
+    );
     a.tick(2 * MS, &mut out);
     assert!(out.is_empty(), "nothing answered before the reading: {out:?}");
     // The reading: 24000 MB free.
