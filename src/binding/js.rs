@@ -12,6 +12,7 @@ use napi::{check_status, sys, Env, Result, ValueType};
 
 use super::{IntoJsResult, JsResult};
 use crate::error::{ErrorCode, SidecarError};
+use crate::link::attachments::Attachments;
 
 /// A reference to a JS value: strong (`new`: keeps it alive until dropped) or weak (`weak`).
 ///
@@ -150,8 +151,7 @@ pub fn display(env: &Env, value: sys::napi_value) -> Result<String> {
 /// The JS callbacks registered with one `onX(listener)`; each is removed by the id `add` gave it.
 #[derive(Default)]
 pub struct Listeners {
-    next_id: u32,
-    entries: Vec<(u32, JsRef)>,
+    entries: Attachments<JsRef>,
     /// The owner's JS side keeps the listeners alive; these references are weak (see [`JsRef`]).
     held_by_js: bool,
 }
@@ -164,21 +164,18 @@ impl Listeners {
     }
 
     /// Keeps `listener` (`INVALID_ARGUMENT` unless it is a function) and returns its id.
-    pub fn add(&mut self, env: &Env, listener: sys::napi_value) -> JsResult<u32> {
+    pub fn add(&mut self, env: &Env, listener: sys::napi_value) -> JsResult<u64> {
         let mut kind = 0;
         check_status!(unsafe { sys::napi_typeof(env.raw(), listener, &mut kind) }).js()?;
         if ValueType::from(kind) != ValueType::Function {
             return Err(SidecarError::invalid_argument("listener: expected a function").into());
         }
-        let id = self.next_id;
-        self.next_id += 1;
         let held = if self.held_by_js { JsRef::weak(env, listener) } else { JsRef::new(env, listener) };
-        self.entries.push((id, held.js()?));
-        Ok(id)
+        Ok(self.entries.add(held.js()?))
     }
 
-    pub fn remove(&mut self, id: u32) {
-        self.entries.retain(|(l, _)| *l != id);
+    pub fn remove(&mut self, id: u64) {
+        self.entries.remove(id);
     }
 
     pub fn clear(&mut self) {
@@ -192,7 +189,7 @@ impl Listeners {
     /// The listeners as they are now, to call once the owner's state is no longer borrowed (a
     /// listener may call back into it).
     pub fn current(&self) -> Vec<sys::napi_value> {
-        self.entries.iter().filter_map(|(_, l)| l.get_live().ok().flatten()).collect()
+        self.entries.iter().filter_map(|l| l.get_live().ok().flatten()).collect()
     }
 }
 

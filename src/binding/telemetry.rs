@@ -18,6 +18,7 @@ use super::arbiter::{self, ArbiterBinding, GpuArbiter};
 use super::js::{self, Listeners};
 use super::{args, Code, IntoJsResult};
 use crate::error::{ErrorCode, SidecarError};
+use crate::link::attachments::Attachments;
 use crate::link::sampler_events::{BacklogBoards, SamplerEventQueue};
 use crate::telemetry::advice::ConcurrencyRequest;
 use crate::telemetry::{
@@ -49,8 +50,7 @@ struct TelemetryBinding {
     sampler: Option<SamplerHandle>,
     events: Arc<SamplerEventQueue>,
     listeners: Subscribers,
-    next_arbiter_id: u32,
-    arbiters: Vec<(u32, AttachedArbiter)>,
+    arbiters: Attachments<AttachedArbiter>,
     boards: Arc<BacklogBoards>,
     registry: Arc<ProcessRegistry>,
 }
@@ -82,8 +82,7 @@ impl Telemetry {
             sampler: None,
             events: Arc::default(),
             listeners: Subscribers::default(),
-            next_arbiter_id: 0,
-            arbiters: vec![],
+            arbiters: Attachments::default(),
             boards: Arc::default(),
             registry: ProcessRegistry::new(),
         }));
@@ -152,9 +151,7 @@ impl Telemetry {
         let shared = arbiter.shared();
         let board = shared.upgrade().map(|a| a.borrow_mut().host.backlog_board());
         let mut s = self.state.borrow_mut();
-        let id = s.next_arbiter_id;
-        s.next_arbiter_id += 1;
-        s.arbiters.push((id, shared));
+        let id = s.arbiters.add(shared);
         if let Some(board) = board {
             s.boards.attach(id, &board);
         }
@@ -162,7 +159,7 @@ impl Telemetry {
         env.create_function_from_closure::<(), (), _>("detachArbiter", move |_ctx| {
             if let Some(state) = weak.upgrade() {
                 let mut s = state.borrow_mut();
-                s.arbiters.retain(|(a, _)| *a != id);
+                s.arbiters.remove(id);
                 s.boards.detach(id);
             }
             Ok(())
@@ -355,8 +352,7 @@ fn dispatch(env: &Env, state: &Rc<RefCell<TelemetryBinding>>) {
 
 /// Gives the sample to every attached arbiter.
 fn feed_arbiters(env: &Env, state: &Rc<RefCell<TelemetryBinding>>, sample: &Sample) {
-    let arbiters: Vec<Rc<RefCell<ArbiterBinding>>> =
-        state.borrow().arbiters.iter().filter_map(|(_, a)| a.upgrade()).collect();
+    let arbiters: Vec<Rc<RefCell<ArbiterBinding>>> = state.borrow().arbiters.iter().filter_map(Weak::upgrade).collect();
     for a in &arbiters {
         let out = a.borrow_mut().host.observe_sample(sample);
         if let Err(e) = arbiter::after_call(env, a, out, arbiter::Caller::Native) {

@@ -11,7 +11,7 @@ use rustc_hash::FxHashMap;
 
 use super::arbiter_calls::{ArbiterCall, NativeReply};
 use super::gpu_reading::SampleReading;
-use super::lease_attribution::LeaseSinks;
+use super::lease_attribution::{LeaseSink, LeaseSinks};
 use crate::arbiter::{
     AcquireRequest, Admission, Arbiter, ArbiterConfig, ArbiterEvent, Clock, LeaseId, Micros, Outcome, Resolution,
     TaskType, WaiterId, MICROS_PER_MS,
@@ -71,7 +71,9 @@ pub struct ArbiterHost {
     /// supervisor attached to this arbiter).
     pub demand_sink: Option<Box<dyn Fn(String)>>,
     /// Attached supervisors attributing leases to their services.
-    pub lease_sinks: LeaseSinks,
+    lease_sinks: LeaseSinks,
+    /// Whether JS listens to this arbiter's events.
+    js_listening: bool,
     /// Bumped on every config change, so the JS half knows when to re-read the GPU keys.
     pub config_generation: u32,
 }
@@ -91,6 +93,7 @@ impl ArbiterHost {
             backlog_board: None,
             demand_sink: None,
             lease_sinks: LeaseSinks::default(),
+            js_listening: false,
             config_generation: 0,
         }
     }
@@ -227,22 +230,42 @@ impl ArbiterHost {
         }
     }
 
-    /// Whether the core must record events: JS listens, or a supervisor attributes leases.
-    pub fn want_events(&mut self, js_listening: bool) {
-        self.core.set_record_events(js_listening || !self.lease_sinks.is_empty());
+    /// Whether JS listens to events; the core records them while JS listens or a supervisor
+    /// attributes leases.
+    pub fn set_js_listening(&mut self, listening: bool) {
+        self.js_listening = listening;
+        self.core.set_record_events(listening || !self.lease_sinks.is_empty());
+    }
+
+    /// Attributes this arbiter's leases to a supervisor's services; returns the sink's id.
+    pub fn add_lease_sink(&mut self, sink: LeaseSink) -> u64 {
+        let id = self.lease_sinks.add(sink);
+        self.set_js_listening(self.js_listening);
+        id
+    }
+
+    pub fn remove_lease_sink(&mut self, id: u64) {
+        self.lease_sinks.remove(id);
+        self.set_js_listening(self.js_listening);
+    }
+
+    /// Closed: no one listens any more.
+    pub fn stop_listening(&mut self) {
+        self.lease_sinks.clear();
+        self.set_js_listening(false);
     }
 
     /// The events the last calls recorded, told to the lease sinks first; `None` when no JS
     /// listener wants them.
-    pub fn take_events(&mut self, js_listening: bool) -> Option<Vec<ArbiterEvent>> {
-        if !js_listening && self.lease_sinks.is_empty() {
+    pub fn take_events(&mut self) -> Option<Vec<ArbiterEvent>> {
+        if !self.js_listening && self.lease_sinks.is_empty() {
             return None;
         }
         let events = self.core.take_events();
         for e in &events {
             self.lease_sinks.tell(e, self.clock.epoch_ms(e.at) as u64);
         }
-        (js_listening && !events.is_empty()).then_some(events)
+        (self.js_listening && !events.is_empty()).then_some(events)
     }
 
     /// The board of waiters and leases per GPU, refreshed on every publish.
@@ -446,14 +469,17 @@ mod tests {
         let mut h = host(serde_json::json!({}));
         let heard = Rc::new(RefCell::new(Vec::new()));
         let hd = heard.clone();
-        h.lease_sinks.add(Box::new(move |change, _at| hd.borrow_mut().push(change)));
-        h.want_events(false);
+        let sink = h.add_lease_sink(Box::new(move |change, _at| hd.borrow_mut().push(change)));
         let now = h.now();
         h.core.acquire(request("ASR"), now).unwrap();
-        assert!(h.take_events(false).is_none(), "no JS listener: nothing to convert");
+        assert!(h.take_events().is_none(), "no JS listener: nothing to convert");
         assert!(
             matches!(heard.borrow().as_slice(), [crate::services::LeaseChange::Acquired { task_type, .. }] if task_type == "ASR")
         );
+        // Detached, and no JS listener: the core stops recording.
+        h.remove_lease_sink(sink);
+        h.core.acquire(request("ASR"), now).unwrap();
+        assert!(h.core.take_events().is_empty());
     }
 
     #[test]

@@ -35,7 +35,7 @@ use crate::error::SidecarError;
 use crate::link::arbiter_views;
 use crate::node_config as config;
 
-pub(super) use state::{after_call, update_event_recording, ArbiterBinding, Caller};
+pub(super) use state::{after_call, ArbiterBinding, Caller};
 
 #[napi(object)]
 #[allow(dead_code)] // declares the argument's TS type; the value is read as JSON
@@ -206,13 +206,14 @@ impl GpuArbiter {
         let listener = listener.ok_or_else(|| SidecarError::invalid_argument("listener: expected a function"))?;
         let mut s = self.state.borrow_mut();
         let id = s.listeners.add(env, listener.raw())?;
-        state::update_event_recording(&mut s);
+        s.host.set_js_listening(true);
         let weak = Rc::downgrade(&self.state);
         env.create_function_from_closure::<(), (), _>("unsubscribe", move |_ctx| {
             if let Some(state) = weak.upgrade() {
                 let mut s = state.borrow_mut();
                 s.listeners.remove(id);
-                state::update_event_recording(&mut s);
+                let listening = !s.listeners.is_empty();
+                s.host.set_js_listening(listening);
             }
             Ok(())
         })
@@ -234,8 +235,7 @@ impl GpuArbiter {
         state::after_call(env, &self.state, out, state::Caller::Native)?;
         let mut s = self.state.borrow_mut();
         s.listeners.clear();
-        s.host.lease_sinks.clear();
-        state::update_event_recording(&mut s);
+        s.host.stop_listening();
         Ok(())
     }
 

@@ -113,8 +113,7 @@ pub fn after_call(
 fn dispatch_events(env: &Env, state: &Rc<RefCell<ArbiterBinding>>) {
     let (events, listeners) = {
         let mut s = state.borrow_mut();
-        let listening = !s.listeners.is_empty();
-        let Some(events) = s.host.take_events(listening) else { return };
+        let Some(events) = s.host.take_events() else { return };
         let values: Vec<GpuArbiterEvent> = events.into_iter().map(|e| event_view(&s.host.clock, e)).collect();
         (values, s.listeners.current())
     };
@@ -123,12 +122,6 @@ fn dispatch_events(env: &Env, state: &Rc<RefCell<ArbiterBinding>>) {
             js::call_listeners(env, &listeners, value.raw(), "GpuArbiter");
         }
     }
-}
-
-/// Records events while JS listens or a supervisor attributes leases.
-pub fn update_event_recording(s: &mut ArbiterBinding) {
-    let listening = !s.listeners.is_empty();
-    s.host.want_events(listening);
 }
 
 /// The `undefined` value, for calls whose result JS ignores.
