@@ -242,20 +242,9 @@ pub fn set_immediate(env: &Env, name: &'static str, f: impl Fn(&Env) + 'static) 
 /// Runs `f`, turning a Rust panic into an error instead of unwinding into Node.
 pub fn no_panic<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|payload| {
-        let e = panic_error(what, payload);
+        let e = SidecarError::from_panic(what, &*payload);
         Err(napi::Error::new(napi::Status::GenericFailure, e.message))
     })
-}
-
-/// The error a caught panic becomes (code `INTERNAL`); the panic is logged.
-pub fn panic_error(what: &str, payload: Box<dyn std::any::Any + Send>) -> SidecarError {
-    let detail = payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_default();
-    tracing::error!(%detail, "panic in {what}");
-    SidecarError::new(ErrorCode::Internal, format!("internal error in {what}: {detail}"))
 }
 
 /// Defines non-enumerable, writable, configurable methods on an object.
@@ -318,24 +307,6 @@ pub fn boolean(env: &Env, b: bool) -> Result<sys::napi_value> {
     let mut value = ptr::null_mut();
     check_status!(unsafe { sys::napi_get_boolean(env.raw(), b, &mut value) })?;
     Ok(value)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_panic_becomes_an_error_instead_of_unwinding_into_node() {
-        let result: Result<()> = no_panic("test", || panic!("boom at {}", 42));
-        let error = result.unwrap_err();
-        assert_eq!(error.status, napi::Status::GenericFailure);
-        assert_eq!(error.reason, "internal error in test: boom at 42");
-        let coded = panic_error("hot path", Box::new("static message"));
-        assert_eq!(
-            (coded.code, coded.message.as_str()),
-            (ErrorCode::Internal, "internal error in hot path: static message")
-        );
-    }
 }
 
 thread_local! {

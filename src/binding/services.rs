@@ -36,24 +36,13 @@ use crate::services::{
     ServicesConfig, SpawnEnv, StartAllOptions, StartupLease, Supervisor, SupervisorHooks, TaskRoutes, VramSource,
 };
 
-/// The addon's tokio runtime threads, as they show in debuggers and `top -H`.
-const RUNTIME_THREAD_NAME: &str = "gpu-sidecar-rt";
-
-/// Gives napi a named runtime (it is built once per process, before the first async call).
+/// Gives napi the addon's named runtime (built once per process, before the first async call).
 #[napi_derive::module_init]
 fn init_runtime() {
     static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let workers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4));
-        match tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .thread_name(RUNTIME_THREAD_NAME)
-            .worker_threads(workers)
-            .build()
-        {
-            Ok(runtime) => napi::bindgen_prelude::create_custom_tokio_runtime(runtime),
-            Err(e) => tracing::warn!("cannot build the named tokio runtime, napi's default is used: {e}"),
-        }
+    BUILT.get_or_init(|| match crate::link::runtime::addon_runtime() {
+        Ok(runtime) => napi::bindgen_prelude::create_custom_tokio_runtime(runtime),
+        Err(e) => tracing::warn!("cannot build the named tokio runtime, napi's default is used: {e}"),
     });
 }
 

@@ -12,6 +12,7 @@ use rustc_hash::FxHashMap;
 use super::arbiter_calls::{ArbiterCall, NativeReply};
 use super::gpu_reading::SampleReading;
 use super::lease_attribution::{LeaseSink, LeaseSinks};
+use crate::arbiter::clock::ms;
 use crate::arbiter::{
     AcquireRequest, Admission, Arbiter, ArbiterConfig, ArbiterEvent, Clock, LeaseId, Micros, Outcome, Resolution,
     TaskType, WaiterId, MICROS_PER_MS,
@@ -37,6 +38,15 @@ pub enum ConfigChange {
 pub enum Outbound {
     Settled(Resolution),
     Revoked(LeaseId),
+}
+
+/// What the JS half reads first after each call (times in ms on the arbiter's clock).
+pub struct Header {
+    pub now_ms: f64,
+    pub next_deadline_ms: Option<f64>,
+    pub waiters: usize,
+    pub enabled: bool,
+    pub config_generation: u32,
 }
 
 /// The refusal's text for a Rust requester.
@@ -275,6 +285,24 @@ impl ArbiterHost {
         board
     }
 
+    /// Ends a call: refreshes the backlog board and gives the header to publish with the
+    /// outbox's records; `None` (the outbox dropped) when there is no JS half to hear them yet.
+    pub fn end_call(&mut self, js_half: bool) -> Option<Header> {
+        self.refresh_backlog();
+        let now = self.published_now();
+        if !js_half {
+            self.outbox.clear();
+            return None;
+        }
+        Some(Header {
+            now_ms: ms(now),
+            next_deadline_ms: self.core.next_deadline_hint().map(ms),
+            waiters: self.core.waiter_count(),
+            enabled: self.core.config().enabled,
+            config_generation: self.config_generation,
+        })
+    }
+
     /// Refreshes the backlog board, if a Telemetry asked for one.
     pub fn refresh_backlog(&self) {
         if let Some(board) = &self.backlog_board {
@@ -494,6 +522,21 @@ mod tests {
         let gone = ConfigChange::File(ConfigFileChange::Missing, "/x/config.json".into());
         assert!(h.change_config(&gone).0.is_ok(), "a missing file keeps the last good config");
         assert_eq!(h.config_generation, 1);
+    }
+
+    #[test]
+    fn a_call_ends_with_the_header_or_drops_its_records_without_a_js_half() {
+        let mut h = host(serde_json::json!({"maxConcurrentLeases": 1}));
+        let now = h.now();
+        h.core.acquire(request("ASR"), now).unwrap();
+        h.core.acquire(request("ASR"), now).unwrap();
+        h.outbox.push_back(Outbound::Revoked(9));
+        assert!(h.end_call(false).is_none());
+        assert!(h.outbox.is_empty(), "no promise waits on them");
+        let now = h.now();
+        let header = h.end_call(true).unwrap();
+        assert_eq!(header.now_ms, ms(now), "the call's own clock reading");
+        assert_eq!((header.waiters, header.enabled, header.config_generation), (1, true, 0));
     }
 
     #[test]

@@ -1,9 +1,12 @@
-//! A lease request object from JS (`acquire({ taskType, priority, ... })` with more than a task
-//! type), checked field by field with a message naming the field. The binding reads each field's
-//! JS value into a [`Field`]; what the fields may hold is decided here.
+//! What JS hands the arbiter, checked field by field with a message naming the field: a lease
+//! request object (`acquire({ taskType, priority, ... })` with more than a task type; the binding
+//! reads each field's JS value into a [`Field`]), `observeGpu`'s reading and
+//! `notifyAsrTaskHint`'s hint (as JSON).
 
-use crate::arbiter::{AcquireRequest, BusyPolicy, Trace};
-use crate::error::SidecarError;
+use serde_json::Value;
+
+use crate::arbiter::{AcquireRequest, BusyPolicy, GpuReading, LeaseId, Trace, LEASE_PREFIX};
+use crate::error::{SidecarError, SidecarResult};
 
 /// One field of a request object, as read from JS.
 #[derive(Debug, Clone, PartialEq)]
@@ -70,6 +73,30 @@ pub fn read_request<E: From<SidecarError>>(
     })
 }
 
+/// A lease or waiter id from the JS half: a whole number >= 0; anything else is no id this
+/// arbiter issued.
+pub fn id(field: &Field) -> Option<u64> {
+    match field {
+        Field::Number(n) if n.fract() == 0.0 && *n >= 0.0 => Some(*n as u64),
+        _ => None,
+    }
+}
+
+/// The lease a release names: its id, or its `lease-N` text. Anything else is an id this arbiter
+/// never issued: ignored, as the old arbiter did.
+pub fn released_lease(field: &Field) -> Option<LeaseId> {
+    match field {
+        Field::Text(text) => {
+            let id = text.strip_prefix(LEASE_PREFIX).and_then(|n| n.parse().ok());
+            if id.is_none() {
+                tracing::debug!(lease_id = %text, "release of a lease id this arbiter never issued: ignored");
+            }
+            id
+        }
+        other => id(other),
+    }
+}
+
 /// A trace's `utteranceIndex`: a finite number (or numeric text), truncated; anything else is
 /// left out (a trace is diagnostics, never a reason to refuse the request).
 pub fn utterance_index(field: &Field) -> Option<i64> {
@@ -80,6 +107,59 @@ pub fn utterance_index(field: &Field) -> Option<i64> {
     }
     .filter(|n| n.is_finite())
     .map(|n| n.trunc() as i64)
+}
+
+/// An optional field of an argument object: a finite number >= 0, or absent.
+fn amount(object: &Value, arg: &str, name: &str) -> SidecarResult<Option<f64>> {
+    match object.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => match n.as_f64() {
+            Some(x) if x >= 0.0 => Ok(Some(x)),
+            _ => Err(SidecarError::invalid_argument(format!("{arg}.{name}: expected a number >= 0, got {n}"))),
+        },
+        Some(other) => Err(SidecarError::invalid_argument(format!("{arg}.{name}: expected a number, got {other}"))),
+    }
+}
+
+fn expect_object(value: &Value, arg: &str) -> SidecarResult<()> {
+    if value.is_object() {
+        Ok(())
+    } else {
+        Err(SidecarError::invalid_argument(format!("{arg}: expected an object, got {value}")))
+    }
+}
+
+/// `observeGpu`'s reading, its time left for the caller to set.
+pub fn reading_input(value: &Value) -> SidecarResult<GpuReading> {
+    expect_object(value, "reading")?;
+    let utilization_gpu = match amount(value, "reading", "utilizationGpu")? {
+        Some(u) if u > 100.0 => {
+            return Err(SidecarError::invalid_argument(format!("reading.utilizationGpu: expected 0-100, got {u}")))
+        }
+        u => u,
+    };
+    Ok(GpuReading {
+        at: 0,
+        utilization_gpu,
+        free_mb: amount(value, "reading", "freeMb")?.map(|x| x as u64),
+        total_mb: amount(value, "reading", "totalMb")?.map(|x| x as u64),
+    })
+}
+
+/// `fromFile`'s `{ watch }` (absent: no watching).
+pub fn watch_option(options: Option<&Value>) -> SidecarResult<bool> {
+    match options.and_then(|o| o.get("watch")) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(SidecarError::invalid_argument("options.watch: expected a boolean")),
+    }
+}
+
+/// `notifyAsrTaskHint`'s `(estimatedAudioMs, estimatedGpuHoldMs)`.
+pub fn asr_hint(value: &Value) -> SidecarResult<(Option<u64>, Option<u64>)> {
+    expect_object(value, "hint")?;
+    let ms = |name| amount(value, "hint", name).map(|v| v.map(|x| x.min(u64::MAX as f64) as u64));
+    Ok((ms("estimatedAudioMs")?, ms("estimatedGpuHoldMs")?))
 }
 
 #[cfg(test)]
@@ -141,6 +221,36 @@ mod tests {
             message(&[asr, ("busyPolicy", Field::Text("NOW".into()))]),
             "request.busyPolicy: expected one of \"WAIT\", \"SKIP\", \"FALLBACK_CPU\", got \"NOW\""
         );
+    }
+
+    #[test]
+    fn a_reading_and_a_hint_take_amounts_and_name_a_bad_one() {
+        use serde_json::json;
+        let r = reading_input(&json!({"utilizationGpu": 50, "freeMb": 1000.7, "totalMb": 8000})).unwrap();
+        assert_eq!((r.utilization_gpu, r.free_mb, r.total_mb), (Some(50.0), Some(1000), Some(8000)));
+        assert_eq!(reading_input(&json!({})).unwrap().free_mb, None);
+        let err = |v| reading_input(&v).unwrap_err().message;
+        assert_eq!(err(json!({"utilizationGpu": 101})), "reading.utilizationGpu: expected 0-100, got 101");
+        assert_eq!(err(json!({"freeMb": -1})), "reading.freeMb: expected a number >= 0, got -1");
+        assert_eq!(err(json!({"totalMb": "x"})), "reading.totalMb: expected a number, got \"x\"");
+        assert_eq!(err(json!(3)), "reading: expected an object, got 3");
+        assert_eq!(asr_hint(&json!({"estimatedAudioMs": 12000.4})).unwrap(), (Some(12000), None));
+        assert_eq!(asr_hint(&json!(null)).unwrap_err().message, "hint: expected an object, got null");
+        assert_eq!(watch_option(Some(&json!({"watch": true}))).unwrap(), true);
+        assert_eq!(watch_option(None).unwrap(), false);
+        assert_eq!(watch_option(Some(&json!({"watch": 1}))).unwrap_err().message, "options.watch: expected a boolean");
+    }
+
+    #[test]
+    fn a_released_lease_is_named_by_its_id_or_its_text_and_anything_else_names_none() {
+        assert_eq!(released_lease(&Field::Number(42.0)), Some(42));
+        assert_eq!(released_lease(&Field::Text("lease-42".into())), Some(42));
+        assert_eq!(released_lease(&Field::Text("lease-x".into())), None);
+        assert_eq!(released_lease(&Field::Text("42".into())), None);
+        assert_eq!(released_lease(&Field::Number(1.5)), None);
+        assert_eq!(released_lease(&Field::Number(-1.0)), None);
+        assert_eq!(released_lease(&Field::Absent), None);
+        assert_eq!(id(&Field::Text("1".into())), None, "waiter ids are numbers only");
     }
 
     #[test]

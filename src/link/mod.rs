@@ -16,6 +16,7 @@
 //! - [`attachments`]: listeners, arbiters and sinks by the id their detach function holds;
 //! - [`gpu_reading`]: a telemetry GPU sample as an arbiter reading;
 //! - [`log_routing`]: the addon's `tracing` events to a JS logger's sink or to stderr;
+//! - [`runtime`]: the addon's named tokio runtime;
 //! - [`sampler_events`]: telemetry's sampler events queued for JS, oldest dropped first, and the
 //!   attached arbiters' backlog summed for the sampler thread.
 
@@ -27,6 +28,7 @@ pub mod attachments;
 pub mod gpu_reading;
 pub mod lease_attribution;
 pub mod log_routing;
+pub mod runtime;
 pub mod sampler_events;
 pub mod service_events;
 pub mod supervisor_arbiter;

@@ -28,7 +28,7 @@ use super::super::js::{self, JsRef};
 use super::super::{IntoJsResult, JsResult};
 use super::mailbox::{ArbiterRecordKind, Mailbox, OutcomeRecord};
 use super::state::{after_call, undefined, ArbiterBinding, Caller};
-use crate::arbiter::{AcquireRequest, Admission, Resolution, Trace, LEASE_PREFIX};
+use crate::arbiter::{AcquireRequest, Admission, Resolution, Trace};
 use crate::error::SidecarError;
 use crate::link::arbiter_requests::{self, Field};
 
@@ -151,7 +151,7 @@ unsafe extern "C" fn trampoline(raw_env: sys::napi_env, info: sys::napi_callback
             .ok_or_else(|| SidecarError::new(crate::error::ErrorCode::Closed, "the GpuArbiter was collected"))?;
         (bound.handler)(&env, &state, &argv)
     }))
-    .unwrap_or_else(|panic| Err(js::panic_error("GpuArbiter", panic).into()));
+    .unwrap_or_else(|panic| Err(SidecarError::from_panic("GpuArbiter", &*panic).into()));
     match outcome {
         Ok(value) => value,
         Err(e) => {
@@ -169,14 +169,9 @@ fn kind_value(env: &Env, kind: ArbiterRecordKind) -> JsResult<sys::napi_value> {
     number_js(env, kind as i32 as f64)
 }
 
-/// A lease or waiter id from the JS half; anything else is no id this arbiter issued.
+/// A lease or waiter id from the JS half ([`arbiter_requests::id`]).
 fn id_arg(env: &Env, value: sys::napi_value) -> JsResult<Option<u64>> {
-    Ok(match js::value_type(env, value).js()? {
-        ValueType::Number => {
-            Some(js::number_value(env, value).js()?).filter(|n| n.fract() == 0.0 && *n >= 0.0).map(|n| n as u64)
-        }
-        _ => None,
-    })
+    Ok(arbiter_requests::id(&field_value(env, value)?))
 }
 
 fn acquire_task(
@@ -254,26 +249,13 @@ fn release_lease(
     js::boolean(env, released).js()
 }
 
-/// Releases the lease a JS value names: its numeric id, or a `lease-N` string. Anything else is
-/// an id this arbiter never issued: ignored, as the old arbiter did.
+/// Releases the lease a JS value names ([`arbiter_requests::released_lease`]).
 pub fn release_value(
     env: &Env,
     state: &Rc<RefCell<ArbiterBinding>>,
     value: sys::napi_value,
 ) -> JsResult<(bool, Vec<Resolution>)> {
-    let id = match js::value_type(env, value).js()? {
-        ValueType::Number => id_arg(env, value)?,
-        ValueType::String => {
-            let text = js::string_value(env, value).js()?;
-            let id = text.strip_prefix(LEASE_PREFIX).and_then(|n| n.parse().ok());
-            if id.is_none() {
-                tracing::debug!(lease_id = %text, "release of a lease id this arbiter never issued: ignored");
-            }
-            id
-        }
-        _ => None,
-    };
-    let Some(id) = id else { return Ok((false, Vec::new())) };
+    let Some(id) = arbiter_requests::released_lease(&field_value(env, value)?) else { return Ok((false, Vec::new())) };
     let (released, out) = state.borrow_mut().host.release(id);
     if !released {
         tracing::debug!(lease_id = id, "release of an unknown, released or revoked lease: ignored");
@@ -375,7 +357,10 @@ fn read_request(env: &Env, request: sys::napi_value) -> JsResult<AcquireRequest>
 
 /// One field of a request object, as [`arbiter_requests`] reads it.
 fn field(env: &Env, object: sys::napi_value, name: &str) -> JsResult<Field> {
-    let v = js::named_property(env, object, name).js()?;
+    field_value(env, js::named_property(env, object, name).js()?)
+}
+
+fn field_value(env: &Env, v: sys::napi_value) -> JsResult<Field> {
     Ok(match js::value_type(env, v).js()? {
         ValueType::Undefined | ValueType::Null => Field::Absent,
         ValueType::Number => Field::Number(js::number_value(env, v).js()?),

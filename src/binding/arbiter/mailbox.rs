@@ -14,7 +14,7 @@ use napi_derive::napi;
 
 use super::super::js::JsRef;
 use crate::arbiter::{Outcome, Reason, Status, WaiterId, LEASE_PREFIX};
-use crate::link::arbiter_host::Outbound;
+use crate::link::arbiter_host::{Header, Outbound};
 
 /// Header slots of the arbiter mailbox.
 #[napi]
@@ -95,15 +95,6 @@ pub fn arbiter_code_names() -> ArbiterCodeNames {
         reasons: Reason::ALL.iter().map(|r| r.as_str().to_string()).collect(),
         lease_id_prefix: LEASE_PREFIX.to_string(),
     }
-}
-
-/// The header as of the end of a call.
-pub struct Header {
-    pub now_ms: f64,
-    pub next_deadline_ms: Option<f64>,
-    pub waiters: usize,
-    pub enabled: bool,
-    pub config_generation: u32,
 }
 
 /// An outcome with the figures JS needs to build its result.

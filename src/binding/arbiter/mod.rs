@@ -32,7 +32,7 @@ use super::{Code, IntoJsResult};
 use crate::arbiter::{ArbiterConfig, GpuReading};
 use crate::error::ErrorCode;
 use crate::error::SidecarError;
-use crate::link::arbiter_views;
+use crate::link::{arbiter_requests, arbiter_views};
 use crate::node_config as config;
 
 pub(super) use state::{after_call, ArbiterBinding, Caller};
@@ -80,12 +80,8 @@ impl GpuArbiter {
         options: Option<Unknown<'env>>,
     ) -> Result<ClassInstance<'env, GpuArbiter>, Code> {
         let path = args::string(env, path, "path")?;
-        let watch = args::optional_json(env, options, "options", ErrorCode::InvalidArgument)?.unwrap_or_default();
-        let watch = match watch.get("watch") {
-            None | Some(serde_json::Value::Null) => false,
-            Some(serde_json::Value::Bool(b)) => *b,
-            Some(_) => return Err(SidecarError::invalid_argument("options.watch: expected a boolean").into()),
-        };
+        let options = args::optional_json(env, options, "options", ErrorCode::InvalidArgument)?;
+        let watch = arbiter_requests::watch_option(options.as_ref())?;
         let node = config::load_node_config(std::path::Path::new(&path))?;
         for w in &node.warnings {
             tracing::warn!("{w}");
@@ -166,7 +162,7 @@ impl GpuArbiter {
     pub fn observe_gpu(&self, env: &Env, gpu_key: Option<Unknown>, reading: Option<Unknown>) -> Result<(), Code> {
         let gpu_key = args::string(env, gpu_key, "gpuKey")?;
         let reading = args::required_json(env, reading, "reading", ErrorCode::InvalidArgument)?;
-        let reading = views::reading_input(&reading)?;
+        let reading = arbiter_requests::reading_input(&reading)?;
         let mut out = Vec::new();
         {
             let mut s = self.state.borrow_mut();
@@ -184,7 +180,7 @@ impl GpuArbiter {
     #[napi(catch_unwind, ts_args_type = "hint: AsrTaskHint")]
     pub fn notify_asr_task_hint(&self, env: &Env, hint: Option<Unknown>) -> Result<bool, Code> {
         let hint = args::required_json(env, hint, "hint", ErrorCode::InvalidArgument)?;
-        let (audio, hold) = views::asr_hint(&hint)?;
+        let (audio, hold) = arbiter_requests::asr_hint(&hint)?;
         let mut out = Vec::new();
         let raised = {
             let mut s = self.state.borrow_mut();

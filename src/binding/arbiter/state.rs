@@ -13,7 +13,7 @@ use napi::{sys, Env, JsValue};
 
 use super::super::js::{self, ExternalMemory, JsRef, Listeners};
 use super::super::{IntoJsResult, JsResult};
-use super::mailbox::{Header, Mailbox};
+use super::mailbox::Mailbox;
 use crate::arbiter::clock::ms;
 use crate::arbiter::{ArbiterConfig, Resolution};
 use crate::config::watch::{ConfigFileChange, ConfigFileWatch};
@@ -58,23 +58,10 @@ impl ArbiterBinding {
 
     /// Writes the header and the next batch of records to the mailbox.
     pub fn publish(&mut self) {
-        self.host.refresh_backlog();
-        let now = self.host.published_now();
-        let Some(mailbox) = &self.mailbox else {
-            // No JS half yet, so no promise waits on these.
-            self.host.outbox.clear();
-            return;
-        };
-        let host = &mut self.host;
-        mailbox.write_header(&Header {
-            now_ms: ms(now),
-            next_deadline_ms: host.core.next_deadline_hint().map(ms),
-            waiters: host.core.waiter_count(),
-            enabled: host.core.config().enabled,
-            config_generation: host.config_generation,
-        });
-        let clock = &host.clock;
-        mailbox.write_records(&mut host.outbox, |at| clock.epoch_ms(at), ms);
+        let (Some(header), Some(mailbox)) = (self.host.end_call(self.mailbox.is_some()), &self.mailbox) else { return };
+        mailbox.write_header(&header);
+        let clock = &self.host.clock;
+        mailbox.write_records(&mut self.host.outbox, |at| clock.epoch_ms(at), ms);
     }
 }
 
