@@ -10,6 +10,7 @@
 //!   (startup leases, task-type routes, on-demand standby), queued for the arbiter's thread;
 //! - [`lease_attribution`]: an arbiter's grants and releases, typed, for the supervisor;
 //! - [`arbiter_views`]: the arbiter's snapshots and events in the serde form JS gets;
+//! - [`arbiter_mailbox`]: the numbers the arbiter's hot calls leave for its JS half;
 //! - [`arbiter_requests`]: a lease request object from JS, checked field by field;
 //! - [`arbiter_host`]: the arbiter core with its clock, native requesters and the hooks other
 //!   parts set (on-demand starts, lease attribution, the backlog board);
@@ -22,6 +23,7 @@
 
 pub mod arbiter_calls;
 pub mod arbiter_host;
+pub mod arbiter_mailbox;
 pub mod arbiter_requests;
 pub mod arbiter_views;
 pub mod attachments;

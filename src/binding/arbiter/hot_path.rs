@@ -26,10 +26,11 @@ use napi_derive::napi;
 
 use super::super::js::{self, JsRef};
 use super::super::{IntoJsResult, JsResult};
-use super::mailbox::{ArbiterRecordKind, Mailbox, OutcomeRecord};
+use super::mailbox::Mailbox;
 use super::state::{after_call, undefined, ArbiterBinding, Caller};
 use crate::arbiter::{AcquireRequest, Admission, Resolution, Trace};
 use crate::error::SidecarError;
+use crate::link::arbiter_mailbox;
 use crate::link::arbiter_requests::{self, Field};
 
 type Handler = fn(&Env, &Rc<RefCell<ArbiterBinding>>, &[sys::napi_value; MAX_ARGS]) -> JsResult<sys::napi_value>;
@@ -165,10 +166,6 @@ fn number_js(env: &Env, n: f64) -> JsResult<sys::napi_value> {
     js::number(env, n).js()
 }
 
-fn kind_value(env: &Env, kind: ArbiterRecordKind) -> JsResult<sys::napi_value> {
-    number_js(env, kind as i32 as f64)
-}
-
 /// A lease or waiter id from the JS half ([`arbiter_requests::id`]).
 fn id_arg(env: &Env, value: sys::napi_value) -> JsResult<Option<u64>> {
     Ok(arbiter_requests::id(&field_value(env, value)?))
@@ -222,21 +219,17 @@ fn acquire(env: &Env, state: &Rc<RefCell<ArbiterBinding>>, request: AcquireReque
     };
     after_call(env, state, Vec::new(), Caller::Js)?;
     let s = state.borrow();
-    let mailbox = s.mailbox.as_ref().expect("made at install");
-    let kind = match &admission {
-        Admission::Queued(id) => mailbox.write_queued(*id),
+    let kind = s.mailbox.as_ref().expect("made at install").write(|slots| match &admission {
+        Admission::Queued(id) => arbiter_mailbox::write_queued(slots, *id),
         Admission::Settled(outcome) => {
-            let (id, acquired_at) = match outcome {
-                crate::arbiter::Outcome::Acquired(g) => (g.lease_id, s.host.clock.epoch_ms(g.acquired_at)),
-                crate::arbiter::Outcome::NotAcquired { .. } => (0, 0.0),
+            let id = match outcome {
+                crate::arbiter::Outcome::Acquired(g) => g.lease_id,
+                crate::arbiter::Outcome::NotAcquired { .. } => 0,
             };
-            mailbox.write_outcome(
-                OutcomeRecord { id, outcome, acquired_at_epoch_ms: acquired_at },
-                crate::arbiter::clock::ms,
-            )
+            arbiter_mailbox::write_outcome(slots, id, outcome, |at| s.host.clock.epoch_ms(at))
         }
-    };
-    kind_value(env, kind)
+    });
+    number_js(env, kind as i32 as f64)
 }
 
 fn release_lease(

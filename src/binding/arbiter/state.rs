@@ -14,10 +14,10 @@ use napi::{sys, Env, JsValue};
 use super::super::js::{self, ExternalMemory, JsRef, Listeners};
 use super::super::{IntoJsResult, JsResult};
 use super::mailbox::Mailbox;
-use crate::arbiter::clock::ms;
 use crate::arbiter::{ArbiterConfig, Resolution};
 use crate::config::watch::{ConfigFileChange, ConfigFileWatch};
 use crate::link::arbiter_host::ArbiterHost;
+use crate::link::arbiter_mailbox;
 use crate::link::arbiter_views::{event_view, GpuArbiterEvent};
 
 pub struct ArbiterBinding {
@@ -59,9 +59,11 @@ impl ArbiterBinding {
     /// Writes the header and the next batch of records to the mailbox.
     pub fn publish(&mut self) {
         let (Some(header), Some(mailbox)) = (self.host.end_call(self.mailbox.is_some()), &self.mailbox) else { return };
-        mailbox.write_header(&header);
-        let clock = &self.host.clock;
-        mailbox.write_records(&mut self.host.outbox, |at| clock.epoch_ms(at), ms);
+        let (clock, outbox) = (&self.host.clock, &mut self.host.outbox);
+        mailbox.write(|slots| {
+            arbiter_mailbox::write_header(slots, &header);
+            arbiter_mailbox::write_records(slots, outbox, |at| clock.epoch_ms(at));
+        });
     }
 }
 
