@@ -139,6 +139,13 @@ impl std::error::Error for SidecarError {}
 
 pub type SidecarResult<T> = Result<T, SidecarError>;
 
+/// Logs what a config or options reader warned about (unknown keys and the like).
+pub fn log_warnings(warnings: &[String]) {
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+}
+
 /// The text a panic was raised with.
 pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     payload

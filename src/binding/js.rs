@@ -226,6 +226,24 @@ pub fn wake_function<S: 'static>(
     drain.build_threadsafe_function::<()>().weak::<true>().callee_handled::<false>().build()
 }
 
+/// A JS function (an unsubscribe or detach function) that calls `f` with the state `state` points
+/// to, unless that was collected.
+pub fn detach_function<'env, S: 'static>(
+    env: &'env Env,
+    name: &str,
+    state: &Rc<S>,
+    f: impl Fn(&Env, &S) + 'static,
+) -> JsResult<napi::bindgen_prelude::Function<'env, (), ()>> {
+    let weak = Rc::downgrade(state);
+    let detach = move |ctx: napi::bindgen_prelude::FunctionCallContext| {
+        if let Some(state) = weak.upgrade() {
+            f(ctx.env, &state);
+        }
+        Ok(())
+    };
+    env.create_function_from_closure::<(), (), _>(name, detach).js()
+}
+
 /// Calls `f` on a later turn of the event loop (`setImmediate`: after pending I/O), a panic in it
 /// caught as [`no_panic`] does. `name` is the JS function's name, as stacks show it.
 pub fn set_immediate(env: &Env, name: &'static str, f: impl Fn(&Env) + 'static) -> Result<()> {

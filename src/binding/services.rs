@@ -83,9 +83,7 @@ impl ServiceSupervisor {
         let config = args::optional_json(env, config, "services", ErrorCode::InvalidConfig)?.unwrap_or(Value::Null);
         let mut warnings = vec![];
         let config = ServicesConfig::from_json(&config, &mut warnings)?;
-        for w in &warnings {
-            tracing::warn!("{w}");
-        }
+        crate::error::log_warnings(&warnings);
         let telemetry = Arc::new(SupervisorTelemetry::default());
         let spawn_env = Arc::new(JsSpawnEnv::default());
         let arbiter_calls = Arc::new(ArbiterCalls::default());
@@ -258,14 +256,7 @@ impl ServiceSupervisor {
             return Err(SidecarError::new(ErrorCode::Closed, "the service supervisor is closed").into());
         }
         let id = s.listeners.add(env, listener.raw())?;
-        let weak = Rc::downgrade(&self.state);
-        env.create_function_from_closure::<(), (), _>("unsubscribe", move |_ctx| {
-            if let Some(state) = weak.upgrade() {
-                state.borrow_mut().listeners.remove(id);
-            }
-            Ok(())
-        })
-        .js()
+        js::detach_function(env, "unsubscribe", &self.state, move |_, state| state.borrow_mut().listeners.remove(id))
     }
 
     /// Reads free VRAM for the VRAM gate and `gpu.key: 'auto'` placement (and per-process VRAM,
@@ -333,13 +324,11 @@ impl ServiceSupervisor {
                 native_leases::apply(env, &arbiter_state, call)?;
             }
         }
-        let weak = Rc::downgrade(&self.state);
         let core = Arc::downgrade(&self.core);
-        env.create_function_from_closure::<(), (), _>("detachArbiter", move |ctx| {
-            let Some(state) = weak.upgrade() else { return Ok(()) };
+        js::detach_function(env, "detachArbiter", &self.state, move |env, state| {
             let mut s = state.borrow_mut();
             if s.arbiter.as_ref().is_none_or(|(_, tie)| tie.id != id) {
-                return Ok(());
+                return;
             }
             let (arbiter, tie) = s.arbiter.take().expect("checked above");
             // Waiting startup leases see their reply dropped and fail.
@@ -348,13 +337,11 @@ impl ServiceSupervisor {
             let standby_off = with_host(&arbiter, |host| tie.detached(host, core.upgrade().as_deref()));
             // What waited for an on-demand service is granted as usual from now on.
             if let (Some(arbiter), Some(call)) = (arbiter.upgrade(), standby_off) {
-                if let Err(e) = native_leases::apply(ctx.env, &arbiter, call) {
+                if let Err(e) = native_leases::apply(env, &arbiter, call) {
                     tracing::warn!(error = %e.reason, "could not take on-demand task types off standby");
                 }
             }
-            Ok(())
         })
-        .js()
     }
 }
 

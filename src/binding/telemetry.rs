@@ -75,9 +75,7 @@ impl Telemetry {
         let mut warnings = vec![];
         let options = args::optional_json(env, options, "telemetry", ErrorCode::InvalidConfig)?;
         let options = TelemetryOptions::from_json(&options.unwrap_or(serde_json::Value::Null), &mut warnings)?;
-        for w in &warnings {
-            tracing::warn!("{w}");
-        }
+        crate::error::log_warnings(&warnings);
         let state = Rc::new(RefCell::new(TelemetryBinding {
             sampler: None,
             events: Arc::default(),
@@ -155,16 +153,11 @@ impl Telemetry {
         if let Some(board) = board {
             s.boards.attach(id, &board);
         }
-        let weak = Rc::downgrade(&self.state);
-        env.create_function_from_closure::<(), (), _>("detachArbiter", move |_ctx| {
-            if let Some(state) = weak.upgrade() {
-                let mut s = state.borrow_mut();
-                s.arbiters.remove(id);
-                s.boards.detach(id);
-            }
-            Ok(())
+        js::detach_function(env, "detachArbiter", &self.state, move |_, state| {
+            let mut s = state.borrow_mut();
+            s.arbiters.remove(id);
+            s.boards.detach(id);
         })
-        .js()
     }
 
     /// Hands in a sample read elsewhere (another tool such as rocm-smi, another host) on a
@@ -268,14 +261,9 @@ impl Telemetry {
         list: fn(&mut Subscribers) -> &mut Listeners,
     ) -> Result<Function<'env, (), ()>, Code> {
         let id = list(&mut self.state.borrow_mut().listeners).add(env, listener.raw())?;
-        let weak = Rc::downgrade(&self.state);
-        env.create_function_from_closure::<(), (), _>("unsubscribe", move |_ctx| {
-            if let Some(state) = weak.upgrade() {
-                list(&mut state.borrow_mut().listeners).remove(id);
-            }
-            Ok(())
+        js::detach_function(env, "unsubscribe", &self.state, move |_, state| {
+            list(&mut state.borrow_mut().listeners).remove(id)
         })
-        .js()
     }
 }
 
@@ -292,17 +280,10 @@ pub fn recommend_concurrency<'env>(env: &'env Env, options: Option<Unknown>) -> 
     js::to_js(env, &request.answer(&sample)?)
 }
 
-/// A pid argument: an integer from 1 to 2^32-1, else `INVALID_ARGUMENT`.
+/// A pid argument ([`ProcessRegistry::pid_arg`]).
 fn pid_argument(env: &Env, pid: Option<Unknown>) -> Result<u32, Code> {
     let value = args::optional_json(env, pid, "pid", ErrorCode::InvalidArgument)?;
-    match value.as_ref().and_then(serde_json::Value::as_u64) {
-        Some(pid) if (1..=u64::from(u32::MAX)).contains(&pid) => Ok(pid as u32),
-        _ => Err(SidecarError::invalid_argument(format!(
-            "pid: expected a process id (an integer > 0), got {}",
-            value.map_or("nothing".to_string(), |v| v.to_string())
-        ))
-        .into()),
-    }
+    Ok(ProcessRegistry::pid_arg(value.as_ref())?)
 }
 
 /// `{ perWorkerMb, reserveFraction?, on? }`.

@@ -10,15 +10,16 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 
 use super::arbiter_calls::{ArbiterCall, NativeReply};
+use super::arbiter_views::{snapshot_view, GpuArbiterSnapshot};
 use super::gpu_reading::SampleReading;
 use super::lease_attribution::{LeaseSink, LeaseSinks};
 use crate::arbiter::clock::ms;
 use crate::arbiter::{
-    AcquireRequest, Admission, Arbiter, ArbiterConfig, ArbiterEvent, Clock, LeaseId, Micros, Outcome, Resolution,
-    TaskType, WaiterId, MICROS_PER_MS,
+    AcquireRequest, Admission, Arbiter, ArbiterConfig, ArbiterEvent, Clock, GpuReading, LeaseId, Micros, Outcome,
+    Resolution, TaskType, WaiterId, MICROS_PER_MS,
 };
 use crate::config::watch::ConfigFileChange;
-use crate::error::SidecarResult;
+use crate::error::{SidecarError, SidecarResult};
 use crate::node_config as config;
 use crate::telemetry::{BacklogBoard, Sample};
 
@@ -109,9 +110,22 @@ impl ArbiterHost {
     }
 
     /// Applies a config change, or keeps the config and records `config-rejected`
-    /// (`config-file-missing` for a file that went away, which is no error). Returns the
-    /// outcome, the warnings (unknown keys) and what the change resolved.
-    pub fn change_config(&mut self, change: &ConfigChange) -> (SidecarResult<()>, Vec<String>, Vec<Resolution>) {
+    /// (`config-file-missing` for a file that went away, which is no error). Warnings (unknown
+    /// keys) are logged. Returns what the change resolved and the error its caller gets: a bad
+    /// patch's; a bad file edit is only logged.
+    pub fn change_config(&mut self, change: &ConfigChange) -> (SidecarResult<()>, Vec<Resolution>) {
+        let (result, warnings, out) = self.try_change_config(change);
+        crate::error::log_warnings(&warnings);
+        match (result, change) {
+            (Err(e), ConfigChange::File(..)) => {
+                tracing::warn!(error = %e.message, "config file edit rejected; keeping the last good config");
+                (Ok(()), out)
+            }
+            (result, _) => (result, out),
+        }
+    }
+
+    fn try_change_config(&mut self, change: &ConfigChange) -> (SidecarResult<()>, Vec<String>, Vec<Resolution>) {
         let mut warnings = vec![];
         let mut out = Vec::new();
         let now = self.now();
@@ -136,6 +150,45 @@ impl ArbiterHost {
             Err(e) => self.core.note_config_rejected(e, now),
         }
         (applied, warnings, out)
+    }
+
+    /// Feeds one GPU's reading (`observeGpu`), taken now.
+    pub fn observe_gpu(&mut self, gpu_key: &str, reading: GpuReading) -> Vec<Resolution> {
+        let mut out = Vec::new();
+        let now = self.now();
+        self.core.observe_gpu(gpu_key, GpuReading { at: now, ..reading }, now, &mut out);
+        out
+    }
+
+    /// The ASR stage's hint (`notifyAsrTaskHint`): whether the water marks were raised.
+    pub fn notify_asr_task_hint(&mut self, audio_ms: Option<u64>, hold_ms: Option<u64>) -> (bool, Vec<Resolution>) {
+        let mut out = Vec::new();
+        let now = self.now();
+        (self.core.notify_asr_task_hint(audio_ms, hold_ms, now, &mut out), out)
+    }
+
+    /// A patch that could not even be read: recorded as `config-rejected`.
+    pub fn reject_config(&mut self, error: &SidecarError) {
+        let now = self.now();
+        self.core.note_config_rejected(error, now);
+    }
+
+    /// Closes the core: every waiter and lease is settled.
+    pub fn close(&mut self) -> Vec<Resolution> {
+        let mut out = Vec::new();
+        let now = self.now();
+        self.core.close(now, &mut out);
+        out
+    }
+
+    /// Snapshots of one GPU (`Some` key) or of all, as JS gets them.
+    pub fn snapshots(&self, gpu_key: Option<&str>) -> Vec<GpuArbiterSnapshot> {
+        let now = self.clock.now();
+        let snapshots = match gpu_key {
+            Some(key) => self.core.snapshot(key, now).into_iter().collect(),
+            None => self.core.snapshot_all(now),
+        };
+        snapshots.into_iter().map(|snap| snapshot_view(&self.clock, snap)).collect()
     }
 
     /// Feeds a telemetry sample's GPUs (those still on the bus) to the core, as of now.
@@ -513,14 +566,17 @@ mod tests {
     #[test]
     fn a_bad_config_change_keeps_the_config_and_a_good_one_bumps_the_generation() {
         let mut h = host(serde_json::json!({}));
-        let (applied, _, _) = h.change_config(&ConfigChange::Patch(serde_json::json!({"maxConcurrentLeases": 2})));
+        let (applied, _) = h.change_config(&ConfigChange::Patch(serde_json::json!({"maxConcurrentLeases": 2})));
         assert!(applied.is_ok());
         assert_eq!((h.core.config().max_concurrent_leases.get(), h.config_generation), (2, 1));
-        let (applied, _, _) = h.change_config(&ConfigChange::Patch(serde_json::json!({"maxConcurrentLeases": "x"})));
+        let (applied, _) = h.change_config(&ConfigChange::Patch(serde_json::json!({"maxConcurrentLeases": "x"})));
         assert!(applied.unwrap_err().message.starts_with("gpuArbiter.maxConcurrentLeases"));
         assert_eq!((h.core.config().max_concurrent_leases.get(), h.config_generation), (2, 1));
         let gone = ConfigChange::File(ConfigFileChange::Missing, "/x/config.json".into());
         assert!(h.change_config(&gone).0.is_ok(), "a missing file keeps the last good config");
+        assert_eq!(h.config_generation, 1);
+        let bad_edit = ConfigChange::File(ConfigFileChange::Edited("{ nope".into()), "/x/config.json".into());
+        assert!(h.change_config(&bad_edit).0.is_ok(), "a bad file edit is logged, not thrown");
         assert_eq!(h.config_generation, 1);
     }
 
@@ -537,6 +593,20 @@ mod tests {
         let header = h.end_call(true).unwrap();
         assert_eq!(header.now_ms, ms(now), "the call's own clock reading");
         assert_eq!((header.waiters, header.enabled, header.config_generation), (1, true, 0));
+    }
+
+    #[test]
+    fn snapshots_of_one_gpu_of_an_unknown_key_and_of_all() {
+        let mut h = host(serde_json::json!({"gpuKeys": ["gpu:0", "gpu:1"]}));
+        let reading = GpuReading { at: 0, utilization_gpu: Some(99.0), free_mb: Some(100), total_mb: Some(8000) };
+        assert!(h.observe_gpu("gpu:1", reading).is_empty());
+        assert_eq!(h.snapshots(Some("gpu:1")).len(), 1);
+        assert!(h.snapshots(Some("gpu:9")).is_empty(), "null for JS");
+        assert_eq!(h.snapshots(None).len(), 2);
+        let (raised, _) = h.notify_asr_task_hint(Some(1), None);
+        assert!(!raised, "a short utterance raises nothing");
+        assert!(h.close().is_empty());
+        assert!(h.core.is_closed());
     }
 
     #[test]
