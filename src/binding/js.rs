@@ -327,6 +327,18 @@ pub fn boolean(env: &Env, b: bool) -> Result<sys::napi_value> {
     Ok(value)
 }
 
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_panic_becomes_an_error_instead_of_unwinding_into_node() {
+        let error = super::no_panic::<()>("test", || panic!("boom at {}", 42)).unwrap_err();
+        assert_eq!(
+            (error.status, error.reason.as_str()),
+            (napi::Status::GenericFailure, "internal error in test: boom at 42")
+        );
+    }
+}
+
 thread_local! {
     /// This thread's `JSON.parse` (a Node env is one thread), looked up once. Never dropped: a
     /// thread's locals outlive its env, and deleting the reference then is undefined behaviour.
