@@ -202,7 +202,15 @@ impl ServiceSupervisor {
     #[napi(catch_unwind, ts_return_type = "Promise<void>")]
     pub fn stop_all<'env>(&self, env: &'env Env) -> Result<JsPromise<'env>, Code> {
         let core = self.core.clone();
-        promise(env, &self.state, async move { Ok(core.stop_all().await) }, void)
+        promise(
+            env,
+            &self.state,
+            async move {
+                core.stop_all().await;
+                Ok(())
+            },
+            void,
+        )
     }
 
     /// Stops everything this supervisor started and refuses later starts with `CLOSED`. No event
@@ -219,7 +227,15 @@ impl ServiceSupervisor {
             s.events.queue().clear();
         }
         let core = self.core.clone();
-        promise(env, &self.state, async move { Ok(core.close().await) }, void)
+        promise(
+            env,
+            &self.state,
+            async move {
+                core.close().await;
+                Ok(())
+            },
+            void,
+        )
     }
 
     /// One service's status. Throws `UNKNOWN_SERVICE`.

@@ -236,8 +236,8 @@ mod tests {
         assert_eq!(err(json!(3)), "reading: expected an object, got 3");
         assert_eq!(asr_hint(&json!({"estimatedAudioMs": 12000.4})).unwrap(), (Some(12000), None));
         assert_eq!(asr_hint(&json!(null)).unwrap_err().message, "hint: expected an object, got null");
-        assert_eq!(watch_option(Some(&json!({"watch": true}))).unwrap(), true);
-        assert_eq!(watch_option(None).unwrap(), false);
+        assert!(watch_option(Some(&json!({"watch": true}))).unwrap());
+        assert!(!watch_option(None).unwrap());
         assert_eq!(watch_option(Some(&json!({"watch": 1}))).unwrap_err().message, "options.watch: expected a boolean");
     }
 
