@@ -125,6 +125,13 @@ impl SidecarError {
     pub fn invalid_argument(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::InvalidArgument, message)
     }
+
+    /// The error a panic caught in `what` becomes (code `INTERNAL`); the panic is logged.
+    pub fn from_panic(what: &str, payload: &(dyn std::any::Any + Send)) -> Self {
+        let detail = panic_message(payload);
+        tracing::error!(%detail, "panic in {what}");
+        Self::new(ErrorCode::Internal, format!("internal error in {what}: {detail}"))
+    }
 }
 
 impl fmt::Display for SidecarError {
@@ -136,6 +143,13 @@ impl fmt::Display for SidecarError {
 impl std::error::Error for SidecarError {}
 
 pub type SidecarResult<T> = Result<T, SidecarError>;
+
+/// Logs what a config or options reader warned about (unknown keys and the like).
+pub fn log_warnings(warnings: &[String]) {
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+}
 
 /// The text a panic was raised with.
 pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
@@ -149,6 +163,15 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_caught_panic_becomes_an_internal_error_naming_where_and_why() {
+        let payload = std::panic::catch_unwind(|| panic!("boom at {}", 42)).unwrap_err();
+        let e = SidecarError::from_panic("hot path", &*payload);
+        assert_eq!((e.code, e.message.as_str()), (ErrorCode::Internal, "internal error in hot path: boom at 42"));
+        let e = SidecarError::from_panic("x", &"static message");
+        assert_eq!(e.message, "internal error in x: static message");
+    }
 
     /// Thrown errors carry `as_str`; the `code` of an error as data is the serde name, and the
     /// generated `SidecarErrorCode` lists the serde names.

@@ -63,6 +63,27 @@ pub fn string(env: &Env, value: Option<Unknown>, name: &str) -> std::result::Res
     }
 }
 
+/// A function argument as napi's `Function` (typed by its arguments `A` and return `R`), or `None`
+/// for `null`, `undefined` or nothing; anything else is `INVALID_ARGUMENT` naming `name`.
+pub fn optional_function<'env, A: JsValuesTupleIntoVec, R: FromNapiValue>(
+    env: &Env,
+    value: Option<Unknown<'env>>,
+    name: &str,
+) -> std::result::Result<Option<Function<'env, A, R>>, SidecarError> {
+    match value.as_ref().map(|v| v.get_type()) {
+        None | Some(Ok(ValueType::Undefined | ValueType::Null)) => Ok(None),
+        Some(Ok(ValueType::Function)) => {
+            // SAFETY: a live function value of this env.
+            let f = unsafe { Function::from_napi_value(env.raw(), value.expect("matched").raw()) };
+            f.map(Some).map_err(|e| SidecarError::invalid_argument(format!("{name}: {}", e.reason)))
+        }
+        _ => Err(SidecarError::invalid_argument(format!(
+            "{name}: expected a function or null, got {}",
+            describe(env, value)
+        ))),
+    }
+}
+
 /// What a JS value is, for error messages: `undefined`, `null`, `a number (NaN)`, `an object`...
 pub fn describe(env: &Env, value: Option<Unknown>) -> String {
     let Some(value) = value else { return "nothing".to_string() };

@@ -12,6 +12,7 @@ use napi::{check_status, sys, Env, Result, ValueType};
 
 use super::{IntoJsResult, JsResult};
 use crate::error::{ErrorCode, SidecarError};
+use crate::link::attachments::Attachments;
 
 /// A reference to a JS value: strong (`new`: keeps it alive until dropped) or weak (`weak`).
 ///
@@ -150,8 +151,7 @@ pub fn display(env: &Env, value: sys::napi_value) -> Result<String> {
 /// The JS callbacks registered with one `onX(listener)`; each is removed by the id `add` gave it.
 #[derive(Default)]
 pub struct Listeners {
-    next_id: u32,
-    entries: Vec<(u32, JsRef)>,
+    entries: Attachments<JsRef>,
     /// The owner's JS side keeps the listeners alive; these references are weak (see [`JsRef`]).
     held_by_js: bool,
 }
@@ -164,21 +164,18 @@ impl Listeners {
     }
 
     /// Keeps `listener` (`INVALID_ARGUMENT` unless it is a function) and returns its id.
-    pub fn add(&mut self, env: &Env, listener: sys::napi_value) -> JsResult<u32> {
+    pub fn add(&mut self, env: &Env, listener: sys::napi_value) -> JsResult<u64> {
         let mut kind = 0;
         check_status!(unsafe { sys::napi_typeof(env.raw(), listener, &mut kind) }).js()?;
         if ValueType::from(kind) != ValueType::Function {
             return Err(SidecarError::invalid_argument("listener: expected a function").into());
         }
-        let id = self.next_id;
-        self.next_id += 1;
         let held = if self.held_by_js { JsRef::weak(env, listener) } else { JsRef::new(env, listener) };
-        self.entries.push((id, held.js()?));
-        Ok(id)
+        Ok(self.entries.add(held.js()?))
     }
 
-    pub fn remove(&mut self, id: u32) {
-        self.entries.retain(|(l, _)| *l != id);
+    pub fn remove(&mut self, id: u64) {
+        self.entries.remove(id);
     }
 
     pub fn clear(&mut self) {
@@ -192,7 +189,7 @@ impl Listeners {
     /// The listeners as they are now, to call once the owner's state is no longer borrowed (a
     /// listener may call back into it).
     pub fn current(&self) -> Vec<sys::napi_value> {
-        self.entries.iter().filter_map(|(_, l)| l.get_live().ok().flatten()).collect()
+        self.entries.iter().filter_map(|l| l.get_live().ok().flatten()).collect()
     }
 }
 
@@ -229,6 +226,24 @@ pub fn wake_function<S: 'static>(
     drain.build_threadsafe_function::<()>().weak::<true>().callee_handled::<false>().build()
 }
 
+/// A JS function (an unsubscribe or detach function) that calls `f` with the state `state` points
+/// to, unless that was collected.
+pub fn detach_function<'env, S: 'static>(
+    env: &'env Env,
+    name: &str,
+    state: &Rc<S>,
+    f: impl Fn(&Env, &S) + 'static,
+) -> JsResult<napi::bindgen_prelude::Function<'env, (), ()>> {
+    let weak = Rc::downgrade(state);
+    let detach = move |ctx: napi::bindgen_prelude::FunctionCallContext| {
+        if let Some(state) = weak.upgrade() {
+            f(ctx.env, &state);
+        }
+        Ok(())
+    };
+    env.create_function_from_closure::<(), (), _>(name, detach).js()
+}
+
 /// Calls `f` on a later turn of the event loop (`setImmediate`: after pending I/O), a panic in it
 /// caught as [`no_panic`] does. `name` is the JS function's name, as stacks show it.
 pub fn set_immediate(env: &Env, name: &'static str, f: impl Fn(&Env) + 'static) -> Result<()> {
@@ -245,20 +260,9 @@ pub fn set_immediate(env: &Env, name: &'static str, f: impl Fn(&Env) + 'static) 
 /// Runs `f`, turning a Rust panic into an error instead of unwinding into Node.
 pub fn no_panic<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|payload| {
-        let e = panic_error(what, payload);
+        let e = SidecarError::from_panic(what, &*payload);
         Err(napi::Error::new(napi::Status::GenericFailure, e.message))
     })
-}
-
-/// The error a caught panic becomes (code `INTERNAL`); the panic is logged.
-pub fn panic_error(what: &str, payload: Box<dyn std::any::Any + Send>) -> SidecarError {
-    let detail = payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_default();
-    tracing::error!(%detail, "panic in {what}");
-    SidecarError::new(ErrorCode::Internal, format!("internal error in {what}: {detail}"))
 }
 
 /// Defines non-enumerable, writable, configurable methods on an object.
@@ -325,18 +329,12 @@ pub fn boolean(env: &Env, b: bool) -> Result<sys::napi_value> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     #[test]
     fn a_panic_becomes_an_error_instead_of_unwinding_into_node() {
-        let result: Result<()> = no_panic("test", || panic!("boom at {}", 42));
-        let error = result.unwrap_err();
-        assert_eq!(error.status, napi::Status::GenericFailure);
-        assert_eq!(error.reason, "internal error in test: boom at 42");
-        let coded = panic_error("hot path", Box::new("static message"));
+        let error = super::no_panic::<()>("test", || panic!("boom at {}", 42)).unwrap_err();
         assert_eq!(
-            (coded.code, coded.message.as_str()),
-            (ErrorCode::Internal, "internal error in hot path: static message")
+            (error.status, error.reason.as_str()),
+            (napi::Status::GenericFailure, "internal error in test: boom at 42")
         );
     }
 }

@@ -6,7 +6,6 @@ use napi::threadsafe_function::ThreadsafeFunctionCallMode;
 use napi_derive::napi;
 
 use super::{args, Code, IntoJsResult};
-use crate::error::SidecarError;
 use crate::link::log_routing::{self, LogRecord};
 
 #[napi_derive::module_init]
@@ -23,20 +22,8 @@ fn init_logging() {
 )]
 #[allow(clippy::type_complexity)] // the napi macro needs the signature spelled out
 pub fn set_logger(env: &Env, logger: Option<Unknown>, min_level: Option<Unknown>) -> Result<(), Code> {
-    let logger: Option<Function<FnArgs<(String, String, serde_json::Value)>, ()>> = match logger {
-        Some(l) if l.get_type().js()? == ValueType::Function => {
-            Some(unsafe { Function::from_napi_value(env.raw(), l.raw()) }.js()?)
-        }
-        Some(l) if matches!(l.get_type().js()?, ValueType::Undefined | ValueType::Null) => None,
-        None => None,
-        other => {
-            return Err(SidecarError::invalid_argument(format!(
-                "logger: expected a function or null, got {}",
-                args::describe(env, other)
-            ))
-            .into())
-        }
-    };
+    let logger: Option<Function<FnArgs<(String, String, serde_json::Value)>, ()>> =
+        args::optional_function(env, logger, "logger")?;
     let min_level = match min_level {
         Some(level) if level.get_type().js()? != ValueType::Undefined => {
             Some(args::string(env, Some(level), "minLevel")?)

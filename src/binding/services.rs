@@ -17,69 +17,41 @@ use napi::bindgen_prelude::*;
 use napi::threadsafe_function::ThreadsafeFunctionCallMode;
 use napi_derive::napi;
 use serde_json::Value;
+use std::time::Instant;
 
 use super::arbiter::native_leases;
 use super::arbiter::{ArbiterBinding, GpuArbiter};
 use super::js::{self, Listeners, WakeFn};
 use super::spawn_env::JsSpawnEnv;
 use super::telemetry::Telemetry;
-use super::{args, Code, IntoJsResult};
+use super::{args, Code, IntoJsResult, JsResult};
 use crate::config::watch::ConfigFileWatch;
 use crate::error::{ErrorCode, SidecarError, SidecarResult};
 use crate::link::arbiter_calls::{ArbiterCall, ArbiterCalls, ArbiterLease, StartupLeasePolicy};
-use crate::link::service_events::{QueuedEvent, ServiceEventFeed};
+use crate::link::arbiter_host::ArbiterHost;
+use crate::link::service_events::{deliver_slice, QueuedEvent, ServiceEventFeed, SliceEnd};
 use crate::link::services_file;
+use crate::link::supervisor_arbiter::ArbiterTie;
 use crate::link::supervisor_telemetry::SupervisorTelemetry;
 use crate::services::manifest::resolve_services_section;
 use crate::services::ServicesSource;
 use crate::services::{
-    HostMemorySource, ListenerNote, OutputStream, ServiceEvent, ServiceEventKind, ServiceOutcome, SpawnEnv,
+    HostBudget, HostMemorySource, ListenerNote, OutputStream, ServiceEvent, ServiceEventKind, ServiceOutcome, SpawnEnv,
     StartAllOptions, StartupLease, Supervisor, SupervisorHooks, TaskRoutes, VramSource,
 };
 
-/// One turn of the event loop delivers at most this many events, or for at most this long,
-/// then yields (`setImmediate`) so timers and I/O run between slices of a log flood.
-const SLICE_EVENTS: usize = 1_000;
-const SLICE_TIME: std::time::Duration = std::time::Duration::from_millis(4);
-
-/// The addon's tokio runtime threads, as they show in debuggers and `top -H`.
-const RUNTIME_THREAD_NAME: &str = "gpu-sidecar-rt";
-
-/// Gives napi a named runtime (it is built once per process, before the first async call).
+/// Gives napi the addon's named runtime (built once per process, before the first async call).
 #[napi_derive::module_init]
 fn init_runtime() {
     static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let workers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4));
-        match tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .thread_name(RUNTIME_THREAD_NAME)
-            .worker_threads(workers)
-            .build()
-        {
-            Ok(runtime) => napi::bindgen_prelude::create_custom_tokio_runtime(runtime),
-            Err(e) => tracing::warn!("cannot build the named tokio runtime, napi's default is used: {e}"),
-        }
+    BUILT.get_or_init(|| match crate::link::runtime::addon_runtime() {
+        Ok(runtime) => napi::bindgen_prelude::create_custom_tokio_runtime(runtime),
+        Err(e) => tracing::warn!("cannot build the named tokio runtime, napi's default is used: {e}"),
     });
 }
 
-/// The attached arbiter, with the ids its detach function and its lease sink hold.
-struct AttachedArbiter {
-    id: u64,
-    arbiter: Weak<RefCell<ArbiterBinding>>,
-    lease_sink: Option<u64>,
-}
-
-impl AttachedArbiter {
-    /// Stops attributing this arbiter's leases.
-    fn stop_attributing(&mut self) {
-        if let (Some(sink), Some(arbiter)) = (self.lease_sink.take(), self.arbiter.upgrade()) {
-            let mut a = arbiter.borrow_mut();
-            a.host.lease_sinks.remove(sink);
-            super::arbiter::update_event_recording(&mut a);
-        }
-    }
-}
+/// The attached arbiter and what this supervisor hung on it.
+type AttachedArbiter = (Weak<RefCell<ArbiterBinding>>, ArbiterTie);
 
 struct SupervisorBinding {
     closed: bool,
@@ -154,9 +126,9 @@ impl ServiceSupervisor {
     /// (a diagnostic per manifest file skipped, also logged). Rejects with `INVALID_CONFIG`,
     /// `MANIFESTS_NOT_FOUND` (nothing changes then) or `CLOSED`.
     #[napi(catch_unwind, ts_return_type = "Promise<ServicesRefresh>")]
-    pub fn refresh<'env>(&self, env: &'env Env) -> Result<PromiseRaw<'env, Value>, Code> {
+    pub fn refresh<'env>(&self, env: &'env Env) -> Result<JsPromise<'env>, Code> {
         let core = self.core.clone();
-        promise(env, &self.state, async move { as_json(&core.refresh().await?) })
+        promise(env, &self.state, async move { core.refresh().await }, to_js)
     }
 }
 
@@ -164,9 +136,7 @@ impl ServiceSupervisor {
     fn with_source(env: &Env, source: ServicesSource) -> Result<Self, Code> {
         let mut warnings = vec![];
         let config = resolve_services_section(&source.section, &source.base_dir, &mut warnings)?.config;
-        for w in &warnings {
-            tracing::warn!("{w}");
-        }
+        crate::error::log_warnings(&warnings);
         let telemetry = Arc::new(SupervisorTelemetry::default());
         let spawn_env = Arc::new(JsSpawnEnv::default());
         let arbiter_calls = Arc::new(ArbiterCalls::default());
@@ -205,25 +175,23 @@ impl ServiceSupervisor {
     /// they depend on, with the same order, start slots and gates. Rejects with `CLOSED`,
     /// `UNKNOWN_SERVICE` (an `only` name; nothing starts) or `INVALID_ARGUMENT`.
     #[napi(catch_unwind, ts_return_type = "Promise<ServiceOutcome[]>", ts_args_type = "options?: StartAllOptions")]
-    pub fn start_all<'env>(&self, env: &'env Env, options: Option<Unknown>) -> Result<PromiseRaw<'env, Value>, Code> {
+    pub fn start_all<'env>(&self, env: &'env Env, options: Option<Unknown>) -> Result<JsPromise<'env>, Code> {
         let options = match args::optional_json(env, options, "options", ErrorCode::InvalidArgument)? {
             Some(value) => StartAllOptions::from_json(&value)?,
             None => StartAllOptions::default(),
         };
         let core = self.core.clone();
-        promise(env, &self.state, async move { as_json(&core.start_chosen(&options).await?) })
+        promise(env, &self.state, async move { core.start_chosen(&options).await }, to_js)
     }
 
     /// Starts one service and what it depends on; resolves with its outcome. Rejects with
     /// `UNKNOWN_SERVICE` or `CLOSED`.
     #[napi(catch_unwind, ts_return_type = "Promise<ServiceOutcome>", ts_args_type = "name: string")]
-    pub fn start<'env>(&self, env: &'env Env, name: Option<Unknown>) -> Result<PromiseRaw<'env, Value>, Code> {
+    pub fn start<'env>(&self, env: &'env Env, name: Option<Unknown>) -> Result<JsPromise<'env>, Code> {
         let name = args::string(env, name, "name")?;
         let core = self.core.clone();
-        promise(env, &self.state, async move {
-            let outcome = core.start(&name).await?;
-            as_json(&ServiceOutcome { service: name, outcome })
-        })
+        let start = async move { Ok(ServiceOutcome { outcome: core.start(&name).await?, service: name }) };
+        promise(env, &self.state, start, to_js)
     }
 
     /// Starts a service (on-demand or not) and what it depends on if it is not running, and
@@ -231,25 +199,26 @@ impl ServiceSupervisor {
     /// the start's error (`VRAM_TIMEOUT`, `VRAM_OOM`, `SERVICE_EXITED`, ...), `UNKNOWN_SERVICE`
     /// or `CLOSED`.
     #[napi(catch_unwind, ts_return_type = "Promise<ServiceStatus>", ts_args_type = "name: string")]
-    pub fn ensure<'env>(&self, env: &'env Env, name: Option<Unknown>) -> Result<PromiseRaw<'env, Value>, Code> {
+    pub fn ensure<'env>(&self, env: &'env Env, name: Option<Unknown>) -> Result<JsPromise<'env>, Code> {
         let name = args::string(env, name, "name")?;
         let core = self.core.clone();
-        promise(env, &self.state, async move { as_json(&core.ensure(&name).await?) })
+        promise(env, &self.state, async move { core.ensure(&name).await }, to_js)
     }
 
     /// Stops one service: `stopSignal` to its process group, SIGKILL after `stopTimeoutMs`;
     /// resolves once the group is gone and reaped. Dependents are left running.
     #[napi(catch_unwind, ts_return_type = "Promise<void>", ts_args_type = "name: string")]
-    pub fn stop<'env>(&self, env: &'env Env, name: Option<Unknown>) -> Result<PromiseRaw<'env, ()>, Code> {
+    pub fn stop<'env>(&self, env: &'env Env, name: Option<Unknown>) -> Result<JsPromise<'env>, Code> {
         let name = args::string(env, name, "name")?;
         let core = self.core.clone();
         // In this turn: `status(name).state` reads 'stopping' as soon as stop() returns. An
         // unknown name rejects (as it always did) rather than throws.
         let begun = core.begin_stop(&name);
-        promise(env, &self.state, async move {
+        let stop = async move {
             begun?;
             core.stop(&name).await
-        })
+        };
+        promise(env, &self.state, stop, void)
     }
 
     /// Sets the hook asked for extra environment just before each spawn of any service,
@@ -272,69 +241,73 @@ impl ServiceSupervisor {
     /// nothing and rejects with `INVALID_CONFIG` and its JSON path (`services[2].command: ...`);
     /// `CLOSED` after close().
     #[napi(catch_unwind, ts_return_type = "Promise<ServicesUpdate>", ts_args_type = "services: ServiceConfig[]")]
-    pub fn set_services<'env>(
-        &self,
-        env: &'env Env,
-        services: Option<Unknown>,
-    ) -> Result<PromiseRaw<'env, Value>, Code> {
+    pub fn set_services<'env>(&self, env: &'env Env, services: Option<Unknown>) -> Result<JsPromise<'env>, Code> {
         let services = args::required_json(env, services, "services", ErrorCode::InvalidConfig)?;
         let core = self.core.clone();
-        promise(env, &self.state, async move { as_json(&core.set_services(&services).await?) })
+        promise(env, &self.state, async move { core.set_services(&services).await }, to_js)
     }
 
     /// Stops then starts one service; resolves with the new start's outcome.
     #[napi(catch_unwind, ts_return_type = "Promise<ServiceOutcome>", ts_args_type = "name: string")]
-    pub fn restart<'env>(&self, env: &'env Env, name: Option<Unknown>) -> Result<PromiseRaw<'env, Value>, Code> {
+    pub fn restart<'env>(&self, env: &'env Env, name: Option<Unknown>) -> Result<JsPromise<'env>, Code> {
         let name = args::string(env, name, "name")?;
         let core = self.core.clone();
-        promise(env, &self.state, async move {
-            let outcome = core.restart(&name).await?;
-            as_json(&ServiceOutcome { service: name, outcome })
-        })
+        let restart = async move { Ok(ServiceOutcome { outcome: core.restart(&name).await?, service: name }) };
+        promise(env, &self.state, restart, to_js)
     }
 
     /// Stops every service, dependents before what they depend on.
     #[napi(catch_unwind, ts_return_type = "Promise<void>")]
-    pub fn stop_all<'env>(&self, env: &'env Env) -> Result<PromiseRaw<'env, ()>, Code> {
+    pub fn stop_all<'env>(&self, env: &'env Env) -> Result<JsPromise<'env>, Code> {
         let core = self.core.clone();
-        promise(env, &self.state, async move {
-            core.stop_all().await;
-            Ok(())
-        })
+        promise(
+            env,
+            &self.state,
+            async move {
+                core.stop_all().await;
+                Ok(())
+            },
+            void,
+        )
     }
 
     /// Stops everything this supervisor started and refuses later starts with `CLOSED`. No event
     /// listener is called after this call. Idempotent.
     #[napi(catch_unwind, ts_return_type = "Promise<void>")]
-    pub fn close<'env>(&self, env: &'env Env) -> Result<PromiseRaw<'env, ()>, Code> {
+    pub fn close<'env>(&self, env: &'env Env) -> Result<JsPromise<'env>, Code> {
         {
             let mut s = self.state.borrow_mut();
             s.closed = true;
             s.file_watch = None;
-            if let Some(attached) = s.arbiter.as_mut() {
-                attached.stop_attributing();
+            if let Some((arbiter, tie)) = s.arbiter.as_mut() {
+                with_host(arbiter, |host| tie.stop_attributing(host));
             }
             s.listeners.clear();
             s.events.queue().clear();
         }
         let core = self.core.clone();
-        promise(env, &self.state, async move {
-            core.close().await;
-            Ok(())
-        })
+        promise(
+            env,
+            &self.state,
+            async move {
+                core.close().await;
+                Ok(())
+            },
+            void,
+        )
     }
 
     /// One service's status. Throws `UNKNOWN_SERVICE`.
     #[napi(catch_unwind, ts_args_type = "name: string", ts_return_type = "ServiceStatus")]
-    pub fn status(&self, env: &Env, name: Option<Unknown>) -> Result<Value, Code> {
+    pub fn status<'env>(&self, env: &'env Env, name: Option<Unknown>) -> Result<Unknown<'env>, Code> {
         let name = args::string(env, name, "name")?;
-        Ok(as_json(&self.core.status(&name)?)?)
+        js::to_js(env, &self.core.status(&name)?)
     }
 
     /// Every service's status, in config order.
     #[napi(catch_unwind, ts_return_type = "ServiceStatus[]")]
-    pub fn statuses(&self) -> Result<Value, Code> {
-        Ok(as_json(&self.core.statuses())?)
+    pub fn statuses<'env>(&self, env: &'env Env) -> Result<Unknown<'env>, Code> {
+        js::to_js(env, &self.core.statuses())
     }
 
     /// What the host can take on now, for the orchestrator's own worker pools: the attached
@@ -344,18 +317,10 @@ impl ServiceSupervisor {
     /// Telemetry with a sample. Throws `INVALID_ARGUMENT` for a `perWorkerMb` that is not a
     /// number above 0.
     #[napi(catch_unwind, ts_args_type = "perWorkerMb?: number", ts_return_type = "HostBudget | null")]
-    pub fn host_budget(&self, env: &Env, per_worker_mb: Option<Unknown>) -> Result<Value, Code> {
-        let per_worker_mb = match args::optional_json(env, per_worker_mb, "perWorkerMb", ErrorCode::InvalidArgument)? {
-            None | Some(Value::Null) => None,
-            Some(Value::Number(n)) => n.as_f64(),
-            Some(other) => {
-                return Err(
-                    SidecarError::invalid_argument(format!("perWorkerMb: expected a number, got {other}")).into()
-                )
-            }
-        };
-        let Some(budget) = self.core.host_budget() else { return Ok(Value::Null) };
-        Ok(as_json(&budget.answer(per_worker_mb)?)?)
+    pub fn host_budget<'env>(&self, env: &'env Env, per_worker_mb: Option<Unknown>) -> Result<Unknown<'env>, Code> {
+        let per_worker_mb = args::optional_json(env, per_worker_mb, "perWorkerMb", ErrorCode::InvalidArgument)?;
+        let per_worker_mb = HostBudget::per_worker_arg(per_worker_mb.as_ref())?;
+        js::to_js(env, &self.core.host_budget().map(|budget| budget.answer(per_worker_mb)).transpose()?)
     }
 
     /// Calls `listener(event)` for every service event; returns a function that unsubscribes.
@@ -366,14 +331,7 @@ impl ServiceSupervisor {
             return Err(SidecarError::new(ErrorCode::Closed, "the service supervisor is closed").into());
         }
         let id = s.listeners.add(env, listener.raw())?;
-        let weak = Rc::downgrade(&self.state);
-        env.create_function_from_closure::<(), (), _>("unsubscribe", move |_ctx| {
-            if let Some(state) = weak.upgrade() {
-                state.borrow_mut().listeners.remove(id);
-            }
-            Ok(())
-        })
-        .js()
+        js::detach_function(env, "unsubscribe", &self.state, move |_, state| state.borrow_mut().listeners.remove(id))
     }
 
     /// Reads free VRAM for the VRAM gate and `gpu.key: 'auto'` placement (and per-process VRAM,
@@ -418,90 +376,55 @@ impl ServiceSupervisor {
     ) -> Result<Function<'env, (), ()>, Code> {
         let shared = args::class_ref::<GpuArbiter>(env, arbiter, "arbiter", "a GpuArbiter")?.shared();
         let wake = js::wake_function(env, &self.state, "servicesLeaseWake", serve_arbiter_calls).js()?;
-        let id = {
+        let (id, standby) = {
             let mut s = self.state.borrow_mut();
             let id = s.next_arbiter;
             s.next_arbiter += 1;
             // One that this one replaces: its leases are no longer followed, and requests for the
             // task types the services claim no longer go to the services' GPUs there.
-            if let Some(mut old) = s.arbiter.take() {
-                old.stop_attributing();
-                self.core.forget_active_leases();
-                if let Some(old) = old.arbiter.upgrade() {
-                    old.borrow_mut().host.core.set_task_gpus([]);
-                }
+            if let Some((old, tie)) = s.arbiter.take() {
+                with_host(&old, |host| tie.replaced(host, &self.core));
             }
-            let mut attached = AttachedArbiter { id, arbiter: shared.clone(), lease_sink: None };
-            if let Some(new) = shared.upgrade() {
-                let mut a = new.borrow_mut();
-                a.host.core.set_task_gpus(self.core.task_type_gpus());
-                self.core.set_task_priorities(a.host.core.task_priorities());
-                // Leases of the task types the services claim are attributed to them.
-                if self.core.attributes_leases() {
-                    let core = Arc::downgrade(&self.core);
-                    attached.lease_sink = Some(a.host.lease_sinks.add(Box::new(move |change, at_ms| {
-                        if let Some(core) = core.upgrade() {
-                            core.observe_lease(change, at_ms);
-                        }
-                    })));
-                    super::arbiter::update_event_recording(&mut a);
-                }
-            }
-            s.arbiter = Some(attached);
+            let spawn: crate::link::supervisor_arbiter::Spawn = |f| drop(napi::bindgen_prelude::spawn(f));
+            let (tie, standby) = with_host(&shared, |host| ArbiterTie::tie(id, host, &self.core, spawn));
+            s.arbiter = Some((shared.clone(), tie));
             let waker = move || {
                 wake.call((), ThreadsafeFunctionCallMode::NonBlocking);
             };
             s.arbiter_calls.set_waker(Some(Box::new(waker)));
-            id
+            (id, standby)
         };
-        // On-demand services: their task types wait for a load while not ready, and the first
-        // request starts them (in Rust: the arbiter calls the supervisor directly).
-        let routes = self.core.on_demand_routes();
-        if !routes.is_empty() {
-            if let Some(arbiter_state) = shared.upgrade() {
-                let core = Arc::downgrade(&self.core);
-                arbiter_state.borrow_mut().host.demand_sink = Some(Box::new(move |task_type: String| {
-                    if let Some(core) = core.upgrade() {
-                        napi::bindgen_prelude::spawn(async move { core.demand(&task_type).await });
-                    }
-                }));
-                for (task_type, allowance) in routes {
-                    let call = ArbiterCall::Standby { task_types: vec![task_type], load_allowance_ms: allowance };
-                    native_leases::apply(env, &arbiter_state, call)?;
-                }
+        if let Some(arbiter_state) = shared.upgrade() {
+            for call in standby {
+                native_leases::apply(env, &arbiter_state, call)?;
             }
         }
-        let weak = Rc::downgrade(&self.state);
         let core = Arc::downgrade(&self.core);
-        env.create_function_from_closure::<(), (), _>("detachArbiter", move |ctx| {
-            let Some(state) = weak.upgrade() else { return Ok(()) };
+        js::detach_function(env, "detachArbiter", &self.state, move |env, state| {
             let mut s = state.borrow_mut();
-            if s.arbiter.as_ref().is_none_or(|a| a.id != id) {
-                return Ok(());
+            if s.arbiter.as_ref().is_none_or(|(_, tie)| tie.id != id) {
+                return;
             }
-            let mut attached = s.arbiter.take().expect("checked above");
-            attached.stop_attributing();
-            if let Some(core) = core.upgrade() {
-                core.forget_active_leases();
-            }
+            let (arbiter, tie) = s.arbiter.take().expect("checked above");
             // Waiting startup leases see their reply dropped and fail.
             s.arbiter_calls.set_waker(None);
             drop(s); // the arbiter's listeners may call this supervisor
-            if let Some(arbiter_state) = attached.arbiter.upgrade() {
-                arbiter_state.borrow_mut().host.core.set_task_gpus([]);
-                arbiter_state.borrow_mut().host.demand_sink = None;
-                // What waited for an on-demand service is granted as usual from now on.
-                if let Some(core) = core.upgrade() {
-                    let task_types: Vec<String> = core.on_demand_routes().into_iter().map(|(t, _)| t).collect();
-                    let call = ArbiterCall::Standby { task_types, load_allowance_ms: None };
-                    if let Err(e) = native_leases::apply(ctx.env, &arbiter_state, call) {
-                        tracing::warn!(error = %e.reason, "could not take on-demand task types off standby");
-                    }
+            let standby_off = with_host(&arbiter, |host| tie.detached(host, core.upgrade().as_deref()));
+            // What waited for an on-demand service is granted as usual from now on.
+            if let (Some(arbiter), Some(call)) = (arbiter.upgrade(), standby_off) {
+                if let Err(e) = native_leases::apply(env, &arbiter, call) {
+                    tracing::warn!(error = %e.reason, "could not take on-demand task types off standby");
                 }
             }
-            Ok(())
         })
-        .js()
+    }
+}
+
+/// Runs `f` on the arbiter's host, or on `None` once the arbiter is gone.
+fn with_host<R>(arbiter: &Weak<RefCell<ArbiterBinding>>, f: impl FnOnce(Option<&mut ArbiterHost>) -> R) -> R {
+    match arbiter.upgrade() {
+        Some(a) => f(Some(&mut a.borrow_mut().host)),
+        None => f(None),
     }
 }
 
@@ -510,7 +433,7 @@ impl ServiceSupervisor {
 fn serve_arbiter_calls(env: &Env, state: &Rc<RefCell<SupervisorBinding>>) {
     let (calls, arbiter) = {
         let s = state.borrow();
-        let Some(arbiter) = s.arbiter.as_ref().and_then(|a| a.arbiter.upgrade()) else { return };
+        let Some(arbiter) = s.arbiter.as_ref().and_then(|(a, _)| a.upgrade()) else { return };
         (s.arbiter_calls.take(), arbiter)
     };
     for call in calls {
@@ -524,17 +447,30 @@ fn serve_arbiter_calls(env: &Env, state: &Rc<RefCell<SupervisorBinding>>) {
     }
 }
 
-/// A promise settled from `fut` on the tokio runtime; a core error rejects it with a JS error
-/// that carries the error's `code`.
-/// Listeners get every event the core sent before the promise settles (so a `ready` event is
-/// seen before `startAll` resolves).
+/// A promise of a value whose TS type is generated from its serde form (or of nothing).
+type JsPromise<'env> = PromiseRaw<'env, Unknown<'env>>;
+
+/// The serde form of a value as JS gets it, for [`promise`].
+fn to_js<T: serde::Serialize>(env: &Env, value: T) -> JsResult<sys::napi_value> {
+    js::to_js(env, &value).map(|v| v.raw())
+}
+
+/// `undefined`, for a promise of nothing.
+fn void(env: &Env, (): ()) -> JsResult<sys::napi_value> {
+    unsafe { <()>::to_napi_value(env.raw(), ()) }.js()
+}
+
+/// A promise settled from `fut` on the tokio runtime with `convert(value)`; a core error rejects
+/// it with a JS error that carries the error's `code`. Listeners get every event the core sent
+/// before the promise settles (so a `ready` event is seen before `startAll` resolves).
 fn promise<'env, T, F>(
     env: &'env Env,
     state: &Rc<RefCell<SupervisorBinding>>,
     fut: F,
-) -> Result<PromiseRaw<'env, T>, Code>
+    convert: fn(&Env, T) -> JsResult<sys::napi_value>,
+) -> Result<JsPromise<'env>, Code>
 where
-    T: ToNapiValue + Send + 'static,
+    T: Send + 'static,
     F: Future<Output = SidecarResult<T>> + Send + 'static,
 {
     let state = Rc::downgrade(state);
@@ -544,8 +480,8 @@ where
             events.pull_now();
             deliver_before_settling(env, &state);
         }
-        match result {
-            Ok(value) => Ok(value),
+        match result.map_err(napi::Error::<Code>::from).and_then(|value| convert(env, value)) {
+            Ok(value) => Ok(unsafe { Unknown::from_raw_unchecked(env.raw(), value) }),
             Err(error) => Err(js_error(env, error)),
         }
     })
@@ -553,8 +489,8 @@ where
 }
 
 /// napi rejects with a plain `Status` error; wrapping the JS error we build keeps our `code`.
-fn js_error(env: &Env, error: SidecarError) -> napi::Error {
-    match unsafe { ToNapiValue::to_napi_value(env.raw(), napi::Error::<Code>::from(error)) } {
+fn js_error(env: &Env, error: napi::Error<Code>) -> napi::Error {
+    match unsafe { ToNapiValue::to_napi_value(env.raw(), error) } {
         Ok(value) => napi::Error::from(unsafe { Unknown::from_raw_unchecked(env.raw(), value) }),
         Err(e) => e,
     }
@@ -569,7 +505,7 @@ async fn forward(events: Arc<ServiceEventFeed>, wake: WakeFn) {
     }
 }
 
-/// Delivers one slice of the queued events (see [`SLICE_EVENTS`]); what is left is delivered on
+/// Delivers one slice of the queued events (see [`deliver_slice`]); what is left is delivered on
 /// the next turn of the event loop, so a log flood never stalls timers and I/O.
 fn dispatch(env: &Env, state: &Rc<RefCell<SupervisorBinding>>) {
     let events = {
@@ -580,20 +516,12 @@ fn dispatch(env: &Env, state: &Rc<RefCell<SupervisorBinding>>) {
     // `wake_pending` stays set while this runs: a producer that woke the JS thread again now
     // would queue another threadsafe call, and Node runs queued calls back to back, slice after
     // slice, without yielding.
-    let started = std::time::Instant::now();
-    for delivered in 0.. {
-        if delivered == SLICE_EVENTS || started.elapsed() >= SLICE_TIME {
-            schedule_next_slice(env, state, &events);
-            return;
-        }
-        if !deliver_one(env, state, &events) {
-            break;
-        }
-    }
-    // Drained: producers wake us again. One may have queued an event after the last look and
-    // before that, and seen the flag still set; look once more.
-    if events.drained() && !state.borrow().closed {
-        schedule_next_slice(env, state, &events);
+    match deliver_slice(Instant::now(), Instant::now, || deliver_one(env, state, &events)) {
+        SliceEnd::Spent => schedule_next_slice(env, state, &events),
+        // Drained: producers wake us again. One may have queued an event after the last look and
+        // before that, and seen the flag still set; look once more.
+        SliceEnd::Drained if events.drained() && !state.borrow().closed => schedule_next_slice(env, state, &events),
+        SliceEnd::Drained => {}
     }
 }
 
@@ -602,16 +530,9 @@ fn dispatch(env: &Env, state: &Rc<RefCell<SupervisorBinding>>) {
 /// reported with `log-dropped`) rather than delivered in one long stall.
 fn deliver_before_settling(env: &Env, state: &Rc<RefCell<SupervisorBinding>>) {
     let events = state.borrow().events.clone();
-    let started = std::time::Instant::now();
-    for delivered in 0.. {
-        if delivered == SLICE_EVENTS || started.elapsed() >= SLICE_TIME {
-            events.queue().shed_logs();
-            while deliver_one(env, state, &events) {}
-            return;
-        }
-        if !deliver_one(env, state, &events) {
-            return;
-        }
+    if deliver_slice(Instant::now(), Instant::now, || deliver_one(env, state, &events)) == SliceEnd::Spent {
+        events.queue().shed_logs();
+        while deliver_one(env, state, &events) {}
     }
 }
 
@@ -633,16 +554,15 @@ fn deliver_one(env: &Env, state: &Rc<RefCell<SupervisorBinding>>, events: &Servi
         // The flood case: built directly, skipping JSON (about 1.5x the lines a second in
         // benchmarks/flood.mjs).
         QueuedEvent::Event(ServiceEvent { service, timestamp_ms, kind: ServiceEventKind::Log { stream, line } }) => {
-            log_event_object(env, service, *timestamp_ms, *stream, line)
+            log_event_object(env, service, *timestamp_ms, *stream, line).ok()
         }
-        // Not `env.to_js_value`: its serializer turns epoch-ms `at` into a BigInt.
-        QueuedEvent::Event(event) => unsafe { Value::to_napi_value(env.raw(), event.to_json()) },
-        QueuedEvent::LogDropped { service, count, at } => unsafe {
+        QueuedEvent::Event(event) => js::to_js(env, &event.to_json()).ok().map(|v| v.raw()),
+        QueuedEvent::LogDropped { service, count, at } => {
             let note = ListenerNote::LogDropped { service: service.clone(), at: *at, count: *count };
-            Value::to_napi_value(env.raw(), serde_json::to_value(note).unwrap_or(Value::Null))
-        },
+            js::to_js(env, &note).ok().map(|v| v.raw())
+        }
     };
-    if let Ok(value) = value {
+    if let Some(value) = value {
         js::call_listeners(env, &listeners, value, "ServiceSupervisor");
     }
     true
@@ -712,10 +632,4 @@ fn schedule_next_slice(env: &Env, state: &Rc<RefCell<SupervisorBinding>>, events
             tracing::warn!(error = %e.reason, "could not schedule the next slice of service events");
         }
     }
-}
-
-/// A value whose TS type is generated from its serde form (`ServiceOutcome`, `ServiceStatus`,
-/// `HostBudget`), as JSON: napi makes every number of it a JS number.
-fn as_json<T: serde::Serialize>(value: &T) -> SidecarResult<Value> {
-    serde_json::to_value(value).map_err(|e| SidecarError::new(ErrorCode::Internal, e.to_string()))
 }

@@ -10,7 +10,7 @@ use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use serde_json::Value;
 
 use super::{args, Code, IntoJsResult};
-use crate::error::{ErrorCode, SidecarError};
+use crate::error::ErrorCode;
 use crate::services::{SpawnEnv, SpawnEnvFuture};
 
 type HookFn = ThreadsafeFunction<FnArgs<(String, u32)>, Unknown<'static>, FnArgs<(String, u32)>, Status, false, true>;
@@ -31,27 +31,14 @@ impl JsSpawnEnv {
     /// Sets (a function) or clears (`null`/`undefined`) the hook; anything else is
     /// `INVALID_ARGUMENT`.
     pub fn set(&self, env: &Env, hook: Option<Unknown>) -> Result<(), Code> {
+        let hook: Option<Function<FnArgs<(String, u32)>, Unknown<'static>>> =
+            args::optional_function(env, hook, "hook")?;
         let hook = match hook {
-            Some(h) if h.get_type().js()? == ValueType::Function => {
-                let f: Function<FnArgs<(String, u32)>, Unknown<'static>> =
-                    unsafe { Function::from_napi_value(env.raw(), h.raw()) }.js()?;
-                Some(Arc::new(
-                    f.build_threadsafe_function::<FnArgs<(String, u32)>>()
-                        .weak::<true>()
-                        .callee_handled::<false>()
-                        .build()
-                        .js()?,
-                ))
+            Some(f) => {
+                let f = f.build_threadsafe_function::<FnArgs<(String, u32)>>().weak::<true>().callee_handled::<false>();
+                Some(Arc::new(f.build().js()?))
             }
-            Some(h) if matches!(h.get_type().js()?, ValueType::Undefined | ValueType::Null) => None,
             None => None,
-            other => {
-                return Err(SidecarError::invalid_argument(format!(
-                    "hook: expected a function or null, got {}",
-                    args::describe(env, other)
-                ))
-                .into())
-            }
         };
         *self.hook.lock().unwrap_or_else(|e| e.into_inner()) = hook;
         Ok(())

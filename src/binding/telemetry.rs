@@ -18,6 +18,7 @@ use super::arbiter::{self, ArbiterBinding, GpuArbiter};
 use super::js::{self, Listeners};
 use super::{args, Code, IntoJsResult};
 use crate::error::{ErrorCode, SidecarError};
+use crate::link::attachments::Attachments;
 use crate::link::sampler_events::{BacklogBoards, SamplerEventQueue};
 use crate::telemetry::advice::ConcurrencyRequest;
 use crate::telemetry::{
@@ -49,8 +50,7 @@ struct TelemetryBinding {
     sampler: Option<SamplerHandle>,
     events: Arc<SamplerEventQueue>,
     listeners: Subscribers,
-    next_arbiter_id: u32,
-    arbiters: Vec<(u32, AttachedArbiter)>,
+    arbiters: Attachments<AttachedArbiter>,
     boards: Arc<BacklogBoards>,
     registry: Arc<ProcessRegistry>,
     /// A sample has reached the attached arbiters.
@@ -77,15 +77,12 @@ impl Telemetry {
         let mut warnings = vec![];
         let options = args::optional_json(env, options, "telemetry", ErrorCode::InvalidConfig)?;
         let options = TelemetryOptions::from_json(&options.unwrap_or(serde_json::Value::Null), &mut warnings)?;
-        for w in &warnings {
-            tracing::warn!("{w}");
-        }
+        crate::error::log_warnings(&warnings);
         let state = Rc::new(RefCell::new(TelemetryBinding {
             sampler: None,
             events: Arc::default(),
             listeners: Subscribers::default(),
-            next_arbiter_id: 0,
-            arbiters: vec![],
+            arbiters: Attachments::default(),
             boards: Arc::default(),
             registry: ProcessRegistry::new(),
             fed_any: false,
@@ -169,29 +166,21 @@ impl Telemetry {
             arbiter::after_call(env, &a, out, arbiter::Caller::Native)?;
         }
         let mut s = self.state.borrow_mut();
-        let id = s.next_arbiter_id;
-        s.next_arbiter_id += 1;
-        s.arbiters.push((id, shared));
+        let id = s.arbiters.add(shared);
         if let Some(board) = board {
             s.boards.attach(id, &board);
         }
-        let weak = Rc::downgrade(&self.state);
-        env.create_function_from_closure::<(), (), _>("detachArbiter", move |ctx| {
-            if let Some(state) = weak.upgrade() {
-                let mut s = state.borrow_mut();
-                let detached: Vec<_> =
-                    s.arbiters.iter().filter(|(a, _)| *a == id).filter_map(|(_, a)| a.upgrade()).collect();
-                s.arbiters.retain(|(a, _)| *a != id);
-                s.boards.detach(id);
-                drop(s);
-                for a in detached {
-                    let out = a.borrow_mut().host.telemetry_attached(false);
-                    let _ = arbiter::after_call(ctx.env, &a, out, arbiter::Caller::Native);
-                }
+        js::detach_function(env, "detachArbiter", &self.state, move |env, state| {
+            let mut s = state.borrow_mut();
+            let detached = s.arbiters.remove(id).and_then(|a| a.upgrade());
+            s.boards.detach(id);
+            drop(s);
+            // Not waited for any more: its requests are admitted on what the arbiter has.
+            if let Some(a) = detached {
+                let out = a.borrow_mut().host.telemetry_attached(false);
+                let _ = arbiter::after_call(env, &a, out, arbiter::Caller::Native);
             }
-            Ok(())
         })
-        .js()
     }
 
     /// Hands in a sample read elsewhere (another tool such as rocm-smi, another host) on a
@@ -295,14 +284,9 @@ impl Telemetry {
         list: fn(&mut Subscribers) -> &mut Listeners,
     ) -> Result<Function<'env, (), ()>, Code> {
         let id = list(&mut self.state.borrow_mut().listeners).add(env, listener.raw())?;
-        let weak = Rc::downgrade(&self.state);
-        env.create_function_from_closure::<(), (), _>("unsubscribe", move |_ctx| {
-            if let Some(state) = weak.upgrade() {
-                list(&mut state.borrow_mut().listeners).remove(id);
-            }
-            Ok(())
+        js::detach_function(env, "unsubscribe", &self.state, move |_, state| {
+            list(&mut state.borrow_mut().listeners).remove(id)
         })
-        .js()
     }
 }
 
@@ -319,17 +303,10 @@ pub fn recommend_concurrency<'env>(env: &'env Env, options: Option<Unknown>) -> 
     js::to_js(env, &request.answer(&sample)?)
 }
 
-/// A pid argument: an integer from 1 to 2^32-1, else `INVALID_ARGUMENT`.
+/// A pid argument ([`ProcessRegistry::pid_arg`]).
 fn pid_argument(env: &Env, pid: Option<Unknown>) -> Result<u32, Code> {
     let value = args::optional_json(env, pid, "pid", ErrorCode::InvalidArgument)?;
-    match value.as_ref().and_then(serde_json::Value::as_u64) {
-        Some(pid) if (1..=u64::from(u32::MAX)).contains(&pid) => Ok(pid as u32),
-        _ => Err(SidecarError::invalid_argument(format!(
-            "pid: expected a process id (an integer > 0), got {}",
-            value.map_or("nothing".to_string(), |v| v.to_string())
-        ))
-        .into()),
-    }
+    Ok(ProcessRegistry::pid_arg(value.as_ref())?)
 }
 
 /// `{ perWorkerMb, reserveFraction?, on? }`.
@@ -380,8 +357,7 @@ fn dispatch(env: &Env, state: &Rc<RefCell<TelemetryBinding>>) {
 /// Gives the sample to every attached arbiter.
 fn feed_arbiters(env: &Env, state: &Rc<RefCell<TelemetryBinding>>, sample: &Sample) {
     state.borrow_mut().fed_any = true;
-    let arbiters: Vec<Rc<RefCell<ArbiterBinding>>> =
-        state.borrow().arbiters.iter().filter_map(|(_, a)| a.upgrade()).collect();
+    let arbiters: Vec<Rc<RefCell<ArbiterBinding>>> = state.borrow().arbiters.iter().filter_map(Weak::upgrade).collect();
     for a in &arbiters {
         let out = a.borrow_mut().host.observe_sample(sample);
         if let Err(e) = arbiter::after_call(env, a, out, arbiter::Caller::Native) {

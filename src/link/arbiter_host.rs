@@ -10,14 +10,16 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 
 use super::arbiter_calls::{ArbiterCall, NativeReply};
+use super::arbiter_views::{snapshot_view, GpuArbiterSnapshot};
 use super::gpu_reading::SampleReading;
-use super::lease_attribution::LeaseSinks;
+use super::lease_attribution::{LeaseSink, LeaseSinks};
+use crate::arbiter::clock::ms;
 use crate::arbiter::{
-    AcquireRequest, Admission, Arbiter, ArbiterConfig, ArbiterEvent, Clock, LeaseId, Micros, Outcome, Resolution,
-    TaskType, WaiterId, MICROS_PER_MS,
+    AcquireRequest, Admission, Arbiter, ArbiterConfig, ArbiterEvent, Clock, GpuReading, LeaseId, Micros, Outcome,
+    Resolution, TaskType, WaiterId, MICROS_PER_MS,
 };
 use crate::config::watch::ConfigFileChange;
-use crate::error::SidecarResult;
+use crate::error::{SidecarError, SidecarResult};
 use crate::node_config as config;
 use crate::telemetry::{BacklogBoard, Sample};
 
@@ -37,6 +39,15 @@ pub enum ConfigChange {
 pub enum Outbound {
     Settled(Resolution),
     Revoked(LeaseId),
+}
+
+/// What the JS half reads first after each call (times in ms on the arbiter's clock).
+pub struct Header {
+    pub now_ms: f64,
+    pub next_deadline_ms: Option<f64>,
+    pub waiters: usize,
+    pub enabled: bool,
+    pub config_generation: u32,
 }
 
 /// The refusal's text for a Rust requester.
@@ -71,7 +82,9 @@ pub struct ArbiterHost {
     /// supervisor attached to this arbiter).
     pub demand_sink: Option<Box<dyn Fn(String)>>,
     /// Attached supervisors attributing leases to their services.
-    pub lease_sinks: LeaseSinks,
+    lease_sinks: LeaseSinks,
+    /// Whether JS listens to this arbiter's events.
+    js_listening: bool,
     /// Bumped on every config change, so the JS half knows when to re-read the GPU keys.
     pub config_generation: u32,
 }
@@ -91,14 +104,28 @@ impl ArbiterHost {
             backlog_board: None,
             demand_sink: None,
             lease_sinks: LeaseSinks::default(),
+            js_listening: false,
             config_generation: 0,
         }
     }
 
     /// Applies a config change, or keeps the config and records `config-rejected`
-    /// (`config-file-missing` for a file that went away, which is no error). Returns the
-    /// outcome, the warnings (unknown keys) and what the change resolved.
-    pub fn change_config(&mut self, change: &ConfigChange) -> (SidecarResult<()>, Vec<String>, Vec<Resolution>) {
+    /// (`config-file-missing` for a file that went away, which is no error). Warnings (unknown
+    /// keys) are logged. Returns what the change resolved and the error its caller gets: a bad
+    /// patch's; a bad file edit is only logged.
+    pub fn change_config(&mut self, change: &ConfigChange) -> (SidecarResult<()>, Vec<Resolution>) {
+        let (result, warnings, out) = self.try_change_config(change);
+        crate::error::log_warnings(&warnings);
+        match (result, change) {
+            (Err(e), ConfigChange::File(..)) => {
+                tracing::warn!(error = %e.message, "config file edit rejected; keeping the last good config");
+                (Ok(()), out)
+            }
+            (result, _) => (result, out),
+        }
+    }
+
+    fn try_change_config(&mut self, change: &ConfigChange) -> (SidecarResult<()>, Vec<String>, Vec<Resolution>) {
         let mut warnings = vec![];
         let mut out = Vec::new();
         let now = self.now();
@@ -123,6 +150,45 @@ impl ArbiterHost {
             Err(e) => self.core.note_config_rejected(e, now),
         }
         (applied, warnings, out)
+    }
+
+    /// Feeds one GPU's reading (`observeGpu`), taken now.
+    pub fn observe_gpu(&mut self, gpu_key: &str, reading: GpuReading) -> Vec<Resolution> {
+        let mut out = Vec::new();
+        let now = self.now();
+        self.core.observe_gpu(gpu_key, GpuReading { at: now, ..reading }, now, &mut out);
+        out
+    }
+
+    /// The ASR stage's hint (`notifyAsrTaskHint`): whether the water marks were raised.
+    pub fn notify_asr_task_hint(&mut self, audio_ms: Option<u64>, hold_ms: Option<u64>) -> (bool, Vec<Resolution>) {
+        let mut out = Vec::new();
+        let now = self.now();
+        (self.core.notify_asr_task_hint(audio_ms, hold_ms, now, &mut out), out)
+    }
+
+    /// A patch that could not even be read: recorded as `config-rejected`.
+    pub fn reject_config(&mut self, error: &SidecarError) {
+        let now = self.now();
+        self.core.note_config_rejected(error, now);
+    }
+
+    /// Closes the core: every waiter and lease is settled.
+    pub fn close(&mut self) -> Vec<Resolution> {
+        let mut out = Vec::new();
+        let now = self.now();
+        self.core.close(now, &mut out);
+        out
+    }
+
+    /// Snapshots of one GPU (`Some` key) or of all, as JS gets them.
+    pub fn snapshots(&self, gpu_key: Option<&str>) -> Vec<GpuArbiterSnapshot> {
+        let now = self.clock.now();
+        let snapshots = match gpu_key {
+            Some(key) => self.core.snapshot(key, now).into_iter().collect(),
+            None => self.core.snapshot_all(now),
+        };
+        snapshots.into_iter().map(|snap| snapshot_view(&self.clock, snap)).collect()
     }
 
     /// Feeds a telemetry sample's GPUs (those still on the bus) to the core, as of now.
@@ -238,22 +304,42 @@ impl ArbiterHost {
         }
     }
 
-    /// Whether the core must record events: JS listens, or a supervisor attributes leases.
-    pub fn want_events(&mut self, js_listening: bool) {
-        self.core.set_record_events(js_listening || !self.lease_sinks.is_empty());
+    /// Whether JS listens to events; the core records them while JS listens or a supervisor
+    /// attributes leases.
+    pub fn set_js_listening(&mut self, listening: bool) {
+        self.js_listening = listening;
+        self.core.set_record_events(listening || !self.lease_sinks.is_empty());
+    }
+
+    /// Attributes this arbiter's leases to a supervisor's services; returns the sink's id.
+    pub fn add_lease_sink(&mut self, sink: LeaseSink) -> u64 {
+        let id = self.lease_sinks.add(sink);
+        self.set_js_listening(self.js_listening);
+        id
+    }
+
+    pub fn remove_lease_sink(&mut self, id: u64) {
+        self.lease_sinks.remove(id);
+        self.set_js_listening(self.js_listening);
+    }
+
+    /// Closed: no one listens any more.
+    pub fn stop_listening(&mut self) {
+        self.lease_sinks.clear();
+        self.set_js_listening(false);
     }
 
     /// The events the last calls recorded, told to the lease sinks first; `None` when no JS
     /// listener wants them.
-    pub fn take_events(&mut self, js_listening: bool) -> Option<Vec<ArbiterEvent>> {
-        if !js_listening && self.lease_sinks.is_empty() {
+    pub fn take_events(&mut self) -> Option<Vec<ArbiterEvent>> {
+        if !self.js_listening && self.lease_sinks.is_empty() {
             return None;
         }
         let events = self.core.take_events();
         for e in &events {
             self.lease_sinks.tell(e, self.clock.epoch_ms(e.at) as u64);
         }
-        (js_listening && !events.is_empty()).then_some(events)
+        (self.js_listening && !events.is_empty()).then_some(events)
     }
 
     /// The board of waiters and leases per GPU, refreshed on every publish.
@@ -261,6 +347,24 @@ impl ArbiterHost {
         let board = self.backlog_board.get_or_insert_with(Arc::default).clone();
         board.set(self.core.each_gpu_load());
         board
+    }
+
+    /// Ends a call: refreshes the backlog board and gives the header to publish with the
+    /// outbox's records; `None` (the outbox dropped) when there is no JS half to hear them yet.
+    pub fn end_call(&mut self, js_half: bool) -> Option<Header> {
+        self.refresh_backlog();
+        let now = self.published_now();
+        if !js_half {
+            self.outbox.clear();
+            return None;
+        }
+        Some(Header {
+            now_ms: ms(now),
+            next_deadline_ms: self.core.next_deadline_hint().map(ms),
+            waiters: self.core.waiter_count(),
+            enabled: self.core.config().enabled,
+            config_generation: self.config_generation,
+        })
     }
 
     /// Refreshes the backlog board, if a Telemetry asked for one.
@@ -457,28 +561,63 @@ mod tests {
         let mut h = host(serde_json::json!({}));
         let heard = Rc::new(RefCell::new(Vec::new()));
         let hd = heard.clone();
-        h.lease_sinks.add(Box::new(move |change, _at| hd.borrow_mut().push(change)));
-        h.want_events(false);
+        let sink = h.add_lease_sink(Box::new(move |change, _at| hd.borrow_mut().push(change)));
         let now = h.now();
         h.core.acquire(request("ASR"), now).unwrap();
-        assert!(h.take_events(false).is_none(), "no JS listener: nothing to convert");
+        assert!(h.take_events().is_none(), "no JS listener: nothing to convert");
         assert!(
             matches!(heard.borrow().as_slice(), [crate::services::LeaseChange::Acquired { task_type, .. }] if task_type == "ASR")
         );
+        // Detached, and no JS listener: the core stops recording.
+        h.remove_lease_sink(sink);
+        h.core.acquire(request("ASR"), now).unwrap();
+        assert!(h.core.take_events().is_empty());
     }
 
     #[test]
     fn a_bad_config_change_keeps_the_config_and_a_good_one_bumps_the_generation() {
         let mut h = host(serde_json::json!({}));
-        let (applied, _, _) = h.change_config(&ConfigChange::Patch(serde_json::json!({"maxConcurrentLeases": 2})));
+        let (applied, _) = h.change_config(&ConfigChange::Patch(serde_json::json!({"maxConcurrentLeases": 2})));
         assert!(applied.is_ok());
         assert_eq!((h.core.config().max_concurrent_leases.get(), h.config_generation), (2, 1));
-        let (applied, _, _) = h.change_config(&ConfigChange::Patch(serde_json::json!({"maxConcurrentLeases": "x"})));
+        let (applied, _) = h.change_config(&ConfigChange::Patch(serde_json::json!({"maxConcurrentLeases": "x"})));
         assert!(applied.unwrap_err().message.starts_with("gpuArbiter.maxConcurrentLeases"));
         assert_eq!((h.core.config().max_concurrent_leases.get(), h.config_generation), (2, 1));
         let gone = ConfigChange::File(ConfigFileChange::Missing, "/x/config.json".into());
         assert!(h.change_config(&gone).0.is_ok(), "a missing file keeps the last good config");
         assert_eq!(h.config_generation, 1);
+        let bad_edit = ConfigChange::File(ConfigFileChange::Edited("{ nope".into()), "/x/config.json".into());
+        assert!(h.change_config(&bad_edit).0.is_ok(), "a bad file edit is logged, not thrown");
+        assert_eq!(h.config_generation, 1);
+    }
+
+    #[test]
+    fn a_call_ends_with_the_header_or_drops_its_records_without_a_js_half() {
+        let mut h = host(serde_json::json!({"maxConcurrentLeases": 1}));
+        let now = h.now();
+        h.core.acquire(request("ASR"), now).unwrap();
+        h.core.acquire(request("ASR"), now).unwrap();
+        h.outbox.push_back(Outbound::Revoked(9));
+        assert!(h.end_call(false).is_none());
+        assert!(h.outbox.is_empty(), "no promise waits on them");
+        let now = h.now();
+        let header = h.end_call(true).unwrap();
+        assert_eq!(header.now_ms, ms(now), "the call's own clock reading");
+        assert_eq!((header.waiters, header.enabled, header.config_generation), (1, true, 0));
+    }
+
+    #[test]
+    fn snapshots_of_one_gpu_of_an_unknown_key_and_of_all() {
+        let mut h = host(serde_json::json!({"gpuKeys": ["gpu:0", "gpu:1"]}));
+        let reading = GpuReading { at: 0, utilization_gpu: Some(99.0), free_mb: Some(100), total_mb: Some(8000) };
+        assert!(h.observe_gpu("gpu:1", reading).is_empty());
+        assert_eq!(h.snapshots(Some("gpu:1")).len(), 1);
+        assert!(h.snapshots(Some("gpu:9")).is_empty(), "null for JS");
+        assert_eq!(h.snapshots(None).len(), 2);
+        let (raised, _) = h.notify_asr_task_hint(Some(1), None);
+        assert!(!raised, "a short utterance raises nothing");
+        assert!(h.close().is_empty());
+        assert!(h.core.is_closed());
     }
 
     #[test]

@@ -5,6 +5,8 @@
 use crate::arbiter::{lease_id_text, ArbiterEvent, EventKind};
 use crate::services::LeaseChange;
 
+use super::attachments::Attachments;
+
 /// The lease change an arbiter event stands for, if any.
 pub fn lease_change(event: &ArbiterEvent) -> Option<LeaseChange> {
     let lease_id = lease_id_text(event.lease_id?);
@@ -27,20 +29,16 @@ pub type LeaseSink = Box<dyn Fn(LeaseChange, u64)>;
 
 #[derive(Default)]
 pub struct LeaseSinks {
-    next_id: u64,
-    sinks: Vec<(u64, LeaseSink)>,
+    sinks: Attachments<LeaseSink>,
 }
 
 impl LeaseSinks {
     pub fn add(&mut self, sink: LeaseSink) -> u64 {
-        let id = self.next_id;
-        self.next_id += 1;
-        self.sinks.push((id, sink));
-        id
+        self.sinks.add(sink)
     }
 
     pub fn remove(&mut self, id: u64) {
-        self.sinks.retain(|(s, _)| *s != id);
+        self.sinks.remove(id);
     }
 
     pub fn clear(&mut self) {
@@ -57,7 +55,7 @@ impl LeaseSinks {
             return;
         }
         if let Some(change) = lease_change(event) {
-            for (_, sink) in &self.sinks {
+            for sink in self.sinks.iter() {
                 sink(change.clone(), at_epoch_ms);
             }
         }

@@ -51,14 +51,14 @@ impl SamplerEventQueue {
 /// The boards of the arbiters attached to one Telemetry, by the id their detach function holds.
 /// A board outlives its arbiter only until the arbiter is collected.
 #[derive(Default)]
-pub struct BacklogBoards(Mutex<Vec<(u32, Weak<BacklogBoard>)>>);
+pub struct BacklogBoards(Mutex<Vec<(u64, Weak<BacklogBoard>)>>);
 
 impl BacklogBoards {
-    pub fn attach(&self, id: u32, board: &Arc<BacklogBoard>) {
+    pub fn attach(&self, id: u64, board: &Arc<BacklogBoard>) {
         lock(&self.0).push((id, Arc::downgrade(board)));
     }
 
-    pub fn detach(&self, id: u32) {
+    pub fn detach(&self, id: u64) {
         lock(&self.0).retain(|(a, _)| *a != id);
     }
 

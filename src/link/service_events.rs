@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
@@ -18,6 +19,34 @@ use crate::services::{epoch_ms, ServiceEvent, ServiceEventKind};
 /// regardless: it is written before this queue.
 pub const MAX_QUEUED_LOG_LINES: usize = 10_000;
 pub const MAX_QUEUED_LOG_BYTES: usize = 4 << 20;
+
+/// One turn of the event loop delivers at most this many events, or for at most this long,
+/// then yields (`setImmediate`) so timers and I/O run between slices of a log flood.
+pub const SLICE_EVENTS: usize = 1_000;
+pub const SLICE_TIME: Duration = Duration::from_millis(4);
+
+/// How a slice of deliveries ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SliceEnd {
+    /// Nothing more to deliver.
+    Drained,
+    /// The slice's budget ([`SLICE_EVENTS`], [`SLICE_TIME`] from `started`) is spent; more may wait.
+    Spent,
+}
+
+/// Calls `deliver_one` (which says whether it delivered something) until nothing is left or the
+/// slice's budget is spent; `now` reads the clock.
+pub fn deliver_slice(started: Instant, now: impl Fn() -> Instant, mut deliver_one: impl FnMut() -> bool) -> SliceEnd {
+    for delivered in 0.. {
+        if delivered == SLICE_EVENTS || now().duration_since(started) >= SLICE_TIME {
+            return SliceEnd::Spent;
+        }
+        if !deliver_one() {
+            break;
+        }
+    }
+    SliceEnd::Drained
+}
 
 /// What the JS listeners get: the core's events, and notes of log lines dropped for them.
 #[derive(Debug, PartialEq)]
@@ -257,6 +286,34 @@ mod tests {
             drain(&mut q),
             ["a: dropped 1", "a: Ready { time_to_ready_ms: 5 }", "b: dropped 1", "b: Stopped", "a: dropped 1",]
         );
+    }
+
+    #[test]
+    fn a_slice_ends_after_its_event_count_or_its_time_whichever_comes_first() {
+        let start = Instant::now();
+        let mut left = SLICE_EVENTS + 5;
+        let mut deliver = || {
+            left -= 1;
+            true
+        };
+        assert_eq!(deliver_slice(start, || start, &mut deliver), SliceEnd::Spent);
+        assert_eq!(left, 5, "stopped at the count");
+        let mut calls = 0;
+        let late = || start + SLICE_TIME;
+        assert_eq!(
+            deliver_slice(start, late, || {
+                calls += 1;
+                true
+            }),
+            SliceEnd::Spent
+        );
+        assert_eq!(calls, 0, "out of time before the first");
+        let mut three = 3;
+        let one = || {
+            three -= 1;
+            three > 0
+        };
+        assert_eq!(deliver_slice(start, || start, one), SliceEnd::Drained);
     }
 
     #[tokio::test]

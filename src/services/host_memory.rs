@@ -105,6 +105,18 @@ impl HostBudget {
         Ok(HostBudgetAnswer { budget: *self, per_worker_mb, workers })
     }
 
+    /// `hostBudget`'s argument as JSON (`None`: absent or null); `INVALID_ARGUMENT` for a
+    /// non-number (its size is checked by [`HostBudget::answer`]).
+    pub fn per_worker_arg(value: Option<&serde_json::Value>) -> crate::error::SidecarResult<Option<f64>> {
+        match value {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::Number(n)) => Ok(n.as_f64()),
+            Some(other) => Err(crate::error::SidecarError::invalid_argument(format!(
+                "perWorkerMb: expected a number, got {other}"
+            ))),
+        }
+    }
+
     /// How many more workers of `per_worker_mb` fit now: none while swap is active.
     pub fn workers(&self, per_worker_mb: f64) -> u64 {
         if self.swap_active || !(per_worker_mb.is_finite() && per_worker_mb > 0.0) {
@@ -149,6 +161,16 @@ mod tests {
 
     fn reading(available_mb: u64, swap_active: bool) -> HostMemReading {
         HostMemReading { available_mb, total_mb: 32_000, swap_active, sampled_at_ms: 1_000 }
+    }
+
+    #[test]
+    fn the_per_worker_argument_is_a_number_or_nothing() {
+        use serde_json::json;
+        assert_eq!(HostBudget::per_worker_arg(None).unwrap(), None);
+        assert_eq!(HostBudget::per_worker_arg(Some(&json!(null))).unwrap(), None);
+        assert_eq!(HostBudget::per_worker_arg(Some(&json!(250))).unwrap(), Some(250.0));
+        let e = HostBudget::per_worker_arg(Some(&json!("250"))).unwrap_err();
+        assert_eq!(e.message, "perWorkerMb: expected a number, got \"250\"");
     }
 
     #[test]

@@ -25,6 +25,17 @@ impl ProcessRegistry {
         Arc::new(Self::default())
     }
 
+    /// A pid argument as JSON: an integer from 1 to 2^32-1, else `INVALID_ARGUMENT`.
+    pub fn pid_arg(value: Option<&serde_json::Value>) -> crate::error::SidecarResult<u32> {
+        match value.and_then(serde_json::Value::as_u64) {
+            Some(pid) if (1..=u64::from(u32::MAX)).contains(&pid) => Ok(pid as u32),
+            _ => Err(crate::error::SidecarError::invalid_argument(format!(
+                "pid: expected a process id (an integer > 0), got {}",
+                value.map_or("nothing".to_string(), |v| v.to_string())
+            ))),
+        }
+    }
+
     /// Reports `pid` under `label` from the next sample on; registering again relabels it.
     pub fn register(&self, pid: u32, label: impl Into<String>) {
         self.write().insert(pid, label.into());
@@ -177,6 +188,17 @@ fn proc_stat(pid: u32) -> Option<(char, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pid_argument_is_an_integer_from_1_to_u32_max() {
+        use serde_json::json;
+        assert_eq!(ProcessRegistry::pid_arg(Some(&json!(4242))).unwrap(), 4242);
+        for bad in [json!(0), json!(-1), json!(1.5), json!(4_294_967_296u64), json!("1")] {
+            let e = ProcessRegistry::pid_arg(Some(&bad)).unwrap_err();
+            assert_eq!(e.message, format!("pid: expected a process id (an integer > 0), got {bad}"));
+        }
+        assert!(ProcessRegistry::pid_arg(None).unwrap_err().message.ends_with("got nothing"));
+    }
     use std::time::{Duration, Instant};
 
     #[test]

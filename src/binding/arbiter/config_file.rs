@@ -20,19 +20,9 @@ pub use crate::link::arbiter_host::ConfigChange;
 /// Applies a change, or keeps the config and emits `config-rejected` (`config-file-missing` for
 /// a file that went away). A bad patch also throws; a bad file edit is only logged.
 pub fn apply(env: &Env, state: &Rc<RefCell<ArbiterBinding>>, change: ConfigChange) -> JsResult<()> {
-    let (result, warnings, out) = state.borrow_mut().host.change_config(&change);
-    for w in &warnings {
-        tracing::warn!("{w}");
-    }
+    let (result, out) = state.borrow_mut().host.change_config(&change);
     after_call(env, state, out, Caller::Native)?;
-    match (result, change) {
-        (Ok(()), _) => Ok(()),
-        (Err(e), ConfigChange::Patch(_)) => Err(e.into()),
-        (Err(e), ConfigChange::File(..)) => {
-            tracing::warn!(error = %e.message, "config file edit rejected; keeping the last good config");
-            Ok(())
-        }
-    }
+    Ok(result?)
 }
 
 /// Applies every change of the file at `path` on the JS thread while the arbiter lives: the

@@ -26,10 +26,12 @@ use napi_derive::napi;
 
 use super::super::js::{self, JsRef};
 use super::super::{IntoJsResult, JsResult};
-use super::mailbox::{ArbiterRecordKind, Mailbox, OutcomeRecord};
+use super::mailbox::Mailbox;
 use super::state::{after_call, undefined, ArbiterBinding, Caller};
-use crate::arbiter::{AcquireRequest, Admission, BusyPolicy, Resolution, Trace, LEASE_PREFIX};
+use crate::arbiter::{AcquireRequest, Admission, Resolution, Trace};
 use crate::error::SidecarError;
+use crate::link::arbiter_mailbox;
+use crate::link::arbiter_requests::{self, Field};
 
 type Handler = fn(&Env, &Rc<RefCell<ArbiterBinding>>, &[sys::napi_value; MAX_ARGS]) -> JsResult<sys::napi_value>;
 
@@ -150,7 +152,7 @@ unsafe extern "C" fn trampoline(raw_env: sys::napi_env, info: sys::napi_callback
             .ok_or_else(|| SidecarError::new(crate::error::ErrorCode::Closed, "the GpuArbiter was collected"))?;
         (bound.handler)(&env, &state, &argv)
     }))
-    .unwrap_or_else(|panic| Err(js::panic_error("GpuArbiter", panic).into()));
+    .unwrap_or_else(|panic| Err(SidecarError::from_panic("GpuArbiter", &*panic).into()));
     match outcome {
         Ok(value) => value,
         Err(e) => {
@@ -164,18 +166,9 @@ fn number_js(env: &Env, n: f64) -> JsResult<sys::napi_value> {
     js::number(env, n).js()
 }
 
-fn kind_value(env: &Env, kind: ArbiterRecordKind) -> JsResult<sys::napi_value> {
-    number_js(env, kind as i32 as f64)
-}
-
-/// A lease or waiter id from the JS half; anything else is no id this arbiter issued.
+/// A lease or waiter id from the JS half ([`arbiter_requests::id`]).
 fn id_arg(env: &Env, value: sys::napi_value) -> JsResult<Option<u64>> {
-    Ok(match js::value_type(env, value).js()? {
-        ValueType::Number => {
-            Some(js::number_value(env, value).js()?).filter(|n| n.fract() == 0.0 && *n >= 0.0).map(|n| n as u64)
-        }
-        _ => None,
-    })
+    Ok(arbiter_requests::id(&field_value(env, value)?))
 }
 
 fn acquire_task(
@@ -226,21 +219,17 @@ fn acquire(env: &Env, state: &Rc<RefCell<ArbiterBinding>>, request: AcquireReque
     };
     after_call(env, state, Vec::new(), Caller::Js)?;
     let s = state.borrow();
-    let mailbox = s.mailbox.as_ref().expect("made at install");
-    let kind = match &admission {
-        Admission::Queued(id) => mailbox.write_queued(*id),
+    let kind = s.mailbox.as_ref().expect("made at install").write(|slots| match &admission {
+        Admission::Queued(id) => arbiter_mailbox::write_queued(slots, *id),
         Admission::Settled(outcome) => {
-            let (id, acquired_at) = match outcome {
-                crate::arbiter::Outcome::Acquired(g) => (g.lease_id, s.host.clock.epoch_ms(g.acquired_at)),
-                crate::arbiter::Outcome::NotAcquired { .. } => (0, 0.0),
+            let id = match outcome {
+                crate::arbiter::Outcome::Acquired(g) => g.lease_id,
+                crate::arbiter::Outcome::NotAcquired { .. } => 0,
             };
-            mailbox.write_outcome(
-                OutcomeRecord { id, outcome, acquired_at_epoch_ms: acquired_at },
-                crate::arbiter::clock::ms,
-            )
+            arbiter_mailbox::write_outcome(slots, id, outcome, |at| s.host.clock.epoch_ms(at))
         }
-    };
-    kind_value(env, kind)
+    });
+    number_js(env, kind as i32 as f64)
 }
 
 fn release_lease(
@@ -253,26 +242,13 @@ fn release_lease(
     js::boolean(env, released).js()
 }
 
-/// Releases the lease a JS value names: its numeric id, or a `lease-N` string. Anything else is
-/// an id this arbiter never issued: ignored, as the old arbiter did.
+/// Releases the lease a JS value names ([`arbiter_requests::released_lease`]).
 pub fn release_value(
     env: &Env,
     state: &Rc<RefCell<ArbiterBinding>>,
     value: sys::napi_value,
 ) -> JsResult<(bool, Vec<Resolution>)> {
-    let id = match js::value_type(env, value).js()? {
-        ValueType::Number => id_arg(env, value)?,
-        ValueType::String => {
-            let text = js::string_value(env, value).js()?;
-            let id = text.strip_prefix(LEASE_PREFIX).and_then(|n| n.parse().ok());
-            if id.is_none() {
-                tracing::debug!(lease_id = %text, "release of a lease id this arbiter never issued: ignored");
-            }
-            id
-        }
-        _ => None,
-    };
-    let Some(id) = id else { return Ok((false, Vec::new())) };
+    let Some(id) = arbiter_requests::released_lease(&field_value(env, value)?) else { return Ok((false, Vec::new())) };
     let (released, out) = state.borrow_mut().host.release(id);
     if !released {
         tracing::debug!(lease_id = id, "release of an unknown, released or revoked lease: ignored");
@@ -359,91 +335,29 @@ fn read_trace(env: &Env, trace: sys::napi_value) -> JsResult<Trace> {
             _ => None,
         })
     };
-    let index = js::named_property(env, trace, "utteranceIndex").js()?;
-    let utterance_index = match js::value_type(env, index).js()? {
-        ValueType::Number => {
-            Some(js::number_value(env, index).js()?).filter(|n| n.is_finite()).map(|n| n.trunc() as i64)
-        }
-        ValueType::String => js::string_value(env, index)
-            .js()?
-            .trim()
-            .parse::<f64>()
-            .ok()
-            .filter(|n| n.is_finite())
-            .map(|n| n.trunc() as i64),
-        _ => None,
-    };
+    let utterance_index = arbiter_requests::utterance_index(&field(env, trace, "utteranceIndex")?);
     Ok(Trace { job_id: text("jobId")?, session_id: text("sessionId")?, utterance_index, stage: text("stage")? })
 }
 
-/// A full request object, each field checked with a message naming it.
+/// A full request object, each field checked ([`arbiter_requests::read_request`]).
 fn read_request(env: &Env, request: sys::napi_value) -> JsResult<AcquireRequest> {
     if js::value_type(env, request).js()? != ValueType::Object {
         return Err(SidecarError::invalid_argument("request: expected an object with a taskType").into());
     }
-    let field = |name: &str| js::named_property(env, request, name).js();
-    let task_type = field("taskType")?;
-    let task_type = match js::value_type(env, task_type).js()? {
-        ValueType::String => js::string_value(env, task_type).js()?,
-        _ => return Err(SidecarError::invalid_argument("request.taskType: expected a string").into()),
-    };
-    let opt_string = |name: &str| -> JsResult<Option<String>> {
-        let v = field(name)?;
-        match js::value_type(env, v).js()? {
-            ValueType::Undefined | ValueType::Null => Ok(None),
-            ValueType::String => Ok(Some(js::string_value(env, v).js()?)),
-            _ => Err(SidecarError::invalid_argument(format!("request.{name}: expected a string")).into()),
-        }
-    };
-    let opt_number = |name: &str| -> JsResult<Option<f64>> {
-        let v = field(name)?;
-        match js::value_type(env, v).js()? {
-            ValueType::Undefined | ValueType::Null => Ok(None),
-            ValueType::Number => match js::number_value(env, v).js()? {
-                n if n.is_nan() => {
-                    Err(SidecarError::invalid_argument(format!("request.{name}: expected a number, got NaN")).into())
-                }
-                n => Ok(Some(n)),
-            },
-            _ => Err(SidecarError::invalid_argument(format!("request.{name}: expected a number")).into()),
-        }
-    };
-    // Durations and sizes: >= 0; larger than the arbiter allows (Infinity included) is capped there.
-    let opt_whole = |name: &str| -> JsResult<Option<u64>> {
-        match opt_number(name)? {
-            Some(x) if x < 0.0 => {
-                Err(SidecarError::invalid_argument(format!("request.{name}: expected a number >= 0, got {x}")).into())
-            }
-            other => Ok(other.map(|x| if x >= u64::MAX as f64 { u64::MAX } else { x.round() as u64 })),
-        }
-    };
-    let priority = match opt_number("priority")? {
-        Some(p) if p.fract() != 0.0 || !(0.0..=100.0).contains(&p) => {
-            return Err(
-                SidecarError::invalid_argument(format!("request.priority: expected an integer 0-100, got {p}")).into()
-            )
-        }
-        p => p.map(|p| p as u64),
-    };
-    let busy_policy = match opt_string("busyPolicy")? {
-        None => None,
-        Some(text) => {
-            Some(serde_json::from_value::<BusyPolicy>(serde_json::Value::String(text.clone())).map_err(|_| {
-                SidecarError::invalid_argument(format!(
-                    "request.busyPolicy: expected one of \"WAIT\", \"SKIP\", \"FALLBACK_CPU\", got \"{text}\""
-                ))
-            })?)
-        }
-    };
-    Ok(AcquireRequest {
-        task_type: task_type.into(),
-        gpu_key: opt_string("gpuKey")?,
-        priority,
-        max_wait_ms: opt_whole("maxWaitMs")?,
-        hold_max_ms: opt_whole("holdMaxMs")?,
-        queue_limit: opt_whole("queueLimit")?,
-        busy_policy,
-        vram_mb: opt_whole("vramMb")?,
-        trace: read_trace(env, field("trace")?)?,
+    let trace = read_trace(env, js::named_property(env, request, "trace").js()?)?;
+    arbiter_requests::read_request(|name| field(env, request, name), trace)
+}
+
+/// One field of a request object, as [`arbiter_requests`] reads it.
+fn field(env: &Env, object: sys::napi_value, name: &str) -> JsResult<Field> {
+    field_value(env, js::named_property(env, object, name).js()?)
+}
+
+fn field_value(env: &Env, v: sys::napi_value) -> JsResult<Field> {
+    Ok(match js::value_type(env, v).js()? {
+        ValueType::Undefined | ValueType::Null => Field::Absent,
+        ValueType::Number => Field::Number(js::number_value(env, v).js()?),
+        ValueType::String => Field::Text(js::string_value(env, v).js()?),
+        _ => Field::Other,
     })
 }

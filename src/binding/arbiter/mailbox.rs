@@ -1,20 +1,15 @@
-//! The memory the arbiter shares with its JS half (`src/js/arbiter.js`).
-//!
-//! A Node-API call costs about 1k instructions and building a result object natively about 7k, as
-//! much as the arbitration itself. So the hot calls take and return plain numbers, and everything
-//! else a call produces (its own outcome, grants to waiters it caused, revoked leases, the next
-//! deadline) is written here, into a `Float64Array` that JS reads for the price of an array load.
-//! The layout is defined once, by the enums below, which JS reads from the native module.
+//! The memory the arbiter shares with its JS half (`src/js/arbiter.js`): a `Float64Array` the hot
+//! calls write their outcomes into ([`crate::link::arbiter_mailbox`] defines the layout and writes
+//! it), and the layout's enums as JS reads them from the native module.
 
-use std::collections::VecDeque;
 use std::ptr;
 
 use napi::{check_status, sys, Env, Result};
 use napi_derive::napi;
 
 use super::super::js::JsRef;
-use crate::arbiter::{Outcome, Reason, Status, WaiterId, LEASE_PREFIX};
-use crate::link::arbiter_host::Outbound;
+use crate::arbiter::{Reason, Status, LEASE_PREFIX};
+use crate::link::arbiter_mailbox::{Slots, SLOTS};
 
 /// Header slots of the arbiter mailbox.
 #[napi]
@@ -63,7 +58,6 @@ pub enum ArbiterRecordField {
 
 /// What a record says.
 #[napi]
-#[derive(Clone, Copy)]
 pub enum ArbiterRecordKind {
     /// The request waits; a later record settles it.
     Queued = 0,
@@ -72,10 +66,6 @@ pub enum ArbiterRecordKind {
     /// The hold watchdog took the lease back: its holder should stop.
     Revoked = 3,
 }
-
-/// Records per batch; a call that causes more leaves `MoreRecords` set.
-const RECORD_CAPACITY: usize = 32;
-const SLOTS: usize = ArbiterMailboxSlot::Records as usize + RECORD_CAPACITY * ArbiterRecordField::Size as usize;
 
 /// The names behind the numbers in records: status and reason codes, and the prefix of the
 /// lease ids JS shows (`lease-42` for record id 42).
@@ -97,25 +87,9 @@ pub fn arbiter_code_names() -> ArbiterCodeNames {
     }
 }
 
-/// The header as of the end of a call.
-pub struct Header {
-    pub now_ms: f64,
-    pub next_deadline_ms: Option<f64>,
-    pub waiters: usize,
-    pub enabled: bool,
-    pub config_generation: u32,
-}
-
-/// An outcome with the figures JS needs to build its result.
-pub struct OutcomeRecord<'a> {
-    pub id: WaiterId,
-    pub outcome: &'a Outcome,
-    pub acquired_at_epoch_ms: f64,
-}
-
 /// The shared `Float64Array`.
 pub struct Mailbox {
-    data: *mut f64,
+    data: *mut Slots,
     /// Keeps the buffer alive while the arbiter lives.
     array: JsRef,
 }
@@ -125,7 +99,7 @@ impl Mailbox {
         let mut data: *mut std::ffi::c_void = ptr::null_mut();
         let mut buffer = ptr::null_mut();
         check_status!(unsafe {
-            sys::napi_create_arraybuffer(env.raw(), SLOTS * std::mem::size_of::<f64>(), &mut data, &mut buffer)
+            sys::napi_create_arraybuffer(env.raw(), std::mem::size_of::<Slots>(), &mut data, &mut buffer)
         })?;
         let mut array = ptr::null_mut();
         check_status!(unsafe {
@@ -138,93 +112,51 @@ impl Mailbox {
         self.array.get()
     }
 
-    fn set(&self, slot: usize, value: f64) {
-        assert!(slot < SLOTS, "mailbox slot {slot} out of range");
-        // SAFETY: the buffer holds SLOTS f64s, lives as long as `array`, is never detached (JS
-        // never sees it outside the arbiter module), and is only touched on the JS thread.
-        unsafe { self.data.add(slot).write(value) }
-    }
-
-    pub fn write_header(&self, h: &Header) {
-        self.set(ArbiterMailboxSlot::Now as usize, h.now_ms);
-        self.set(ArbiterMailboxSlot::NextDeadline as usize, h.next_deadline_ms.unwrap_or(-1.0));
-        self.set(ArbiterMailboxSlot::Waiters as usize, h.waiters as f64);
-        self.set(ArbiterMailboxSlot::Enabled as usize, if h.enabled { 1.0 } else { 0.0 });
-        self.set(ArbiterMailboxSlot::ConfigGeneration as usize, h.config_generation as f64);
-    }
-
-    /// Writes the call's own outcome; returns its kind, which the call returns to JS.
-    pub fn write_outcome(&self, o: OutcomeRecord<'_>, ms: impl Fn(u64) -> f64) -> ArbiterRecordKind {
-        self.write_record(ArbiterMailboxSlot::Outcome as usize, o.id, Some(o.outcome), o.acquired_at_epoch_ms, &ms)
-    }
-
-    pub fn write_queued(&self, id: WaiterId) -> ArbiterRecordKind {
-        let at = ArbiterMailboxSlot::Outcome as usize;
-        self.set(at + ArbiterRecordField::Kind as usize, ArbiterRecordKind::Queued as i32 as f64);
-        self.set(at + ArbiterRecordField::Id as usize, id as f64);
-        ArbiterRecordKind::Queued
-    }
-
-    /// Moves up to one batch of records out of `outbox`; `epoch_ms` converts the arbiter clock.
-    pub fn write_records(
-        &self,
-        outbox: &mut VecDeque<Outbound>,
-        epoch_ms: impl Fn(u64) -> f64,
-        ms: impl Fn(u64) -> f64,
-    ) {
-        let count = outbox.len().min(RECORD_CAPACITY);
-        for i in 0..count {
-            let at = ArbiterMailboxSlot::Records as usize + i * ArbiterRecordField::Size as usize;
-            match outbox.pop_front().expect("counted above") {
-                Outbound::Settled(r) => {
-                    let acquired_at = match &r.outcome {
-                        Outcome::Acquired(g) => epoch_ms(g.acquired_at),
-                        Outcome::NotAcquired { .. } => 0.0,
-                    };
-                    self.write_record(at, r.waiter, Some(&r.outcome), acquired_at, &ms);
-                }
-                Outbound::Revoked(id) => {
-                    self.write_record(at, id, None, 0.0, &ms);
-                }
-            }
-        }
-        self.set(ArbiterMailboxSlot::RecordCount as usize, count as f64);
-        self.set(ArbiterMailboxSlot::MoreRecords as usize, if outbox.is_empty() { 0.0 } else { 1.0 });
-    }
-
-    fn write_record(
-        &self,
-        at: usize,
-        id: u64,
-        outcome: Option<&Outcome>,
-        acquired_at_epoch_ms: f64,
-        ms: &impl Fn(u64) -> f64,
-    ) -> ArbiterRecordKind {
-        let field = |f: ArbiterRecordField, v: f64| self.set(at + f as usize, v);
-        field(ArbiterRecordField::Id, id as f64);
-        let kind = match outcome {
-            Some(Outcome::Acquired(g)) => {
-                field(ArbiterRecordField::Gpu, g.gpu as f64);
-                field(ArbiterRecordField::AcquiredAt, acquired_at_epoch_ms);
-                field(ArbiterRecordField::QueueWaitMs, ms(g.queue_wait));
-                field(ArbiterRecordField::HoldMaxMs, ms(g.hold_max));
-                ArbiterRecordKind::Acquired
-            }
-            Some(Outcome::NotAcquired { status, reason }) => {
-                field(ArbiterRecordField::Status, *status as u8 as f64);
-                field(ArbiterRecordField::Reason, *reason as u8 as f64);
-                ArbiterRecordKind::NotAcquired
-            }
-            None => ArbiterRecordKind::Revoked,
-        };
-        field(ArbiterRecordField::Kind, kind as i32 as f64);
-        kind
+    /// Writes into the shared numbers ([`crate::link::arbiter_mailbox`] says where).
+    pub fn write<R>(&self, f: impl FnOnce(&mut Slots) -> R) -> R {
+        // SAFETY: the buffer holds `Slots`, lives as long as `array`, is never detached (JS never
+        // sees it outside the arbiter module), and is only touched on the JS thread, by one
+        // `write` at a time.
+        f(unsafe { &mut *self.data })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The exported enums are the layout JS reads; they must say what the writer writes.
+    #[test]
+    fn the_exported_layout_is_the_one_written() {
+        use crate::link::arbiter_mailbox::{Field as F, RecordKind as K, Slot as S};
+        let slots = [
+            (ArbiterMailboxSlot::Now as usize, S::Now as usize),
+            (ArbiterMailboxSlot::NextDeadline as usize, S::NextDeadline as usize),
+            (ArbiterMailboxSlot::Waiters as usize, S::Waiters as usize),
+            (ArbiterMailboxSlot::Enabled as usize, S::Enabled as usize),
+            (ArbiterMailboxSlot::ConfigGeneration as usize, S::ConfigGeneration as usize),
+            (ArbiterMailboxSlot::RecordCount as usize, S::RecordCount as usize),
+            (ArbiterMailboxSlot::MoreRecords as usize, S::MoreRecords as usize),
+            (ArbiterMailboxSlot::Outcome as usize, S::Outcome as usize),
+            (ArbiterMailboxSlot::Records as usize, S::Records as usize),
+            (ArbiterRecordField::Kind as usize, F::Kind as usize),
+            (ArbiterRecordField::Id as usize, F::Id as usize),
+            (ArbiterRecordField::Gpu as usize, F::Gpu as usize),
+            (ArbiterRecordField::Status as usize, F::Status as usize),
+            (ArbiterRecordField::Reason as usize, F::Reason as usize),
+            (ArbiterRecordField::AcquiredAt as usize, F::AcquiredAt as usize),
+            (ArbiterRecordField::QueueWaitMs as usize, F::QueueWaitMs as usize),
+            (ArbiterRecordField::HoldMaxMs as usize, F::HoldMaxMs as usize),
+            (ArbiterRecordField::Size as usize, F::Size as usize),
+            (ArbiterRecordKind::Queued as usize, K::Queued as usize),
+            (ArbiterRecordKind::Acquired as usize, K::Acquired as usize),
+            (ArbiterRecordKind::NotAcquired as usize, K::NotAcquired as usize),
+            (ArbiterRecordKind::Revoked as usize, K::Revoked as usize),
+        ];
+        for (i, (exported, written)) in slots.into_iter().enumerate() {
+            assert_eq!(exported, written, "entry {i}");
+        }
+    }
 
     #[test]
     fn code_names_follow_the_numeric_codes() {

@@ -29,13 +29,13 @@ use napi_derive::napi;
 
 use super::{args, js};
 use super::{Code, IntoJsResult};
-use crate::arbiter::{ArbiterConfig, GpuReading};
+use crate::arbiter::ArbiterConfig;
 use crate::error::ErrorCode;
 use crate::error::SidecarError;
-use crate::link::arbiter_views;
+use crate::link::arbiter_requests;
 use crate::node_config as config;
 
-pub(super) use state::{after_call, update_event_recording, ArbiterBinding, Caller};
+pub(super) use state::{after_call, ArbiterBinding, Caller};
 
 #[napi(object)]
 #[allow(dead_code)] // declares the argument's TS type; the value is read as JSON
@@ -61,9 +61,7 @@ impl GpuArbiter {
             .unwrap_or_else(|| serde_json::json!({}));
         let mut warnings = vec![];
         let config = ArbiterConfig::from_json(&config, &mut warnings)?;
-        for w in &warnings {
-            tracing::warn!("{w}");
-        }
+        crate::error::log_warnings(&warnings);
         let arbiter = Self::with_config(config);
         hot_path::install(env, this.raw(), &arbiter.state).js()?;
         Ok(arbiter)
@@ -80,16 +78,10 @@ impl GpuArbiter {
         options: Option<Unknown<'env>>,
     ) -> Result<ClassInstance<'env, GpuArbiter>, Code> {
         let path = args::string(env, path, "path")?;
-        let watch = args::optional_json(env, options, "options", ErrorCode::InvalidArgument)?.unwrap_or_default();
-        let watch = match watch.get("watch") {
-            None | Some(serde_json::Value::Null) => false,
-            Some(serde_json::Value::Bool(b)) => *b,
-            Some(_) => return Err(SidecarError::invalid_argument("options.watch: expected a boolean").into()),
-        };
+        let options = args::optional_json(env, options, "options", ErrorCode::InvalidArgument)?;
+        let watch = arbiter_requests::watch_option(options.as_ref())?;
         let node = config::load_node_config(std::path::Path::new(&path))?;
-        for w in &node.warnings {
-            tracing::warn!("{w}");
-        }
+        crate::error::log_warnings(&node.warnings);
         let arbiter = Self::with_config(node.gpu_arbiter);
         if watch {
             config_file::watch(env, &arbiter.state, path.into())?;
@@ -106,19 +98,13 @@ impl GpuArbiter {
     #[napi(catch_unwind, ts_args_type = "gpuKey: string", ts_return_type = "GpuArbiterSnapshot | null")]
     pub fn snapshot<'env>(&self, env: &'env Env, gpu_key: Option<Unknown<'env>>) -> Result<Unknown<'env>, Code> {
         let gpu_key = args::string(env, gpu_key, "gpuKey")?;
-        let s = self.state.borrow();
-        let snapshot = s.host.core.snapshot(&gpu_key, s.host.clock.now());
-        js::to_js(env, &snapshot.map(|snap| arbiter_views::snapshot_view(&s.host.clock, snap)))
+        js::to_js(env, &self.state.borrow().host.snapshots(Some(&gpu_key)).pop())
     }
 
     /// Snapshots of every configured GPU.
     #[napi(catch_unwind, ts_return_type = "GpuArbiterSnapshot[]")]
     pub fn snapshot_all<'env>(&self, env: &'env Env) -> Result<Unknown<'env>, Code> {
-        let s = self.state.borrow();
-        let snapshots = s.host.core.snapshot_all(s.host.clock.now());
-        let views: Vec<_> =
-            snapshots.into_iter().map(|snap| arbiter_views::snapshot_view(&s.host.clock, snap)).collect();
-        js::to_js(env, &views)
+        js::to_js(env, &self.state.borrow().host.snapshots(None))
     }
 
     /// Prometheus text exposition (serve it next to prom-client's output).
@@ -147,10 +133,7 @@ impl GpuArbiter {
         let patch = match args::required_json(env, patch, "gpuArbiter", ErrorCode::InvalidConfig) {
             Ok(patch) => patch,
             Err(e) => {
-                let mut s = self.state.borrow_mut();
-                let now = s.host.clock.now();
-                s.host.core.note_config_rejected(&e, now);
-                drop(s);
+                self.state.borrow_mut().host.reject_config(&e);
                 state::after_call(env, &self.state, Vec::new(), state::Caller::Native)?;
                 return Err(e.into());
             }
@@ -166,14 +149,8 @@ impl GpuArbiter {
     pub fn observe_gpu(&self, env: &Env, gpu_key: Option<Unknown>, reading: Option<Unknown>) -> Result<(), Code> {
         let gpu_key = args::string(env, gpu_key, "gpuKey")?;
         let reading = args::required_json(env, reading, "reading", ErrorCode::InvalidArgument)?;
-        let reading = views::reading_input(&reading)?;
-        let mut out = Vec::new();
-        {
-            let mut s = self.state.borrow_mut();
-            let now = s.host.clock.now();
-            let reading = GpuReading { at: now, ..reading };
-            s.host.core.observe_gpu(&gpu_key, reading, now, &mut out);
-        }
+        let reading = arbiter_requests::reading_input(&reading)?;
+        let out = self.state.borrow_mut().host.observe_gpu(&gpu_key, reading);
         state::after_call(env, &self.state, out, state::Caller::Native)
     }
 
@@ -184,13 +161,8 @@ impl GpuArbiter {
     #[napi(catch_unwind, ts_args_type = "hint: AsrTaskHint")]
     pub fn notify_asr_task_hint(&self, env: &Env, hint: Option<Unknown>) -> Result<bool, Code> {
         let hint = args::required_json(env, hint, "hint", ErrorCode::InvalidArgument)?;
-        let (audio, hold) = views::asr_hint(&hint)?;
-        let mut out = Vec::new();
-        let raised = {
-            let mut s = self.state.borrow_mut();
-            let now = s.host.clock.now();
-            s.host.core.notify_asr_task_hint(audio, hold, now, &mut out)
-        };
+        let (audio, hold) = arbiter_requests::asr_hint(&hint)?;
+        let (raised, out) = self.state.borrow_mut().host.notify_asr_task_hint(audio, hold);
         state::after_call(env, &self.state, out, state::Caller::Native)?;
         Ok(raised)
     }
@@ -206,17 +178,13 @@ impl GpuArbiter {
         let listener = listener.ok_or_else(|| SidecarError::invalid_argument("listener: expected a function"))?;
         let mut s = self.state.borrow_mut();
         let id = s.listeners.add(env, listener.raw())?;
-        state::update_event_recording(&mut s);
-        let weak = Rc::downgrade(&self.state);
-        env.create_function_from_closure::<(), (), _>("unsubscribe", move |_ctx| {
-            if let Some(state) = weak.upgrade() {
-                let mut s = state.borrow_mut();
-                s.listeners.remove(id);
-                state::update_event_recording(&mut s);
-            }
-            Ok(())
+        s.host.set_js_listening(true);
+        js::detach_function(env, "unsubscribe", &self.state, move |_, state| {
+            let mut s = state.borrow_mut();
+            s.listeners.remove(id);
+            let listening = !s.listeners.is_empty();
+            s.host.set_js_listening(listening);
         })
-        .js()
     }
 
     /// Settles every waiter `CANCELLED` / `SHUTDOWN`, drops all leases (their `signal`s abort),
@@ -224,18 +192,15 @@ impl GpuArbiter {
     /// fail with code `CLOSED`. Idempotent.
     #[napi(catch_unwind)]
     pub fn close(&self, env: &Env) -> Result<(), Code> {
-        let mut out = Vec::new();
-        {
+        let out = {
             let mut s = self.state.borrow_mut();
-            let now = s.host.clock.now();
-            s.host.core.close(now, &mut out);
             s.watch = None;
-        }
+            s.host.close()
+        };
         state::after_call(env, &self.state, out, state::Caller::Native)?;
         let mut s = self.state.borrow_mut();
         s.listeners.clear();
-        s.host.lease_sinks.clear();
-        state::update_event_recording(&mut s);
+        s.host.stop_listening();
         Ok(())
     }
 

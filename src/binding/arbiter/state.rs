@@ -13,11 +13,11 @@ use napi::{sys, Env, JsValue};
 
 use super::super::js::{self, ExternalMemory, JsRef, Listeners};
 use super::super::{IntoJsResult, JsResult};
-use super::mailbox::{Header, Mailbox};
-use crate::arbiter::clock::ms;
+use super::mailbox::Mailbox;
 use crate::arbiter::{ArbiterConfig, Resolution};
 use crate::config::watch::{ConfigFileChange, ConfigFileWatch};
 use crate::link::arbiter_host::ArbiterHost;
+use crate::link::arbiter_mailbox;
 use crate::link::arbiter_views::{event_view, GpuArbiterEvent};
 
 pub struct ArbiterBinding {
@@ -58,23 +58,12 @@ impl ArbiterBinding {
 
     /// Writes the header and the next batch of records to the mailbox.
     pub fn publish(&mut self) {
-        self.host.refresh_backlog();
-        let now = self.host.published_now();
-        let Some(mailbox) = &self.mailbox else {
-            // No JS half yet, so no promise waits on these.
-            self.host.outbox.clear();
-            return;
-        };
-        let host = &mut self.host;
-        mailbox.write_header(&Header {
-            now_ms: ms(now),
-            next_deadline_ms: host.core.next_deadline_hint().map(ms),
-            waiters: host.core.waiter_count(),
-            enabled: host.core.config().enabled,
-            config_generation: host.config_generation,
+        let (Some(header), Some(mailbox)) = (self.host.end_call(self.mailbox.is_some()), &self.mailbox) else { return };
+        let (clock, outbox) = (&self.host.clock, &mut self.host.outbox);
+        mailbox.write(|slots| {
+            arbiter_mailbox::write_header(slots, &header);
+            arbiter_mailbox::write_records(slots, outbox, |at| clock.epoch_ms(at));
         });
-        let clock = &host.clock;
-        mailbox.write_records(&mut host.outbox, |at| clock.epoch_ms(at), ms);
     }
 }
 
@@ -113,8 +102,7 @@ pub fn after_call(
 fn dispatch_events(env: &Env, state: &Rc<RefCell<ArbiterBinding>>) {
     let (events, listeners) = {
         let mut s = state.borrow_mut();
-        let listening = !s.listeners.is_empty();
-        let Some(events) = s.host.take_events(listening) else { return };
+        let Some(events) = s.host.take_events() else { return };
         let values: Vec<GpuArbiterEvent> = events.into_iter().map(|e| event_view(&s.host.clock, e)).collect();
         (values, s.listeners.current())
     };
@@ -123,12 +111,6 @@ fn dispatch_events(env: &Env, state: &Rc<RefCell<ArbiterBinding>>) {
             js::call_listeners(env, &listeners, value.raw(), "GpuArbiter");
         }
     }
-}
-
-/// Records events while JS listens or a supervisor attributes leases.
-pub fn update_event_recording(s: &mut ArbiterBinding) {
-    let listening = !s.listeners.is_empty();
-    s.host.want_events(listening);
 }
 
 /// The `undefined` value, for calls whose result JS ignores.

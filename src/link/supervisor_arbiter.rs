@@ -1,0 +1,172 @@
+//! A supervisor tied to an arbiter host (`attachArbiter`): requests of the task types its
+//! services claim go to those services' GPUs, the arbiter's priorities order its starts, leases of
+//! those task types are attributed to the services, and a request for an on-demand service's
+//! task type starts that service. The binding holds the host and applies the calls returned here
+//! like any other arbiter call.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use super::arbiter_calls::ArbiterCall;
+use super::arbiter_host::ArbiterHost;
+use crate::services::Supervisor;
+
+/// Runs a future on the addon's runtime (the binding's; a test's own).
+pub type Spawn = fn(Pin<Box<dyn Future<Output = ()> + Send>>);
+
+/// What a supervisor hung on one arbiter host, by the id its detach function holds.
+pub struct ArbiterTie {
+    pub id: u64,
+    lease_sink: Option<u64>,
+}
+
+impl ArbiterTie {
+    /// Ties `core` to `host` (`None`: the arbiter is gone, nothing to tie). Returns the tie and
+    /// the calls that put on-demand task types on standby, to apply as arbiter calls (they may
+    /// settle waiters).
+    pub fn tie(
+        id: u64,
+        host: Option<&mut ArbiterHost>,
+        core: &Arc<Supervisor>,
+        spawn: Spawn,
+    ) -> (Self, Vec<ArbiterCall>) {
+        let Some(host) = host else { return (Self { id, lease_sink: None }, Vec::new()) };
+        host.core.set_task_gpus(core.task_type_gpus());
+        core.set_task_priorities(host.core.task_priorities());
+        let lease_sink = core.attributes_leases().then(|| {
+            let core = Arc::downgrade(core);
+            host.add_lease_sink(Box::new(move |change, at_ms| {
+                if let Some(core) = core.upgrade() {
+                    core.observe_lease(change, at_ms);
+                }
+            }))
+        });
+        // On-demand services: their task types wait for a load while not ready, and the first
+        // request starts them (in Rust: the arbiter calls the supervisor directly).
+        let routes = core.on_demand_routes();
+        if !routes.is_empty() {
+            let weak = Arc::downgrade(core);
+            host.demand_sink = Some(Box::new(move |task_type: String| {
+                if let Some(core) = weak.upgrade() {
+                    spawn(Box::pin(async move { core.demand(&task_type).await }));
+                }
+            }));
+        }
+        let standby = routes
+            .into_iter()
+            .map(|(task_type, allowance)| ArbiterCall::Standby {
+                task_types: vec![task_type],
+                load_allowance_ms: allowance,
+            })
+            .collect();
+        (Self { id, lease_sink }, standby)
+    }
+
+    /// Stops attributing this host's leases (the supervisor closed). Idempotent.
+    pub fn stop_attributing(&mut self, host: Option<&mut ArbiterHost>) {
+        if let (Some(sink), Some(host)) = (self.lease_sink.take(), host) {
+            host.remove_lease_sink(sink);
+        }
+    }
+
+    /// Replaced by another arbiter: leases are no longer attributed or shown active, and the
+    /// services' task types no longer route to their GPUs on this host.
+    pub fn replaced(mut self, host: Option<&mut ArbiterHost>, core: &Supervisor) {
+        core.forget_active_leases();
+        if let Some(host) = host {
+            self.stop_attributing(Some(host));
+            host.core.set_task_gpus([]);
+        }
+    }
+
+    /// Detached: as [`ArbiterTie::replaced`], and on-demand task types no longer start services.
+    /// Returns the call that takes them off standby, so what waited is granted as usual.
+    pub fn detached(mut self, host: Option<&mut ArbiterHost>, core: Option<&Supervisor>) -> Option<ArbiterCall> {
+        if let Some(core) = core {
+            core.forget_active_leases();
+        }
+        let host = host?;
+        self.stop_attributing(Some(host));
+        host.core.set_task_gpus([]);
+        host.demand_sink = None;
+        let task_types = core?.on_demand_routes().into_iter().map(|(t, _)| t).collect();
+        Some(ArbiterCall::Standby { task_types, load_allowance_ms: None })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arbiter::{AcquireRequest, Admission, ArbiterConfig};
+    use crate::services::{ServicesConfig, SupervisorHooks};
+    use serde_json::json;
+
+    fn host() -> ArbiterHost {
+        let cfg = json!({"gpuKeys": ["gpu:0", "gpu:1"]});
+        ArbiterHost::new(ArbiterConfig::from_json(&cfg, &mut vec![]).unwrap())
+    }
+
+    fn supervisor() -> Arc<Supervisor> {
+        let service = |name: &str, task: &str, on_demand: bool| {
+            json!({
+                "name": name, "command": "true", "onDemand": on_demand,
+                "gpu": {"key": "gpu:1", "vramMb": 100, "taskTypes": [task]},
+                "readiness": {"logLine": {"pattern": "ready"}}
+            })
+        };
+        let config = json!({"services": [service("mt", "NMT", false), service("tts", "TTS", true)]});
+        let config = ServicesConfig::from_json(&config, &mut vec![]).unwrap();
+        Arc::new(Supervisor::new(config, SupervisorHooks::default()).0)
+    }
+
+    fn no_spawn(_: Pin<Box<dyn Future<Output = ()> + Send>>) {}
+
+    fn gpu_of(h: &mut ArbiterHost, task: &str) -> usize {
+        let now = h.now();
+        match h.core.acquire(AcquireRequest::new(task), now).unwrap() {
+            Admission::Settled(crate::arbiter::Outcome::Acquired(g)) => {
+                let (_, out) = h.release(g.lease_id);
+                h.collect(out);
+                g.gpu
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_tie_routes_claimed_task_types_puts_on_demand_ones_on_standby_and_detaching_undoes_it() {
+        let mut h = host();
+        let core = supervisor();
+        let (tie, standby) = ArbiterTie::tie(7, Some(&mut h), &core, no_spawn);
+        assert_eq!(tie.id, 7);
+        assert!(tie.lease_sink.is_some(), "the services claim task types: leases are attributed");
+        assert!(
+            matches!(standby.as_slice(), [ArbiterCall::Standby { task_types, load_allowance_ms: Some(_) }] if task_types == &["TTS"])
+        );
+        assert!(h.demand_sink.is_some());
+        assert_eq!(gpu_of(&mut h, "NMT"), 1, "routed to its service's GPU");
+        let off = tie.detached(Some(&mut h), Some(&core));
+        assert!(
+            matches!(off, Some(ArbiterCall::Standby { task_types, load_allowance_ms: None }) if task_types == ["TTS"])
+        );
+        assert!(h.demand_sink.is_none());
+        assert_eq!(gpu_of(&mut h, "NMT"), 0, "no route any more");
+        // Nothing listens: the core no longer records events.
+        let now = h.now();
+        h.core.acquire(AcquireRequest::new("X"), now).unwrap();
+        assert!(h.core.take_events().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_replaced_tie_stops_routing_and_attributing() {
+        let mut h = host();
+        let core = supervisor();
+        let (tie, _) = ArbiterTie::tie(0, Some(&mut h), &core, no_spawn);
+        tie.replaced(Some(&mut h), &core);
+        assert_eq!(gpu_of(&mut h, "NMT"), 0);
+        let now = h.now();
+        h.core.acquire(AcquireRequest::new("X"), now).unwrap();
+        assert!(h.core.take_events().is_empty(), "no lease sink left");
+    }
+}
