@@ -558,15 +558,19 @@ impl Supervisor {
     pub async fn set_services(&self, services: &serde_json::Value) -> SidecarResult<ServicesUpdate> {
         self.shared.check_open()?;
         let _updating = self.shared.updating.lock().await;
-        let shared = &self.shared;
         // Any name this supervisor has known may be a dangling dependency: it blocks, not fails.
         let known = self.known_names();
         let known: Vec<&str> = known.iter().map(String::as_str).collect();
         let mut warnings = Vec::new();
         let config = ServicesConfig::update_from_json(services, &known, &mut warnings)?;
-        for w in &warnings {
-            tracing::warn!("{w}");
-        }
+        crate::error::log_warnings(&warnings);
+        Ok(self.apply_update(config).await)
+    }
+
+    /// Applies a validated service list (with the `updating` lock held): stops the services that
+    /// leave, changes and adds the rest, then drops the ones that left.
+    async fn apply_update(&self, config: ServicesConfig) -> ServicesUpdate {
+        let shared = &self.shared;
         let mut update = ServicesUpdate::default();
         let leaving: Vec<usize> =
             shared.listed().into_iter().filter(|&i| config.index_of(&shared.spec(i).name).is_none()).collect();
@@ -609,7 +613,7 @@ impl Supervisor {
         if let Some(routes) = &shared.hooks.task_routes {
             routes.routes_changed(shared.task_type_gpus());
         }
-        Ok(update)
+        update
     }
 
     /// Every service name this supervisor has had, removed ones included.
@@ -646,6 +650,8 @@ impl Supervisor {
     }
 
     async fn apply_source(&self, source: &ServicesSource) -> SidecarResult<ServicesRefresh> {
+        self.shared.check_open()?;
+        let _updating = self.shared.updating.lock().await;
         let mut warnings = Vec::new();
         let known = self.known_names();
         let known: Vec<&str> = known.iter().map(String::as_str).collect();
@@ -655,11 +661,9 @@ impl Supervisor {
             &known,
             &mut warnings,
         )?;
-        for w in &warnings {
-            tracing::warn!("{w}");
-        }
-        let list = resolved.section.get("services").cloned().unwrap_or_else(|| serde_json::Value::Array(Vec::new()));
-        let update = self.set_services(&list).await?;
+        crate::error::log_warnings(&warnings);
+        // Validated as a whole by the resolution: applied as it is, not read again.
+        let update = self.apply_update(resolved.config).await;
         let diagnostics = resolved.expanded.map(|e| e.diagnostics).unwrap_or_default();
         Ok(ServicesRefresh { update, diagnostics })
     }
