@@ -12,6 +12,7 @@ import { createRequire } from 'node:module'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 
+import { fakeNvmlLibDir } from './nvml.mjs'
 const require = createRequire(import.meta.url)
 const TOTAL_MB = 16000
 const BASE_MB = 500
@@ -41,11 +42,8 @@ async function boot(mode, root, libDir, run) {
 
 export async function benchNodeBoot() {
   console.log(`\n## The node's boot: its manifests' chosen ${CHOSEN.length} services (4 GPU loads) on one fake ${TOTAL_MB} MB GPU`)
-  if (process.platform !== 'linux') {
-    console.log(`skipped: the fake NVML is a Linux shared library (this is ${process.platform})`)
-    return
-  }
-  const libDir = require('../tests/fixtures/fake-nvml/build.js').buildFakeNvml().current
+  const libDir = fakeNvmlLibDir()
+  if (!libDir) return
   const root = mkdtempSync(join(tmpdir(), 'node-boot-bench-'))
   try {
     const runs = Number(process.env.BENCH_NODE_BOOT_RUNS ?? 3)

@@ -47,13 +47,19 @@ function measure(dir, text, n) {
 
 let libDir = ''
 
-export async function benchNvml() {
-  console.log('\n## NVML on the fake driver (one full sample: recommendConcurrency)')
+/** The fake libnvidia-ml.so.1's folder, built when missing; `null` off Linux, saying so. */
+export function fakeNvmlLibDir() {
   if (process.platform !== 'linux') {
     console.log(`skipped: the fake NVML is a Linux shared library (this is ${process.platform})`)
-    return
+    return null
   }
-  libDir = require('../tests/fixtures/fake-nvml/build.js').buildFakeNvml().current
+  return require('../tests/fixtures/fake-nvml/build.js').buildFakeNvml().current
+}
+
+export async function benchNvml() {
+  console.log('\n## NVML on the fake driver (one full sample: recommendConcurrency)')
+  libDir = fakeNvmlLibDir()
+  if (!libDir) return
   const dir = mkdtempSync(join(tmpdir(), 'nvml-bench-'))
   try {
     const n = Number(process.env.BENCH_NVML_SAMPLES ?? 500)

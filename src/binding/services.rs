@@ -103,12 +103,8 @@ impl ServiceSupervisor {
     #[napi(factory, catch_unwind, ts_args_type = "path: string, options?: { watch?: boolean }")]
     pub fn from_file(env: &Env, path: Option<Unknown>, options: Option<Unknown>) -> Result<Self, Code> {
         let path = std::path::PathBuf::from(args::string(env, path, "path")?);
-        let options = args::optional_json(env, options, "options", ErrorCode::InvalidArgument)?.unwrap_or_default();
-        let watch = match options.get("watch") {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(b)) => *b,
-            Some(_) => return Err(SidecarError::invalid_argument("options.watch: expected a boolean").into()),
-        };
+        let options = args::optional_json(env, options, "options", ErrorCode::InvalidArgument)?;
+        let watch = crate::config::watch::watch_option(options.as_ref())?;
         let supervisor = Self::with_source(env, services_file::load_services_source(&path)?)?;
         if watch {
             let spawn: services_file::Spawn = Arc::new(|task| {

@@ -13,6 +13,8 @@ use std::time::{Duration, SystemTime};
 use notify::Watcher;
 
 use super::read_config_text;
+use serde_json::Value;
+
 use crate::error::{ErrorCode, SidecarError, SidecarResult};
 
 /// Bursts of change notices from one save are folded into one reading.
@@ -29,6 +31,15 @@ pub enum ConfigFileChange {
     Unusable(SidecarError),
     /// The file (or its folder) is gone; the last good config stays in force.
     Missing,
+}
+
+/// `fromFile`'s `{ watch }` (absent: no watching), for `GpuArbiter` and `ServiceSupervisor` alike.
+pub fn watch_option(options: Option<&Value>) -> SidecarResult<bool> {
+    match options.and_then(|o| o.get("watch")) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(SidecarError::invalid_argument("options.watch: expected a boolean")),
+    }
 }
 
 /// Keeps the watch alive; dropping it stops the watcher thread.
@@ -122,6 +133,15 @@ mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
     use std::time::Instant;
+
+    #[test]
+    fn the_watch_option_is_a_boolean_or_absent() {
+        use serde_json::json;
+        assert!(watch_option(Some(&json!({"watch": true}))).unwrap());
+        assert!(!watch_option(None).unwrap());
+        assert!(!watch_option(Some(&json!({"watch": null}))).unwrap());
+        assert_eq!(watch_option(Some(&json!({"watch": 1}))).unwrap_err().message, "options.watch: expected a boolean");
+    }
 
     fn wait_for(changes: &Arc<Mutex<Vec<ConfigFileChange>>>, what: impl Fn(&ConfigFileChange) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(10);

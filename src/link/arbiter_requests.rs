@@ -146,15 +146,6 @@ pub fn reading_input(value: &Value) -> SidecarResult<GpuReading> {
     })
 }
 
-/// `fromFile`'s `{ watch }` (absent: no watching).
-pub fn watch_option(options: Option<&Value>) -> SidecarResult<bool> {
-    match options.and_then(|o| o.get("watch")) {
-        None | Some(Value::Null) => Ok(false),
-        Some(Value::Bool(b)) => Ok(*b),
-        Some(_) => Err(SidecarError::invalid_argument("options.watch: expected a boolean")),
-    }
-}
-
 /// `notifyAsrTaskHint`'s `(estimatedAudioMs, estimatedGpuHoldMs)`.
 pub fn asr_hint(value: &Value) -> SidecarResult<(Option<u64>, Option<u64>)> {
     expect_object(value, "hint")?;
@@ -236,9 +227,6 @@ mod tests {
         assert_eq!(err(json!(3)), "reading: expected an object, got 3");
         assert_eq!(asr_hint(&json!({"estimatedAudioMs": 12000.4})).unwrap(), (Some(12000), None));
         assert_eq!(asr_hint(&json!(null)).unwrap_err().message, "hint: expected an object, got null");
-        assert!(watch_option(Some(&json!({"watch": true}))).unwrap());
-        assert!(!watch_option(None).unwrap());
-        assert_eq!(watch_option(Some(&json!({"watch": 1}))).unwrap_err().message, "options.watch: expected a boolean");
     }
 
     #[test]

@@ -8,8 +8,6 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
 
-use serde_json::Value;
-
 use crate::config::read_config_text;
 use crate::config::watch::{watch_config_file, ConfigFileChange, ConfigFileWatch};
 use crate::error::{SidecarError, SidecarResult};
@@ -21,8 +19,7 @@ pub type Spawn = Arc<dyn Fn(Pin<Box<dyn Future<Output = ()> + Send>>) + Send + S
 /// The `services` section of the node config text from `source` (a file path), with its folder.
 pub fn services_source(text: &str, source: &Path) -> SidecarResult<ServicesSource> {
     let name = source.display();
-    let root: Value =
-        serde_json::from_str(text).map_err(|e| SidecarError::invalid_config(format!("{name}: not valid JSON: {e}")))?;
+    let root = crate::node_config::parse_root(text, &name.to_string())?;
     let Some(section) = root.get("services") else {
         return Err(SidecarError::invalid_config(format!("{name}: has no \"services\" section")));
     };

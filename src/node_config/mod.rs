@@ -38,14 +38,20 @@ pub fn load_node_config(path: &Path) -> SidecarResult<NodeConfig> {
     parse_node_config(&text, &path.display().to_string())
 }
 
-/// Parses the text of a node config file; `source` is its path: it names the file in error
-/// messages, and `services.manifests` folders are relative to its folder.
-pub fn parse_node_config(text: &str, source: &str) -> SidecarResult<NodeConfig> {
+/// The text of a node config file as its top-level JSON object; `source` names it in errors.
+pub fn parse_root(text: &str, source: &str) -> SidecarResult<Value> {
     let root: Value = serde_json::from_str(text)
         .map_err(|e| SidecarError::invalid_config(format!("{source}: not valid JSON: {e}")))?;
     if !root.is_object() {
         return Err(SidecarError::invalid_config(format!("{source}: expected a JSON object at the top level")));
     }
+    Ok(root)
+}
+
+/// Parses the text of a node config file; `source` is its path: it names the file in error
+/// messages, and `services.manifests` folders are relative to its folder.
+pub fn parse_node_config(text: &str, source: &str) -> SidecarResult<NodeConfig> {
+    let root = parse_root(text, source)?;
     let mut warnings = Vec::new();
     let gpu_arbiter = match root.get("gpuArbiter") {
         Some(section) => ArbiterConfig::from_json(section, &mut warnings)?,

@@ -69,7 +69,7 @@ pub struct ServicesConfig {
 // merged the overrides.
 #[derive(JsonSchema)]
 #[serde(untagged)]
-#[allow(dead_code)] // only its schema is used
+#[allow(dead_code, clippy::large_enum_variant)] // only its schema is used: never built
 enum ServiceEntry {
     Service(ServiceSpec),
     ManifestOverride(ServiceOverride),

@@ -79,7 +79,7 @@ impl GpuArbiter {
     ) -> Result<ClassInstance<'env, GpuArbiter>, Code> {
         let path = args::string(env, path, "path")?;
         let options = args::optional_json(env, options, "options", ErrorCode::InvalidArgument)?;
-        let watch = arbiter_requests::watch_option(options.as_ref())?;
+        let watch = crate::config::watch::watch_option(options.as_ref())?;
         let node = config::load_node_config(std::path::Path::new(&path))?;
         crate::error::log_warnings(&node.warnings);
         let arbiter = Self::with_config(node.gpu_arbiter);
