@@ -16,6 +16,7 @@
 //!   parts set (on-demand starts, lease attribution, the backlog board);
 //! - [`attachments`]: listeners, arbiters and sinks by the id their detach function holds;
 //! - [`gpu_reading`]: a telemetry GPU sample as an arbiter reading;
+//! - [`js_json`]: a JS argument as JSON, refusing what JSON cannot say, errors at their JSON path;
 //! - [`log_routing`]: the addon's `tracing` events to a JS logger's sink or to stderr;
 //! - [`runtime`]: the addon's named tokio runtime;
 //! - [`services_file`]: a node config file's `services` section as a supervisor's source, and
@@ -30,6 +31,7 @@ pub mod arbiter_requests;
 pub mod arbiter_views;
 pub mod attachments;
 pub mod gpu_reading;
+pub mod js_json;
 pub mod lease_attribution;
 pub mod log_routing;
 pub mod runtime;
