@@ -2,7 +2,7 @@
 //! resolved from Rust without a threadsafe function, persistent references, and calls into JS
 //! whose exceptions are caught and logged instead of left pending.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::ptr;
 use std::rc::{Rc, Weak};
 
@@ -267,20 +267,44 @@ pub fn no_panic<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
 
 /// Defines non-enumerable, writable, configurable methods on an object.
 pub fn define_methods(env: &Env, object: sys::napi_value, methods: &[(&str, sys::napi_value)]) -> Result<()> {
+    let attributes = sys::PropertyAttributes::writable | sys::PropertyAttributes::configurable;
     let mut descriptors = Vec::with_capacity(methods.len());
     for (name, function) in methods {
-        descriptors.push(sys::napi_property_descriptor {
-            utf8name: ptr::null(),
-            name: string(env, name)?,
-            method: None,
-            getter: None,
-            setter: None,
-            value: *function,
-            attributes: sys::PropertyAttributes::writable | sys::PropertyAttributes::configurable,
-            data: ptr::null_mut(),
-        });
+        descriptors.push(property(ptr::null(), string(env, name)?, *function, attributes));
     }
     check_status!(unsafe { sys::napi_define_properties(env.raw(), object, descriptors.len(), descriptors.as_ptr()) })
+}
+
+/// A plain object with these fields (enumerable, as an object literal's), made in two Node-API
+/// calls: for values built per event, where setting each field costs a call of its own.
+pub fn object(env: &Env, fields: &[(&CStr, sys::napi_value)]) -> Result<sys::napi_value> {
+    let attributes =
+        sys::PropertyAttributes::writable | sys::PropertyAttributes::enumerable | sys::PropertyAttributes::configurable;
+    let descriptors: Vec<_> =
+        fields.iter().map(|(name, value)| property(name.as_ptr(), ptr::null_mut(), *value, attributes)).collect();
+    let mut object = ptr::null_mut();
+    check_status!(unsafe { sys::napi_create_object(env.raw(), &mut object) })?;
+    check_status!(unsafe { sys::napi_define_properties(env.raw(), object, descriptors.len(), descriptors.as_ptr()) })?;
+    Ok(object)
+}
+
+/// A data property named by `utf8name` or, if that is null, by `name`.
+fn property(
+    utf8name: *const std::ffi::c_char,
+    name: sys::napi_value,
+    value: sys::napi_value,
+    attributes: sys::napi_property_attributes,
+) -> sys::napi_property_descriptor {
+    sys::napi_property_descriptor {
+        utf8name,
+        name,
+        method: None,
+        getter: None,
+        setter: None,
+        value,
+        attributes,
+        data: ptr::null_mut(),
+    }
 }
 
 /// Runs `f` on a JS string's text, copied through a small stack buffer when it is short (task
