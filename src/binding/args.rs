@@ -95,22 +95,10 @@ impl NapiValues<'_> {
         if status == sys::Status::napi_ok {
             return Ok(());
         }
-        let env = self.0.raw();
-        let mut pending = false;
-        unsafe { sys::napi_is_exception_pending(env, &mut pending) };
-        if pending {
-            let mut exception = ptr::null_mut();
-            unsafe { sys::napi_get_and_clear_last_exception(env, &mut exception) };
-            let mut text = ptr::null_mut();
-            if unsafe { sys::napi_coerce_to_string(env, exception, &mut text) } == sys::Status::napi_ok {
-                if let Ok(message) = js::string_value(self.0, text) {
-                    return Err(format!("cannot be read: {message}"));
-                }
-            } else {
-                unsafe { sys::napi_get_and_clear_last_exception(env, &mut exception) };
-            }
+        match js::take_exception(self.0) {
+            Some(message) => Err(format!("cannot be read: {message}")),
+            None => Err(format!("cannot be read (napi status {status})")),
         }
-        Err(format!("cannot be read (napi status {status})"))
     }
 }
 

@@ -128,17 +128,24 @@ pub fn call(env: &Env, recv: sys::napi_value, f: sys::napi_value, args: &[sys::n
     if status == sys::Status::napi_ok {
         return Ok(result);
     }
+    let message = take_exception(env).unwrap_or_else(|| "JS function failed".to_string());
+    Err(napi::Error::new(napi::Status::GenericFailure, message))
+}
+
+/// The pending JS exception, cleared, as `String(exception)`; `None` when none is pending or it
+/// cannot be printed.
+pub fn take_exception(env: &Env) -> Option<String> {
     let mut pending = false;
     unsafe { sys::napi_is_exception_pending(env.raw(), &mut pending) };
-    let mut message = String::from("JS function failed");
-    if pending {
-        let mut exception = ptr::null_mut();
-        unsafe { sys::napi_get_and_clear_last_exception(env.raw(), &mut exception) };
-        if let Ok(text) = display(env, exception) {
-            message = text;
-        }
+    if !pending {
+        return None;
     }
-    Err(napi::Error::new(napi::Status::GenericFailure, message))
+    let mut exception = ptr::null_mut();
+    unsafe { sys::napi_get_and_clear_last_exception(env.raw(), &mut exception) };
+    let text = display(env, exception).ok();
+    // A `toString` that threw in turn: clear that one too.
+    unsafe { sys::napi_get_and_clear_last_exception(env.raw(), &mut exception) };
+    text
 }
 
 /// `String(value)`.
