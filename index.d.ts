@@ -23,6 +23,7 @@ import type {
   GpuLeaseStatus,
   HostBudget,
   ManifestReport,
+  NodeConfig,
   RecordedEvent,
   ServiceEvent,
   ServiceOutcome,
@@ -36,9 +37,7 @@ import type {
 export type * from './src/binding/events'
 
 /** `loadConfig(path).services`: the section with its `manifests` expanded into whole services. */
-export type ExpandedServicesConfig = Omit<ServicesConfig, 'manifests' | 'manifestTaskTypes' | 'services'> & {
-  services?: ServiceConfig[]
-}
+export type ExpandedServicesConfig = NonNullable<NodeConfig['services']>
 
 /** How a service tells that it is ready: exactly one key. */
 export type ServiceReadiness = ServiceConfig['readiness']
@@ -490,20 +489,6 @@ export declare function loadConfig(path: string): NodeConfig
  * `MANIFESTS_NOT_FOUND`; a bad argument `INVALID_ARGUMENT`.
  */
 export declare function loadServiceManifests(dir: string | string[], options?: { taskTypes?: Record<string, string> }): { services: ServiceConfig[] } & ManifestReport
-
-/** The sections of a node config file that gpu-sidecar owns, validated, with defaults applied. */
-export interface NodeConfig {
-  gpuArbiter: Required<GpuArbiterConfig>
-  /** The `services` section, validated (pass it to `new ServiceSupervisor`); absent if the file has none. */
-  services?: ExpandedServicesConfig
-  /**
-   * What `services.manifests` held: the manifests kept and why each other file was skipped
-   * (their services are in `services.services`); absent without `manifests`.
-   */
-  manifests?: ManifestReport
-  /** Unknown keys in our sections, as JSON paths (they are ignored). */
-  warnings: Array<string>
-}
 
 /**
  * Reads a JSONL recording (as `new Telemetry({ record })` writes it) and runs the alert engine

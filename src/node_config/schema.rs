@@ -79,6 +79,7 @@ pub fn events_schema() -> Value {
         ("GpuLeaseStatus", generator.subschema_for::<Status>()),
         ("GpuLeaseReason", generator.subschema_for::<Reason>()),
         ("ManifestReport", generator.subschema_for::<ManifestReport>()),
+        ("NodeConfig", generator.subschema_for::<super::NodeConfig>()),
         ("StartAllOptions", generator.subschema_for::<StartAllOptions>()),
         ("ServicesUpdate", generator.subschema_for::<ServicesUpdate>()),
         ("ServicesRefresh", generator.subschema_for::<ServicesRefresh>()),
