@@ -109,17 +109,6 @@ pub fn number(env: &Env, n: f64) -> Result<sys::napi_value> {
     Ok(value)
 }
 
-/// Calls `recv.method(...args)`.
-pub fn call_method(
-    env: &Env,
-    recv: sys::napi_value,
-    method: &str,
-    args: &[sys::napi_value],
-) -> Result<sys::napi_value> {
-    let f = named_property(env, recv, method)?;
-    call(env, recv, f, args)
-}
-
 /// Calls a JS function. A JS exception is cleared and returned as an error, so the caller decides
 /// what to do with it (we log listener errors rather than let them break the arbiter).
 pub fn call(env: &Env, recv: sys::napi_value, f: sys::napi_value, args: &[sys::napi_value]) -> Result<sys::napi_value> {
@@ -260,7 +249,8 @@ pub fn set_immediate(env: &Env, name: &'static str, f: impl Fn(&Env) + 'static) 
             Ok(())
         })
     })?;
-    call_method(env, global(env)?, "setImmediate", &[napi::JsValue::raw(&callback)])?;
+    let global = global(env)?;
+    call(env, global, named_property(env, global, "setImmediate")?, &[napi::JsValue::raw(&callback)])?;
     Ok(())
 }
 

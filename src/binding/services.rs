@@ -253,15 +253,7 @@ impl ServiceSupervisor {
     #[napi(catch_unwind, ts_return_type = "Promise<void>")]
     pub fn stop_all<'env>(&self, env: &'env Env) -> Result<JsPromise<'env>, Code> {
         let core = self.core.clone();
-        promise(
-            env,
-            &self.state,
-            async move {
-                core.stop_all().await;
-                Ok(())
-            },
-            void,
-        )
+        promise(env, &self.state, done(async move { core.stop_all().await }), void)
     }
 
     /// Stops everything this supervisor started and refuses later starts with `CLOSED`. No event
@@ -279,15 +271,7 @@ impl ServiceSupervisor {
             s.events.queue().clear();
         }
         let core = self.core.clone();
-        promise(
-            env,
-            &self.state,
-            async move {
-                core.close().await;
-                Ok(())
-            },
-            void,
-        )
+        promise(env, &self.state, done(async move { core.close().await }), void)
     }
 
     /// One service's status. Throws `UNKNOWN_SERVICE`.
@@ -446,6 +430,12 @@ type JsPromise<'env> = PromiseRaw<'env, Unknown<'env>>;
 /// The serde form of a value as JS gets it, for [`promise`].
 fn to_js<T: serde::Serialize>(env: &Env, value: T) -> JsResult<sys::napi_value> {
     js::to_js(env, &value).map(|v| v.raw())
+}
+
+/// `fut`'s completion as a core outcome (it cannot fail), for [`promise`].
+async fn done(fut: impl Future<Output = ()>) -> SidecarResult<()> {
+    fut.await;
+    Ok(())
 }
 
 /// `undefined`, for a promise of nothing.
