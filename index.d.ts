@@ -24,6 +24,7 @@ import type {
   HostBudget,
   ManifestReport,
   NodeConfig,
+  RecommendConcurrencyOptions,
   RecordedEvent,
   ServiceEvent,
   ServiceOutcome,
@@ -504,15 +505,6 @@ export declare function readRecording(path: string, options?: TelemetryOptions):
  * test harness sizing `--max-workers`; use `Telemetry#recommendConcurrency` inside an app).
  */
 export declare function recommendConcurrency(options: RecommendConcurrencyOptions): ConcurrencyRecommendation
-
-export interface RecommendConcurrencyOptions {
-  /** Memory one worker takes, MB. */
-  perWorkerMb: number
-  /** Fraction of the total kept free (default 0.1). */
-  reserveFraction?: number
-  /** `'host'` (default) or a GPU key such as `'gpu:0'`. */
-  on?: string
-}
 
 /**
  * Sends the addon's log events to `logger(level, message, fields)` (e.g. an app's pino logger),

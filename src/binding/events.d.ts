@@ -761,6 +761,23 @@ manifests?: ManifestReport
 services?: Omit<ServicesConfig, 'manifests' | 'manifestTaskTypes' | 'services'> & { services?: ServiceConfig[] }
 }
 /**
+ * `recommendConcurrency`'s options, `{ perWorkerMb, reserveFraction?, on? }`, as JS passed them.
+ */
+export interface RecommendConcurrencyOptions {
+/**
+ * Memory one worker takes, MB.
+ */
+perWorkerMb: number
+/**
+ * `'host'` (default) or a GPU key such as `'gpu:0'`.
+ */
+on?: string
+/**
+ * Fraction of the total kept free (default 0.1).
+ */
+reserveFraction?: number
+}
+/**
  * An event line of a recording: `{"at": <epoch ms>, "event": {kind, subject, label}}`.
  */
 export interface RecordedEvent {

@@ -24,6 +24,7 @@ import type {
   HostBudget,
   ManifestReport,
   NodeConfig,
+  RecommendConcurrencyOptions,
   RecordedEvent,
   ServiceEvent,
   ServiceOutcome,

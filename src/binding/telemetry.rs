@@ -25,17 +25,6 @@ use crate::telemetry::{
     sample_once, LatestSample, ProcessRegistry, Sample, Sampler, SamplerEvent, SamplerHandle, TelemetryOptions,
 };
 
-#[napi(object)]
-#[allow(dead_code)] // declares the argument's TS type; the value is read as JSON
-pub struct RecommendConcurrencyOptions {
-    /// Memory one worker takes, MB.
-    pub per_worker_mb: f64,
-    /// Fraction of the total kept free (default 0.1).
-    pub reserve_fraction: Option<f64>,
-    /// `'host'` (default) or a GPU key such as `'gpu:0'`.
-    pub on: Option<String>,
-}
-
 type AttachedArbiter = Weak<RefCell<ArbiterBinding>>;
 
 /// The callbacks of `onSample`, `onAlert` and `onEnd`.
