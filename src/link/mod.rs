@@ -2,7 +2,8 @@
 //! decide on its own. The binding (`src/binding/`) converts values and errors and wakes JS; each
 //! piece here is driven by it and takes time as an argument where time matters.
 //!
-//! - [`service_events`]: the supervisor's events on their way to JS, log lines bounded;
+//! - [`service_events`]: the supervisor's events on their way to JS, log lines bounded, delivered
+//!   a slice per event-loop turn;
 //! - [`supervisor_arbiter`]: a supervisor tied to an arbiter host (routes, attribution, on demand);
 //! - [`supervisor_telemetry`]: an attached Telemetry as the supervisor's VRAM and host-memory
 //!   source, and the service pids it labels;
@@ -22,7 +23,8 @@
 //! - [`services_file`]: a node config file's `services` section as a supervisor's source, and
 //!   its edits applied while the node runs;
 //! - [`sampler_events`]: telemetry's sampler events queued for JS, oldest dropped first, and the
-//!   attached arbiters' backlog summed for the sampler thread.
+//!   attached arbiters: their backlog summed for the sampler thread, and whether one attached
+//!   waits for a first reading.
 
 pub mod arbiter_calls;
 pub mod arbiter_host;

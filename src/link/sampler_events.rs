@@ -2,6 +2,7 @@
 //! JS through a queue that drops the oldest when JS falls behind (a slow listener never blocks
 //! sampling). The attached arbiters' waiters and leases go the other way without the JS thread:
 //! each arbiter keeps a board, and the sampler thread sums the boards for GPU_IDLE_WITH_BACKLOG.
+//! [`FedArbiters`] keeps the attached arbiters, for the JS thread to give each sample to.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
