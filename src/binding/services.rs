@@ -31,7 +31,7 @@ use crate::link::arbiter_calls::{ArbiterCall, ArbiterCalls, ArbiterLease, Startu
 use crate::link::arbiter_host::ArbiterHost;
 use crate::link::service_events::{JsListeners, QueuedEvent, ServiceEventFeed};
 use crate::link::services_file;
-use crate::link::supervisor_arbiter::ArbiterTie;
+use crate::link::supervisor_arbiter::{ArbiterSlot, HostHandle, Spawn};
 use crate::link::supervisor_telemetry::SupervisorTelemetry;
 use crate::services::manifest::resolve_services_section;
 use crate::services::ServicesSource;
@@ -50,16 +50,14 @@ fn init_runtime() {
     });
 }
 
-/// The attached arbiter and what this supervisor hung on it.
-type AttachedArbiter = (Weak<RefCell<ArbiterBinding>>, ArbiterTie);
+/// An attached arbiter, as the supervisor holds it: weakly (its JS object owns it).
+type ArbiterHandle = Weak<RefCell<ArbiterBinding>>;
 
 struct SupervisorBinding {
     closed: bool,
     events: Arc<ServiceEventFeed>,
     listeners: Listeners,
-    arbiter: Option<AttachedArbiter>,
-    next_arbiter: u64,
-    arbiter_calls: Arc<ArbiterCalls>,
+    arbiter: ArbiterSlot<ArbiterHandle>,
     /// The watch of `fromFile(path, { watch: true })`; dropped at close.
     file_watch: Option<ConfigFileWatch>,
 }
@@ -148,9 +146,7 @@ impl ServiceSupervisor {
             closed: false,
             events: events.clone(),
             listeners: Listeners::default(),
-            arbiter: None,
-            next_arbiter: 0,
-            arbiter_calls,
+            arbiter: ArbiterSlot::new(arbiter_calls),
             file_watch: None,
         }));
         let wake = js::wake_function(env, &state, "servicesWake", dispatch).js()?;
@@ -264,9 +260,7 @@ impl ServiceSupervisor {
             let mut s = self.state.borrow_mut();
             s.closed = true;
             s.file_watch = None;
-            if let Some((arbiter, tie)) = s.arbiter.as_mut() {
-                with_host(arbiter, |host| tie.stop_attributing(host));
-            }
+            s.arbiter.stop_attributing();
             s.listeners.clear();
             s.events.queue().clear();
         }
@@ -353,24 +347,11 @@ impl ServiceSupervisor {
     ) -> Result<Function<'env, (), ()>, Code> {
         let shared = args::class_ref::<GpuArbiter>(env, arbiter, "arbiter", "a GpuArbiter")?.shared();
         let wake = js::wake_function(env, &self.state, "servicesLeaseWake", serve_arbiter_calls).js()?;
-        let (id, standby) = {
-            let mut s = self.state.borrow_mut();
-            let id = s.next_arbiter;
-            s.next_arbiter += 1;
-            // One that this one replaces: its leases are no longer followed, and requests for the
-            // task types the services claim no longer go to the services' GPUs there.
-            if let Some((old, tie)) = s.arbiter.take() {
-                with_host(&old, |host| tie.replaced(host, &self.core));
-            }
-            let spawn: crate::link::supervisor_arbiter::Spawn = |f| drop(napi::bindgen_prelude::spawn(f));
-            let (tie, standby) = with_host(&shared, |host| ArbiterTie::tie(id, host, &self.core, spawn));
-            s.arbiter = Some((shared.clone(), tie));
-            let waker = move || {
-                wake.call((), ThreadsafeFunctionCallMode::NonBlocking);
-            };
-            s.arbiter_calls.set_waker(Some(Box::new(waker)));
-            (id, standby)
+        let waker = move || {
+            wake.call((), ThreadsafeFunctionCallMode::NonBlocking);
         };
+        let spawn: Spawn = |f| drop(napi::bindgen_prelude::spawn(f));
+        let (id, standby) = self.state.borrow_mut().arbiter.attach(shared.clone(), &self.core, spawn, Box::new(waker));
         if let Some(arbiter_state) = shared.upgrade() {
             for call in standby {
                 native_leases::apply(env, &arbiter_state, call)?;
@@ -378,15 +359,9 @@ impl ServiceSupervisor {
         }
         let core = Arc::downgrade(&self.core);
         js::detach_function(env, "detachArbiter", &self.state, move |env, state| {
-            let mut s = state.borrow_mut();
-            if s.arbiter.as_ref().is_none_or(|(_, tie)| tie.id != id) {
-                return;
-            }
-            let (arbiter, tie) = s.arbiter.take().expect("checked above");
-            // Waiting startup leases see their reply dropped and fail.
-            s.arbiter_calls.set_waker(None);
-            drop(s); // the arbiter's listeners may call this supervisor
-            let standby_off = with_host(&arbiter, |host| tie.detached(host, core.upgrade().as_deref()));
+            // Taken out first: the arbiter's listeners may call this supervisor.
+            let Some((arbiter, tie)) = state.borrow_mut().arbiter.take(id) else { return };
+            let standby_off = arbiter.with_host(|host| tie.detached(host, core.upgrade().as_deref()));
             // What waited for an on-demand service is granted as usual from now on.
             if let (Some(arbiter), Some(call)) = (arbiter.upgrade(), standby_off) {
                 if let Err(e) = native_leases::apply(env, &arbiter, call) {
@@ -397,11 +372,12 @@ impl ServiceSupervisor {
     }
 }
 
-/// Runs `f` on the arbiter's host, or on `None` once the arbiter is gone.
-fn with_host<R>(arbiter: &Weak<RefCell<ArbiterBinding>>, f: impl FnOnce(Option<&mut ArbiterHost>) -> R) -> R {
-    match arbiter.upgrade() {
-        Some(a) => f(Some(&mut a.borrow_mut().host)),
-        None => f(None),
+impl HostHandle for ArbiterHandle {
+    fn with_host<R>(&self, f: impl FnOnce(Option<&mut ArbiterHost>) -> R) -> R {
+        match self.upgrade() {
+            Some(a) => f(Some(&mut a.borrow_mut().host)),
+            None => f(None),
+        }
     }
 }
 
@@ -410,8 +386,8 @@ fn with_host<R>(arbiter: &Weak<RefCell<ArbiterBinding>>, f: impl FnOnce(Option<&
 fn serve_arbiter_calls(env: &Env, state: &Rc<RefCell<SupervisorBinding>>) {
     let (calls, arbiter) = {
         let s = state.borrow();
-        let Some(arbiter) = s.arbiter.as_ref().and_then(|(a, _)| a.upgrade()) else { return };
-        (s.arbiter_calls.take(), arbiter)
+        let Some(arbiter) = s.arbiter.current().and_then(Weak::upgrade) else { return };
+        (s.arbiter.take_calls(), arbiter)
     };
     for call in calls {
         let service = match &call {
