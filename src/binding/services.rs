@@ -362,8 +362,9 @@ impl ServiceSupervisor {
     /// (task type `SERVICE_STARTUP`, `busyPolicy: 'WAIT'`, `maxWaitMs`: `vramTimeoutMs`,
     /// `holdMaxMs`: its `readinessTimeoutMs`) from before its VRAM gate until it is ready or has
     /// failed. A lease not granted fails that start with `GPU_LEASE_NOT_GRANTED`. Without an
-    /// attached arbiter GPU services load without a lease. Replaces an earlier one; returns a
-    /// function that detaches.
+    /// attached arbiter GPU services load without a lease. Replaces an earlier one, left as
+    /// detaching leaves it (its requests no longer start on-demand services); returns a function
+    /// that detaches.
     #[napi(catch_unwind, ts_args_type = "arbiter: GpuArbiter", ts_return_type = "() => void")]
     pub fn attach_arbiter<'env>(
         &self,
@@ -372,15 +373,15 @@ impl ServiceSupervisor {
     ) -> Result<Function<'env, (), ()>, Code> {
         let shared = args::class_ref::<GpuArbiter>(env, arbiter, "arbiter", "a GpuArbiter")?.shared();
         let wake = js::wake_function(env, &self.state, "servicesLeaseWake", serve_arbiter_calls).js()?;
-        let (id, standby) = {
+        let (id, standby, replaced) = {
             let mut s = self.state.borrow_mut();
             let id = s.next_arbiter;
             s.next_arbiter += 1;
-            // One that this one replaces: its leases are no longer followed, and requests for the
-            // task types the services claim no longer go to the services' GPUs there.
-            if let Some((old, tie)) = s.arbiter.take() {
-                with_host(&old, |host| tie.replaced(host, &self.core));
-            }
+            // One that this one replaces is left as a detach leaves it.
+            let replaced = s.arbiter.take().and_then(|(old, tie)| {
+                let standby_off = with_host(&old, |host| tie.detached(host, Some(&self.core)));
+                old.upgrade().zip(standby_off)
+            });
             let spawn: crate::link::supervisor_arbiter::Spawn = |f| drop(napi::bindgen_prelude::spawn(f));
             let (tie, standby) = with_host(&shared, |host| ArbiterTie::tie(id, host, &self.core, spawn));
             s.arbiter = Some((shared.clone(), tie));
@@ -388,8 +389,11 @@ impl ServiceSupervisor {
                 wake.call((), ThreadsafeFunctionCallMode::NonBlocking);
             };
             s.arbiter_calls.set_waker(Some(Box::new(waker)));
-            (id, standby)
+            (id, standby, replaced)
         };
+        if let Some((old, standby_off)) = replaced {
+            native_leases::apply(env, &old, standby_off)?;
+        }
         if let Some(arbiter_state) = shared.upgrade() {
             for call in standby {
                 native_leases::apply(env, &arbiter_state, call)?;

@@ -70,18 +70,10 @@ impl ArbiterTie {
         }
     }
 
-    /// Replaced by another arbiter: leases are no longer attributed or shown active, and the
-    /// services' task types no longer route to their GPUs on this host.
-    pub fn replaced(mut self, host: Option<&mut ArbiterHost>, core: &Supervisor) {
-        core.forget_active_leases();
-        if let Some(host) = host {
-            self.stop_attributing(Some(host));
-            host.core.set_task_gpus([]);
-        }
-    }
-
-    /// Detached: as [`ArbiterTie::replaced`], and on-demand task types no longer start services.
-    /// Returns the call that takes them off standby, so what waited is granted as usual.
+    /// Detached, or replaced by another arbiter: its leases are no longer followed, requests for
+    /// the task types the services claim no longer go to the services' GPUs there, and on-demand
+    /// task types no longer start services. Returns the call that takes them off standby, so what
+    /// waited there is granted as usual.
     pub fn detached(mut self, host: Option<&mut ArbiterHost>, core: Option<&Supervisor>) -> Option<ArbiterCall> {
         if let Some(core) = core {
             core.forget_active_leases();
@@ -163,7 +155,13 @@ mod tests {
         let mut h = host();
         let core = supervisor();
         let (tie, _) = ArbiterTie::tie(0, Some(&mut h), &core, no_spawn);
-        tie.replaced(Some(&mut h), &core);
+        let (_next, _) = ArbiterTie::tie(1, Some(&mut host()), &core, no_spawn);
+        let off = tie.detached(Some(&mut h), Some(&core));
+        assert!(
+            matches!(off, Some(ArbiterCall::Standby { task_types, load_allowance_ms: None }) if task_types == ["TTS"]),
+            "the on-demand task types come off standby on the arbiter left behind"
+        );
+        assert!(h.demand_sink.is_none(), "requests there no longer start services");
         assert_eq!(gpu_of(&mut h, "NMT"), 0);
         let now = h.now();
         h.core.acquire(AcquireRequest::new("X"), now).unwrap();
