@@ -301,8 +301,9 @@ export declare class ServiceSupervisor {
    * (task type `SERVICE_STARTUP`, `busyPolicy: 'WAIT'`, `maxWaitMs`: `vramTimeoutMs`,
    * `holdMaxMs`: its `readinessTimeoutMs`) from before its VRAM gate until it is ready or has
    * failed. A lease not granted fails that start with `GPU_LEASE_NOT_GRANTED`. Without an
-   * attached arbiter GPU services load without a lease. Replaces an earlier one; returns a
-   * function that detaches.
+   * attached arbiter GPU services load without a lease. Replaces an earlier one, left as
+   * detaching leaves it (its requests no longer start on-demand services); returns a function
+   * that detaches.
    */
   attachArbiter(arbiter: GpuArbiter): () => void
 }

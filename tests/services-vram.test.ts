@@ -117,6 +117,25 @@ describe('on demand', () => {
     expect(of(events, 'nmt', 'spawned')).toHaveLength(1)
   })
 
+  test('attaching another arbiter leaves the first as a detach does: its requests no longer start on-demand services', async () => {
+    const config: ServicesConfig = { vramHeadroomMb: 0, services: [model('nmt', 3000, { onDemand: true, gpu: { key: 'gpu:0', taskTypes: ['NMT'] } }, 600)] }
+    const { supervisor, events } = setUp(config)
+    const first = withArbiter(supervisor)
+    const second = withArbiter(supervisor)
+    // Granted by the first arbiter's own rules, at once: no start, no wait for a load.
+    const left = (await first.acquire({ taskType: 'NMT' })) as GpuLeaseAcquired
+    expect(left.leaseId).toBeDefined()
+    expect(left.queueWaitMs).toBeLessThan(500)
+    left.release()
+    expect(of(events, 'nmt', 'demanded')).toEqual([])
+    expect(supervisor.status('nmt').state).toBe('idle')
+    // The arbiter attached now starts it.
+    const served = (await second.acquire({ taskType: 'NMT' })) as GpuLeaseAcquired
+    expect(supervisor.status('nmt').state).toBe('ready')
+    served.release()
+    expect(of(events, 'nmt', 'demanded')).toHaveLength(1)
+  })
+
   test('a request waits for the start on its way, eviction and a load slower than learned included, and is granted', async () => {
     // Two 6000 MB models on a 10000 MB GPU: every request for the other one is a swap. The
     // driver frees an evicted model's memory 400 ms after its exit.

@@ -31,7 +31,7 @@ use crate::link::arbiter_calls::{ArbiterCall, ArbiterCalls, ArbiterLease, Startu
 use crate::link::arbiter_host::ArbiterHost;
 use crate::link::service_events::{JsListeners, QueuedEvent, ServiceEventFeed};
 use crate::link::services_file;
-use crate::link::supervisor_arbiter::{ArbiterSlot, HostHandle, Spawn};
+use crate::link::supervisor_arbiter::{ArbiterSlot, Attached, HostHandle, Spawn};
 use crate::link::supervisor_telemetry::SupervisorTelemetry;
 use crate::services::manifest::resolve_services_section;
 use crate::services::ServicesSource;
@@ -337,8 +337,9 @@ impl ServiceSupervisor {
     /// (task type `SERVICE_STARTUP`, `busyPolicy: 'WAIT'`, `maxWaitMs`: `vramTimeoutMs`,
     /// `holdMaxMs`: its `readinessTimeoutMs`) from before its VRAM gate until it is ready or has
     /// failed. A lease not granted fails that start with `GPU_LEASE_NOT_GRANTED`. Without an
-    /// attached arbiter GPU services load without a lease. Replaces an earlier one; returns a
-    /// function that detaches.
+    /// attached arbiter GPU services load without a lease. Replaces an earlier one, left as
+    /// detaching leaves it (its requests no longer start on-demand services); returns a function
+    /// that detaches.
     #[napi(catch_unwind, ts_args_type = "arbiter: GpuArbiter", ts_return_type = "() => void")]
     pub fn attach_arbiter<'env>(
         &self,
@@ -351,7 +352,12 @@ impl ServiceSupervisor {
             wake.call((), ThreadsafeFunctionCallMode::NonBlocking);
         };
         let spawn: Spawn = |f| drop(napi::bindgen_prelude::spawn(f));
-        let (id, standby) = self.state.borrow_mut().arbiter.attach(shared.clone(), &self.core, spawn, Box::new(waker));
+        let Attached { id, standby, replaced } =
+            self.state.borrow_mut().arbiter.attach(shared.clone(), &self.core, spawn, Box::new(waker));
+        // The one this one replaced: what waited there for an on-demand service is granted as usual.
+        if let Some((old, standby_off)) = replaced.and_then(|(old, call)| old.upgrade().zip(call)) {
+            native_leases::apply(env, &old, standby_off)?;
+        }
         if let Some(arbiter_state) = shared.upgrade() {
             for call in standby {
                 native_leases::apply(env, &arbiter_state, call)?;

@@ -70,18 +70,10 @@ impl ArbiterTie {
         }
     }
 
-    /// Replaced by another arbiter: leases are no longer attributed or shown active, and the
-    /// services' task types no longer route to their GPUs on this host.
-    pub fn replaced(mut self, host: Option<&mut ArbiterHost>, core: &Supervisor) {
-        core.forget_active_leases();
-        if let Some(host) = host {
-            self.stop_attributing(Some(host));
-            host.core.set_task_gpus([]);
-        }
-    }
-
-    /// Detached: as [`ArbiterTie::replaced`], and on-demand task types no longer start services.
-    /// Returns the call that takes them off standby, so what waited is granted as usual.
+    /// Detached, or replaced by another arbiter: its leases are no longer followed, requests for
+    /// the task types the services claim no longer go to the services' GPUs there, and on-demand
+    /// task types no longer start services. Returns the call that takes them off standby, so what
+    /// waited there is granted as usual.
     pub fn detached(mut self, host: Option<&mut ArbiterHost>, core: Option<&Supervisor>) -> Option<ArbiterCall> {
         if let Some(core) = core {
             core.forget_active_leases();
@@ -101,6 +93,16 @@ pub trait HostHandle {
     fn with_host<R>(&self, f: impl FnOnce(Option<&mut ArbiterHost>) -> R) -> R;
 }
 
+/// What [`ArbiterSlot::attach`] leaves the binding to do.
+pub struct Attached<H> {
+    /// The id the detach function holds.
+    pub id: u64,
+    /// The calls that put on-demand task types on standby on the new arbiter.
+    pub standby: Vec<ArbiterCall>,
+    /// The arbiter replaced, with the call that takes its on-demand task types off standby.
+    pub replaced: Option<(H, Option<ArbiterCall>)>,
+}
+
 /// The arbiter a supervisor is tied to, if any (`H`: the binding's handle on it), by the id its
 /// detach function holds, and the asks the supervisor's core queues for it.
 pub struct ArbiterSlot<H> {
@@ -114,26 +116,20 @@ impl<H: HostHandle> ArbiterSlot<H> {
         Self { tied: None, next_id: 0, calls }
     }
 
-    /// Ties `core` to `arbiter` in place of the one tied before (its leases are no longer
-    /// followed, and the task types the services claim no longer go to the services' GPUs
-    /// there); `waker` wakes the arbiter's thread for the asks the core queues. Returns the id
-    /// the detach function holds, and the standby calls to apply.
-    pub fn attach(
-        &mut self,
-        arbiter: H,
-        core: &Arc<Supervisor>,
-        spawn: Spawn,
-        waker: Waker,
-    ) -> (u64, Vec<ArbiterCall>) {
+    /// Ties `core` to `arbiter` in place of the one tied before, which is left as a detach
+    /// leaves it ([`ArbiterTie::detached`]); `waker` wakes the arbiter's thread for the asks the
+    /// core queues.
+    pub fn attach(&mut self, arbiter: H, core: &Arc<Supervisor>, spawn: Spawn, waker: Waker) -> Attached<H> {
         let id = self.next_id;
         self.next_id += 1;
-        if let Some((old, tie)) = self.tied.take() {
-            old.with_host(|host| tie.replaced(host, core));
-        }
+        let replaced = self.tied.take().map(|(old, tie)| {
+            let standby_off = old.with_host(|host| tie.detached(host, Some(core)));
+            (old, standby_off)
+        });
         let (tie, standby) = arbiter.with_host(|host| ArbiterTie::tie(id, host, core, spawn));
         self.tied = Some((arbiter, tie));
         self.calls.set_waker(Some(waker));
-        (id, standby)
+        Attached { id, standby, replaced }
     }
 
     /// Unties the arbiter tied as `id`, unless another has replaced it; startup leases waiting on
@@ -235,7 +231,13 @@ mod tests {
         let mut h = host();
         let core = supervisor();
         let (tie, _) = ArbiterTie::tie(0, Some(&mut h), &core, no_spawn);
-        tie.replaced(Some(&mut h), &core);
+        let (_next, _) = ArbiterTie::tie(1, Some(&mut host()), &core, no_spawn);
+        let off = tie.detached(Some(&mut h), Some(&core));
+        assert!(
+            matches!(off, Some(ArbiterCall::Standby { task_types, load_allowance_ms: None }) if task_types == ["TTS"]),
+            "the on-demand task types come off standby on the arbiter left behind"
+        );
+        assert!(h.demand_sink.is_none(), "requests there no longer start services");
         assert_eq!(gpu_of(&mut h, "NMT"), 0);
         let now = h.now();
         h.core.acquire(AcquireRequest::new("X"), now).unwrap();
@@ -253,11 +255,18 @@ mod tests {
         let core = supervisor();
         let (first, second) = (Rc::new(RefCell::new(host())), Rc::new(RefCell::new(host())));
         let mut slot = ArbiterSlot::new(Arc::default());
-        let (a, standby) = slot.attach(first.clone(), &core, no_spawn, Box::new(|| ()));
+        let Attached { id: a, standby, replaced } = slot.attach(first.clone(), &core, no_spawn, Box::new(|| ()));
         assert_eq!(standby.len(), 1, "the on-demand service's task type on standby");
+        assert!(replaced.is_none());
         assert_eq!(gpu_of(&mut first.borrow_mut(), "NMT"), 1);
-        let (b, _) = slot.attach(second.clone(), &core, no_spawn, Box::new(|| ()));
+        let Attached { id: b, replaced, .. } = slot.attach(second.clone(), &core, no_spawn, Box::new(|| ()));
         assert_ne!(a, b);
+        let (old, standby_off) = replaced.unwrap();
+        assert!(Rc::ptr_eq(&old, &first), "the replaced one is handed back");
+        assert!(
+            matches!(standby_off, Some(ArbiterCall::Standby { load_allowance_ms: None, .. })),
+            "its on-demand task types come off standby, as on a detach"
+        );
         assert_eq!(gpu_of(&mut first.borrow_mut(), "NMT"), 0, "the replaced one routes no more");
         assert_eq!(gpu_of(&mut second.borrow_mut(), "NMT"), 1);
         assert!(slot.take(a).is_none(), "the replaced one's detach function takes nothing");

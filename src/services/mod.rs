@@ -32,6 +32,7 @@ pub use config::{
     Pattern, Port, Readiness, RestartConfig, RestartPolicy, ServiceSpec, ServicesConfig, StopSignal, TcpProbe,
     AUTO_GPU_KEY,
 };
+pub(crate) use descendants::{ProcEntry, ProcSource, Procfs};
 pub(crate) use events::epoch_ms;
 pub use events::{ExitInfo, ListenerNote, OutputStream, ServiceEvent, ServiceEventKind};
 pub use hooks::{
