@@ -23,6 +23,8 @@ import type {
   GpuLeaseStatus,
   HostBudget,
   ManifestReport,
+  NodeConfig,
+  RecommendConcurrencyOptions,
   RecordedEvent,
   ServiceEvent,
   ServiceOutcome,
@@ -36,9 +38,7 @@ import type {
 export type * from './src/binding/events'
 
 /** `loadConfig(path).services`: the section with its `manifests` expanded into whole services. */
-export type ExpandedServicesConfig = Omit<ServicesConfig, 'manifests' | 'manifestTaskTypes' | 'services'> & {
-  services?: ServiceConfig[]
-}
+export type ExpandedServicesConfig = NonNullable<NodeConfig['services']>
 
 /** How a service tells that it is ready: exactly one key. */
 export type ServiceReadiness = ServiceConfig['readiness']
@@ -492,20 +492,6 @@ export declare function loadConfig(path: string): NodeConfig
  */
 export declare function loadServiceManifests(dir: string | string[], options?: { taskTypes?: Record<string, string> }): { services: ServiceConfig[] } & ManifestReport
 
-/** The sections of a node config file that gpu-sidecar owns, validated, with defaults applied. */
-export interface NodeConfig {
-  gpuArbiter: Required<GpuArbiterConfig>
-  /** The `services` section, validated (pass it to `new ServiceSupervisor`); absent if the file has none. */
-  services?: ExpandedServicesConfig
-  /**
-   * What `services.manifests` held: the manifests kept and why each other file was skipped
-   * (their services are in `services.services`); absent without `manifests`.
-   */
-  manifests?: ManifestReport
-  /** Unknown keys in our sections, as JSON paths (they are ignored). */
-  warnings: Array<string>
-}
-
 /**
  * Reads a JSONL recording (as `new Telemetry({ record })` writes it) and runs the alert engine
  * over it with `options.thresholds` (the other options are ignored); `events` are its event
@@ -520,15 +506,6 @@ export declare function readRecording(path: string, options?: TelemetryOptions):
  * test harness sizing `--max-workers`; use `Telemetry#recommendConcurrency` inside an app).
  */
 export declare function recommendConcurrency(options: RecommendConcurrencyOptions): ConcurrencyRecommendation
-
-export interface RecommendConcurrencyOptions {
-  /** Memory one worker takes, MB. */
-  perWorkerMb: number
-  /** Fraction of the total kept free (default 0.1). */
-  reserveFraction?: number
-  /** `'host'` (default) or a GPU key such as `'gpu:0'`. */
-  on?: string
-}
 
 /**
  * Sends the addon's log events to `logger(level, message, fields)` (e.g. an app's pino logger),

@@ -1,27 +1,22 @@
 //! Converting JS arguments ourselves, so a wrong one is an error with one of our codes and the
-//! argument's name or JSON path, never napi's own `StringExpected`, "Failed to convert js number
-//! to serde_json::Number" or "Exceeded maximum JSON nesting depth". Exported functions take
-//! `Unknown` and call these.
+//! argument's name or JSON path, never napi's own `StringExpected`. (napi's serde conversion,
+//! `Env::from_js_value`, names no path, reads `NaN` and `undefined` fields as `null` and recurses
+//! into a cycle.) Exported functions take `Unknown` and call these.
 
 use std::ptr;
 
 use napi::bindgen_prelude::*;
 use napi::sys;
-use serde_json::{Map, Number, Value};
+use serde_json::Value;
 
 use super::js;
 use crate::error::{ErrorCode, SidecarError};
+use crate::link::js_json::{self, JsKind, JsValues};
 
-/// Deeper than any config or options object gpu-sidecar reads.
-const MAX_DEPTH: usize = 64;
-
-/// Converts a JS value to JSON, as `JSON.stringify` would see it (`undefined` properties are
-/// left out), but refusing what JSON cannot say: `NaN`/`Infinity`, cycles, functions, symbols,
-/// BigInts, and nesting deeper than 64. Errors carry `code` and start with the JSON path from
-/// `root` (`telemetry.intervalMs: expected a finite number, got NaN`).
+/// A JS value as JSON ([`crate::link::js_json`]); errors carry `code` and start with the JSON
+/// path from `root` (`telemetry.intervalMs: expected a finite number, got NaN`).
 pub fn to_json(env: &Env, value: Unknown, root: &str, code: ErrorCode) -> std::result::Result<Value, SidecarError> {
-    let mut converter = Converter { env, code, stack: Vec::new() };
-    converter.convert(value.raw(), root)
+    js_json::to_json(&NapiValues(env), value.raw(), root, code)
 }
 
 /// `undefined` and `null` are `None`.
@@ -53,13 +48,10 @@ pub fn required_json(
 
 /// A string argument named `name`, else `INVALID_ARGUMENT`.
 pub fn string(env: &Env, value: Option<Unknown>, name: &str) -> std::result::Result<String, SidecarError> {
-    match value {
-        Some(v) if v.get_type().ok() == Some(ValueType::String) => {
-            js::string_value(env, v.raw()).map_err(|e| SidecarError::invalid_argument(format!("{name}: {}", e.reason)))
-        }
-        other => {
-            Err(SidecarError::invalid_argument(format!("{name}: expected a string, got {}", describe(env, other))))
-        }
+    match value.map(|v| NapiValues(env).kind(v.raw())) {
+        Some(Ok(JsKind::String(text))) => Ok(text),
+        Some(Err(why)) => Err(SidecarError::invalid_argument(format!("{name}: {why}"))),
+        _ => Err(SidecarError::invalid_argument(format!("{name}: expected a string, got {}", describe(env, value)))),
     }
 }
 
@@ -84,155 +76,83 @@ pub fn optional_function<'env, A: JsValuesTupleIntoVec, R: FromNapiValue>(
     }
 }
 
-/// What a JS value is, for error messages: `undefined`, `null`, `a number (NaN)`, `an object`...
+/// What a JS value is, for error messages ([`JsKind::describe`]); `nothing` for no argument.
 pub fn describe(env: &Env, value: Option<Unknown>) -> String {
-    let Some(value) = value else { return "nothing".to_string() };
-    match value.get_type() {
-        Ok(ValueType::Undefined) => "undefined".into(),
-        Ok(ValueType::Null) => "null".into(),
-        Ok(ValueType::Boolean) => "a boolean".into(),
-        Ok(ValueType::Number) => {
-            let mut n = 0.0;
-            unsafe { sys::napi_get_value_double(env.raw(), value.raw(), &mut n) };
-            format!("the number {}", js_number(n))
-        }
-        Ok(ValueType::String) => "a string".into(),
-        Ok(ValueType::Symbol) => "a symbol".into(),
-        Ok(ValueType::Function) => "a function".into(),
-        Ok(ValueType::BigInt) => "a BigInt".into(),
-        Ok(ValueType::Object) if is_array(env, value.raw()) => "an array".into(),
-        Ok(ValueType::Object) => "an object".into(),
-        _ => "an unknown value".into(),
+    match value.map(|v| NapiValues(env).kind(v.raw())) {
+        None => "nothing".to_string(),
+        Some(Ok(kind)) => kind.describe(),
+        Some(Err(_)) => JsKind::Other.describe(),
     }
 }
 
-fn js_number(n: f64) -> String {
-    if n.is_nan() {
-        "NaN".into()
-    } else if n.is_infinite() {
-        if n > 0.0 {
-            "Infinity".into()
-        } else {
-            "-Infinity".into()
-        }
-    } else {
-        n.to_string()
-    }
-}
+/// JS values read through Node-API, for [`js_json`].
+struct NapiValues<'a>(&'a Env);
 
-fn is_array(env: &Env, value: sys::napi_value) -> bool {
-    let mut result = false;
-    unsafe { sys::napi_is_array(env.raw(), value, &mut result) };
-    result
-}
-
-struct Converter<'a> {
-    env: &'a Env,
-    code: ErrorCode,
-    /// The objects being converted, outermost first, to find cycles.
-    stack: Vec<sys::napi_value>,
-}
-
-impl Converter<'_> {
-    fn error(&self, path: &str, what: impl std::fmt::Display) -> SidecarError {
-        SidecarError::new(self.code, format!("{path}: {what}"))
-    }
-
+impl NapiValues<'_> {
     /// A failed napi call (a getter or Proxy trap that threw): its exception is cleared and
-    /// reported at `path`.
-    fn failed(&self, path: &str, status: sys::napi_status) -> SidecarError {
-        let mut pending = false;
-        unsafe { sys::napi_is_exception_pending(self.env.raw(), &mut pending) };
-        let mut detail = format!("cannot be read (napi status {status})");
-        if pending {
-            let mut exception = ptr::null_mut();
-            unsafe { sys::napi_get_and_clear_last_exception(self.env.raw(), &mut exception) };
-            let mut text = ptr::null_mut();
-            if unsafe { sys::napi_coerce_to_string(self.env.raw(), exception, &mut text) } == sys::Status::napi_ok {
-                if let Ok(message) = js::string_value(self.env, text) {
-                    detail = format!("cannot be read: {message}");
-                }
-            } else {
-                unsafe { sys::napi_get_and_clear_last_exception(self.env.raw(), &mut exception) };
-            }
-        }
-        self.error(path, detail)
-    }
-
-    fn check(&self, path: &str, status: sys::napi_status) -> std::result::Result<(), SidecarError> {
+    /// becomes the reason.
+    fn check(&self, status: sys::napi_status) -> std::result::Result<(), String> {
         if status == sys::Status::napi_ok {
-            Ok(())
-        } else {
-            Err(self.failed(path, status))
+            return Ok(());
+        }
+        match js::take_exception(self.0) {
+            Some(message) => Err(format!("cannot be read: {message}")),
+            None => Err(format!("cannot be read (napi status {status})")),
         }
     }
+}
 
-    fn convert(&mut self, value: sys::napi_value, path: &str) -> std::result::Result<Value, SidecarError> {
-        let env = self.env.raw();
+impl JsValues for NapiValues<'_> {
+    type Value = sys::napi_value;
+
+    fn kind(&self, value: sys::napi_value) -> std::result::Result<JsKind, String> {
+        let env = self.0.raw();
         let mut kind = 0;
-        self.check(path, unsafe { sys::napi_typeof(env, value, &mut kind) })?;
-        match ValueType::from(kind) {
-            ValueType::Undefined | ValueType::Null => Ok(Value::Null),
+        self.check(unsafe { sys::napi_typeof(env, value, &mut kind) })?;
+        Ok(match ValueType::from(kind) {
+            ValueType::Undefined => JsKind::Undefined,
+            ValueType::Null => JsKind::Null,
             ValueType::Boolean => {
                 let mut b = false;
-                self.check(path, unsafe { sys::napi_get_value_bool(env, value, &mut b) })?;
-                Ok(Value::Bool(b))
+                self.check(unsafe { sys::napi_get_value_bool(env, value, &mut b) })?;
+                JsKind::Boolean(b)
             }
             ValueType::Number => {
                 let mut n = 0.0;
-                self.check(path, unsafe { sys::napi_get_value_double(env, value, &mut n) })?;
-                number(n).ok_or_else(|| self.error(path, format!("expected a finite number, got {}", js_number(n))))
+                self.check(unsafe { sys::napi_get_value_double(env, value, &mut n) })?;
+                JsKind::Number(n)
             }
-            ValueType::String => {
-                js::string_value(self.env, value).map(Value::String).map_err(|e| self.error(path, e.reason))
+            ValueType::String => JsKind::String(js::string_value(self.0, value).map_err(|e| e.reason)?),
+            ValueType::Object => {
+                let mut is_array = false;
+                self.check(unsafe { sys::napi_is_array(env, value, &mut is_array) })?;
+                if !is_array {
+                    return Ok(JsKind::Object);
+                }
+                let mut length = 0;
+                self.check(unsafe { sys::napi_get_array_length(env, value, &mut length) })?;
+                JsKind::Array(length)
             }
-            ValueType::Object => self.object(value, path),
-            ValueType::Function => Err(self.error(path, "expected a JSON value, got a function")),
-            ValueType::Symbol => Err(self.error(path, "expected a JSON value, got a symbol")),
-            ValueType::BigInt => Err(self.error(path, "expected a JSON value, got a BigInt (use a number)")),
-            _ => Err(self.error(path, "expected a JSON value")),
-        }
+            ValueType::Function => JsKind::Function,
+            ValueType::Symbol => JsKind::Symbol,
+            ValueType::BigInt => JsKind::BigInt,
+            _ => JsKind::Other,
+        })
     }
 
-    fn object(&mut self, value: sys::napi_value, path: &str) -> std::result::Result<Value, SidecarError> {
-        let env = self.env.raw();
-        for seen in &self.stack {
-            let mut same = false;
-            self.check(path, unsafe { sys::napi_strict_equals(env, *seen, value, &mut same) })?;
-            if same {
-                return Err(self.error(path, "a cyclic reference (the object contains itself)"));
-            }
-        }
-        if self.stack.len() >= MAX_DEPTH {
-            return Err(self.error(path, format!("nested deeper than {MAX_DEPTH} levels")));
-        }
-        self.stack.push(value);
-        let result = if is_array(self.env, value) { self.array(value, path) } else { self.map(value, path) };
-        self.stack.pop();
-        result
+    fn element(&self, array: sys::napi_value, index: u32) -> std::result::Result<sys::napi_value, String> {
+        let mut item = ptr::null_mut();
+        self.check(unsafe { sys::napi_get_element(self.0.raw(), array, index, &mut item) })?;
+        Ok(item)
     }
 
-    fn array(&mut self, value: sys::napi_value, path: &str) -> std::result::Result<Value, SidecarError> {
-        let env = self.env.raw();
-        let mut length = 0;
-        self.check(path, unsafe { sys::napi_get_array_length(env, value, &mut length) })?;
-        let mut items = Vec::with_capacity(length.min(1024) as usize);
-        for i in 0..length {
-            let item_path = format!("{path}[{i}]");
-            let mut item = ptr::null_mut();
-            self.check(&item_path, unsafe { sys::napi_get_element(env, value, i, &mut item) })?;
-            items.push(self.convert(item, &item_path)?);
-        }
-        Ok(Value::Array(items))
-    }
-
-    fn map(&mut self, value: sys::napi_value, path: &str) -> std::result::Result<Value, SidecarError> {
-        let env = self.env.raw();
+    fn keys(&self, object: sys::napi_value) -> std::result::Result<Vec<(String, sys::napi_value)>, String> {
+        let env = self.0.raw();
         let mut keys = ptr::null_mut();
-        self.check(path, unsafe {
+        self.check(unsafe {
             sys::napi_get_all_property_names(
                 env,
-                value,
+                object,
                 sys::KeyCollectionMode::own_only,
                 sys::KeyFilter::enumerable | sys::KeyFilter::skip_symbols,
                 sys::KeyConversion::numbers_to_strings,
@@ -240,37 +160,26 @@ impl Converter<'_> {
             )
         })?;
         let mut count = 0;
-        self.check(path, unsafe { sys::napi_get_array_length(env, keys, &mut count) })?;
-        let mut map = Map::new();
-        for i in 0..count {
-            let mut key = ptr::null_mut();
-            self.check(path, unsafe { sys::napi_get_element(env, keys, i, &mut key) })?;
-            let name = js::string_value(self.env, key).map_err(|e| self.error(path, e.reason))?;
-            let field_path = if path.is_empty() { name.clone() } else { format!("{path}.{name}") };
-            let mut field = ptr::null_mut();
-            self.check(&field_path, unsafe { sys::napi_get_property(env, value, key, &mut field) })?;
-            let mut kind = 0;
-            self.check(&field_path, unsafe { sys::napi_typeof(env, field, &mut kind) })?;
-            if ValueType::from(kind) == ValueType::Undefined {
-                continue; // as JSON.stringify does
-            }
-            let converted = self.convert(field, &field_path)?;
-            map.insert(name, converted);
-        }
-        Ok(Value::Object(map))
+        self.check(unsafe { sys::napi_get_array_length(env, keys, &mut count) })?;
+        (0..count)
+            .map(|i| {
+                let key = self.element(keys, i)?;
+                Ok((js::string_value(self.0, key).map_err(|e| e.reason)?, key))
+            })
+            .collect()
     }
-}
 
-/// A JSON number: integers stay integers (so messages say `10`, not `10.0`); `None` for NaN and
-/// the infinities.
-fn number(n: f64) -> Option<Value> {
-    if !n.is_finite() {
-        return None;
+    fn property(&self, object: sys::napi_value, key: sys::napi_value) -> std::result::Result<sys::napi_value, String> {
+        let mut field = ptr::null_mut();
+        self.check(unsafe { sys::napi_get_property(self.0.raw(), object, key, &mut field) })?;
+        Ok(field)
     }
-    if n.fract() == 0.0 && n.abs() < 9.007_199_254_740_992e15 {
-        return Some(Value::Number(Number::from(n as i64)));
+
+    fn same(&self, a: sys::napi_value, b: sys::napi_value) -> std::result::Result<bool, String> {
+        let mut same = false;
+        self.check(unsafe { sys::napi_strict_equals(self.0.raw(), a, b, &mut same) })?;
+        Ok(same)
     }
-    Number::from_f64(n).map(Value::Number)
 }
 
 /// The native object behind a class instance argument (`a Telemetry`), else `INVALID_ARGUMENT`.

@@ -23,6 +23,8 @@ import type {
   GpuLeaseStatus,
   HostBudget,
   ManifestReport,
+  NodeConfig,
+  RecommendConcurrencyOptions,
   RecordedEvent,
   ServiceEvent,
   ServiceOutcome,
@@ -36,9 +38,7 @@ import type {
 export type * from './src/binding/events'
 
 /** `loadConfig(path).services`: the section with its `manifests` expanded into whole services. */
-export type ExpandedServicesConfig = Omit<ServicesConfig, 'manifests' | 'manifestTaskTypes' | 'services'> & {
-  services?: ServiceConfig[]
-}
+export type ExpandedServicesConfig = NonNullable<NodeConfig['services']>
 
 /** How a service tells that it is ready: exactly one key. */
 export type ServiceReadiness = ServiceConfig['readiness']

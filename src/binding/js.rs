@@ -2,7 +2,7 @@
 //! resolved from Rust without a threadsafe function, persistent references, and calls into JS
 //! whose exceptions are caught and logged instead of left pending.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::ptr;
 use std::rc::{Rc, Weak};
 
@@ -109,17 +109,6 @@ pub fn number(env: &Env, n: f64) -> Result<sys::napi_value> {
     Ok(value)
 }
 
-/// Calls `recv.method(...args)`.
-pub fn call_method(
-    env: &Env,
-    recv: sys::napi_value,
-    method: &str,
-    args: &[sys::napi_value],
-) -> Result<sys::napi_value> {
-    let f = named_property(env, recv, method)?;
-    call(env, recv, f, args)
-}
-
 /// Calls a JS function. A JS exception is cleared and returned as an error, so the caller decides
 /// what to do with it (we log listener errors rather than let them break the arbiter).
 pub fn call(env: &Env, recv: sys::napi_value, f: sys::napi_value, args: &[sys::napi_value]) -> Result<sys::napi_value> {
@@ -128,17 +117,24 @@ pub fn call(env: &Env, recv: sys::napi_value, f: sys::napi_value, args: &[sys::n
     if status == sys::Status::napi_ok {
         return Ok(result);
     }
+    let message = take_exception(env).unwrap_or_else(|| "JS function failed".to_string());
+    Err(napi::Error::new(napi::Status::GenericFailure, message))
+}
+
+/// The pending JS exception, cleared, as `String(exception)`; `None` when none is pending or it
+/// cannot be printed.
+pub fn take_exception(env: &Env) -> Option<String> {
     let mut pending = false;
     unsafe { sys::napi_is_exception_pending(env.raw(), &mut pending) };
-    let mut message = String::from("JS function failed");
-    if pending {
-        let mut exception = ptr::null_mut();
-        unsafe { sys::napi_get_and_clear_last_exception(env.raw(), &mut exception) };
-        if let Ok(text) = display(env, exception) {
-            message = text;
-        }
+    if !pending {
+        return None;
     }
-    Err(napi::Error::new(napi::Status::GenericFailure, message))
+    let mut exception = ptr::null_mut();
+    unsafe { sys::napi_get_and_clear_last_exception(env.raw(), &mut exception) };
+    let text = display(env, exception).ok();
+    // A `toString` that threw in turn: clear that one too.
+    unsafe { sys::napi_get_and_clear_last_exception(env.raw(), &mut exception) };
+    text
 }
 
 /// `String(value)`.
@@ -253,7 +249,8 @@ pub fn set_immediate(env: &Env, name: &'static str, f: impl Fn(&Env) + 'static) 
             Ok(())
         })
     })?;
-    call_method(env, global(env)?, "setImmediate", &[napi::JsValue::raw(&callback)])?;
+    let global = global(env)?;
+    call(env, global, named_property(env, global, "setImmediate")?, &[napi::JsValue::raw(&callback)])?;
     Ok(())
 }
 
@@ -267,20 +264,44 @@ pub fn no_panic<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
 
 /// Defines non-enumerable, writable, configurable methods on an object.
 pub fn define_methods(env: &Env, object: sys::napi_value, methods: &[(&str, sys::napi_value)]) -> Result<()> {
+    let attributes = sys::PropertyAttributes::writable | sys::PropertyAttributes::configurable;
     let mut descriptors = Vec::with_capacity(methods.len());
     for (name, function) in methods {
-        descriptors.push(sys::napi_property_descriptor {
-            utf8name: ptr::null(),
-            name: string(env, name)?,
-            method: None,
-            getter: None,
-            setter: None,
-            value: *function,
-            attributes: sys::PropertyAttributes::writable | sys::PropertyAttributes::configurable,
-            data: ptr::null_mut(),
-        });
+        descriptors.push(property(ptr::null(), string(env, name)?, *function, attributes));
     }
     check_status!(unsafe { sys::napi_define_properties(env.raw(), object, descriptors.len(), descriptors.as_ptr()) })
+}
+
+/// A plain object with these fields (enumerable, as an object literal's), made in two Node-API
+/// calls: for values built per event, where setting each field costs a call of its own.
+pub fn object(env: &Env, fields: &[(&CStr, sys::napi_value)]) -> Result<sys::napi_value> {
+    let attributes =
+        sys::PropertyAttributes::writable | sys::PropertyAttributes::enumerable | sys::PropertyAttributes::configurable;
+    let descriptors: Vec<_> =
+        fields.iter().map(|(name, value)| property(name.as_ptr(), ptr::null_mut(), *value, attributes)).collect();
+    let mut object = ptr::null_mut();
+    check_status!(unsafe { sys::napi_create_object(env.raw(), &mut object) })?;
+    check_status!(unsafe { sys::napi_define_properties(env.raw(), object, descriptors.len(), descriptors.as_ptr()) })?;
+    Ok(object)
+}
+
+/// A data property named by `utf8name` or, if that is null, by `name`.
+fn property(
+    utf8name: *const std::ffi::c_char,
+    name: sys::napi_value,
+    value: sys::napi_value,
+    attributes: sys::napi_property_attributes,
+) -> sys::napi_property_descriptor {
+    sys::napi_property_descriptor {
+        utf8name,
+        name,
+        method: None,
+        getter: None,
+        setter: None,
+        value,
+        attributes,
+        data: ptr::null_mut(),
+    }
 }
 
 /// Runs `f` on a JS string's text, copied through a small stack buffer when it is short (task

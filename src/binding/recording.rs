@@ -7,13 +7,6 @@ use super::{args, Code};
 use crate::error::ErrorCode;
 use crate::telemetry::{analyze_recording, TelemetryOptions};
 
-#[derive(serde::Serialize)]
-struct Recording<'a> {
-    samples: &'a [crate::telemetry::Sample],
-    alerts: &'a [crate::telemetry::Alert],
-    events: &'a [crate::telemetry::RecordedEvent],
-}
-
 /// Reads a JSONL recording (as `new Telemetry({ record })` writes it) and runs the alert engine
 /// over it with `options.thresholds` (the other options are ignored); `events` are its event
 /// lines (service and lease events written beside the samples). Throws `INVALID_ARGUMENT`
@@ -33,6 +26,5 @@ pub fn read_recording<'env>(
     let options = args::optional_json(env, options, "telemetry", ErrorCode::InvalidConfig)?;
     let mut warnings = Vec::new();
     let options = TelemetryOptions::from_json(&options.unwrap_or(serde_json::Value::Null), &mut warnings)?;
-    let analysis = analyze_recording(std::path::Path::new(&path), options.thresholds)?;
-    super::js::to_js(env, &Recording { samples: &analysis.samples, alerts: &analysis.alerts, events: &analysis.events })
+    super::js::to_js(env, &analyze_recording(std::path::Path::new(&path), options.thresholds)?)
 }

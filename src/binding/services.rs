@@ -29,9 +29,9 @@ use crate::config::watch::ConfigFileWatch;
 use crate::error::{ErrorCode, SidecarError, SidecarResult};
 use crate::link::arbiter_calls::{ArbiterCall, ArbiterCalls, ArbiterLease, StartupLeasePolicy};
 use crate::link::arbiter_host::ArbiterHost;
-use crate::link::service_events::{deliver_slice, QueuedEvent, ServiceEventFeed, SliceEnd};
+use crate::link::service_events::{JsListeners, QueuedEvent, ServiceEventFeed};
 use crate::link::services_file;
-use crate::link::supervisor_arbiter::ArbiterTie;
+use crate::link::supervisor_arbiter::{ArbiterSlot, Attached, HostHandle, Spawn};
 use crate::link::supervisor_telemetry::SupervisorTelemetry;
 use crate::services::manifest::resolve_services_section;
 use crate::services::ServicesSource;
@@ -50,18 +50,14 @@ fn init_runtime() {
     });
 }
 
-/// The attached arbiter and what this supervisor hung on it.
-type AttachedArbiter = (Weak<RefCell<ArbiterBinding>>, ArbiterTie);
+/// An attached arbiter, as the supervisor holds it: weakly (its JS object owns it).
+type ArbiterHandle = Weak<RefCell<ArbiterBinding>>;
 
 struct SupervisorBinding {
     closed: bool,
-    /// A `setImmediate` for the next slice of events is pending.
-    slice_scheduled: bool,
     events: Arc<ServiceEventFeed>,
     listeners: Listeners,
-    arbiter: Option<AttachedArbiter>,
-    next_arbiter: u64,
-    arbiter_calls: Arc<ArbiterCalls>,
+    arbiter: ArbiterSlot<ArbiterHandle>,
     /// The watch of `fromFile(path, { watch: true })`; dropped at close.
     file_watch: Option<ConfigFileWatch>,
 }
@@ -148,12 +144,9 @@ impl ServiceSupervisor {
         let events = Arc::new(ServiceEventFeed::new(receiver, telemetry.clone()));
         let state = Rc::new(RefCell::new(SupervisorBinding {
             closed: false,
-            slice_scheduled: false,
             events: events.clone(),
             listeners: Listeners::default(),
-            arbiter: None,
-            next_arbiter: 0,
-            arbiter_calls,
+            arbiter: ArbiterSlot::new(arbiter_calls),
             file_watch: None,
         }));
         let wake = js::wake_function(env, &state, "servicesWake", dispatch).js()?;
@@ -256,15 +249,7 @@ impl ServiceSupervisor {
     #[napi(catch_unwind, ts_return_type = "Promise<void>")]
     pub fn stop_all<'env>(&self, env: &'env Env) -> Result<JsPromise<'env>, Code> {
         let core = self.core.clone();
-        promise(
-            env,
-            &self.state,
-            async move {
-                core.stop_all().await;
-                Ok(())
-            },
-            void,
-        )
+        promise(env, &self.state, done(async move { core.stop_all().await }), void)
     }
 
     /// Stops everything this supervisor started and refuses later starts with `CLOSED`. No event
@@ -275,22 +260,12 @@ impl ServiceSupervisor {
             let mut s = self.state.borrow_mut();
             s.closed = true;
             s.file_watch = None;
-            if let Some((arbiter, tie)) = s.arbiter.as_mut() {
-                with_host(arbiter, |host| tie.stop_attributing(host));
-            }
+            s.arbiter.stop_attributing();
             s.listeners.clear();
             s.events.queue().clear();
         }
         let core = self.core.clone();
-        promise(
-            env,
-            &self.state,
-            async move {
-                core.close().await;
-                Ok(())
-            },
-            void,
-        )
+        promise(env, &self.state, done(async move { core.close().await }), void)
     }
 
     /// One service's status. Throws `UNKNOWN_SERVICE`.
@@ -373,25 +348,14 @@ impl ServiceSupervisor {
     ) -> Result<Function<'env, (), ()>, Code> {
         let shared = args::class_ref::<GpuArbiter>(env, arbiter, "arbiter", "a GpuArbiter")?.shared();
         let wake = js::wake_function(env, &self.state, "servicesLeaseWake", serve_arbiter_calls).js()?;
-        let (id, standby, replaced) = {
-            let mut s = self.state.borrow_mut();
-            let id = s.next_arbiter;
-            s.next_arbiter += 1;
-            // One that this one replaces is left as a detach leaves it.
-            let replaced = s.arbiter.take().and_then(|(old, tie)| {
-                let standby_off = with_host(&old, |host| tie.detached(host, Some(&self.core)));
-                old.upgrade().zip(standby_off)
-            });
-            let spawn: crate::link::supervisor_arbiter::Spawn = |f| drop(napi::bindgen_prelude::spawn(f));
-            let (tie, standby) = with_host(&shared, |host| ArbiterTie::tie(id, host, &self.core, spawn));
-            s.arbiter = Some((shared.clone(), tie));
-            let waker = move || {
-                wake.call((), ThreadsafeFunctionCallMode::NonBlocking);
-            };
-            s.arbiter_calls.set_waker(Some(Box::new(waker)));
-            (id, standby, replaced)
+        let waker = move || {
+            wake.call((), ThreadsafeFunctionCallMode::NonBlocking);
         };
-        if let Some((old, standby_off)) = replaced {
+        let spawn: Spawn = |f| drop(napi::bindgen_prelude::spawn(f));
+        let Attached { id, standby, replaced } =
+            self.state.borrow_mut().arbiter.attach(shared.clone(), &self.core, spawn, Box::new(waker));
+        // The one this one replaced: what waited there for an on-demand service is granted as usual.
+        if let Some((old, standby_off)) = replaced.and_then(|(old, call)| old.upgrade().zip(call)) {
             native_leases::apply(env, &old, standby_off)?;
         }
         if let Some(arbiter_state) = shared.upgrade() {
@@ -401,15 +365,9 @@ impl ServiceSupervisor {
         }
         let core = Arc::downgrade(&self.core);
         js::detach_function(env, "detachArbiter", &self.state, move |env, state| {
-            let mut s = state.borrow_mut();
-            if s.arbiter.as_ref().is_none_or(|(_, tie)| tie.id != id) {
-                return;
-            }
-            let (arbiter, tie) = s.arbiter.take().expect("checked above");
-            // Waiting startup leases see their reply dropped and fail.
-            s.arbiter_calls.set_waker(None);
-            drop(s); // the arbiter's listeners may call this supervisor
-            let standby_off = with_host(&arbiter, |host| tie.detached(host, core.upgrade().as_deref()));
+            // Taken out first: the arbiter's listeners may call this supervisor.
+            let Some((arbiter, tie)) = state.borrow_mut().arbiter.take(id) else { return };
+            let standby_off = arbiter.with_host(|host| tie.detached(host, core.upgrade().as_deref()));
             // What waited for an on-demand service is granted as usual from now on.
             if let (Some(arbiter), Some(call)) = (arbiter.upgrade(), standby_off) {
                 if let Err(e) = native_leases::apply(env, &arbiter, call) {
@@ -420,11 +378,12 @@ impl ServiceSupervisor {
     }
 }
 
-/// Runs `f` on the arbiter's host, or on `None` once the arbiter is gone.
-fn with_host<R>(arbiter: &Weak<RefCell<ArbiterBinding>>, f: impl FnOnce(Option<&mut ArbiterHost>) -> R) -> R {
-    match arbiter.upgrade() {
-        Some(a) => f(Some(&mut a.borrow_mut().host)),
-        None => f(None),
+impl HostHandle for ArbiterHandle {
+    fn with_host<R>(&self, f: impl FnOnce(Option<&mut ArbiterHost>) -> R) -> R {
+        match self.upgrade() {
+            Some(a) => f(Some(&mut a.borrow_mut().host)),
+            None => f(None),
+        }
     }
 }
 
@@ -433,8 +392,8 @@ fn with_host<R>(arbiter: &Weak<RefCell<ArbiterBinding>>, f: impl FnOnce(Option<&
 fn serve_arbiter_calls(env: &Env, state: &Rc<RefCell<SupervisorBinding>>) {
     let (calls, arbiter) = {
         let s = state.borrow();
-        let Some(arbiter) = s.arbiter.as_ref().and_then(|(a, _)| a.upgrade()) else { return };
-        (s.arbiter_calls.take(), arbiter)
+        let Some(arbiter) = s.arbiter.current().and_then(Weak::upgrade) else { return };
+        (s.arbiter.take_calls(), arbiter)
     };
     for call in calls {
         let service = match &call {
@@ -453,6 +412,12 @@ type JsPromise<'env> = PromiseRaw<'env, Unknown<'env>>;
 /// The serde form of a value as JS gets it, for [`promise`].
 fn to_js<T: serde::Serialize>(env: &Env, value: T) -> JsResult<sys::napi_value> {
     js::to_js(env, &value).map(|v| v.raw())
+}
+
+/// `fut`'s completion as a core outcome (it cannot fail), for [`promise`].
+async fn done(fut: impl Future<Output = ()>) -> SidecarResult<()> {
+    fut.await;
+    Ok(())
 }
 
 /// `undefined`, for a promise of nothing.
@@ -477,8 +442,7 @@ where
     env.spawn_future_with_callback(async move { Ok(fut.await) }, move |env, result| {
         if let Some(state) = state.upgrade() {
             let events = state.borrow().events.clone();
-            events.pull_now();
-            deliver_before_settling(env, &state);
+            events.deliver_before_settling(&Delivery { env, state: &state }, Instant::now);
         }
         match result.map_err(napi::Error::<Code>::from).and_then(|value| convert(env, value)) {
             Ok(value) => Ok(unsafe { Unknown::from_raw_unchecked(env.raw(), value) }),
@@ -505,67 +469,62 @@ async fn forward(events: Arc<ServiceEventFeed>, wake: WakeFn) {
     }
 }
 
-/// Delivers one slice of the queued events (see [`deliver_slice`]); what is left is delivered on
-/// the next turn of the event loop, so a log flood never stalls timers and I/O.
+/// A wake from the forwarding task: one turn's slice of the queued events.
 fn dispatch(env: &Env, state: &Rc<RefCell<SupervisorBinding>>) {
-    let events = {
-        let mut s = state.borrow_mut();
-        s.slice_scheduled = false;
-        s.events.clone()
-    };
-    // `wake_pending` stays set while this runs: a producer that woke the JS thread again now
-    // would queue another threadsafe call, and Node runs queued calls back to back, slice after
-    // slice, without yielding.
-    match deliver_slice(Instant::now(), Instant::now, || deliver_one(env, state, &events)) {
-        SliceEnd::Spent => schedule_next_slice(env, state, &events),
-        // Drained: producers wake us again. One may have queued an event after the last look and
-        // before that, and seen the flag still set; look once more.
-        SliceEnd::Drained if events.drained() && !state.borrow().closed => schedule_next_slice(env, state, &events),
-        SliceEnd::Drained => {}
-    }
-}
-
-/// Before a promise settles its listeners must have seen every event sent before it: queued
-/// lifecycle events are all delivered now, and log lines past one slice are dropped (and
-/// reported with `log-dropped`) rather than delivered in one long stall.
-fn deliver_before_settling(env: &Env, state: &Rc<RefCell<SupervisorBinding>>) {
     let events = state.borrow().events.clone();
-    if deliver_slice(Instant::now(), Instant::now, || deliver_one(env, state, &events)) == SliceEnd::Spent {
-        events.queue().shed_logs();
-        while deliver_one(env, state, &events) {}
-    }
+    events.deliver_turn(&Delivery { env, state }, Instant::now);
 }
 
-/// Takes one queued event and calls the listeners with it; `false` when there was none (or the
-/// supervisor is closed: nothing fires after close()).
-fn deliver_one(env: &Env, state: &Rc<RefCell<SupervisorBinding>>, events: &ServiceEventFeed) -> bool {
-    let Some(queued) = events.queue().pop() else { return false };
-    let listeners = {
-        let s = state.borrow();
-        if s.closed {
-            return false;
-        }
-        s.listeners.current()
-    };
-    if listeners.is_empty() {
-        return true;
+/// The supervisor's listeners, as [`ServiceEventFeed`] delivers to them.
+struct Delivery<'a> {
+    env: &'a Env,
+    state: &'a Rc<RefCell<SupervisorBinding>>,
+}
+
+impl JsListeners for Delivery<'_> {
+    fn open(&self) -> bool {
+        !self.state.borrow().closed
     }
-    let value = match &queued {
-        // The flood case: built directly, skipping JSON (about 1.5x the lines a second in
-        // benchmarks/flood.mjs).
-        QueuedEvent::Event(ServiceEvent { service, timestamp_ms, kind: ServiceEventKind::Log { stream, line } }) => {
-            log_event_object(env, service, *timestamp_ms, *stream, line).ok()
+
+    fn deliver(&self, queued: QueuedEvent) {
+        let env = self.env;
+        let listeners = self.state.borrow().listeners.current();
+        if listeners.is_empty() {
+            return;
         }
-        QueuedEvent::Event(event) => js::to_js(env, &event.to_json()).ok().map(|v| v.raw()),
-        QueuedEvent::LogDropped { service, count, at } => {
-            let note = ListenerNote::LogDropped { service: service.clone(), at: *at, count: *count };
-            js::to_js(env, &note).ok().map(|v| v.raw())
+        let value = match &queued {
+            // The flood case: built directly, skipping JSON (about 1.5x the lines a second in
+            // benchmarks/flood.mjs).
+            QueuedEvent::Event(ServiceEvent {
+                service,
+                timestamp_ms,
+                kind: ServiceEventKind::Log { stream, line },
+            }) => log_event_object(env, service, *timestamp_ms, *stream, line).ok(),
+            QueuedEvent::Event(event) => js::to_js(env, &event.to_json()).ok().map(|v| v.raw()),
+            QueuedEvent::LogDropped { service, count, at } => {
+                let note = ListenerNote::LogDropped { service: service.clone(), at: *at, count: *count };
+                js::to_js(env, &note).ok().map(|v| v.raw())
+            }
+        };
+        if let Some(value) = value {
+            js::call_listeners(env, &listeners, value, "ServiceSupervisor");
         }
-    };
-    if let Some(value) = value {
-        js::call_listeners(env, &listeners, value, "ServiceSupervisor");
     }
-    true
+
+    /// `setImmediate`: after pending I/O (a threadsafe-function call would not yield, Node runs
+    /// queued calls back to back).
+    fn schedule_next_turn(&self) -> bool {
+        let weak = Rc::downgrade(self.state);
+        let scheduled = js::set_immediate(self.env, "servicesNextSlice", move |env| {
+            if let Some(state) = weak.upgrade() {
+                dispatch(env, &state);
+            }
+        });
+        if let Err(e) = &scheduled {
+            tracing::warn!(error = %e.reason, "could not schedule the next slice of service events");
+        }
+        scheduled.is_ok()
+    }
 }
 
 /// `{ type: 'log', service, at, stream, line }`, as `ServiceEvent::to_json` would give it.
@@ -580,56 +539,14 @@ fn log_event_object(
         OutputStream::Stdout => "stdout",
         OutputStream::Stderr => "stderr",
     };
-    let fields: [(&'static [u8], sys::napi_value); 5] = [
-        (b"type\0", js::string(env, "log")?),
-        (b"service\0", js::string(env, service)?),
-        (b"at\0", js::number(env, at as f64)?),
-        (b"stream\0", js::string(env, stream)?),
-        (b"line\0", js::string(env, line)?),
-    ];
-    let descriptors: Vec<sys::napi_property_descriptor> = fields
-        .iter()
-        .map(|(name, value)| sys::napi_property_descriptor {
-            utf8name: name.as_ptr().cast(),
-            name: std::ptr::null_mut(),
-            method: None,
-            getter: None,
-            setter: None,
-            value: *value,
-            attributes: sys::PropertyAttributes::writable
-                | sys::PropertyAttributes::enumerable
-                | sys::PropertyAttributes::configurable,
-            data: std::ptr::null_mut(),
-        })
-        .collect();
-    let mut object = std::ptr::null_mut();
-    napi::check_status!(unsafe { sys::napi_create_object(env.raw(), &mut object) })?;
-    napi::check_status!(unsafe {
-        sys::napi_define_properties(env.raw(), object, descriptors.len(), descriptors.as_ptr())
-    })?;
-    Ok(object)
-}
-
-/// Delivers the rest on the next turn of the event loop (`setImmediate`: after pending I/O, and
-/// a threadsafe-function call would not yield, Node runs queued calls back to back).
-fn schedule_next_slice(env: &Env, state: &Rc<RefCell<SupervisorBinding>>, events: &ServiceEventFeed) {
-    // Producers need not wake the JS thread while a slice is due anyway.
-    events.hold_wakes();
-    if state.borrow().slice_scheduled {
-        return;
-    }
-    let weak = Rc::downgrade(state);
-    let scheduled = js::set_immediate(env, "servicesNextSlice", move |env| {
-        if let Some(state) = weak.upgrade() {
-            dispatch(env, &state);
-        }
-    });
-    match scheduled {
-        Ok(_) => state.borrow_mut().slice_scheduled = true,
-        Err(e) => {
-            // Never strand the queue: the next event's wake delivers it.
-            events.release_wakes();
-            tracing::warn!(error = %e.reason, "could not schedule the next slice of service events");
-        }
-    }
+    js::object(
+        env,
+        &[
+            (c"type", js::string(env, "log")?),
+            (c"service", js::string(env, service)?),
+            (c"at", js::number(env, at as f64)?),
+            (c"stream", js::string(env, stream)?),
+            (c"line", js::string(env, line)?),
+        ],
+    )
 }

@@ -18,23 +18,11 @@ use super::arbiter::{self, ArbiterBinding, GpuArbiter};
 use super::js::{self, Listeners};
 use super::{args, Code, IntoJsResult};
 use crate::error::{ErrorCode, SidecarError};
-use crate::link::attachments::Attachments;
-use crate::link::sampler_events::{BacklogBoards, SamplerEventQueue};
+use crate::link::sampler_events::{FedArbiters, SamplerEventQueue};
 use crate::telemetry::advice::ConcurrencyRequest;
 use crate::telemetry::{
     sample_once, LatestSample, ProcessRegistry, Sample, Sampler, SamplerEvent, SamplerHandle, TelemetryOptions,
 };
-
-#[napi(object)]
-#[allow(dead_code)] // declares the argument's TS type; the value is read as JSON
-pub struct RecommendConcurrencyOptions {
-    /// Memory one worker takes, MB.
-    pub per_worker_mb: f64,
-    /// Fraction of the total kept free (default 0.1).
-    pub reserve_fraction: Option<f64>,
-    /// `'host'` (default) or a GPU key such as `'gpu:0'`.
-    pub on: Option<String>,
-}
 
 type AttachedArbiter = Weak<RefCell<ArbiterBinding>>;
 
@@ -50,11 +38,8 @@ struct TelemetryBinding {
     sampler: Option<SamplerHandle>,
     events: Arc<SamplerEventQueue>,
     listeners: Subscribers,
-    arbiters: Attachments<AttachedArbiter>,
-    boards: Arc<BacklogBoards>,
+    arbiters: FedArbiters<AttachedArbiter>,
     registry: Arc<ProcessRegistry>,
-    /// A sample has reached the attached arbiters.
-    fed_any: bool,
 }
 
 /// GPU (NVML) and host telemetry sampled on a background thread and pushed to JS as events.
@@ -82,15 +67,13 @@ impl Telemetry {
             sampler: None,
             events: Arc::default(),
             listeners: Subscribers::default(),
-            arbiters: Attachments::default(),
-            boards: Arc::default(),
+            arbiters: FedArbiters::default(),
             registry: ProcessRegistry::new(),
-            fed_any: false,
         }));
         let wake = js::wake_function(env, &state, "telemetryWake", dispatch).js()?;
         let (events, boards, registry) = {
             let s = state.borrow();
-            (s.events.clone(), s.boards.clone(), s.registry.clone())
+            (s.events.clone(), s.arbiters.boards(), s.registry.clone())
         };
         let sampler = Sampler::new(options).registry(registry).backlog(Box::new(move || boards.total())).held().start(
             Box::new(move |event| {
@@ -155,26 +138,15 @@ impl Telemetry {
         // waits for it rather than admitting blind.
         let pending = {
             let s = self.state.borrow();
-            !s.fed_any
-                && s.sampler.as_ref().is_some_and(|h| {
-                    let latest = h.latest_source();
-                    latest.first_pending() || latest.get().is_some()
-                })
+            s.arbiters.first_reading_due(s.sampler.as_ref().map(SamplerHandle::latest_source).as_ref())
         };
         if let Some(a) = shared.upgrade() {
             let out = a.borrow_mut().host.telemetry_attached(pending);
             arbiter::after_call(env, &a, out, arbiter::Caller::Native)?;
         }
-        let mut s = self.state.borrow_mut();
-        let id = s.arbiters.add(shared);
-        if let Some(board) = board {
-            s.boards.attach(id, &board);
-        }
+        let id = self.state.borrow_mut().arbiters.attach(shared, board.as_ref());
         js::detach_function(env, "detachArbiter", &self.state, move |env, state| {
-            let mut s = state.borrow_mut();
-            let detached = s.arbiters.remove(id).and_then(|a| a.upgrade());
-            s.boards.detach(id);
-            drop(s);
+            let detached = state.borrow_mut().arbiters.detach(id).and_then(|a| a.upgrade());
             // Not waited for any more: its requests are admitted on what the arbiter has.
             if let Some(a) = detached {
                 let out = a.borrow_mut().host.telemetry_attached(false);
@@ -238,7 +210,6 @@ impl Telemetry {
             s.listeners.on_alert.clear();
             s.listeners.on_end.clear();
             s.arbiters.clear();
-            s.boards.clear();
             s.sampler.take()
         };
         drop(sampler); // joins the thread
@@ -356,8 +327,8 @@ fn dispatch(env: &Env, state: &Rc<RefCell<TelemetryBinding>>) {
 
 /// Gives the sample to every attached arbiter.
 fn feed_arbiters(env: &Env, state: &Rc<RefCell<TelemetryBinding>>, sample: &Sample) {
-    state.borrow_mut().fed_any = true;
-    let arbiters: Vec<Rc<RefCell<ArbiterBinding>>> = state.borrow().arbiters.iter().filter_map(Weak::upgrade).collect();
+    let arbiters: Vec<Rc<RefCell<ArbiterBinding>>> =
+        state.borrow_mut().arbiters.feed().iter().filter_map(Weak::upgrade).collect();
     for a in &arbiters {
         let out = a.borrow_mut().host.observe_sample(sample);
         if let Err(e) = arbiter::after_call(env, a, out, arbiter::Caller::Native) {

@@ -2,7 +2,8 @@
 //! decide on its own. The binding (`src/binding/`) converts values and errors and wakes JS; each
 //! piece here is driven by it and takes time as an argument where time matters.
 //!
-//! - [`service_events`]: the supervisor's events on their way to JS, log lines bounded;
+//! - [`service_events`]: the supervisor's events on their way to JS, log lines bounded, delivered
+//!   a slice per event-loop turn;
 //! - [`supervisor_arbiter`]: a supervisor tied to an arbiter host (routes, attribution, on demand);
 //! - [`supervisor_telemetry`]: an attached Telemetry as the supervisor's VRAM and host-memory
 //!   source, and the service pids it labels;
@@ -16,12 +17,14 @@
 //!   parts set (on-demand starts, lease attribution, the backlog board);
 //! - [`attachments`]: listeners, arbiters and sinks by the id their detach function holds;
 //! - [`gpu_reading`]: a telemetry GPU sample as an arbiter reading;
+//! - [`js_json`]: a JS argument as JSON, refusing what JSON cannot say, errors at their JSON path;
 //! - [`log_routing`]: the addon's `tracing` events to a JS logger's sink or to stderr;
 //! - [`runtime`]: the addon's named tokio runtime;
 //! - [`services_file`]: a node config file's `services` section as a supervisor's source, and
 //!   its edits applied while the node runs;
 //! - [`sampler_events`]: telemetry's sampler events queued for JS, oldest dropped first, and the
-//!   attached arbiters' backlog summed for the sampler thread.
+//!   attached arbiters: their backlog summed for the sampler thread, and whether one attached
+//!   waits for a first reading.
 
 pub mod arbiter_calls;
 pub mod arbiter_host;
@@ -30,6 +33,7 @@ pub mod arbiter_requests;
 pub mod arbiter_views;
 pub mod attachments;
 pub mod gpu_reading;
+pub mod js_json;
 pub mod lease_attribution;
 pub mod log_routing;
 pub mod runtime;

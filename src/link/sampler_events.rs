@@ -2,11 +2,14 @@
 //! JS through a queue that drops the oldest when JS falls behind (a slow listener never blocks
 //! sampling). The attached arbiters' waiters and leases go the other way without the JS thread:
 //! each arbiter keeps a board, and the sampler thread sums the boards for GPU_IDLE_WITH_BACKLOG.
+//! [`FedArbiters`] keeps the attached arbiters, for the JS thread to give each sample to.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
+use super::attachments::Attachments;
+use super::supervisor_telemetry::SampleSource;
 use crate::telemetry::{Backlog, BacklogBoard, SamplerEvent};
 
 /// Events kept while the JS thread is busy; older ones are dropped first.
@@ -78,9 +81,63 @@ impl BacklogBoards {
     }
 }
 
+/// The arbiters a Telemetry feeds, by the id each one's detach function holds, with their backlog
+/// boards, and whether a sample has reached them yet.
+pub struct FedArbiters<A> {
+    arbiters: Attachments<A>,
+    boards: Arc<BacklogBoards>,
+    fed_any: bool,
+}
+
+impl<A> Default for FedArbiters<A> {
+    fn default() -> Self {
+        Self { arbiters: Attachments::default(), boards: Arc::default(), fed_any: false }
+    }
+}
+
+impl<A: Clone> FedArbiters<A> {
+    /// The boards, for the sampler thread to sum.
+    pub fn boards(&self) -> Arc<BacklogBoards> {
+        self.boards.clone()
+    }
+
+    /// Whether an arbiter attached now must wait for its first reading rather than admit blind:
+    /// none has reached the arbiters yet, and one is on the way (taken, or still to come) from
+    /// `latest` (`None`: the Telemetry is closed).
+    pub fn first_reading_due(&self, latest: Option<&impl SampleSource>) -> bool {
+        !self.fed_any && latest.is_some_and(|l| l.first_pending() || l.latest().is_some())
+    }
+
+    /// Returns the id its detach function holds.
+    pub fn attach(&mut self, arbiter: A, board: Option<&Arc<BacklogBoard>>) -> u64 {
+        let id = self.arbiters.add(arbiter);
+        if let Some(board) = board {
+            self.boards.attach(id, board);
+        }
+        id
+    }
+
+    pub fn detach(&mut self, id: u64) -> Option<A> {
+        self.boards.detach(id);
+        self.arbiters.remove(id)
+    }
+
+    /// The arbiters to give a sample to; from now on none attached waits for a first reading.
+    pub fn feed(&mut self) -> Vec<A> {
+        self.fed_any = true;
+        self.arbiters.iter().cloned().collect()
+    }
+
+    pub fn clear(&mut self) {
+        self.arbiters.clear();
+        self.boards.clear();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::telemetry::Sample;
 
     fn end() -> SamplerEvent {
         SamplerEvent::Ended(None)
@@ -113,5 +170,49 @@ mod tests {
         assert_eq!(boards.total()["gpu:0"].waiters, 1);
         drop(b); // its arbiter was collected
         assert!(boards.total().is_empty());
+    }
+
+    /// A sampler that has produced `sample`, or none yet; `running` unless it stopped.
+    struct Source {
+        sample: Option<Arc<Sample>>,
+        running: bool,
+    }
+
+    impl SampleSource for Source {
+        fn latest(&self) -> Option<Arc<Sample>> {
+            self.sample.clone()
+        }
+        fn first_pending(&self) -> bool {
+            self.running && self.sample.is_none()
+        }
+    }
+
+    #[test]
+    fn an_arbiter_waits_for_a_first_reading_only_while_one_is_on_the_way_and_none_was_fed() {
+        let mut fed = FedArbiters::<&str>::default();
+        let to_come = Source { sample: None, running: true };
+        let stopped = Source { sample: None, running: false };
+        assert!(fed.first_reading_due(Some(&to_come)), "the first sample is still to come");
+        assert!(!fed.first_reading_due(Some(&stopped)), "none will come");
+        assert!(!fed.first_reading_due(None::<&Source>), "the Telemetry is closed");
+        let a = fed.attach("a", None);
+        assert_eq!(fed.feed(), ["a"]);
+        assert!(!fed.first_reading_due(Some(&to_come)), "fed already: the next sample reaches it at once");
+        let b = fed.attach("b", None);
+        assert_eq!(fed.detach(a), Some("a"));
+        assert_eq!((fed.detach(a), fed.feed()), (None, vec!["b"]));
+        fed.clear();
+        assert!(fed.feed().is_empty() && fed.detach(b).is_none());
+    }
+
+    #[test]
+    fn an_arbiters_board_counts_from_attach_to_detach() {
+        let mut fed = FedArbiters::<&str>::default();
+        let board = Arc::new(BacklogBoard::default());
+        board.set([("gpu:0", 2, 1)]);
+        let id = fed.attach("a", Some(&board));
+        assert_eq!(fed.boards().total()["gpu:0"].waiters, 2);
+        fed.detach(id);
+        assert!(fed.boards().total().is_empty());
     }
 }

@@ -138,6 +138,17 @@ impl ServiceEventQueue {
     }
 }
 
+/// The JS side of delivery, as the binding provides it (called on the JS thread).
+pub trait JsListeners {
+    /// Whether listeners may still be called: nothing fires after `close()`.
+    fn open(&self) -> bool;
+    /// Calls the listeners with one event.
+    fn deliver(&self, event: QueuedEvent);
+    /// Has [`ServiceEventFeed::deliver_turn`] run on a later turn of the event loop (after
+    /// pending I/O); `false` when that could not be arranged.
+    fn schedule_next_turn(&self) -> bool;
+}
+
 /// The whole road from the core's channel to the JS thread: the receiver, the queue, and whether
 /// the JS thread has been asked to look. Service pids are labelled in the attached Telemetry on
 /// the way (before JS hears of them).
@@ -146,6 +157,8 @@ pub struct ServiceEventFeed {
     queue: Mutex<ServiceEventQueue>,
     /// The JS thread was asked to look and has not yet found the queue empty.
     wake_pending: AtomicBool,
+    /// A later turn that delivers the next slice is scheduled.
+    turn_scheduled: AtomicBool,
     telemetry: Arc<SupervisorTelemetry>,
 }
 
@@ -155,6 +168,7 @@ impl ServiceEventFeed {
             receiver: Mutex::new(receiver),
             queue: Mutex::default(),
             wake_pending: AtomicBool::new(false),
+            turn_scheduled: AtomicBool::new(false),
             telemetry,
         }
     }
@@ -212,6 +226,57 @@ impl ServiceEventFeed {
     /// Scheduling the next look failed: let the next event wake the JS thread.
     pub fn release_wakes(&self) {
         self.wake_pending.store(false, Ordering::Release);
+    }
+
+    /// One turn of the JS thread (woken, or scheduled): delivers a slice of the queued events
+    /// ([`deliver_slice`]) and leaves the rest to the next turn, so a log flood never stalls timers
+    /// and I/O. `now` reads the clock.
+    pub fn deliver_turn(&self, js: &impl JsListeners, now: impl Fn() -> Instant) {
+        self.turn_scheduled.store(false, Ordering::SeqCst);
+        // `wake_pending` stays set while this runs: a producer that woke the JS thread again now
+        // would queue another threadsafe call, and Node runs queued calls back to back, slice after
+        // slice, without yielding.
+        match deliver_slice(now(), &now, || self.deliver_one(js)) {
+            SliceEnd::Spent => self.schedule_next_turn(js),
+            // Drained: producers wake us again. One may have queued an event after the last look and
+            // before that, and seen the flag still set; look once more.
+            SliceEnd::Drained if self.drained() && js.open() => self.schedule_next_turn(js),
+            SliceEnd::Drained => {}
+        }
+    }
+
+    /// Before a promise settles its listeners must have seen every event the core sent before it:
+    /// queued lifecycle events are all delivered now, and log lines past one slice are dropped (and
+    /// reported with `log-dropped`) rather than delivered in one long stall.
+    pub fn deliver_before_settling(&self, js: &impl JsListeners, now: impl Fn() -> Instant) {
+        self.pull_now();
+        if deliver_slice(now(), &now, || self.deliver_one(js)) == SliceEnd::Spent {
+            self.queue().shed_logs();
+            while self.deliver_one(js) {}
+        }
+    }
+
+    /// Takes one queued event to the listeners; `false` when there was none (or they are closed).
+    fn deliver_one(&self, js: &impl JsListeners) -> bool {
+        let Some(queued) = self.queue().pop() else { return false };
+        if !js.open() {
+            return false;
+        }
+        js.deliver(queued);
+        true
+    }
+
+    fn schedule_next_turn(&self, js: &impl JsListeners) {
+        // Producers need not wake the JS thread while a turn is due anyway.
+        self.hold_wakes();
+        if self.turn_scheduled.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        if !js.schedule_next_turn() {
+            // Never strand the queue: the next event's wake delivers it.
+            self.turn_scheduled.store(false, Ordering::SeqCst);
+            self.release_wakes();
+        }
     }
 }
 
@@ -314,6 +379,91 @@ mod tests {
             three > 0
         };
         assert_eq!(deliver_slice(start, || start, one), SliceEnd::Drained);
+    }
+
+    /// Listeners that note what they get, and the turns asked for.
+    #[derive(Default)]
+    struct FakeJs {
+        closed: std::cell::Cell<bool>,
+        refuse_turns: std::cell::Cell<bool>,
+        turns_asked: std::cell::Cell<u32>,
+        got: std::cell::RefCell<Vec<QueuedEvent>>,
+    }
+
+    impl JsListeners for FakeJs {
+        fn open(&self) -> bool {
+            !self.closed.get()
+        }
+        fn deliver(&self, event: QueuedEvent) {
+            self.got.borrow_mut().push(event);
+        }
+        fn schedule_next_turn(&self) -> bool {
+            self.turns_asked.set(self.turns_asked.get() + 1);
+            !self.refuse_turns.get()
+        }
+    }
+
+    fn feed_with(events: impl IntoIterator<Item = ServiceEvent>) -> ServiceEventFeed {
+        let (tx, rx) = mpsc::unbounded_channel();
+        events.into_iter().for_each(|e| tx.send(e).unwrap());
+        let feed = ServiceEventFeed::new(rx, Arc::new(SupervisorTelemetry::default()));
+        feed.pull_now();
+        feed
+    }
+
+    #[test]
+    fn a_turn_delivers_one_slice_and_asks_once_for_a_turn_for_the_rest() {
+        let feed = feed_with((0..SLICE_EVENTS + 10).map(|i| log("a", &i.to_string())));
+        let js = FakeJs::default();
+        let start = Instant::now();
+        feed.deliver_turn(&js, || start);
+        assert_eq!((js.got.borrow().len(), js.turns_asked.get()), (SLICE_EVENTS, 1));
+        assert!(feed.wake_pending.load(Ordering::SeqCst), "producers need not wake JS while a turn is due");
+        feed.deliver_turn(&js, || start);
+        assert_eq!((js.got.borrow().len(), js.turns_asked.get()), (SLICE_EVENTS + 10, 1), "drained: no turn");
+        assert!(!feed.wake_pending.load(Ordering::SeqCst), "the next event wakes JS");
+        // Out of time before the first: nothing delivered, the next turn asked for.
+        let ticks = std::cell::Cell::new(0);
+        let feed = feed_with([log("a", "1")]);
+        feed.deliver_turn(&js, || {
+            ticks.set(ticks.get() + 1);
+            start + SLICE_TIME * ticks.get()
+        });
+        assert_eq!((js.got.borrow().len(), js.turns_asked.get()), (SLICE_EVENTS + 10, 2));
+    }
+
+    #[test]
+    fn a_turn_that_cannot_be_scheduled_lets_the_next_event_wake_js() {
+        let feed = feed_with((0..SLICE_EVENTS + 1).map(|i| log("a", &i.to_string())));
+        let js = FakeJs { refuse_turns: true.into(), ..FakeJs::default() };
+        feed.deliver_turn(&js, Instant::now);
+        assert!(!feed.wake_pending.load(Ordering::SeqCst) && !feed.turn_scheduled.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn nothing_reaches_closed_listeners() {
+        let feed = feed_with([log("a", "1"), event("a", ServiceEventKind::Stopped)]);
+        let js = FakeJs { closed: true.into(), ..FakeJs::default() };
+        feed.deliver_turn(&js, Instant::now);
+        feed.deliver_before_settling(&js, Instant::now);
+        assert!(js.got.borrow().is_empty());
+    }
+
+    #[test]
+    fn before_a_promise_settles_every_lifecycle_event_is_delivered_and_a_flood_past_a_slice_dropped() {
+        let flood = (0..SLICE_EVENTS + 5).map(|i| log("a", &i.to_string()));
+        let feed = feed_with(flood.chain([event("a", ServiceEventKind::Stopped)]));
+        let js = FakeJs::default();
+        let start = Instant::now();
+        feed.deliver_before_settling(&js, || start);
+        let got = js.got.borrow();
+        assert_eq!(got.len(), SLICE_EVENTS + 2);
+        assert!(matches!(&got[SLICE_EVENTS], QueuedEvent::LogDropped { count: 5, .. }));
+        assert!(matches!(
+            &got[SLICE_EVENTS + 1],
+            QueuedEvent::Event(ServiceEvent { kind: ServiceEventKind::Stopped, .. })
+        ));
+        assert_eq!(js.turns_asked.get(), 0);
     }
 
     #[tokio::test]

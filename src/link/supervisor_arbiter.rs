@@ -8,7 +8,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use super::arbiter_calls::ArbiterCall;
+use super::arbiter_calls::{ArbiterCall, ArbiterCalls, Waker};
 use super::arbiter_host::ArbiterHost;
 use crate::services::Supervisor;
 
@@ -87,8 +87,84 @@ impl ArbiterTie {
     }
 }
 
+/// The binding's handle on an arbiter's host, which lives on the JS thread and may be gone.
+pub trait HostHandle {
+    /// Runs `f` on the host, or on `None` once the arbiter is gone.
+    fn with_host<R>(&self, f: impl FnOnce(Option<&mut ArbiterHost>) -> R) -> R;
+}
+
+/// What [`ArbiterSlot::attach`] leaves the binding to do.
+pub struct Attached<H> {
+    /// The id the detach function holds.
+    pub id: u64,
+    /// The calls that put on-demand task types on standby on the new arbiter.
+    pub standby: Vec<ArbiterCall>,
+    /// The arbiter replaced, with the call that takes its on-demand task types off standby.
+    pub replaced: Option<(H, Option<ArbiterCall>)>,
+}
+
+/// The arbiter a supervisor is tied to, if any (`H`: the binding's handle on it), by the id its
+/// detach function holds, and the asks the supervisor's core queues for it.
+pub struct ArbiterSlot<H> {
+    tied: Option<(H, ArbiterTie)>,
+    next_id: u64,
+    calls: Arc<ArbiterCalls>,
+}
+
+impl<H: HostHandle> ArbiterSlot<H> {
+    pub fn new(calls: Arc<ArbiterCalls>) -> Self {
+        Self { tied: None, next_id: 0, calls }
+    }
+
+    /// Ties `core` to `arbiter` in place of the one tied before, which is left as a detach
+    /// leaves it ([`ArbiterTie::detached`]); `waker` wakes the arbiter's thread for the asks the
+    /// core queues.
+    pub fn attach(&mut self, arbiter: H, core: &Arc<Supervisor>, spawn: Spawn, waker: Waker) -> Attached<H> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let replaced = self.tied.take().map(|(old, tie)| {
+            let standby_off = old.with_host(|host| tie.detached(host, Some(core)));
+            (old, standby_off)
+        });
+        let (tie, standby) = arbiter.with_host(|host| ArbiterTie::tie(id, host, core, spawn));
+        self.tied = Some((arbiter, tie));
+        self.calls.set_waker(Some(waker));
+        Attached { id, standby, replaced }
+    }
+
+    /// Unties the arbiter tied as `id`, unless another has replaced it; startup leases waiting on
+    /// it see their reply dropped and fail. Returns it with its tie, for [`ArbiterTie::detached`]
+    /// once nothing is borrowed (the arbiter's listeners may call the supervisor).
+    pub fn take(&mut self, id: u64) -> Option<(H, ArbiterTie)> {
+        if self.tied.as_ref().is_none_or(|(_, tie)| tie.id != id) {
+            return None;
+        }
+        self.calls.set_waker(None);
+        self.tied.take()
+    }
+
+    /// The supervisor closed: the tied arbiter's leases are no longer attributed.
+    pub fn stop_attributing(&mut self) {
+        if let Some((arbiter, tie)) = self.tied.as_mut() {
+            arbiter.with_host(|host| tie.stop_attributing(host));
+        }
+    }
+
+    pub fn current(&self) -> Option<&H> {
+        self.tied.as_ref().map(|(arbiter, _)| arbiter)
+    }
+
+    /// The asks queued for the tied arbiter, to apply on its thread.
+    pub fn take_calls(&self) -> Vec<ArbiterCall> {
+        self.calls.take()
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
     use super::*;
     use crate::arbiter::{AcquireRequest, Admission, ArbiterConfig};
     use crate::services::{ServicesConfig, SupervisorHooks};
@@ -166,5 +242,37 @@ mod tests {
         let now = h.now();
         h.core.acquire(AcquireRequest::new("X"), now).unwrap();
         assert!(h.core.take_events().is_empty(), "no lease sink left");
+    }
+
+    impl HostHandle for Rc<RefCell<ArbiterHost>> {
+        fn with_host<R>(&self, f: impl FnOnce(Option<&mut ArbiterHost>) -> R) -> R {
+            f(Some(&mut self.borrow_mut()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_slot_replaces_its_arbiter_and_a_stale_detach_takes_nothing() {
+        let core = supervisor();
+        let (first, second) = (Rc::new(RefCell::new(host())), Rc::new(RefCell::new(host())));
+        let mut slot = ArbiterSlot::new(Arc::default());
+        let Attached { id: a, standby, replaced } = slot.attach(first.clone(), &core, no_spawn, Box::new(|| ()));
+        assert_eq!(standby.len(), 1, "the on-demand service's task type on standby");
+        assert!(replaced.is_none());
+        assert_eq!(gpu_of(&mut first.borrow_mut(), "NMT"), 1);
+        let Attached { id: b, replaced, .. } = slot.attach(second.clone(), &core, no_spawn, Box::new(|| ()));
+        assert_ne!(a, b);
+        let (old, standby_off) = replaced.unwrap();
+        assert!(Rc::ptr_eq(&old, &first), "the replaced one is handed back");
+        assert!(
+            matches!(standby_off, Some(ArbiterCall::Standby { load_allowance_ms: None, .. })),
+            "its on-demand task types come off standby, as on a detach"
+        );
+        assert_eq!(gpu_of(&mut first.borrow_mut(), "NMT"), 0, "the replaced one routes no more");
+        assert_eq!(gpu_of(&mut second.borrow_mut(), "NMT"), 1);
+        assert!(slot.take(a).is_none(), "the replaced one's detach function takes nothing");
+        let (taken, tie) = slot.take(b).unwrap();
+        assert!(Rc::ptr_eq(&taken, &second) && slot.current().is_none() && slot.take(b).is_none());
+        let off = taken.with_host(|host| tie.detached(host, Some(&core)));
+        assert!(matches!(off, Some(ArbiterCall::Standby { load_allowance_ms: None, .. })));
     }
 }

@@ -7,6 +7,8 @@ mod schema;
 
 use std::path::Path;
 
+use schemars::JsonSchema;
+use serde::Serialize;
 use serde_json::Value;
 
 pub use schema::node_config_schema;
@@ -17,16 +19,24 @@ use crate::error::{SidecarError, SidecarResult};
 use crate::services::manifest::{resolve_services_section, ManifestReport};
 
 /// The sections of a node config file that gpu-sidecar owns, validated, with defaults applied.
-#[derive(Debug, Clone, PartialEq)]
+// `loadConfig(path)` gives JS its serde form, and its TypeScript type is generated from it.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct NodeConfig {
+    #[schemars(with = "Value", extend("tsType" = "Required<GpuArbiterConfig>"))]
     pub gpu_arbiter: ArbiterConfig,
-    /// The `services` section once it has passed validation (the supervisor takes it as is),
-    /// its `manifests` expanded (see [`resolve_services_section`]); `None` when the file has none.
+    /// The `services` section, validated (pass it to `new ServiceSupervisor`); absent if the file has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("tsType" = "Omit<ServicesConfig, 'manifests' | 'manifestTaskTypes' | 'services'> & { services?: ServiceConfig[] }"))]
+    // The supervisor takes it as is, its `manifests` expanded (see [`resolve_services_section`]).
     pub services: Option<Value>,
-    /// What the `services.manifests` folders held: each manifest kept, and a diagnostic per file
-    /// skipped; `None` without `manifests`.
+    /// What `services.manifests` held: the manifests kept and why each other file was skipped
+    /// (their services are in `services.services`); absent without `manifests`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    // As a `tsType`: a `$ref` beside a doc makes json-schema-to-typescript declare a copy of the type.
+    #[schemars(with = "Value", extend("tsType" = "ManifestReport"))]
     pub manifests: Option<ManifestReport>,
-    /// Unknown keys inside our sections, as JSON paths.
+    /// Unknown keys in our sections, as JSON paths (they are ignored).
     pub warnings: Vec<String>,
 }
 
@@ -81,6 +91,16 @@ mod tests {
             parse_node_config(r#"{"gpuArbiter":{"policies":{"ASR":{"priority":"high"}}}}"#, "test.json").unwrap_err();
         assert_eq!(err.code, crate::error::ErrorCode::InvalidConfig);
         assert_eq!(err.message, r#"gpuArbiter.policies.ASR.priority: expected an integer 0-100, got "high""#);
+    }
+
+    #[test]
+    fn js_gets_the_sections_in_camel_case_and_no_key_for_an_absent_one() {
+        let cfg = parse_node_config(r#"{"gpuArbiter":{"colour":"red"}}"#, "t").unwrap();
+        let js = serde_json::to_value(&cfg).unwrap();
+        let keys: Vec<&str> = js.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys, ["gpuArbiter", "warnings"]);
+        assert_eq!(js["gpuArbiter"], serde_json::to_value(&cfg.gpu_arbiter).unwrap());
+        assert_eq!(js["warnings"], serde_json::json!(["gpuArbiter.colour: unknown key, ignored"]));
     }
 
     #[test]

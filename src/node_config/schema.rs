@@ -19,6 +19,7 @@ use crate::services::{
     HostBudgetAnswer, ListenerNote, PeakVramMethod, ServiceEvent, ServiceOutcome, ServiceState, ServiceStatus,
     ServicesConfig, ServicesRefresh, ServicesUpdate, StartAllOptions, WaitReason,
 };
+use crate::telemetry::advice::ConcurrencyRequest;
 use crate::telemetry::{Alert, Inventory, Recommendation, RecordedEvent, Sample, TelemetryOptions};
 
 /// The file's sections gpu-sidecar reads; other apps' sections are allowed and left alone.
@@ -79,14 +80,19 @@ pub fn events_schema() -> Value {
         ("GpuLeaseStatus", generator.subschema_for::<Status>()),
         ("GpuLeaseReason", generator.subschema_for::<Reason>()),
         ("ManifestReport", generator.subschema_for::<ManifestReport>()),
+        ("NodeConfig", generator.subschema_for::<super::NodeConfig>()),
         ("StartAllOptions", generator.subschema_for::<StartAllOptions>()),
         ("ServicesUpdate", generator.subschema_for::<ServicesUpdate>()),
         ("ServicesRefresh", generator.subschema_for::<ServicesRefresh>()),
         ("GpuArbiterSnapshot", generator.subschema_for::<GpuArbiterSnapshot>()),
         ("GpuArbiterEvent", generator.subschema_for::<GpuArbiterEvent>()),
     ];
+    // What JS passes in, described as it is read (a field with a default is optional).
+    let mut arguments = SchemaSettings::draft2020_12().for_deserialize().into_generator();
+    let argument_roots = [("RecommendConcurrencyOptions", arguments.subschema_for::<ConcurrencyRequest>())];
     let mut defs = generator.take_definitions(true);
-    for (name, schema) in roots {
+    defs.extend(arguments.take_definitions(true));
+    for (name, schema) in roots.into_iter().chain(argument_roots) {
         if !defs.contains_key(name) {
             defs.insert(name.to_string(), schema.to_value());
         }

@@ -391,6 +391,35 @@ pub fn expand_manifests(
     Ok(out)
 }
 
+/// `loadServiceManifests(dir, options?)`'s arguments as JSON: `dir` one folder or a non-empty
+/// array of them (errors name `dir` or `dir[k]`), `options.taskTypes` manifest `type`s to task
+/// types over the defaults. A bad argument is `INVALID_ARGUMENT` with its JSON path.
+pub fn expand_manifests_argument(dir: &Value, options: Option<&Value>) -> SidecarResult<ExpandedServices> {
+    #[derive(Deserialize, Default)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+    struct LoadOptions {
+        task_types: BTreeMap<String, String>,
+    }
+    let (dirs, single) = match dir {
+        Value::String(d) if !d.is_empty() => (vec![PathBuf::from(d)], true),
+        Value::Array(all) if !all.is_empty() && all.iter().all(|d| d.as_str().is_some_and(|d| !d.is_empty())) => {
+            (all.iter().filter_map(Value::as_str).map(PathBuf::from).collect(), false)
+        }
+        other => {
+            return Err(SidecarError::invalid_argument(format!(
+                "dir: expected a folder path or a non-empty array of them, got {other}"
+            )))
+        }
+    };
+    let options: LoadOptions = match options {
+        None | Some(Value::Null) => LoadOptions::default(),
+        Some(options) => serde_path_to_error::deserialize(options)
+            .map_err(|e| SidecarError::invalid_argument(format!("options.{}: {}", e.path(), e.inner())))?,
+    };
+    let label = |k: usize| if single { "dir".to_string() } else { format!("dir[{k}]") };
+    expand_manifests(&dirs, &label, &options.task_types)
+}
+
 /// The `services` section's manifest keys.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]

@@ -27,12 +27,28 @@ pub struct Recommendation {
 }
 
 /// `recommendConcurrency`'s options, `{ perWorkerMb, reserveFraction?, on? }`, as JS passed them.
-#[derive(Debug, Clone, PartialEq)]
+// Read by `from_json` (its messages name each field); the schema, and the TypeScript type generated
+// from it, describe the argument as read (the `serde` defaults are the ones `from_json` applies).
+#[derive(Debug, Clone, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(rename = "RecommendConcurrencyOptions")]
 pub struct ConcurrencyRequest {
+    /// Memory one worker takes, MB.
     pub per_worker_mb: f64,
+    /// Fraction of the total kept free (default 0.1).
+    #[serde(default = "default_reserve_fraction")]
     pub reserve_fraction: f64,
-    /// `host` or a GPU key.
+    /// `'host'` (default) or a GPU key such as `'gpu:0'`.
+    #[serde(default = "default_on")]
     pub on: String,
+}
+
+fn default_reserve_fraction() -> f64 {
+    0.1
+}
+
+fn default_on() -> String {
+    "host".to_string()
 }
 
 impl ConcurrencyRequest {
@@ -53,9 +69,9 @@ impl ConcurrencyRequest {
         };
         let per_worker_mb = number("perWorkerMb")?
             .ok_or_else(|| SidecarError::invalid_argument("options.perWorkerMb: expected a number > 0, got nothing"))?;
-        let reserve_fraction = number("reserveFraction")?.unwrap_or(0.1);
+        let reserve_fraction = number("reserveFraction")?.unwrap_or_else(default_reserve_fraction);
         let on = match map.get("on") {
-            None | Some(Value::Null) => "host".to_string(),
+            None | Some(Value::Null) => default_on(),
             Some(Value::String(s)) => s.clone(),
             Some(other) => {
                 return Err(SidecarError::invalid_argument(format!(
@@ -145,6 +161,23 @@ mod tests {
             assert_eq!(read(bad).unwrap_err().message, message);
         }
         assert!(ConcurrencyRequest::from_json(None).unwrap_err().message.ends_with("got nothing"));
+    }
+
+    #[test]
+    fn the_generated_type_names_the_fields_from_json_reads_and_makes_the_defaulted_ones_optional() {
+        let schema = schemars::schema_for!(ConcurrencyRequest).to_value();
+        let names: Vec<&str> = schema["properties"].as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(names, ["on", "perWorkerMb", "reserveFraction"]);
+        assert_eq!(schema["required"], serde_json::json!(["perWorkerMb"]));
+        let all = serde_json::json!({ "perWorkerMb": 3, "reserveFraction": 0.5, "on": "gpu:1" });
+        let read = ConcurrencyRequest::from_json(Some(&all)).unwrap();
+        assert_eq!(read, ConcurrencyRequest { per_worker_mb: 3.0, reserve_fraction: 0.5, on: "gpu:1".into() });
+        let defaults = ConcurrencyRequest::from_json(Some(&serde_json::json!({ "perWorkerMb": 3 }))).unwrap();
+        assert_eq!(
+            (schema["properties"]["reserveFraction"]["default"].as_f64(), defaults.reserve_fraction),
+            (Some(0.1), 0.1)
+        );
+        assert_eq!((schema["properties"]["on"]["default"].as_str(), defaults.on.as_str()), (Some("host"), "host"));
     }
 
     #[test]

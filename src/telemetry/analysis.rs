@@ -11,8 +11,9 @@ use super::record::{RecordedEvent, Replay};
 use super::sample::Sample;
 use crate::error::SidecarResult;
 
-/// A recording's samples in file order and its alerts in the order they were raised or cleared.
-#[derive(Debug, Clone, PartialEq)]
+/// A recording's samples in file order and its alerts in the order they were raised or cleared;
+/// `readRecording`'s value in its serde form.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct RecordingAnalysis {
     pub samples: Vec<Sample>,
     pub alerts: Vec<Alert>,

@@ -375,3 +375,30 @@ fn a_section_without_manifests_is_validated_as_before() {
         .unwrap_err();
     assert!(e.message.starts_with("services.services[0]: missing field"), "{}", e.message);
 }
+
+#[test]
+fn the_arguments_form_names_a_bad_dir_or_option_and_labels_folders_as_given() {
+    let message = |dir: Value, options: Option<Value>| {
+        let error = expand_manifests_argument(&dir, options.as_ref()).unwrap_err();
+        (error.code, error.message)
+    };
+    let bad_dir = |got: &str| {
+        (ErrorCode::InvalidArgument, format!("dir: expected a folder path or a non-empty array of them, got {got}"))
+    };
+    assert_eq!(message(json!(""), None), bad_dir("\"\""));
+    assert_eq!(message(json!([]), None), bad_dir("[]"));
+    assert_eq!(message(json!(["a", 3]), None), bad_dir("[\"a\",3]"));
+    let dir = json!(fixture().to_str().unwrap());
+    let (code, text) = message(dir.clone(), Some(json!({ "taskTypes": { "tone": 3 } })));
+    assert_eq!(code, ErrorCode::InvalidArgument);
+    assert!(text.starts_with("options.taskTypes.tone: invalid type: integer `3`"), "{text}");
+    let (_, text) = message(dir.clone(), Some(json!({ "other": 1 })));
+    assert!(text.starts_with("options.other: unknown field `other`"), "{text}");
+    let missing = fixture().join("missing");
+    let (code, text) = message(json!([fixture(), missing]), None);
+    assert_eq!((code, text), (ErrorCode::ManifestsNotFound, format!("dir[1]: no such folder: {}", missing.display())));
+    let (_, text) = message(json!(missing), None);
+    assert!(text.starts_with("dir: no such folder"), "{text}");
+    let mapped = expand_manifests_argument(&dir, Some(&json!({ "taskTypes": { "tone": "TTS" } }))).unwrap();
+    assert_eq!(mapped.services.len(), expand(&[fixture()]).unwrap().services.len());
+}
