@@ -413,6 +413,8 @@ impl Cell {
 struct Runner {
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    /// A stop found this run running (or stopping): its port is waited for once it ends.
+    stopped_running: bool,
 }
 
 /// Aborts a task when dropped (a helper task must not outlive what it serves).

@@ -163,7 +163,7 @@ impl Shared {
         let was = std::mem::replace(&mut cell.state, ServiceState::Starting);
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(self.clone().run_guarded(i, permit, stop_rx));
-        cell.runner = Some(Runner { stop, task });
+        cell.runner = Some(Runner { stop, task, stopped_running: false });
         drop(cell);
         self.changes.send_modify(|n| *n += 1);
         if was != ServiceState::Starting {
@@ -173,30 +173,36 @@ impl Shared {
     }
 
     /// What takes effect at once when service `i` is asked to stop: a running one reads
-    /// `stopping` and says so (`stopping` event), and its runner is told. Returns whether a stop
-    /// is under way (begun now or by an earlier call).
-    pub(super) fn begin_stop(&self, i: usize) -> bool {
+    /// `stopping` and says so (`stopping` event), and its runner is told. A runner whose stop
+    /// found it running (or already stopping) keeps that fact, for [`Shared::stop`] to wait for
+    /// the port however soon the process ends.
+    pub(super) fn begin_stop(&self, i: usize) {
         let mut cell = self.cell(i);
-        let Some(runner) = cell.runner.as_ref() else { return false };
+        let state = cell.state;
+        let Some(runner) = cell.runner.as_mut() else { return };
         runner.stop.send_replace(true);
-        let began = matches!(cell.state, ServiceState::Starting | ServiceState::Ready | ServiceState::Restarting);
+        let began = matches!(state, ServiceState::Starting | ServiceState::Ready | ServiceState::Restarting);
+        if began || state == ServiceState::Stopping {
+            runner.stopped_running = true;
+        }
         if !began {
-            return cell.state == ServiceState::Stopping;
+            return;
         }
         cell.state = ServiceState::Stopping;
         drop(cell);
         self.emit(i, ServiceEventKind::Stopping);
         self.changes.send_modify(|n| *n += 1);
-        true
     }
 
-    /// Stops service `i` and waits for its runner to end, then for its port to be free.
+    /// Stops service `i` and waits for its runner to end, then for its port to be free. The
+    /// port is waited for when a stop found the service running, this one or an earlier
+    /// `Supervisor::begin_stop` of the same run: the process may have ended before this runs.
     pub(super) async fn stop(&self, i: usize) {
-        let running = self.begin_stop(i);
+        self.begin_stop(i);
         let runner = self.cell(i).runner.take();
-        let Some(runner) = runner else { return };
-        let _ = runner.task.await;
-        if running {
+        let Some(Runner { task, stopped_running, .. }) = runner else { return };
+        let _ = task.await;
+        if stopped_running {
             self.wait_port_released(i).await;
         }
         // The runner may have ended on its own just before the stop request reached it.

@@ -189,3 +189,32 @@ async fn a_service_that_ignores_its_stop_signal_is_killed_after_the_stop_timeout
     assert!(started.elapsed() >= Duration::from_millis(300));
     assert!(reaped(pid));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_waits_for_the_port_even_when_the_process_ended_before_the_wait_began() {
+    let sb = Sandbox::new("portrace");
+    let port = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).unwrap().local_addr().unwrap().port();
+    let mut svc = sb.service("idle", &["--log-ready"], log_ready());
+    svc["port"] = json!(port);
+    svc["portReleaseTimeoutMs"] = json!(300);
+    let (sup, mut rx) = supervisor(json!({"services": [svc]}), SupervisorHooks::default());
+    ready_ms(&sup.start("idle").await.unwrap());
+    // Someone else takes the port the service declared (it never bound it).
+    let _squatter = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port)).unwrap();
+    // A host asks for the stop in its own turn (as the binding does); the process is gone and
+    // reaped before the stop's waiting part runs.
+    sup.begin_stop("idle").unwrap();
+    let pid = sup.status("idle").unwrap().pid.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sup.status("idle").unwrap().state != ServiceState::Stopped || !reaped(pid) {
+        assert!(Instant::now() < deadline, "the runner did not end: {:?}", sup.status("idle").unwrap().state);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let started = Instant::now();
+    sup.stop("idle").await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(300), "returned after {:?}", started.elapsed());
+    let events = drain(&mut rx);
+    let held: Vec<_> =
+        steps(&events, "idle").into_iter().filter(|k| matches!(k, ServiceEventKind::PortStillHeld { .. })).collect();
+    assert!(matches!(held.as_slice(), [ServiceEventKind::PortStillHeld { port: p, .. }] if *p == port), "{held:?}");
+}
