@@ -131,36 +131,31 @@ impl Arbiter {
             .collect();
         let tasks = self
             .stats
-            .get(&gpu.key)
-            .map(|tasks| {
-                tasks
-                    .iter()
-                    .map(|(task, s)| {
-                        let n = |st: Status| s.by_status.get(&st).copied().unwrap_or(0);
-                        TaskStatsView {
-                            task_type: task.clone(),
-                            acquired: n(Status::Acquired),
-                            skipped: n(Status::Skipped),
-                            fallback_cpu: n(Status::FallbackCpu),
-                            timeout: n(Status::Timeout),
-                            cancelled: n(Status::Cancelled),
-                            queue_full: s.queue_full,
-                            watchdog_exceeded: s.watchdog_exceeded,
-                            revoked: s.revoked,
-                            wait: s.wait.percentiles(),
-                            hold: s.hold.percentiles(),
-                        }
-                    })
-                    .collect()
+            .of_gpu(&gpu.key)
+            .map(|(task, s)| {
+                let n = |st: Status| s.counted(st);
+                TaskStatsView {
+                    task_type: task.clone(),
+                    acquired: n(Status::Acquired),
+                    skipped: n(Status::Skipped),
+                    fallback_cpu: n(Status::FallbackCpu),
+                    timeout: n(Status::Timeout),
+                    cancelled: n(Status::Cancelled),
+                    queue_full: s.queue_full,
+                    watchdog_exceeded: s.watchdog_exceeded,
+                    revoked: s.revoked,
+                    wait: s.wait.percentiles(),
+                    hold: s.hold.percentiles(),
+                }
             })
-            .unwrap_or_default();
+            .collect();
         let mut metrics = GpuMetricsView {
             recent_waits_ms: gpu.recent_waits.iter().copied().collect(),
             recent_holds_ms: gpu.recent_holds.iter().copied().collect(),
             ..GpuMetricsView::default()
         };
-        for s in self.stats.get(&gpu.key).into_iter().flat_map(|tasks| tasks.values()) {
-            let n = |st: Status| s.by_status.get(&st).copied().unwrap_or(0);
+        for (_, s) in self.stats.of_gpu(&gpu.key) {
+            let n = |st: Status| s.counted(st);
             metrics.acquired += n(Status::Acquired);
             metrics.skipped += n(Status::Skipped);
             metrics.fallback_cpu += n(Status::FallbackCpu);

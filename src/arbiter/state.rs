@@ -5,7 +5,7 @@ use rustc_hash::FxHashMap;
 
 use super::config::{ArbiterConfig, WatchdogAction};
 use super::deadlines::{Deadline, Deadlines};
-use super::stats::{render_prometheus, StatsTable, TaskStats};
+use super::stats::{render_prometheus, StatsTable};
 use super::types::*;
 use crate::error::{ErrorCode, SidecarError, SidecarResult};
 
@@ -72,6 +72,8 @@ pub(super) struct Gpu {
     pub recent_waits: VecDeque<f64>,
     /// Hold times of the latest releases, ms, oldest first (snapshot `metrics.holdMs`).
     pub recent_holds: VecDeque<f64>,
+    /// This GPU's stats slot of each task type seen ([`StatsTable::slot`] without its key compares).
+    stats_slots: FxHashMap<Box<str>, usize>,
 }
 
 pub(super) struct Lease {
@@ -84,6 +86,8 @@ pub(super) struct Lease {
     pub hold_max: Micros,
     pub watchdog_fired: bool,
     pub vram_mb: u64,
+    /// Its GPU's and task type's slot in [`StatsTable`].
+    pub stats: usize,
 }
 
 pub(super) struct Waiter {
@@ -102,6 +106,8 @@ pub(super) struct Waiter {
     pub trace: Trace,
     /// Queued for the first reading: once it comes, answered by its own policy.
     pub awaits_reading: bool,
+    /// Its GPU's and task type's slot in [`StatsTable`].
+    pub stats: usize,
 }
 
 /// A request with its policy applied.
@@ -161,7 +167,7 @@ impl Arbiter {
             standby: HashMap::new(),
             demands: Vec::new(),
             demanded: std::collections::HashSet::new(),
-            stats: StatsTable::new(),
+            stats: StatsTable::default(),
             awaiting_reading: false,
         }
     }
@@ -417,9 +423,19 @@ impl Arbiter {
             }
             Ok(()) => {
                 let lease_id = self.fresh_id();
-                let grant =
-                    self.grant(lease_id, g, req.task_type, r.priority, req.trace, r.hold_max, r.vram_mb, 0, now);
-                return Ok(Admission::Settled(Outcome::Acquired(grant)));
+                let stats = self.stats_slot(g, &req.task_type);
+                let lease = Lease {
+                    gpu: g,
+                    task_type: req.task_type,
+                    priority: r.priority,
+                    trace: req.trace,
+                    acquired_at: now,
+                    hold_max: r.hold_max,
+                    watchdog_fired: false,
+                    vram_mb: r.vram_mb,
+                    stats,
+                };
+                return Ok(Admission::Settled(Outcome::Acquired(self.grant(lease_id, lease, 0))));
             }
             Err(block) => block,
         };
@@ -461,7 +477,7 @@ impl Arbiter {
         self.gpus[g].active -= 1;
         let held = now.saturating_sub(lease.acquired_at);
         push_recent(&mut self.gpus[g].recent_holds, held);
-        task_stats(&mut self.stats, &self.gpus[g].key, &lease.task_type).hold.observe(held);
+        self.stats.at(lease.stats).hold.observe(held);
         if self.record_events {
             let mut ev = ArbiterEvent::new(EventKind::Released, now);
             ev.gpu_key = Some(self.gpus[g].key.clone());
@@ -478,8 +494,7 @@ impl Arbiter {
     /// Withdraws a queued request (its AbortSignal fired). `None` if it is no longer queued.
     pub fn cancel(&mut self, waiter: WaiterId, now: Micros) -> Option<Resolution> {
         let w = self.dequeue(waiter)?;
-        let key = self.gpus[w.gpu].key.clone();
-        self.task_stats(&key, &w.task_type).count(Status::Cancelled);
+        self.stats.at(w.stats).count(Status::Cancelled);
         self.emit_settled(EventKind::Cancelled, w.gpu, &w.task_type, Status::Cancelled, Reason::Aborted, now);
         Some(Resolution {
             waiter,
@@ -661,8 +676,7 @@ impl Arbiter {
         ids.sort_unstable();
         for (_, id) in ids {
             if let Some(w) = self.dequeue(id) {
-                let key = self.gpus[w.gpu].key.clone();
-                self.task_stats(&key, &w.task_type).count(Status::Cancelled);
+                self.stats.at(w.stats).count(Status::Cancelled);
                 self.emit_settled(EventKind::Cancelled, w.gpu, &w.task_type, Status::Cancelled, Reason::Shutdown, now);
                 out.push(Resolution {
                     waiter: id,
@@ -811,42 +825,40 @@ impl Arbiter {
     }
 
     /// Grants lease `lease_id` (a queued request keeps its waiter id as its lease id, so the id a
-    /// snapshot shows for a queued request is the one its lease gets).
-    #[allow(clippy::too_many_arguments)]
-    fn grant(
-        &mut self,
-        lease_id: LeaseId,
-        g: usize,
-        task_type: TaskType,
-        priority: u64,
-        trace: Trace,
-        hold_max: Micros,
-        vram_mb: u64,
-        waited: Micros,
-        now: Micros,
-    ) -> Grant {
+    /// snapshot shows for a queued request is the one its lease gets), acquired now
+    /// (`lease.acquired_at`) after `waited`.
+    fn grant(&mut self, lease_id: LeaseId, lease: Lease, waited: Micros) -> Grant {
+        let (g, now, hold_max) = (lease.gpu, lease.acquired_at, lease.hold_max);
         self.gpus[g].active += 1;
         push_recent(&mut self.gpus[g].recent_waits, waited);
         if hold_max > 0 {
             self.add_deadline(now + hold_max, Deadline::Watchdog(lease_id));
         }
-        let stats = task_stats(&mut self.stats, &self.gpus[g].key, &task_type);
+        let stats = self.stats.at(lease.stats);
         stats.count(Status::Acquired);
         stats.wait.observe(waited);
         if self.record_events {
             let mut ev = ArbiterEvent::new(EventKind::Acquired, now);
             ev.gpu_key = Some(self.gpus[g].key.clone());
-            ev.task_type = Some(task_type.to_string());
+            ev.task_type = Some(lease.task_type.to_string());
             ev.lease_id = Some(lease_id);
             ev.waited = Some(waited);
-            ev.trace = Some(trace.clone());
+            ev.trace = Some(lease.trace.clone());
             self.events.push(ev);
         }
-        self.leases.insert(
-            lease_id,
-            Lease { gpu: g, task_type, priority, trace, acquired_at: now, hold_max, watchdog_fired: false, vram_mb },
-        );
+        self.leases.insert(lease_id, lease);
         Grant { lease_id, gpu: g, acquired_at: now, queue_wait: waited, hold_max }
+    }
+
+    /// The stats slot of GPU `g` and `task_type`, made on first use.
+    fn stats_slot(&mut self, g: usize, task_type: &str) -> usize {
+        let gpu = &mut self.gpus[g];
+        if let Some(&slot) = gpu.stats_slots.get(task_type) {
+            return slot;
+        }
+        let slot = self.stats.slot(&gpu.key, task_type);
+        gpu.stats_slots.insert(task_type.into(), slot);
+        slot
     }
 
     fn queue_key(&self, priority: u64, enqueued_at: Micros, seq: u64) -> QueueKey {
@@ -860,6 +872,7 @@ impl Arbiter {
         let id = self.fresh_id();
         let key = self.queue_key(r.priority, now, id);
         let deadline = now + r.max_wait;
+        let stats = self.stats_slot(g, &req.task_type);
         self.gpus[g].queue.insert(key, id);
         if self.record_events {
             let mut ev = ArbiterEvent::new(EventKind::Queued, now);
@@ -884,6 +897,7 @@ impl Arbiter {
                 busy: r.busy,
                 trace: req.trace,
                 awaits_reading: false,
+                stats,
             },
         );
         self.add_deadline(deadline, Deadline::WaitTimeout(id));
@@ -926,7 +940,18 @@ impl Arbiter {
             let Some(id) = next else { return };
             let w = self.dequeue(id).expect("queued waiter exists");
             let waited = now.saturating_sub(w.enqueued_at);
-            let grant = self.grant(id, g, w.task_type, w.priority, w.trace, w.hold_max, w.vram_mb, waited, now);
+            let lease = Lease {
+                gpu: g,
+                task_type: w.task_type,
+                priority: w.priority,
+                trace: w.trace,
+                acquired_at: now,
+                hold_max: w.hold_max,
+                watchdog_fired: false,
+                vram_mb: w.vram_mb,
+                stats: w.stats,
+            };
+            let grant = self.grant(id, lease, waited);
             out.push(Resolution { waiter: id, outcome: Outcome::Acquired(grant) });
         }
     }
@@ -963,8 +988,7 @@ impl Arbiter {
             self.wait_ran_out(g, priority, busy, block, now)
         };
         let w = self.dequeue(id).expect("waiter exists");
-        let key = self.gpus[g].key.clone();
-        let stats = self.task_stats(&key, &w.task_type);
+        let stats = self.stats.at(w.stats);
         stats.count(status);
         stats.timeouts += 1;
         self.emit_settled(EventKind::Timeout, g, &w.task_type, status, reason, now);
@@ -999,7 +1023,7 @@ impl Arbiter {
         let (g, task_type, held) = (lease.gpu, lease.task_type.clone(), now.saturating_sub(lease.acquired_at));
         let trace = lease.trace.clone();
         let key = self.gpus[g].key.clone();
-        let stats = self.task_stats(&key, &task_type);
+        let stats = self.stats.at(lease.stats);
         stats.watchdog_exceeded += 1;
         if revoke {
             stats.revoked += 1;
@@ -1035,8 +1059,8 @@ impl Arbiter {
         waited_out: bool,
         now: Micros,
     ) {
-        let key = self.gpus[g].key.clone();
-        let stats = self.task_stats(&key, task_type);
+        let slot = self.stats_slot(g, task_type);
+        let stats = self.stats.at(slot);
         stats.count(status);
         match reason {
             _ if waited_out => stats.timeouts += 1,
@@ -1079,29 +1103,12 @@ impl Arbiter {
         }
     }
 
-    fn task_stats(&mut self, gpu: &str, task_type: &str) -> &mut TaskStats {
-        task_stats(&mut self.stats, gpu, task_type)
-    }
-
     pub(super) fn admission_state(&self, g: usize, now: Micros) -> AdmissionState {
         match self.usable_reading(g, now) {
             Some(_) => self.gpus[g].state,
             None => AdmissionState::Unknown,
         }
     }
-}
-
-/// One GPU's and task type's stats, made on first use. A free function, so callers can borrow
-/// the GPU's key from `self.gpus` at the same time (no key clone on the hot path).
-fn task_stats<'a>(stats: &'a mut StatsTable, gpu: &str, task_type: &str) -> &'a mut TaskStats {
-    if !stats.contains_key(gpu) {
-        stats.insert(gpu.to_string(), BTreeMap::new());
-    }
-    let tasks = stats.get_mut(gpu).expect("inserted above");
-    if !tasks.contains_key(task_type) {
-        tasks.insert(task_type.to_string(), TaskStats::default());
-    }
-    tasks.get_mut(task_type).expect("inserted above")
 }
 
 /// The utilization marks between NORMAL and HIGH_PRESSURE.
@@ -1138,6 +1145,7 @@ impl Gpu {
             state: AdmissionState::Unknown,
             recent_waits: VecDeque::new(),
             recent_holds: VecDeque::new(),
+            stats_slots: FxHashMap::default(),
         }
     }
 }
