@@ -1,5 +1,6 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
@@ -74,6 +75,9 @@ pub(super) struct Gpu {
     pub recent_holds: VecDeque<f64>,
     /// This GPU's stats slot of each task type seen ([`StatsTable::slot`] without its key compares).
     stats_slots: FxHashMap<Box<str>, usize>,
+    /// The last task type looked up there and its slot: task types come interned (one shared
+    /// name per type), so the next lookup is most often the same name, told by its address.
+    last_stats: Option<(TaskType, usize)>,
 }
 
 pub(super) struct Lease {
@@ -228,6 +232,11 @@ impl Arbiter {
     /// Whether any lease was revoked since `take_revoked` was last called.
     pub fn has_revoked(&self) -> bool {
         !self.revoked.is_empty()
+    }
+
+    /// Whether revocations, demands or events wait to be taken.
+    pub fn has_news(&self) -> bool {
+        !self.revoked.is_empty() || !self.demands.is_empty() || !self.events.is_empty()
     }
 
     /// When the caller must next call [`Arbiter::tick`].
@@ -827,6 +836,9 @@ impl Arbiter {
     /// Grants lease `lease_id` (a queued request keeps its waiter id as its lease id, so the id a
     /// snapshot shows for a queued request is the one its lease gets), acquired now
     /// (`lease.acquired_at`) after `waited`.
+    // Inlined: the grant is then written where the caller returns it (a copy of it through the
+    // stack stalled store forwarding on the acquire hot path).
+    #[inline(always)]
     fn grant(&mut self, lease_id: LeaseId, lease: Lease, waited: Micros) -> Grant {
         let (g, now, hold_max) = (lease.gpu, lease.acquired_at, lease.hold_max);
         self.gpus[g].active += 1;
@@ -851,13 +863,22 @@ impl Arbiter {
     }
 
     /// The stats slot of GPU `g` and `task_type`, made on first use.
-    fn stats_slot(&mut self, g: usize, task_type: &str) -> usize {
+    fn stats_slot(&mut self, g: usize, task_type: &TaskType) -> usize {
         let gpu = &mut self.gpus[g];
-        if let Some(&slot) = gpu.stats_slots.get(task_type) {
-            return slot;
+        match &gpu.last_stats {
+            // The same shared name (held here, so its address cannot have been reused).
+            Some((last, slot)) if Arc::ptr_eq(last, task_type) => return *slot,
+            _ => {}
         }
-        let slot = self.stats.slot(&gpu.key, task_type);
-        gpu.stats_slots.insert(task_type.into(), slot);
+        let slot = match gpu.stats_slots.get(&**task_type) {
+            Some(&slot) => slot,
+            None => {
+                let slot = self.stats.slot(&gpu.key, task_type);
+                gpu.stats_slots.insert((**task_type).into(), slot);
+                slot
+            }
+        };
+        gpu.last_stats = Some((task_type.clone(), slot));
         slot
     }
 
@@ -1053,7 +1074,7 @@ impl Arbiter {
     fn settle_unqueued(
         &mut self,
         g: usize,
-        task_type: &str,
+        task_type: &TaskType,
         status: Status,
         reason: Reason,
         waited_out: bool,
@@ -1146,6 +1167,7 @@ impl Gpu {
             recent_waits: VecDeque::new(),
             recent_holds: VecDeque::new(),
             stats_slots: FxHashMap::default(),
+            last_stats: None,
         }
     }
 }

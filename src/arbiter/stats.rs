@@ -9,6 +9,17 @@ use super::types::{Micros, Status, MICROS_PER_MS};
 const BUCKETS_MS: [f64; 14] =
     [1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0];
 
+/// The bucket bounds in microseconds, as observations are counted.
+const BUCKETS_US: [Micros; BUCKETS_MS.len()] = {
+    let mut bounds = [0; BUCKETS_MS.len()];
+    let mut i = 0;
+    while i < bounds.len() {
+        bounds[i] = BUCKETS_MS[i] as Micros * MICROS_PER_MS;
+        i += 1;
+    }
+    bounds
+};
+
 /// Percentiles come from the most recent observations, so they follow the current load.
 const RECENT_WINDOW: usize = 2048;
 
@@ -25,7 +36,9 @@ pub struct Histogram {
 impl Histogram {
     pub fn observe(&mut self, micros: Micros) {
         let ms = micros as f64 / MICROS_PER_MS as f64;
-        let bucket = BUCKETS_MS.partition_point(|bound| *bound < ms);
+        // The first bound at or above it, in whole microseconds (most holds and waits fall in the
+        // first bucket): the bucket `ms` falls in, without a chain of float compares.
+        let bucket = BUCKETS_US.iter().position(|&bound| micros <= bound).unwrap_or(BUCKETS_US.len());
         if let Some(n) = self.buckets.get_mut(bucket) {
             *n += 1;
         }

@@ -285,14 +285,25 @@ impl ArbiterHost {
                 }
             }
         }
-        if resolutions.capacity() > self.spare_resolutions.capacity() {
-            self.spare_resolutions = resolutions;
-        }
+        self.recycle(resolutions);
         if self.core.has_revoked() {
             let revoked = self.core.take_revoked();
             if self.js_half_bound {
                 self.outbox.extend(revoked.into_iter().map(Outbound::Revoked));
             }
+        }
+    }
+
+    /// Whether a call that resolved `out` left nothing to route ([`ArbiterHost::collect`],
+    /// demands, events): then only the header changed.
+    pub fn quiet(&self, out: &[Resolution]) -> bool {
+        out.is_empty() && !self.core.has_news()
+    }
+
+    /// Keeps an emptied resolutions vector for the next call, if it is the roomier one.
+    pub fn recycle(&mut self, resolutions: Vec<Resolution>) {
+        if resolutions.capacity() > self.spare_resolutions.capacity() {
+            self.spare_resolutions = resolutions;
         }
     }
 

@@ -78,6 +78,12 @@ pub fn after_call(
 ) -> JsResult<()> {
     let events = {
         let mut s = state.borrow_mut();
+        if caller == Caller::Js && s.host.quiet(&out) {
+            // The common hot call: nothing to route or tell, only the header to publish.
+            s.host.recycle(out);
+            s.publish();
+            return Ok(());
+        }
         s.host.collect(out);
         s.host.dispatch_demands();
         s.host.take_events().map(|events| {
