@@ -380,7 +380,9 @@ impl Arbiter {
     /// `set_config` or `close`, each of which returns the resolutions it made.
     pub fn acquire(&mut self, req: AcquireRequest, now: Micros) -> SidecarResult<Admission> {
         self.ensure_open()?;
-        if req.task_type.trim().is_empty() {
+        // A name that starts with a printable ASCII character is not blank: no trim for it.
+        let printable_start = req.task_type.as_bytes().first().is_some_and(u8::is_ascii_graphic);
+        if !printable_start && req.task_type.trim().is_empty() {
             return Err(SidecarError::invalid_argument("request.taskType: expected a non-empty string"));
         }
         if let Some(p) = req.priority {

@@ -218,6 +218,8 @@ fn acquire_request(env: &Env, state: &Rc<RefCell<ArbiterBinding>>, args: &Args) 
     acquire(env, state, request)
 }
 
+// Inlined: the request is then built where the core takes it, not copied on the way.
+#[inline(always)]
 fn acquire(env: &Env, state: &Rc<RefCell<ArbiterBinding>>, request: AcquireRequest) -> JsResult<sys::napi_value> {
     let admission = {
         let mut s = state.borrow_mut();
