@@ -481,9 +481,14 @@ impl Arbiter {
 
     /// Gives a lease back. Unknown, already released or revoked ids return `false` and change nothing.
     pub fn release(&mut self, lease_id: LeaseId, now: Micros, out: &mut Vec<Resolution>) -> bool {
-        let Some(lease) = self.leases.remove(&lease_id) else {
-            return false;
-        };
+        self.release_task(lease_id, now, out).is_some()
+    }
+
+    /// [`Arbiter::release`], handing back the released lease's task type name: a caller that
+    /// shares names passes it to its next request rather than dropping this reference and taking
+    /// another (two atomic operations per lease).
+    pub fn release_task(&mut self, lease_id: LeaseId, now: Micros, out: &mut Vec<Resolution>) -> Option<TaskType> {
+        let lease = self.leases.remove(&lease_id)?;
         let g = lease.gpu;
         self.gpus[g].active -= 1;
         let held = now.saturating_sub(lease.acquired_at);
@@ -499,7 +504,7 @@ impl Arbiter {
             self.events.push(ev);
         }
         self.pump(g, now, out);
-        true
+        Some(lease.task_type)
     }
 
     /// Withdraws a queued request (its AbortSignal fired). `None` if it is no longer queued.

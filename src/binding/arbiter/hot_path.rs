@@ -193,7 +193,7 @@ fn id_arg(env: &Env, value: sys::napi_value) -> JsResult<Option<u64>> {
 
 fn acquire_task(env: &Env, state: &Rc<RefCell<ArbiterBinding>>, args: &Args) -> JsResult<sys::napi_value> {
     let task_type = match number_arg(env, args[0]) {
-        Some(number) => state.borrow().host.task_type_named(number as u32).ok_or_else(|| {
+        Some(number) => state.borrow_mut().host.task_type_named(number as u32).ok_or_else(|| {
             SidecarError::invalid_argument(format!("request.taskType: no task type has the number {number}"))
         })?,
         None if js::value_type(env, args[0]).js()? == ValueType::String => {
