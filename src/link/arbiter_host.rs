@@ -520,7 +520,7 @@ mod tests {
     fn a_released_name_goes_to_the_next_request_of_its_number_and_never_to_another() {
         let mut h = host(serde_json::json!({"maxConcurrentLeases": 4}));
         let (asr, nmt) = (h.task_type_number("ASR").unwrap(), h.task_type_number("NMT").unwrap());
-        let mut lease = |h: &mut ArbiterHost, number| {
+        let lease = |h: &mut ArbiterHost, number| {
             let name = h.task_type_named(number).unwrap();
             let now = h.now();
             match h.core.acquire(AcquireRequest::of(name, Default::default()), now).unwrap() {
