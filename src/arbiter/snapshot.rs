@@ -1,6 +1,6 @@
 //! Point-in-time views of one GPU: who holds it, who waits (in dequeue order), what was counted.
 
-use super::state::Arbiter;
+use super::state::{shown, Arbiter};
 use super::stats::Percentiles;
 use super::types::*;
 
@@ -100,7 +100,7 @@ impl Arbiter {
                 lease_id: *id,
                 task_type: l.task_type.to_string(),
                 priority: l.priority,
-                trace: l.trace.clone(),
+                trace: shown(&l.trace),
                 acquired_at: l.acquired_at,
                 held: now.saturating_sub(l.acquired_at),
                 hold_max: l.hold_max,
@@ -125,7 +125,7 @@ impl Arbiter {
                     waited,
                     remaining: w.deadline.map(|d| d.saturating_sub(now)),
                     vram_mb: w.vram_mb,
-                    trace: w.trace.clone(),
+                    trace: shown(&w.trace),
                 }
             })
             .collect();

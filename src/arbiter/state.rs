@@ -84,7 +84,7 @@ pub(super) struct Lease {
     pub gpu: usize,
     pub task_type: TaskType,
     pub priority: u64,
-    pub trace: Trace,
+    pub trace: KeptTrace,
     pub acquired_at: Micros,
     /// 0: no watchdog.
     pub hold_max: Micros,
@@ -107,11 +107,24 @@ pub(super) struct Waiter {
     pub hold_max: Micros,
     pub vram_mb: u64,
     pub busy: BusyPolicy,
-    pub trace: Trace,
+    pub trace: KeptTrace,
     /// Queued for the first reading: once it comes, answered by its own policy.
     pub awaits_reading: bool,
     /// Its GPU's and task type's slot in [`StatsTable`].
     pub stats: usize,
+}
+
+/// A trace as a lease or a waiter keeps it: most requests have none, and the tables move their
+/// entries by value, so a trace is boxed, and only when it says something.
+pub(super) type KeptTrace = Option<Box<Trace>>;
+
+fn keep(trace: Trace) -> KeptTrace {
+    (trace != Trace::default()).then(|| Box::new(trace))
+}
+
+/// A kept trace as views and events show it.
+pub(super) fn shown(trace: &KeptTrace) -> Trace {
+    trace.as_deref().cloned().unwrap_or_default()
 }
 
 /// A request with its policy applied.
@@ -439,7 +452,7 @@ impl Arbiter {
                     gpu: g,
                     task_type: req.task_type,
                     priority: r.priority,
-                    trace: req.trace,
+                    trace: keep(req.trace),
                     acquired_at: now,
                     hold_max: r.hold_max,
                     watchdog_fired: false,
@@ -500,7 +513,7 @@ impl Arbiter {
             ev.task_type = Some(lease.task_type.to_string());
             ev.lease_id = Some(lease_id);
             ev.held = Some(held);
-            ev.trace = Some(lease.trace);
+            ev.trace = Some(lease.trace.map_or_else(Trace::default, |t| *t));
             self.events.push(ev);
         }
         self.pump(g, now, out);
@@ -713,7 +726,7 @@ impl Arbiter {
                 ev.task_type = Some(lease.task_type.to_string());
                 ev.lease_id = Some(id);
                 ev.held = Some(now.saturating_sub(lease.acquired_at));
-                ev.trace = Some(lease.trace.clone());
+                ev.trace = Some(shown(&lease.trace));
                 ev.detail = Some("shutdown".to_string());
                 self.events.push(ev);
             }
@@ -862,7 +875,7 @@ impl Arbiter {
             ev.task_type = Some(lease.task_type.to_string());
             ev.lease_id = Some(lease_id);
             ev.waited = Some(waited);
-            ev.trace = Some(lease.trace.clone());
+            ev.trace = Some(shown(&lease.trace));
             self.events.push(ev);
         }
         self.leases.insert(lease_id, lease);
@@ -923,7 +936,7 @@ impl Arbiter {
                 hold_max: r.hold_max,
                 vram_mb: r.vram_mb,
                 busy: r.busy,
-                trace: req.trace,
+                trace: keep(req.trace),
                 awaits_reading: false,
                 stats,
             },
@@ -1049,7 +1062,7 @@ impl Arbiter {
         };
         lease.watchdog_fired = true;
         let (g, task_type, held) = (lease.gpu, lease.task_type.clone(), now.saturating_sub(lease.acquired_at));
-        let trace = lease.trace.clone();
+        let trace = shown(&lease.trace);
         let key = self.gpus[g].key.clone();
         let stats = self.stats.at(lease.stats);
         stats.watchdog_exceeded += 1;

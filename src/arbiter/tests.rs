@@ -916,3 +916,28 @@ fn a_blank_task_type_is_refused_however_it_starts() {
         assert!(a.acquire(req(named), 0).is_ok(), "{named:?}");
     }
 }
+
+#[test]
+fn a_trace_goes_with_its_request_through_the_queue_to_its_lease_and_its_release() {
+    let mut a = arbiter(json!({"maxConcurrentLeases": 1}));
+    let mut out = vec![];
+    let first = granted(a.acquire(req("ASR"), 0).unwrap()).lease_id;
+    let mut traced = req("ASR");
+    traced.trace = Trace { stage: Some("asr".into()), ..Trace::default() };
+    let waiter = queued(a.acquire(traced, MS).unwrap());
+    assert_eq!(a.snapshot("gpu:0", MS).unwrap().queue[0].trace.stage.as_deref(), Some("asr"));
+    a.take_events();
+    assert!(a.release(first, 2 * MS, &mut out));
+    assert!(a.release(waiter, 3 * MS, &mut out));
+    let traces: Vec<(EventKind, Option<Trace>)> = a.take_events().into_iter().map(|e| (e.kind, e.trace)).collect();
+    let asr = Trace { stage: Some("asr".into()), ..Trace::default() };
+    assert_eq!(
+        traces,
+        [
+            (EventKind::Released, Some(Trace::default())),
+            (EventKind::Acquired, Some(asr.clone())),
+            (EventKind::Released, Some(asr)),
+        ],
+        "an untraced lease shows an empty trace, a traced one its own"
+    );
+}
