@@ -1,6 +1,6 @@
 //! Point-in-time views of one GPU: who holds it, who waits (in dequeue order), what was counted.
 
-use super::state::Arbiter;
+use super::state::{shown, Arbiter};
 use super::stats::Percentiles;
 use super::types::*;
 
@@ -100,7 +100,7 @@ impl Arbiter {
                 lease_id: *id,
                 task_type: l.task_type.to_string(),
                 priority: l.priority,
-                trace: l.trace.clone(),
+                trace: shown(&l.trace),
                 acquired_at: l.acquired_at,
                 held: now.saturating_sub(l.acquired_at),
                 hold_max: l.hold_max,
@@ -125,42 +125,37 @@ impl Arbiter {
                     waited,
                     remaining: w.deadline.map(|d| d.saturating_sub(now)),
                     vram_mb: w.vram_mb,
-                    trace: w.trace.clone(),
+                    trace: shown(&w.trace),
                 }
             })
             .collect();
         let tasks = self
             .stats
-            .get(&gpu.key)
-            .map(|tasks| {
-                tasks
-                    .iter()
-                    .map(|(task, s)| {
-                        let n = |st: Status| s.by_status.get(&st).copied().unwrap_or(0);
-                        TaskStatsView {
-                            task_type: task.clone(),
-                            acquired: n(Status::Acquired),
-                            skipped: n(Status::Skipped),
-                            fallback_cpu: n(Status::FallbackCpu),
-                            timeout: n(Status::Timeout),
-                            cancelled: n(Status::Cancelled),
-                            queue_full: s.queue_full,
-                            watchdog_exceeded: s.watchdog_exceeded,
-                            revoked: s.revoked,
-                            wait: s.wait.percentiles(),
-                            hold: s.hold.percentiles(),
-                        }
-                    })
-                    .collect()
+            .of_gpu(&gpu.key)
+            .map(|(task, s)| {
+                let n = |st: Status| s.counted(st);
+                TaskStatsView {
+                    task_type: task.clone(),
+                    acquired: n(Status::Acquired),
+                    skipped: n(Status::Skipped),
+                    fallback_cpu: n(Status::FallbackCpu),
+                    timeout: n(Status::Timeout),
+                    cancelled: n(Status::Cancelled),
+                    queue_full: s.queue_full,
+                    watchdog_exceeded: s.watchdog_exceeded,
+                    revoked: s.revoked,
+                    wait: s.wait.percentiles(),
+                    hold: s.hold.percentiles(),
+                }
             })
-            .unwrap_or_default();
+            .collect();
         let mut metrics = GpuMetricsView {
             recent_waits_ms: gpu.recent_waits.iter().copied().collect(),
             recent_holds_ms: gpu.recent_holds.iter().copied().collect(),
             ..GpuMetricsView::default()
         };
-        for s in self.stats.get(&gpu.key).into_iter().flat_map(|tasks| tasks.values()) {
-            let n = |st: Status| s.by_status.get(&st).copied().unwrap_or(0);
+        for (_, s) in self.stats.of_gpu(&gpu.key) {
+            let n = |st: Status| s.counted(st);
             metrics.acquired += n(Status::Acquired);
             metrics.skipped += n(Status::Skipped);
             metrics.fallback_cpu += n(Status::FallbackCpu);

@@ -1,11 +1,12 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
 use super::config::{ArbiterConfig, WatchdogAction};
 use super::deadlines::{Deadline, Deadlines};
-use super::stats::{render_prometheus, StatsTable, TaskStats};
+use super::stats::{render_prometheus, StatsTable};
 use super::types::*;
 use crate::error::{ErrorCode, SidecarError, SidecarResult};
 
@@ -72,18 +73,25 @@ pub(super) struct Gpu {
     pub recent_waits: VecDeque<f64>,
     /// Hold times of the latest releases, ms, oldest first (snapshot `metrics.holdMs`).
     pub recent_holds: VecDeque<f64>,
+    /// This GPU's stats slot of each task type seen ([`StatsTable::slot`] without its key compares).
+    stats_slots: FxHashMap<Box<str>, usize>,
+    /// The last task type looked up there and its slot: task types come interned (one shared
+    /// name per type), so the next lookup is most often the same name, told by its address.
+    last_stats: Option<(TaskType, usize)>,
 }
 
 pub(super) struct Lease {
     pub gpu: usize,
     pub task_type: TaskType,
     pub priority: u64,
-    pub trace: Trace,
+    pub trace: KeptTrace,
     pub acquired_at: Micros,
     /// 0: no watchdog.
     pub hold_max: Micros,
     pub watchdog_fired: bool,
     pub vram_mb: u64,
+    /// Its GPU's and task type's slot in [`StatsTable`].
+    pub stats: usize,
 }
 
 pub(super) struct Waiter {
@@ -99,9 +107,24 @@ pub(super) struct Waiter {
     pub hold_max: Micros,
     pub vram_mb: u64,
     pub busy: BusyPolicy,
-    pub trace: Trace,
+    pub trace: KeptTrace,
     /// Queued for the first reading: once it comes, answered by its own policy.
     pub awaits_reading: bool,
+    /// Its GPU's and task type's slot in [`StatsTable`].
+    pub stats: usize,
+}
+
+/// A trace as a lease or a waiter keeps it: most requests have none, and the tables move their
+/// entries by value, so a trace is boxed, and only when it says something.
+pub(super) type KeptTrace = Option<Box<Trace>>;
+
+fn keep(trace: Trace) -> KeptTrace {
+    (trace != Trace::default()).then(|| Box::new(trace))
+}
+
+/// A kept trace as views and events show it.
+pub(super) fn shown(trace: &KeptTrace) -> Trace {
+    trace.as_deref().cloned().unwrap_or_default()
 }
 
 /// A request with its policy applied.
@@ -161,7 +184,7 @@ impl Arbiter {
             standby: HashMap::new(),
             demands: Vec::new(),
             demanded: std::collections::HashSet::new(),
-            stats: StatsTable::new(),
+            stats: StatsTable::default(),
             awaiting_reading: false,
         }
     }
@@ -222,6 +245,11 @@ impl Arbiter {
     /// Whether any lease was revoked since `take_revoked` was last called.
     pub fn has_revoked(&self) -> bool {
         !self.revoked.is_empty()
+    }
+
+    /// Whether revocations, demands or events wait to be taken.
+    pub fn has_news(&self) -> bool {
+        !self.revoked.is_empty() || !self.demands.is_empty() || !self.events.is_empty()
     }
 
     /// When the caller must next call [`Arbiter::tick`].
@@ -365,7 +393,9 @@ impl Arbiter {
     /// `set_config` or `close`, each of which returns the resolutions it made.
     pub fn acquire(&mut self, req: AcquireRequest, now: Micros) -> SidecarResult<Admission> {
         self.ensure_open()?;
-        if req.task_type.trim().is_empty() {
+        // A name that starts with a printable ASCII character is not blank: no trim for it.
+        let printable_start = req.task_type.as_bytes().first().is_some_and(u8::is_ascii_graphic);
+        if !printable_start && req.task_type.trim().is_empty() {
             return Err(SidecarError::invalid_argument("request.taskType: expected a non-empty string"));
         }
         if let Some(p) = req.priority {
@@ -417,9 +447,19 @@ impl Arbiter {
             }
             Ok(()) => {
                 let lease_id = self.fresh_id();
-                let grant =
-                    self.grant(lease_id, g, req.task_type, r.priority, req.trace, r.hold_max, r.vram_mb, 0, now);
-                return Ok(Admission::Settled(Outcome::Acquired(grant)));
+                let stats = self.stats_slot(g, &req.task_type);
+                let lease = Lease {
+                    gpu: g,
+                    task_type: req.task_type,
+                    priority: r.priority,
+                    trace: keep(req.trace),
+                    acquired_at: now,
+                    hold_max: r.hold_max,
+                    watchdog_fired: false,
+                    vram_mb: r.vram_mb,
+                    stats,
+                };
+                return Ok(Admission::Settled(Outcome::Acquired(self.grant(lease_id, lease, 0))));
             }
             Err(block) => block,
         };
@@ -454,32 +494,36 @@ impl Arbiter {
 
     /// Gives a lease back. Unknown, already released or revoked ids return `false` and change nothing.
     pub fn release(&mut self, lease_id: LeaseId, now: Micros, out: &mut Vec<Resolution>) -> bool {
-        let Some(lease) = self.leases.remove(&lease_id) else {
-            return false;
-        };
+        self.release_task(lease_id, now, out).is_some()
+    }
+
+    /// [`Arbiter::release`], handing back the released lease's task type name: a caller that
+    /// shares names passes it to its next request rather than dropping this reference and taking
+    /// another (two atomic operations per lease).
+    pub fn release_task(&mut self, lease_id: LeaseId, now: Micros, out: &mut Vec<Resolution>) -> Option<TaskType> {
+        let lease = self.leases.remove(&lease_id)?;
         let g = lease.gpu;
         self.gpus[g].active -= 1;
         let held = now.saturating_sub(lease.acquired_at);
         push_recent(&mut self.gpus[g].recent_holds, held);
-        task_stats(&mut self.stats, &self.gpus[g].key, &lease.task_type).hold.observe(held);
+        self.stats.at(lease.stats).hold.observe(held);
         if self.record_events {
             let mut ev = ArbiterEvent::new(EventKind::Released, now);
             ev.gpu_key = Some(self.gpus[g].key.clone());
             ev.task_type = Some(lease.task_type.to_string());
             ev.lease_id = Some(lease_id);
             ev.held = Some(held);
-            ev.trace = Some(lease.trace);
+            ev.trace = Some(lease.trace.map_or_else(Trace::default, |t| *t));
             self.events.push(ev);
         }
         self.pump(g, now, out);
-        true
+        Some(lease.task_type)
     }
 
     /// Withdraws a queued request (its AbortSignal fired). `None` if it is no longer queued.
     pub fn cancel(&mut self, waiter: WaiterId, now: Micros) -> Option<Resolution> {
         let w = self.dequeue(waiter)?;
-        let key = self.gpus[w.gpu].key.clone();
-        self.task_stats(&key, &w.task_type).count(Status::Cancelled);
+        self.stats.at(w.stats).count(Status::Cancelled);
         self.emit_settled(EventKind::Cancelled, w.gpu, &w.task_type, Status::Cancelled, Reason::Aborted, now);
         Some(Resolution {
             waiter,
@@ -661,8 +705,7 @@ impl Arbiter {
         ids.sort_unstable();
         for (_, id) in ids {
             if let Some(w) = self.dequeue(id) {
-                let key = self.gpus[w.gpu].key.clone();
-                self.task_stats(&key, &w.task_type).count(Status::Cancelled);
+                self.stats.at(w.stats).count(Status::Cancelled);
                 self.emit_settled(EventKind::Cancelled, w.gpu, &w.task_type, Status::Cancelled, Reason::Shutdown, now);
                 out.push(Resolution {
                     waiter: id,
@@ -683,7 +726,7 @@ impl Arbiter {
                 ev.task_type = Some(lease.task_type.to_string());
                 ev.lease_id = Some(id);
                 ev.held = Some(now.saturating_sub(lease.acquired_at));
-                ev.trace = Some(lease.trace.clone());
+                ev.trace = Some(shown(&lease.trace));
                 ev.detail = Some("shutdown".to_string());
                 self.events.push(ev);
             }
@@ -811,42 +854,52 @@ impl Arbiter {
     }
 
     /// Grants lease `lease_id` (a queued request keeps its waiter id as its lease id, so the id a
-    /// snapshot shows for a queued request is the one its lease gets).
-    #[allow(clippy::too_many_arguments)]
-    fn grant(
-        &mut self,
-        lease_id: LeaseId,
-        g: usize,
-        task_type: TaskType,
-        priority: u64,
-        trace: Trace,
-        hold_max: Micros,
-        vram_mb: u64,
-        waited: Micros,
-        now: Micros,
-    ) -> Grant {
+    /// snapshot shows for a queued request is the one its lease gets), acquired now
+    /// (`lease.acquired_at`) after `waited`.
+    // Inlined: the grant is then written where the caller returns it (a copy of it through the
+    // stack stalled store forwarding on the acquire hot path).
+    #[inline(always)]
+    fn grant(&mut self, lease_id: LeaseId, lease: Lease, waited: Micros) -> Grant {
+        let (g, now, hold_max) = (lease.gpu, lease.acquired_at, lease.hold_max);
         self.gpus[g].active += 1;
         push_recent(&mut self.gpus[g].recent_waits, waited);
         if hold_max > 0 {
             self.add_deadline(now + hold_max, Deadline::Watchdog(lease_id));
         }
-        let stats = task_stats(&mut self.stats, &self.gpus[g].key, &task_type);
+        let stats = self.stats.at(lease.stats);
         stats.count(Status::Acquired);
         stats.wait.observe(waited);
         if self.record_events {
             let mut ev = ArbiterEvent::new(EventKind::Acquired, now);
             ev.gpu_key = Some(self.gpus[g].key.clone());
-            ev.task_type = Some(task_type.to_string());
+            ev.task_type = Some(lease.task_type.to_string());
             ev.lease_id = Some(lease_id);
             ev.waited = Some(waited);
-            ev.trace = Some(trace.clone());
+            ev.trace = Some(shown(&lease.trace));
             self.events.push(ev);
         }
-        self.leases.insert(
-            lease_id,
-            Lease { gpu: g, task_type, priority, trace, acquired_at: now, hold_max, watchdog_fired: false, vram_mb },
-        );
+        self.leases.insert(lease_id, lease);
         Grant { lease_id, gpu: g, acquired_at: now, queue_wait: waited, hold_max }
+    }
+
+    /// The stats slot of GPU `g` and `task_type`, made on first use.
+    fn stats_slot(&mut self, g: usize, task_type: &TaskType) -> usize {
+        let gpu = &mut self.gpus[g];
+        match &gpu.last_stats {
+            // The same shared name (held here, so its address cannot have been reused).
+            Some((last, slot)) if Arc::ptr_eq(last, task_type) => return *slot,
+            _ => {}
+        }
+        let slot = match gpu.stats_slots.get(&**task_type) {
+            Some(&slot) => slot,
+            None => {
+                let slot = self.stats.slot(&gpu.key, task_type);
+                gpu.stats_slots.insert((**task_type).into(), slot);
+                slot
+            }
+        };
+        gpu.last_stats = Some((task_type.clone(), slot));
+        slot
     }
 
     fn queue_key(&self, priority: u64, enqueued_at: Micros, seq: u64) -> QueueKey {
@@ -860,6 +913,7 @@ impl Arbiter {
         let id = self.fresh_id();
         let key = self.queue_key(r.priority, now, id);
         let deadline = now + r.max_wait;
+        let stats = self.stats_slot(g, &req.task_type);
         self.gpus[g].queue.insert(key, id);
         if self.record_events {
             let mut ev = ArbiterEvent::new(EventKind::Queued, now);
@@ -882,8 +936,9 @@ impl Arbiter {
                 hold_max: r.hold_max,
                 vram_mb: r.vram_mb,
                 busy: r.busy,
-                trace: req.trace,
+                trace: keep(req.trace),
                 awaits_reading: false,
+                stats,
             },
         );
         self.add_deadline(deadline, Deadline::WaitTimeout(id));
@@ -926,7 +981,18 @@ impl Arbiter {
             let Some(id) = next else { return };
             let w = self.dequeue(id).expect("queued waiter exists");
             let waited = now.saturating_sub(w.enqueued_at);
-            let grant = self.grant(id, g, w.task_type, w.priority, w.trace, w.hold_max, w.vram_mb, waited, now);
+            let lease = Lease {
+                gpu: g,
+                task_type: w.task_type,
+                priority: w.priority,
+                trace: w.trace,
+                acquired_at: now,
+                hold_max: w.hold_max,
+                watchdog_fired: false,
+                vram_mb: w.vram_mb,
+                stats: w.stats,
+            };
+            let grant = self.grant(id, lease, waited);
             out.push(Resolution { waiter: id, outcome: Outcome::Acquired(grant) });
         }
     }
@@ -963,8 +1029,7 @@ impl Arbiter {
             self.wait_ran_out(g, priority, busy, block, now)
         };
         let w = self.dequeue(id).expect("waiter exists");
-        let key = self.gpus[g].key.clone();
-        let stats = self.task_stats(&key, &w.task_type);
+        let stats = self.stats.at(w.stats);
         stats.count(status);
         stats.timeouts += 1;
         self.emit_settled(EventKind::Timeout, g, &w.task_type, status, reason, now);
@@ -997,9 +1062,9 @@ impl Arbiter {
         };
         lease.watchdog_fired = true;
         let (g, task_type, held) = (lease.gpu, lease.task_type.clone(), now.saturating_sub(lease.acquired_at));
-        let trace = lease.trace.clone();
+        let trace = shown(&lease.trace);
         let key = self.gpus[g].key.clone();
-        let stats = self.task_stats(&key, &task_type);
+        let stats = self.stats.at(lease.stats);
         stats.watchdog_exceeded += 1;
         if revoke {
             stats.revoked += 1;
@@ -1029,14 +1094,14 @@ impl Arbiter {
     fn settle_unqueued(
         &mut self,
         g: usize,
-        task_type: &str,
+        task_type: &TaskType,
         status: Status,
         reason: Reason,
         waited_out: bool,
         now: Micros,
     ) {
-        let key = self.gpus[g].key.clone();
-        let stats = self.task_stats(&key, task_type);
+        let slot = self.stats_slot(g, task_type);
+        let stats = self.stats.at(slot);
         stats.count(status);
         match reason {
             _ if waited_out => stats.timeouts += 1,
@@ -1079,29 +1144,12 @@ impl Arbiter {
         }
     }
 
-    fn task_stats(&mut self, gpu: &str, task_type: &str) -> &mut TaskStats {
-        task_stats(&mut self.stats, gpu, task_type)
-    }
-
     pub(super) fn admission_state(&self, g: usize, now: Micros) -> AdmissionState {
         match self.usable_reading(g, now) {
             Some(_) => self.gpus[g].state,
             None => AdmissionState::Unknown,
         }
     }
-}
-
-/// One GPU's and task type's stats, made on first use. A free function, so callers can borrow
-/// the GPU's key from `self.gpus` at the same time (no key clone on the hot path).
-fn task_stats<'a>(stats: &'a mut StatsTable, gpu: &str, task_type: &str) -> &'a mut TaskStats {
-    if !stats.contains_key(gpu) {
-        stats.insert(gpu.to_string(), BTreeMap::new());
-    }
-    let tasks = stats.get_mut(gpu).expect("inserted above");
-    if !tasks.contains_key(task_type) {
-        tasks.insert(task_type.to_string(), TaskStats::default());
-    }
-    tasks.get_mut(task_type).expect("inserted above")
 }
 
 /// The utilization marks between NORMAL and HIGH_PRESSURE.
@@ -1138,6 +1186,8 @@ impl Gpu {
             state: AdmissionState::Unknown,
             recent_waits: VecDeque::new(),
             recent_holds: VecDeque::new(),
+            stats_slots: FxHashMap::default(),
+            last_stats: None,
         }
     }
 }

@@ -9,6 +9,17 @@ use super::types::{Micros, Status, MICROS_PER_MS};
 const BUCKETS_MS: [f64; 14] =
     [1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0];
 
+/// The bucket bounds in microseconds, as observations are counted.
+const BUCKETS_US: [Micros; BUCKETS_MS.len()] = {
+    let mut bounds = [0; BUCKETS_MS.len()];
+    let mut i = 0;
+    while i < bounds.len() {
+        bounds[i] = BUCKETS_MS[i] as Micros * MICROS_PER_MS;
+        i += 1;
+    }
+    bounds
+};
+
 /// Percentiles come from the most recent observations, so they follow the current load.
 const RECENT_WINDOW: usize = 2048;
 
@@ -25,7 +36,9 @@ pub struct Histogram {
 impl Histogram {
     pub fn observe(&mut self, micros: Micros) {
         let ms = micros as f64 / MICROS_PER_MS as f64;
-        let bucket = BUCKETS_MS.partition_point(|bound| *bound < ms);
+        // The first bound at or above it, in whole microseconds (most holds and waits fall in the
+        // first bucket): the bucket `ms` falls in, without a chain of float compares.
+        let bucket = BUCKETS_US.iter().position(|&bound| micros <= bound).unwrap_or(BUCKETS_US.len());
         if let Some(n) = self.buckets.get_mut(bucket) {
             *n += 1;
         }
@@ -71,7 +84,8 @@ pub struct Percentiles {
 /// Everything counted for one task type on one GPU.
 #[derive(Debug, Clone, Default)]
 pub struct TaskStats {
-    pub by_status: BTreeMap<Status, u64>,
+    /// Requests by how they ended, indexed by `status as u8` (see [`Status::ALL`]).
+    by_status: [u64; Status::ALL.len()],
     pub timeouts: u64,
     pub queue_full: u64,
     pub watchdog_exceeded: u64,
@@ -82,12 +96,55 @@ pub struct TaskStats {
 
 impl TaskStats {
     pub fn count(&mut self, status: Status) {
-        *self.by_status.entry(status).or_insert(0) += 1;
+        self.by_status[status as usize] += 1;
+    }
+
+    /// How many requests ended with `status`.
+    pub fn counted(&self, status: Status) -> u64 {
+        self.by_status[status as usize]
     }
 }
 
-/// Stats of every GPU, keyed by GPU key, then task type.
-pub type StatsTable = BTreeMap<String, BTreeMap<String, TaskStats>>;
+/// Stats of every GPU and task type, each pair's in a slot of its own that never moves: views
+/// find them by key (in key order), the hot path by slot number (a waiter and a lease keep
+/// theirs), with no string compared.
+#[derive(Debug, Default)]
+pub struct StatsTable {
+    slots: Vec<TaskStats>,
+    by_key: BTreeMap<String, BTreeMap<String, usize>>,
+}
+
+impl StatsTable {
+    /// The slot of one GPU's and task type's stats, made on first use.
+    pub fn slot(&mut self, gpu: &str, task_type: &str) -> usize {
+        if !self.by_key.contains_key(gpu) {
+            self.by_key.insert(gpu.to_string(), BTreeMap::new());
+        }
+        let tasks = self.by_key.get_mut(gpu).expect("inserted above");
+        if let Some(&slot) = tasks.get(task_type) {
+            return slot;
+        }
+        self.slots.push(TaskStats::default());
+        tasks.insert(task_type.to_string(), self.slots.len() - 1);
+        self.slots.len() - 1
+    }
+
+    pub fn at(&mut self, slot: usize) -> &mut TaskStats {
+        &mut self.slots[slot]
+    }
+
+    /// One GPU's stats by task type, in task type order.
+    pub fn of_gpu<'a>(&'a self, gpu: &str) -> impl Iterator<Item = (&'a String, &'a TaskStats)> + 'a {
+        self.by_key.get(gpu).into_iter().flatten().map(|(task, &slot)| (task, &self.slots[slot]))
+    }
+
+    /// Every GPU's stats by task type, in key order.
+    fn each(&self) -> impl Iterator<Item = (&String, &String, &TaskStats)> {
+        self.by_key
+            .iter()
+            .flat_map(move |(gpu, tasks)| tasks.iter().map(move |(task, &slot)| (gpu, task, &self.slots[slot])))
+    }
+}
 
 /// Renders the arbiter's metrics in the Prometheus text exposition format (version 0.0.4).
 pub fn render_prometheus(stats: &StatsTable, queue_lengths: &[(String, usize, usize)]) -> String {
@@ -96,17 +153,16 @@ pub fn render_prometheus(stats: &StatsTable, queue_lengths: &[(String, usize, us
 
     out.push_str("# HELP gpu_arbiter_acquire_total Lease requests by outcome.\n");
     out.push_str("# TYPE gpu_arbiter_acquire_total counter\n");
-    for (gpu, tasks) in stats {
-        for (task, s) in tasks {
-            for (status, n) in &s.by_status {
-                let _ = writeln!(
-                    out,
-                    "gpu_arbiter_acquire_total{{gpu=\"{}\",task_type=\"{}\",status=\"{}\"}} {n}",
-                    esc(gpu),
-                    esc(task),
-                    status.as_str()
-                );
-            }
+    for (gpu, task, s) in stats.each() {
+        // Only the outcomes that happened.
+        for (status, n) in Status::ALL.iter().map(|&st| (st, s.counted(st))).filter(|&(_, n)| n > 0) {
+            let _ = writeln!(
+                out,
+                "gpu_arbiter_acquire_total{{gpu=\"{}\",task_type=\"{}\",status=\"{}\"}} {n}",
+                esc(gpu),
+                esc(task),
+                status.as_str()
+            );
         }
     }
     for (name, help, pick) in [
@@ -114,12 +170,10 @@ pub fn render_prometheus(stats: &StatsTable, queue_lengths: &[(String, usize, us
         ("gpu_arbiter_hold_ms", "Time a lease was held, ms.", 1),
     ] {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        for (gpu, tasks) in stats {
-            for (task, s) in tasks {
-                let labels = format!("gpu=\"{}\",task_type=\"{}\"", esc(gpu), esc(task));
-                let h = if pick == 0 { &s.wait } else { &s.hold };
-                h.render(&mut out, name, &labels);
-            }
+        for (gpu, task, s) in stats.each() {
+            let labels = format!("gpu=\"{}\",task_type=\"{}\"", esc(gpu), esc(task));
+            let h = if pick == 0 { &s.wait } else { &s.hold };
+            h.render(&mut out, name, &labels);
         }
     }
     out.push_str("# HELP gpu_arbiter_queue_length Requests waiting for a lease now.\n");
@@ -140,10 +194,8 @@ pub fn render_prometheus(stats: &StatsTable, queue_lengths: &[(String, usize, us
     ];
     for (name, help, get) in counters {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-        for (gpu, tasks) in stats {
-            for (task, s) in tasks {
-                let _ = writeln!(out, "{name}{{gpu=\"{}\",task_type=\"{}\"}} {}", esc(gpu), esc(task), get(s));
-            }
+        for (gpu, task, s) in stats.each() {
+            let _ = writeln!(out, "{name}{{gpu=\"{}\",task_type=\"{}\"}} {}", esc(gpu), esc(task), get(s));
         }
     }
     out

@@ -850,3 +850,94 @@ fn a_start_that_fails_settles_what_waited_for_it_service_unavailable() {
     assert_eq!(out.iter().map(|r| r.waiter).collect::<Vec<_>>(), [w]);
     assert_eq!(out[0].outcome, Outcome::NotAcquired { status: Status::Skipped, reason: Reason::ServiceUnavailable });
 }
+
+#[test]
+fn stats_follow_each_gpu_and_task_type_however_the_name_arrives() {
+    let mut a = arbiter(json!({"gpuKeys": ["gpu:0", "gpu:1"], "maxConcurrentLeases": 4}));
+    let mut out = vec![];
+    let shared: TaskType = "ASR".into();
+    let on = |task: TaskType, gpu: &str| {
+        let mut r = AcquireRequest::of(task, Trace::default());
+        r.gpu_key = Some(gpu.into());
+        r
+    };
+    // The shared name, a fresh copy of it, another type between them, and another GPU.
+    let first = granted(a.acquire(on(shared.clone(), "gpu:0"), 0).unwrap()).lease_id;
+    let nmt = granted(a.acquire(on("NMT".into(), "gpu:0"), 0).unwrap()).lease_id;
+    let copy = granted(a.acquire(on("ASR".into(), "gpu:0"), 0).unwrap()).lease_id;
+    let other_gpu = granted(a.acquire(on(shared.clone(), "gpu:1"), 0).unwrap()).lease_id;
+    // Held exactly 1 ms (the first bucket's bound) and 1 µs longer (the next bucket).
+    assert!(a.release(first, MS, &mut out));
+    assert!(a.release(copy, MS + 1, &mut out));
+    assert!(a.release(nmt, 7 * MS, &mut out));
+    assert!(a.release(other_gpu, 100 * MS, &mut out));
+    // Reordered GPU keys: a lease keeps counting where its GPU's key counts.
+    a.set_config(
+        ArbiterConfig::from_json(&json!({"gpuKeys": ["gpu:1", "gpu:0"], "maxConcurrentLeases": 4}), &mut vec![])
+            .unwrap(),
+        200 * MS,
+        &mut out,
+    )
+    .unwrap();
+    let after = granted(a.acquire(on(shared.clone(), "gpu:0"), 200 * MS).unwrap()).lease_id;
+    assert!(a.release(after, 260 * MS, &mut out));
+
+    let tasks = a.snapshot("gpu:0", 300 * MS).unwrap().tasks;
+    let counts: Vec<(&str, u64)> = tasks.iter().map(|t| (t.task_type.as_str(), t.acquired)).collect();
+    assert_eq!(counts, [("ASR", 3), ("NMT", 1)]);
+    assert_eq!(a.snapshot("gpu:1", 300 * MS).unwrap().tasks[0].acquired, 1);
+    let text = a.metrics();
+    let hold = |labels: &str, le: &str| {
+        let line = format!("gpu_arbiter_hold_ms_bucket{{{labels},le=\"{le}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(line.as_str()))
+            .unwrap_or_else(|| panic!("{line} in {text}"))
+            .to_string()
+    };
+    let asr0 = "gpu=\"gpu:0\",task_type=\"ASR\"";
+    assert_eq!((hold(asr0, "1"), hold(asr0, "5"), hold(asr0, "100")), ("1".into(), "2".into(), "3".into()));
+    assert_eq!(hold("gpu=\"gpu:1\",task_type=\"ASR\"", "50"), "0");
+    assert_eq!(hold("gpu=\"gpu:1\",task_type=\"ASR\"", "100"), "1");
+    assert!(
+        text.contains("gpu_arbiter_acquire_total{gpu=\"gpu:0\",task_type=\"ASR\",status=\"ACQUIRED\"} 3\n"),
+        "{text}"
+    );
+    assert!(!text.contains("status=\"SKIPPED\""), "only outcomes that happened are listed: {text}");
+}
+
+#[test]
+fn a_blank_task_type_is_refused_however_it_starts() {
+    let mut a = arbiter(json!({}));
+    for blank in ["", " ", "\t\n", "\u{3000}"] {
+        let e = a.acquire(req(blank), 0).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidArgument, "{blank:?}");
+    }
+    for named in ["ASR", " ASR", "\u{3000}ASR", "é"] {
+        assert!(a.acquire(req(named), 0).is_ok(), "{named:?}");
+    }
+}
+
+#[test]
+fn a_trace_goes_with_its_request_through_the_queue_to_its_lease_and_its_release() {
+    let mut a = arbiter(json!({"maxConcurrentLeases": 1}));
+    let mut out = vec![];
+    let first = granted(a.acquire(req("ASR"), 0).unwrap()).lease_id;
+    let mut traced = req("ASR");
+    traced.trace = Trace { stage: Some("asr".into()), ..Trace::default() };
+    let waiter = queued(a.acquire(traced, MS).unwrap());
+    assert_eq!(a.snapshot("gpu:0", MS).unwrap().queue[0].trace.stage.as_deref(), Some("asr"));
+    a.take_events();
+    assert!(a.release(first, 2 * MS, &mut out));
+    assert!(a.release(waiter, 3 * MS, &mut out));
+    let traces: Vec<(EventKind, Option<Trace>)> = a.take_events().into_iter().map(|e| (e.kind, e.trace)).collect();
+    let asr = Trace { stage: Some("asr".into()), ..Trace::default() };
+    assert_eq!(
+        traces,
+        [
+            (EventKind::Released, Some(Trace::default())),
+            (EventKind::Acquired, Some(asr.clone())),
+            (EventKind::Released, Some(asr)),
+        ],
+        "an untraced lease shows an empty trace, a traced one its own"
+    );
+}

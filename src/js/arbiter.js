@@ -18,6 +18,8 @@ const RECORDS = Slot.Records
 const RECORD_SIZE = Field.Size
 const KIND = Field.Kind
 const ID = Field.Id
+/** Where an acquire leaves its outcome's kind. */
+const OUTCOME_KIND = Slot.Outcome + Field.Kind
 const { statuses: STATUS, reasons: REASON, leaseIdPrefix: LEASE_PREFIX } = native.arbiterCodeNames()
 /** What no caller can pass: the last task type and lease id before there is one. */
 const NONE = Symbol('none')
@@ -34,8 +36,8 @@ const INSTALLED = Symbol.for('gpu-sidecar.arbiterJsHalf')
  * @typedef {import('../../index').GpuArbiter} NativeArbiter
  * @typedef {{
  *   taskTypeNumber(taskType: string): number,
- *   acquireTask(taskType: number | string, trace: unknown): number,
- *   acquireRequest(request: object): number,
+ *   acquireTask(taskType: number | string, trace?: unknown): void,
+ *   acquireRequest(request: object): void,
  *   releaseLease(id: number | unknown): boolean,
  *   leaseHeld(id: number): boolean,
  *   tick(): void,
@@ -499,8 +501,15 @@ function acquire(request) {
     }
   }
   const taskType = request.taskType
-  const kind = plain ? side.native.acquireTask(side.taskTypeArg(taskType), request.trace) : side.native.acquireRequest(request)
-  return side.answer(kind, taskType, signal)
+  if (plain) {
+    const trace = request.trace
+    // No trace, no argument: the native side then skips looking at one.
+    if (trace === undefined) side.native.acquireTask(side.taskTypeArg(taskType))
+    else side.native.acquireTask(side.taskTypeArg(taskType), trace)
+  } else {
+    side.native.acquireRequest(request)
+  }
+  return side.answer(side.mailbox[OUTCOME_KIND], taskType, signal)
 }
 
 /**

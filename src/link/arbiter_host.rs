@@ -75,6 +75,11 @@ pub struct ArbiterHost {
     /// by their number: JS sends a known type's number, not its text.
     task_types: FxHashMap<Box<str>, u32>,
     task_type_names: Vec<TaskType>,
+    /// The number last asked for by [`ArbiterHost::task_type_named`], and a reference to its name
+    /// handed back by a release, passed on to the next request of that type (see
+    /// [`Arbiter::release_task`]).
+    last_task_type: u32,
+    spare_task_type: Option<TaskType>,
     /// Waiters and leases per GPU for attached Telemetries' sampler threads; kept only once one
     /// asked (see [`ArbiterHost::backlog_board`]).
     backlog_board: Option<Arc<BacklogBoard>>,
@@ -101,6 +106,8 @@ impl ArbiterHost {
             native_waiters: FxHashMap::default(),
             task_types: FxHashMap::default(),
             task_type_names: Vec::new(),
+            last_task_type: 0,
+            spare_task_type: None,
             backlog_board: None,
             demand_sink: None,
             lease_sinks: LeaseSinks::default(),
@@ -248,7 +255,14 @@ impl ArbiterHost {
     }
 
     /// The name [`ArbiterHost::task_type_number`] gave this number.
-    pub fn task_type_named(&self, number: u32) -> Option<TaskType> {
+    pub fn task_type_named(&mut self, number: u32) -> Option<TaskType> {
+        if number != self.last_task_type {
+            // The spare is only ever a reference to the last number's name.
+            self.spare_task_type = None;
+            self.last_task_type = number;
+        } else if let Some(name) = self.spare_task_type.take() {
+            return Some(name);
+        }
         self.task_type_names.get(number as usize).cloned()
     }
 
@@ -285,14 +299,25 @@ impl ArbiterHost {
                 }
             }
         }
-        if resolutions.capacity() > self.spare_resolutions.capacity() {
-            self.spare_resolutions = resolutions;
-        }
+        self.recycle(resolutions);
         if self.core.has_revoked() {
             let revoked = self.core.take_revoked();
             if self.js_half_bound {
                 self.outbox.extend(revoked.into_iter().map(Outbound::Revoked));
             }
+        }
+    }
+
+    /// Whether a call that resolved `out` left nothing to route ([`ArbiterHost::collect`],
+    /// demands, events): then only the header changed.
+    pub fn quiet(&self, out: &[Resolution]) -> bool {
+        out.is_empty() && !self.core.has_news()
+    }
+
+    /// Keeps an emptied resolutions vector for the next call, if it is the roomier one.
+    pub fn recycle(&mut self, resolutions: Vec<Resolution>) {
+        if resolutions.capacity() > self.spare_resolutions.capacity() {
+            self.spare_resolutions = resolutions;
         }
     }
 
@@ -405,7 +430,13 @@ impl ArbiterHost {
     pub fn release(&mut self, lease_id: LeaseId) -> (bool, Vec<Resolution>) {
         let mut out = self.lend_resolutions();
         let now = self.now();
-        (self.core.release(lease_id, now, &mut out), out)
+        let Some(name) = self.core.release_task(lease_id, now, &mut out) else { return (false, out) };
+        // Kept for the next request of the type last asked for by number, if it is that one.
+        let last = self.task_type_names.get(self.last_task_type as usize);
+        if last.is_some_and(|last| Arc::ptr_eq(last, &name)) {
+            self.spare_task_type = Some(name);
+        }
+        (true, out)
     }
 
     /// Applies one of a supervisor's asks ([`ArbiterCall`]); returns what it resolved.
@@ -482,6 +513,40 @@ mod tests {
         assert_eq!(h.task_type_number("invented-9999"), None);
         let asr = h.task_type_number("ASR").unwrap();
         assert!(Arc::ptr_eq(&a, &h.task_type_named(asr).unwrap()));
+        assert_eq!(h.task_type_named(MAX_INTERNED_TASK_TYPES as u32), None);
+    }
+
+    #[test]
+    fn a_released_name_goes_to_the_next_request_of_its_number_and_never_to_another() {
+        let mut h = host(serde_json::json!({"maxConcurrentLeases": 4}));
+        let (asr, nmt) = (h.task_type_number("ASR").unwrap(), h.task_type_number("NMT").unwrap());
+        let lease = |h: &mut ArbiterHost, number| {
+            let name = h.task_type_named(number).unwrap();
+            let now = h.now();
+            match h.core.acquire(AcquireRequest::of(name, Default::default()), now).unwrap() {
+                Admission::Settled(Outcome::Acquired(g)) => g.lease_id,
+                other => panic!("{other:?}"),
+            }
+        };
+        let first = lease(&mut h, asr);
+        assert!(h.release(first).0);
+        // The released reference is kept: the next request takes it, adding none.
+        let count = |h: &ArbiterHost| Arc::strong_count(&h.task_type_names[asr as usize]);
+        let kept = count(&h);
+        let second = lease(&mut h, asr);
+        assert_eq!(count(&h), kept, "the spare went into the lease");
+        assert!(h.release(second).0);
+        assert_eq!(count(&h), kept, "and came back");
+        // Another number drops the spare; each lease is of the type it asked for.
+        let other = lease(&mut h, nmt);
+        assert!(h.spare_task_type.is_none());
+        let third = lease(&mut h, nmt);
+        assert!(h.release(other).0 && h.release(third).0);
+        let fourth = lease(&mut h, asr);
+        let types: Vec<String> = h.snapshots(None)[0].active_leases.iter().map(|l| l.task_type.clone()).collect();
+        assert_eq!(types, ["ASR"]);
+        assert!(h.release(fourth).0);
+        assert!(!h.release(fourth).0, "a second release hands nothing back");
         assert_eq!(h.task_type_named(MAX_INTERNED_TASK_TYPES as u32), None);
     }
 

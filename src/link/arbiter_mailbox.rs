@@ -2,7 +2,7 @@
 //! they share: a header, the call's own outcome, and a batch of the resolutions and revocations it
 //! caused. A Node-API call costs about 1k instructions and building a result object natively about
 //! 7k, as much as the arbitration itself; JS reads a slot for the price of an array load. The
-//! binding exports this layout to JS as enums (`ArbiterMailboxSlot`, ...), checked against these.
+//! binding exports this layout to JS as enums (`ArbiterMailboxSlot`, ...) from the same definition.
 
 use std::collections::VecDeque;
 
@@ -10,42 +10,74 @@ use super::arbiter_host::{Header, Outbound};
 use crate::arbiter::clock::ms;
 use crate::arbiter::{Micros, Outcome, WaiterId};
 
-/// Header slots, then the outcome record, then the batch.
-#[derive(Clone, Copy)]
-pub enum Slot {
-    Now = 0,
-    NextDeadline = 1,
-    Waiters = 2,
-    Enabled = 3,
-    ConfigGeneration = 4,
-    RecordCount = 5,
-    MoreRecords = 6,
-    Outcome = 8,
-    Records = 16,
+/// The layout, defined once: the writer below uses these enums, and the binding exports the same
+/// definition to JS (`#[napi]`, see `binding/arbiter/mailbox.rs`), so what JS reads is where it is
+/// written. Header slots, then the call's own outcome record, then the batch of records.
+#[macro_export]
+macro_rules! arbiter_mailbox_layout {
+    ($(#[$attr:meta])*) => {
+        /// Header slots of the arbiter mailbox.
+        $(#[$attr])*
+        pub enum ArbiterMailboxSlot {
+            /// The arbiter's monotonic clock at the end of the last call, ms.
+            Now = 0,
+            /// At or before when the arbiter next needs `tick()` (on that clock, ms; -1: never). It may
+            /// be early: the tick then finds nothing due and the next value is later.
+            NextDeadline = 1,
+            /// Requests waiting now (the deadline timer keeps Node alive only while there are some).
+            Waiters = 2,
+            /// 1 while the arbiter is enabled.
+            Enabled = 3,
+            /// Bumped on every config change, so JS knows when to re-read the GPU keys.
+            ConfigGeneration = 4,
+            /// How many records the last call wrote, from `Records` on.
+            RecordCount = 5,
+            /// 1 when more records wait: call `takeRecords()` for them.
+            MoreRecords = 6,
+            /// The record of the last `acquire` call's own outcome.
+            Outcome = 8,
+            /// The first record of resolutions and revocations the last call caused.
+            Records = 16,
+        }
+
+        /// Fields of one record, as offsets from the record's start.
+        $(#[$attr])*
+        pub enum ArbiterRecordField {
+            Kind = 0,
+            /// Waiter id of a queued or settled request, lease id of a grant or a revocation (a waiter
+            /// keeps its id as its lease id).
+            Id = 1,
+            /// Index into the config's `gpuKeys`.
+            Gpu = 2,
+            /// Index into `arbiterCodeNames().statuses`.
+            Status = 3,
+            /// Index into `arbiterCodeNames().reasons`.
+            Reason = 4,
+            /// Epoch ms.
+            AcquiredAt = 5,
+            QueueWaitMs = 6,
+            HoldMaxMs = 7,
+            /// Slots per record.
+            Size = 8,
+        }
+
+        /// What a record says.
+        $(#[$attr])*
+        pub enum ArbiterRecordKind {
+            /// The request waits; a later record settles it.
+            Queued = 0,
+            Acquired = 1,
+            NotAcquired = 2,
+            /// The hold watchdog took the lease back: its holder should stop.
+            Revoked = 3,
+        }
+    };
 }
 
-/// Fields of one record, as offsets from its start.
-#[derive(Clone, Copy)]
-pub enum Field {
-    Kind = 0,
-    Id = 1,
-    Gpu = 2,
-    Status = 3,
-    Reason = 4,
-    AcquiredAt = 5,
-    QueueWaitMs = 6,
-    HoldMaxMs = 7,
-    Size = 8,
-}
-
-/// What a record says.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RecordKind {
-    Queued = 0,
-    Acquired = 1,
-    NotAcquired = 2,
-    Revoked = 3,
-}
+arbiter_mailbox_layout!(#[derive(Clone, Copy, Debug, PartialEq, Eq)]);
+pub use ArbiterMailboxSlot as Slot;
+pub use ArbiterRecordField as Field;
+pub use ArbiterRecordKind as RecordKind;
 
 /// Records per batch; a call that causes more sets `MoreRecords`.
 pub const RECORD_CAPACITY: usize = 32;

@@ -6,13 +6,13 @@
 //!
 //! - `taskTypeNumber(name)`: the number a task type crosses as from then on (-1: send the text);
 //! - `acquireTask(taskType, trace?)`: the common request (its task type's policy applies), the
-//!   task type as its number or its text;
+//!   task type as its number or its text (a trace not passed is no trace);
 //! - `acquireRequest(request)`: a request with any other field, read by name;
 //! - `releaseLease(id)`, `leaseHeld(id)`, `tick()`, `cancelWaiter(id)`, `takeRecords()`;
 //! - `bindSide(notify)`: the JS half registers itself and gets the mailbox.
 //!
-//! Each returns a number (the outcome's `ArbiterRecordKind`, or a boolean) and leaves the rest in
-//! the mailbox.
+//! The acquires return nothing: the outcome's record, kind first, is in the mailbox with the
+//! rest. `releaseLease` and `leaseHeld` return a boolean.
 
 use std::cell::RefCell;
 use std::ffi::c_void;
@@ -33,9 +33,22 @@ use crate::error::SidecarError;
 use crate::link::arbiter_mailbox;
 use crate::link::arbiter_requests::{self, Field};
 
-type Handler = fn(&Env, &Rc<RefCell<ArbiterBinding>>, &[sys::napi_value; MAX_ARGS]) -> JsResult<sys::napi_value>;
+type Handler = fn(&Env, &Rc<RefCell<ArbiterBinding>>, &Args) -> JsResult<sys::napi_value>;
 
 const MAX_ARGS: usize = 2;
+
+/// A hot call's arguments: those passed, then `undefined` up to `MAX_ARGS`.
+struct Args {
+    values: [sys::napi_value; MAX_ARGS],
+    passed: usize,
+}
+
+impl std::ops::Index<usize> for Args {
+    type Output = sys::napi_value;
+    fn index(&self, i: usize) -> &sys::napi_value {
+        &self.values[i]
+    }
+}
 
 /// About what an arbiter costs outside the JS heap once used: its core and config, the mailbox,
 /// the bound hot functions with their finalizers and the wrapper (measured: 54 KB of RSS per
@@ -138,19 +151,18 @@ unsafe extern "C" fn free_bound(_env: sys::napi_env, data: *mut c_void, _hint: *
 /// thrown with their `code`.
 unsafe extern "C" fn trampoline(raw_env: sys::napi_env, info: sys::napi_callback_info) -> sys::napi_value {
     let env = Env::from_raw(raw_env);
-    let mut argc = MAX_ARGS;
-    let mut argv = [ptr::null_mut(); MAX_ARGS];
+    let mut args = Args { values: [ptr::null_mut(); MAX_ARGS], passed: MAX_ARGS };
     let mut data = ptr::null_mut();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> JsResult<sys::napi_value> {
-        check_status!(sys::napi_get_cb_info(raw_env, info, &mut argc, argv.as_mut_ptr(), ptr::null_mut(), &mut data))
-            .js()?;
+        let argv = args.values.as_mut_ptr();
+        check_status!(sys::napi_get_cb_info(raw_env, info, &mut args.passed, argv, ptr::null_mut(), &mut data)).js()?;
         // Node-API fills the slots of arguments not passed with `undefined`.
         let bound = &*(data as *const Bound);
         let state = bound
             .state
             .upgrade()
             .ok_or_else(|| SidecarError::new(crate::error::ErrorCode::Closed, "the GpuArbiter was collected"))?;
-        (bound.handler)(&env, &state, &argv)
+        (bound.handler)(&env, &state, &args)
     }))
     .unwrap_or_else(|panic| Err(SidecarError::from_panic("GpuArbiter", &*panic).into()));
     match outcome {
@@ -166,35 +178,34 @@ fn number_js(env: &Env, n: f64) -> JsResult<sys::napi_value> {
     js::number(env, n).js()
 }
 
+/// A number argument, read without asking its type first (one Node-API call, not two); `None`
+/// when it is not a number.
+fn number_arg(env: &Env, value: sys::napi_value) -> Option<f64> {
+    let mut n = 0.0;
+    let status = unsafe { sys::napi_get_value_double(env.raw(), value, &mut n) };
+    (status == sys::Status::napi_ok).then_some(n)
+}
+
 /// A lease or waiter id from the JS half ([`arbiter_requests::id`]).
 fn id_arg(env: &Env, value: sys::napi_value) -> JsResult<Option<u64>> {
     Ok(arbiter_requests::id(&field_value(env, value)?))
 }
 
-fn acquire_task(
-    env: &Env,
-    state: &Rc<RefCell<ArbiterBinding>>,
-    args: &[sys::napi_value; MAX_ARGS],
-) -> JsResult<sys::napi_value> {
-    let task_type = match js::value_type(env, args[0]).js()? {
-        ValueType::Number => {
-            let number = js::number_value(env, args[0]).js()?;
-            state.borrow().host.task_type_named(number as u32).ok_or_else(|| {
-                SidecarError::invalid_argument(format!("request.taskType: no task type has the number {number}"))
-            })?
+fn acquire_task(env: &Env, state: &Rc<RefCell<ArbiterBinding>>, args: &Args) -> JsResult<sys::napi_value> {
+    let task_type = match number_arg(env, args[0]) {
+        Some(number) => state.borrow_mut().host.task_type_named(number as u32).ok_or_else(|| {
+            SidecarError::invalid_argument(format!("request.taskType: no task type has the number {number}"))
+        })?,
+        None if js::value_type(env, args[0]).js()? == ValueType::String => {
+            js::with_str(env, args[0], |text| state.borrow_mut().host.intern_task_type(text)).js()?
         }
-        ValueType::String => js::with_str(env, args[0], |text| state.borrow_mut().host.intern_task_type(text)).js()?,
-        _ => return Err(SidecarError::invalid_argument("request.taskType: expected a string").into()),
+        None => return Err(SidecarError::invalid_argument("request.taskType: expected a string").into()),
     };
-    let request = AcquireRequest::of(task_type, read_trace(env, args[1])?);
-    acquire(env, state, request)
+    let trace = if args.passed > 1 { read_trace(env, args[1])? } else { Trace::default() };
+    acquire(env, state, AcquireRequest::of(task_type, trace))
 }
 
-fn task_type_number(
-    env: &Env,
-    state: &Rc<RefCell<ArbiterBinding>>,
-    args: &[sys::napi_value; MAX_ARGS],
-) -> JsResult<sys::napi_value> {
+fn task_type_number(env: &Env, state: &Rc<RefCell<ArbiterBinding>>, args: &Args) -> JsResult<sys::napi_value> {
     if js::value_type(env, args[0]).js()? != ValueType::String {
         return Err(SidecarError::invalid_argument("request.taskType: expected a string").into());
     }
@@ -202,15 +213,13 @@ fn task_type_number(
     number_js(env, number.map_or(-1.0, f64::from))
 }
 
-fn acquire_request(
-    env: &Env,
-    state: &Rc<RefCell<ArbiterBinding>>,
-    args: &[sys::napi_value; MAX_ARGS],
-) -> JsResult<sys::napi_value> {
+fn acquire_request(env: &Env, state: &Rc<RefCell<ArbiterBinding>>, args: &Args) -> JsResult<sys::napi_value> {
     let request = read_request(env, args[0])?;
     acquire(env, state, request)
 }
 
+// Inlined: the request is then built where the core takes it, not copied on the way.
+#[inline(always)]
 fn acquire(env: &Env, state: &Rc<RefCell<ArbiterBinding>>, request: AcquireRequest) -> JsResult<sys::napi_value> {
     let admission = {
         let mut s = state.borrow_mut();
@@ -219,7 +228,7 @@ fn acquire(env: &Env, state: &Rc<RefCell<ArbiterBinding>>, request: AcquireReque
     };
     after_call(env, state, Vec::new(), Caller::Js)?;
     let s = state.borrow();
-    let kind = s.mailbox.as_ref().expect("made at install").write(|slots| match &admission {
+    s.mailbox.as_ref().expect("made at install").write(|slots| match &admission {
         Admission::Queued(id) => arbiter_mailbox::write_queued(slots, *id),
         Admission::Settled(outcome) => {
             let id = match outcome {
@@ -229,14 +238,11 @@ fn acquire(env: &Env, state: &Rc<RefCell<ArbiterBinding>>, request: AcquireReque
             arbiter_mailbox::write_outcome(slots, id, outcome, |at| s.host.clock.epoch_ms(at))
         }
     });
-    number_js(env, kind as i32 as f64)
+    // Nothing: JS reads the outcome's kind from the mailbox (no number made to return it).
+    Ok(ptr::null_mut())
 }
 
-fn release_lease(
-    env: &Env,
-    state: &Rc<RefCell<ArbiterBinding>>,
-    args: &[sys::napi_value; MAX_ARGS],
-) -> JsResult<sys::napi_value> {
+fn release_lease(env: &Env, state: &Rc<RefCell<ArbiterBinding>>, args: &Args) -> JsResult<sys::napi_value> {
     let (released, out) = release_value(env, state, args[0])?;
     after_call(env, state, out, Caller::Js)?;
     js::boolean(env, released).js()
@@ -248,7 +254,11 @@ pub fn release_value(
     state: &Rc<RefCell<ArbiterBinding>>,
     value: sys::napi_value,
 ) -> JsResult<(bool, Vec<Resolution>)> {
-    let Some(id) = arbiter_requests::released_lease(&field_value(env, value)?) else { return Ok((false, Vec::new())) };
+    let field = match number_arg(env, value) {
+        Some(n) => Field::Number(n),
+        None => field_value(env, value)?,
+    };
+    let Some(id) = arbiter_requests::released_lease(&field) else { return Ok((false, Vec::new())) };
     let (released, out) = state.borrow_mut().host.release(id);
     if !released {
         tracing::debug!(lease_id = id, "release of an unknown, released or revoked lease: ignored");
@@ -256,20 +266,12 @@ pub fn release_value(
     Ok((released, out))
 }
 
-fn lease_held(
-    env: &Env,
-    state: &Rc<RefCell<ArbiterBinding>>,
-    args: &[sys::napi_value; MAX_ARGS],
-) -> JsResult<sys::napi_value> {
+fn lease_held(env: &Env, state: &Rc<RefCell<ArbiterBinding>>, args: &Args) -> JsResult<sys::napi_value> {
     let held = id_arg(env, args[0])?.is_some_and(|id| state.borrow().host.core.holds_lease(id));
     js::boolean(env, held).js()
 }
 
-fn tick(
-    env: &Env,
-    state: &Rc<RefCell<ArbiterBinding>>,
-    _args: &[sys::napi_value; MAX_ARGS],
-) -> JsResult<sys::napi_value> {
+fn tick(env: &Env, state: &Rc<RefCell<ArbiterBinding>>, _args: &Args) -> JsResult<sys::napi_value> {
     let out = {
         let mut s = state.borrow_mut();
         let mut out = s.host.lend_resolutions();
@@ -281,11 +283,7 @@ fn tick(
     undefined(env)
 }
 
-fn cancel_waiter(
-    env: &Env,
-    state: &Rc<RefCell<ArbiterBinding>>,
-    args: &[sys::napi_value; MAX_ARGS],
-) -> JsResult<sys::napi_value> {
+fn cancel_waiter(env: &Env, state: &Rc<RefCell<ArbiterBinding>>, args: &Args) -> JsResult<sys::napi_value> {
     let Some(id) = id_arg(env, args[0])? else { return undefined(env) };
     let resolution = {
         let mut s = state.borrow_mut();
@@ -296,20 +294,12 @@ fn cancel_waiter(
     undefined(env)
 }
 
-fn take_records(
-    env: &Env,
-    state: &Rc<RefCell<ArbiterBinding>>,
-    _args: &[sys::napi_value; MAX_ARGS],
-) -> JsResult<sys::napi_value> {
+fn take_records(env: &Env, state: &Rc<RefCell<ArbiterBinding>>, _args: &Args) -> JsResult<sys::napi_value> {
     state.borrow_mut().publish();
     undefined(env)
 }
 
-fn bind_side(
-    env: &Env,
-    state: &Rc<RefCell<ArbiterBinding>>,
-    args: &[sys::napi_value; MAX_ARGS],
-) -> JsResult<sys::napi_value> {
+fn bind_side(env: &Env, state: &Rc<RefCell<ArbiterBinding>>, args: &Args) -> JsResult<sys::napi_value> {
     if js::value_type(env, args[0]).js()? != ValueType::Function {
         return Err(SidecarError::invalid_argument("notify: expected a function").into());
     }

@@ -76,12 +76,28 @@ pub fn after_call(
     out: Vec<Resolution>,
     caller: Caller,
 ) -> JsResult<()> {
-    {
+    let events = {
         let mut s = state.borrow_mut();
+        if caller == Caller::Js && s.host.quiet(&out) {
+            // The common hot call: nothing to route or tell, only the header to publish.
+            s.host.recycle(out);
+            s.publish();
+            return Ok(());
+        }
         s.host.collect(out);
         s.host.dispatch_demands();
+        s.host.take_events().map(|events| {
+            let values: Vec<GpuArbiterEvent> = events.into_iter().map(|e| event_view(&s.host.clock, e)).collect();
+            (values, s.listeners.current())
+        })
+    };
+    if let Some((events, listeners)) = events {
+        for event in events {
+            if let Ok(value) = js::to_js(env, &event) {
+                js::call_listeners(env, &listeners, value.raw(), "GpuArbiter");
+            }
+        }
     }
-    dispatch_events(env, state);
     let notify = {
         let mut s = state.borrow_mut();
         s.publish();
@@ -97,20 +113,6 @@ pub fn after_call(
         }
     }
     Ok(())
-}
-
-fn dispatch_events(env: &Env, state: &Rc<RefCell<ArbiterBinding>>) {
-    let (events, listeners) = {
-        let mut s = state.borrow_mut();
-        let Some(events) = s.host.take_events() else { return };
-        let values: Vec<GpuArbiterEvent> = events.into_iter().map(|e| event_view(&s.host.clock, e)).collect();
-        (values, s.listeners.current())
-    };
-    for event in events {
-        if let Ok(value) = js::to_js(env, &event) {
-            js::call_listeners(env, &listeners, value.raw(), "GpuArbiter");
-        }
-    }
 }
 
 /// The `undefined` value, for calls whose result JS ignores.
