@@ -231,7 +231,6 @@ mod tests {
         let mut h = host();
         let core = supervisor();
         let (tie, _) = ArbiterTie::tie(0, Some(&mut h), &core, no_spawn);
-        let (_next, _) = ArbiterTie::tie(1, Some(&mut host()), &core, no_spawn);
         let off = tie.detached(Some(&mut h), Some(&core));
         assert!(
             matches!(off, Some(ArbiterCall::Standby { task_types, load_allowance_ms: None }) if task_types == ["TTS"]),
