@@ -14,6 +14,7 @@ import type {
 } from './src/config/node-config'
 export type * from './src/config/node-config'
 import type {
+  AsrTaskHint,
   ConcurrencyRecommendation,
   GpuAdmissionState,
   GpuArbiterEvent,
@@ -21,6 +22,7 @@ import type {
   GpuInventory,
   GpuLeaseReason,
   GpuLeaseStatus,
+  GpuReadingInput,
   HostBudget,
   ManifestReport,
   NodeConfig,
@@ -440,12 +442,6 @@ export declare const enum ArbiterRecordKind {
   Revoked = 3,
 }
 
-/** The ASR stage's hint about the utterance it is about to run (`notifyAsrTaskHint`). */
-export interface AsrTaskHint {
-  estimatedAudioMs?: number
-  estimatedGpuHoldMs?: number
-}
-
 /**
  * What the VRAM and host-memory gates would wait for, per service of `services` (validated like
  * `new ServiceSupervisor`, so a bad section is `INVALID_CONFIG`), with `learned` the state file's
@@ -465,13 +461,6 @@ export interface FromFileOptions {
  * missing driver: `nvml.available` is `false` with the reason.
  */
 export declare function gpuInventory(): GpuInventory
-
-/** One GPU's telemetry as admission uses it (see `observeGpu`). */
-export interface GpuReadingInput {
-  utilizationGpu?: number
-  freeMb?: number
-  totalMb?: number
-}
 
 /**
  * Reads a whole node config file (like `electron-node-config.json`) and validates the sections

@@ -3,15 +3,12 @@
 //! `Env::from_js_value`, names no path, reads `NaN` and `undefined` fields as `null` and recurses
 //! into a cycle.) Exported functions take `Unknown` and call these.
 
-use std::ptr;
-
 use napi::bindgen_prelude::*;
-use napi::sys;
 use serde_json::Value;
 
-use super::js;
 use crate::error::{ErrorCode, SidecarError};
 use crate::link::js_json::{self, JsKind, JsValues};
+use crate::node_api::reader::NapiValues;
 
 /// A JS value as JSON ([`crate::link::js_json`]); errors carry `code` and start with the JSON
 /// path from `root` (`telemetry.intervalMs: expected a finite number, got NaN`).
@@ -82,103 +79,6 @@ pub fn describe(env: &Env, value: Option<Unknown>) -> String {
         None => "nothing".to_string(),
         Some(Ok(kind)) => kind.describe(),
         Some(Err(_)) => JsKind::Other.describe(),
-    }
-}
-
-/// JS values read through Node-API, for [`js_json`].
-struct NapiValues<'a>(&'a Env);
-
-impl NapiValues<'_> {
-    /// A failed napi call (a getter or Proxy trap that threw): its exception is cleared and
-    /// becomes the reason.
-    fn check(&self, status: sys::napi_status) -> std::result::Result<(), String> {
-        if status == sys::Status::napi_ok {
-            return Ok(());
-        }
-        match js::take_exception(self.0) {
-            Some(message) => Err(format!("cannot be read: {message}")),
-            None => Err(format!("cannot be read (napi status {status})")),
-        }
-    }
-}
-
-impl JsValues for NapiValues<'_> {
-    type Value = sys::napi_value;
-
-    fn kind(&self, value: sys::napi_value) -> std::result::Result<JsKind, String> {
-        let env = self.0.raw();
-        let mut kind = 0;
-        self.check(unsafe { sys::napi_typeof(env, value, &mut kind) })?;
-        Ok(match ValueType::from(kind) {
-            ValueType::Undefined => JsKind::Undefined,
-            ValueType::Null => JsKind::Null,
-            ValueType::Boolean => {
-                let mut b = false;
-                self.check(unsafe { sys::napi_get_value_bool(env, value, &mut b) })?;
-                JsKind::Boolean(b)
-            }
-            ValueType::Number => {
-                let mut n = 0.0;
-                self.check(unsafe { sys::napi_get_value_double(env, value, &mut n) })?;
-                JsKind::Number(n)
-            }
-            ValueType::String => JsKind::String(js::string_value(self.0, value).map_err(|e| e.reason)?),
-            ValueType::Object => {
-                let mut is_array = false;
-                self.check(unsafe { sys::napi_is_array(env, value, &mut is_array) })?;
-                if !is_array {
-                    return Ok(JsKind::Object);
-                }
-                let mut length = 0;
-                self.check(unsafe { sys::napi_get_array_length(env, value, &mut length) })?;
-                JsKind::Array(length)
-            }
-            ValueType::Function => JsKind::Function,
-            ValueType::Symbol => JsKind::Symbol,
-            ValueType::BigInt => JsKind::BigInt,
-            _ => JsKind::Other,
-        })
-    }
-
-    fn element(&self, array: sys::napi_value, index: u32) -> std::result::Result<sys::napi_value, String> {
-        let mut item = ptr::null_mut();
-        self.check(unsafe { sys::napi_get_element(self.0.raw(), array, index, &mut item) })?;
-        Ok(item)
-    }
-
-    fn keys(&self, object: sys::napi_value) -> std::result::Result<Vec<(String, sys::napi_value)>, String> {
-        let env = self.0.raw();
-        let mut keys = ptr::null_mut();
-        self.check(unsafe {
-            sys::napi_get_all_property_names(
-                env,
-                object,
-                sys::KeyCollectionMode::own_only,
-                sys::KeyFilter::enumerable | sys::KeyFilter::skip_symbols,
-                sys::KeyConversion::numbers_to_strings,
-                &mut keys,
-            )
-        })?;
-        let mut count = 0;
-        self.check(unsafe { sys::napi_get_array_length(env, keys, &mut count) })?;
-        (0..count)
-            .map(|i| {
-                let key = self.element(keys, i)?;
-                Ok((js::string_value(self.0, key).map_err(|e| e.reason)?, key))
-            })
-            .collect()
-    }
-
-    fn property(&self, object: sys::napi_value, key: sys::napi_value) -> std::result::Result<sys::napi_value, String> {
-        let mut field = ptr::null_mut();
-        self.check(unsafe { sys::napi_get_property(self.0.raw(), object, key, &mut field) })?;
-        Ok(field)
-    }
-
-    fn same(&self, a: sys::napi_value, b: sys::napi_value) -> std::result::Result<bool, String> {
-        let mut same = false;
-        self.check(unsafe { sys::napi_strict_equals(self.0.raw(), a, b, &mut same) })?;
-        Ok(same)
     }
 }
 

@@ -351,6 +351,19 @@ export type ServiceStateName = ("ready" | "stopping" | "stopped" | "failed" | "i
 export type ServiceWaitReason = ("waiting-host-memory" | "waiting-telemetry")
 
 /**
+ * The ASR stage's hint about the utterance it is about to run (`notifyAsrTaskHint`).
+ */
+export interface AsrTaskHint {
+/**
+ * The audio's length, ms.
+ */
+estimatedAudioMs?: number
+/**
+ * How long the GPU work is expected to hold the GPU, ms.
+ */
+estimatedGpuHoldMs?: number
+}
+/**
  * How many workers fit, and the figures behind the answer.
  */
 export interface ConcurrencyRecommendation {
@@ -615,6 +628,23 @@ uuid?: string
 export interface GpuMigMode {
 current: boolean
 pending: boolean
+}
+/**
+ * One GPU's telemetry as admission uses it (`observeGpu`'s `reading`).
+ */
+export interface GpuReadingInput {
+/**
+ * Free GPU memory, MB.
+ */
+freeMb?: number
+/**
+ * Total GPU memory, MB.
+ */
+totalMb?: number
+/**
+ * GPU utilization, 0-100 %.
+ */
+utilizationGpu?: number
 }
 /**
  * What `ServiceSupervisor#hostBudget(perWorkerMb?)` returns: the budget, and how many more

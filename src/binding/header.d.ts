@@ -14,6 +14,7 @@ import type {
 } from './src/config/node-config'
 export type * from './src/config/node-config'
 import type {
+  AsrTaskHint,
   ConcurrencyRecommendation,
   GpuAdmissionState,
   GpuArbiterEvent,
@@ -21,6 +22,7 @@ import type {
   GpuInventory,
   GpuLeaseReason,
   GpuLeaseStatus,
+  GpuReadingInput,
   HostBudget,
   ManifestReport,
   NodeConfig,

@@ -1,5 +1,7 @@
-//! The napi layer: converts JS values to core types and back, and core errors to JS errors with a
-//! stable `code`. No arbiter, telemetry or service logic lives here.
+//! The napi layer: the JS-facing classes and functions, one file per concept. Each converts JS
+//! arguments to core types and results back, core errors to JS errors with a stable `code`, holds
+//! JS references and schedules JS calls, through the wrappers in [`crate::node_api`]. No
+//! arbiter, telemetry or service logic lives here: decisions are in [`crate::link`].
 
 // napi's macros register exported functions only outside `cfg(test)`, so in a test build the
 // exports look unused.
@@ -10,7 +12,6 @@ mod args;
 mod config;
 mod fit;
 mod inventory;
-mod js;
 mod logging;
 mod manifests;
 mod recording;
@@ -18,40 +19,5 @@ mod services;
 mod spawn_env;
 mod telemetry;
 
-use napi::Status;
-
-use crate::error::SidecarError;
-
-/// The `code` of a JS error we throw: one of [`crate::error::ErrorCode`]'s strings, or a napi status.
-pub struct Code(String);
-
-impl AsRef<str> for Code {
-    fn as_ref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl From<Status> for Code {
-    fn from(status: Status) -> Self {
-        Code(status.as_ref().to_string())
-    }
-}
-
-pub type JsResult<T> = napi::Result<T, Code>;
-
-impl From<SidecarError> for napi::Error<Code> {
-    fn from(e: SidecarError) -> Self {
-        napi::Error::new(Code(e.code.as_str().to_string()), e.message)
-    }
-}
-
-/// Lets `?` carry napi's own errors through functions that return [`JsResult`].
-pub trait IntoJsResult<T> {
-    fn js(self) -> JsResult<T>;
-}
-
-impl<T> IntoJsResult<T> for napi::Result<T> {
-    fn js(self) -> JsResult<T> {
-        self.map_err(|e| napi::Error::new(Code::from(e.status), e.reason))
-    }
-}
+use crate::node_api as js;
+pub(crate) use crate::node_api::{Code, IntoJsResult, JsResult};

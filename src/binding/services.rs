@@ -11,7 +11,7 @@
 use std::cell::RefCell;
 use std::future::Future;
 use std::rc::{Rc, Weak};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::ThreadsafeFunctionCallMode;
@@ -21,34 +21,25 @@ use std::time::Instant;
 
 use super::arbiter::native_leases;
 use super::arbiter::{ArbiterBinding, GpuArbiter};
-use super::js::{self, Listeners, WakeFn};
 use super::spawn_env::JsSpawnEnv;
 use super::telemetry::Telemetry;
-use super::{args, Code, IntoJsResult, JsResult};
+use super::{args, Code, IntoJsResult};
 use crate::config::watch::ConfigFileWatch;
 use crate::error::{ErrorCode, SidecarError, SidecarResult};
-use crate::link::arbiter_calls::{ArbiterCall, ArbiterCalls, ArbiterLease, StartupLeasePolicy};
+use crate::link::arbiter_calls::{ArbiterCalls, ArbiterLease, StartupLeasePolicy};
 use crate::link::arbiter_host::ArbiterHost;
 use crate::link::service_events::{JsListeners, QueuedEvent, ServiceEventFeed};
 use crate::link::services_file;
 use crate::link::supervisor_arbiter::{ArbiterSlot, Attached, HostHandle, Spawn};
 use crate::link::supervisor_telemetry::SupervisorTelemetry;
+use crate::node_api::promises::{done, nothing, serde_form, spawn_promise, JsPromise, Settle};
+use crate::node_api::{self as js, Listeners, WakeFn};
 use crate::services::manifest::resolve_services_section;
 use crate::services::ServicesSource;
 use crate::services::{
     HostBudget, HostMemorySource, ListenerNote, OutputStream, ServiceEvent, ServiceEventKind, ServiceOutcome, SpawnEnv,
     StartAllOptions, StartupLease, Supervisor, SupervisorHooks, TaskRoutes, VramSource,
 };
-
-/// Gives napi the addon's named runtime (built once per process, before the first async call).
-#[napi_derive::module_init]
-fn init_runtime() {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| match crate::link::runtime::addon_runtime() {
-        Ok(runtime) => napi::bindgen_prelude::create_custom_tokio_runtime(runtime),
-        Err(e) => tracing::warn!("cannot build the named tokio runtime, napi's default is used: {e}"),
-    });
-}
 
 /// An attached arbiter, as the supervisor holds it: weakly (its JS object owns it).
 type ArbiterHandle = Weak<RefCell<ArbiterBinding>>;
@@ -120,7 +111,7 @@ impl ServiceSupervisor {
     #[napi(catch_unwind, ts_return_type = "Promise<ServicesRefresh>")]
     pub fn refresh<'env>(&self, env: &'env Env) -> Result<JsPromise<'env>, Code> {
         let core = self.core.clone();
-        promise(env, &self.state, async move { core.refresh().await }, to_js)
+        promise(env, &self.state, async move { core.refresh().await }, serde_form)
     }
 }
 
@@ -170,7 +161,7 @@ impl ServiceSupervisor {
             None => StartAllOptions::default(),
         };
         let core = self.core.clone();
-        promise(env, &self.state, async move { core.start_chosen(&options).await }, to_js)
+        promise(env, &self.state, async move { core.start_chosen(&options).await }, serde_form)
     }
 
     /// Starts one service and what it depends on; resolves with its outcome. Rejects with
@@ -180,7 +171,7 @@ impl ServiceSupervisor {
         let name = args::string(env, name, "name")?;
         let core = self.core.clone();
         let start = async move { Ok(ServiceOutcome { outcome: core.start(&name).await?, service: name }) };
-        promise(env, &self.state, start, to_js)
+        promise(env, &self.state, start, serde_form)
     }
 
     /// Starts a service (on-demand or not) and what it depends on if it is not running, and
@@ -191,7 +182,7 @@ impl ServiceSupervisor {
     pub fn ensure<'env>(&self, env: &'env Env, name: Option<Unknown>) -> Result<JsPromise<'env>, Code> {
         let name = args::string(env, name, "name")?;
         let core = self.core.clone();
-        promise(env, &self.state, async move { core.ensure(&name).await }, to_js)
+        promise(env, &self.state, async move { core.ensure(&name).await }, serde_form)
     }
 
     /// Stops one service: `stopSignal` to its process group, SIGKILL after `stopTimeoutMs`;
@@ -207,7 +198,7 @@ impl ServiceSupervisor {
             begun?;
             core.stop(&name).await
         };
-        promise(env, &self.state, stop, void)
+        promise(env, &self.state, stop, nothing)
     }
 
     /// Sets the hook asked for extra environment just before each spawn of any service,
@@ -233,7 +224,7 @@ impl ServiceSupervisor {
     pub fn set_services<'env>(&self, env: &'env Env, services: Option<Unknown>) -> Result<JsPromise<'env>, Code> {
         let services = args::required_json(env, services, "services", ErrorCode::InvalidConfig)?;
         let core = self.core.clone();
-        promise(env, &self.state, async move { core.set_services(&services).await }, to_js)
+        promise(env, &self.state, async move { core.set_services(&services).await }, serde_form)
     }
 
     /// Stops then starts one service; resolves with the new start's outcome.
@@ -242,14 +233,14 @@ impl ServiceSupervisor {
         let name = args::string(env, name, "name")?;
         let core = self.core.clone();
         let restart = async move { Ok(ServiceOutcome { outcome: core.restart(&name).await?, service: name }) };
-        promise(env, &self.state, restart, to_js)
+        promise(env, &self.state, restart, serde_form)
     }
 
     /// Stops every service, dependents before what they depend on.
     #[napi(catch_unwind, ts_return_type = "Promise<void>")]
     pub fn stop_all<'env>(&self, env: &'env Env) -> Result<JsPromise<'env>, Code> {
         let core = self.core.clone();
-        promise(env, &self.state, done(async move { core.stop_all().await }), void)
+        promise(env, &self.state, done(async move { core.stop_all().await }), nothing)
     }
 
     /// Stops everything this supervisor started and refuses later starts with `CLOSED`. No event
@@ -265,7 +256,7 @@ impl ServiceSupervisor {
             s.events.queue().clear();
         }
         let core = self.core.clone();
-        promise(env, &self.state, done(async move { core.close().await }), void)
+        promise(env, &self.state, done(async move { core.close().await }), nothing)
     }
 
     /// One service's status. Throws `UNKNOWN_SERVICE`.
@@ -297,12 +288,10 @@ impl ServiceSupervisor {
     /// Calls `listener(event)` for every service event; returns a function that unsubscribes.
     #[napi(catch_unwind, ts_args_type = "listener: (event: ServiceEvent) => void", ts_return_type = "() => void")]
     pub fn on_event<'env>(&self, env: &'env Env, listener: Unknown<'env>) -> Result<Function<'env, (), ()>, Code> {
-        let mut s = self.state.borrow_mut();
-        if s.closed {
+        if self.state.borrow().closed {
             return Err(SidecarError::new(ErrorCode::Closed, "the service supervisor is closed").into());
         }
-        let id = s.listeners.add(env, listener.raw())?;
-        js::detach_function(env, "unsubscribe", &self.state, move |_, state| state.borrow_mut().listeners.remove(id))
+        js::subscribe(env, &self.state, listener.raw(), |s| &mut s.listeners, |_| ())
     }
 
     /// Reads free VRAM for the VRAM gate and `gpu.key: 'auto'` placement (and per-process VRAM,
@@ -324,13 +313,7 @@ impl ServiceSupervisor {
             .ok_or_else(|| SidecarError::new(ErrorCode::Closed, "attachTelemetry: the Telemetry is closed"))?;
         let id = self.telemetry.attach(Box::new(latest), telemetry.registry());
         let link = Arc::downgrade(&self.telemetry);
-        env.create_function_from_closure::<(), (), _>("detachTelemetry", move |_ctx| {
-            if let Some(link) = link.upgrade() {
-                link.detach(id);
-            }
-            Ok(())
-        })
-        .js()
+        js::function(env, "detachTelemetry", move |_| link.upgrade().into_iter().for_each(|link| link.detach(id)))
     }
 
     /// With `gpuStartupLease: true`, each GPU service holds a lease from `arbiter` on its GPU
@@ -352,15 +335,10 @@ impl ServiceSupervisor {
             wake.call((), ThreadsafeFunctionCallMode::NonBlocking);
         };
         let spawn: Spawn = |f| drop(napi::bindgen_prelude::spawn(f));
-        let Attached { id, standby, replaced } =
-            self.state.borrow_mut().arbiter.attach(shared.clone(), &self.core, spawn, Box::new(waker));
-        // The one this one replaced: what waited there for an on-demand service is granted as usual.
-        if let Some((old, standby_off)) = replaced.and_then(|(old, call)| old.upgrade().zip(call)) {
-            native_leases::apply(env, &old, standby_off)?;
-        }
-        if let Some(arbiter_state) = shared.upgrade() {
-            for call in standby {
-                native_leases::apply(env, &arbiter_state, call)?;
+        let Attached { id, calls } = self.state.borrow_mut().arbiter.attach(shared, &self.core, spawn, Box::new(waker));
+        for (arbiter, call) in calls {
+            if let Some(arbiter) = arbiter.upgrade() {
+                native_leases::apply(env, &arbiter, call)?;
             }
         }
         let core = Arc::downgrade(&self.core);
@@ -396,68 +374,33 @@ fn serve_arbiter_calls(env: &Env, state: &Rc<RefCell<SupervisorBinding>>) {
         (s.arbiter.take_calls(), arbiter)
     };
     for call in calls {
-        let service = match &call {
-            ArbiterCall::Acquire { service, .. } => Some(service.clone()),
-            _ => None,
-        };
+        let service = call.service().map(str::to_owned);
         if let Err(e) = native_leases::apply(env, &arbiter, call) {
             tracing::warn!(service, error = %e.reason, "could not apply a service supervisor's call to the arbiter");
         }
     }
 }
 
-/// A promise of a value whose TS type is generated from its serde form (or of nothing).
-type JsPromise<'env> = PromiseRaw<'env, Unknown<'env>>;
-
-/// The serde form of a value as JS gets it, for [`promise`].
-fn to_js<T: serde::Serialize>(env: &Env, value: T) -> JsResult<sys::napi_value> {
-    js::to_js(env, &value).map(|v| v.raw())
-}
-
-/// `fut`'s completion as a core outcome (it cannot fail), for [`promise`].
-async fn done(fut: impl Future<Output = ()>) -> SidecarResult<()> {
-    fut.await;
-    Ok(())
-}
-
-/// `undefined`, for a promise of nothing.
-fn void(env: &Env, (): ()) -> JsResult<sys::napi_value> {
-    unsafe { <()>::to_napi_value(env.raw(), ()) }.js()
-}
-
-/// A promise settled from `fut` on the tokio runtime with `convert(value)`; a core error rejects
-/// it with a JS error that carries the error's `code`. Listeners get every event the core sent
-/// before the promise settles (so a `ready` event is seen before `startAll` resolves).
+/// A promise settled from `fut` ([`js::promises::spawn_promise`]). Listeners get every event the
+/// core sent before the promise settles (so a `ready` event is seen before `startAll` resolves).
 fn promise<'env, T, F>(
     env: &'env Env,
     state: &Rc<RefCell<SupervisorBinding>>,
     fut: F,
-    convert: fn(&Env, T) -> JsResult<sys::napi_value>,
+    settle: Settle<T>,
 ) -> Result<JsPromise<'env>, Code>
 where
     T: Send + 'static,
     F: Future<Output = SidecarResult<T>> + Send + 'static,
 {
     let state = Rc::downgrade(state);
-    env.spawn_future_with_callback(async move { Ok(fut.await) }, move |env, result| {
+    let deliver = move |env: &Env| {
         if let Some(state) = state.upgrade() {
             let events = state.borrow().events.clone();
             events.deliver_before_settling(&Delivery { env, state: &state }, Instant::now);
         }
-        match result.map_err(napi::Error::<Code>::from).and_then(|value| convert(env, value)) {
-            Ok(value) => Ok(unsafe { Unknown::from_raw_unchecked(env.raw(), value) }),
-            Err(error) => Err(js_error(env, error)),
-        }
-    })
-    .js()
-}
-
-/// napi rejects with a plain `Status` error; wrapping the JS error we build keeps our `code`.
-fn js_error(env: &Env, error: napi::Error<Code>) -> napi::Error {
-    match unsafe { ToNapiValue::to_napi_value(env.raw(), error) } {
-        Ok(value) => napi::Error::from(unsafe { Unknown::from_raw_unchecked(env.raw(), value) }),
-        Err(e) => e,
-    }
+    };
+    spawn_promise(env, fut, deliver, settle)
 }
 
 /// The forwarding task: queues events and wakes the JS thread; ends when the core is gone.
@@ -535,17 +478,13 @@ fn log_event_object(
     stream: OutputStream,
     line: &str,
 ) -> napi::Result<sys::napi_value> {
-    let stream = match stream {
-        OutputStream::Stdout => "stdout",
-        OutputStream::Stderr => "stderr",
-    };
     js::object(
         env,
         &[
             (c"type", js::string(env, "log")?),
             (c"service", js::string(env, service)?),
             (c"at", js::number(env, at as f64)?),
-            (c"stream", js::string(env, stream)?),
+            (c"stream", js::string(env, stream.as_str())?),
             (c"line", js::string(env, line)?),
         ],
     )

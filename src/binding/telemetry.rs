@@ -15,13 +15,13 @@ use napi::threadsafe_function::ThreadsafeFunctionCallMode;
 use napi_derive::napi;
 
 use super::arbiter::{self, ArbiterBinding, GpuArbiter};
-use super::js::{self, Listeners};
 use super::{args, Code, IntoJsResult};
 use crate::error::{ErrorCode, SidecarError};
-use crate::link::sampler_events::{FedArbiters, SamplerEventQueue};
+use crate::link::sampler_events::{FedArbiters, SamplerDelivery, SamplerEventQueue};
+use crate::node_api::{self as js, Listeners};
 use crate::telemetry::advice::ConcurrencyRequest;
 use crate::telemetry::{
-    sample_once, LatestSample, ProcessRegistry, Sample, Sampler, SamplerEvent, SamplerHandle, TelemetryOptions,
+    sample_once, Alert, LatestSample, ProcessRegistry, Sample, Sampler, SamplerHandle, TelemetryOptions,
 };
 
 type AttachedArbiter = Weak<RefCell<ArbiterBinding>>;
@@ -90,13 +90,13 @@ impl Telemetry {
     /// Calls `listener(sample)` for every sample; returns a function that unsubscribes.
     #[napi(catch_unwind, ts_args_type = "listener: (sample: TelemetrySample) => void", ts_return_type = "() => void")]
     pub fn on_sample<'env>(&self, env: &'env Env, listener: Unknown<'env>) -> Result<Function<'env, (), ()>, Code> {
-        self.subscribe(env, listener, |l| &mut l.on_sample)
+        js::subscribe(env, &self.state, listener.raw(), |s| &mut s.listeners.on_sample, |_| ())
     }
 
     /// Calls `listener(alert)` when an alert is raised (`active: true`) or cleared (`active: false`).
     #[napi(catch_unwind, ts_args_type = "listener: (alert: TelemetryAlert) => void", ts_return_type = "() => void")]
     pub fn on_alert<'env>(&self, env: &'env Env, listener: Unknown<'env>) -> Result<Function<'env, (), ()>, Code> {
-        self.subscribe(env, listener, |l| &mut l.on_alert)
+        js::subscribe(env, &self.state, listener.raw(), |s| &mut s.listeners.on_alert, |_| ())
     }
 
     /// Calls `listener(error | null)` when a replay has played its last sample (`null`), hit a bad
@@ -105,7 +105,7 @@ impl Telemetry {
     /// internal error (`INTERNAL`).
     #[napi(catch_unwind, ts_args_type = "listener: (error: Error | null) => void", ts_return_type = "() => void")]
     pub fn on_end<'env>(&self, env: &'env Env, listener: Unknown<'env>) -> Result<Function<'env, (), ()>, Code> {
-        self.subscribe(env, listener, |l| &mut l.on_end)
+        js::subscribe(env, &self.state, listener.raw(), |s| &mut s.listeners.on_end, |_| ())
     }
 
     /// The last sample (`null` before the first), read from memory: no NVML call on this thread.
@@ -206,9 +206,7 @@ impl Telemetry {
     pub fn close(&self) {
         let sampler = {
             let mut s = self.state.borrow_mut();
-            s.listeners.on_sample.clear();
-            s.listeners.on_alert.clear();
-            s.listeners.on_end.clear();
+            s.listeners = Subscribers::default();
             s.arbiters.clear();
             s.sampler.take()
         };
@@ -247,18 +245,6 @@ impl Telemetry {
     pub(super) fn registry(&self) -> Arc<ProcessRegistry> {
         self.state.borrow().registry.clone()
     }
-
-    fn subscribe<'env>(
-        &self,
-        env: &'env Env,
-        listener: Unknown<'env>,
-        list: fn(&mut Subscribers) -> &mut Listeners,
-    ) -> Result<Function<'env, (), ()>, Code> {
-        let id = list(&mut self.state.borrow_mut().listeners).add(env, listener.raw())?;
-        js::detach_function(env, "unsubscribe", &self.state, move |_, state| {
-            list(&mut state.borrow_mut().listeners).remove(id)
-        })
-    }
 }
 
 /// How many workers of `perWorkerMb` fit now, from a one-off sample taken on this thread (for a
@@ -286,63 +272,59 @@ fn concurrency_request(env: &Env, options: Option<Unknown>) -> Result<Concurrenc
     Ok(ConcurrencyRequest::from_json(options.as_ref())?)
 }
 
+/// A wake from the sampler thread: what it queued, to the arbiters and listeners.
 fn dispatch(env: &Env, state: &Rc<RefCell<TelemetryBinding>>) {
-    let events: Vec<SamplerEvent> = {
-        let s = state.borrow();
-        if s.sampler.is_none() {
-            return; // closed: nothing fires after close()
-        }
-        s.events.take()
-    };
-    for event in events {
-        if state.borrow().sampler.is_none() {
-            return; // a listener closed it
-        }
-        match event {
-            SamplerEvent::Sample(output) => {
-                feed_arbiters(env, state, &output.sample);
-                if let Ok(value) = js::to_js(env, &*output.sample) {
-                    call_listeners(env, state, |l| &l.on_sample, value.raw());
-                }
-                for alert in &output.alerts {
-                    if let Ok(value) = js::to_js(env, alert) {
-                        call_listeners(env, state, |l| &l.on_alert, value.raw());
-                    }
-                }
-            }
-            SamplerEvent::RecordingStopped(error) | SamplerEvent::Ended(Some(error)) => {
-                let error = napi::Error::<Code>::from(error);
-                if let Ok(value) = unsafe { ToNapiValue::to_napi_value(env.raw(), error) } {
-                    call_listeners(env, state, |l| &l.on_end, value);
-                }
-            }
-            SamplerEvent::Ended(None) => {
-                if let Ok(null) = unsafe { ToNapiValue::to_napi_value(env.raw(), Null) } {
-                    call_listeners(env, state, |l| &l.on_end, null);
-                }
-            }
-        }
+    let events = state.borrow().events.clone();
+    events.deliver(&Delivery { env, state });
+}
+
+/// The Telemetry's arbiters and listeners, as [`SamplerEventQueue::deliver`] hands to them.
+struct Delivery<'a> {
+    env: &'a Env,
+    state: &'a Rc<RefCell<TelemetryBinding>>,
+}
+
+impl Delivery<'_> {
+    fn call(&self, list: fn(&Subscribers) -> &Listeners, arg: sys::napi_value) {
+        let listeners = list(&self.state.borrow().listeners).current();
+        js::call_listeners(self.env, &listeners, arg, "Telemetry");
     }
 }
 
-/// Gives the sample to every attached arbiter.
-fn feed_arbiters(env: &Env, state: &Rc<RefCell<TelemetryBinding>>, sample: &Sample) {
-    let arbiters: Vec<Rc<RefCell<ArbiterBinding>>> =
-        state.borrow_mut().arbiters.feed().iter().filter_map(Weak::upgrade).collect();
-    for a in &arbiters {
-        let out = a.borrow_mut().host.observe_sample(sample);
-        if let Err(e) = arbiter::after_call(env, a, out, arbiter::Caller::Native) {
-            tracing::warn!(error = %e.reason, "could not feed a telemetry sample to an arbiter");
+impl SamplerDelivery for Delivery<'_> {
+    fn open(&self) -> bool {
+        self.state.borrow().sampler.is_some()
+    }
+
+    fn feed_arbiters(&self, sample: &Sample) {
+        let arbiters: Vec<_> = self.state.borrow_mut().arbiters.feed().iter().filter_map(Weak::upgrade).collect();
+        for a in &arbiters {
+            let out = a.borrow_mut().host.observe_sample(sample);
+            if let Err(e) = arbiter::after_call(self.env, a, out, arbiter::Caller::Native) {
+                tracing::warn!(error = %e.reason, "could not feed a telemetry sample to an arbiter");
+            }
         }
     }
-}
 
-fn call_listeners(
-    env: &Env,
-    state: &Rc<RefCell<TelemetryBinding>>,
-    list: fn(&Subscribers) -> &Listeners,
-    arg: sys::napi_value,
-) {
-    let listeners = list(&state.borrow().listeners).current();
-    js::call_listeners(env, &listeners, arg, "Telemetry");
+    fn on_sample(&self, sample: &Sample) {
+        if let Ok(value) = js::to_js(self.env, sample) {
+            self.call(|l| &l.on_sample, value.raw());
+        }
+    }
+
+    fn on_alert(&self, alert: &Alert) {
+        if let Ok(value) = js::to_js(self.env, alert) {
+            self.call(|l| &l.on_alert, value.raw());
+        }
+    }
+
+    fn on_end(&self, error: Option<SidecarError>) {
+        let value = match error {
+            Some(error) => unsafe { ToNapiValue::to_napi_value(self.env.raw(), napi::Error::<Code>::from(error)) },
+            None => unsafe { ToNapiValue::to_napi_value(self.env.raw(), Null) },
+        };
+        if let Ok(value) = value {
+            self.call(|l| &l.on_end, value);
+        }
+    }
 }

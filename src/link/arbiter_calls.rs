@@ -49,6 +49,16 @@ pub enum ArbiterCall {
     Routes(Vec<(String, String)>),
 }
 
+impl ArbiterCall {
+    /// The service a startup lease is asked for.
+    pub fn service(&self) -> Option<&str> {
+        match self {
+            ArbiterCall::Acquire { service, .. } => Some(service),
+            _ => None,
+        }
+    }
+}
+
 /// Wakes the arbiter's thread; `None` while no arbiter is attached.
 pub type Waker = Box<dyn Fn() + Send + Sync>;
 

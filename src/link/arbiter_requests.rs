@@ -130,6 +130,44 @@ fn expect_object(value: &Value, arg: &str) -> SidecarResult<()> {
     }
 }
 
+/// One GPU's telemetry as admission uses it (`observeGpu`'s `reading`).
+// Read by `reading_input`; only the schema is used, for the TypeScript type generated from it.
+#[derive(schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(rename = "GpuReadingInput")]
+#[allow(dead_code)] // declares the argument's TS type; the value is read by `reading_input`
+pub struct GpuReadingInput {
+    /// GPU utilization, 0-100 %.
+    #[serde(default)]
+    #[schemars(with = "f64")]
+    pub utilization_gpu: Option<f64>,
+    /// Free GPU memory, MB.
+    #[serde(default)]
+    #[schemars(with = "f64")]
+    pub free_mb: Option<f64>,
+    /// Total GPU memory, MB.
+    #[serde(default)]
+    #[schemars(with = "f64")]
+    pub total_mb: Option<f64>,
+}
+
+/// The ASR stage's hint about the utterance it is about to run (`notifyAsrTaskHint`).
+// Read by `asr_hint`; only the schema is used, for the TypeScript type generated from it.
+#[derive(schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(rename = "AsrTaskHint")]
+#[allow(dead_code)] // declares the argument's TS type; the value is read by `asr_hint`
+pub struct AsrTaskHint {
+    /// The audio's length, ms.
+    #[serde(default)]
+    #[schemars(with = "f64")]
+    pub estimated_audio_ms: Option<f64>,
+    /// How long the GPU work is expected to hold the GPU, ms.
+    #[serde(default)]
+    #[schemars(with = "f64")]
+    pub estimated_gpu_hold_ms: Option<f64>,
+}
+
 /// `observeGpu`'s reading, its time left for the caller to set.
 pub fn reading_input(value: &Value) -> SidecarResult<GpuReading> {
     expect_object(value, "reading")?;
@@ -249,5 +287,25 @@ mod tests {
         assert_eq!(utterance_index(&Field::Number(f64::INFINITY)), None);
         assert_eq!(utterance_index(&Field::Text("x".into())), None);
         assert_eq!(utterance_index(&Field::Other), None);
+    }
+
+    /// The property names of a generated argument type, each optional.
+    fn optional_fields(schema: schemars::Schema) -> Vec<String> {
+        let schema = schema.to_value();
+        assert!(schema.get("required").is_none(), "every field is optional: {schema}");
+        schema["properties"].as_object().unwrap().keys().cloned().collect()
+    }
+
+    #[test]
+    fn the_generated_argument_types_name_the_fields_the_readers_read() {
+        let fields = optional_fields(schemars::schema_for!(GpuReadingInput));
+        assert_eq!(fields, ["freeMb", "totalMb", "utilizationGpu"]);
+        let all: serde_json::Map<_, _> = fields.iter().map(|f| (f.clone(), serde_json::json!(7))).collect();
+        let read = reading_input(&Value::Object(all)).unwrap();
+        assert_eq!((read.utilization_gpu, read.free_mb, read.total_mb), (Some(7.0), Some(7), Some(7)));
+        let fields = optional_fields(schemars::schema_for!(AsrTaskHint));
+        assert_eq!(fields, ["estimatedAudioMs", "estimatedGpuHoldMs"]);
+        let all: serde_json::Map<_, _> = fields.iter().map(|f| (f.clone(), serde_json::json!(7))).collect();
+        assert_eq!(asr_hint(&Value::Object(all)).unwrap(), (Some(7), Some(7)));
     }
 }

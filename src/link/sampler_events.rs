@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use super::attachments::Attachments;
 use super::supervisor_telemetry::SampleSource;
-use crate::telemetry::{Backlog, BacklogBoard, SamplerEvent};
+use crate::error::SidecarError;
+use crate::telemetry::{Alert, Backlog, BacklogBoard, Sample, SamplerEvent};
 
 /// Events kept while the JS thread is busy; older ones are dropped first.
 pub const MAX_QUEUED_EVENTS: usize = 256;
@@ -48,6 +49,42 @@ impl SamplerEventQueue {
 
     pub fn clear(&self) {
         lock(&self.events).clear();
+    }
+}
+
+/// Where the JS thread hands sampler events: the attached arbiters and the listeners.
+pub trait SamplerDelivery {
+    /// Whether the Telemetry is still open (a listener may close it).
+    fn open(&self) -> bool;
+    fn feed_arbiters(&self, sample: &Sample);
+    fn on_sample(&self, sample: &Sample);
+    fn on_alert(&self, alert: &Alert);
+    /// `None`: a replay played its last sample.
+    fn on_end(&self, error: Option<SidecarError>);
+}
+
+impl SamplerEventQueue {
+    /// Delivers everything queued, oldest first: a sample to the arbiters, then to `onSample`,
+    /// then the alerts it raised or cleared. Nothing once the Telemetry is closed, even by a
+    /// listener in the middle.
+    pub fn deliver(&self, to: &impl SamplerDelivery) {
+        if !to.open() {
+            return;
+        }
+        for event in self.take() {
+            if !to.open() {
+                return;
+            }
+            match event {
+                SamplerEvent::Sample(output) => {
+                    to.feed_arbiters(&output.sample);
+                    to.on_sample(&output.sample);
+                    output.alerts.iter().for_each(|alert| to.on_alert(alert));
+                }
+                SamplerEvent::RecordingStopped(error) | SamplerEvent::Ended(Some(error)) => to.on_end(Some(error)),
+                SamplerEvent::Ended(None) => to.on_end(None),
+            }
+        }
     }
 }
 
@@ -214,5 +251,64 @@ mod tests {
         assert_eq!(fed.boards().total()["gpu:0"].waiters, 2);
         fed.detach(id);
         assert!(fed.boards().total().is_empty());
+    }
+
+    /// Records what reaches JS; closes itself after `close_after` deliveries, as a listener may.
+    struct Recorder {
+        seen: std::cell::RefCell<Vec<String>>,
+        close_after: usize,
+    }
+
+    impl SamplerDelivery for Recorder {
+        fn open(&self) -> bool {
+            self.seen.borrow().len() < self.close_after
+        }
+        fn feed_arbiters(&self, sample: &Sample) {
+            self.seen.borrow_mut().push(format!("arbiters {}", sample.at));
+        }
+        fn on_sample(&self, sample: &Sample) {
+            self.seen.borrow_mut().push(format!("sample {}", sample.at));
+        }
+        fn on_alert(&self, alert: &Alert) {
+            self.seen.borrow_mut().push(format!("alert {}", alert.message));
+        }
+        fn on_end(&self, error: Option<SidecarError>) {
+            self.seen.borrow_mut().push(format!("end {:?}", error.map(|e| e.code.as_str())));
+        }
+    }
+
+    fn sample_with_alert(at: f64) -> SamplerEvent {
+        let alert = Alert {
+            at,
+            level: crate::telemetry::AlertLevel::Warning,
+            code: crate::telemetry::AlertCode::VramPressure,
+            active: true,
+            gpu_key: None,
+            message: format!("raised at {at}"),
+            figures: Default::default(),
+        };
+        let sample = Arc::new(crate::telemetry::sample::fixtures::sample(at));
+        SamplerEvent::Sample(crate::telemetry::SamplerOutput { sample, alerts: vec![alert] })
+    }
+
+    #[test]
+    fn a_sample_reaches_the_arbiters_then_its_listeners_then_its_alerts_and_nothing_after_close() {
+        let queue = SamplerEventQueue::default();
+        queue.push(sample_with_alert(1.0));
+        queue.push(SamplerEvent::RecordingStopped(SidecarError::new(crate::error::ErrorCode::Io, "disk full")));
+        queue.push(end());
+        let open = Recorder { seen: Default::default(), close_after: usize::MAX };
+        queue.deliver(&open);
+        assert_eq!(
+            *open.seen.borrow(),
+            ["arbiters 1", "sample 1", "alert raised at 1", "end Some(\"IO_ERROR\")", "end None"]
+        );
+        // A listener closes the Telemetry after the first sample's deliveries: the rest is dropped.
+        queue.push(sample_with_alert(2.0));
+        queue.push(sample_with_alert(3.0));
+        let closing = Recorder { seen: Default::default(), close_after: 3 };
+        queue.deliver(&closing);
+        assert_eq!(*closing.seen.borrow(), ["arbiters 2", "sample 2", "alert raised at 2"]);
+        assert!(queue.take().is_empty(), "what was queued was taken, not left for a later wake");
     }
 }

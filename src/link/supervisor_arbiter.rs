@@ -97,10 +97,10 @@ pub trait HostHandle {
 pub struct Attached<H> {
     /// The id the detach function holds.
     pub id: u64,
-    /// The calls that put on-demand task types on standby on the new arbiter.
-    pub standby: Vec<ArbiterCall>,
-    /// The arbiter replaced, with the call that takes its on-demand task types off standby.
-    pub replaced: Option<(H, Option<ArbiterCall>)>,
+    /// The calls to apply, in order, each on its arbiter: the one that takes the replaced
+    /// arbiter's on-demand task types off standby (what waited there is granted as usual), then
+    /// those that put them on standby on the new one.
+    pub calls: Vec<(H, ArbiterCall)>,
 }
 
 /// The arbiter a supervisor is tied to, if any (`H`: the binding's handle on it), by the id its
@@ -111,7 +111,7 @@ pub struct ArbiterSlot<H> {
     calls: Arc<ArbiterCalls>,
 }
 
-impl<H: HostHandle> ArbiterSlot<H> {
+impl<H: HostHandle + Clone> ArbiterSlot<H> {
     pub fn new(calls: Arc<ArbiterCalls>) -> Self {
         Self { tied: None, next_id: 0, calls }
     }
@@ -122,14 +122,17 @@ impl<H: HostHandle> ArbiterSlot<H> {
     pub fn attach(&mut self, arbiter: H, core: &Arc<Supervisor>, spawn: Spawn, waker: Waker) -> Attached<H> {
         let id = self.next_id;
         self.next_id += 1;
-        let replaced = self.tied.take().map(|(old, tie)| {
-            let standby_off = old.with_host(|host| tie.detached(host, Some(core)));
-            (old, standby_off)
-        });
+        let mut calls = Vec::new();
+        if let Some((old, tie)) = self.tied.take() {
+            if let Some(standby_off) = old.with_host(|host| tie.detached(host, Some(core))) {
+                calls.push((old, standby_off));
+            }
+        }
         let (tie, standby) = arbiter.with_host(|host| ArbiterTie::tie(id, host, core, spawn));
+        calls.extend(standby.into_iter().map(|call| (arbiter.clone(), call)));
         self.tied = Some((arbiter, tie));
         self.calls.set_waker(Some(waker));
-        Attached { id, standby, replaced }
+        Attached { id, calls }
     }
 
     /// Unties the arbiter tied as `id`, unless another has replaced it; startup leases waiting on
@@ -254,17 +257,22 @@ mod tests {
         let core = supervisor();
         let (first, second) = (Rc::new(RefCell::new(host())), Rc::new(RefCell::new(host())));
         let mut slot = ArbiterSlot::new(Arc::default());
-        let Attached { id: a, standby, replaced } = slot.attach(first.clone(), &core, no_spawn, Box::new(|| ()));
-        assert_eq!(standby.len(), 1, "the on-demand service's task type on standby");
-        assert!(replaced.is_none());
-        assert_eq!(gpu_of(&mut first.borrow_mut(), "NMT"), 1);
-        let Attached { id: b, replaced, .. } = slot.attach(second.clone(), &core, no_spawn, Box::new(|| ()));
-        assert_ne!(a, b);
-        let (old, standby_off) = replaced.unwrap();
-        assert!(Rc::ptr_eq(&old, &first), "the replaced one is handed back");
+        let Attached { id: a, calls } = slot.attach(first.clone(), &core, no_spawn, Box::new(|| ()));
         assert!(
-            matches!(standby_off, Some(ArbiterCall::Standby { load_allowance_ms: None, .. })),
-            "its on-demand task types come off standby, as on a detach"
+            matches!(calls.as_slice(), [(on, ArbiterCall::Standby { load_allowance_ms: Some(_), .. })] if Rc::ptr_eq(on, &first)),
+            "the on-demand service's task type on standby on the new arbiter"
+        );
+        assert_eq!(gpu_of(&mut first.borrow_mut(), "NMT"), 1);
+        let Attached { id: b, calls } = slot.attach(second.clone(), &core, no_spawn, Box::new(|| ()));
+        assert_ne!(a, b);
+        let [(old, standby_off), (new, standby_on)] = calls.as_slice() else { panic!("two calls: {}", calls.len()) };
+        assert!(
+            Rc::ptr_eq(old, &first) && matches!(standby_off, ArbiterCall::Standby { load_allowance_ms: None, .. }),
+            "first, the replaced one's on-demand task types come off standby, as on a detach"
+        );
+        assert!(
+            Rc::ptr_eq(new, &second) && matches!(standby_on, ArbiterCall::Standby { load_allowance_ms: Some(_), .. }),
+            "then they go on standby on the new one"
         );
         assert_eq!(gpu_of(&mut first.borrow_mut(), "NMT"), 0, "the replaced one routes no more");
         assert_eq!(gpu_of(&mut second.borrow_mut(), "NMT"), 1);

@@ -19,6 +19,7 @@ use crate::services::{
     HostBudgetAnswer, ListenerNote, PeakVramMethod, ServiceEvent, ServiceOutcome, ServiceState, ServiceStatus,
     ServicesConfig, ServicesRefresh, ServicesUpdate, StartAllOptions, WaitReason,
 };
+use crate::link::arbiter_requests::{AsrTaskHint, GpuReadingInput};
 use crate::telemetry::advice::ConcurrencyRequest;
 use crate::telemetry::{Alert, Inventory, Recommendation, RecordedEvent, Sample, TelemetryOptions};
 
@@ -89,7 +90,11 @@ pub fn events_schema() -> Value {
     ];
     // What JS passes in, described as it is read (a field with a default is optional).
     let mut arguments = SchemaSettings::draft2020_12().for_deserialize().into_generator();
-    let argument_roots = [("RecommendConcurrencyOptions", arguments.subschema_for::<ConcurrencyRequest>())];
+    let argument_roots = [
+        ("RecommendConcurrencyOptions", arguments.subschema_for::<ConcurrencyRequest>()),
+        ("GpuReadingInput", arguments.subschema_for::<GpuReadingInput>()),
+        ("AsrTaskHint", arguments.subschema_for::<AsrTaskHint>()),
+    ];
     let mut defs = generator.take_definitions(true);
     defs.extend(arguments.take_definitions(true));
     for (name, schema) in roots.into_iter().chain(argument_roots) {

@@ -21,6 +21,16 @@ pub enum OutputStream {
     Stderr,
 }
 
+impl OutputStream {
+    /// Its serde form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutputStream::Stdout => "stdout",
+            OutputStream::Stderr => "stderr",
+        }
+    }
+}
+
 /// How a process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct ExitInfo {
@@ -249,6 +259,13 @@ pub(crate) fn epoch_ms() -> u64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_stream_name_is_its_serde_form() {
+        for stream in [super::OutputStream::Stdout, super::OutputStream::Stderr] {
+            assert_eq!(serde_json::to_value(stream).unwrap(), stream.as_str());
+        }
+    }
+
     #[cfg(unix)]
     #[test]
     fn signal_names_follow_the_platforms_own_numbers() {

@@ -11,11 +11,11 @@ use std::sync::Arc;
 use napi::threadsafe_function::ThreadsafeFunctionCallMode;
 use napi::Env;
 
-use super::super::js;
 use super::super::{IntoJsResult, JsResult};
 use super::state::{after_call, ArbiterBinding, Caller};
 use crate::config::watch::watch_config_file;
 pub use crate::link::arbiter_host::ConfigChange;
+use crate::node_api as js;
 
 /// Applies a change, or keeps the config and emits `config-rejected` (`config-file-missing` for
 /// a file that went away). A bad patch also throws; a bad file edit is only logged.

@@ -15,40 +15,25 @@
 //! rest. `releaseLease` and `leaseHeld` return a boolean.
 
 use std::cell::RefCell;
-use std::ffi::c_void;
 use std::mem::ManuallyDrop;
 use std::ptr;
-use std::rc::{Rc, Weak};
+use std::rc::Rc;
 
 use napi::bindgen_prelude::Unknown;
-use napi::{check_status, sys, Env, JsError, JsValue, Result, ValueType};
+use napi::{sys, Env, JsValue, Result, ValueType};
 use napi_derive::napi;
 
-use super::super::js::{self, JsRef};
 use super::super::{IntoJsResult, JsResult};
 use super::mailbox::Mailbox;
-use super::state::{after_call, undefined, ArbiterBinding, Caller};
+use super::state::{after_call, ArbiterBinding, Caller};
 use crate::arbiter::{AcquireRequest, Admission, Resolution, Trace};
 use crate::error::SidecarError;
 use crate::link::arbiter_mailbox;
 use crate::link::arbiter_requests::{self, Field};
+use crate::node_api::bound::{self, Args};
+use crate::node_api::{self as js, JsRef};
 
-type Handler = fn(&Env, &Rc<RefCell<ArbiterBinding>>, &Args) -> JsResult<sys::napi_value>;
-
-const MAX_ARGS: usize = 2;
-
-/// A hot call's arguments: those passed, then `undefined` up to `MAX_ARGS`.
-struct Args {
-    values: [sys::napi_value; MAX_ARGS],
-    passed: usize,
-}
-
-impl std::ops::Index<usize> for Args {
-    type Output = sys::napi_value;
-    fn index(&self, i: usize) -> &sys::napi_value {
-        &self.values[i]
-    }
-}
+type Handler = bound::Handler<RefCell<ArbiterBinding>>;
 
 /// About what an arbiter costs outside the JS heap once used: its core and config, the mailbox,
 /// the bound hot functions with their finalizers and the wrapper (measured: 54 KB of RSS per
@@ -87,95 +72,27 @@ pub fn install(env: &Env, this: sys::napi_value, state: &Rc<RefCell<ArbiterBindi
         s.mailbox = Some(Mailbox::new(env)?);
         s.footprint = Some(js::ExternalMemory::new(env, NATIVE_FOOTPRINT_BYTES)?);
     }
-    let methods: [(&str, Handler); 9] = [
-        ("taskTypeNumber", task_type_number),
-        ("acquireTask", acquire_task),
-        ("acquireRequest", acquire_request),
-        ("releaseLease", release_lease),
-        ("leaseHeld", lease_held),
-        ("tick", tick),
-        ("cancelWaiter", cancel_waiter),
-        ("takeRecords", take_records),
-        ("bindSide", bind_side),
-    ];
-    let mut functions = Vec::with_capacity(methods.len());
-    for (name, handler) in methods {
-        functions.push((name, native_function(env, name, handler, Rc::downgrade(state))?));
-    }
-    let mut handle = ptr::null_mut();
-    check_status!(unsafe { sys::napi_create_object(env.raw(), &mut handle) })?;
-    js::define_methods(env, handle, &functions)?;
+    let handle = bound::bound_object(
+        env,
+        "GpuArbiter",
+        state,
+        &[
+            ("taskTypeNumber", task_type_number as Handler),
+            ("acquireTask", acquire_task),
+            ("acquireRequest", acquire_request),
+            ("releaseLease", release_lease),
+            ("leaseHeld", lease_held),
+            ("tick", tick),
+            ("cancelWaiter", cancel_waiter),
+            ("takeRecords", take_records),
+            ("bindSide", bind_side),
+        ],
+    )?;
     let Some(register) = REGISTER.with_borrow(|r| r.as_ref().map(|r| r.get())).transpose()? else {
         // Only the generated binding was loaded: there is no JS half to serve.
         return Ok(());
     };
-    let recv = unsafe { <() as napi::bindgen_prelude::ToNapiValue>::to_napi_value(env.raw(), ()) }?;
-    js::call(env, recv, register, &[this, handle]).map(|_| ())
-}
-
-/// What a hot function's data pointer holds.
-struct Bound {
-    state: Weak<RefCell<ArbiterBinding>>,
-    handler: Handler,
-}
-
-fn native_function(
-    env: &Env,
-    name: &str,
-    handler: Handler,
-    state: Weak<RefCell<ArbiterBinding>>,
-) -> Result<sys::napi_value> {
-    let data = Box::into_raw(Box::new(Bound { state, handler }));
-    let mut function = ptr::null_mut();
-    check_status!(unsafe {
-        sys::napi_create_function(
-            env.raw(),
-            name.as_ptr().cast(),
-            name.len() as isize,
-            Some(trampoline),
-            data.cast(),
-            &mut function,
-        )
-    })?;
-    check_status!(unsafe {
-        sys::napi_add_finalizer(env.raw(), function, data.cast(), Some(free_bound), ptr::null_mut(), ptr::null_mut())
-    })?;
-    Ok(function)
-}
-
-unsafe extern "C" fn free_bound(_env: sys::napi_env, data: *mut c_void, _hint: *mut c_void) {
-    drop(Box::from_raw(data.cast::<Bound>()));
-}
-
-/// Every hot call enters here: a panic becomes a JS error (code `INTERNAL`) and our errors are
-/// thrown with their `code`.
-unsafe extern "C" fn trampoline(raw_env: sys::napi_env, info: sys::napi_callback_info) -> sys::napi_value {
-    let env = Env::from_raw(raw_env);
-    let mut args = Args { values: [ptr::null_mut(); MAX_ARGS], passed: MAX_ARGS };
-    let mut data = ptr::null_mut();
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> JsResult<sys::napi_value> {
-        let argv = args.values.as_mut_ptr();
-        check_status!(sys::napi_get_cb_info(raw_env, info, &mut args.passed, argv, ptr::null_mut(), &mut data)).js()?;
-        // Node-API fills the slots of arguments not passed with `undefined`.
-        let bound = &*(data as *const Bound);
-        let state = bound
-            .state
-            .upgrade()
-            .ok_or_else(|| SidecarError::new(crate::error::ErrorCode::Closed, "the GpuArbiter was collected"))?;
-        (bound.handler)(&env, &state, &args)
-    }))
-    .unwrap_or_else(|panic| Err(SidecarError::from_panic("GpuArbiter", &*panic).into()));
-    match outcome {
-        Ok(value) => value,
-        Err(e) => {
-            JsError::from(e).throw_into(raw_env);
-            ptr::null_mut()
-        }
-    }
-}
-
-fn number_js(env: &Env, n: f64) -> JsResult<sys::napi_value> {
-    js::number(env, n).js()
+    js::call(env, js::undefined(env)?, register, &[this, handle]).map(|_| ())
 }
 
 /// A number argument, read without asking its type first (one Node-API call, not two); `None`
@@ -210,7 +127,7 @@ fn task_type_number(env: &Env, state: &Rc<RefCell<ArbiterBinding>>, args: &Args)
         return Err(SidecarError::invalid_argument("request.taskType: expected a string").into());
     }
     let number = js::with_str(env, args[0], |text| state.borrow_mut().host.task_type_number(text)).js()?;
-    number_js(env, number.map_or(-1.0, f64::from))
+    js::number(env, number.map_or(-1.0, f64::from)).js()
 }
 
 fn acquire_request(env: &Env, state: &Rc<RefCell<ArbiterBinding>>, args: &Args) -> JsResult<sys::napi_value> {
@@ -280,23 +197,23 @@ fn tick(env: &Env, state: &Rc<RefCell<ArbiterBinding>>, _args: &Args) -> JsResul
         out
     };
     after_call(env, state, out, Caller::Js)?;
-    undefined(env)
+    js::undefined(env).js()
 }
 
 fn cancel_waiter(env: &Env, state: &Rc<RefCell<ArbiterBinding>>, args: &Args) -> JsResult<sys::napi_value> {
-    let Some(id) = id_arg(env, args[0])? else { return undefined(env) };
+    let Some(id) = id_arg(env, args[0])? else { return js::undefined(env).js() };
     let resolution = {
         let mut s = state.borrow_mut();
         let now = s.host.now();
         s.host.core.cancel(id, now)
     };
     after_call(env, state, resolution.into_iter().collect(), Caller::Js)?;
-    undefined(env)
+    js::undefined(env).js()
 }
 
 fn take_records(env: &Env, state: &Rc<RefCell<ArbiterBinding>>, _args: &Args) -> JsResult<sys::napi_value> {
     state.borrow_mut().publish();
-    undefined(env)
+    js::undefined(env).js()
 }
 
 fn bind_side(env: &Env, state: &Rc<RefCell<ArbiterBinding>>, args: &Args) -> JsResult<sys::napi_value> {

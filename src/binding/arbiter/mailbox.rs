@@ -2,14 +2,11 @@
 //! calls write their outcomes into ([`crate::link::arbiter_mailbox`] defines the layout and writes
 //! it), and the layout's enums as JS reads them from the native module.
 
-use std::ptr;
-
-use napi::{check_status, sys, Env, Result};
 use napi_derive::napi;
 
-use super::super::js::JsRef;
 use crate::arbiter::{Reason, Status, LEASE_PREFIX};
-use crate::link::arbiter_mailbox::{Slots, SLOTS};
+use crate::link::arbiter_mailbox::SLOTS;
+use crate::node_api::shared::SharedFloats;
 
 // The layout's enums, exported from the one definition the writer uses.
 crate::arbiter_mailbox_layout!(#[napi]);
@@ -34,39 +31,8 @@ pub fn arbiter_code_names() -> ArbiterCodeNames {
     }
 }
 
-/// The shared `Float64Array`.
-pub struct Mailbox {
-    data: *mut Slots,
-    /// Keeps the buffer alive while the arbiter lives.
-    array: JsRef,
-}
-
-impl Mailbox {
-    pub fn new(env: &Env) -> Result<Self> {
-        let mut data: *mut std::ffi::c_void = ptr::null_mut();
-        let mut buffer = ptr::null_mut();
-        check_status!(unsafe {
-            sys::napi_create_arraybuffer(env.raw(), std::mem::size_of::<Slots>(), &mut data, &mut buffer)
-        })?;
-        let mut array = ptr::null_mut();
-        check_status!(unsafe {
-            sys::napi_create_typedarray(env.raw(), sys::TypedarrayType::float64_array, SLOTS, buffer, 0, &mut array)
-        })?;
-        Ok(Self { data: data.cast(), array: JsRef::new(env, array)? })
-    }
-
-    pub fn array(&self) -> Result<sys::napi_value> {
-        self.array.get()
-    }
-
-    /// Writes into the shared numbers ([`crate::link::arbiter_mailbox`] says where).
-    pub fn write<R>(&self, f: impl FnOnce(&mut Slots) -> R) -> R {
-        // SAFETY: the buffer holds `Slots`, lives as long as `array`, is never detached (JS never
-        // sees it outside the arbiter module), and is only touched on the JS thread, by one
-        // `write` at a time.
-        f(unsafe { &mut *self.data })
-    }
-}
+/// The shared `Float64Array` ([`crate::link::arbiter_mailbox`] defines the layout and writes it).
+pub type Mailbox = SharedFloats<SLOTS>;
 
 #[cfg(test)]
 mod tests {

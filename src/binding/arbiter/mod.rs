@@ -8,9 +8,9 @@
 //!
 //! - `mod.rs`: the class and its slow-path methods;
 //! - `hot_path.rs`: acquire, release, tick, cancel;
-//! - `state.rs`: the binding state and how a change reaches JS;
-//! - `views.rs`: the argument objects of its slow-path methods (snapshots and events are the
-//!   serde form of [`crate::link::arbiter_views`]);
+//! - `state.rs`: the binding state and how a change reaches JS (snapshots and events are the
+//!   serde form of [`crate::link::arbiter_views`]; argument types are generated from
+//!   [`crate::link::arbiter_requests`]);
 //! - `config_file.rs`: config patches and the watched config file;
 //! - `native_leases.rs`: leases other parts of the addon ask for from Rust (startup leases).
 
@@ -19,7 +19,6 @@ mod hot_path;
 mod mailbox;
 pub(super) mod native_leases;
 mod state;
-mod views;
 
 use std::cell::RefCell;
 use std::rc::{Rc, Weak};
@@ -27,12 +26,13 @@ use std::rc::{Rc, Weak};
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
-use super::{args, js};
+use super::args;
 use super::{Code, IntoJsResult};
 use crate::arbiter::ArbiterConfig;
 use crate::error::ErrorCode;
 use crate::error::SidecarError;
 use crate::link::arbiter_requests;
+use crate::node_api as js;
 use crate::node_config as config;
 
 pub(super) use state::{after_call, ArbiterBinding, Caller};
@@ -176,15 +176,16 @@ impl GpuArbiter {
         listener: Option<Unknown<'env>>,
     ) -> Result<Function<'env, (), ()>, Code> {
         let listener = listener.ok_or_else(|| SidecarError::invalid_argument("listener: expected a function"))?;
-        let mut s = self.state.borrow_mut();
-        let id = s.listeners.add(env, listener.raw())?;
-        s.host.set_js_listening(true);
-        js::detach_function(env, "unsubscribe", &self.state, move |_, state| {
-            let mut s = state.borrow_mut();
-            s.listeners.remove(id);
-            let listening = !s.listeners.is_empty();
-            s.host.set_js_listening(listening);
-        })
+        js::subscribe(
+            env,
+            &self.state,
+            listener.raw(),
+            |s| &mut s.listeners,
+            |s| {
+                let listening = !s.listeners.is_empty();
+                s.host.set_js_listening(listening);
+            },
+        )
     }
 
     /// Settles every waiter `CANCELLED` / `SHUTDOWN`, drops all leases (their `signal`s abort),

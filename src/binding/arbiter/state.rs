@@ -8,10 +8,8 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
-use napi::bindgen_prelude::ToNapiValue;
-use napi::{sys, Env, JsValue};
+use napi::{Env, JsValue};
 
-use super::super::js::{self, ExternalMemory, JsRef, Listeners};
 use super::super::{IntoJsResult, JsResult};
 use super::mailbox::Mailbox;
 use crate::arbiter::{ArbiterConfig, Resolution};
@@ -19,6 +17,7 @@ use crate::config::watch::{ConfigFileChange, ConfigFileWatch};
 use crate::link::arbiter_host::ArbiterHost;
 use crate::link::arbiter_mailbox;
 use crate::link::arbiter_views::{event_view, GpuArbiterEvent};
+use crate::node_api::{self as js, ExternalMemory, JsRef, Listeners};
 
 pub struct ArbiterBinding {
     pub host: ArbiterHost,
@@ -107,15 +106,9 @@ pub fn after_call(
         }
     };
     if let Some(f) = notify {
-        let undefined = unsafe { <()>::to_napi_value(env.raw(), ()) }.js()?;
-        if let Err(e) = js::call(env, undefined, f, &[]) {
+        if let Err(e) = js::call(env, js::undefined(env).js()?, f, &[]) {
             tracing::warn!(error = %e.reason, "the arbiter's JS half failed to take its records");
         }
     }
     Ok(())
-}
-
-/// The `undefined` value, for calls whose result JS ignores.
-pub fn undefined(env: &Env) -> JsResult<sys::napi_value> {
-    unsafe { <()>::to_napi_value(env.raw(), ()) }.js()
 }
