@@ -121,10 +121,13 @@ describe('beforeSpawn', () => {
   })
 
   test('a hook that throws, rejects or answers junk fails that start with SPAWN_FAILED saying so; nothing is spawned', async () => {
-    const { supervisor, events } = supervise({ services: [nodeService('a'), nodeService('b'), nodeService('c')] })
+    const services = [nodeService('a'), nodeService('b'), nodeService('c'), nodeService('d')]
+    const { supervisor, events } = supervise({ services })
     supervisor.beforeSpawn((service) => {
       if (service === 'a') throw new Error('no model folder for a')
       if (service === 'b') return Promise.reject(new Error('disk gone'))
+      // A promise's value is read as any argument is: NaN is refused, with its path.
+      if (service === 'd') return Promise.resolve({ MODEL_DIR: NaN }) as never
       return { MODEL_DIR: { nested: true } } as never
     })
     const outcomes = await supervisor.startAll()
@@ -132,6 +135,7 @@ describe('beforeSpawn', () => {
       ['a', 'SPAWN_FAILED', 'a: the beforeSpawn hook threw: no model folder for a'],
       ['b', 'SPAWN_FAILED', 'b: the beforeSpawn hook rejected: disk gone'],
       ['c', 'SPAWN_FAILED', 'c: the beforeSpawn hook answered env.MODEL_DIR: expected a string, got an object'],
+      ['d', 'SPAWN_FAILED', 'd: the beforeSpawn hook answered env.MODEL_DIR: expected a finite number, got NaN'],
     ])
     expect(events.filter((e) => e.type === 'spawned')).toEqual([])
     expect(() => supervisor.beforeSpawn('yes' as never)).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }))

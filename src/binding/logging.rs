@@ -5,7 +5,7 @@ use napi::bindgen_prelude::*;
 use napi::threadsafe_function::ThreadsafeFunctionCallMode;
 use napi_derive::napi;
 
-use super::{args, Code, IntoJsResult};
+use super::{args, js, Code, IntoJsResult};
 use crate::link::log_routing::{self, LogRecord};
 
 #[napi_derive::module_init]
@@ -22,7 +22,7 @@ fn init_logging() {
 )]
 #[allow(clippy::type_complexity)] // the napi macro needs the signature spelled out
 pub fn set_logger(env: &Env, logger: Option<Unknown>, min_level: Option<Unknown>) -> Result<(), Code> {
-    let logger: Option<Function<FnArgs<(String, String, serde_json::Value)>, ()>> =
+    let logger: Option<Function<FnArgs<(String, String, Unknown<'static>)>, ()>> =
         args::optional_function(env, logger, "logger")?;
     let min_level = match min_level {
         Some(level) if level.get_type().js()? != ValueType::Undefined => {
@@ -38,11 +38,10 @@ pub fn set_logger(env: &Env, logger: Option<Unknown>, min_level: Option<Unknown>
                 .weak::<true>()
                 .callee_handled::<false>()
                 .build_callback(|ctx| {
-                    Ok(FnArgs::from((
-                        ctx.value.level.to_string(),
-                        ctx.value.message,
-                        serde_json::Value::Object(ctx.value.fields),
-                    )))
+                    let fields = js::to_js(&ctx.env, &ctx.value.fields).map_err(|e| Error::from_reason(e.reason))?;
+                    // SAFETY: a value of this env, passed straight to the call.
+                    let fields = unsafe { Unknown::from_raw_unchecked(ctx.env.raw(), fields.raw()) };
+                    Ok(FnArgs::from((ctx.value.level.to_string(), ctx.value.message, fields)))
                 })
                 .js()?;
             let sink: log_routing::LogSink = Box::new(move |record| {

@@ -18,7 +18,17 @@ type HookFn = ThreadsafeFunction<FnArgs<(String, u32)>, Unknown<'static>, FnArgs
 /// What the hook's call gave, read on the JS thread.
 enum Answer {
     Now(std::result::Result<Value, String>),
-    Later(Promise<Option<Value>>),
+    Later(Promise<Json>),
+}
+
+/// A promise's value, read on the JS thread as every argument is ([`answer_json`]).
+struct Json(std::result::Result<Value, String>);
+
+impl FromNapiValue for Json {
+    unsafe fn from_napi_value(env: sys::napi_env, value: sys::napi_value) -> napi::Result<Self> {
+        let env = Env::from_raw(env);
+        Ok(Json(answer_json(&env, Unknown::from_raw_unchecked(env.raw(), value))))
+    }
 }
 
 /// The hook set with `beforeSpawn`, if any.
@@ -64,9 +74,7 @@ impl SpawnEnv for JsSpawnEnv {
             match answered.await {
                 Err(_) => Err("was dropped before it answered (Node is exiting)".to_string()),
                 Ok(Answer::Now(answer)) => answer,
-                Ok(Answer::Later(promise)) => {
-                    promise.await.map(|v| v.unwrap_or(Value::Null)).map_err(|e| format!("rejected: {}", e.reason))
-                }
+                Ok(Answer::Later(promise)) => promise.await.map_err(|e| format!("rejected: {}", e.reason))?.0,
             }
         }))
     }
@@ -82,14 +90,19 @@ fn read_answer(env: &Env, returned: napi::Result<Unknown<'static>>) -> Answer {
     let mut is_promise = false;
     unsafe { napi::sys::napi_is_promise(env.raw(), value.raw(), &mut is_promise) };
     if is_promise {
-        if let Ok(promise) = unsafe { Promise::<Option<Value>>::from_napi_value(env.raw(), value.raw()) } {
+        if let Ok(promise) = unsafe { Promise::<Json>::from_napi_value(env.raw(), value.raw()) } {
             return Answer::Later(promise);
         }
     }
+    Answer::Now(answer_json(env, value))
+}
+
+/// The hook's answer (or its promise's value) as JSON, `undefined` as `null`, with our own
+/// conversion's errors at the path the core names too
+/// (`answered env.MODEL_DIR: expected a finite number, got NaN`).
+fn answer_json(env: &Env, value: Unknown) -> std::result::Result<Value, String> {
     if matches!(value.get_type(), Ok(ValueType::Undefined | ValueType::Null)) {
-        return Answer::Now(Ok(Value::Null));
+        return Ok(Value::Null);
     }
-    Answer::Now(
-        args::to_json(env, value, "answer", ErrorCode::InvalidArgument).map_err(|e| format!("answered {}", e.message)),
-    )
+    args::to_json(env, value, "env", ErrorCode::InvalidArgument).map_err(|e| format!("answered {}", e.message))
 }

@@ -13,13 +13,13 @@ use schemars::JsonSchema;
 use serde_json::{json, Value};
 
 use crate::arbiter::{AdmissionState, ArbiterConfig, Reason, Status};
+use crate::link::arbiter_requests::{AsrTaskHint, GpuReadingInput};
 use crate::link::arbiter_views::{GpuArbiterEvent, GpuArbiterSnapshot};
 use crate::services::manifest::ManifestReport;
 use crate::services::{
     HostBudgetAnswer, ListenerNote, PeakVramMethod, ServiceEvent, ServiceOutcome, ServiceState, ServiceStatus,
     ServicesConfig, ServicesRefresh, ServicesUpdate, StartAllOptions, WaitReason,
 };
-use crate::link::arbiter_requests::{AsrTaskHint, GpuReadingInput};
 use crate::telemetry::advice::ConcurrencyRequest;
 use crate::telemetry::{Alert, Inventory, Recommendation, RecordedEvent, Sample, TelemetryOptions};
 
