@@ -45,7 +45,8 @@ export async function eventTypes(schema) {
  * `required` lists keep the order), and `properties` next to `oneOf` (serde's flatten of a tagged
  * enum: the event's `service` and `at`, then each variant's fields) as an `allOf`, which
  * json-schema-to-typescript types as an intersection where it would drop the properties.
- * And each variant's doc on its `type`, where an editor shows it. And a string enum whose
+ * And each variant's doc on its `type`, where an editor shows it. And a referenced type's doc
+ * at one use kept on that field, not made into a copy of the type. And a string enum whose
  * variants schemars splits by whether they carry a doc (`oneOf` of an `enum` and `const`s) as one
  * flat union, as TypeScript shows no doc on a union member.
  */
@@ -56,6 +57,12 @@ function declarationOrder(node) {
     const first = node.required.filter((k) => k in node.properties)
     const rest = Object.keys(node.properties).filter((k) => !first.includes(k))
     node.properties = Object.fromEntries([...first, ...rest].map((k) => [k, node.properties[k]]))
+  }
+  // A `$ref` beside its use's own doc: json-schema-to-typescript would declare a copy of the
+  // referenced type per doc (LatencyPercentiles1, 2, ...); under `allOf` the doc stays on the field.
+  if (node.$ref && node.description) {
+    node.allOf = [{ $ref: node.$ref }]
+    delete node.$ref
   }
   if (node.oneOf?.length && node.oneOf.every(isStringLiteral)) {
     node.type = 'string'

@@ -122,6 +122,14 @@ describe('the event, sample and alert types, generated from the Rust types that 
     expect(types).toContain('type: "log-dropped"')
   })
 
+  test('each type is declared once: a field documented at its use names the type, not a numbered copy', () => {
+    const types = readFileSync(join(root, 'src/binding/events.d.ts'), 'utf8')
+    const declared = [...types.matchAll(/^export (?:interface|type) (\w+)/gm)].map((m) => m[1])
+    expect(declared).toContain('LatencyPercentiles')
+    expect(declared.filter((name) => /\d$/.test(name) && declared.includes(name.replace(/\d+$/, '')))).toEqual([])
+    expect(types).toMatch(/waitMs\?: LatencyPercentiles\n/)
+  })
+
   test('recorded samples and their alerts are valid against the schema', () => {
     const { samples, alerts } = readRecording(join(root, 'examples/node-recording.jsonl'))
     expect(samples.length).toBeGreaterThan(0)

@@ -546,21 +546,19 @@ cancelled: number
 queueFull: number
 watchdogExceeded: number
 revoked: number
-holdMs?: LatencyPercentiles
-waitMs?: LatencyPercentiles1
-}
 /**
  * Hold time, ms, over the most recent leases.
  */
-export interface LatencyPercentiles {
-p50: number
-p95: number
-p99: number
-}
+holdMs?: LatencyPercentiles
 /**
  * Queue wait, ms, over the most recent requests.
  */
-export interface LatencyPercentiles1 {
+waitMs?: LatencyPercentiles
+}
+/**
+ * Nearest-rank percentiles, ms.
+ */
+export interface LatencyPercentiles {
 p50: number
 p95: number
 p99: number
@@ -613,7 +611,7 @@ computeMode?: GpuComputeMode
 /**
  * Windows only: the driver model NVML reports.
  */
-driverModel?: ("WDDM" | "TCC")
+driverModel?: GpuDriverModel
 migMode?: GpuMigMode
 name?: string
 /**
@@ -701,14 +699,6 @@ signal: (string | null)
  * When it was seen to end (epoch ms).
  */
 at: number
-}
-/**
- * Nearest-rank percentiles, ms.
- */
-export interface LatencyPercentiles2 {
-p50: number
-p95: number
-p99: number
 }
 /**
  * Why a manifest file was skipped.
