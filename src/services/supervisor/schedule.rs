@@ -180,18 +180,23 @@ impl Shared {
         let mut cell = self.cell(i);
         let state = cell.state;
         let Some(runner) = cell.runner.as_mut() else { return };
-        runner.stop.send_replace(true);
         let began = matches!(state, ServiceState::Starting | ServiceState::Ready | ServiceState::Restarting);
         if began || state == ServiceState::Stopping {
             runner.stopped_running = true;
         }
         if !began {
+            runner.stop.send_replace(true);
             return;
         }
         cell.state = ServiceState::Stopping;
         drop(cell);
+        // Announced before the runner is told: its `stopped` (sent from another thread as soon
+        // as the process is gone) must come after this `stopping`.
         self.emit(i, ServiceEventKind::Stopping);
         self.changes.send_modify(|n| *n += 1);
+        if let Some(runner) = self.cell(i).runner.as_ref() {
+            runner.stop.send_replace(true);
+        }
     }
 
     /// Stops service `i` and waits for its runner to end, then for its port to be free. The

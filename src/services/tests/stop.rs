@@ -41,8 +41,20 @@ async fn twenty_start_stop_cycles_leave_no_zombies() {
     // And one restart of a running service.
     ready_ms(&sup.start("svc").await.unwrap());
     ready_ms(&sup.restart("svc").await.unwrap());
-    let pids = spawned_pids(&drain(&mut rx));
+    let events = drain(&mut rx);
+    let pids = spawned_pids(&events);
     assert_eq!(pids.len(), 22);
+    // Every stop is announced before its end: `stopping`, then `stopped` (the runner, on another
+    // thread, sends `stopped` as soon as the process is gone).
+    let stops: Vec<_> = steps(&events, "svc")
+        .into_iter()
+        .filter(|k| matches!(k, ServiceEventKind::Stopping | ServiceEventKind::Stopped))
+        .collect();
+    assert_eq!(stops.len(), 42, "{stops:?}");
+    assert!(
+        stops.chunks(2).all(|pair| matches!(pair, [ServiceEventKind::Stopping, ServiceEventKind::Stopped])),
+        "{stops:?}"
+    );
     let left: Vec<(u32, Option<char>)> =
         pids[..21].iter().map(|&p| (p, proc_state(p))).filter(|(_, s)| s.is_some()).collect();
     assert!(left.is_empty(), "processes left behind: {left:?}");
