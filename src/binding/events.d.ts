@@ -2,7 +2,7 @@
  * from the Rust types whose serde form JS receives (npm run schema). Do not edit. */
 
 // The config types that types here name (a field's `tsType` in the schema).
-import type { GpuArbiterConfig, ServiceConfig, ServicesConfig } from '../config/node-config'
+import type { BusyPolicy, GpuArbiterConfig, ServiceConfig, ServicesConfig } from '../config/node-config'
 
 /**
  * A GPU's admission state, from its own utilization.
@@ -626,6 +626,49 @@ uuid?: string
 export interface GpuMigMode {
 current: boolean
 pending: boolean
+}
+/**
+ * A lease request. Only `taskType` is required; the rest comes from the task type's policy,
+ * then the arbiter's defaults.
+ */
+export interface GpuLeaseRequest {
+/**
+ * `ASR`, `NMT`, `TTS`, `SEMANTIC_REPAIR`, `OTHER` or any custom name.
+ */
+taskType: string
+busyPolicy?: BusyPolicy
+/**
+ * A configured GPU key; absent: the least-loaded GPU that can take it.
+ */
+gpuKey?: string
+holdMaxMs?: number
+maxWaitMs?: number
+/**
+ * 0-100, higher is served first.
+ */
+priority?: number
+queueLimit?: number
+/**
+ * Aborting it withdraws a queued request: it resolves `CANCELLED` / `ABORTED`. An
+ * AbortSignal, or an object with `aborted`, `addEventListener` and `removeEventListener`.
+ */
+signal?: AbortSignal
+trace?: GpuLeaseTraceInput
+/**
+ * Estimated GPU memory the work needs, in MB (checked against telemetry when attached).
+ */
+vramMb?: number
+}
+/**
+ * Who asks, for snapshots and events. Diagnostics only: a field of another type is converted
+ * (`jobId: 7` becomes `'7'`, `utteranceIndex: '3'` becomes 3) or left out, never refused.
+ */
+export interface GpuLeaseTraceInput {
+jobId?: string | number
+sessionId?: string | number
+stage?: string
+utteranceIndex?: number | string
+[k: string]: unknown
 }
 /**
  * One GPU's telemetry as admission uses it (`observeGpu`'s `reading`).

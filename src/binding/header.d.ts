@@ -6,7 +6,6 @@
  * (npm run schema). */
 
 import type {
-  BusyPolicy,
   GpuArbiterConfig,
   ServiceConfig,
   ServicesConfig,
@@ -21,7 +20,9 @@ import type {
   GpuArbiterSnapshot,
   GpuInventory,
   GpuLeaseReason,
+  GpuLeaseRequest,
   GpuLeaseStatus,
+  GpuLeaseTraceInput,
   GpuReadingInput,
   HostBudget,
   ManifestReport,
@@ -48,43 +49,6 @@ export type ServiceReadiness = ServiceConfig['readiness']
 /** A JSON merge patch of the config: `null` removes a key (back to its default). */
 export type GpuArbiterConfigPatch = {
   [K in keyof GpuArbiterConfig]?: GpuArbiterConfig[K] | null
-}
-
-/**
- * A lease request. Only `taskType` is required; the rest comes from the task type's policy,
- * then the arbiter's defaults.
- */
-export interface GpuLeaseRequest {
-  /** `ASR`, `NMT`, `TTS`, `SEMANTIC_REPAIR`, `OTHER` or any custom name. */
-  taskType: string
-  /** A configured GPU key; absent: the least-loaded GPU that can take it. */
-  gpuKey?: string
-  /** 0-100, higher is served first. */
-  priority?: number
-  maxWaitMs?: number
-  holdMaxMs?: number
-  queueLimit?: number
-  busyPolicy?: BusyPolicy
-  /** Estimated GPU memory the work needs, in MB (checked against telemetry when attached). */
-  vramMb?: number
-  trace?: GpuLeaseTraceInput
-  /**
-   * Aborting it withdraws a queued request: it resolves `CANCELLED` / `ABORTED`. An AbortSignal,
-   * or an object with `aborted`, `addEventListener` and `removeEventListener`.
-   */
-  signal?: AbortSignal
-}
-
-/**
- * Who asks, for snapshots and events. Diagnostics only: a field of another type is converted
- * (`jobId: 7` becomes `'7'`, `utteranceIndex: '3'` becomes 3) or left out, never refused.
- */
-export interface GpuLeaseTraceInput {
-  jobId?: string | number
-  sessionId?: string | number
-  utteranceIndex?: number | string
-  stage?: string
-  [other: string]: unknown
 }
 
 /** A granted lease. Give it back with `release()` (or `arbiter.release(leaseId)`). */

@@ -130,6 +130,73 @@ fn expect_object(value: &Value, arg: &str) -> SidecarResult<()> {
     }
 }
 
+/// A lease request. Only `taskType` is required; the rest comes from the task type's policy,
+/// then the arbiter's defaults.
+// Read by `read_request` (the binding reads `trace`, the JS half `signal`); only the schema is
+// used, for the TypeScript type generated from it.
+#[derive(schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(rename = "GpuLeaseRequest")]
+#[allow(dead_code)]
+pub struct GpuLeaseRequest {
+    /// `ASR`, `NMT`, `TTS`, `SEMANTIC_REPAIR`, `OTHER` or any custom name.
+    pub task_type: String,
+    /// A configured GPU key; absent: the least-loaded GPU that can take it.
+    #[serde(default)]
+    #[schemars(with = "String")]
+    pub gpu_key: Option<String>,
+    /// 0-100, higher is served first.
+    #[serde(default)]
+    #[schemars(with = "f64")]
+    pub priority: Option<f64>,
+    #[serde(default)]
+    #[schemars(with = "f64")]
+    pub max_wait_ms: Option<f64>,
+    #[serde(default)]
+    #[schemars(with = "f64")]
+    pub hold_max_ms: Option<f64>,
+    #[serde(default)]
+    #[schemars(with = "f64")]
+    pub queue_limit: Option<f64>,
+    #[serde(default)]
+    #[schemars(with = "String", extend("tsType" = "BusyPolicy"))]
+    pub busy_policy: Option<String>,
+    /// Estimated GPU memory the work needs, in MB (checked against telemetry when attached).
+    #[serde(default)]
+    #[schemars(with = "f64")]
+    pub vram_mb: Option<f64>,
+    #[serde(default)]
+    #[schemars(with = "GpuLeaseTraceInput")]
+    pub trace: Option<GpuLeaseTraceInput>,
+    /// Aborting it withdraws a queued request: it resolves `CANCELLED` / `ABORTED`. An
+    /// AbortSignal, or an object with `aborted`, `addEventListener` and `removeEventListener`.
+    #[serde(default)]
+    #[schemars(with = "Value", extend("tsType" = "AbortSignal"))]
+    pub signal: Option<Value>,
+}
+
+/// Who asks, for snapshots and events. Diagnostics only: a field of another type is converted
+/// (`jobId: 7` becomes `'7'`, `utteranceIndex: '3'` becomes 3) or left out, never refused.
+// Read by the binding's `read_trace` into `Trace`; only the schema is used.
+#[derive(schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(rename = "GpuLeaseTraceInput", extend("additionalProperties" = true))]
+#[allow(dead_code)]
+pub struct GpuLeaseTraceInput {
+    #[serde(default)]
+    #[schemars(with = "Value", extend("tsType" = "string | number"))]
+    pub job_id: Option<Value>,
+    #[serde(default)]
+    #[schemars(with = "Value", extend("tsType" = "string | number"))]
+    pub session_id: Option<Value>,
+    #[serde(default)]
+    #[schemars(with = "Value", extend("tsType" = "number | string"))]
+    pub utterance_index: Option<Value>,
+    #[serde(default)]
+    #[schemars(with = "String")]
+    pub stage: Option<String>,
+}
+
 /// One GPU's telemetry as admission uses it (`observeGpu`'s `reading`).
 // Read by `reading_input`; only the schema is used, for the TypeScript type generated from it.
 #[derive(schemars::JsonSchema)]
@@ -307,5 +374,35 @@ mod tests {
         assert_eq!(fields, ["estimatedAudioMs", "estimatedGpuHoldMs"]);
         let all: serde_json::Map<_, _> = fields.iter().map(|f| (f.clone(), serde_json::json!(7))).collect();
         assert_eq!(asr_hint(&Value::Object(all)).unwrap(), (Some(7), Some(7)));
+    }
+
+    #[test]
+    fn the_generated_request_type_names_the_fields_the_reader_reads() {
+        let schema = schemars::schema_for!(GpuLeaseRequest).to_value();
+        assert_eq!(schema["required"], serde_json::json!(["taskType"]));
+        let mut declared: Vec<&str> = schema["properties"].as_object().unwrap().keys().map(String::as_str).collect();
+        // Read elsewhere: the trace by the binding (into `Trace`), the signal by the JS half.
+        declared.retain(|name| !["trace", "signal"].contains(name));
+        let read = std::cell::RefCell::new(Vec::new());
+        let request = read_request::<SidecarError>(
+            |name| {
+                read.borrow_mut().push(name.to_string());
+                Ok(if name == "taskType" { Field::Text("ASR".into()) } else { Field::Absent })
+            },
+            Trace::default(),
+        );
+        assert!(request.is_ok());
+        let mut read = read.into_inner();
+        read.sort();
+        assert_eq!(declared, read, "the type and the reader name the same fields");
+    }
+
+    #[test]
+    fn the_generated_trace_input_type_names_the_fields_a_lease_trace_shows() {
+        let input = schemars::schema_for!(GpuLeaseTraceInput).to_value();
+        assert_eq!(input["additionalProperties"], true, "other fields are allowed and ignored");
+        let shown = schemars::schema_for!(crate::link::arbiter_views::GpuLeaseTrace).to_value();
+        let names = |schema: &Value| schema["properties"].as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+        assert_eq!(names(&input), names(&shown));
     }
 }

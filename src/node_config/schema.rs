@@ -13,7 +13,7 @@ use schemars::JsonSchema;
 use serde_json::{json, Value};
 
 use crate::arbiter::{AdmissionState, ArbiterConfig, Reason, Status};
-use crate::link::arbiter_requests::{AsrTaskHint, GpuReadingInput};
+use crate::link::arbiter_requests::{AsrTaskHint, GpuLeaseRequest, GpuReadingInput};
 use crate::link::arbiter_views::{GpuArbiterEvent, GpuArbiterSnapshot};
 use crate::services::manifest::ManifestReport;
 use crate::services::{
@@ -93,6 +93,7 @@ pub fn events_schema() -> Value {
     let argument_roots = [
         ("RecommendConcurrencyOptions", arguments.subschema_for::<ConcurrencyRequest>()),
         ("GpuReadingInput", arguments.subschema_for::<GpuReadingInput>()),
+        ("GpuLeaseRequest", arguments.subschema_for::<GpuLeaseRequest>()),
         ("AsrTaskHint", arguments.subschema_for::<AsrTaskHint>()),
     ];
     let mut defs = generator.take_definitions(true);
