@@ -148,15 +148,19 @@ struct PairedRead {
     spread: u64,
 }
 
-/// Counter ticks as the OS clock's nanoseconds: the last anchor (a paired read) plus the ticks
+/// Counter ticks as the OS clock's microseconds: the last anchor (a paired read) plus the ticks
 /// since, at the rate measured between the last two anchors. One thread's (cells, no locks).
 #[derive(Default)]
 struct TickScale {
     anchor_tick: Cell<u64>,
     anchor_nanos: Cell<u64>,
+    /// The anchor in whole microseconds, and the rest as a fraction of one (64.64 fixed point),
+    /// so a read is one multiply and an add, with no division.
+    anchor_micros: Cell<u64>,
+    anchor_fraction: Cell<u64>,
     /// Whether an anchor was taken.
     anchored: Cell<bool>,
-    /// Nanoseconds per tick, 32.32 fixed point.
+    /// Microseconds per tick, 0.64 fixed point.
     scale: Cell<u64>,
     /// Ticks after the anchor that reads are interpolated; 0 while the rate is unknown.
     span: Cell<u64>,
@@ -171,12 +175,13 @@ impl TickScale {
     fn micros(&self, tick: u64, paired: impl FnOnce() -> PairedRead) -> Micros {
         let since = tick.wrapping_sub(self.anchor_tick.get());
         // A tick before the anchor wraps to a huge `since` and re-anchors too.
-        let nanos = if since < self.span.get() {
-            self.anchor_nanos.get() + ((since as u128 * self.scale.get() as u128) >> 32) as u64
+        let micros = if since < self.span.get() {
+            let fixed = since as u128 * self.scale.get() as u128 + self.anchor_fraction.get() as u128;
+            self.anchor_micros.get() + (fixed >> 64) as u64
         } else {
-            self.reanchor(paired())
+            self.reanchor(paired()) / 1_000
         };
-        let micros = (nanos / 1_000).max(self.last.get());
+        let micros = micros.max(self.last.get());
         self.last.set(micros);
         micros
     }
@@ -203,7 +208,7 @@ impl TickScale {
         let span_nanos = nanos.min(SPAN_NS);
         if self.span.get() != 0 {
             // Off by `drift` after `nanos`: the last span's reads were off by up to their share.
-            let predicted = ((ticks as u128 * self.scale.get() as u128) >> 32) as u64;
+            let predicted = ((ticks as u128 * self.scale.get() as u128 * 1_000) >> 64) as u64;
             let drift = predicted.abs_diff(nanos);
             if (drift as u128 * span_nanos as u128 / nanos as u128) as u64 > TOLERANCE_NS {
                 tracing::debug!(
@@ -215,15 +220,20 @@ impl TickScale {
                 return read.nanos;
             }
         }
-        let scale = ((nanos as u128) << 32) / ticks as u128;
-        let span = ((span_nanos as u128) << 32) / scale.max(1);
-        self.anchor(read, scale.min(u64::MAX as u128) as u64, span.min(u64::MAX as u128) as u64);
+        // Under one microsecond per tick (a counter at 1 MHz or more), so it fits 0.64. Rounded
+        // up, as the anchor's fraction is: a read on a whole microsecond is not one below it.
+        let scale = (((nanos as u128) << 64).div_ceil(ticks as u128 * 1_000)).min(u64::MAX as u128) as u64;
+        // The ticks one span takes: span_nanos / (nanos / ticks).
+        let span = (span_nanos as u128 * ticks as u128 / nanos as u128).min(u64::MAX as u128) as u64;
+        self.anchor(read, scale, span);
         read.nanos
     }
 
     fn anchor(&self, read: PairedRead, scale: u64, span: u64) {
         self.anchor_tick.set(read.tick);
         self.anchor_nanos.set(read.nanos);
+        self.anchor_micros.set(read.nanos / 1_000);
+        self.anchor_fraction.set((((read.nanos % 1_000) as u128) << 64).div_ceil(1_000).min(u64::MAX as u128) as u64);
         self.anchored.set(true);
         self.scale.set(scale);
         self.span.set(span);
@@ -306,6 +316,19 @@ mod tests {
         assert_eq!(h.at(tick(3_600_000_000), 3_600_000_000), 3_600_000);
         assert_eq!(h.at(tick(3_609_999_999), 3_609_999_999), 3_609_999);
         assert_eq!(h.os_reads(), 1);
+    }
+
+    #[test]
+    fn interpolated_reads_are_the_os_clocks_microsecond_at_an_uneven_rate_and_anchor() {
+        let h = Hand::new();
+        // 2.5 ticks per ns, from an anchor 1_000_501 ns in: every read on an even nanosecond.
+        let tick = |nanos: u64| 7 + nanos / 2 * 5;
+        let mut interpolated = 0;
+        for nanos in (1_000_502..60_000_000).step_by(7_778) {
+            assert_eq!(h.at(tick(nanos), nanos), nanos / 1_000, "at {nanos} ns");
+            interpolated += u32::from(h.os_reads() == 0);
+        }
+        assert!(interpolated > 7_000, "{interpolated}");
     }
 
     #[test]
