@@ -4,8 +4,8 @@
 //! Read twice per lease (grant and release), where the OS's monotonic clock costs about as much as
 //! the rest of the native call's lease logic (36 ns here, through the vDSO). Where the CPU has an
 //! invariant time stamp counter, a read is that counter (an instruction) scaled to the OS clock's
-//! nanoseconds ([`TickScale`]): the scale is measured against the OS clock over the last span of
-//! at most 10 ms and the counter re-anchored to it at the end of every span, so a read is off the
+//! microseconds ([`TickScale`]): the scale is measured against the OS clock between the last two
+//! anchors, and the counter re-anchored to it at the end of every span of at most 10 ms, so a read is off the
 //! OS clock by at most what the counter's rate drifts in one span (checked at each re-anchor:
 //! past a microsecond the scale is measured afresh, reading the OS clock meanwhile). Elsewhere
 //! the OS clock is read directly. Calibrating once (the `quanta` crate's way) was measured 10 ppm
