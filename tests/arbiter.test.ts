@@ -33,6 +33,20 @@ describe('GpuArbiter statuses and reasons', () => {
     expect(arbiter.release('lease-999999')).toBe(false)
   })
 
+  test('lease ids read as the native side writes them, across every digit boundary the JS half builds', async () => {
+    arbiter = new GpuArbiter({})
+    let last = -1
+    for (let i = 0; i < 2100; i++) {
+      const lease = acquired(await arbiter.acquire({ taskType: 'ASR' }))
+      expect(lease.leaseId).toBe(arbiter.snapshot('gpu:0')!.activeLeases[0].leaseId)
+      const n = Number(lease.leaseId.slice('lease-'.length))
+      expect(n).toBeGreaterThan(last)
+      last = n
+      expect(arbiter.release(lease.leaseId)).toBe(true)
+    }
+    expect(last).toBeGreaterThan(2000)
+  })
+
   test('SKIP and FALLBACK_CPU answer a busy GPU at once with GPU_BUSY', async () => {
     arbiter = new GpuArbiter({})
     acquired(await arbiter.acquire({ taskType: 'ASR' }))

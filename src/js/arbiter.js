@@ -25,6 +25,8 @@ const { statuses: STATUS, reasons: REASON, leaseIdPrefix: LEASE_PREFIX } = nativ
 const NONE = Symbol('none')
 /** Node's timers overflow past this (and then fire every millisecond). */
 const MAX_TIMER_MS = 2 ** 31 - 1
+/** "000" to "999": a lease id's last three digits (see `ArbiterSide#leaseIdText`). */
+const LOW_DIGITS = Array.from({ length: 1000 }, (_, i) => String(i).padStart(3, '0'))
 /** Revoked lease ids remembered for a `signal` first asked for after the revocation. */
 const REMEMBERED_REVOCATIONS = 1024
 // A registry symbol: the native module is loaded once per thread, but this file may be evaluated
@@ -124,7 +126,7 @@ class Lease {
     this.#side = side
     this.#id = id
     this.status = /** @type {'ACQUIRED'} */ ('ACQUIRED')
-    this.leaseId = LEASE_PREFIX + id
+    this.leaseId = side.leaseIdText(id)
     this.gpuKey = gpuKey
     this.taskType = taskType
     this.acquiredAt = acquiredAt
@@ -203,6 +205,26 @@ class ArbiterSide {
     this.generation = -1
     /** @type {string[]} */
     this.gpuKeys = []
+    /** The lease id's digits above the last three, and `lease-` with them (see `leaseIdText`). */
+    this.idHigh = -1
+    this.idHighText = ''
+  }
+
+  /**
+   * `lease-<id>`, made without turning the whole id into a string: V8 keeps every number it
+   * turns into a string in a cache that outlives the young generation, so each lease's digits
+   * would be copied by the next scavenge. The digits above the last three change once per 1000
+   * leases (ids only grow) and are kept; the last three come from a table.
+   * @param {number} id
+   */
+  leaseIdText(id) {
+    if (id < 1000) return LEASE_PREFIX + id
+    const high = Math.floor(id / 1000)
+    if (high !== this.idHigh) {
+      this.idHigh = high
+      this.idHighText = LEASE_PREFIX + high
+    }
+    return this.idHighText + LOW_DIGITS[id - high * 1000]
   }
 
   /** @param {number} index */
