@@ -60,6 +60,18 @@ function groupMembers(pgid: number): number[] {
   })
 }
 
+describe('runtime', () => {
+  // Linux shows thread names in /proc; elsewhere there is nothing to read them from.
+  const linux = process.platform === 'linux' ? test : test.skip
+  linux("the supervisor's work runs on the addon's named runtime (gpu-sidecar-rt), not napi's default", async () => {
+    const { supervisor } = supervise({ services: [] })
+    await supervisor.startAll()
+    const names = readdirSync('/proc/self/task').map((t) => readFileSync(`/proc/self/task/${t}/comm`, 'utf8').trim())
+    expect(names).toContain('gpu-sidecar-rt')
+    expect(names.filter((n) => n.startsWith('tokio-runtime'))).toEqual([])
+  })
+})
+
 describe('readiness', () => {
   test('logLine: ready only once the pattern is printed', async () => {
     const { supervisor, events } = supervise({ services: [py('asr', 'log', ['--load-ms', 300])] })
