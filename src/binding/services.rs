@@ -313,7 +313,7 @@ impl ServiceSupervisor {
             .ok_or_else(|| SidecarError::new(ErrorCode::Closed, "attachTelemetry: the Telemetry is closed"))?;
         let id = self.telemetry.attach(Box::new(latest), telemetry.registry());
         let link = Arc::downgrade(&self.telemetry);
-        js::function(env, "detachTelemetry", move |_| link.upgrade().into_iter().for_each(|link| link.detach(id)))
+        js::function(env, "detachTelemetry", move |_| link.upgrade().into_iter().for_each(|link| link.detach(id))).js()
     }
 
     /// With `gpuStartupLease: true`, each GPU service holds a lease from `arbiter` on its GPU

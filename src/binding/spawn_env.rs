@@ -101,8 +101,6 @@ fn read_answer(env: &Env, returned: napi::Result<Unknown<'static>>) -> Answer {
 /// conversion's errors at the path the core names too
 /// (`answered env.MODEL_DIR: expected a finite number, got NaN`).
 fn answer_json(env: &Env, value: Unknown) -> std::result::Result<Value, String> {
-    if matches!(value.get_type(), Ok(ValueType::Undefined | ValueType::Null)) {
-        return Ok(Value::Null);
-    }
-    args::to_json(env, value, "env", ErrorCode::InvalidArgument).map_err(|e| format!("answered {}", e.message))
+    let answer = args::optional_json(env, Some(value), "env", ErrorCode::InvalidArgument);
+    answer.map(Option::unwrap_or_default).map_err(|e| format!("answered {}", e.message))
 }

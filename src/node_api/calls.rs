@@ -5,10 +5,10 @@ use std::ptr;
 use std::rc::{Rc, Weak};
 
 use napi::threadsafe_function::ThreadsafeFunction;
-use napi::{check_status, sys, Env, Result, ValueType};
+use napi::{sys, Env, Result, ValueType};
 
 use super::refs::JsRef;
-use super::values::{display, global, named_property, undefined};
+use super::values::{display, global, named_property, undefined, value_type};
 use super::{IntoJsResult, JsResult};
 use crate::error::SidecarError;
 use crate::link::attachments::Attachments;
@@ -58,9 +58,7 @@ impl Listeners {
 
     /// Keeps `listener` (`INVALID_ARGUMENT` unless it is a function) and returns its id.
     pub fn add(&mut self, env: &Env, listener: sys::napi_value) -> JsResult<u64> {
-        let mut kind = 0;
-        check_status!(unsafe { sys::napi_typeof(env.raw(), listener, &mut kind) }).js()?;
-        if ValueType::from(kind) != ValueType::Function {
+        if value_type(env, listener).js()? != ValueType::Function {
             return Err(SidecarError::invalid_argument("listener: expected a function").into());
         }
         let held = if self.held_by_js { JsRef::weak(env, listener) } else { JsRef::new(env, listener) };
@@ -108,40 +106,36 @@ pub fn wake_function<S: 'static>(
     on_wake: fn(&Env, &Rc<S>),
 ) -> Result<WakeFn> {
     let weak: Weak<S> = Rc::downgrade(state);
-    let drain = env.create_function_from_closure::<(), (), _>(name, move |ctx| {
-        no_panic(name, || {
-            if let Some(state) = weak.upgrade() {
-                on_wake(ctx.env, &state);
-            }
-            Ok(())
-        })
-    })?;
+    let drain = function(env, name, move |env| weak.upgrade().into_iter().for_each(|state| on_wake(env, &state)))?;
     drain.build_threadsafe_function::<()>().weak::<true>().callee_handled::<false>().build()
 }
 
-/// A JS function of no arguments that calls `f` (a detach function); `name` shows in stacks.
+/// A JS function of no arguments that calls `f`, a panic in it caught as [`no_panic`] does (napi's
+/// closures do not catch one); `name` shows in stacks. Every function the addon makes from a
+/// closure is made here.
 pub fn function<'env>(
     env: &'env Env,
-    name: &str,
+    name: &'static str,
     f: impl Fn(&Env) + 'static,
-) -> JsResult<napi::bindgen_prelude::Function<'env, (), ()>> {
+) -> Result<napi::bindgen_prelude::Function<'env, (), ()>> {
     env.create_function_from_closure::<(), (), _>(name, move |ctx| {
-        f(ctx.env);
-        Ok(())
+        no_panic(name, || {
+            f(ctx.env);
+            Ok(())
+        })
     })
-    .js()
 }
 
 /// A JS function (an unsubscribe or detach function) that calls `f` with the state `state` points
 /// to, unless that was collected.
 pub fn detach_function<'env, S: 'static>(
     env: &'env Env,
-    name: &str,
+    name: &'static str,
     state: &Rc<S>,
     f: impl Fn(&Env, &S) + 'static,
 ) -> JsResult<napi::bindgen_prelude::Function<'env, (), ()>> {
     let weak = Rc::downgrade(state);
-    function(env, name, move |env| weak.upgrade().into_iter().for_each(|state| f(env, &state)))
+    function(env, name, move |env| weak.upgrade().into_iter().for_each(|state| f(env, &state))).js()
 }
 
 /// Adds `listener` to the list `list` picks in `state` and returns the function that removes it
@@ -169,12 +163,7 @@ pub fn subscribe<'env, S: 'static>(
 /// Calls `f` on a later turn of the event loop (`setImmediate`: after pending I/O), a panic in it
 /// caught as [`no_panic`] does. `name` is the JS function's name, as stacks show it.
 pub fn set_immediate(env: &Env, name: &'static str, f: impl Fn(&Env) + 'static) -> Result<()> {
-    let callback = env.create_function_from_closure::<(), (), _>(name, move |ctx| {
-        no_panic(name, || {
-            f(ctx.env);
-            Ok(())
-        })
-    })?;
+    let callback = function(env, name, f)?;
     let global = global(env)?;
     call(env, global, named_property(env, global, "setImmediate")?, &[napi::JsValue::raw(&callback)])?;
     Ok(())
