@@ -1,5 +1,7 @@
 //! References to JS values, and native memory a JS object owns, told to V8.
 
+use std::cell::RefCell;
+use std::mem::ManuallyDrop;
 use std::ptr;
 
 use napi::{check_status, sys, Env, Result};
@@ -71,5 +73,31 @@ impl Drop for ExternalMemory {
         let mut total = 0;
         // Dropped on the JS thread of the env that made it (the owner is !Send).
         unsafe { sys::napi_adjust_external_memory(self.env, -self.bytes, &mut total) };
+    }
+}
+
+/// A JS value held for the life of this thread's env (a Node env is one thread), set once: for a
+/// `thread_local!`. Never dropped: a thread's locals outlive its env, and deleting the reference
+/// then is undefined behaviour.
+pub struct EnvSlot(RefCell<Option<ManuallyDrop<JsRef>>>);
+
+impl EnvSlot {
+    pub const fn new() -> Self {
+        Self(RefCell::new(None))
+    }
+
+    /// The value, if one was set.
+    pub fn get(&self) -> Result<Option<sys::napi_value>> {
+        self.0.borrow().as_ref().map(|r| r.get()).transpose()
+    }
+
+    /// Holds `value`, unless one is held already; returns whether it was set.
+    pub fn set(&self, env: &Env, value: sys::napi_value) -> Result<bool> {
+        let mut slot = self.0.borrow_mut();
+        if slot.is_some() {
+            return Ok(false);
+        }
+        *slot = Some(ManuallyDrop::new(JsRef::new(env, value)?));
+        Ok(true)
     }
 }

@@ -7,7 +7,7 @@ use napi::bindgen_prelude::ToNapiValue;
 use napi::{check_status, sys, Env, Result, ValueType};
 
 use super::calls::call;
-use super::refs::JsRef;
+use super::refs::EnvSlot;
 use super::{IntoJsResult, JsResult};
 use crate::error::{ErrorCode, SidecarError};
 
@@ -135,20 +135,16 @@ pub fn boolean(env: &Env, b: bool) -> Result<sys::napi_value> {
 }
 
 thread_local! {
-    /// This thread's `JSON.parse` (a Node env is one thread), looked up once. Never dropped: a
-    /// thread's locals outlive its env, and deleting the reference then is undefined behaviour.
-    static JSON_PARSE: std::cell::RefCell<Option<std::mem::ManuallyDrop<JsRef>>> = const { std::cell::RefCell::new(None) };
+    /// This thread's `JSON.parse`, looked up once.
+    static JSON_PARSE: EnvSlot = const { EnvSlot::new() };
 }
 
 fn json_parse(env: &Env) -> Result<sys::napi_value> {
-    if let Some(parse) = JSON_PARSE.with_borrow(|p| p.as_ref().map(|p| p.get())) {
-        return parse;
+    if let Some(parse) = JSON_PARSE.with(EnvSlot::get)? {
+        return Ok(parse);
     }
     let parse = named_property(env, named_property(env, global(env)?, "JSON")?, "parse")?;
-    JSON_PARSE.with_borrow_mut(|p| -> Result<()> {
-        *p = Some(std::mem::ManuallyDrop::new(JsRef::new(env, parse)?));
-        Ok(())
-    })?;
+    JSON_PARSE.with(|slot| slot.set(env, parse))?;
     Ok(parse)
 }
 

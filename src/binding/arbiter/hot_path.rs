@@ -15,7 +15,6 @@
 //! rest. `releaseLease` and `leaseHeld` return a boolean.
 
 use std::cell::RefCell;
-use std::mem::ManuallyDrop;
 use std::ptr;
 use std::rc::Rc;
 
@@ -31,7 +30,7 @@ use crate::error::SidecarError;
 use crate::link::arbiter_mailbox;
 use crate::link::arbiter_requests::{self, Field};
 use crate::node_api::bound::{self, Args};
-use crate::node_api::{self as js, JsRef};
+use crate::node_api::{self as js, EnvSlot, JsRef};
 
 type Handler = bound::Handler<RefCell<ArbiterBinding>>;
 
@@ -42,10 +41,8 @@ type Handler = bound::Handler<RefCell<ArbiterBinding>>;
 const NATIVE_FOOTPRINT_BYTES: i64 = 64 * 1024;
 
 thread_local! {
-    /// The JS half's `register(arbiter, handle)`, one per thread (a Node env is one thread).
-    /// Never dropped: a thread's locals outlive its env, and deleting the reference then is
-    /// undefined behaviour.
-    static REGISTER: RefCell<Option<ManuallyDrop<JsRef>>> = const { RefCell::new(None) };
+    /// The JS half's `register(arbiter, handle)`, one per thread.
+    static REGISTER: EnvSlot = const { EnvSlot::new() };
 }
 
 /// For the arbiter's JS half (src/js/arbiter.js), once per thread: `register(arbiter, handle)`
@@ -56,13 +53,10 @@ pub fn bind_arbiter_half(env: &Env, register: Option<Unknown>) -> napi::Result<(
         Some(f) if f.get_type().js()? == ValueType::Function => f,
         _ => return Err(SidecarError::invalid_argument("register: expected a function").into()),
     };
-    REGISTER.with_borrow_mut(|slot| {
-        if slot.is_some() {
-            return Err(SidecarError::invalid_argument("register: the arbiter's JS half is bound already").into());
-        }
-        *slot = Some(ManuallyDrop::new(JsRef::new(env, register.raw()).js()?));
-        Ok(())
-    })
+    if !REGISTER.with(|slot| slot.set(env, register.raw())).js()? {
+        return Err(SidecarError::invalid_argument("register: the arbiter's JS half is bound already").into());
+    }
+    Ok(())
 }
 
 /// Makes the arbiter's internal handle (its hot calls and mailbox) and gives it to the JS half.
@@ -88,7 +82,7 @@ pub fn install(env: &Env, this: sys::napi_value, state: &Rc<RefCell<ArbiterBindi
             ("bindSide", bind_side),
         ],
     )?;
-    let Some(register) = REGISTER.with_borrow(|r| r.as_ref().map(|r| r.get())).transpose()? else {
+    let Some(register) = REGISTER.with(EnvSlot::get)? else {
         // Only the generated binding was loaded: there is no JS half to serve.
         return Ok(());
     };
